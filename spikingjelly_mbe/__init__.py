@@ -1,0 +1,9 @@
+"""spikingjelly_mbe: training-free conversion of pretrained Transformers into spiking networks
+with Multi-basis Exponential Decay (MBE) neurons, as a SpikingJelly plugin."""
+__version__ = "0.1.0"
+
+from .fitting import FittedNeuron, FittedNeuronError, available, fit_neuron, load_fitted  # noqa: E402
+from .neurons import FSNode, MBENode, MultiBasisNode  # noqa: E402
+
+__all__ = ["FSNode", "FittedNeuron", "FittedNeuronError", "MBENode", "MultiBasisNode", "__version__",
+           "available", "fit_neuron", "load_fitted"]

@@ -1,0 +1,65 @@
+"""Target functions the neurons are fitted to, each with the domain the operators use."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+TensorFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A scalar function ``fn`` approximated on ``domain = (lo, hi)``."""
+
+    name: str
+    fn: TensorFn
+    domain: Tuple[float, float]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.domain
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"target {self.name!r}: domain must be finite with lo < hi, got {self.domain}")
+
+    def samples(self, count: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``count`` evenly spaced points of the domain (the paper's uniform protocol)."""
+        if count < 2:
+            raise ValueError(f"need at least 2 samples, got {count}")
+        return torch.linspace(self.domain[0], self.domain[1], count, dtype=dtype)
+
+
+TARGETS: Dict[str, Target] = {t.name: t for t in [
+    Target("gelu", F.gelu, (-16.0, 16.0), "GELU, erf form (ViT, BERT, RoBERTa MLPs)"),
+    Target("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), (-16.0, 16.0),
+           "GELU, tanh form (GPT-2's NewGELUActivation)"),
+    Target("silu", F.silu, (-16.0, 16.0), "SiLU / swish (Llama's SwiGLU gate)"),
+    Target("tanh", torch.tanh, (-8.0, 8.0), "tanh (BERT pooler)"),
+    Target("sigmoid", torch.sigmoid, (-12.0, 12.0), "logistic sigmoid"),
+    Target("exp2", torch.exp2, (0.0, 1.0), "2^f for the fractional part f in [0, 1) (Eq. 13, Softmax)"),
+    Target("reciprocal", torch.reciprocal, (1.0, 2.0), "1/M for an IEEE-754 mantissa M in [1, 2) (Softmax)"),
+    Target("rsqrt", torch.rsqrt, (1.0, 4.0),
+           "1/sqrt(M) for a parity-adjusted mantissa M in [1, 4) (LayerNorm, RMSNorm)"),
+    Target("identity", lambda x: x, (0.0, 1.0),
+           "identity on [0, 1]; MBE_Id of Eq. 9, rescaled to [0, A] by the operators"),
+]}
+
+
+def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[float, float]] = None) -> Target:
+    """Resolve a registered name, a :class:`Target` or a tensor callable (which needs a domain)."""
+    if isinstance(target, Target):
+        return target if domain is None else Target(target.name, target.fn, tuple(domain), target.description)
+    if isinstance(target, str):
+        if target not in TARGETS:
+            raise KeyError(f"unknown target {target!r}; registered: {sorted(TARGETS)}")
+        base = TARGETS[target]
+        return base if domain is None else Target(base.name, base.fn, tuple(map(float, domain)), base.description)
+    if callable(target):
+        if domain is None:
+            raise ValueError("a callable target needs an explicit domain=(lo, hi)")
+        name = getattr(target, "__name__", "custom")
+        return Target(name, target, tuple(map(float, domain)), "user-supplied callable")
+    raise TypeError(f"target must be a name, a Target or a callable, got {type(target).__name__}")

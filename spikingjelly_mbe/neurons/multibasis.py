@@ -1,0 +1,203 @@
+"""Shared simulation of multi-basis few-spike neurons (paper Eqs. 1-3 and 5-8).
+
+The FS neuron and the MBE neuron are instances of one dynamical system. Basis ``n`` starts from
+``u_n[0] = a_n * x + c_n`` and for ``t = 0 .. T-1``::
+
+    s_n[t]   = H(u_n[t] - Vth_n[t])          (Eq. 2 / Eq. 6)
+    u_n[t+1] = u_n[t] - r_n[t] * s_n[t]      (Eq. 1 / Eq. 5)
+    o_n[t+1] = o_n[t] + d_n[t] * s_n[t]      (Eq. 3 / Eq. 7)
+
+and the neuron emits ``f_hat(x) = sum_n w_n * o_n[T] + b`` (Eq. 8).
+
+The input gain ``a_n``, offset ``c_n`` and output bias ``b`` extend the paper's equations: a
+negative gain makes a basis fire for inputs *below* ``-c_n / a_n``, which is how functions with a
+negative lobe (GELU's dip, SiLU, tanh) are covered while thresholds stay positive; the offset
+places a basis' working range; the bias is a constant current emitted at ``t = 0``. Gain and
+offset are a per-basis synaptic weight and bias, so they fold into the preceding linear layer.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Optional, Tuple
+
+import torch
+from spikingjelly.activation_based import base
+
+log = logging.getLogger(__name__)
+
+Domain = Optional[Tuple[float, float]]
+
+
+def simulate_bases(
+    u0: torch.Tensor, vth: torch.Tensor, reset: torch.Tensor, intensity: torch.Tensor,
+    keep_spikes: bool = True,
+) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Run Eqs. 5-7 for all bases at once, step by step.
+
+    ``u0``: initial potentials ``[..., N]``; ``vth``, ``reset``, ``intensity``: ``[..., N, T]``,
+    broadcastable against ``u0[..., None]``. Returns the binary spikes ``[T, ..., N]`` (``None``
+    when ``keep_spikes`` is false), the accumulated outputs ``o_n[T]`` ``[..., N]`` and the
+    number of spikes each element fired ``[..., N]``.
+    """
+    vth, reset, intensity = (v.movedim(-1, 0).contiguous() for v in (vth, reset, intensity))
+    u = u0.clone()
+    out = torch.zeros_like(u0)
+    count = torch.zeros_like(u0)
+    spikes = []
+    for t in range(vth.shape[0]):
+        s = (u >= vth[t]).to(u.dtype)
+        u -= reset[t] * s
+        out += intensity[t] * s
+        count += s
+        if keep_spikes:
+            spikes.append(s)
+    return (torch.stack(spikes, 0) if keep_spikes else None), out, count
+
+
+def _vector(name: str, value) -> torch.Tensor:
+    v = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if v.dim() != 1 or v.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence, got shape {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{name} must be finite, got {v.tolist()}")
+    return v.detach().clone()
+
+
+def _table(name: str, value, n: int) -> torch.Tensor:
+    v = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if v.dim() != 2 or v.shape[0] != n or v.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [N={n}, T], got {tuple(v.shape)}")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{name} must be finite")
+    return v.detach().clone()
+
+
+class MultiBasisNode(base.MemoryModule):
+    """A SpikingJelly neuron with ``N`` parallel few-spike bases over ``T`` timesteps (Eqs. 5-8).
+
+    ``vth``, ``reset``, ``intensity`` are ``[N, T]`` tables; ``gain``, ``offset``, ``weight`` are
+    ``[N]``. Single-step input ``x`` is the initial membrane potential and the output is the decoded
+    value ``f_hat(x)``. Multi-step input ``[T, ...]`` is summed over time into the initial potential
+    (SpikingJelly's ``FewSpikeNode`` convention) and the output is the weighted spike sequence
+    ``[T, ...]`` whose sum over time is ``f_hat(x)``; the bias is emitted at ``t = 0``.
+
+    Every forward sets ``last_spike_count`` / ``last_num_inputs`` (spikes fired and neurons
+    simulated by that forward) and adds to the memories ``spike_count`` / ``num_inputs``, which
+    ``functional.reset_net`` zeroes. Inputs outside ``domain`` are clamped to it; the count is
+    logged once per forward and accumulated in the memory ``clamp_count``. NaN/Inf raise.
+    """
+
+    def __init__(
+        self, vth, reset, intensity, gain, offset, weight, bias: float = 0.0,
+        domain: Domain = None, step_mode: str = "s",
+    ) -> None:
+        super().__init__()
+        gain = _vector("gain", gain)
+        n = gain.numel()
+        for name, value in (("offset", offset), ("weight", weight)):
+            if _vector(name, value).numel() != n:
+                raise ValueError(f"{name} needs N={n} entries (one per basis)")
+        self.register_buffer("vth", _table("vth", vth, n))
+        self.register_buffer("reset_value", _table("reset", reset, n))
+        self.register_buffer("intensity", _table("intensity", intensity, n))
+        if not (self.vth.shape == self.reset_value.shape == self.intensity.shape):
+            raise ValueError("vth, reset and intensity must share the shape [N, T]")
+        self.register_buffer("gain", gain)
+        self.register_buffer("offset", _vector("offset", offset))
+        self.register_buffer("weight", _vector("weight", weight))
+        self.register_buffer("bias", torch.as_tensor(float(bias)))
+        if domain is not None and not float(domain[0]) < float(domain[1]):
+            raise ValueError(f"domain must satisfy lo < hi, got {domain}")
+        self.domain = None if domain is None else (float(domain[0]), float(domain[1]))
+        self.step_mode = step_mode
+        self.register_memory("spike_count", 0)
+        self.register_memory("num_inputs", 0)
+        self.register_memory("clamp_count", 0)
+        self.last_spike_count = 0
+        self.last_num_inputs = 0
+
+    @property
+    def N(self) -> int:
+        return self.vth.shape[0]
+
+    @property
+    def T(self) -> int:
+        return self.vth.shape[1]
+
+    def decode_weights(self) -> torch.Tensor:
+        """``W[n, t] = w_n * d_n[t]``, so ``f_hat = sum_{n,t} W[n,t] s_n[t] + b`` (Eqs. 7-8)."""
+        return self.weight[:, None] * self.intensity
+
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Reject non-float and NaN/Inf input; clamp to ``domain`` and count what was clamped."""
+        if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
+            raise TypeError(f"{type(self).__name__} expects a floating point tensor, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{type(self).__name__} received {bad} NaN/Inf input value(s); "
+                             "spiking neurons need finite membrane potentials")
+        if self.domain is not None:
+            lo, hi = self.domain
+            n_out = int(((x < lo) | (x > hi)).sum())
+            if n_out:
+                log.warning("%s: clamped %d of %d inputs to its fitted domain [%g, %g]",
+                            type(self).__name__, n_out, x.numel(), lo, hi)
+                self.clamp_count = self.clamp_count + n_out
+                x = x.clamp(lo, hi)
+        return x
+
+    def run(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Simulate the bases on ``x``: ``(spikes [T, *x.shape, N] or None, f_hat(x), spikes per element)``."""
+        x = self.check_input(x)
+        dt = x.dtype
+        u0 = x[..., None] * self.gain.to(dt) + self.offset.to(dt)
+        s, o, count = simulate_bases(u0, self.vth.to(dt), self.reset_value.to(dt),
+                                     self.intensity.to(dt), keep_spikes)
+        per_element = count.sum(-1)
+        fired = int(per_element.sum())
+        self.last_spike_count, self.last_num_inputs = fired, x.numel()
+        self.spike_count = self.spike_count + fired
+        self.num_inputs = self.num_inputs + x.numel()
+        return s, o @ self.weight.to(dt) + self.bias.to(dt), per_element
+
+    def spikes(self, x: torch.Tensor) -> torch.Tensor:
+        """Binary spike trains ``[T, *x.shape, N]`` (Eqs. 5-6)."""
+        return self.run(x, keep_spikes=True)[0]
+
+    def decode(self, s: torch.Tensor) -> torch.Tensor:
+        """Weighted spike sequence ``[T, ...]`` from spikes ``[T, ..., N]`` (Eqs. 7-8)."""
+        y = torch.einsum("t...n,nt->t...", s, self.decode_weights().to(s.dtype))
+        return torch.cat([y[:1] + self.bias.to(s.dtype), y[1:]], 0)
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x, keep_spikes=False)[1]
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if x_seq.dim() < 1 or x_seq.shape[0] != self.T:
+            raise ValueError(f"multi-step input must have shape [T={self.T}, ...], got {tuple(x_seq.shape)}")
+        return self.decode(self.spikes(x_seq.sum(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.step_mode == "s":
+            return self.single_step_forward(x)
+        if self.step_mode == "m":
+            return self.multi_step_forward(x)
+        raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
+
+    def scaled(self, in_scale: float = 1.0, out_scale: float = 1.0) -> "MultiBasisNode":
+        """A copy computing ``out_scale * f_hat(x / in_scale)`` (``in_scale > 0``): how an identity
+        neuron fitted on ``[0, 1]`` serves any range ``[0, A]`` (Eq. 9)."""
+        if not in_scale > 0:
+            raise ValueError(f"in_scale must be positive, got {in_scale}")
+        node = copy.deepcopy(self)
+        node.gain = node.gain / in_scale
+        node.weight = node.weight * out_scale
+        node.bias = node.bias * out_scale
+        if node.domain is not None:
+            node.domain = (node.domain[0] * in_scale, node.domain[1] * in_scale)
+        return node
+
+    def extra_repr(self) -> str:
+        return f"N={self.N}, T={self.T}, domain={self.domain}, step_mode={self.step_mode}"
