@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import cma
 import numpy as np
@@ -86,8 +86,11 @@ class Layout:
             rows.append(row + ([log_tau] * 3 if self.decay else []))
         return np.asarray(rows, dtype=np.float64).ravel()
 
-    def tables(self, theta: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """``theta [P, dim] -> gain, offset [P, N]; vth, reset, intensity [P, N, T]``."""
+    def tables(self, theta: torch.Tensor, bases: Optional[Sequence[int]] = None) -> Tuple[torch.Tensor, ...]:
+        """``theta [P, dim] -> gain, offset [P, N]; vth, reset, intensity [P, N, T]``.
+
+        With ``bases`` (MBE only), ``theta`` holds just those bases' parameters, in that order.
+        """
         P = theta.shape[0]
         t = torch.arange(self.T, dtype=theta.dtype)
         if self.kind == "fs":
@@ -98,20 +101,23 @@ class Layout:
             gain = torch.ones(P, 1, dtype=theta.dtype)
             offset = -self.lo + halfwidth * theta[:, :1]
             return gain, offset, vth[:, None], reset[:, None], torch.ones_like(vth)[:, None]
-        p = theta.view(P, self.N, -1)
-        gain = self.alpha * self.signs() * torch.exp(p[..., 0]) / self.scale
+        signs = self.signs().to(theta.dtype)
+        if bases is not None:
+            signs = signs[list(bases)]
+        p = theta.view(P, signs.numel(), -1)
+        gain = self.alpha * signs * torch.exp(p[..., 0]) / self.scale
         offset = self.alpha * p[..., 1] - gain * self.center
         if self.decay:
             tau = torch.exp(p[..., 2:5])  # [P, N, 3]
             tables = self.alpha * torch.exp(-t * self.dt / tau[..., None])  # [P, N, 3, T]
             vth, reset, intensity = tables.unbind(2)
         else:
-            vth = reset = intensity = torch.full((P, self.N, self.T), self.alpha, dtype=theta.dtype)
+            vth = reset = intensity = torch.full((P, signs.numel(), self.T), self.alpha, dtype=theta.dtype)
         return gain, offset, vth, reset, intensity
 
-    def features(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def features(self, theta: torch.Tensor, x: torch.Tensor, bases: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Least-squares design ``[P, M, K]``: per-basis ``o_n[T]`` (MBE) or spikes ``s[t]`` (FS)."""
-        gain, offset, vth, reset, intensity = self.tables(theta)
+        gain, offset, vth, reset, intensity = self.tables(theta, bases)
         u0 = x[None, :, None] * gain[:, None, :] + offset[:, None, :]  # [P, M, N]
         keep = self.kind == "fs"
         s, o, _ = simulate_bases(u0, vth[:, None], reset[:, None], intensity[:, None], keep)
@@ -166,6 +172,79 @@ def _to_fitted(layout: Layout, theta: np.ndarray, coef: torch.Tensor, target: Ta
     return fitted
 
 
+class _Search:
+    """CMA-ES over the spike-timing parameters, scoring each candidate by its least-squares MSE.
+
+    MBE: block-coordinate sweeps first (one basis' 5 parameters at a time, the other bases'
+    outputs cached, so adding a basis can only help), then joint CMA-ES from the best point.
+    FS: joint CMA-ES with seeded restarts around the binary-expansion point.
+    """
+
+    def __init__(self, layout: Layout, xs: torch.Tensor, ys: torch.Tensor, budget: int, desc: str,
+                 progress: bool) -> None:
+        self.layout, self.xs, self.ys, self.budget = layout, xs, ys, budget
+        self.used = 0
+        self.bar = tqdm(total=budget, desc=desc, disable=not progress, leave=False)
+        self.best_theta, self.best_loss = layout.initial_point(), float("inf")
+        self.score(self.best_theta[None])  # the binary-expansion point competes too
+
+    def score(self, thetas: np.ndarray) -> List[float]:
+        feats = self.layout.features(torch.as_tensor(thetas, dtype=torch.float32), self.xs)
+        return self._losses(feats, thetas)
+
+    def _losses(self, feats: torch.Tensor, thetas: np.ndarray) -> List[float]:
+        _, mse = solve_linear(feats.to(torch.float64), self.ys)
+        losses = torch.nan_to_num(mse, nan=float("inf")).tolist()
+        self.used += len(losses)
+        self.bar.update(len(losses))
+        i = int(np.argmin(losses))
+        if losses[i] < self.best_loss:
+            self.best_loss, self.best_theta = losses[i], np.array(thetas[i], dtype=np.float64)
+        return losses
+
+    def cma(self, start: np.ndarray, sigma: float, seed: int, evals: int,
+            objective: Callable[[np.ndarray], List[float]]) -> np.ndarray:
+        """One seeded CMA-ES run of at most ``evals`` evaluations; returns its best point."""
+        dim = start.size
+        es = cma.CMAEvolutionStrategy(start, sigma, {"seed": seed, "verbose": -9, "maxfevals": max(evals, 1),
+                                                     "popsize": 2 * int(3 + 3 * math.log(dim))})
+        while not es.stop() and self.used < self.budget:
+            cand = np.asarray(es.ask())
+            es.tell(list(cand), objective(cand))
+        return np.asarray(es.result.xbest if es.result.xbest is not None else start)
+
+    def blockwise(self, seed: int, evals: int) -> None:
+        """Optimise one basis at a time with the others' outputs fixed (cached)."""
+        lay, per = self.layout, self.layout.per_basis
+        for n in list(range(lay.N)) * 2:
+            theta = self.best_theta.copy()
+            fixed = lay.features(torch.as_tensor(theta[None], dtype=torch.float32), self.xs)[0]
+
+            def objective(block: np.ndarray, n: int = n, theta: np.ndarray = theta, fixed: torch.Tensor = fixed):
+                col = lay.features(torch.as_tensor(block, dtype=torch.float32), self.xs, bases=[n])[..., 0]
+                feats = fixed.expand(len(block), -1, -1).clone()
+                feats[..., n] = col
+                full = np.repeat(theta[None], len(block), 0)
+                full[:, n * per:(n + 1) * per] = block
+                return self._losses(feats, full)
+
+            self.cma(theta[n * per:(n + 1) * per], 0.3, seed + n, evals // (2 * lay.N), objective)
+
+    def run(self, seed: int, restarts: int) -> np.ndarray:
+        lay = self.layout
+        if lay.kind == "mbe" and lay.N > 1:
+            self.blockwise(seed * 1000 + 1, self.budget // 2)
+            self.cma(self.best_theta, 0.1, seed * 1000 + 2, self.budget - self.used, self.score)
+        else:
+            rng = np.random.default_rng(seed)
+            x0 = lay.initial_point()
+            for r in range(max(1, restarts)):
+                start = x0 if r == 0 else x0 + rng.normal(0.0, 0.3, size=x0.shape)
+                self.cma(start, 0.3, seed * 1000 + r + 1, self.budget // max(1, restarts), self.score)
+        self.bar.close()
+        return self.best_theta
+
+
 def fit_neuron(target: Union[str, Target, TensorFn], kind: str = "mbe", N: int = 4, T: int = 16,
                domain: Optional[Tuple[float, float]] = None, samples: int = 10_000, seed: int = 0,
                dt: float = 1.0, decay: bool = True, budget: Optional[int] = None, restarts: int = 3,
@@ -190,27 +269,7 @@ def fit_neuron(target: Union[str, Target, TensorFn], kind: str = "mbe", N: int =
     if not torch.isfinite(y).all():
         raise ValueError(f"target {tgt.name!r} is not finite everywhere on {tgt.domain}")
     budget = DEFAULT_BUDGET if budget is None else budget
-    x0 = layout.initial_point()
-    _, mse0 = solve_linear(layout.features(torch.as_tensor(x0, dtype=torch.float32)[None], xs32).to(torch.float64), ys)
-    best_theta, best_loss, used = x0, float(mse0[0]), 1  # the binary-expansion point itself competes
-    rng = np.random.default_rng(seed)
-    bar = tqdm(total=budget, desc=f"fit {kind} {tgt.name} N={layout.N} T={T}", disable=not progress, leave=False)
-    for r in range(max(1, restarts)):
-        start = x0 if r == 0 else x0 + rng.normal(0.0, 0.3, size=x0.shape)
-        es = cma.CMAEvolutionStrategy(start, 0.3, {"seed": seed * 1000 + r + 1, "verbose": -9,
-                                                   "popsize": 4 * int(3 + 3 * math.log(layout.dim)) // 2,
-                                                   "maxfevals": budget // max(1, restarts)})
-        while not es.stop():
-            cand = es.ask()
-            theta = torch.as_tensor(np.asarray(cand), dtype=torch.float32)
-            _, mse = solve_linear(layout.features(theta, xs32).to(torch.float64), ys)
-            losses = torch.nan_to_num(mse, nan=float("inf")).tolist()
-            es.tell(cand, losses)
-            used += len(cand)
-            bar.update(len(cand))
-            i = int(np.argmin(losses))
-            if losses[i] < best_loss:
-                best_loss, best_theta = losses[i], np.asarray(cand[i], dtype=np.float64)
-    bar.close()
+    search = _Search(layout, xs32, ys, budget, f"fit {kind} {tgt.name} N={layout.N} T={T}", progress)
+    best_theta = search.run(seed, restarts)
     coef, _ = solve_linear(layout.features(torch.as_tensor(best_theta)[None], x), y)
-    return _to_fitted(layout, best_theta, coef[0], tgt, seed, samples, used)
+    return _to_fitted(layout, best_theta, coef[0], tgt, seed, samples, search.used)
