@@ -109,7 +109,7 @@ class Layout:
         offset = self.alpha * p[..., 1] - gain * self.center
         if self.decay:
             tau = torch.exp(p[..., 2:5])  # [P, N, 3]
-            tables = self.alpha * torch.exp(-t * self.dt / tau[..., None])  # [P, N, 3, T]
+            tables = self.alpha * torch.exp(-self.dt / tau[..., None]) ** t  # Eq. 4: [P, N, 3, T]
             vth, reset, intensity = tables.unbind(2)
         else:
             vth = reset = intensity = torch.full((P, signs.numel(), self.T), self.alpha, dtype=theta.dtype)
@@ -175,8 +175,8 @@ def _to_fitted(layout: Layout, theta: np.ndarray, coef: torch.Tensor, target: Ta
 class _Search:
     """CMA-ES over the spike-timing parameters, scoring each candidate by its least-squares MSE.
 
-    MBE: block-coordinate sweeps first (one basis' 5 parameters at a time, the other bases'
-    outputs cached, so adding a basis can only help), then joint CMA-ES from the best point.
+    MBE: a joint CMA-ES run from the binary-expansion point, then block-coordinate sweeps (one
+    basis' parameters at a time, the other bases' outputs cached), then a joint polish.
     FS: joint CMA-ES with seeded restarts around the binary-expansion point.
     """
 
@@ -233,8 +233,10 @@ class _Search:
     def run(self, seed: int, restarts: int) -> np.ndarray:
         lay = self.layout
         if lay.kind == "mbe" and lay.N > 1:
-            self.blockwise(seed * 1000 + 1, self.budget // 2)
-            self.cma(self.best_theta, 0.1, seed * 1000 + 2, self.budget - self.used, self.score)
+            third = self.budget // 3
+            self.cma(lay.initial_point(), 0.3, seed * 1000 + 1, third, self.score)
+            self.blockwise(seed * 1000 + 2, third)
+            self.cma(self.best_theta, 0.1, seed * 1000 + 3, self.budget - self.used, self.score)
         else:
             rng = np.random.default_rng(seed)
             x0 = lay.initial_point()

@@ -17,7 +17,8 @@ def decay_table(alpha: float, tau: torch.Tensor, T: int, dt: float, decay: bool 
     t = torch.arange(T, dtype=torch.get_default_dtype())
     if not decay:
         return torch.full((tau.numel(), T), float(alpha))
-    return alpha * torch.exp(-t[None, :] * dt / tau.to(t.dtype)[:, None])
+    ratio = torch.exp(-dt / tau.to(t.dtype))  # per-step decay factor; 1/2 for tau = dt / ln 2
+    return alpha * ratio[:, None] ** t[None, :]
 
 
 class MBENode(MultiBasisNode):
