@@ -1,0 +1,100 @@
+"""Identity-mapping ranges of the spiking products (Eq. 9): from a few unlabeled batches or given explicitly."""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+Batch = Union[torch.Tensor, Mapping[str, Any]]
+METHODS = ("max", "percentile")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the products get the range ``[0, A]`` their MBE_Id neurons cover (Eq. 9).
+
+    ``data``: an iterable of batches, each a tensor (the positional input) or a dict of forward
+    keyword arguments; no labels. ``method``: ``'max'`` of ``|operand|`` or its ``percentile``.
+    ``num_batches`` caps how many batches are used. ``ranges`` maps glob patterns over operator
+    paths (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)``; those skip calibration.
+    """
+
+    data: Optional[Iterable[Batch]] = None
+    method: str = "max"
+    percentile: float = 99.99
+    num_batches: Optional[int] = None
+    ranges: Mapping[str, Tuple[float, float]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must lie in (0, 100], got {self.percentile}")
+        if self.num_batches is not None and (not isinstance(self.num_batches, int) or self.num_batches < 1):
+            raise ValueError(f"num_batches must be a positive integer or None, got {self.num_batches!r}")
+        for pattern, pair in self.ranges.items():
+            if len(pair) != 2 or not all(float(a) > 0 for a in pair):
+                raise ValueError(f"ranges[{pattern!r}] must be two positive numbers, got {pair!r}")
+
+    def explicit_range(self, path: str) -> Optional[Tuple[float, float]]:
+        """The first explicit range whose pattern matches ``path`` (patterns in insertion order)."""
+        for pattern, pair in self.ranges.items():
+            if fnmatch.fnmatchcase(path, pattern):
+                return float(pair[0]), float(pair[1])
+        return None
+
+
+def as_calibration(value: Union[Calibration, Iterable[Batch], None]) -> Calibration:
+    """Accept a :class:`Calibration`, a bare iterable of batches, or ``None`` (explicit ranges only)."""
+    if value is None:
+        return Calibration()
+    if isinstance(value, Calibration):
+        return value
+    if isinstance(value, (torch.Tensor, Mapping)):
+        raise TypeError("calibration data must be an iterable of batches, not a single batch; wrap it in a list")
+    return Calibration(data=value)
+
+
+def run_batch(model: nn.Module, batch: Batch, device: Optional[torch.device] = None) -> Any:
+    """``model(batch)`` for a tensor, ``model(**batch)`` for a dict; tensors moved to ``device``."""
+    def move(x: Any) -> Any:
+        return x.to(device) if device is not None and isinstance(x, torch.Tensor) else x
+    if isinstance(batch, torch.Tensor):
+        return model(move(batch))
+    if isinstance(batch, Mapping):
+        return model(**{k: move(v) for k, v in batch.items()})
+    raise TypeError(f"a calibration batch must be a tensor or a dict of forward kwargs, got {type(batch).__name__}")
+
+
+def pending(model: nn.Module) -> Dict[str, nn.Module]:
+    """Operators still calibrating (recording operand ranges, computing in float), by path."""
+    return {path: m for path, m in model.named_modules() if getattr(m, "calibrating", False)}
+
+
+def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch.device] = None) -> int:
+    """Fix every product's range: explicit ones first, the rest from data; returns batches used."""
+    for path, op in pending(model).items():
+        pair = calibration.explicit_range(path)
+        if pair is not None:
+            op.set_ranges(pair)
+    todo = pending(model)
+    if not todo:
+        return 0
+    if calibration.data is None:
+        raise ValueError(f"{len(todo)} spiking products need identity ranges (e.g. {next(iter(todo))!r}): pass "
+                         "calib_data (a few unlabeled batches) or Calibration(ranges={pattern: (A1, A2)})")
+    used = 0
+    with torch.no_grad():
+        for batch in itertools.islice(calibration.data, calibration.num_batches):
+            run_batch(model, batch, device)
+            used += 1
+    if used == 0:
+        raise ValueError("calibration data yielded no batch")
+    percentile = None if calibration.method == "max" else calibration.percentile
+    for op in todo.values():
+        op.finish_calibration(percentile=percentile)
+    return used

@@ -1,0 +1,69 @@
+"""The spiking operators a conversion inserts, all built from one set of settings (T, N, mode)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from ..ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
+                   SpikingSoftmax)
+
+OPERATOR_TYPES = (SpikingActivation, SpikingProduct, SpikingMatmul, SpikingSoftmax, SpikingLayerNorm,
+                  SpikingRMSNorm)
+MODES = ("fast", "simulate")
+
+
+@dataclass(frozen=True)
+class OpSettings:
+    """``T`` timesteps, ``N`` bases per MBE neuron (Eq. 8) and the evaluation ``mode`` of every operator."""
+
+    T: int = 16
+    N: int = 4
+    mode: str = "fast"
+
+    def validate(self) -> None:
+        for name in ("T", "N"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def gelu(self, approximate: str = "none") -> SpikingActivation:
+        """GELU (erf form, or the tanh form of GPT-2) as one MBE neuron per element (Eq. 8)."""
+        return SpikingActivation.gelu(T=self.T, N=self.N, approximate=approximate, mode=self.mode)
+
+    def silu(self) -> SpikingActivation:
+        return SpikingActivation.silu(T=self.T, N=self.N, mode=self.mode)
+
+    def tanh(self) -> SpikingActivation:
+        return SpikingActivation.tanh(T=self.T, N=self.N, mode=self.mode)
+
+    def product(self) -> SpikingProduct:
+        """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
+        return SpikingProduct(T=self.T, mode=self.mode)
+
+    def matmul(self) -> SpikingMatmul:
+        """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
+        return SpikingMatmul(T=self.T, mode=self.mode)
+
+    def softmax(self, dim: int = -1) -> SpikingSoftmax:
+        """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
+        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode)
+
+    def layer_norm(self, source: nn.Module) -> SpikingLayerNorm:
+        """LayerNorm from squares, an rsqrt of the mantissa and products, same gamma/beta."""
+        return SpikingLayerNorm.from_module(source, T=self.T, mode=self.mode)
+
+    def rms_norm(self, source: nn.Module) -> SpikingRMSNorm:
+        return SpikingRMSNorm.from_module(source, T=self.T, mode=self.mode)
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every spiking operator of ``model`` to ``'fast'`` or ``'simulate'`` (same semantics)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    for module in model.modules():
+        if isinstance(module, OPERATOR_TYPES):
+            module.mode = mode
+    return model

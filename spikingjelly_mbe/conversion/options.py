@@ -1,0 +1,45 @@
+"""Options shared by the module-tree and the FX recipe, and the last step both end with."""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+
+from .calibration import Batch, Calibration, as_calibration
+from .operators import OpSettings
+from .report import ConversionReport
+
+
+class MBERecipeOptions:
+    """``T`` timesteps, ``N`` bases, ``calibration`` (a :class:`Calibration`, an iterable of batches
+    or ``None``), operator ``mode`` and whether unknown nonlinearities may stay in float."""
+
+    recipe_name = "mbe_transformer"
+
+    def __init__(self, T: int = 16, N: int = 4,
+                 calibration: Union[Calibration, Iterable[Batch], None] = None,
+                 mode: str = "fast", allow_float_fallback: bool = False) -> None:
+        self.settings = OpSettings(T=T, N=N, mode=mode)
+        self.calibration = as_calibration(calibration)
+        self.allow_float_fallback = allow_float_fallback
+        self.report: Optional[ConversionReport] = None
+
+    def validate(self, converter: object) -> None:
+        self.settings.validate()
+        self.calibration.validate()
+        if not isinstance(self.allow_float_fallback, bool):
+            raise ValueError(f"allow_float_fallback must be a bool, got {self.allow_float_fallback!r}")
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        """Reset all neuron states before every forward (no leak across batches); attach metadata."""
+        model.register_forward_pre_hook(reset_states)
+        model.ann2snn_recipe = self.recipe_name
+        model.time_steps = self.settings.T
+        model.mbe_report = self.report
+        return model
+
+
+def reset_states(module: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: ``functional.reset_net`` on the whole converted model."""
+    functional.reset_net(module)
