@@ -1,0 +1,109 @@
+"""Matplotlib (Agg) figures saved as PNG: a fitted neuron, its spike raster, sweep lines and bars."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from spikingjelly_mbe import FittedNeuron  # noqa: E402
+from spikingjelly_mbe.fitting import get_target  # noqa: E402
+
+from .tables import Row  # noqa: E402
+
+Panel = Tuple[str, str, bool]  # (column, axis label, log scale)
+
+
+def neuron_label(kind: str, N: int, decay: bool) -> str:
+    """``FS``, ``MBE N=4`` or ``MBE N=4 no decay``."""
+    return "FS" if kind == "fs" else f"MBE N={N}" + ("" if decay else " no decay")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fit_curve(fitted: FittedNeuron, points: int, path: Path) -> Path:
+    """Target and fitted neuron over the domain (top) and the absolute error (bottom)."""
+    target = get_target(fitted.target, fitted.domain)
+    x = target.samples(points)
+    with torch.no_grad():
+        y, y_hat = target.fn(x), fitted.node().to(torch.float64)(x)
+    label = neuron_label(fitted.kind, fitted.N, fitted.params.get("decay", False))
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6.4, 5.2), height_ratios=(2, 1))
+    top.plot(x, y, lw=2.5, alpha=0.5, label=f"{fitted.target} (target)")
+    top.plot(x, y_hat, lw=1.0, label=f"{label}, T={fitted.T}")
+    top.set_title(f"{fitted.target}: {label}, T={fitted.T}, MSE {fitted.errors['mse']:.2e}")
+    top.legend()
+    bottom.semilogy(x, (y_hat - y).abs().clamp_min(1e-16))
+    bottom.set_xlabel("x")
+    bottom.set_ylabel("|error|")
+    return _save(fig, path)
+
+
+def spike_raster(fitted: FittedNeuron, count: int, path: Path) -> Path:
+    """Spikes of every basis (rows) over time (columns) for ``count`` inputs spread over the domain."""
+    lo, hi = fitted.domain
+    x = torch.linspace(lo, hi, count + 2, dtype=torch.float64)[1:-1]
+    node = fitted.node().to(torch.float64)
+    with torch.no_grad():
+        spikes, y_hat = node.spikes(x), node(x)  # [T, count, N], [count]
+    fig, axes = plt.subplots(1, count, figsize=(2.6 * count, 0.5 * fitted.N + 1.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(spikes[:, i, :].T.numpy(), cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(f"x={x[i]:.3g} -> {y_hat[i]:.3g}", fontsize=9)
+        ax.set_xlabel("t")
+        ax.set_yticks(range(spikes.shape[-1]))
+    axes[0][0].set_ylabel("basis")
+    fig.suptitle(f"{fitted.key}: spikes per basis")
+    return _save(fig, path)
+
+
+def lines(rows: Sequence[Row], x: str, panels: Sequence[Panel], series: Callable[[Row], str],
+          path: Path, title: str) -> Path:
+    """One panel per ``(column, label, log)``: each series' values against ``x``."""
+    groups: Dict[str, List[Row]] = defaultdict(list)
+    for row in rows:
+        groups[series(row)].append(row)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, (col, label, log) in zip(axes[0], panels):
+        for name, members in sorted(groups.items()):
+            members = sorted(members, key=lambda r: r[x])
+            ax.plot([r[x] for r in members], [r[col] for r in members], "o-", label=name)
+        ax.set_yscale("log" if log else "linear")
+        ax.set_xticks(sorted({r[x] for r in rows}))
+        ax.set_xlabel(x)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def bars(rows: Sequence[Row], category: str, series: Callable[[Row], str], y: str, path: Path,
+         title: str, log: bool) -> Path:
+    """Grouped bars of ``y``: one group per ``category`` value, one bar per series."""
+    cats = sorted({r[category] for r in rows})
+    names = sorted({series(r) for r in rows})
+    value = {(r[category], series(r)): r[y] for r in rows}
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cats) * len(names) + 1.5), 4))
+    for k, name in enumerate(names):
+        xs = [i + (k - (len(names) - 1) / 2) * width for i, c in enumerate(cats) if (c, name) in value]
+        ax.bar(xs, [value[(c, name)] for c in cats if (c, name) in value], width, label=name)
+    ax.set_xticks(np.arange(len(cats)), cats)
+    ax.set_yscale("log" if log else "linear")
+    ax.set_ylabel(y)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -1,0 +1,100 @@
+"""``python -m experiments.report sweep_dir=<multirun folder>``: one table and the sweep's plots.
+
+Gathers every job's ``metrics.json`` under ``sweep_dir`` into ``<sweep_dir>/report``
+(``report.md``, ``report.csv``, PNGs) and logs them as one W&B run in the sweep's group. Fit and
+convert multiruns call it by themselves when they end (:class:`ReportCallback`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from . import config  # noqa: F401  (registers the schemas)
+from . import plots
+from .config import LoggerConfig
+from .fit import TABLE_COLUMNS as FIT_COLUMNS
+from .job import METRICS_FILE, start
+from .tables import Row, markdown, write_csv
+from .tracking import log_results, open_run
+
+REPORT_DIR = "report"
+Figures = Callable[[Sequence[Row], Path], Dict[str, Path]]
+
+
+def gather(sweep_dir: Path) -> List[Row]:
+    """Every job's result row, with ``job`` set to its folder relative to ``sweep_dir``."""
+    paths = sorted(sweep_dir.rglob(METRICS_FILE), key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+    return [{"job": str(p.parent.relative_to(sweep_dir)), **json.loads(p.read_text())} for p in paths]
+
+
+def series_by(rows: Sequence[Row], cols: Sequence[str]) -> Callable[[Row], str]:
+    """Label a row by those of ``cols`` that vary across ``rows``."""
+    varying = [c for c in cols if len({r.get(c) for r in rows}) > 1]
+
+    def label(row: Row) -> str:
+        parts = [v if isinstance(v, str) else f"{c}={v}" for c, v in ((c, row.get(c)) for c in varying)]
+        return ", ".join(parts) or "all"
+    return label
+
+
+def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
+    """MSE and spikes per input vs N, decay on/off (Fig. 6(b)/(c)); MBE vs FS per target (Fig. 6(a))."""
+    figures = {}
+    mbe = [r for r in rows if r["kind"] == "mbe"]
+    if len({r["N"] for r in mbe}) > 1:
+        panels = [("mse", "MSE", True), ("spikes_per_input", "spikes per input", False)]
+        figures["mse_vs_N"] = plots.lines(mbe, "N", panels, series_by(mbe, ("target", "T", "decay")),
+                                          out / "mse_vs_N.png", "MSE and spikes vs number of bases N")
+    if len({r["kind"] for r in rows}) > 1:
+        figures["mbe_vs_fs"] = plots.bars(rows, "target", series_by(rows, ("neuron", "T")), "mse",
+                                          out / "mbe_vs_fs.png", "MBE vs FS: MSE per target", log=True)
+    return figures
+
+
+ENTRIES: Dict[str, Tuple[Tuple[str, ...], Figures]] = {"fit": (("job", *FIT_COLUMNS), fit_figures)}
+
+
+def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
+    """Write ``report.md``, ``report.csv`` and plots to ``<sweep_dir>/report``, log them to W&B
+    and print the table; returns the report folder."""
+    rows = gather(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no {METRICS_FILE} under {sweep_dir}: is it a multirun folder of experiments.fit?")
+    out = sweep_dir / REPORT_DIR
+    sections, images = [f"# Report: {sweep_dir}\n"], {}
+    for entry, (cols, figures) in ENTRIES.items():
+        subset = [r for r in rows if r.get("entry") == entry]
+        if subset:
+            found = figures(subset, out)
+            images.update(found)
+            sections += [f"## {entry} ({len(subset)} jobs)\n", markdown(subset, cols)]
+            sections += [f"![{key}]({path.name})\n" for key, path in found.items()]
+    (out / "report.md").write_text("\n".join(sections))
+    write_csv(rows, out / "report.csv")
+    run = open_run(logger, out, "report", rows[0]["group"], "report", {"sweep_dir": str(sweep_dir)})
+    log_results(run, {"jobs": len(rows)}, {"report": rows}, images)
+    run.finish()
+    print("\n".join(sections[1:]) + f"\nreport: {out}")
+    return out
+
+
+class ReportCallback(Callback):
+    """Hydra callback: gather the multirun into its report when all jobs are done."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        build_report(Path(config.hydra.sweep.dir), OmegaConf.to_object(config.logger))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+def main(cfg: DictConfig) -> None:
+    job = start(cfg)
+    build_report(Path(job.cfg.sweep_dir), job.cfg.logger)
+
+
+if __name__ == "__main__":
+    main()
