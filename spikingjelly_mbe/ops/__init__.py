@@ -1,0 +1,16 @@
+"""Spiking operators built from MBE neurons: activations, products, Softmax, LayerNorm, RMSNorm.
+
+Every operator is a SpikingJelly ``MemoryModule`` with ``mode='simulate'`` (step-by-step spikes,
+the reference) or ``mode='fast'`` (the same numbers from the decoded sums), reports its counts
+through :meth:`op_stats` (an :class:`OpStats`) and is reset by ``functional.reset_net``.
+"""
+from ..energy.stats import OpStats, collect_stats
+from .activation import SpikingActivation
+from .coding import IdentityCoder, identity_node
+from .norm import SpikingLayerNorm, SpikingRMSNorm
+from .products import SpikingMatmul, SpikingProduct
+from .softmax import SpikingSoftmax
+from .split import SplitFunction
+
+__all__ = ["IdentityCoder", "OpStats", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingProduct",
+           "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats", "identity_node"]

@@ -1,0 +1,63 @@
+"""Element-wise spiking activations from fitted MBE/FS neurons (Eq. 8)."""
+from __future__ import annotations
+
+import torch
+
+from ..fitting import FittedNeuron, load_fitted
+from . import flops
+from .base import SpikingOp, working_dtype
+
+GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+class SpikingActivation(SpikingOp):
+    """``f_hat(x) = sum_{n,t} w_n d_n[t] s_n[t] + b`` of a fitted neuron, element-wise (Eq. 8).
+
+    Inputs outside the fit's domain are clamped to it and counted. ``simulate`` keeps the binary
+    spikes ``[T, ..., N]`` and decodes them; fast mode takes the neuron's accumulated output (the
+    same sum, without storing the spikes). SOPs: one per spike (its weight is accumulated into the
+    output); ``ann_flops``: :data:`flops.ACTIVATION` per element.
+    """
+
+    def __init__(self, fitted: FittedNeuron, mode: str = "fast") -> None:
+        super().__init__(mode)
+        if not isinstance(fitted, FittedNeuron):
+            raise TypeError(f"SpikingActivation needs a FittedNeuron, got {type(fitted).__name__}")
+        self.fitted = fitted
+        self.node = fitted.node(clamp=False)
+
+    @classmethod
+    def gelu(cls, T: int = 16, N: int = 4, approximate: str = "none", mode: str = "fast") -> "SpikingActivation":
+        """GELU from the shipped fit: erf form (``'none'``) or GPT-2's tanh form (``'tanh'``)."""
+        if approximate not in GELU_TARGETS:
+            raise ValueError(f"approximate must be one of {sorted(GELU_TARGETS)}, got {approximate!r}")
+        return cls(load_fitted(GELU_TARGETS[approximate], "mbe", N, T), mode)
+
+    @classmethod
+    def silu(cls, T: int = 16, N: int = 4, mode: str = "fast") -> "SpikingActivation":
+        return cls(load_fitted("silu", "mbe", N, T), mode)
+
+    @classmethod
+    def tanh(cls, T: int = 16, N: int = 4, mode: str = "fast") -> "SpikingActivation":
+        return cls(load_fitted("tanh", "mbe", N, T), mode)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x, "input")
+        xs = x.to(working_dtype(x))
+        lo, hi = self.fitted.domain
+        if xs.numel():
+            low, high = torch.aminmax(xs)
+            if float(low) < lo or float(high) > hi:
+                self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), f"inputs outside [{lo:g}, {hi:g}]")
+                xs = xs.clamp(lo, hi)
+        spikes, value, counts = self.node.run(xs, keep_spikes=self.simulating)
+        if self.simulating:
+            weights = self.node.decode_weights().to(xs.dtype)
+            value = torch.einsum("t...n,nt->...", spikes, weights) + self.node.bias.to(xs.dtype)
+        fired = int(counts.sum())
+        self.record(spikes=fired, neurons=xs.numel(), sops=fired, ann_flops=flops.ACTIVATION * xs.numel())
+        return value.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        lo, hi = self.fitted.domain
+        return f"{self.fitted.key}, domain=[{lo:g}, {hi:g}], " + super().extra_repr()

@@ -1,0 +1,137 @@
+"""Spiking LayerNorm and RMSNorm: squares and products by spikes, ``1/sqrt`` by an MBE neuron."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from . import flops
+from .base import SpikingOp, working_dtype
+from .coding import IdentityCoder, check_steps
+from .products import product_sops, spike_product
+from .split import SplitFunction
+
+HEADROOM = 1.0 + 2.0 ** -20  # the 1/sqrt(M) code's range exceeds the stage's largest output by rounding
+NORM_SPLIT_BITS = 3
+
+
+class _SpikingNorm(SpikingOp):
+    """``(x - mu) / sqrt(mean((x - mu)^2) + eps) * weight + bias`` over the trailing ``normalized_shape``.
+
+    1. ``c = x - mu`` (LayerNorm; RMSNorm keeps ``c = x``). The row's scale leaves as a power of
+       two, ``z = c 2^-k`` with ``k`` the exponent of ``max |c|`` (a comparison and an exponent
+       shift), so ``z`` lies in ``(-1, 1)`` and every identity range is fixed by construction:
+       no calibration.
+    2. ``v = sum_i z_i^2 / n`` by the spiking product of ``z``'s MBE_Id code with itself, ``D``
+       pre-scaled by ``1/n`` (Eqs. 10-12).
+    3. ``v + eps 2^-2k = M 2^E`` (``torch.frexp``); if ``E`` is odd, ``M <- 2M`` and ``E <- E - 1``
+       (parity fix), so ``M`` is in ``[1, 4)`` and ``1/sqrt(v + eps 2^-2k) = 2^(-E/2) / sqrt(M)``
+       with ``1/sqrt(M)`` from the ``rsqrt`` :class:`SplitFunction`.
+    4. ``z * 1/sqrt(M)`` through the spiking product, times ``2^(-E/2)``; the scale ``2^k`` of
+       ``c`` cancels against the one inside the square root. The affine ``weight``, ``bias`` are
+       per-channel constant synaptic weights and biases, applied as given (never modified).
+
+    ``split_bits=b`` moves the top ``b`` digits of ``M`` into a table of ``2^b`` constant weights
+    (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form (one neuron on ``[1, 4)``).
+    SOPs: one per spike of every neuron and the coincidences of both products.
+    """
+
+    centered: bool
+    element_flops: int
+    row_flops: int
+
+    def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor],
+                 bias: Optional[torch.Tensor], eps: float, T: int, mode: str, N: int, split_bits: int) -> None:
+        super().__init__(mode)
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
+            raise ValueError(f"normalized_shape must be positive integers, got {normalized_shape!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be positive and finite (the variance can be 0), got {eps!r}")
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        self.normalized_shape, self.eps, self.T = shape, float(eps), check_steps(T)
+        self.weight = weight if weight is None or isinstance(weight, nn.Parameter) else nn.Parameter(weight, False)
+        self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, False)
+        self.rsqrt = SplitFunction("rsqrt", T, N, split_bits)
+        self.z_coder = IdentityCoder(T, 1.0)
+        self.rho_coder = IdentityCoder(T, self.rsqrt.max_output * HEADROOM)
+
+    def check_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
+        k = len(self.normalized_shape)
+        if tuple(x.shape[x.dim() - k:]) != self.normalized_shape or x.dim() < k:
+            expected = ", ".join(["..."] + [str(s) for s in self.normalized_shape])
+            raise ValueError(f"{type(self).__name__} expects input of shape [{expected}], got {tuple(x.shape)}")
+        return tuple(range(-k, 0))
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x, "input")
+        dims = self.check_shape(x)
+        xs = x.to(working_dtype(x))
+        simulate, n = self.simulating, math.prod(self.normalized_shape)
+        c = xs - xs.mean(dims, keepdim=True) if self.centered else xs
+        _, k = torch.frexp(c.abs().amax(dims, keepdim=True))  # max |c| < 2^k
+        z_code, _ = self.z_coder.encode(torch.ldexp(c, -k), simulate)
+        variance = spike_product(z_code, z_code, simulate, scale=1.0 / n).sum(dims, keepdim=True)
+        mantissa, exponent = torch.frexp(variance + torch.ldexp(torch.full_like(variance, self.eps), -2 * k))
+        odd = (exponent - 1) % 2  # v = (2 mantissa) 2^(exponent - 1); make the exponent even
+        rho, rho_spikes = self.rsqrt.evaluate(torch.ldexp(2 * mantissa, odd), simulate)
+        rho_code, _ = self.rho_coder.encode(rho, simulate)
+        out = torch.ldexp(spike_product(z_code, rho_code, simulate), -torch.div(exponent - 1 - odd, 2, rounding_mode="floor"))
+        if self.weight is not None:
+            out = out * self.weight.to(out.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        rows = rho.numel()
+        spikes = int(z_code.counts.sum() + rho_spikes.sum() + rho_code.counts.sum())
+        self.record(spikes=spikes, neurons=xs.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,
+                    sops=spikes + product_sops(z_code, z_code) + product_sops(z_code, rho_code),
+                    ann_flops=self.element_flops * xs.numel() + self.row_flops * rows)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps:g}, T={self.T}, split_bits={self.rsqrt.split_bits}, "
+                + super().extra_repr())
+
+
+class SpikingLayerNorm(_SpikingNorm):
+    """Spiking ``nn.LayerNorm`` (see :class:`_SpikingNorm` for the stages)."""
+
+    centered, element_flops, row_flops = True, flops.LAYERNORM, flops.LAYERNORM_ROW
+
+    def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
+                 N: int = 4, split_bits: int = NORM_SPLIT_BITS) -> None:
+        super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits)
+
+    @classmethod
+    def from_module(cls, ln: nn.LayerNorm, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingLayerNorm":
+        """Same ``normalized_shape``, ``eps`` and the very same ``weight``/``bias`` parameters."""
+        return cls(ln.normalized_shape, ln.weight, ln.bias, ln.eps, T, mode, **kwargs)
+
+
+class SpikingRMSNorm(_SpikingNorm):
+    """Spiking RMSNorm ``x / sqrt(mean(x^2) + eps) * weight`` (Llama); stages as :class:`_SpikingNorm`
+    without the mean."""
+
+    centered, element_flops, row_flops = False, flops.RMSNORM, flops.RMSNORM_ROW
+
+    def __init__(self, hidden_size: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
+                 eps: float = 1e-6, T: int = 16, mode: str = "fast", *, N: int = 4,
+                 split_bits: int = NORM_SPLIT_BITS) -> None:
+        super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits)
+
+    @classmethod
+    def from_module(cls, m: nn.Module, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingRMSNorm":
+        """From HF ``LlamaRMSNorm`` (``variance_epsilon``) or ``torch.nn.RMSNorm`` (``eps``, None = machine eps)."""
+        eps = getattr(m, "variance_epsilon", None)
+        if eps is None:
+            eps = getattr(m, "eps", None)
+        if eps is None:
+            eps = torch.finfo(m.weight.dtype if getattr(m, "weight", None) is not None else torch.float32).eps
+        weight = getattr(m, "weight", None)
+        shape = getattr(m, "normalized_shape", None) or tuple(weight.shape)
+        return cls(shape, weight, eps, T, mode, **kwargs)

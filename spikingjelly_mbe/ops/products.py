@@ -1,0 +1,195 @@
+"""Spiking floating-point products and matrix products (Eqs. 9-12)."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+
+from . import flops
+from .base import SpikingOp, broadcast_shape, working_dtype
+from .calibration import RangeObserver
+from .coding import IdentityCoder, SpikeCode, check_steps
+
+
+def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
+    """``D = scale * d d'^T`` (Eq. 11), shared by every element of the product."""
+    return scale * torch.outer(a.weights, b.weights)
+
+
+def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: float = 1.0) -> torch.Tensor:
+    """``x1 * x2 ~ sum_ij D_ij S_ij`` with ``S_ij = s[i] s'[j]`` (Eqs. 10-12), broadcasting.
+
+    ``simulate`` sums over the spike coincidences; fast mode multiplies the decoded operands,
+    the same sum regrouped as ``(sum_i d[i] s[i]) (sum_j d'[j] s'[j])``.
+    """
+    if simulate:
+        return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b, scale), b.spikes)
+    return a.value * b.value * scale
+
+
+def product_sops(a: SpikeCode, b: SpikeCode) -> int:
+    """Spike coincidences ``S_ij = 1`` of an element-wise product: ``sum c1 * c2`` (broadcast)."""
+    return int((a.counts * b.counts).sum())
+
+
+def spike_matmul(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
+    """``(A @ B)[m, n] ~ sum_k sum_ij D_ij S_ij[m, k, n]`` (Eq. 12 summed over the inner index).
+
+    ``simulate`` forms, for every step ``i`` of ``A``'s spikes and all steps ``j`` of ``B``'s at
+    once, the coincidence counts ``sum_k s[m,k,i] s'[k,n,j]`` (a product of spike matrices) and
+    weights them by ``D_ij``; fast mode multiplies the decoded matrices.
+    """
+    if not simulate:
+        return a.value @ b.value
+    D = intensity_matrix(a, b)
+    steps = D.shape[1]
+    s2 = b.spikes.movedim(-1, -2)  # [..., K, T, N]
+    s2 = s2.reshape(*s2.shape[:-2], -1)  # [..., K, T*N]
+    out = None
+    for i in range(D.shape[0]):
+        coincidences = (a.spikes[..., i] @ s2).unflatten(-1, (steps, -1))  # [..., M, T, N]
+        term = (coincidences * D[i][:, None]).sum(-2)
+        out = term if out is None else out + term
+    return out
+
+
+def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
+    """Spike coincidences of a matrix product: ``sum_{m,k,n} c1[m,k] c2[k,n]``.
+
+    Simulate mode sums the product of the count matrices; fast mode uses the equal
+    ``sum_k colsum(c1)[k] * rowsum(c2)[k]``.
+    """
+    if simulate:
+        return int((a.counts @ b.counts).sum())
+    return int((a.counts.sum(-2) * b.counts.sum(-1)).sum())
+
+
+def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
+    if len(ranges) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in ranges):
+        raise ValueError(f"ranges must be two positive finite numbers (A1, A2), got {ranges!r}")
+    return float(ranges[0]), float(ranges[1])
+
+
+class _TwoOperandOp(SpikingOp):
+    """Both operands pass through sign-magnitude MBE_Id neurons of ranges ``(A1, A2)`` (Eq. 9).
+
+    With ``ranges=None`` the operator starts ``calibrating``: forwards return the float result and
+    record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile).
+    :meth:`set_ranges` fixes them explicitly.
+    """
+
+    float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+    def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]]) -> None:
+        super().__init__(mode)
+        self.T = check_steps(T)
+        self.coders: Optional[torch.nn.ModuleList] = None
+        self.observers = (RangeObserver(), RangeObserver())
+        self.calibrating = ranges is None
+        if ranges is not None:
+            self.set_ranges(ranges)
+
+    @property
+    def ranges(self) -> Optional[Tuple[float, float]]:
+        return None if self.coders is None else (self.coders[0].A, self.coders[1].A)
+
+    def set_ranges(self, ranges: Sequence[float]) -> None:
+        """Fix the identity ranges ``(A1, A2)`` and stop calibrating."""
+        A1, A2 = _check_ranges(tuple(ranges))
+        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1), IdentityCoder(self.T, A2)])
+        self.calibrating = False
+
+    def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
+        """Ranges from the observed ``max |operand|`` (or its ``percentile``); returns them."""
+        if not self.observers[0].samples:
+            raise RuntimeError(f"{type(self).__name__}: finish_calibration() before any calibration forward; "
+                               "run a few batches while calibrating, or call set_ranges((A1, A2))")
+        self.set_ranges(tuple(o.range(percentile) for o in self.observers))
+        self.observers = (RangeObserver(), RangeObserver())
+        return self.ranges
+
+    def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.check_input(a, "operand a")
+        self.check_input(b, "operand b")
+        self.check_shapes(a, b)
+        if self.calibrating:
+            for observer, x in zip(self.observers, (a, b)):
+                observer.observe(x)
+            return type(self).float_op(a, b)
+        if self.coders is None:
+            raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
+                               "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
+                               "/ call op.set_ranges((A1, A2))")
+        dtype = working_dtype(a)
+        codes = []
+        for name, coder, x in (("a", self.coders[0], a), ("b", self.coders[1], b)):
+            code, clamped = coder.encode(x.to(dtype), self.simulating)
+            self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
+            self.record(spikes=code.counts.sum(), neurons=x.numel())
+            codes.append(code)
+        out = self.combine(*codes)
+        self.record(ann_flops=self.float_flops(a, b))
+        return out.to(torch.promote_types(a.dtype, b.dtype))
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, ranges={self.ranges}, calibrating={self.calibrating}, " + super().extra_repr()
+
+
+class SpikingProduct(_TwoOperandOp):
+    """``a * b`` (broadcasting) as ``sum_ij D_ij S_ij`` with ``D = d d'^T`` (Eqs. 9-12).
+
+    Signed operands use sign-magnitude coding: ``|a|`` drives MBE_Id and each spike carries
+    ``sign(a)``, so ``S_ij = s[i] s'[j]`` is ``-1, 0`` or ``+1`` and every coincidence adds or
+    subtracts ``D_ij``. SOPs are the coincidences; ``ann_flops`` one per output element.
+    """
+
+    float_op = staticmethod(torch.mul)
+
+    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None) -> None:
+        super().__init__(T, mode, ranges)
+
+    def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        broadcast_shape(a, b, type(self).__name__)
+
+    def combine(self, a: SpikeCode, b: SpikeCode) -> torch.Tensor:
+        self.record(sops=product_sops(a, b))
+        return spike_product(a, b, self.simulating)
+
+    def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        return flops.PRODUCT * math.prod(broadcast_shape(a, b, type(self).__name__))
+
+
+class SpikingMatmul(_TwoOperandOp):
+    """``a @ b`` (batched like ``torch.matmul``) from spiking products (Eq. 12 summed over ``k``).
+
+    Operands are coded like :class:`SpikingProduct`'s (sign-magnitude, ternary spikes). SOPs are
+    the coincidences ``sum_{m,k,n} c1[m,k] c2[k,n]``; ``ann_flops`` is ``2 M K N`` per batch element.
+    """
+
+    float_op = staticmethod(torch.matmul)
+
+    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None) -> None:
+        super().__init__(T, mode, ranges)
+
+    def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if a.dim() < 2 or b.dim() < 2:
+            raise ValueError(f"SpikingMatmul needs a [..., M, K] and b [..., K, N]; got {tuple(a.shape)} and "
+                             f"{tuple(b.shape)} (use SpikingProduct for element-wise or vector products)")
+        K = a.shape[-1]
+        if b.shape[-2] != K:
+            raise ValueError(f"SpikingMatmul: a is {tuple(a.shape)} = [..., M, K={K}], so b must be [..., K={K}, N]; "
+                             f"got {tuple(b.shape)}")
+        try:
+            torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except RuntimeError:
+            raise ValueError(f"SpikingMatmul: batch shapes {tuple(a.shape[:-2])} and {tuple(b.shape[:-2])} are not "
+                             "broadcastable") from None
+
+    def combine(self, a: SpikeCode, b: SpikeCode) -> torch.Tensor:
+        self.record(sops=matmul_sops(a, b, self.simulating))
+        return spike_matmul(a, b, self.simulating)
+
+    def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+        return flops.matmul(batch * a.shape[-2], a.shape[-1], b.shape[-1])

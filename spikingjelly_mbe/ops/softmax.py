@@ -1,0 +1,83 @@
+"""Spiking Softmax: Eq. 13 for the exponential, an IEEE-754 split for the reciprocal, a spiking product."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import flops
+from .base import SpikingOp, working_dtype
+from .coding import IdentityCoder, check_steps
+from .products import product_sops, spike_product
+from .split import SplitFunction
+
+LOG2E = 1.0 / math.log(2.0)
+MIN_EXPONENT = -2048.0  # 2^-2048 is 0 even in float64: such entries (and -inf) contribute exactly 0
+HEADROOM = 1.0 + 2.0 ** -20  # MBE_Id ranges exceed the largest stage output by float rounding
+SOFTMAX_SPLIT_BITS = 3
+
+
+class SpikingSoftmax(SpikingOp):
+    """``softmax(x, dim)`` with every nonlinearity an MBE neuron.
+
+    0. The row maximum ``m`` is subtracted first, before any spiking stage (a comparison, like a
+       winner-take-all): ``y = (x - m) log2(e) <= 0``. This fixes every internal range by
+       construction, so the operator needs no calibration.
+    1. ``e^(x-m) = 2^n * 2^f`` with ``n = floor(y) <= 0`` and ``f = y - n`` (Eq. 13): ``2^f`` from
+       the ``exp2`` :class:`SplitFunction`, ``2^n`` an exponent shift (integer addition, not a
+       neuron). ``-inf`` (masked) and anything below ``2^-2048`` gives ``e = 0`` exactly, and
+       those positions fire no spikes.
+    2. ``S = sum e = M 2^E`` with ``M`` in ``[1, 2)`` (IEEE-754 split, ``torch.frexp``); ``1/M``
+       from the ``reciprocal`` :class:`SplitFunction`, so ``1/S = 2^-E / M``.
+    3. ``softmax = (e * 1/M) * 2^-E``: the product through MBE_Id codes and ``sum_ij D_ij S_ij``
+       (Eqs. 9-12); both ranges are the largest values stages 1 and 2 can emit.
+
+    ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
+    constant weights (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form.
+    A row that is entirely masked gives zeros. SOPs: one per spike of every neuron (decoding),
+    one per unmasked element for the row sum, and the product's coincidences.
+    """
+
+    def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
+                 split_bits: int = SOFTMAX_SPLIT_BITS) -> None:
+        super().__init__(mode)
+        self.dim, self.T = dim, check_steps(T)
+        self.exp2 = SplitFunction("exp2", T, N, split_bits)
+        self.reciprocal = SplitFunction("reciprocal", T, N, split_bits)
+        exp2_values = self.exp2.table(torch.float64, torch.device("cpu"))[0]
+        # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0, digits q = 0), otherwise n <= -1
+        self.e_coder = IdentityCoder(T, max(float(exp2_values[0]), self.exp2.max_output / 2) * HEADROOM)
+        self.r_coder = IdentityCoder(T, self.reciprocal.max_output * HEADROOM)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x, "input", allow_neg_inf=True)
+        if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
+            raise ValueError(f"SpikingSoftmax(dim={self.dim}) needs an input with dimension {self.dim}; "
+                             f"got shape {tuple(x.shape)}")
+        xs = x.to(working_dtype(x))
+        simulate = self.simulating
+        row_max = xs.amax(self.dim, keepdim=True)
+        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # fully masked rows
+        y = ((xs - row_max) * LOG2E).clamp_min(MIN_EXPONENT)
+        n = torch.floor(y)
+        exp2_frac, exp2_spikes = self.exp2.evaluate(y - n, simulate)
+        e = torch.ldexp(exp2_frac, n)
+        live = y > MIN_EXPONENT
+        exp2_spikes = exp2_spikes * live
+        total = e.sum(self.dim, keepdim=True)
+        mantissa, exponent = torch.frexp(torch.where(total > 0, total, torch.ones_like(total)))
+        recip, recip_spikes = self.reciprocal.evaluate(2 * mantissa, simulate)  # 1/M, M = 2 * mantissa in [1, 2)
+        e_code, _ = self.e_coder.encode(e, simulate)
+        r_code, _ = self.r_coder.encode(recip, simulate)
+        out = torch.ldexp(spike_product(e_code, r_code, simulate), 1 - exponent)  # 1/S = 2^-(exponent - 1) / M
+        live_count, rows = int(live.sum()), recip.numel()
+        spikes = int(exp2_spikes.sum() + recip_spikes.sum() + e_code.counts.sum() + r_code.counts.sum())
+        self.record(spikes=spikes,
+                    neurons=(SplitFunction.NEURONS_PER_ELEMENT + 1) * live_count
+                    + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,
+                    sops=spikes + live_count + product_sops(e_code, r_code),
+                    ann_flops=flops.SOFTMAX * x.numel())
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, " + super().extra_repr()

@@ -1,0 +1,153 @@
+"""Range-reduced scalar functions of Softmax and the norms: ``2^f``, ``1/M`` and ``1/sqrt(M)``.
+
+The input ``v`` in ``[lo, lo + width]`` arrives as the ``T`` binary digits ``q`` of an MBE_Id
+neuron (Eq. 9). With ``split_bits = b`` the top ``b`` digits ``j`` select one of ``2^b`` pathways,
+each a copy of one MBE neuron with constant input and output synapses; the remaining digits ``r``
+drive that neuron, which only has to cover a remainder interval ``2^b`` times shorter, where the
+function is nearly linear:
+
+* ``2^v = 2^(v_j) * 2^r``, neuron ``2^x`` on ``[0, width / 2^b]``;
+* ``v^p = v_j^p * (1 + r / v_j)^p`` (``p = -1`` reciprocal, ``p = -1/2`` rsqrt), neuron ``x^p``
+  on ``[1, 1 + width / (2^b lo)]``;
+
+with ``v_j = lo + j width / 2^b``. ``b = 0`` is the paper's form (one neuron on the whole
+domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on ``[1, 4)``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..fitting import FittedNeuron, load_fitted
+from .coding import IdentityCoder, check_steps, popcount
+
+FITS_DIR = Path(__file__).with_name("fits")
+
+
+@dataclass(frozen=True)
+class SplitTarget:
+    """A function of ``v`` in ``[lo, lo + width]``: ``2^v`` (``power=None``) or ``v^power``."""
+
+    name: str  # the registered fitting target of the remainder neuron
+    lo: float
+    width: float
+    power: Optional[float]
+
+    def reference(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.exp2(v) if self.power is None else v ** self.power
+
+    def remainder_domain(self, split_bits: int) -> Tuple[float, float]:
+        span = self.width / 2 ** split_bits
+        return (0.0, span) if self.power is None else (1.0, 1.0 + span / self.lo)
+
+    def segment_starts(self, split_bits: int) -> torch.Tensor:
+        """``v_j`` for ``j = 0 .. 2^b - 1`` (float64)."""
+        return self.lo + torch.arange(2 ** split_bits, dtype=torch.float64) * (self.width / 2 ** split_bits)
+
+    def pathway_weights(self, split_bits: int) -> torch.Tensor:
+        """The constant output weight ``2^(v_j)`` or ``v_j^p`` of every pathway (float64)."""
+        return self.reference(self.segment_starts(split_bits))
+
+    def remainder_input(self, r: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """The remainder neuron's input for remainder ``r`` on the segment starting at ``start``."""
+        return r if self.power is None else 1.0 + r / start
+
+
+SPLIT_TARGETS: Dict[str, SplitTarget] = {t.name: t for t in [
+    SplitTarget("exp2", 0.0, 1.0, None),
+    SplitTarget("reciprocal", 1.0, 1.0, -1.0),
+    SplitTarget("rsqrt", 1.0, 3.0, -0.5),
+]}
+
+
+def fit_path(target: str, split_bits: int, N: int, T: int) -> Path:
+    """Where the remainder fit for ``split_bits >= 1`` ships."""
+    return FITS_DIR / f"{target}-split{split_bits}-mbe-N{N}-T{T}.json"
+
+
+def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
+    """The MBE neuron of ``target`` fitted on its remainder interval: the shipped library fit for
+    ``split_bits = 0``, the file in ``ops/fits`` otherwise (``python -m spikingjelly_mbe.ops.build_fits``)."""
+    if split_bits == 0:
+        return load_fitted(target, "mbe", N, T)
+    path = fit_path(target, split_bits, N, T)
+    if not path.is_file():
+        ships = sorted(p.stem for p in FITS_DIR.glob(f"{target}-split*.json"))
+        raise KeyError(f"no remainder fit {path.name}; shipped for {target!r}: {ships or 'none'}. Fit it with "
+                       f"python -m spikingjelly_mbe.ops.build_fits --targets {target} --split-bits {split_bits} "
+                       f"--N {N} --T {T}")
+    domain = SPLIT_TARGETS[target].remainder_domain(split_bits)
+    return FittedNeuron.load(path, expect={"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain})
+
+
+class SplitFunction(nn.Module):
+    """``g(v)`` of a :class:`SplitTarget` from MBE_Id digits, a pathway table and one MBE neuron.
+
+    :meth:`evaluate` returns ``c_j * h_hat(x)`` (see the module docstring) and the spikes per
+    element (MBE_Id digits plus the remainder neuron's spikes). ``simulate`` runs both neurons step
+    by step and reads ``j`` and ``r`` off the spike train; fast mode looks both numbers up in a
+    table over the ``2^T`` digit patterns, built once per dtype by simulating the neuron on every
+    representable remainder, so it returns the same numbers.
+    """
+
+    NEURONS_PER_ELEMENT = 2  # MBE_Id and the remainder neuron
+
+    def __init__(self, target: str, T: int, N: int, split_bits: int) -> None:
+        super().__init__()
+        if target not in SPLIT_TARGETS:
+            raise KeyError(f"unknown split target {target!r}; known: {sorted(SPLIT_TARGETS)}")
+        check_steps(T)
+        if isinstance(split_bits, bool) or not isinstance(split_bits, int) or not 0 <= split_bits < T:
+            raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
+        self.target, self.T, self.split_bits = SPLIT_TARGETS[target], T, split_bits
+        self.fitted = remainder_fit(target, split_bits, N, T)
+        self.coder = IdentityCoder(T, self.target.width)
+        self.node = self.fitted.node(clamp=False)
+        self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
+        self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
+        self._tables: Dict[Tuple[torch.dtype, torch.device], Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_output = float(self.table(torch.float64, torch.device("cpu"))[0].max())
+
+    def _pathway(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(neuron input x, pathway weight c_j)`` for digit patterns ``q``."""
+        low = 2 ** (self.T - self.split_bits)
+        j = torch.div(q, low, rounding_mode="floor")
+        r = (q - j * low) * (self.target.width * 2.0 ** -self.T)
+        index = j.long()
+        x = self.target.remainder_input(r, self.starts.to(q.dtype)[index])
+        return x, self.weights.to(q.dtype)[index]
+
+    def table(self, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(value, spikes)`` for every digit pattern ``q = 0 .. 2^T - 1``."""
+        key = (dtype, device)
+        if key not in self._tables:
+            q = torch.arange(2 ** self.T, dtype=dtype, device=device)
+            x, weight = self._pathway(q)
+            node = self.node.to(device)
+            with torch.no_grad():
+                _, value, count = node.run(x, keep_spikes=False)
+            self._tables[key] = (weight * value, popcount(q, self.T) + count)
+        return self._tables[key]
+
+    def evaluate(self, v: torch.Tensor, simulate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(g_hat(v), spikes per element)`` for ``lo <= v <= lo + width``."""
+        magnitude = v - self.target.lo
+        if not simulate:
+            value, count = self.table(v.dtype, v.device)
+            q = self.coder.quantize(magnitude).long()
+            return torch.take(value, q), torch.take(count, q)
+        code, _ = self.coder.encode(magnitude, simulate=True)
+        digits = 2.0 ** torch.arange(self.T - 1, -1, -1, dtype=v.dtype, device=v.device)
+        x, weight = self._pathway(code.spikes @ digits)
+        s, _, count = self.node.run(x, keep_spikes=True)
+        decoded = torch.einsum("t...n,nt->...", s, self.node.decode_weights().to(v.dtype)) + self.node.bias.to(v.dtype)
+        return weight * decoded, code.counts + count
+
+    def extra_repr(self) -> str:
+        lo, hi = self.fitted.domain
+        return f"{self.target.name}, T={self.T}, split_bits={self.split_bits}, neuron on [{lo:g}, {hi:g}]"

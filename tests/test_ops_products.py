@@ -1,0 +1,185 @@
+"""Spiking products and matrix products (Eqs. 9-12): accuracy, fast == simulate, SOPs, calibration."""
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spikingjelly.activation_based import functional
+
+from spikingjelly_mbe.fitting import fit_neuron
+from spikingjelly_mbe.ops import (IdentityCoder, OpStats, SpikingMatmul, SpikingProduct, collect_stats,
+                                  identity_node)
+
+torch.set_num_threads(1)
+SETTINGS = settings(max_examples=15, deadline=None)
+
+
+def both_modes(op, *inputs):
+    op.mode = "fast"
+    functional.reset_net(op)
+    fast, fast_stats = op(*inputs), op.op_stats()
+    op.mode = "simulate"
+    functional.reset_net(op)
+    return fast, fast_stats, op(*inputs), op.op_stats()
+
+
+def test_identity_neuron_rounds_to_its_grid_and_fires_the_binary_digits():
+    T, A = 8, 3.0
+    coder = IdentityCoder(T, A)
+    x = torch.tensor([0.0, 1e-4, 0.7, -0.7, 2.999, -3.0], dtype=torch.float64)
+    code, clamped = coder.encode(x, simulate=True)
+    step = A / 2 ** T
+    expected = torch.sign(x) * torch.clamp(torch.round(x.abs() / step), max=2 ** T - 1) * step
+    torch.testing.assert_close(code.value, expected, rtol=0, atol=1e-12)
+    assert clamped == 0 and code.counts[0] == 0 and code.counts[1] == 0  # zero (and below half a step) is silent
+    digits = code.spikes.abs() @ (2.0 ** torch.arange(T - 1, -1, -1, dtype=torch.float64))
+    torch.testing.assert_close(digits * step, code.value.abs())
+    torch.testing.assert_close((code.spikes @ code.weights), code.value)
+    fast, _ = coder.encode(x, simulate=False)
+    torch.testing.assert_close(fast.value, code.value, rtol=0, atol=0)
+    torch.testing.assert_close(fast.counts, code.counts, rtol=0, atol=0)
+
+
+def test_identity_neuron_matches_the_fitted_identity_to_one_step():
+    fitted = fit_neuron("identity", kind="mbe", N=1, T=8, budget=40)  # the search keeps the binary expansion
+    x = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    ours = identity_node(8, 1.0).to(torch.float64)(x)
+    assert float((fitted.node().to(torch.float64)(x) - ours).abs().max()) <= 2.0 ** -8
+    assert float((ours - x).abs().max()) <= 2.0 ** -8  # saturates half a step below 1
+
+
+@pytest.mark.parametrize("T", [8, 16])
+def test_product_error_is_below_the_quantisation_bound(T):
+    g = torch.Generator().manual_seed(0)
+    A1, A2 = 2.5, 0.75
+    a = (torch.rand(4000, generator=g) * 2 - 1) * A1
+    b = (torch.rand(4000, generator=g) * 2 - 1) * A2
+    out = SpikingProduct(T=T, ranges=(A1, A2))(a, b)
+    bound = 2 * (A1 * A2) * 2.0 ** -T  # |a db| + |b da| + |da db|, |da| <= A 2^-T (half a step, a full one at the top)
+    assert float((out - a * b).abs().max()) <= bound
+    if T == 16:
+        assert float((out - a * b).abs().max()) / (A1 * A2) <= 1e-3
+
+
+def test_matmul_matches_float_and_counts_coincidences_by_brute_force():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 3, 5, generator=g), torch.randn(5, 4, generator=g)
+    op = SpikingMatmul(T=6, mode="simulate", ranges=(3.0, 3.0))
+    out = op(a, b)
+    codes = [coder.encode(x, simulate=True)[0] for coder, x in zip(op.coders, (a, b))]
+    expected = torch.einsum("bmki,ij,knj->bmn", codes[0].spikes, torch.outer(codes[0].weights, codes[1].weights),
+                            codes[1].spikes)
+    torch.testing.assert_close(out, expected)
+    pairs = (codes[0].spikes.abs()[:, :, :, None, :, None] * codes[1].spikes.abs()[None, None, :, :, None, :]).sum()
+    assert op.op_stats().sops == int(pairs)
+    assert float((out - a @ b).abs().max()) <= 5 * 9 * 2.0 ** -6
+
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=2)
+
+
+@SETTINGS
+@given(batch=shapes, m=st.integers(1, 5), k=st.integers(1, 6), n=st.integers(1, 5), T=st.sampled_from([4, 8, 16]),
+       ranges=st.tuples(st.floats(0.01, 50), st.floats(0.01, 50)), seed=st.integers(0, 2 ** 16),
+       broadcast=st.booleans())
+def test_matmul_fast_equals_simulate(batch, m, k, n, T, ranges, seed, broadcast):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(*batch, m, k, generator=g) * ranges[0]  # some entries beyond the range: clamped
+    b = torch.randn(*([] if broadcast else batch), k, n, generator=g) * ranges[1]
+    fast, fast_stats, sim, sim_stats = both_modes(SpikingMatmul(T=T, ranges=ranges), a, b)
+    torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-5 * ranges[0] * ranges[1] * k)
+    assert fast_stats == sim_stats
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), T=st.sampled_from([4, 8, 16]),
+       ranges=st.tuples(st.floats(0.01, 50), st.floats(0.01, 50)), seed=st.integers(0, 2 ** 16),
+       keep=st.lists(st.booleans(), min_size=3, max_size=3), double=st.booleans())
+def test_product_fast_equals_simulate(shape, T, ranges, seed, keep, double):
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.float64 if double else torch.float32
+    a = torch.randn(*shape, generator=g, dtype=dtype) * ranges[0]
+    b_shape = [s if kept else 1 for s, kept in zip(shape, keep)]
+    b = torch.randn(*b_shape, generator=g, dtype=dtype) * ranges[1]
+    fast, fast_stats, sim, sim_stats = both_modes(SpikingProduct(T=T, ranges=ranges), a, b)
+    assert fast.dtype == dtype and fast.shape == torch.broadcast_shapes(a.shape, b.shape)
+    torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-6 * ranges[0] * ranges[1])
+    assert fast_stats == sim_stats
+
+
+def test_calibration_records_max_or_percentile_then_spikes():
+    g = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g) * 3) for _ in range(3)]
+    op = SpikingProduct(T=16)
+    assert op.calibrating and op.ranges is None
+    for a, b in batches:
+        torch.testing.assert_close(op(a, b), a * b, rtol=0, atol=0)  # calibration forwards are the float op
+    assert op.op_stats() == OpStats()
+    pct = SpikingProduct(T=16)
+    for a, b in batches:
+        pct(a, b)
+    ranges = op.finish_calibration()
+    assert not op.calibrating
+    assert ranges == pytest.approx((max(float(a.abs().max()) for a, _ in batches),
+                                    max(float(b.abs().max()) for _, b in batches)))
+    assert all(p < r for p, r in zip(pct.finish_calibration(percentile=90.0), ranges))
+    a, b = batches[0]
+    assert float((op(a, b) - a * b).abs().max()) <= 1e-3 * ranges[0] * ranges[1]
+
+
+def test_uncalibrated_forward_is_a_clear_error():
+    op = SpikingMatmul(T=8)
+    op.calibrating = False
+    with pytest.raises(RuntimeError, match="no operand ranges"):
+        op(torch.ones(2, 2), torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match="before any calibration"):
+        SpikingMatmul(T=8).finish_calibration()
+    op.set_ranges((1.0, 2.0))
+    assert op.ranges == (1.0, 2.0) and not op.calibrating
+    with pytest.raises(ValueError, match="positive"):
+        op.set_ranges((1.0, -2.0))
+
+
+def test_bad_inputs_and_shapes_are_errors_naming_the_problem():
+    op = SpikingMatmul(T=8, ranges=(1.0, 1.0))
+    with pytest.raises(ValueError, match=r"b must be \[\.\.\., K=3, N\]"):
+        op(torch.ones(2, 3), torch.ones(4, 2))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        op(torch.tensor([[float("nan")]]), torch.ones(1, 1))
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        SpikingProduct(T=8, ranges=(1.0, 1.0))(torch.ones(3), torch.tensor([1.0, float("inf"), 0.0]))
+    with pytest.raises(ValueError, match="not broadcastable"):
+        SpikingProduct(T=8, ranges=(1.0, 1.0))(torch.ones(3), torch.ones(4))
+    with pytest.raises(TypeError, match="floating point"):
+        SpikingProduct(T=8, ranges=(1.0, 1.0))(torch.ones(3, dtype=torch.int64), torch.ones(3))
+    with pytest.raises(ValueError, match="mode"):
+        SpikingProduct(mode="exact")
+
+
+def test_out_of_range_operands_are_clamped_counted_and_warned_once(caplog):
+    op = SpikingProduct(T=16, ranges=(1.0, 1.0))
+    a = torch.tensor([0.5, 3.0, -2.0, 0.25])
+    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
+        out = op(a, torch.tensor([1.5, 1.0, 0.5, 0.5]))
+    assert op.op_stats().clamped == 3
+    assert len(caplog.records) == 1 and "clamped" in caplog.records[0].getMessage()
+    torch.testing.assert_close(out, torch.tensor([0.5, 1.0, -0.5, 0.125]), atol=1e-4, rtol=0)
+
+
+def test_stats_reset_step_mode_and_collection():
+    model = torch.nn.ModuleDict({"scores": SpikingMatmul(T=8, ranges=(2.0, 2.0)),
+                                 "gate": SpikingProduct(T=8, ranges=(2.0, 2.0))})
+    functional.set_step_mode(model, "m")  # tolerated: the T steps are internal
+    a = torch.randn(3, 4, 5)
+    model["scores"](a, a.transpose(-1, -2))
+    model["gate"](a, a)
+    stats = collect_stats(model)
+    assert set(stats) == {"scores", "gate"}
+    assert stats["scores"].ann_flops == 2 * 3 * 4 * 5 * 4 and stats["gate"].ann_flops == a.numel()
+    assert stats["scores"].neurons == 2 * a.numel() and stats["scores"].spikes > 0
+    total = sum(stats.values())
+    assert total.spikes == stats["scores"].spikes + stats["gate"].spikes
+    assert 0 < total.firing_rate <= 8
+    functional.reset_net(model)
+    assert all(s == OpStats() for s in collect_stats(model).values())
