@@ -6,6 +6,7 @@ import torch
 from ..fitting import FittedNeuron, load_fitted
 from . import flops
 from .base import SpikingOp, working_dtype
+from .coding import decode
 
 GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 
@@ -42,18 +43,15 @@ class SpikingActivation(SpikingOp):
         return cls(load_fitted("tanh", "mbe", N, T), mode)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x, "input")
+        low, high = self.check_input(x, "input")
         xs = x.to(working_dtype(x))
         lo, hi = self.fitted.domain
-        if xs.numel():
-            low, high = torch.aminmax(xs)
-            if float(low) < lo or float(high) > hi:
-                self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), f"inputs outside [{lo:g}, {hi:g}]")
-                xs = xs.clamp(lo, hi)
+        if low < lo or high > hi:
+            self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), f"inputs outside [{lo:g}, {hi:g}]")
+            xs = xs.clamp(lo, hi)
         spikes, value, counts = self.node.run(xs, keep_spikes=self.simulating)
         if self.simulating:
-            weights = self.node.decode_weights().to(xs.dtype)
-            value = torch.einsum("t...n,nt->...", spikes, weights) + self.node.bias.to(xs.dtype)
+            value = decode(self.node, spikes)
         fired = int(counts.sum())
         self.record(spikes=fired, neurons=xs.numel(), sops=fired, ann_flops=flops.ACTIVATION * xs.numel())
         return value.to(x.dtype)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import fields
 from typing import Tuple
 
@@ -68,16 +69,17 @@ class SpikingOp(base.MemoryModule):
             self.record(clamped=count)
             self._clamped_now.append(f"{count} {what}")
 
-    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
-        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked')."""
+    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> Tuple[float, float]:
+        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked'); returns
+        ``(min, max)`` of ``x`` (``(0, 0)`` when empty)."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"{type(self).__name__}: {name} must be a floating point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
         if x.numel() == 0:
-            return
-        lo, hi = torch.aminmax(x.detach())  # NaN propagates to both
-        if bool(torch.isfinite(hi)) and (bool(torch.isfinite(lo)) or (allow_neg_inf and float(lo) == float("-inf"))):
-            return
+            return 0.0, 0.0
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates to both
+        if not math.isnan(lo) and hi != float("inf") and (lo != float("-inf") or allow_neg_inf):
+            return lo, hi
         bad = x.isnan() | (x == float("inf")) | ((x == float("-inf")) if not allow_neg_inf else False)
         allowed = " (-inf is allowed: it marks masked positions)" if allow_neg_inf else ""
         raise ValueError(f"{type(self).__name__}: {name} contains {int(bad.sum())} NaN/Inf value(s){allowed}; "

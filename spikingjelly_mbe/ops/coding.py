@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..neurons import MBENode
+from ..neurons import MBENode, MultiBasisNode
 
 MAX_T = 24  # q < 2^T stays an exact integer in float32
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
@@ -16,11 +16,24 @@ _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=to
 
 def popcount(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Number of set bits of the integers ``0 <= q < 2^bits`` (``bits <= 32``) held in a float tensor."""
-    v = q.to(torch.int64)
     table = _POPCOUNT16.to(device=q.device, dtype=q.dtype)
     if bits <= 16:
-        return torch.take(table, v)
-    return torch.take(table, v & 0xFFFF) + torch.take(table, v >> 16)
+        return lookup(table, q)
+    v = q.to(torch.int64)
+    return lookup(table, v & 0xFFFF) + lookup(table, v >> 16)
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` (rows of ``table``) for integer-valued ``index`` of any dtype and shape."""
+    return table.index_select(0, index.to(torch.int32).flatten()).view(*index.shape, *table.shape[1:])
+
+
+def decode(node: MultiBasisNode, spikes: torch.Tensor) -> torch.Tensor:
+    """``f_hat`` from a neuron's spikes ``[T, ..., N]``: ``o_n = sum_t d_n[t] s_n[t]`` (Eq. 7),
+    then ``sum_n w_n o_n + b`` (Eq. 8), in the spikes' dtype."""
+    dtype = spikes.dtype
+    o = torch.einsum("t...n,nt->...n", spikes, node.intensity.to(dtype))
+    return o @ node.weight.to(dtype) + node.bias.to(dtype)
 
 
 def check_steps(T: int) -> int:
@@ -76,29 +89,40 @@ class IdentityCoder(nn.Module):
         self.node = identity_node(T, float(A))
         self.T, self.A = T, float(A)
 
-    def quantize(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """The neuron's digits ``q`` (its spikes read as a binary number) for ``0 <= magnitude <= A``:
-        ``q = min(floor(2^T u[0]), 2^T - 1)``, exactly what the greedy spike sequence encodes."""
-        u0 = magnitude * self.node.gain.to(magnitude.dtype) + self.node.offset.to(magnitude.dtype)
-        return torch.floor(u0 * 2.0 ** self.T).clamp_(0, 2 ** self.T - 1)
+    def quantize(self, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
+        """The digits ``q`` (the spikes read as a binary number) the neuron fires for ``|x|``
+        (clamped to ``A`` when ``clamp``): ``q = min(floor(2^T u[0]), 2^T - 1)``, exactly what the
+        greedy spike sequence encodes.
 
-    def clamp(self, magnitude: torch.Tensor) -> Tuple[torch.Tensor, int]:
-        """``magnitude`` clamped to ``[0, A]`` and the number of elements that were above ``A``."""
-        if magnitude.numel() == 0 or float(magnitude.max()) <= self.A:
-            return magnitude, 0
-        return magnitude.clamp(max=self.A), int((magnitude > self.A).sum())
+        ``2^T u[0] = |x| (gain 2^T) + offset 2^T`` with the node's roundings (scaling by ``2^T``
+        is exact and ``|x g| = |x| g``), computed in place on one new tensor."""
+        scale, gain = 2.0 ** self.T, float(self.node.gain[0])
+        u = (x * (gain * scale)).abs_()
+        if clamp:
+            u.clamp_(max=float(torch.tensor(self.A, dtype=x.dtype) * torch.tensor(gain, dtype=x.dtype)) * scale)
+        return u.add_(float(self.node.offset[0]) * scale).floor_().clamp_(max=scale - 1)
 
-    def encode(self, x: torch.Tensor, simulate: bool) -> Tuple[SpikeCode, int]:
-        """``(code, number of clamped elements)``."""
-        magnitude, clamped = self.clamp(x.abs())
+    def encode(self, x: torch.Tensor, simulate: bool,
+               bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
+        """``(code, number of elements clamped to A)``. ``bounds`` are ``(min x, max x)`` when the
+        caller knows them (e.g. by construction); a non-negative ``x`` skips the sign."""
+        if bounds is None:
+            bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
+        signed = bounds[0] < 0
+        clamped = int((x.abs() > self.A).sum()) if max(-bounds[0], bounds[1]) > self.A else 0
         weights = self.node.decode_weights()[0].to(x.dtype)
         if simulate:
-            s, value, counts = self.node.run(magnitude, keep_spikes=True)
-            spikes = s[..., 0].movedim(0, -1) * torch.sign(x)[..., None]
-            return SpikeCode(torch.copysign(value, x), counts, weights, spikes), clamped
-        q = self.quantize(magnitude)
-        value = q * 2.0 ** -self.T * self.node.weight.to(x.dtype)
-        return SpikeCode(torch.copysign(value, x), popcount(q, self.T), weights), clamped
+            magnitude = x.abs() if signed else x
+            s, value, counts = self.node.run(magnitude.clamp(max=self.A) if clamped else magnitude, keep_spikes=True)
+            spikes = s[..., 0].movedim(0, -1)
+            if signed:
+                sign = torch.sign(x)
+                value, spikes = value * sign, spikes * sign[..., None]
+            return SpikeCode(value, counts, weights, spikes), clamped
+        q = self.quantize(x, clamp=bool(clamped))
+        counts = popcount(q, self.T)
+        value = q.mul_(float(self.node.weight[0]) * 2.0 ** -self.T)  # = (q 2^-T) w, both scalings exact
+        return SpikeCode(value.copysign_(x) if signed else value, counts, weights), clamped
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}"

@@ -73,18 +73,21 @@ class _SpikingNorm(SpikingOp):
         xs = x.to(working_dtype(x))
         simulate, n = self.simulating, math.prod(self.normalized_shape)
         c = xs - xs.mean(dims, keepdim=True) if self.centered else xs
-        _, k = torch.frexp(c.abs().amax(dims, keepdim=True))  # max |c| < 2^k
-        z_code, _ = self.z_coder.encode(torch.ldexp(c, -k), simulate)
-        variance = spike_product(z_code, z_code, simulate, scale=1.0 / n).sum(dims, keepdim=True)
-        mantissa, exponent = torch.frexp(variance + torch.ldexp(torch.full_like(variance, self.eps), -2 * k))
+        low, high = torch.aminmax(c.flatten(-len(dims)), dim=-1, keepdim=True)
+        _, k = torch.frexp(torch.maximum(-low, high).view(*c.shape[:-len(dims)], *[1] * len(dims)))  # max|c| < 2^k
+        scale = torch.exp2(-k.to(c.dtype))
+        z_code, _ = self.z_coder.encode(c.mul_(scale) if self.centered else c * scale, simulate, (-1.0, 1.0))
+        variance = spike_product(z_code, z_code, simulate, 1.0 / n).sum(dims, keepdim=True)
+        mantissa, exponent = torch.frexp(variance + self.eps * torch.exp2(-2.0 * k.to(c.dtype)))
         odd = (exponent - 1) % 2  # v = (2 mantissa) 2^(exponent - 1); make the exponent even
-        rho, rho_spikes = self.rsqrt.evaluate(torch.ldexp(2 * mantissa, odd), simulate)
-        rho_code, _ = self.rho_coder.encode(rho, simulate)
-        out = torch.ldexp(spike_product(z_code, rho_code, simulate), -torch.div(exponent - 1 - odd, 2, rounding_mode="floor"))
+        rho, rho_spikes = self.rsqrt.evaluate(2 * mantissa * torch.exp2(odd.to(c.dtype)), simulate)
+        rho_code, _ = self.rho_coder.encode(rho, simulate, (0.0, self.rho_coder.A))
+        shift = torch.exp2(-torch.div(exponent - 1 - odd, 2, rounding_mode="floor").to(c.dtype))
+        out = spike_product(z_code, rho_code, simulate, shift)
         if self.weight is not None:
-            out = out * self.weight.to(out.dtype)
+            out = out.mul_(self.weight.detach().to(out.dtype))
         if self.bias is not None:
-            out = out + self.bias.to(out.dtype)
+            out = out.add_(self.bias.detach().to(out.dtype))
         rows = rho.numel()
         spikes = int(z_code.counts.sum() + rho_spikes.sum() + rho_code.counts.sum())
         self.record(spikes=spikes, neurons=xs.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,

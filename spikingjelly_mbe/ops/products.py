@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -17,20 +17,35 @@ def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Te
     return scale * torch.outer(a.weights, b.weights)
 
 
-def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: float = 1.0) -> torch.Tensor:
-    """``x1 * x2 ~ sum_ij D_ij S_ij`` with ``S_ij = s[i] s'[j]`` (Eqs. 10-12), broadcasting.
+def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
+    """``scale * x1 * x2 ~ sum_ij D_ij S_ij`` with ``S_ij = s[i] s'[j]`` (Eqs. 10-12), broadcasting.
 
     ``simulate`` sums over the spike coincidences; fast mode multiplies the decoded operands,
-    the same sum regrouped as ``(sum_i d[i] s[i]) (sum_j d'[j] s'[j])``.
+    the same sum regrouped as ``(sum_i d[i] s[i]) (sum_j d'[j] s'[j])``. A float ``scale``
+    pre-scales ``D``; a tensor ``scale`` (a power of two per row, an exponent shift) scales the
+    result and is folded into ``b`` in fast mode, which is exact.
     """
     if simulate:
+        if isinstance(scale, torch.Tensor):
+            return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b), b.spikes) * scale
         return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b, scale), b.spikes)
-    return a.value * b.value * scale
+    if isinstance(scale, torch.Tensor):
+        return a.value * (b.value * scale)
+    return (a.value * b.value).mul_(scale) if scale != 1.0 else a.value * b.value
 
 
 def product_sops(a: SpikeCode, b: SpikeCode) -> int:
-    """Spike coincidences ``S_ij = 1`` of an element-wise product: ``sum c1 * c2`` (broadcast)."""
-    return int((a.counts * b.counts).sum())
+    """Spike coincidences ``S_ij = 1`` of an element-wise product: ``sum c1 * c2`` over the
+    broadcast shape, computed by first summing each operand over the dimensions the other
+    broadcasts along (no tensor of the full shape is formed)."""
+    shape = torch.broadcast_shapes(a.counts.shape, b.counts.shape)
+    ca = a.counts.reshape((1,) * (len(shape) - a.counts.dim()) + tuple(a.counts.shape))
+    cb = b.counts.reshape((1,) * (len(shape) - b.counts.dim()) + tuple(b.counts.shape))
+    only_a = [d for d in range(len(shape)) if ca.shape[d] > 1 and cb.shape[d] == 1]
+    only_b = [d for d in range(len(shape)) if cb.shape[d] > 1 and ca.shape[d] == 1]
+    ca = ca.sum(only_a, keepdim=True) if only_a else ca
+    cb = cb.sum(only_b, keepdim=True) if only_b else cb
+    return int(torch.dot(ca.flatten(), cb.flatten()))
 
 
 def spike_matmul(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
@@ -110,8 +125,7 @@ class _TwoOperandOp(SpikingOp):
         return self.ranges
 
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        self.check_input(a, "operand a")
-        self.check_input(b, "operand b")
+        bounds = (self.check_input(a, "operand a"), self.check_input(b, "operand b"))
         self.check_shapes(a, b)
         if self.calibrating:
             for observer, x in zip(self.observers, (a, b)):
@@ -123,8 +137,8 @@ class _TwoOperandOp(SpikingOp):
                                "/ call op.set_ranges((A1, A2))")
         dtype = working_dtype(a)
         codes = []
-        for name, coder, x in (("a", self.coders[0], a), ("b", self.coders[1], b)):
-            code, clamped = coder.encode(x.to(dtype), self.simulating)
+        for name, coder, x, known in zip("ab", self.coders, (a, b), bounds):
+            code, clamped = coder.encode(x.to(dtype), self.simulating, known)
             self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
             self.record(spikes=code.counts.sum(), neurons=x.numel())
             codes.append(code)

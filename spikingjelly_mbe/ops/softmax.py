@@ -44,39 +44,42 @@ class SpikingSoftmax(SpikingOp):
         self.dim, self.T = dim, check_steps(T)
         self.exp2 = SplitFunction("exp2", T, N, split_bits)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits)
-        exp2_values = self.exp2.table(torch.float64, torch.device("cpu"))[0]
+        exp2_values = self.exp2.table(torch.float64, torch.device("cpu")).real
         # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0, digits q = 0), otherwise n <= -1
         self.e_coder = IdentityCoder(T, max(float(exp2_values[0]), self.exp2.max_output / 2) * HEADROOM)
         self.r_coder = IdentityCoder(T, self.reciprocal.max_output * HEADROOM)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x, "input", allow_neg_inf=True)
+        lo, hi = self.check_input(x, "input", allow_neg_inf=True)
         if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
             raise ValueError(f"SpikingSoftmax(dim={self.dim}) needs an input with dimension {self.dim}; "
                              f"got shape {tuple(x.shape)}")
         xs = x.to(working_dtype(x))
         simulate = self.simulating
         row_max = xs.amax(self.dim, keepdim=True)
-        row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # fully masked rows
-        y = ((xs - row_max) * LOG2E).clamp_min(MIN_EXPONENT)
+        if lo == float("-inf"):
+            row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # fully masked rows
+        y = (xs - row_max).mul_(LOG2E)
+        live = None
+        if lo == float("-inf") or (hi - lo) * LOG2E >= -MIN_EXPONENT:  # some entries are masked or negligible
+            live = y.clamp_min_(MIN_EXPONENT) > MIN_EXPONENT
         n = torch.floor(y)
-        exp2_frac, exp2_spikes = self.exp2.evaluate(y - n, simulate)
-        e = torch.ldexp(exp2_frac, n)
-        live = y > MIN_EXPONENT
-        exp2_spikes = exp2_spikes * live
+        exp2_frac, exp2_spikes = self.exp2.evaluate(y.sub_(n), simulate)
+        e = exp2_frac.mul_(n.exp2_())  # the exponent shift 2^n (exact)
+        if live is not None:
+            exp2_spikes = exp2_spikes * live
         total = e.sum(self.dim, keepdim=True)
         mantissa, exponent = torch.frexp(torch.where(total > 0, total, torch.ones_like(total)))
         recip, recip_spikes = self.reciprocal.evaluate(2 * mantissa, simulate)  # 1/M, M = 2 * mantissa in [1, 2)
-        e_code, _ = self.e_coder.encode(e, simulate)
-        r_code, _ = self.r_coder.encode(recip, simulate)
-        out = torch.ldexp(spike_product(e_code, r_code, simulate), 1 - exponent)  # 1/S = 2^-(exponent - 1) / M
-        live_count, rows = int(live.sum()), recip.numel()
+        e_code, _ = self.e_coder.encode(e, simulate, (0.0, self.e_coder.A))
+        r_code, _ = self.r_coder.encode(recip, simulate, (0.0, self.r_coder.A))
+        out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
+        live_count = x.numel() if live is None else int(live.sum())
+        rows = recip.numel()
         spikes = int(exp2_spikes.sum() + recip_spikes.sum() + e_code.counts.sum() + r_code.counts.sum())
-        self.record(spikes=spikes,
-                    neurons=(SplitFunction.NEURONS_PER_ELEMENT + 1) * live_count
-                    + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,
-                    sops=spikes + live_count + product_sops(e_code, r_code),
-                    ann_flops=flops.SOFTMAX * x.numel())
+        neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
+        self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
+                    sops=spikes + live_count + product_sops(e_code, r_code), ann_flops=flops.SOFTMAX * x.numel())
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
