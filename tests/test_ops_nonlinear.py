@@ -75,6 +75,28 @@ def test_split_functions_are_accurate_and_modes_agree():
         assert float(((fast - fn(v)) / fn(v)).abs().max()) <= 5e-4, name
 
 
+@pytest.mark.parametrize("make, reference", [
+    (lambda: SpikingActivation.gelu(T=16), F.gelu),
+    (lambda: SpikingActivation.gelu(T=8, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
+    (lambda: SpikingActivation.silu(T=12), F.silu),
+    (lambda: SpikingActivation.tanh(T=10, N=2), torch.tanh)])
+def test_named_activations_use_the_shipped_fits(make, reference):
+    act = make()
+    x = torch.linspace(*act.fitted.domain, 4001, dtype=torch.float64)
+    assert float((act(x) - reference(x)).abs().max()) <= act.fitted.errors["max_abs"] * 1.05 + 1e-6
+    with pytest.raises(ValueError, match="approximate"):
+        SpikingActivation.gelu(approximate="sigmoid")
+
+
+def test_paper_form_without_range_reduction_runs_in_both_modes():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(3, 4, 24, generator=g) * 5
+    softmax = SpikingSoftmax(T=16, split_bits=0)
+    assert float((assert_modes_agree(softmax, x, atol=1e-6) - torch.softmax(x, -1)).abs().max()) <= 1e-2
+    norm = SpikingLayerNorm(24, T=16, split_bits=0)
+    assert float((assert_modes_agree(norm, x, atol=1e-5) - F.layer_norm(x, (24,))).abs().max()) <= 2e-2
+
+
 @pytest.mark.parametrize("scale", [3.0, 30.0])
 def test_softmax_matches_torch(softmax, scale):
     g = torch.Generator().manual_seed(3)

@@ -47,18 +47,20 @@ def identity_node(T: int, A: float) -> MBENode:
     """MBE_Id for magnitudes in ``[0, A]`` (Eq. 9), the binary expansion as an MBE neuron.
 
     One basis with ``tau_v = tau_r = tau_d = dt / ln 2`` and ``alpha = 1/2``, so
-    ``Vth[t] = r[t] = d[t] = 2^-(t+1)`` (Eq. 4); input gain ``1/A``; input offset ``2^-(T+1)``
-    (half a step, so the neuron rounds to nearest and a zero input fires nothing); weight ``A``.
-    It emits ``A * 2^-T * q`` with ``q = min(round(2^T x / A), 2^T - 1)``, and its spikes are the
-    binary digits of ``q``, most significant first. This is the optimum the identity fits of the
-    library find (the fitted output bias of half a step becomes the input offset here).
+    ``Vth[t] = r[t] = d[t] = 2^-(t+1)`` (Eq. 4). With ``L = 2^T - 1`` levels above zero, input gain
+    ``L / (2^T A)``, input offset ``2^-(T+1)`` (half a step: the neuron rounds to nearest and a zero
+    input fires nothing) and weight ``2^T A / L``, it emits ``q A / L`` with
+    ``q = floor(L x / A + 1/2)``: the uniform quantiser of ``[0, A]`` with ``2^T`` levels, error at
+    most ``A / (2 L)``. Its spikes are the binary digits of ``q``, most significant first. The
+    library's identity fits find this neuron up to one step (their fitted output bias of half a
+    step is the input offset here); the exact form gives fast mode a closed form.
     """
     check_steps(T)
     if not (A > 0 and math.isfinite(A)):
         raise ValueError(f"the identity range A must be positive and finite, got {A!r}")
-    tau = [1.0 / math.log(2.0)]
-    return MBENode(tau, tau, tau, weight=[A], T=T, alpha=0.5, gain=[1.0 / A], offset=[2.0 ** -(T + 1)],
-                   domain=(0.0, A))
+    tau, levels = [1.0 / math.log(2.0)], 2.0 ** T - 1
+    return MBENode(tau, tau, tau, weight=[A * 2.0 ** T / levels], T=T, alpha=0.5, gain=[levels / (2.0 ** T * A)],
+                   offset=[2.0 ** -(T + 1)], domain=(0.0, A))
 
 
 @dataclass
