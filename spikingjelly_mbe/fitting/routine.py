@@ -139,9 +139,11 @@ def _layout(kind: str, target: Target, N: int, T: int, dt: float, decay: bool) -
     lo, hi = target.domain
     grid = torch.linspace(lo, hi, 4097, dtype=torch.float64)
     f = target.fn(grid).to(torch.float64)
+    if not torch.isfinite(f).all():
+        raise ValueError(f"target {target.name!r} is not finite everywhere on {target.domain}")
     alpha = float(f.abs().max())
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"target {target.name!r} must be finite and not identically 0 on {target.domain}")
+    if alpha == 0:
+        raise ValueError(f"target {target.name!r} is identically 0 on {target.domain}")
     curvature = (f[2:] - 2 * f[1:-1] + f[:-2]).abs()
     if float(curvature.sum()) > 1e-9 * alpha:
         w = curvature / curvature.sum()
@@ -268,8 +270,6 @@ def fit_neuron(target: Union[str, Target, TensorFn], kind: str = "mbe", N: int =
     stride = max(1, samples // SEARCH_SAMPLES)
     xs, ys = x[::stride], y[::stride]
     xs32 = xs.to(torch.float32)  # the search simulates in float32; the final solve in float64
-    if not torch.isfinite(y).all():
-        raise ValueError(f"target {tgt.name!r} is not finite everywhere on {tgt.domain}")
     budget = DEFAULT_BUDGET if budget is None else budget
     search = _Search(layout, xs32, ys, budget, f"fit {kind} {tgt.name} N={layout.N} T={T}", progress)
     best_theta = search.run(seed, restarts)
