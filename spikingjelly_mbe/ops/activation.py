@@ -6,7 +6,7 @@ import torch
 from ..fitting import FittedNeuron, load_fitted
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import decode
+from .coding import decode, total
 
 GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 
@@ -52,7 +52,7 @@ class SpikingActivation(SpikingOp):
         spikes, value, counts = self.node.run(xs, keep_spikes=self.simulating)
         if self.simulating:
             value = decode(self.node, spikes)
-        fired = int(counts.sum())
+        fired = total(counts)
         self.record(spikes=fired, neurons=xs.numel(), sops=fired, ann_flops=flops.ACTIVATION * xs.numel())
         return value.to(x.dtype)
 

@@ -23,6 +23,11 @@ def popcount(q: torch.Tensor, bits: int) -> torch.Tensor:
     return lookup(table, v & 0xFFFF) + lookup(table, v >> 16)
 
 
+def total(counts: torch.Tensor) -> int:
+    """Exact sum of per-element spike counts (accumulated in float64)."""
+    return int(counts.sum(dtype=torch.float64))
+
+
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``table[index]`` (rows of ``table``) for integer-valued ``index`` of any dtype and shape."""
     return table.index_select(0, index.to(torch.int32).flatten()).view(*index.shape, *table.shape[1:])
@@ -67,14 +72,14 @@ def identity_node(T: int, A: float) -> MBENode:
 class SpikeCode:
     """An operand coded by MBE_Id: ``value = sum_t weights[t] * spikes[..., t]`` (Eq. 9).
 
-    ``spikes`` (simulate mode only) are ternary, ``sign(x) * s[t]`` with ``s`` binary; ``counts``
-    are the spikes per element.
+    ``counts`` are the spikes per element. Simulate mode also keeps the ternary ``spikes``
+    (``sign(x) * s[t]`` with ``s`` binary) and the decoding ``weights`` ``d[t]``.
     """
 
     value: torch.Tensor
     counts: torch.Tensor
-    weights: torch.Tensor
     spikes: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
 
 
 class IdentityCoder(nn.Module):
@@ -90,6 +95,8 @@ class IdentityCoder(nn.Module):
         super().__init__()
         self.node = identity_node(T, float(A))
         self.T, self.A = T, float(A)
+        # the node's float32 parameters as Python numbers (fast mode uses them as scalars)
+        self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
 
     def quantize(self, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """The digits ``q`` (the spikes read as a binary number) the neuron fires for ``|x|``
@@ -98,11 +105,11 @@ class IdentityCoder(nn.Module):
 
         ``2^T u[0] = |x| (gain 2^T) + offset 2^T`` with the node's roundings (scaling by ``2^T``
         is exact and ``|x g| = |x| g``), computed in place on one new tensor."""
-        scale, gain = 2.0 ** self.T, float(self.node.gain[0])
-        u = (x * (gain * scale)).abs_()
+        scale = 2.0 ** self.T
+        u = (x * (self.gain * scale)).abs_()
         if clamp:
-            u.clamp_(max=float(torch.tensor(self.A, dtype=x.dtype) * torch.tensor(gain, dtype=x.dtype)) * scale)
-        return u.add_(float(self.node.offset[0]) * scale).floor_().clamp_(max=scale - 1)
+            u.clamp_(max=float(torch.tensor(self.A, dtype=x.dtype) * torch.tensor(self.gain, dtype=x.dtype)) * scale)
+        return u.add_(self.offset * scale).floor_().clamp_(max=scale - 1)
 
     def encode(self, x: torch.Tensor, simulate: bool,
                bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
@@ -112,7 +119,6 @@ class IdentityCoder(nn.Module):
             bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
         signed = bounds[0] < 0
         clamped = int((x.abs() > self.A).sum()) if max(-bounds[0], bounds[1]) > self.A else 0
-        weights = self.node.decode_weights()[0].to(x.dtype)
         if simulate:
             magnitude = x.abs() if signed else x
             s, value, counts = self.node.run(magnitude.clamp(max=self.A) if clamped else magnitude, keep_spikes=True)
@@ -120,11 +126,11 @@ class IdentityCoder(nn.Module):
             if signed:
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
-            return SpikeCode(value, counts, weights, spikes), clamped
+            return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = popcount(q, self.T)
-        value = q.mul_(float(self.node.weight[0]) * 2.0 ** -self.T)  # = (q 2^-T) w, both scalings exact
-        return SpikeCode(value.copysign_(x) if signed else value, counts, weights), clamped
+        value = q.mul_(self.weight * 2.0 ** -self.T)  # = (q 2^-T) w, both scalings exact
+        return SpikeCode(value.copysign_(x) if signed else value, counts), clamped
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}"

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import IdentityCoder, check_steps
+from .coding import IdentityCoder, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
@@ -73,8 +73,7 @@ class _SpikingNorm(SpikingOp):
         xs = x.to(working_dtype(x))
         simulate, n = self.simulating, math.prod(self.normalized_shape)
         c = xs - xs.mean(dims, keepdim=True) if self.centered else xs
-        low, high = torch.aminmax(c.flatten(-len(dims)), dim=-1, keepdim=True)
-        _, k = torch.frexp(torch.maximum(-low, high).view(*c.shape[:-len(dims)], *[1] * len(dims)))  # max|c| < 2^k
+        _, k = torch.frexp(c.abs().amax(dims, keepdim=True))  # max |c| < 2^k
         scale = torch.exp2(-k.to(c.dtype))
         z_code, _ = self.z_coder.encode(c.mul_(scale) if self.centered else c * scale, simulate, (-1.0, 1.0))
         variance = spike_product(z_code, z_code, simulate, 1.0 / n).sum(dims, keepdim=True)
@@ -89,7 +88,7 @@ class _SpikingNorm(SpikingOp):
         if self.bias is not None:
             out = out.add_(self.bias.detach().to(out.dtype))
         rows = rho.numel()
-        spikes = int(z_code.counts.sum() + rho_spikes.sum() + rho_code.counts.sum())
+        spikes = total(z_code.counts) + total(rho_spikes) + total(rho_code.counts)
         self.record(spikes=spikes, neurons=xs.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,
                     sops=spikes + product_sops(z_code, z_code) + product_sops(z_code, rho_code),
                     ann_flops=self.element_flops * xs.numel() + self.row_flops * rows)

@@ -9,7 +9,7 @@ import torch
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .calibration import RangeObserver
-from .coding import IdentityCoder, SpikeCode, check_steps
+from .coding import IdentityCoder, SpikeCode, check_steps, total
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -31,7 +31,8 @@ def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: Union[float
         return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b, scale), b.spikes)
     if isinstance(scale, torch.Tensor):
         return a.value * (b.value * scale)
-    return (a.value * b.value).mul_(scale) if scale != 1.0 else a.value * b.value
+    out = a.value * b.value
+    return out.mul_(scale) if scale != 1.0 else out
 
 
 def product_sops(a: SpikeCode, b: SpikeCode) -> int:
@@ -43,8 +44,8 @@ def product_sops(a: SpikeCode, b: SpikeCode) -> int:
     cb = b.counts.reshape((1,) * (len(shape) - b.counts.dim()) + tuple(b.counts.shape))
     only_a = [d for d in range(len(shape)) if ca.shape[d] > 1 and cb.shape[d] == 1]
     only_b = [d for d in range(len(shape)) if cb.shape[d] > 1 and ca.shape[d] == 1]
-    ca = ca.sum(only_a, keepdim=True) if only_a else ca
-    cb = cb.sum(only_b, keepdim=True) if only_b else cb
+    ca = ca.sum(only_a, keepdim=True, dtype=torch.float64) if only_a else ca.double()
+    cb = cb.sum(only_b, keepdim=True, dtype=torch.float64) if only_b else cb.double()
     return int(torch.dot(ca.flatten(), cb.flatten()))
 
 
@@ -76,8 +77,8 @@ def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
     ``sum_k colsum(c1)[k] * rowsum(c2)[k]``.
     """
     if simulate:
-        return int((a.counts @ b.counts).sum())
-    return int((a.counts.sum(-2) * b.counts.sum(-1)).sum())
+        return total(a.counts.double() @ b.counts.double())
+    return total(a.counts.sum(-2, dtype=torch.float64) * b.counts.sum(-1, dtype=torch.float64))
 
 
 def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
@@ -140,7 +141,7 @@ class _TwoOperandOp(SpikingOp):
         for name, coder, x, known in zip("ab", self.coders, (a, b), bounds):
             code, clamped = coder.encode(x.to(dtype), self.simulating, known)
             self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
-            self.record(spikes=code.counts.sum(), neurons=x.numel())
+            self.record(spikes=total(code.counts), neurons=x.numel())
             codes.append(code)
         out = self.combine(*codes)
         self.record(ann_flops=self.float_flops(a, b))

@@ -7,7 +7,7 @@ import torch
 
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import IdentityCoder, check_steps
+from .coding import IdentityCoder, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
@@ -68,15 +68,15 @@ class SpikingSoftmax(SpikingOp):
         e = exp2_frac.mul_(n.exp2_())  # the exponent shift 2^n (exact)
         if live is not None:
             exp2_spikes = exp2_spikes * live
-        total = e.sum(self.dim, keepdim=True)
-        mantissa, exponent = torch.frexp(torch.where(total > 0, total, torch.ones_like(total)))
+        row_sum = e.sum(self.dim, keepdim=True)
+        mantissa, exponent = torch.frexp(torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum)))
         recip, recip_spikes = self.reciprocal.evaluate(2 * mantissa, simulate)  # 1/M, M = 2 * mantissa in [1, 2)
         e_code, _ = self.e_coder.encode(e, simulate, (0.0, self.e_coder.A))
         r_code, _ = self.r_coder.encode(recip, simulate, (0.0, self.r_coder.A))
         out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
         live_count = x.numel() if live is None else int(live.sum())
         rows = recip.numel()
-        spikes = int(exp2_spikes.sum() + recip_spikes.sum() + e_code.counts.sum() + r_code.counts.sum())
+        spikes = total(exp2_spikes) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
         neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
         self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
                     sops=spikes + live_count + product_sops(e_code, r_code), ann_flops=flops.SOFTMAX * x.numel())
