@@ -7,3 +7,5 @@ from .neurons import FSNode, MBENode, MultiBasisNode  # noqa: E402
 
 __all__ = ["FSNode", "FittedNeuron", "FittedNeuronError", "MBENode", "MultiBasisNode", "__version__",
            "available", "fit_neuron", "load_fitted"]
+from .conversion import convert  # noqa: E402
+__all__ += ["convert"]

@@ -44,6 +44,12 @@ class SpikingAttention(nn.Module):
         self.softmax = nn.Softmax(dim=-1)
         self.context = settings.matmul()
 
+    def bound_ranges(self) -> None:
+        """Attention probabilities lie in ``[0, 1]``: the context product's first range is 1 by
+        construction, whatever the calibration batches happened to reach."""
+        if self.context.ranges is not None:
+            self.context.set_ranges((1.0, self.context.ranges[1]))
+
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
                 is_causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .blocks import SpikingAttention
+
 Batch = Union[torch.Tensor, Mapping[str, Any]]
 METHODS = ("max", "percentile")
 
@@ -97,4 +99,7 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     percentile = None if calibration.method == "max" else calibration.percentile
     for op in todo.values():
         op.finish_calibration(percentile=percentile)
+    for module in model.modules():
+        if isinstance(module, SpikingAttention):
+            module.bound_ranges()
     return used

@@ -49,14 +49,14 @@ class OpSettings:
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode)
+        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N)
 
     def layer_norm(self, source: nn.Module) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products, same gamma/beta."""
-        return SpikingLayerNorm.from_module(source, T=self.T, mode=self.mode)
+        return SpikingLayerNorm.from_module(source, T=self.T, mode=self.mode, N=self.N)
 
     def rms_norm(self, source: nn.Module) -> SpikingRMSNorm:
-        return SpikingRMSNorm.from_module(source, T=self.T, mode=self.mode)
+        return SpikingRMSNorm.from_module(source, T=self.T, mode=self.mode, N=self.N)
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:

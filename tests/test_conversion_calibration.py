@@ -1,0 +1,72 @@
+"""Calibration of the product ranges, batch formats, and state reset between forwards."""
+import pytest
+import torch
+
+from spikingjelly_mbe.conversion import Calibration, convert, set_mode
+from spikingjelly_mbe.conversion.calibration import pending
+from spikingjelly_mbe.conversion.options import reset_states
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.ops import SpikingMatmul, SpikingProduct
+
+torch.set_num_threads(1)
+
+
+def products(model):
+    return {p: m for p, m in model.named_modules() if isinstance(m, (SpikingProduct, SpikingMatmul))}
+
+
+def test_no_data_and_no_ranges_is_an_error():
+    with pytest.raises(ValueError, match="calib_data"):
+        convert(build("vit"))
+
+
+def test_explicit_ranges_need_no_data():
+    snn = convert(build("gpt2"), calibration=Calibration(ranges={"*": (4.0, 4.0)}))
+    assert products(snn) and not pending(snn)
+
+
+def test_num_batches_caps_the_data_read():
+    seen = []
+
+    def batches():
+        for s in range(5):
+            seen.append(s)
+            yield make_batch("vit", 2, seed=s)
+
+    snn = convert(build("vit"), calibration=Calibration(data=batches(), num_batches=2))
+    assert seen == [0, 1] and not pending(snn)
+
+
+def test_tensor_and_dict_batches_give_the_same_model():
+    images = make_batch("vit", 4)
+    a = convert(build("vit"), calib_data=[images])
+    b = convert(build("vit"), calib_data=[{"x": images}])
+    with torch.no_grad():
+        torch.testing.assert_close(a(images), b(images), rtol=0, atol=0)
+
+
+def test_a_single_batch_is_not_a_batch_iterable():
+    with pytest.raises(TypeError, match="iterable of batches"):
+        convert(build("vit"), calibration=make_batch("vit", 2))
+
+
+def test_percentile_ranges_are_tighter_than_max():
+    data = [make_batch("bert", 8, seed=s) for s in range(2)]
+    by_max = convert(build("bert"), calib_data=data)
+    by_pct = convert(build("bert"), calibration=Calibration(data=data, method="percentile", percentile=90.0))
+    for (path, a), b in zip(products(by_max).items(), products(by_pct).values()):
+        assert all(hi <= top for hi, top in zip(b.ranges, a.ranges)), path
+    assert any(hi < top for a, b in zip(products(by_max).values(), products(by_pct).values())
+               for hi, top in zip(b.ranges, a.ranges))
+
+
+def test_states_reset_before_every_forward():
+    snn = convert(build("bert", hidden=16), calib_data=[make_batch("bert", 2, seq_len=6)])
+    assert reset_states in snn._forward_pre_hooks.values()
+    set_mode(snn, "simulate")
+    a, b = make_batch("bert", 2, seq_len=6, seed=1), make_batch("bert", 2, seq_len=6, seed=2)
+    with torch.no_grad():
+        first = main_output(snn(**a))
+        main_output(snn(**b))
+        again = main_output(snn(**a))
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
