@@ -212,6 +212,8 @@ def test_norm_shape_and_value_errors():
         SpikingRMSNorm(8, weight=torch.ones(7))
     constant = ln(torch.full((2, 4, 6), 3.0))  # zero variance: eps keeps it finite, the output is 0
     assert torch.all(constant == 0)
+    tiny = torch.randn(3, 4, 6) * 1e-30  # variance far below eps: the output is ~0, never inf/NaN
+    torch.testing.assert_close(ln(tiny), F.layer_norm(tiny, (4, 6)), atol=1e-6, rtol=0)
 
 
 def test_composite_operators_report_their_stats():

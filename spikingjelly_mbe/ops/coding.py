@@ -24,8 +24,11 @@ def popcount(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def total(counts: torch.Tensor) -> int:
-    """Exact sum of per-element spike counts (accumulated in float64)."""
-    return int(counts.sum(dtype=torch.float64))
+    """Exact sum of integer-valued counts: float32 sums along the last dimension (exact while a
+    row sums to less than 2^24), then a float64 sum of the rows."""
+    if counts.dim() == 0 or counts.shape[-1] > 1 << 16:
+        return int(counts.sum(dtype=torch.float64))
+    return int(counts.sum(-1).sum(dtype=torch.float64))
 
 
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

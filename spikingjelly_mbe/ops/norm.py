@@ -13,8 +13,8 @@ from .coding import IdentityCoder, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
-HEADROOM = 1.0 + 2.0 ** -20  # the 1/sqrt(M) code's range exceeds the stage's largest output by rounding
 NORM_SPLIT_BITS = 3
+MIN_ROW_EXPONENT = -40  # rows with max |c| < 2^-40 scale as if it were 2^-40: eps 2^80 stays finite
 
 
 class _SpikingNorm(SpikingOp):
@@ -58,7 +58,7 @@ class _SpikingNorm(SpikingOp):
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, False)
         self.rsqrt = SplitFunction("rsqrt", T, N, split_bits)
         self.z_coder = IdentityCoder(T, 1.0)
-        self.rho_coder = IdentityCoder(T, self.rsqrt.max_output * HEADROOM)
+        self.rho_coder = IdentityCoder(T, self.rsqrt.max_output)
 
     def check_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
         k = len(self.normalized_shape)
@@ -74,6 +74,7 @@ class _SpikingNorm(SpikingOp):
         simulate, n = self.simulating, math.prod(self.normalized_shape)
         c = xs - xs.mean(dims, keepdim=True) if self.centered else xs
         _, k = torch.frexp(c.abs().amax(dims, keepdim=True))  # max |c| < 2^k
+        k = k.clamp_(min=MIN_ROW_EXPONENT)
         scale = torch.exp2(-k.to(c.dtype))
         z_code, _ = self.z_coder.encode(c.mul_(scale) if self.centered else c * scale, simulate, (-1.0, 1.0))
         variance = spike_product(z_code, z_code, simulate, 1.0 / n).sum(dims, keepdim=True)

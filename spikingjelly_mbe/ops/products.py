@@ -44,9 +44,9 @@ def product_sops(a: SpikeCode, b: SpikeCode) -> int:
     cb = b.counts.reshape((1,) * (len(shape) - b.counts.dim()) + tuple(b.counts.shape))
     only_a = [d for d in range(len(shape)) if ca.shape[d] > 1 and cb.shape[d] == 1]
     only_b = [d for d in range(len(shape)) if cb.shape[d] > 1 and ca.shape[d] == 1]
-    ca = ca.sum(only_a, keepdim=True, dtype=torch.float64) if only_a else ca.double()
-    cb = cb.sum(only_b, keepdim=True, dtype=torch.float64) if only_b else cb.double()
-    return int(torch.dot(ca.flatten(), cb.flatten()))
+    ca = ca.sum(only_a, keepdim=True) if only_a else ca
+    cb = cb.sum(only_b, keepdim=True) if only_b else cb
+    return total(ca * cb)
 
 
 def spike_matmul(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
@@ -78,7 +78,7 @@ def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
     """
     if simulate:
         return total(a.counts.double() @ b.counts.double())
-    return total(a.counts.sum(-2, dtype=torch.float64) * b.counts.sum(-1, dtype=torch.float64))
+    return total(a.counts.sum(-2).double() * b.counts.sum(-1).double())
 
 
 def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:

@@ -13,7 +13,6 @@ from .split import SplitFunction
 
 LOG2E = 1.0 / math.log(2.0)
 MIN_EXPONENT = -2048.0  # 2^-2048 is 0 even in float64: such entries (and -inf) contribute exactly 0
-HEADROOM = 1.0 + 2.0 ** -20  # MBE_Id ranges exceed the largest stage output by float rounding
 SOFTMAX_SPLIT_BITS = 3
 
 
@@ -41,13 +40,14 @@ class SpikingSoftmax(SpikingOp):
     def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
                  split_bits: int = SOFTMAX_SPLIT_BITS) -> None:
         super().__init__(mode)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {dim!r}")
         self.dim, self.T = dim, check_steps(T)
         self.exp2 = SplitFunction("exp2", T, N, split_bits)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits)
-        exp2_values = self.exp2.table(torch.float64, torch.device("cpu")).real
-        # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0, digits q = 0), otherwise n <= -1
-        self.e_coder = IdentityCoder(T, max(float(exp2_values[0]), self.exp2.max_output / 2) * HEADROOM)
-        self.r_coder = IdentityCoder(T, self.reciprocal.max_output * HEADROOM)
+        # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0), otherwise n <= -1
+        self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2))
+        self.r_coder = IdentityCoder(T, self.reciprocal.max_output)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.check_input(x, "input", allow_neg_inf=True)

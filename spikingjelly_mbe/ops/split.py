@@ -27,6 +27,7 @@ from ..fitting import FittedNeuron, load_fitted
 from .coding import IdentityCoder, check_steps, decode, lookup, popcount
 
 FITS_DIR = Path(__file__).with_name("fits")
+HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ class SplitFunction(nn.Module):
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
         self._tables: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
-        self.max_output = float(self.table(torch.float64, torch.device("cpu")).real.max())
+        values = self.table(torch.float64, torch.device("cpu")).real
+        self.max_output = float(values.max()) * HEADROOM  # the largest value it can emit (any dtype)
+        self.output_at_lo = float(values[0]) * HEADROOM  # what it emits for v = lo
 
     def _pathway(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(neuron input x, pathway weight c_j)`` for digit patterns ``q``."""
