@@ -14,6 +14,7 @@ from typing import List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import TARGETS
 
 
@@ -28,7 +29,27 @@ class WandbMode(Enum):
     disabled = "disabled"
 
 
+class Metric(Enum):
+    """How ANN and SNN are compared: top-1 agreement with the ANN's prediction, perplexity of the
+    next token, or the worst per-sample cosine similarity of the outputs."""
+
+    agreement = "agreement"
+    perplexity = "perplexity"
+    cosine = "cosine"
+
+
+class OpMode(Enum):
+    fast = "fast"
+    simulate = "simulate"
+
+
+class CalibrationMethod(Enum):
+    max = "max"
+    percentile = "percentile"
+
+
 TargetName = Enum("TargetName", {name: name for name in TARGETS}, module=__name__)
+Family = Enum("Family", {name: name for name in FAMILIES}, module=__name__)
 
 
 @dataclass
@@ -80,6 +101,49 @@ class LoggerConfig:
 
 
 @dataclass
+class ModelConfig:
+    """A small model of ``family`` built locally with fan-in scaled random weights, and its metric."""
+
+    family: Family = Family.vit
+    layers: int = 2
+    hidden: int = 32
+    heads: int = 2
+    seed: int = 0
+    metric: Metric = Metric.agreement
+
+
+@dataclass
+class DataConfig:
+    """Generated inputs of the model's kind: ``batches`` x ``batch_size`` to evaluate on, and
+    ``calib_batches`` x ``calib_size`` other ones to calibrate the product ranges."""
+
+    batches: int = 2
+    batch_size: int = 32
+    seq_len: int = 16
+    calib_batches: int = 2
+    calib_size: int = 8
+    seed: int = 1
+
+
+@dataclass
+class CalibrationConfig:
+    method: CalibrationMethod = CalibrationMethod.max
+    percentile: float = 99.99
+
+
+@dataclass
+class ConversionConfig:
+    """Arguments of :func:`spikingjelly_mbe.convert`."""
+
+    T: int = 16
+    N: int = 4
+    mode: OpMode = OpMode.fast
+    fx: bool = False
+    allow_float_fallback: bool = False
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+@dataclass
 class JobConfig:
     """What every entry point has: a name (the W&B group of its sweeps), threads and the logger."""
 
@@ -100,6 +164,16 @@ class FitJob(JobConfig):
 
 
 @dataclass
+class ConvertJob(JobConfig):
+    """``experiments.convert``: convert one model and compare it with its ANN."""
+
+    name: str = "convert"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)
+
+
+@dataclass
 class ReportJob(JobConfig):
     """``experiments.report``: gather the jobs of a multirun folder."""
 
@@ -111,6 +185,7 @@ def register() -> None:
     """Store the schemas and the registered targets in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="fit_schema", node=FitJob)
+    cs.store(name="convert_schema", node=ConvertJob)
     cs.store(name="report_schema", node=ReportJob)
     for name in TARGETS:
         cs.store(group="target", name=name, node=TargetConfig(name=TargetName[name]))

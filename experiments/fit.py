@@ -14,7 +14,7 @@ from spikingjelly_mbe import FittedNeuron, fit_neuron
 
 from . import config  # noqa: F401  (registers the schemas)
 from . import plots
-from .job import start, write_metrics
+from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
@@ -38,7 +38,7 @@ def file_stem(fitted: FittedNeuron) -> str:
     return fitted.key + ("" if fitted.kind == "fs" or fitted.params["decay"] else "-nodecay")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="fit")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="fit")
 def main(cfg: DictConfig) -> None:
     job = start(cfg)
     c = job.cfg

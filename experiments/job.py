@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from .tables import Row
 
 METRICS_FILE = "metrics.json"
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: also found from console scripts
 
 
 @dataclass

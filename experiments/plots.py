@@ -107,3 +107,18 @@ def bars(rows: Sequence[Row], category: str, series: Callable[[Row], str], y: st
     ax.legend(fontsize=8)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def layer_bars(rows: Sequence[Row], path: Path, title: str) -> Path:
+    """Per operator (one row each, keyed ``op``): firing rate and SNN/ANN energy ratio, side by side."""
+    names = [r["op"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.28 * len(rows) + 1.6), sharey=True)
+    for ax, (col, label) in zip(axes, (("firing_rate", "firing rate (spikes per neuron input)"),
+                                       ("energy_ratio", "energy SNN / ANN (Eq. 14)"))):
+        ax.barh(np.arange(len(rows)), [r[col] for r in rows])
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(np.arange(len(rows)), names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,6 +1,6 @@
 """``python -m experiments.report sweep_dir=<multirun folder>``: one table and the sweep's plots.
 
-Gathers every job's ``metrics.json`` under ``sweep_dir`` into ``<sweep_dir>/report``
+Gathers every job's ``metrics.json`` (fit or convert) under ``sweep_dir`` into ``<sweep_dir>/report``
 (``report.md``, ``report.csv``, PNGs) and logs them as one W&B run in the sweep's group. Fit and
 convert multiruns call it by themselves when they end (:class:`ReportCallback`).
 """
@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from . import config  # noqa: F401  (registers the schemas)
 from . import plots
 from .config import LoggerConfig
+from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
 from .fit import TABLE_COLUMNS as FIT_COLUMNS
-from .job import METRICS_FILE, start
+from .job import CONF_DIR, METRICS_FILE, start
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
@@ -56,7 +57,26 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
-ENTRIES: Dict[str, Tuple[Tuple[str, ...], Figures]] = {"fit": (("job", *FIT_COLUMNS), fit_figures)}
+def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
+    """Per metric, ANN and SNN vs T for each model (Table 4); firing rate and energy vs T."""
+    figures: Dict[str, Path] = {}
+    if len({r["T"] for r in rows}) < 2:
+        return figures
+    model = series_by(rows, ("model", "N"))
+    for metric in sorted({r["metric"] for r in rows}):
+        points = [{"T": r["T"], "value": r[side], "series": f"{model(r)} {side.upper()}"}
+                  for r in rows if r["metric"] == metric for side in ("ann", "snn")]
+        figures[f"{metric}_vs_T"] = plots.lines(points, "T", [("value", metric, metric == "perplexity")],
+                                                lambda p: p["series"], out / f"{metric}_vs_T.png",
+                                                f"{metric} of ANN and SNN vs timesteps T")
+    panels = [("firing_rate", "firing rate", False), ("energy_ratio", "energy SNN / ANN (Eq. 14)", False)]
+    figures["energy_vs_T"] = plots.lines(rows, "T", panels, model, out / "energy_vs_T.png",
+                                         "Firing rate and energy of the spiking operators vs T")
+    return figures
+
+
+ENTRIES: Dict[str, Tuple[Tuple[str, ...], Figures]] = {"fit": (("job", *FIT_COLUMNS), fit_figures),
+                                                       "convert": (("job", *CONVERT_COLUMNS), convert_figures)}
 
 
 def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
@@ -64,7 +84,8 @@ def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
     and print the table; returns the report folder."""
     rows = gather(sweep_dir)
     if not rows:
-        raise FileNotFoundError(f"no {METRICS_FILE} under {sweep_dir}: is it a multirun folder of experiments.fit?")
+        raise FileNotFoundError(f"no {METRICS_FILE} under {sweep_dir}: is it a multirun folder of experiments.fit "
+                                "or experiments.convert?")
     out = sweep_dir / REPORT_DIR
     sections, images = [f"# Report: {sweep_dir}\n"], {}
     for entry, (cols, figures) in ENTRIES.items():
@@ -90,7 +111,7 @@ class ReportCallback(Callback):
         build_report(Path(config.hydra.sweep.dir), OmegaConf.to_object(config.logger))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="report")
 def main(cfg: DictConfig) -> None:
     job = start(cfg)
     build_report(Path(job.cfg.sweep_dir), job.cfg.logger)

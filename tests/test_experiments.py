@@ -1,4 +1,5 @@
 """Hydra entry points end to end: a 2-job multirun with offline W&B runs, the report, config errors."""
+import importlib
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from wandb.proto import wandb_internal_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fit.budget=200", "fit.samples=1000", "fit.restarts=1", "plot.points=200", "plot.raster_inputs=2"]
+PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,12 +54,21 @@ def wandb_history(run_file: Path) -> List[Dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    sweep_dir = tmp_path_factory.mktemp("sweep")
-    done = run_cli("experiments.fit", "-m", "neuron.N=1,2", f"hydra.sweep.dir={sweep_dir}", *TINY)
+def multirun(module: str, sweep_dir: Path, *args: str) -> Path:
+    done = run_cli(module, "-m", f"hydra.sweep.dir={sweep_dir}", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir
+
+
+def logged_metric(out: Path, key: str) -> List[float]:
+    """Values of ``key`` in the history of the job's only offline W&B run."""
+    (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    return [row[key] for row in wandb_history(run_file) if key in row]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    return multirun("experiments.fit", tmp_path_factory.mktemp("sweep"), "neuron.N=1,2", *TINY)
 
 
 @pytest.mark.slow
@@ -70,9 +81,7 @@ def test_multirun_jobs_write_metrics_plots_and_offline_wandb_runs(sweep):
         for png in ("fit.png", "raster.png"):
             assert (out / png).read_bytes()[:8] == PNG
         assert json.loads((out / f"gelu-mbe-N{metrics['N']}-T16.json").read_text())["N"] == metrics["N"]
-        (run_file,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
-        history = wandb_history(run_file)
-        assert any(row.get("mse") == pytest.approx(metrics["mse"]) for row in history)
+        assert logged_metric(out, "mse") == [pytest.approx(metrics["mse"])]
         assert metrics["group"] == f"fit-{sweep.name}"
     report = sweep / "report"
     assert (report / "mse_vs_N.png").read_bytes()[:8] == PNG
@@ -80,25 +89,53 @@ def test_multirun_jobs_write_metrics_plots_and_offline_wandb_runs(sweep):
     assert list((report / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-@pytest.mark.slow
-def test_report_entry_point_gathers_a_sweep_folder(sweep):
+@pytest.fixture
+def app(monkeypatch):
+    """Run an entry point's Hydra main in this process with the given command-line arguments."""
+    monkeypatch.syspath_prepend(str(REPO))
+
+    def run(module: str, *args: str) -> None:
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        importlib.import_module(module).main()
+    return run
+
+
+def test_report_entry_point_gathers_a_sweep_folder(sweep, app, capsys):
     (sweep / "report" / "report.md").unlink()
-    done = run_cli("experiments.report", f"sweep_dir={sweep}", "logger=disabled")
-    assert done.returncode == 0, done.stderr[-3000:]
+    app("experiments.report", f"sweep_dir={sweep}", "logger=disabled")
     text = (sweep / "report" / "report.md").read_text()
     assert "MBE N=1" in text and "MBE N=2" in text and "mse_vs_N.png" in text
-    assert "| MBE N=2 |" in done.stdout
+    assert "| MBE N=2 |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_wrong_key_fails_at_start_up_naming_it():
-    done = run_cli("experiments.fit", "neuron.Nn=3")
-    assert done.returncode != 0
-    assert "Nn" in done.stderr and "outputs" not in done.stdout
+def test_convert_multirun_compares_ann_and_snn_and_reports_vs_T(tmp_path):
+    sweep_dir = multirun("experiments.convert", tmp_path, "model=gpt2", "model.hidden=16", "data=tiny",
+                         "conversion.T=8,16")
+    for job in ("0", "1"):
+        out = sweep_dir / job
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["metric"] == "perplexity" and metrics["snn"] == pytest.approx(metrics["ann"], rel=0.2)
+        assert metrics["firing_rate"] > 0 and metrics["energy_ratio"] > 0
+        assert (out / "layers.png").read_bytes()[:8] == PNG and "SpikingSoftmax" in (out / "conversion.txt").read_text()
+        assert logged_metric(out, "snn") == [pytest.approx(metrics["snn"])]
+    for png in ("perplexity_vs_T.png", "energy_vs_T.png"):
+        assert (sweep_dir / "report" / png).read_bytes()[:8] == PNG
+
+
+@pytest.mark.parametrize("module, override, message", [
+    ("experiments.fit", "neuron.Nn=3", "Key 'Nn' not in 'NeuronConfig'"),
+    ("experiments.convert", "conversion.T=sixteen", "'sixteen'"),
+])
+def test_wrong_key_or_value_stops_the_entry_point_at_start_up(app, capsys, tmp_path, module, override, message):
+    with pytest.raises(SystemExit) as stop:
+        app(module, override, f"hydra.run.dir={tmp_path}")
+    assert stop.value.code != 0 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.fixture
-def compose_fit(monkeypatch):
+def compose_app(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO))
     import experiments.config  # noqa: F401  (registers the schemas)
 
@@ -108,26 +145,35 @@ def compose_fit(monkeypatch):
     return compose_with
 
 
-@pytest.mark.parametrize("override, named", [
-    ("neuron.kind=lif", "lif"),
-    ("neuron.N=four", "four"),
-    ("neuron.decay=maybe", "maybe"),
-    ("target=softplus", "softplus"),
-    ("target.name=softplus", "softplus"),
-    ("logger=offlien", "offlien"),
-    ("logger.mode=sync", "sync"),
-    ("fit.budgett=10", "budgett"),
-    ("experiment=fig7", "fig7"),
+@pytest.mark.parametrize("app, override, named", [
+    ("fit", "neuron.kind=lif", "lif"),
+    ("fit", "neuron.N=four", "four"),
+    ("fit", "neuron.decay=maybe", "maybe"),
+    ("fit", "target=softplus", "softplus"),
+    ("fit", "target.name=softplus", "softplus"),
+    ("fit", "logger=offlien", "offlien"),
+    ("fit", "logger.mode=sync", "sync"),
+    ("fit", "fit.budgett=10", "budgett"),
+    ("fit", "experiment=fig7", "fig7"),
+    ("convert", "model=bart", "bart"),
+    ("convert", "model.family=t5", "t5"),
+    ("convert", "conversion.mode=slow", "slow"),
+    ("convert", "conversion.calibration.method=mean", "mean"),
+    ("report", "sweep_dirr=x", "sweep_dirr"),
 ])
-def test_wrong_value_fails_composition_naming_it(compose_fit, override, named):
+def test_wrong_value_fails_composition_naming_it(compose_app, app, override, named):
     with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as err:
-        compose_fit(override)
+        compose_app(override, config=app)
     message = f"{err.value} {err.value.__cause__}"
     assert named in message
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")))
-def test_every_preset_composes(compose_fit, preset):
-    cfg = compose_fit(f"experiment={preset}")
+def test_every_preset_is_known_here():
+    assert sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")) == sorted(PRESETS)
+
+
+@pytest.mark.parametrize("preset, app", sorted(PRESETS.items()))
+def test_every_preset_composes(compose_app, preset, app):
+    cfg = compose_app(f"experiment={preset}", config=app)
     assert cfg.name == preset and cfg.logger.mode.value == "offline"
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
