@@ -106,3 +106,15 @@ def test_attention_function_contract(gpt2):
         spiking_attention(attn, q, k, v, None, dropout=0.1)
     with pytest.raises(RuntimeError, match="no spiking attention core"):
         spiking_attention(build("gpt2").transformer.h[0].attn, q, k, v, None)
+
+
+def test_models_sharing_a_config_are_unaffected():
+    config = hf.GPT2Config(vocab_size=VOCAB, n_layer=1, n_embd=16, n_head=2, bos_token_id=0, eos_token_id=0)
+    first, second = hf.GPT2LMHeadModel(config).eval(), hf.GPT2LMHeadModel(config).eval()
+    assert first.config is second.config
+    ids = make_batch("gpt2", 2, seq_len=6)["input_ids"]
+    before = logits(second, input_ids=ids)
+    snn = convert(first, calib_data=[{"input_ids": ids}])
+    assert snn.config is not config and snn.config._attn_implementation == IMPLEMENTATION
+    assert config._attn_implementation == "sdpa"
+    torch.testing.assert_close(logits(second, input_ids=ids), before, rtol=0, atol=0)
