@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import fields
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from spikingjelly.activation_based import base
@@ -29,7 +29,8 @@ class SpikingOp(base.MemoryModule):
     steps, products as ``sum_ij D_ij S_ij``); ``mode='fast'`` computes the same numbers from the
     reconstructed sums. Counts live in SpikingJelly memories, so ``functional.reset_net`` zeroes
     them; :meth:`op_stats` reads them. The ``T`` steps are internal: the operator maps float
-    tensors to float tensors whatever ``step_mode`` SpikingJelly sets.
+    tensors to float tensors whatever ``step_mode`` SpikingJelly sets. Subclasses implement
+    ``compute(*inputs)``; :meth:`forward` wraps it with the once-per-forward clamp warning.
     """
 
     def __init__(self, mode: str) -> None:
@@ -37,7 +38,7 @@ class SpikingOp(base.MemoryModule):
         self.mode = mode
         for name in STAT_FIELDS:
             self.register_memory(f"stat_{name}", 0)
-        self._clamped_now: list = []
+        self._clamped_now: List[str] = []
 
     @property
     def mode(self) -> str:
