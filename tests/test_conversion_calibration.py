@@ -23,6 +23,16 @@ def test_no_data_and_no_ranges_is_an_error():
 def test_explicit_ranges_need_no_data():
     snn = convert(build("gpt2"), calibration=Calibration(ranges={"*": (4.0, 4.0)}))
     assert products(snn) and not pending(snn)
+    assert {op.ranges for op in products(snn).values()} == {(4.0, 4.0)}
+
+
+def test_attention_probabilities_get_range_one():
+    snn = convert(build("bert"), calibration=Calibration(data=[make_batch("bert", 4)],
+                                                         ranges={"*.layer.0.*.context": (2.0, 3.0)}))
+    ranges = {p: op.ranges for p, op in products(snn).items()}
+    assert ranges["bert.encoder.layer.0.attention.self.mbe_attention.context"] == (2.0, 3.0)
+    assert ranges["bert.encoder.layer.1.attention.self.mbe_attention.context"][0] == 1.0
+    assert ranges["bert.encoder.layer.1.attention.self.mbe_attention.scores"][0] != 1.0
 
 
 def test_num_batches_caps_the_data_read():

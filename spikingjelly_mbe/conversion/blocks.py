@@ -45,8 +45,8 @@ class SpikingAttention(nn.Module):
         self.context = settings.matmul()
 
     def bound_ranges(self) -> None:
-        """Attention probabilities lie in ``[0, 1]``: the context product's first range is 1 by
-        construction, whatever the calibration batches happened to reach."""
+        """Attention probabilities lie in ``[0, 1]``: after data calibration the context product's
+        first range is set to 1, whatever the calibration batches happened to reach."""
         if self.context.ranges is not None:
             self.context.set_ranges((1.0, self.context.ranges[1]))
 

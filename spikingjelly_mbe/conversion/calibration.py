@@ -99,7 +99,8 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     percentile = None if calibration.method == "max" else calibration.percentile
     for op in todo.values():
         op.finish_calibration(percentile=percentile)
+    calibrated = {id(op) for op in todo.values()}
     for module in model.modules():
-        if isinstance(module, SpikingAttention):
+        if isinstance(module, SpikingAttention) and id(module.context) in calibrated:
             module.bound_ranges()
     return used
