@@ -1,8 +1,8 @@
 """Config schemas: dataclasses registered in Hydra's ConfigStore.
 
-Each primary config in ``conf/`` (``fit.yaml``, ``report.yaml``) starts from its schema, so a key
-that is not declared here, a value of the wrong type or an unknown enum value fails at start-up
-with Hydra's own error naming it. The ``target`` group gets one option per registered target of
+Each primary config in ``conf/`` (``fit.yaml``, ``convert.yaml``, ``report.yaml``) starts from
+its schema, so a key that is not declared here, a value of the wrong type or an unknown enum value
+fails at start-up with Hydra's own error naming it. The ``target`` group gets one option per registered target of
 :data:`spikingjelly_mbe.fitting.TARGETS`; ``conf/target/`` adds variants with other domains.
 """
 from __future__ import annotations

@@ -22,7 +22,6 @@ from spikingjelly_mbe.conversion.calibration import Batch
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
 from spikingjelly_mbe.energy import OpStats, collect_stats
 
-from . import config  # noqa: F401  (registers the schemas)
 from . import plots
 from .config import ConvertJob, Metric
 from .job import CONF_DIR, start, write_metrics
@@ -40,7 +39,8 @@ def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
         return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
 
 
-def run_both(ann: nn.Module, snn: nn.Module, batches: Sequence[Batch]) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, OpStats]]:
+def run_both(ann: nn.Module, snn: nn.Module,
+             batches: Sequence[Batch]) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, OpStats]]:
     """ANN and SNN outputs over ``batches`` and the SNN's operator counts summed over them (the
     converted model resets its neurons, and their counts, before every forward)."""
     ann_out, snn_out, stats = [], [], {}

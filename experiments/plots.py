@@ -97,7 +97,7 @@ def bars(rows: Sequence[Row], category: str, series: Callable[[Row], str], y: st
     names = sorted({series(r) for r in rows})
     value = {(r[category], series(r)): r[y] for r in rows}
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cats) * len(names) + 1.5), 4))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(cats) * len(names) + 1.5), 4))
     for k, name in enumerate(names):
         xs = [i + (k - (len(names) - 1) / 2) * width for i, c in enumerate(cats) if (c, name) in value]
         ax.bar(xs, [value[(c, name)] for c in cats if (c, name) in value], width, label=name)

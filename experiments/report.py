@@ -14,7 +14,6 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import config  # noqa: F401  (registers the schemas)
 from . import plots
 from .config import LoggerConfig
 from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
