@@ -70,6 +70,15 @@ def test_percentile_ranges_are_tighter_than_max():
                for hi, top in zip(b.ranges, a.ranges))
 
 
+def test_headroom_scales_the_calibrated_ranges():
+    data = [make_batch("gpt2", 4)]
+    plain = products(convert(build("gpt2"), calib_data=data))
+    wide = products(convert(build("gpt2"), calibration=Calibration(data=data, headroom=2.0)))
+    for path, op in plain.items():
+        expected = (1.0 if path.endswith("context") else 2 * op.ranges[0], 2 * op.ranges[1])
+        assert wide[path].ranges == pytest.approx(expected), path
+
+
 def test_states_reset_before_every_forward():
     snn = convert(build("bert", hidden=16), calib_data=[make_batch("bert", 2, seq_len=6)])
     assert reset_states in snn._forward_pre_hooks.values()

@@ -127,7 +127,8 @@ def test_unregistered_model_class():
 
 
 @pytest.mark.parametrize("kwargs", [dict(T=0), dict(N=1.5), dict(mode="bogus"),
-                                    dict(calibration=Calibration(method="median"))])
+                                    dict(calibration=Calibration(method="median")),
+                                    dict(calibration=Calibration(headroom=0.5))])
 def test_recipe_validates_options(kwargs):
     with pytest.raises(ValueError):
         ModuleConverter(MBETransformerRecipe(**kwargs)).convert(build("bert"))

@@ -21,13 +21,16 @@ class Calibration:
 
     ``data``: an iterable of batches, each a tensor (the positional input) or a dict of forward
     keyword arguments; no labels. ``method``: ``'max'`` of ``|operand|`` or its ``percentile``.
-    ``num_batches`` caps how many batches are used. ``ranges`` maps glob patterns over operator
-    paths (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)``; those skip calibration.
+    ``headroom`` multiplies the observed range, leaving room for values beyond what the batches
+    reached (clamped otherwise) at the cost of ``log2(headroom)`` of the ``T`` bits. ``num_batches``
+    caps how many batches are used. ``ranges`` maps glob patterns over operator paths
+    (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)``; those skip calibration.
     """
 
     data: Optional[Iterable[Batch]] = None
     method: str = "max"
     percentile: float = 99.99
+    headroom: float = 1.0
     num_batches: Optional[int] = None
     ranges: Mapping[str, Tuple[float, float]] = field(default_factory=dict)
 
@@ -36,6 +39,8 @@ class Calibration:
             raise ValueError(f"calibration method must be one of {METHODS}, got {self.method!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must lie in (0, 100], got {self.percentile}")
+        if not 1.0 <= self.headroom < float("inf"):
+            raise ValueError(f"headroom must be a finite number >= 1, got {self.headroom}")
         if self.num_batches is not None and (not isinstance(self.num_batches, int) or self.num_batches < 1):
             raise ValueError(f"num_batches must be a positive integer or None, got {self.num_batches!r}")
         for pattern, pair in self.ranges.items():
@@ -98,7 +103,7 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
         raise ValueError("calibration data yielded no batch")
     percentile = None if calibration.method == "max" else calibration.percentile
     for op in todo.values():
-        op.finish_calibration(percentile=percentile)
+        op.set_ranges(tuple(a * calibration.headroom for a in op.finish_calibration(percentile=percentile)))
     calibrated = {id(op) for op in todo.values()}
     for module in model.modules():
         if isinstance(module, SpikingAttention) and id(module.context) in calibrated:
