@@ -64,14 +64,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    sections = [("Shipped library: MBE (N=4) vs FS, same fitting budget", library_table()),
-                ("Shipped library at T=16: MSE vs number of bases", basis_table()),
-                ("GELU bars, fitted now", gelu_bars()),
-                ("Fig. 6(c): decay ablation on GELU (-16, 16), T=16", decay_ablation())]
-    text = "\n\n".join(f"### {title}\n\n" + "\n".join(rows) for title, rows in sections) + "\n"
-    print(text)
+    sections = [("Shipped library: MBE (N=4) vs FS, same fitting budget", library_table),
+                ("Shipped library at T=16: MSE vs number of bases", basis_table),
+                ("GELU bars, fitted now", gelu_bars),
+                ("Fig. 6(c): decay ablation on GELU (-16, 16), T=16", decay_ablation)]
+    parts = []
+    for title, make in sections:
+        parts.append(f"### {title}\n\n" + "\n".join(make()) + "\n")
+        print(parts[-1], flush=True)
     if args.out:
-        args.out.write_text(text)
+        args.out.write_text("\n".join(parts))
 
 
 if __name__ == "__main__":
