@@ -9,11 +9,13 @@ SNN, and prints the SNN/ANN time ratio (target <= 3x).
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 
 import torch
 
 from spikingjelly_mbe.conversion import convert
+from spikingjelly_mbe.conversion.operators import OPERATOR_TYPES
 from spikingjelly_mbe.conversion.zoo import FAMILIES, agreement, build, main_output, make_batch
 
 
@@ -37,6 +39,24 @@ def table(samples: int) -> None:
             print(f"{family:8}{T:>4}{r['cosine']:>14.6f}{r['argmax']:>14.4f}{seconds:>11.2f}")
 
 
+def operator_seconds(model: torch.nn.Module, batch: dict) -> dict:
+    """Seconds spent in each spiking operator class during one forward."""
+    spent: collections.Counter = collections.Counter()
+    started: dict = {}
+    handles = []
+    for m in model.modules():
+        if isinstance(m, OPERATOR_TYPES):
+            handles.append(m.register_forward_pre_hook(lambda mod, a: started.__setitem__(mod, time.perf_counter())))
+            handles.append(m.register_forward_hook(
+                lambda mod, a, o: spent.update({type(mod).__name__: time.perf_counter() - started[mod]})))
+    start = time.perf_counter()
+    evaluate(model, [batch])
+    spent["total forward"] = time.perf_counter() - start
+    for h in handles:
+        h.remove()
+    return dict(spent)
+
+
 def speed(sequences: int, length: int, batch_size: int) -> None:
     ann = build("bert", layers=6, hidden=384, heads=6)
     data = [make_batch("bert", batch_size, seq_len=length, seed=s) for s in range(sequences // batch_size)]
@@ -55,6 +75,7 @@ def speed(sequences: int, length: int, batch_size: int) -> None:
     print(f"ANN eval {t_ann:.2f}s | SNN convert+calibrate {t_convert:.2f}s + eval {t_snn:.2f}s")
     print(f"SNN/ANN time ratio: eval only {t_snn / t_ann:.2f}x, convert+eval {(t_convert + t_snn) / t_ann:.2f}x")
     print(f"agreement: min cosine {r['cosine']:.6f}, argmax {r['argmax']:.4f}")
+    print("one batch, seconds by operator:", {k: round(v, 2) for k, v in operator_seconds(snn, data[0]).items()})
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import transformers as hf
 from spikingjelly.activation_based.ann2snn import FXConverter, ModuleConverter
 from transformers.activations import ClippedGELUActivation
 
@@ -137,3 +138,27 @@ def test_recipe_validates_options(kwargs):
 def test_module_converter_refuses_fx_recipe():
     with pytest.raises(TypeError):
         ModuleConverter(MBETransformerFXRecipe())
+
+
+@pytest.mark.parametrize("family, part", [("bert", "bert"), ("roberta", "roberta"), ("gpt2", "transformer")])
+def test_base_models_without_heads(family, part):
+    ann = getattr(build(family), part)
+    batch = make_batch(family, 4)
+    snn = convert(ann, calib_data=[batch])
+    assert snn.mbe_report.fallback == [] and type(snn) is type(ann)
+    assert run(snn, batch).shape == run(ann, batch).shape
+
+
+@pytest.mark.parametrize("cls, config", [
+    ("LlamaForCausalLM", dict(vocab_size=96, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64)),
+    ("Dinov2ForImageClassification", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, num_labels=10)),
+])
+def test_llm_and_dinov2_heads(cls, config):
+    model_cls = getattr(hf, cls)
+    ann = model_cls(model_cls.config_class(**config)).eval()
+    batch = make_batch("llama" if "Llama" in cls else "dinov2", 2)
+    snn = convert(ann, calib_data=[batch])
+    assert snn.mbe_report.fallback == []
+    assert run(snn, batch).shape == run(ann, batch).shape

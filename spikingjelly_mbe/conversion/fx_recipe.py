@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 
 import torch.nn as nn
-from spikingjelly.activation_based.ann2snn import FXConversionRecipe
+from spikingjelly.activation_based.ann2snn import FXConversionRecipe, FXConverter
 from torch import fx
 
 from .calibration import calibrate
@@ -29,7 +29,7 @@ class MBETransformerFXRecipe(MBERecipeOptions, FXConversionRecipe):
     Needs calibration data (at least one batch) even when all ranges are explicit.
     """
 
-    def before_trace(self, converter, ann: nn.Module) -> nn.Module:
+    def before_trace(self, converter: FXConverter, ann: nn.Module) -> nn.Module:
         if self.calibration.data is None:
             raise ValueError("the FX recipe needs calibration data (one batch at least) to propagate shapes")
         batches = iter(self.calibration.data)
@@ -41,7 +41,7 @@ class MBETransformerFXRecipe(MBERecipeOptions, FXConversionRecipe):
         self.report = ConversionReport()
         return copy.deepcopy(ann).eval()
 
-    def after_trace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+    def after_trace(self, converter: FXConverter, fx_model: fx.GraphModule) -> fx.GraphModule:
         propagate_shapes(fx_model, self._example)
         self._kinds, unknown = classify(fx_model, COMMON)
         if unknown and not self.allow_float_fallback:
@@ -49,23 +49,23 @@ class MBETransformerFXRecipe(MBERecipeOptions, FXConversionRecipe):
         record_fallback(unknown, self.report, "no spiking operator for this call: runs in float")
         return fx_model
 
-    def insert_observers(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+    def insert_observers(self, converter: FXConverter, fx_model: fx.GraphModule) -> fx.GraphModule:
         insert_products(fx_model, self._kinds, self.settings, self.report)
         fx_model.recompile()
         return fx_model
 
-    def calibrate(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+    def calibrate(self, converter: FXConverter, fx_model: fx.GraphModule) -> fx.GraphModule:
         calibrate(fx_model, dataclasses.replace(self.calibration, data=self._data), converter.device)
         return fx_model
 
-    def replace(self, converter, fx_model: fx.GraphModule) -> fx.GraphModule:
+    def replace(self, converter: FXConverter, fx_model: fx.GraphModule) -> fx.GraphModule:
         apply_phase(fx_model, COMMON, SPIKE, self.settings, self.report)
         replace_functions(fx_model, self._kinds, self.settings, self.report)
         fx_model.graph.lint()
         fx_model.recompile()
         return fx_model
 
-    def finalize(self, converter, fx_model: fx.GraphModule) -> nn.Module:
+    def finalize(self, converter: FXConverter, fx_model: fx.GraphModule) -> nn.Module:
         record_kept(fx_model, COMMON, self.report)
         del self._example, self._data, self._kinds
         return self.finish(fx_model)

@@ -5,6 +5,7 @@ from typing import Iterable, Optional, Union
 
 import torch.nn as nn
 from spikingjelly.activation_based import functional
+from spikingjelly.activation_based.ann2snn import FXConverter, ModuleConverter
 
 from .calibration import Batch, Calibration, as_calibration
 from .operators import OpSettings
@@ -25,7 +26,7 @@ class MBERecipeOptions:
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None
 
-    def validate(self, converter: object) -> None:
+    def validate(self, converter: Union[FXConverter, ModuleConverter]) -> None:
         self.settings.validate()
         self.calibration.validate()
         if not isinstance(self.allow_float_fallback, bool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 import torch.nn as nn
-from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe
+from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
 from .calibration import calibrate
 from .options import MBERecipeOptions
@@ -24,14 +24,14 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
     ``calibrate`` (Eq. 9 ranges) -> ``replace`` (activations, norms, softmax) -> ``finalize``.
     """
 
-    def convert_module(self, converter, ann: nn.Module) -> nn.Module:
+    def convert_module(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
         model, rule = self.prepare(converter, ann)
         self.insert_observers(converter, model, rule)
         self.calibrate(converter, model)
         self.replace(converter, model, rule)
         return self.finalize(converter, model, rule)
 
-    def prepare(self, converter, ann: nn.Module) -> tuple[nn.Module, ArchitectureRule]:
+    def prepare(self, converter: ModuleConverter, ann: nn.Module) -> tuple[nn.Module, ArchitectureRule]:
         rule = rule_for(ann)
         unknown = unknown_modules(ann, rule.modules)
         if unknown and not self.allow_float_fallback:
@@ -40,17 +40,17 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         record_fallback(unknown, self.report, f"no rule in {rule.name}: its own forward runs in float")
         return copy.deepcopy(ann).eval().to(converter.device), rule
 
-    def insert_observers(self, converter, model: nn.Module, rule: ArchitectureRule) -> None:
+    def insert_observers(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> None:
         apply_phase(model, rule.modules, EXPOSE, self.settings, self.report)
         if rule.setup is not None:
             rule.setup(model)
 
-    def calibrate(self, converter, model: nn.Module) -> None:
+    def calibrate(self, converter: ModuleConverter, model: nn.Module) -> None:
         calibrate(model, self.calibration, converter.device)
 
-    def replace(self, converter, model: nn.Module, rule: ArchitectureRule) -> None:
+    def replace(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> None:
         apply_phase(model, rule.modules, SPIKE, self.settings, self.report)
 
-    def finalize(self, converter, model: nn.Module, rule: ArchitectureRule) -> nn.Module:
+    def finalize(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> nn.Module:
         record_kept(model, rule.modules, self.report)
         return self.finish(model)

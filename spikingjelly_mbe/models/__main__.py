@@ -6,10 +6,11 @@ import time
 
 import torch
 
-from . import LOADERS, PROBES, load_model, perplexity
+from . import PROBES, load_model, perplexity
 from .heads import lee_test_ids
 
 LM_CONTEXT = 128
+LANGUAGE_MODELS = ("gpt2-small", "smollm2")
 
 
 def ann_metric(name: str) -> str:
@@ -22,11 +23,15 @@ def ann_metric(name: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", default=list(LOADERS), choices=list(LOADERS))
+    names = [*PROBES, *LANGUAGE_MODELS]
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {names} (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    unknown = set(args.names) - set(names)
+    if unknown:
+        parser.error(f"unknown {sorted(unknown)}; choose from {names}")
     torch.set_num_threads(args.threads)
-    for name in args.names:
+    for name in args.names or names:
         start = time.perf_counter()
         metric = ann_metric(name)
         print(f"{name:11s} {metric}  [{time.perf_counter() - start:.0f} s]", flush=True)

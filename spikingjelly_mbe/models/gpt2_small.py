@@ -32,11 +32,11 @@ class TrainSettings:
     width: int = 256
     heads: int = 4
     context: int = 128
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 20
-    dropout: float = 0.1
+    dropout: float = 0.0
     seed: int = 0
     data_seed: int = 0
 

@@ -58,7 +58,7 @@ def review_probe(seed: int = 0) -> ProbeTask:
     return _cached_probe(key, model, lambda m: minilm.sentence_encoder(m, tokenizer), load_reviews(seed=seed), seed)
 
 
-def mnist_probe(seed: int = 0, image_size: int = 56) -> ProbeTask:
+def mnist_probe(seed: int = 0, image_size: int = dinov2.IMAGE_SIZE) -> ProbeTask:
     """DINOv2 CLS features of digits resized to ``image_size`` -> digit class (logistic regression).
     The head also serves the timm copy (:func:`~.dinov2.load_dinov2_timm`), whose features are equal."""
     model, processor = dinov2.load_dinov2(image_size)
