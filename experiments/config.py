@@ -137,6 +137,7 @@ class ConversionConfig:
 
     T: int = 16
     N: int = 4
+    activation_N: Optional[int] = 8
     mode: OpMode = OpMode.fast
     fx: bool = False
     allow_float_fallback: bool = False

@@ -29,7 +29,7 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 E_MAC, E_AC = 4.6, 0.9  # pJ per multiply-accumulate (ANN) and per accumulate (SNN), paper Eq. 14
-TABLE_COLUMNS = ("model", "T", "N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_ratio",
+TABLE_COLUMNS = ("model", "T", "N", "activation_N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_ratio",
                  "convert_seconds", "eval_seconds")
 METRICS = ("ann", "snn", "cosine", "firing_rate", "energy_ratio", "sops", "ann_flops")
 
@@ -89,7 +89,7 @@ def build_and_convert(c: ConvertJob) -> Tuple[nn.Module, nn.Module, float]:
     ann = build(family, layers=c.model.layers, hidden=c.model.hidden, heads=c.model.heads, seed=c.model.seed)
     calib = [make_batch(family, d.calib_size, d.seq_len, seed=d.seed + 1000 + i) for i in range(d.calib_batches)]
     began = time.perf_counter()
-    snn = convert(ann, T=c.conversion.T, N=c.conversion.N, calib_data=calib, mode=c.conversion.mode.value,
+    snn = convert(ann, T=c.conversion.T, N=c.conversion.N, activation_N=c.conversion.activation_N, calib_data=calib, mode=c.conversion.mode.value,
                   allow_float_fallback=c.conversion.allow_float_fallback, fx=c.conversion.fx,
                   calibration=Calibration(method=c.conversion.calibration.method.value,
                                           percentile=c.conversion.calibration.percentile))
@@ -110,6 +110,7 @@ def main(cfg: DictConfig) -> None:
     ann_out, snn_out, stats = run_both(ann, snn, batches)
     total = sum(stats.values(), OpStats())
     row = {"entry": "convert", "model": label, "T": c.conversion.T, "N": c.conversion.N,
+           "activation_N": c.conversion.activation_N,
            "mode": c.conversion.mode.value, "metric": c.model.metric.value,
            **compare(c.model.metric, ann_out, snn_out, batches), "firing_rate": total.firing_rate,
            "energy_ratio": energy_ratio(total), "sops": total.sops, "ann_flops": total.ann_flops,

@@ -11,14 +11,11 @@ from spikingjelly_mbe.ops import SpikingActivation
 torch.set_num_threads(1)
 SAMPLES = {"vit": 128, "bert": 128, "roberta": 128, "gpt2": 8, "llama": 8, "dinov2": 8}  # gpt2: 8 x 16 tokens
 FAMILIES = ("vit", "bert", "roberta", "gpt2", "llama", "dinov2")
-# Issue 4's bars are cosine >= 0.999 and argmax agreement >= 99 %. The shipped N=4, T=16 activation
-# fits (GELU: mean |error| 0.013 on [-4, 4]) bound the end-to-end agreement: measured this session
-# ViT 0.9968 / 97.7 %, BERT 0.9989 / 97.7 %, RoBERTa 0.9962 / 98.4 %, GPT-2 0.99975 / 98.4 %.
-# The families below the bar are held to floors just under those measurements (a regression guard,
-# the bar itself stays open); test_only_the_activation_fits_cost_accuracy shows every other
-# operator is near exact.
-COSINE_FLOOR = {"vit": 0.995, "bert": 0.998, "roberta": 0.995}
-ARGMAX_FLOOR = {"vit": 0.96, "bert": 0.96, "roberta": 0.97, "gpt2": 0.97}
+# Issue 4's bars: cosine >= 0.999 and argmax agreement >= 99 % at T=16. Measured this session with
+# the default 8-basis activations: ViT 0.99913 / 100 %, BERT 0.99990 / 99.2 %, RoBERTa 0.99981 / 100 %,
+# GPT-2 0.99997 / 100 %. With the paper's N=4 activations they were 0.9968 / 97.7 %, 0.9989 / 97.7 %,
+# 0.9962 / 98.4 %, 0.99975 / 98.4 % (test_eight_basis_activations_close_the_gap).
+COSINE_BAR, ARGMAX_BAR = 0.999, 0.99
 
 
 def run(model, batch):
@@ -26,10 +23,10 @@ def run(model, batch):
         return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
 
 
-def score(family, T=16, headroom=1.0):
+def score(family, T=16, headroom=1.0, **options):
     ann = build(family)
     calibration = Calibration(data=[make_batch(family, 16, seed=100 + s) for s in range(4)], headroom=headroom)
-    snn = convert(ann, T=T, calibration=calibration)
+    snn = convert(ann, T=T, calibration=calibration, **options)
     batch = make_batch(family, SAMPLES[family], seed=1)
     return agreement(run(ann, batch), run(snn, batch))
 
@@ -47,12 +44,20 @@ def cached(t16, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_t16_cosine(t16, family):
-    assert cached(t16, family)["cosine"] >= COSINE_FLOOR.get(family, 0.999)
+    assert cached(t16, family)["cosine"] >= COSINE_BAR
 
 
 @pytest.mark.parametrize("family", ("vit", "bert", "roberta", "gpt2"))
 def test_t16_argmax(t16, family):
-    assert cached(t16, family)["argmax"] >= ARGMAX_FLOOR.get(family, 0.99)
+    assert cached(t16, family)["argmax"] >= ARGMAX_BAR
+
+
+def test_eight_basis_activations_close_the_gap(t16):
+    """The paper's N=4 activations (``activation_N=None`` with ``N=4``) leave ViT below the bar;
+    eight bases are what lifts it (the error ratio follows the fits' MSE ratio, about 13x)."""
+    paper = score("vit", activation_N=None)
+    assert paper["cosine"] < COSINE_BAR <= cached(t16, "vit")["cosine"]
+    assert 1 - cached(t16, "vit")["cosine"] < (1 - paper["cosine"]) / 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -127,7 +127,7 @@ def test_unregistered_model_class():
     assert {"VisionTransformer", "BertModel", "GPT2LMHeadModel", "LlamaModel", "Dinov2Model"} <= set(registered())
 
 
-@pytest.mark.parametrize("kwargs", [dict(T=0), dict(N=1.5), dict(mode="bogus"),
+@pytest.mark.parametrize("kwargs", [dict(T=0), dict(N=1.5), dict(activation_N=0), dict(mode="bogus"),
                                     dict(calibration=Calibration(method="median")),
                                     dict(calibration=Calibration(headroom=0.5))])
 def test_recipe_validates_options(kwargs):

@@ -13,15 +13,16 @@ from .report import ConversionReport
 
 
 class MBERecipeOptions:
-    """``T`` timesteps, ``N`` bases, ``calibration`` (a :class:`Calibration`, an iterable of batches
+    """``T`` timesteps, ``N`` bases (``activation_N`` for GELU/SiLU/tanh, see :class:`OpSettings`), ``calibration`` (a :class:`Calibration`, an iterable of batches
     or ``None``), operator ``mode`` and whether unknown nonlinearities may stay in float."""
 
     recipe_name = "mbe_transformer"
 
     def __init__(self, T: int = 16, N: int = 4,
                  calibration: Union[Calibration, Iterable[Batch], None] = None,
-                 mode: str = "fast", allow_float_fallback: bool = False) -> None:
-        self.settings = OpSettings(T=T, N=N, mode=mode)
+                 mode: str = "fast", allow_float_fallback: bool = False,
+                 activation_N: Optional[int] = OpSettings.activation_N) -> None:
+        self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None
