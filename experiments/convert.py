@@ -20,7 +20,7 @@ from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import Calibration
 from spikingjelly_mbe.conversion.calibration import Batch
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
-from spikingjelly_mbe.energy import OpStats, collect_stats
+from spikingjelly_mbe.energy import EnergyMeter, energy_ratio
 
 from . import plots
 from .config import ConvertJob, Metric
@@ -28,7 +28,6 @@ from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-E_MAC, E_AC = 4.6, 0.9  # pJ per multiply-accumulate (ANN) and per accumulate (SNN), paper Eq. 14
 TABLE_COLUMNS = ("model", "T", "N", "activation_N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_ratio",
                  "convert_seconds", "eval_seconds")
 METRICS = ("ann", "snn", "cosine", "firing_rate", "energy_ratio", "sops", "ann_flops")
@@ -39,17 +38,16 @@ def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
         return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
 
 
-def run_both(ann: nn.Module, snn: nn.Module,
-             batches: Sequence[Batch]) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, OpStats]]:
-    """ANN and SNN outputs over ``batches`` and the SNN's operator counts summed over them (the
-    converted model resets its neurons, and their counts, before every forward)."""
-    ann_out, snn_out, stats = [], [], {}
-    for batch in tqdm(batches, desc="evaluate", leave=False):
-        ann_out.append(forward(ann, batch))
-        snn_out.append(forward(snn, batch))
-        for path, counts in collect_stats(snn).items():
-            stats[path] = stats.get(path, OpStats()) + counts
-    return torch.cat(ann_out), torch.cat(snn_out), stats
+def run_both(ann: nn.Module, snn: nn.Module, batches: Sequence[Batch],
+             T: int) -> Tuple[torch.Tensor, torch.Tensor, EnergyMeter]:
+    """ANN and SNN outputs over ``batches`` and the SNN's counts (operators and weight layers) summed
+    over them."""
+    ann_out, snn_out = [], []
+    with EnergyMeter(snn, T) as meter:
+        for batch in tqdm(batches, desc="evaluate", leave=False):
+            ann_out.append(forward(ann, batch))
+            snn_out.append(forward(snn, batch))
+    return torch.cat(ann_out), torch.cat(snn_out), meter
 
 
 def perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
@@ -66,17 +64,6 @@ def compare(metric: Metric, ann: torch.Tensor, snn: torch.Tensor, batches: Seque
         return {"ann": perplexity(ann, ids), "snn": perplexity(snn, ids), "cosine": cosine}
     snn_value = agreement(ann, snn)["argmax"] if metric is Metric.agreement else cosine
     return {"ann": 1.0, "snn": snn_value, "cosine": cosine}
-
-
-def energy_ratio(counts: OpStats) -> float:
-    """SNN over ANN energy of the converted operators (Eq. 14): ``SOPs E_AC / (FLOPs E_MAC)``."""
-    return counts.sops * E_AC / (counts.ann_flops * E_MAC) if counts.ann_flops else 0.0
-
-
-def layer_rows(stats: Dict[str, OpStats]) -> List[Row]:
-    return [{"op": path, "firing_rate": c.firing_rate, "energy_ratio": energy_ratio(c), "spikes": c.spikes,
-             "neurons": c.neurons, "sops": c.sops, "ann_flops": c.ann_flops, "clamped": c.clamped}
-            for path, c in stats.items()]
 
 
 def model_label(c: ConvertJob) -> str:
@@ -107,8 +94,8 @@ def main(cfg: DictConfig) -> None:
     batches = [make_batch(c.model.family.value, c.data.batch_size, c.data.seq_len, seed=c.data.seed + i)
                for i in range(c.data.batches)]
     began = time.perf_counter()
-    ann_out, snn_out, stats = run_both(ann, snn, batches)
-    total = sum(stats.values(), OpStats())
+    ann_out, snn_out, meter = run_both(ann, snn, batches, c.conversion.T)
+    total = meter.total()
     row = {"entry": "convert", "model": label, "T": c.conversion.T, "N": c.conversion.N,
            "activation_N": c.conversion.activation_N,
            "mode": c.conversion.mode.value, "metric": c.model.metric.value,
@@ -116,12 +103,12 @@ def main(cfg: DictConfig) -> None:
            "energy_ratio": energy_ratio(total), "sops": total.sops, "ann_flops": total.ann_flops,
            "convert_seconds": round(convert_seconds, 2), "eval_seconds": round(time.perf_counter() - began, 2),
            "group": job.group}
-    layers = layer_rows(stats)
+    layers = meter.rows("path")[:-1]
     write_metrics(job.out_dir, row)
     (job.out_dir / "convert_table.md").write_text(markdown([row], TABLE_COLUMNS))
     write_csv([row], job.out_dir / "convert_table.csv")
     write_csv(layers, job.out_dir / "layers.csv")
-    images = {"layers": plots.layer_bars(layers, job.out_dir / "layers.png", f"{label}, T={c.conversion.T}")}
+    images = {"layers": plots.layer_bars(layers, "path", job.out_dir / "layers.png", f"{label}, T={c.conversion.T}")}
     log_results(run, {k: row[k] for k in METRICS}, {"convert_table": [row], "layers": layers}, images)
     run.finish()
     print(f"\n{markdown([row], TABLE_COLUMNS)}outputs: {job.out_dir}")

@@ -109,9 +109,9 @@ def bars(rows: Sequence[Row], category: str, series: Callable[[Row], str], y: st
     return _save(fig, path)
 
 
-def layer_bars(rows: Sequence[Row], path: Path, title: str) -> Path:
-    """Per operator (one row each, keyed ``op``): firing rate and SNN/ANN energy ratio, side by side."""
-    names = [r["op"] for r in rows]
+def layer_bars(rows: Sequence[Row], key: str, path: Path, title: str) -> Path:
+    """One bar per row (named by its ``key`` column): firing rate and SNN/ANN energy ratio, side by side."""
+    names = [r[key] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.28 * len(rows) + 1.6), sharey=True)
     for ax, (col, label) in zip(axes, (("firing_rate", "firing rate (spikes per neuron input)"),
                                        ("energy_ratio", "energy SNN / ANN (Eq. 14)"))):

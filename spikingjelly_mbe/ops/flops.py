@@ -4,7 +4,8 @@ Conventions (per element of the float op's output unless stated):
 
 * activations: 70, the figure the paper cites from STA (Jiang et al. 2024) for GELU, charged to
   every fitted scalar function (GELU, SiLU, tanh, sigmoid, ...);
-* element-wise product: 1; matrix product ``[M, K] @ [K, N]``: ``2 M K N`` (multiply and add);
+* element-wise product: 1; matrix product ``[M, K] @ [K, N]``: ``M K N`` multiply-accumulates, the
+  unit SpikingJelly's ``op_counter.MACCounter`` counts and Eq. 14 charges ``E_MAC`` for;
 * softmax: 5 (max comparison, subtraction, exponential, accumulation, division);
 * LayerNorm: 7 (mean accumulation, subtraction, square, variance accumulation, multiplication by
   ``1/sigma``, ``gamma``, ``beta``) plus 4 per normalised row (two divisions by ``n``, ``+ eps``,
@@ -18,5 +19,5 @@ RMSNORM, RMSNORM_ROW = 4, 3
 
 
 def matmul(M: int, K: int, N: int) -> int:
-    """``2 M K N``: one multiply and one add per term of every output element."""
-    return 2 * M * K * N
+    """``M K N``: one multiply-accumulate per term of every output element."""
+    return M * K * N

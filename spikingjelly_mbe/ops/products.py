@@ -179,7 +179,7 @@ class SpikingMatmul(_TwoOperandOp):
     """``a @ b`` (batched like ``torch.matmul``) from spiking products (Eq. 12 summed over ``k``).
 
     Operands are coded like :class:`SpikingProduct`'s (sign-magnitude, ternary spikes). SOPs are
-    the coincidences ``sum_{m,k,n} c1[m,k] c2[k,n]``; ``ann_flops`` is ``2 M K N`` per batch element.
+    the coincidences ``sum_{m,k,n} c1[m,k] c2[k,n]``; ``ann_flops`` is ``M K N`` (MACs) per batch element.
     """
 
     float_op = staticmethod(torch.matmul)

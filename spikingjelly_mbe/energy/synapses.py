@@ -1,0 +1,85 @@
+"""Synaptic operations of the weight layers a conversion keeps (``nn.Linear``, GPT-2's ``Conv1D``,
+the patch-embedding ``nn.Conv2d``), counted with forward hooks.
+
+The converted model evaluates those layers on the decoded spike sums (the same numbers, Eq. 12 with
+one dense operand), so their spikes are not materialised. :class:`SynapseCounter` charges each
+layer the spikes its input carries as MBE_Id trains (Eq. 9: sign-magnitude, ``T`` steps, range
+``max |x|`` of that call; the count is the popcount of the quantised magnitude) and one synaptic
+accumulate per spike and outgoing synapse: ``SOPs = spikes x fan-out`` with ``fan-out = MACs /
+input elements`` (``out_features`` for a linear layer, ``out_channels`` for a patch convolution).
+The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJelly's own
+``op_counter.MACCounter`` so the two counts can be checked against each other.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter
+from transformers.pytorch_utils import Conv1D
+
+from ..ops.coding import IdentityCoder, check_steps, popcount, total
+from .stats import OpStats
+
+WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
+
+
+def layer_macs(layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
+    """Multiply-accumulates of one call of a weight layer (bias additions not counted)."""
+    if isinstance(layer, nn.Conv2d):
+        return out.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return out.numel() * (layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0])
+
+
+def input_spikes(x: torch.Tensor, T: int) -> int:
+    """Spikes of ``x`` coded by a sign-magnitude MBE_Id over ``[-max|x|, max|x|]`` (Eq. 9)."""
+    peak = float(x.detach().abs().max()) if x.numel() else 0.0
+    if peak == 0.0:
+        return 0
+    coder = IdentityCoder(T, peak)
+    return total(popcount(coder.quantize(x.detach().float()), T))
+
+
+class SynapseCounter:
+    """Context manager counting, per weight layer of ``model``, input spikes, SOPs and ANN MACs.
+
+    ``stats`` maps module paths to :class:`OpStats` (``spikes`` and ``neurons``: the input's
+    spikes and elements; ``sops``: spikes x fan-out; ``ann_flops``: MACs), accumulated over every
+    forward run inside the ``with`` block.
+    """
+
+    def __init__(self, model: nn.Module, T: int) -> None:
+        self.T = check_steps(T)
+        self.layers = {path: m for path, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+        self.stats: Dict[str, OpStats] = {}
+        self._handles: List[torch.utils.hooks.RemovableHandle] = []
+
+    def _hook(self, path: str) -> Callable:
+        def count(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            x = args[0]
+            macs = layer_macs(layer, x, out)
+            spikes = input_spikes(x, self.T)
+            fan_out = macs // x.numel() if x.numel() else 0
+            self.stats[path] = self.stats.get(path, OpStats()) + OpStats(
+                spikes=spikes, neurons=x.numel(), sops=spikes * fan_out, ann_flops=macs)
+        return count
+
+    def __enter__(self) -> "SynapseCounter":
+        self._handles = [m.register_forward_hook(self._hook(path)) for path, m in self.layers.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def ann_macs(run: Callable[[], object]) -> int:
+    """MACs of the matrix products and convolutions executed by ``run()`` (e.g. one ANN forward),
+    measured by SpikingJelly's ``MACCounter``."""
+    counter = MACCounter()
+    with torch.no_grad(), DispatchCounterMode([counter]):
+        run()
+    return int(counter.get_total())

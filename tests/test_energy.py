@@ -1,0 +1,92 @@
+"""Energy accounting (Eq. 14): weight-layer synapses against closed forms and SpikingJelly's MACCounter,
+and the report's grouping."""
+import pytest
+import torch
+import torch.nn as nn
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion.zoo import build, make_batch
+from spikingjelly_mbe.energy import (E_AC, E_MAC, EnergyMeter, OpStats, SynapseCounter, ann_macs, block_of,
+                                     energy_ratio, input_spikes)
+
+
+def reference_spikes(x: torch.Tensor, T: int) -> int:
+    """Binary digits of the nearest of 2^T levels of |x| on [0, max|x|], counted in Python integers."""
+    levels, peak = 2 ** T - 1, float(x.abs().max())
+    return sum(bin(min(int(abs(v) * levels / peak + 0.5), levels)).count("1") for v in x.flatten().tolist())
+
+
+@pytest.mark.parametrize("T", [4, 8, 16])
+def test_input_spikes_are_the_binary_digits_of_the_quantised_magnitude(T):
+    x = torch.tensor([0.5, -1.0, 0.2, 0.0, -0.33, 0.999])
+    assert input_spikes(x, T) == reference_spikes(x, T)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(T))
+    assert input_spikes(x, T) == reference_spikes(x, T)
+    assert input_spikes(torch.zeros(5), T) == 0
+
+
+class PatchMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, kernel_size=4, stride=4)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)  # [B, 4, 8]
+        return self.fc2(torch.relu(self.fc1(h)))
+
+
+def test_synapse_counter_charges_spikes_times_fan_out_and_matches_spikingjelly_macs():
+    torch.manual_seed(0)
+    model, x = PatchMLP().eval(), torch.rand(2, 3, 8, 8)
+    with torch.no_grad(), SynapseCounter(model, T=8) as counter:
+        model(x)
+    stats = counter.stats
+    patches, B = 4, 2
+    assert stats["patch"].ann_flops == B * patches * 8 * 3 * 16
+    assert stats["fc1"].ann_flops == B * patches * 8 * 16 and stats["fc2"].ann_flops == B * patches * 16 * 5
+    assert stats["patch"].spikes == reference_spikes(x, 8) and stats["patch"].neurons == x.numel()
+    assert stats["patch"].sops == stats["patch"].spikes * 8  # each pixel feeds one position per channel
+    assert stats["fc1"].sops == stats["fc1"].spikes * 16 and stats["fc2"].sops == stats["fc2"].spikes * 5
+    with torch.no_grad():
+        assert sum(s.ann_flops for s in stats.values()) == ann_macs(lambda: model(x))
+    with torch.no_grad():  # hooks are gone after the block
+        model(x)
+    assert counter.stats == stats
+
+
+def test_energy_ratio_is_eq_14():
+    assert energy_ratio(OpStats(sops=1000, ann_flops=200)) == pytest.approx(1000 * 0.9 / (200 * 4.6))
+    assert (E_MAC, E_AC) == (4.6, 0.9) and energy_ratio(OpStats()) == 0.0
+
+
+def test_block_of_reads_the_block_index_of_each_family():
+    assert block_of("encoder.layer.3.intermediate.intermediate_act_fn") == "block 3"
+    assert block_of("transformer.h.11.attn.c_attn") == "block 11"
+    assert block_of("model.layers.0.mlp.gate") == "block 0" and block_of("blocks.2.norm1") == "block 2"
+    assert block_of("lm_head") == "outside blocks" and block_of("encoder.layernorm") == "outside blocks"
+
+
+def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
+    ann = build("bert", layers=2, hidden=32, heads=4, seed=0)
+    batch = make_batch("bert", 2, 12, seed=1)
+    snn = convert(ann, T=8, calib_data=[batch])
+    with torch.no_grad(), EnergyMeter(snn, 8) as once:
+        snn(**batch)
+    with torch.no_grad(), EnergyMeter(snn, 8) as twice:
+        snn(**batch)
+        snn(**batch)
+    assert twice.total() == once.total() + once.total()
+    kinds = set(once.kinds.values())
+    assert {"Linear", "SpikingLayerNorm", "SpikingMatmul", "SpikingSoftmax", "SpikingActivation"} <= kinds
+    for by in ("operator", "block", "path"):
+        rows = once.rows(by)
+        assert rows[-1][by] == "total" and sum(r["sops"] for r in rows[:-1]) == once.total().sops
+        assert sum(r["ann_ops"] for r in rows[:-1]) == once.total().ann_flops
+    blocks = {r["block"] for r in once.rows("block")}
+    assert {"block 0", "block 1", "outside blocks"} <= blocks
+    total = once.total()
+    assert once.rows("operator")[-1]["energy_ratio"] == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC),
+                                                                      abs=1e-4)
+    with pytest.raises(ValueError, match="by must be one of"):
+        once.rows("layerwise")
