@@ -85,7 +85,9 @@ def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
         assert sum(r["ann_ops"] for r in rows[:-1]) == once.total().ann_flops
     blocks = {r["block"] for r in once.rows("block")}
     assert {"block 0", "block 1", "outside blocks"} <= blocks
-    total = once.total()
+    total, ops_only = once.total(), once.total(weight_layers=False)
+    linear = sum((c for p, c in once.counts.items() if once.kinds[p] == "Linear"), OpStats())
+    assert ops_only + linear == total and linear.sops > 0 and ops_only.sops > 0
     assert once.rows("operator")[-1]["energy_ratio"] == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC),
                                                                       abs=1e-4)
     with pytest.raises(ValueError, match="by must be one of"):

@@ -18,7 +18,7 @@ from typing import Dict, List, Union
 import torch.nn as nn
 
 from .stats import OpStats, collect_stats
-from .synapses import SynapseCounter
+from .synapses import WEIGHT_LAYERS, SynapseCounter
 
 E_MAC, E_AC = 4.6, 0.9  # pJ per multiply-accumulate (ANN) and per accumulate (SNN), Eq. 14
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
@@ -74,8 +74,10 @@ class EnergyMeter:
             self._add(path, stats)
         self._synapses.stats = {}
 
-    def total(self) -> OpStats:
-        return sum(self.counts.values(), OpStats())
+    def total(self, weight_layers: bool = True) -> OpStats:
+        """All counts; ``weight_layers=False`` keeps only the replaced operators (the paper's scope)."""
+        names = {cls.__name__ for cls in WEIGHT_LAYERS}
+        return sum((c for p, c in self.counts.items() if weight_layers or self.kinds[p] not in names), OpStats())
 
     def rows(self, by: str) -> List[Row]:
         """One row per group: ``by='operator'`` (class name), ``'block'`` or ``'path'``, with

