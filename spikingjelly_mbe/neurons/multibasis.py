@@ -151,16 +151,20 @@ class MultiBasisNode(base.MemoryModule):
     def run(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Simulate the bases on ``x``: ``(spikes [T, *x.shape, N] or None, f_hat(x), spikes per element)``."""
         x = self.check_input(x)
-        dt = x.dtype
-        u0 = x[..., None] * self.gain.to(dt) + self.offset.to(dt)
-        s, o, count = simulate_bases(u0, self.vth.to(dt), self.reset_value.to(dt),
-                                     self.intensity.to(dt), keep_spikes)
-        per_element = count.sum(-1)
+        s, value, per_element = self.simulate(x, keep_spikes)
         fired = int(per_element.sum())
         self.last_spike_count, self.last_num_inputs = fired, x.numel()
         self.spike_count = self.spike_count + fired
         self.num_inputs = self.num_inputs + x.numel()
-        return s, o @ self.weight.to(dt) + self.bias.to(dt), per_element
+        return s, value, per_element
+
+    def simulate(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`run` without input checks or counters (Eqs. 5-8 in ``x``'s dtype)."""
+        dt = x.dtype
+        u0 = x[..., None] * self.gain.to(dt) + self.offset.to(dt)
+        s, o, count = simulate_bases(u0, self.vth.to(dt), self.reset_value.to(dt),
+                                     self.intensity.to(dt), keep_spikes)
+        return s, o @ self.weight.to(dt) + self.bias.to(dt), count.sum(-1)
 
     def spikes(self, x: torch.Tensor) -> torch.Tensor:
         """Binary spike trains ``[T, *x.shape, N]`` (Eqs. 5-6)."""

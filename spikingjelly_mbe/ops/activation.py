@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..fitting import FittedNeuron, load_fitted
+from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import decode, total
@@ -14,9 +15,10 @@ GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 class SpikingActivation(SpikingOp):
     """``f_hat(x) = sum_{n,t} w_n d_n[t] s_n[t] + b`` of a fitted neuron, element-wise (Eq. 8).
 
-    Inputs outside the fit's domain are clamped to it and counted. ``simulate`` keeps the binary
-    spikes ``[T, ..., N]`` and decodes them; fast mode takes the neuron's accumulated output (the
-    same sum, without storing the spikes). SOPs: one per spike (its weight is accumulated into the
+    Inputs outside the fit's domain are clamped to it and counted. ``simulate`` runs the neuron
+    step by step, keeps the binary spikes ``[T, ..., N]`` and decodes them; fast mode looks the
+    same output and spike count up in the neuron's :class:`~spikingjelly_mbe.neurons.NeuronTable`
+    (exact: the simulation is piecewise constant in ``x``; built once per process and dtype). SOPs: one per spike (its weight is accumulated into the
     output); ``ann_flops``: :data:`flops.ACTIVATION` per element.
     """
 
@@ -26,6 +28,7 @@ class SpikingActivation(SpikingOp):
             raise TypeError(f"SpikingActivation needs a FittedNeuron, got {type(fitted).__name__}")
         self.fitted = fitted
         self.node = fitted.node(clamp=False)
+        self.node_key = fingerprint(self.node)
 
     @classmethod
     def gelu(cls, T: int = 16, N: int = 4, approximate: str = "none", mode: str = "fast") -> "SpikingActivation":
@@ -49,9 +52,11 @@ class SpikingActivation(SpikingOp):
         if low < lo or high > hi:
             self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), f"inputs outside [{lo:g}, {hi:g}]")
             xs = xs.clamp(lo, hi)
-        spikes, value, counts = self.node.run(xs, keep_spikes=self.simulating)
         if self.simulating:
+            spikes, _, counts = self.node.run(xs, keep_spikes=True)
             value = decode(self.node, spikes)
+        else:
+            value, counts = neuron_table(self.node, self.fitted.domain, xs.dtype, xs.device, self.node_key)(xs)
         fired = total(counts)
         self.record(spikes=fired, neurons=xs.numel(), sops=fired, ann_flops=flops.ACTIVATION * xs.numel())
         return value.to(x.dtype)
