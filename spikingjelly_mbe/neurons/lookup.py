@@ -113,7 +113,7 @@ class NeuronTable:
         self.lo, self.hi, self.dtype = lo, hi, dtype
         self.edges = edges
         self.entries = torch.complex(value, count.to(dtype))
-        self.scale, self.first, span = self._buckets(edges.double(), lo, hi)
+        self.scale, self.first, span = self._buckets(edges.double(), lo, hi, torch.finfo(dtype).eps)
         self.jumps = [1 << j for j in reversed(range(span.bit_length()))]
         self.padded_edges = torch.cat([edges, edges.new_full((max(self.jumps, default=0),), math.inf)])
 
@@ -125,11 +125,17 @@ class NeuronTable:
             raise RuntimeError("a basis' spike pattern is not monotone in its input; the table would be inexact")
 
     @staticmethod
-    def _buckets(edges: torch.Tensor, lo: float, hi: float) -> Tuple[float, torch.Tensor, int]:
-        """``(buckets per unit input, first candidate interval per bucket, span)``."""
+    def _buckets(edges: torch.Tensor, lo: float, hi: float, eps: float) -> Tuple[float, torch.Tensor, int]:
+        """``(buckets per unit input, first candidate interval per bucket, span)``.
+
+        A bucket is at least 8 rounding units of ``x - lo`` wide, so the computed bucket index is
+        off by less than one; candidates cover the neighbouring buckets."""
+        most = (hi - lo) / (8 * eps * max(abs(lo), abs(hi), hi - lo))
         best = None
-        for log2_buckets in range(8, 19):
+        for log2_buckets in range(8, 21):
             count = 1 << log2_buckets
+            if count > most and best is not None:
+                break
             scale = count / (hi - lo)
             bounds = lo + torch.arange(-1, count + 2, dtype=torch.float64) / scale
             index = (torch.searchsorted(edges, bounds, right=True) - 1).clamp_(min=0)
