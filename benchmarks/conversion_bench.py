@@ -15,7 +15,7 @@ import time
 import torch
 
 from spikingjelly_mbe.conversion import convert
-from spikingjelly_mbe.conversion.operators import OPERATOR_TYPES
+from spikingjelly_mbe.conversion.operators import OPERATOR_TYPES, OpSettings
 from spikingjelly_mbe.conversion.zoo import FAMILIES, agreement, build, main_output, make_batch
 
 
@@ -71,7 +71,9 @@ def speed(sequences: int, length: int, batch_size: int) -> None:
     out = evaluate(snn, data)
     t_snn = time.perf_counter() - start
     r = agreement(reference, out)
-    print(f"encoder 6x384, {sequences} sequences x {length} tokens, batch {batch_size}, T=16 N=4, fast mode")
+    settings = OpSettings()
+    print(f"encoder 6x384, {sequences} sequences x {length} tokens, batch {batch_size}, T={settings.T}, "
+          f"N={settings.N} (activations {settings.activation_N}), fast mode, {torch.get_num_threads()} thread(s)")
     print(f"ANN eval {t_ann:.2f}s | SNN convert+calibrate {t_convert:.2f}s + eval {t_snn:.2f}s")
     print(f"SNN/ANN time ratio: eval only {t_snn / t_ann:.2f}x, convert+eval {(t_convert + t_snn) / t_ann:.2f}x")
     print(f"agreement: min cosine {r['cosine']:.6f}, argmax {r['argmax']:.4f}")

@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .multibasis import MultiBasisNode
+from .multibasis import MultiBasisNode, simulate_bases
 
 GRID = 1 << 15  # first-pass sampling of the domain
 CHUNK = 1 << 13  # simulation batch while sampling
@@ -43,13 +43,21 @@ def from_order_key(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bits.view(dtype)
 
 
-def pattern_keys(node: MultiBasisNode, x: torch.Tensor) -> torch.Tensor:
+def pattern_keys(node: MultiBasisNode, x: torch.Tensor, basis: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each basis' spike pattern as a ``T``-bit number (``s[0]`` most significant), negated for
-    bases with a negative input gain, so that every column is non-decreasing in ``x``: ``[len(x), N]``."""
-    spikes, _, _ = node.simulate(x, keep_spikes=True)
+    bases with a negative input gain, so that every column is non-decreasing in ``x``: ``[len(x), N]``;
+    with ``basis`` (one index per input) only that basis is simulated: ``[len(x)]``. The arithmetic
+    is :meth:`MultiBasisNode.simulate`'s, element for element."""
+    dt = x.dtype
+    gain, offset, vth, reset, intensity = (t.to(x.device, dt) for t in (
+        node.gain, node.offset, node.vth, node.reset_value, node.intensity))
+    if basis is not None:
+        gain, offset, vth, reset, intensity = (t[basis].unsqueeze(1) for t in (gain, offset, vth, reset, intensity))
+    spikes, _, _ = simulate_bases(x[..., None] * gain + offset, vth, reset, intensity)
     bits = torch.tensor([1 << (node.T - 1 - t) for t in range(node.T)], dtype=torch.int64, device=x.device)
     codes = (spikes.to(torch.int64) * bits.view(-1, 1, 1)).sum(0)
-    return torch.where(node.gain.to(x.device) < 0, -codes, codes)
+    keys = torch.where(gain < 0, -codes, codes)
+    return keys if basis is None else keys[:, 0]
 
 
 def _sampled_keys(node: MultiBasisNode, x: torch.Tensor) -> torch.Tensor:
@@ -61,10 +69,9 @@ def _first_reaching(node: MultiBasisNode, low: torch.Tensor, high: torch.Tensor,
     """Per row, the smallest ``x`` in ``(low, high]`` with ``key_basis(x) >= target``, by bisection
     over the floats in between (``key(low) < target <= key(high)`` holds on entry)."""
     below, above = order_key(low), order_key(high)
-    rows = torch.arange(len(basis))
     while bool((above - below > 1).any()):
         middle = (below >> 1) + (above >> 1) + (below & above & 1)  # no overflow for 64-bit keys
-        reached = pattern_keys(node, from_order_key(middle, dtype))[rows, basis] >= target
+        reached = pattern_keys(node, from_order_key(middle, dtype), basis) >= target
         above = torch.where(reached, middle, above)
         below = torch.where(reached, below, middle)
     return from_order_key(above, dtype)
@@ -83,12 +90,12 @@ def breakpoints(node: MultiBasisNode, lo: float, hi: float, dtype: torch.dtype) 
     for _ in range(MAX_ROUNDS):
         if not len(basis):
             return torch.unique(torch.cat(found))  # sorted
-        high_key = pattern_keys(node, high)[torch.arange(len(basis)), basis]
+        high_key = pattern_keys(node, high, basis)
         edge = _first_reaching(node, low, high, basis, high_key, dtype)
         found.append(edge)
         # more than one change inside (low, edge): go on with the part below the edge found
         before = from_order_key(order_key(edge) - 1, dtype)
-        more = pattern_keys(node, before)[torch.arange(len(basis)), basis] != low_key
+        more = pattern_keys(node, before, basis) != low_key
         low, high, basis, low_key = low[more], before[more], basis[more], low_key[more]
     raise RuntimeError(f"breakpoint search did not finish in {MAX_ROUNDS} rounds")
 
