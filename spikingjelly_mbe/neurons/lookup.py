@@ -23,7 +23,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .multibasis import MultiBasisNode, simulate_bases
+from .multibasis import MultiBasisNode
 
 GRID = 1 << 15  # first-pass sampling of the domain
 CHUNK = 1 << 13  # simulation batch while sampling
@@ -46,17 +46,12 @@ def from_order_key(key: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def pattern_keys(node: MultiBasisNode, x: torch.Tensor, basis: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Each basis' spike pattern as a ``T``-bit number (``s[0]`` most significant), negated for
     bases with a negative input gain, so that every column is non-decreasing in ``x``: ``[len(x), N]``;
-    with ``basis`` (one index per input) only that basis is simulated: ``[len(x)]``. The arithmetic
-    is :meth:`MultiBasisNode.simulate`'s, element for element."""
-    dt = x.dtype
-    gain, offset, vth, reset, intensity = (t.to(x.device, dt) for t in (
-        node.gain, node.offset, node.vth, node.reset_value, node.intensity))
-    if basis is not None:
-        gain, offset, vth, reset, intensity = (t[basis].unsqueeze(1) for t in (gain, offset, vth, reset, intensity))
-    spikes, _, _ = simulate_bases(x[..., None] * gain + offset, vth, reset, intensity)
+    with ``basis`` (one index per input) only that basis is simulated: ``[len(x)]``."""
+    spikes, _, _ = node.simulate_bases(x, keep_spikes=True, basis=basis)
     bits = torch.tensor([1 << (node.T - 1 - t) for t in range(node.T)], dtype=torch.int64, device=x.device)
     codes = (spikes.to(torch.int64) * bits.view(-1, 1, 1)).sum(0)
-    keys = torch.where(gain < 0, -codes, codes)
+    gain = node.gain if basis is None else node.gain[basis].unsqueeze(1)
+    keys = torch.where(gain.to(x.device) < 0, -codes, codes)
     return keys if basis is None else keys[:, 0]
 
 

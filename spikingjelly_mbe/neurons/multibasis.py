@@ -160,11 +160,19 @@ class MultiBasisNode(base.MemoryModule):
 
     def simulate(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
         """:meth:`run` without input checks or counters (Eqs. 5-8 in ``x``'s dtype)."""
+        s, o, count = self.simulate_bases(x, keep_spikes)
+        return s, o @ self.weight.to(x.dtype) + self.bias.to(x.dtype), count.sum(-1)
+
+    def simulate_bases(self, x: torch.Tensor, keep_spikes: bool, basis: Optional[torch.Tensor] = None,
+                       ) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Eqs. 5-7 from ``u_n[0] = a_n x + c_n``: :func:`simulate_bases` of every basis, or with
+        ``basis`` (one index per element of a 1-D ``x``) of that basis alone (``N`` = 1)."""
         dt = x.dtype
-        u0 = x[..., None] * self.gain.to(dt) + self.offset.to(dt)
-        s, o, count = simulate_bases(u0, self.vth.to(dt), self.reset_value.to(dt),
-                                     self.intensity.to(dt), keep_spikes)
-        return s, o @ self.weight.to(dt) + self.bias.to(dt), count.sum(-1)
+        gain, offset, vth, reset, intensity = (t.to(dt) for t in (
+            self.gain, self.offset, self.vth, self.reset_value, self.intensity))
+        if basis is not None:
+            gain, offset, vth, reset, intensity = (t[basis].unsqueeze(1) for t in (gain, offset, vth, reset, intensity))
+        return simulate_bases(x[..., None] * gain + offset, vth, reset, intensity, keep_spikes)
 
     def spikes(self, x: torch.Tensor) -> torch.Tensor:
         """Binary spike trains ``[T, *x.shape, N]`` (Eqs. 5-6)."""
