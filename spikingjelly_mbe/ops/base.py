@@ -70,12 +70,17 @@ class SpikingOp(base.MemoryModule):
             self.record(clamped=count)
             self._clamped_now.append(f"{count} {what}")
 
-    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> Tuple[float, float]:
-        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked'); returns
-        ``(min, max)`` of ``x`` (``(0, 0)`` when empty)."""
+    def check_floating(self, x: torch.Tensor, name: str) -> None:
+        """``x`` must be a floating point tensor."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"{type(self).__name__}: {name} must be a floating point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
+
+    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> Tuple[float, float]:
+        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked'); returns
+        ``(min, max)`` of ``x`` (``(0, 0)`` when empty). The fused kernels count NaN/Inf themselves
+        and call this only to raise."""
+        self.check_floating(x, name)
         if x.numel() == 0:
             return 0.0, 0.0
         lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates to both

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from .. import kernels
 from ..neurons import MBENode, MultiBasisNode
 
 MAX_T = 24  # q < 2^T stays an exact integer in float32
@@ -100,19 +101,30 @@ class IdentityCoder(nn.Module):
         self.T, self.A = T, float(A)
         # the node's float32 parameters as Python numbers (fast mode uses them as scalars)
         self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
+        self._params: Dict[Tuple[torch.dtype, bool], Tuple[float, float, float, float, float]] = {}
+
+    def kernel_params(self, dtype: torch.dtype, clamp: bool) -> Tuple[float, float, float, float, float]:
+        """The neuron as five numbers, each used as a ``dtype`` scalar: input gain ``2^T g``, offset
+        ``2^T c``, the clamp of ``|x| 2^T g`` (``A g 2^T`` rounded in ``dtype``, or ``inf``), the
+        output step ``w 2^-T`` and the top pattern ``2^T - 1``. Scaling by ``2^T`` is exact."""
+        key = (dtype, clamp)
+        if key not in self._params:
+            scale = 2.0 ** self.T
+            limit = float(torch.tensor(self.A, dtype=dtype) * torch.tensor(self.gain, dtype=dtype)) * scale
+            self._params[key] = (self.gain * scale, self.offset * scale, limit if clamp else math.inf,
+                                 self.weight * 2.0 ** -self.T, scale - 1)
+        return self._params[key]
 
     def quantize(self, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """The digits ``q`` (the spikes read as a binary number) the neuron fires for ``|x|``
         (clamped to ``A`` when ``clamp``): ``q = min(floor(2^T u[0]), 2^T - 1)``, exactly what the
-        greedy spike sequence encodes.
-
-        ``2^T u[0] = |x| (gain 2^T) + offset 2^T`` with the node's roundings (scaling by ``2^T``
-        is exact and ``|x g| = |x| g``), computed in place on one new tensor."""
-        scale = 2.0 ** self.T
-        u = (x * (self.gain * scale)).abs_()
+        greedy spike sequence encodes, computed in place on one new tensor from :meth:`kernel_params`
+        (``|x g| = |x| g``)."""
+        gain, offset, limit, _, top = self.kernel_params(x.dtype, clamp)
+        u = (x * gain).abs_()
         if clamp:
-            u.clamp_(max=float(torch.tensor(self.A, dtype=x.dtype) * torch.tensor(self.gain, dtype=x.dtype)) * scale)
-        return u.add_(self.offset * scale).floor_().clamp_(max=scale - 1)
+            u.clamp_(max=limit)
+        return u.add_(offset).floor_().clamp_(max=top)
 
     def encode(self, x: torch.Tensor, simulate: bool,
                bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
@@ -130,9 +142,12 @@ class IdentityCoder(nn.Module):
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
+        if kernels.usable(x):
+            value, counts = kernels.encode(x, self.kernel_params(x.dtype, bool(clamped)), signed)
+            return SpikeCode(value, counts), clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = popcount(q, self.T)
-        value = q.mul_(self.weight * 2.0 ** -self.T)  # = (q 2^-T) w, both scalings exact
+        value = q.mul_(self.kernel_params(x.dtype, False)[3])  # = (q 2^-T) w, both scalings exact
         return SpikeCode(value.copysign_(x) if signed else value, counts), clamped
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import IdentityCoder, check_steps, total
@@ -35,7 +36,8 @@ class _SpikingNorm(SpikingOp):
 
     ``split_bits=b`` moves the top ``b`` digits of ``M`` into a table of ``2^b`` constant weights
     (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form (one neuron on ``[1, 4)``).
-    SOPs: one per spike of every neuron and the coincidences of both products.
+    SOPs: one per spike of every neuron and the coincidences of both products. Fast mode on CPU
+    float32 runs the stages in one fused kernel (:meth:`fused`) with the same float operations.
     """
 
     centered: bool
@@ -68,32 +70,57 @@ class _SpikingNorm(SpikingOp):
         return tuple(range(-k, 0))
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x, "input")
+        self.check_floating(x, "input")
         dims = self.check_shape(x)
-        xs = x.to(working_dtype(x))
-        simulate, n = self.simulating, math.prod(self.normalized_shape)
-        c = xs - xs.mean(dims, keepdim=True) if self.centered else xs
+        n = math.prod(self.normalized_shape)
+        affine = [None if p is None else p.detach().to(working_dtype(x)) for p in (self.weight, self.bias)]
+        if not self.simulating and x.numel() and kernels.usable(x, *(p for p in affine if p is not None), row=n):
+            out, (spikes, sops, nonfinite) = self.fused(x, n, *affine)
+            if nonfinite:
+                self.check_input(x, "input")  # raises, naming the count
+        else:
+            self.check_input(x, "input")
+            out, spikes, sops = self.stages(x.to(working_dtype(x)), dims, n)
+            if affine[0] is not None:
+                out = out.mul_(affine[0])
+            if affine[1] is not None:
+                out = out.add_(affine[1])
+        rows = x.numel() // n
+        self.record(spikes=spikes, neurons=x.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows, sops=sops,
+                    ann_flops=self.element_flops * x.numel() + self.row_flops * rows)
+        return out.to(x.dtype)
+
+    def stages(self, xs: torch.Tensor, dims: Tuple[int, ...], n: int) -> Tuple[torch.Tensor, int, int]:
+        """Stages 1-4 in PyTorch (both modes), before the affine map: ``(output, spikes, SOPs)``."""
+        simulate = self.simulating
+        c = xs - (xs.sum(dims, keepdim=True, dtype=torch.float64) / n).to(xs.dtype) if self.centered else xs
         _, k = torch.frexp(c.abs().amax(dims, keepdim=True))  # max |c| < 2^k
         k = k.clamp_(min=MIN_ROW_EXPONENT)
         scale = torch.exp2(-k.to(c.dtype))
         z_code, _ = self.z_coder.encode(c.mul_(scale) if self.centered else c * scale, simulate, (-1.0, 1.0))
-        variance = spike_product(z_code, z_code, simulate, 1.0 / n).sum(dims, keepdim=True)
+        squares = spike_product(z_code, z_code, simulate, 1.0 / n)
+        variance = squares.sum(dims, keepdim=True, dtype=torch.float64).to(xs.dtype)
         mantissa, exponent = torch.frexp(variance + self.eps * torch.exp2(-2.0 * k.to(c.dtype)))
         odd = (exponent - 1) % 2  # v = (2 mantissa) 2^(exponent - 1); make the exponent even
         rho, rho_spikes = self.rsqrt.evaluate(2 * mantissa * torch.exp2(odd.to(c.dtype)), simulate)
         rho_code, _ = self.rho_coder.encode(rho, simulate, (0.0, self.rho_coder.A))
         shift = torch.exp2(-torch.div(exponent - 1 - odd, 2, rounding_mode="floor").to(c.dtype))
         out = spike_product(z_code, rho_code, simulate, shift)
-        if self.weight is not None:
-            out = out.mul_(self.weight.detach().to(out.dtype))
-        if self.bias is not None:
-            out = out.add_(self.bias.detach().to(out.dtype))
-        rows = rho.numel()
         spikes = total(z_code.counts) + total(rho_spikes) + total(rho_code.counts)
-        self.record(spikes=spikes, neurons=xs.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows,
-                    sops=spikes + product_sops(z_code, z_code) + product_sops(z_code, rho_code),
-                    ann_flops=self.element_flops * xs.numel() + self.row_flops * rows)
-        return out.to(x.dtype)
+        return out, spikes, spikes + product_sops(z_code, z_code) + product_sops(z_code, rho_code)
+
+    def fused(self, xs: torch.Tensor, n: int, weight: Optional[torch.Tensor],
+              bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
+        """Fast mode's stages and the affine map in one compiled pass per row
+        (:mod:`spikingjelly_mbe.kernels`), the same float32 operations as :meth:`stages`:
+        ``(output, (spikes, SOPs, NaN/Inf inputs))``."""
+        weight, bias = (None if p is None else p.contiguous() for p in (weight, bias))
+        rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(xs.dtype)
+        z_params, rho_params = (kernels.doubles(c.kernel_params(xs.dtype, False)) for c in (self.z_coder, self.rho_coder))
+        out, (spikes, product_sops, nonfinite) = kernels.rowwise(
+            "sjmbe_norm_f32", xs, n, 3, int(self.centered), self.eps, MIN_ROW_EXPONENT, kernels.address(weight),
+            kernels.address(bias), z_params, rsqrt_params, rsqrt_table.data_ptr(), rho_params)
+        return out, (spikes, spikes + product_sops, nonfinite)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, T={self.T}, split_bits={self.rsqrt.split_bits}, "

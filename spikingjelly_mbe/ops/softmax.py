@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+from typing import List, Tuple
 
 import torch
 
+from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import IdentityCoder, check_steps, total
@@ -24,8 +26,8 @@ class SpikingSoftmax(SpikingOp):
        construction, so the operator needs no calibration.
     1. ``e^(x-m) = 2^n * 2^f`` with ``n = floor(y) <= 0`` and ``f = y - n`` (Eq. 13): ``2^f`` from
        the ``exp2`` :class:`SplitFunction`, ``2^n`` an exponent shift (integer addition, not a
-       neuron). ``-inf`` (masked) and anything below ``2^-2048`` gives ``e = 0`` exactly, and
-       those positions fire no spikes.
+       neuron). ``y`` is clamped to ``-2048``: ``-inf`` (masked) and anything below ``2^-2048``
+       gives ``e = 0`` exactly, and those positions fire no spikes.
     2. ``S = sum e = M 2^E`` with ``M`` in ``[1, 2)`` (IEEE-754 split, ``torch.frexp``); ``1/M``
        from the ``reciprocal`` :class:`SplitFunction`, so ``1/S = 2^-E / M``.
     3. ``softmax = (e * 1/M) * 2^-E``: the product through MBE_Id codes and ``sum_ij D_ij S_ij``
@@ -33,7 +35,8 @@ class SpikingSoftmax(SpikingOp):
 
     ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
     constant weights (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form.
-    A row that is entirely masked gives zeros. SOPs: one per spike of every neuron (decoding),
+    A row that is entirely masked gives zeros. Fast mode on CPU float32 runs the stages in one
+    fused kernel (:meth:`fused`) with the same float operations as the PyTorch stages. SOPs: one per spike of every neuron (decoding),
     one per unmasked element for the row sum, and the product's coincidences.
     """
 
@@ -50,37 +53,55 @@ class SpikingSoftmax(SpikingOp):
         self.r_coder = IdentityCoder(T, self.reciprocal.max_output)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.check_input(x, "input", allow_neg_inf=True)
+        self.check_floating(x, "input")
         if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
             raise ValueError(f"SpikingSoftmax(dim={self.dim}) needs an input with dimension {self.dim}; "
                              f"got shape {tuple(x.shape)}")
-        xs = x.to(working_dtype(x))
+        packed = self.exp2.packed_table
+        if not self.simulating and x.numel() and packed is not None and kernels.usable(x, row=x.shape[self.dim]):
+            out, (spikes, live_count, sops, nonfinite) = self.fused(x, packed)
+            if nonfinite:
+                self.check_input(x, "input", allow_neg_inf=True)  # raises, naming the count
+        else:
+            self.check_input(x, "input", allow_neg_inf=True)
+            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x)))
+        rows = math.prod(size for d, size in enumerate(x.shape) if d != self.dim % x.dim())
+        neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
+        self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
+                    sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())
+        return out.to(x.dtype)
+
+    def stages(self, xs: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
+        """Stages 0-3 in PyTorch (both modes): ``(output, spikes, unmasked elements, product SOPs)``."""
         simulate = self.simulating
         row_max = xs.amax(self.dim, keepdim=True)
-        if lo == float("-inf"):
-            row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)  # fully masked rows
-        y = (xs - row_max).mul_(LOG2E)
-        live = None
-        if lo == float("-inf") or (hi - lo) * LOG2E >= -MIN_EXPONENT:  # some entries are masked or negligible
-            live = y.clamp_min_(MIN_EXPONENT) > MIN_EXPONENT
+        row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)  # fully masked rows
+        y = (xs - row_max).mul_(LOG2E).clamp_min_(MIN_EXPONENT)
+        live = y > MIN_EXPONENT
         n = torch.floor(y)
         exp2_frac, exp2_spikes = self.exp2.evaluate(y.sub_(n), simulate)
         e = exp2_frac.mul_(n.exp2_())  # the exponent shift 2^n (exact)
-        if live is not None:
-            exp2_spikes = exp2_spikes * live
-        row_sum = e.sum(self.dim, keepdim=True)
+        row_sum = e.sum(self.dim, keepdim=True, dtype=torch.float64).to(e.dtype)
         mantissa, exponent = torch.frexp(torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum)))
         recip, recip_spikes = self.reciprocal.evaluate(2 * mantissa, simulate)  # 1/M, M = 2 * mantissa in [1, 2)
         e_code, _ = self.e_coder.encode(e, simulate, (0.0, self.e_coder.A))
         r_code, _ = self.r_coder.encode(recip, simulate, (0.0, self.r_coder.A))
         out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
-        live_count = x.numel() if live is None else int(live.sum())
-        rows = recip.numel()
-        spikes = total(exp2_spikes) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
-        neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
-        self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
-                    sops=spikes + live_count + product_sops(e_code, r_code), ann_flops=flops.SOFTMAX * x.numel())
-        return out.to(x.dtype)
+        spikes = total(exp2_spikes * live) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
+        return out, spikes, int(live.sum()), product_sops(e_code, r_code)
+
+    def fused(self, x: torch.Tensor, packed: Tuple[torch.Tensor, int]) -> Tuple[torch.Tensor, List[int]]:
+        """Fast mode's stages in one compiled pass per row (:mod:`spikingjelly_mbe.kernels`), the
+        same float32 operations as :meth:`stages`: ``(output, [spikes, unmasked elements, product
+        SOPs, NaN/+inf inputs])``."""
+        rows_last = x.movedim(self.dim, -1)
+        recip_params, recip_table = self.reciprocal.kernel_args(x.dtype)
+        exp2_params = self.exp2.kernel_args(x.dtype)[0]
+        e_params, r_params = (kernels.doubles(c.kernel_params(x.dtype, False)) for c in (self.e_coder, self.r_coder))
+        out, stats = kernels.rowwise("sjmbe_softmax_f32", rows_last, rows_last.shape[-1], 4, LOG2E, MIN_EXPONENT,
+                                     exp2_params, packed[0].data_ptr(), packed[1], recip_params,
+                                     recip_table.data_ptr(), e_params, r_params)
+        return out.movedim(-1, self.dim), stats
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, " + super().extra_repr()

@@ -15,6 +15,8 @@ domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on `
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from .. import kernels
 from ..fitting import FittedNeuron, load_fitted
 from .coding import IdentityCoder, check_steps, decode, lookup, popcount
 
@@ -137,6 +140,19 @@ class SplitFunction(nn.Module):
                 _, value, count = node.run(x, keep_spikes=False)
             self._tables[key] = torch.complex(weight * value, popcount(q, self.T) + count)
         return self._tables[key]
+
+    def kernel_args(self, dtype: torch.dtype) -> Tuple[ctypes.Array, torch.Tensor]:
+        """What the fused kernels take: the MBE_Id parameters followed by ``lo``, and the table as
+        interleaved ``(value, spikes)`` pairs (kept alive by the caller during the call)."""
+        params = self.coder.kernel_params(dtype, False) + (self.target.lo,)
+        return kernels.doubles(params), torch.view_as_real(self.table(dtype, torch.device("cpu")))
+
+    @functools.cached_property
+    def packed_table(self) -> Optional[Tuple[torch.Tensor, int]]:
+        """The float32 table packed for a single-gather lookup (:func:`kernels.pack`), or ``None``
+        when its values or spike counts do not fit the packed format."""
+        table = self.table(torch.float32, torch.device("cpu"))
+        return kernels.pack(table.real, table.imag)
 
     def evaluate(self, v: torch.Tensor, simulate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(g_hat(v), spikes per element)`` for ``lo <= v <= lo + width``."""

@@ -1,0 +1,188 @@
+"""Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic, one pass per row.
+
+``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
+the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
+tensors, for float64, or with autograd recording, the operators keep their eager fast path, which
+returns the same numbers. ``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` switches the kernels off.
+Rows are split across ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..data.assets import cache_dir
+
+log = logging.getLogger("spikingjelly_mbe.kernels")
+
+SOURCE = Path(__file__).with_name("spike_kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
+ENV_SWITCH = "SPIKINGJELLY_MBE_KERNELS"
+MIN_CHUNK = 1 << 13  # elements per thread, at least
+MAX_ROW = 1 << 21  # the kernels count spikes per row in int32
+
+_library: Optional[ctypes.CDLL] = None
+_tried = False
+_enabled = os.environ.get(ENV_SWITCH, "1") != "0"
+_pointer, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+SIGNATURES = {
+    "sjmbe_encode_f32": [_pointer, _i64, _pointer, _int, _pointer, _pointer],
+    "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
+    "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
+}
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return "\n".join(sorted({line for line in info.splitlines() if line.startswith(("model name", "flags"))}))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _compile(compiler: str, target: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True,
+                        text=True, timeout=120)
+        os.replace(built, target)  # atomic: concurrent processes never load a half-written library
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernels, built on first use; ``None`` (logged once) when no C compiler works."""
+    global _library, _tried
+    if _tried:
+        return _library
+    _tried = True
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        log.warning("no C compiler (cc/gcc or $CC): fast mode runs its eager PyTorch path (same numbers, slower)")
+        return None
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
+                                     _cpu_signature().encode()])).hexdigest()[:16]
+    target = cache_dir("kernels") / f"spike_kernels-{key}.so"
+    try:
+        if not target.is_file():
+            _compile(compiler, target)
+        lib = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        log.warning("could not build the fused kernels with %s (%s): fast mode runs its eager PyTorch path",
+                    compiler, str(detail).strip()[:500])
+        return None
+    for name, argtypes in SIGNATURES.items():
+        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    _library = lib
+    return lib
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the eager fast path inside the block (to compare the two, or to time them)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+def usable(*tensors: torch.Tensor, row: int = 0) -> bool:
+    """Whether the kernels can take these tensors (rows of length ``row``): enabled and built,
+    float32 on the CPU, no autograd, rows of at most :data:`MAX_ROW` elements."""
+    if not _enabled or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return library() is not None
+
+
+def address(t: Optional[torch.Tensor]) -> Optional[int]:
+    """A tensor's data pointer for a kernel argument (``None``: a NULL pointer)."""
+    return None if t is None else t.data_ptr()
+
+
+def doubles(values: Sequence[float]) -> ctypes.Array:
+    """Parameters as a C ``double`` array."""
+    return (ctypes.c_double * len(values))(*values)
+
+
+def pack(values: torch.Tensor, spikes: torch.Tensor) -> Optional[Tuple[torch.Tensor, int]]:
+    """A float32 lookup table as one int32 word per entry, ``spikes << 24 | (value bits - base)``, and
+    ``base`` (the exponent field of the lower binade): possible when every value is positive, all lie
+    in two adjacent binades and every spike count is an integer in ``[0, 255]``; ``None`` otherwise."""
+    if values.dtype != torch.float32 or not values.numel() or not bool((values > 0).all()):
+        return None
+    if not bool(((spikes >= 0) & (spikes <= 255) & (spikes == spikes.round())).all()):
+        return None
+    bits = values.contiguous().view(torch.int32).long()
+    base = int(bits.min()) & ~0x7FFFFF
+    offset = bits - base
+    if int(offset.max()) >= 1 << 24:
+        return None
+    words = offset | (spikes.long() << 24)
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32), base
+
+
+def encode(x: torch.Tensor, coder: Sequence[float], signed: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(value, counts)`` of an MBE_Id code (``IdentityCoder.encode``'s fast path) for float32 ``x``."""
+    x = x.contiguous()
+    value, counts = torch.empty_like(x), torch.empty_like(x)
+    params = doubles(coder)
+    lib = library()
+
+    def run(start: int, stop: int) -> None:
+        offset = start * 4
+        lib.sjmbe_encode_f32(x.data_ptr() + offset, stop - start, params, int(signed), value.data_ptr() + offset,
+                             counts.data_ptr() + offset)
+
+    _in_parallel(run, x.numel(), 1)
+    return value, counts
+
+
+def rowwise(kernel: str, x: torch.Tensor, n: int, stat_count: int, *args: object) -> Tuple[torch.Tensor, List[int]]:
+    """Run a row kernel on ``x`` viewed as ``[rows, n]``; returns ``(out, summed stats)``."""
+    x = x.contiguous()
+    rows = x.numel() // n if n else 0
+    out = torch.empty_like(x)
+    fn = getattr(library(), kernel)
+    stats: List[ctypes.Array] = []
+
+    def run(start: int, stop: int) -> None:
+        counts = (ctypes.c_int64 * stat_count)()
+        stats.append(counts)
+        offset = start * n * 4
+        fn(x.data_ptr() + offset, stop - start, n, *args, out.data_ptr() + offset, counts)
+
+    _in_parallel(run, rows, n)
+    return out, [sum(s[i] for s in stats) for i in range(stat_count)]
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="sjmbe-kernel")
+
+
+def _in_parallel(run: Callable[[int, int], None], items: int, item_size: int) -> None:
+    """``run(start, stop)`` over ``[0, items)`` in up to ``torch.get_num_threads()`` chunks of at
+    least :data:`MIN_CHUNK` elements (``item_size`` elements per item)."""
+    chunks = max(1, min(torch.get_num_threads(), items, items * item_size // MIN_CHUNK))
+    if chunks == 1:
+        run(0, items)
+        return
+    bounds = [items * i // chunks for i in range(chunks + 1)]
+    list(_pool(chunks).map(run, bounds[:-1], bounds[1:]))

@@ -1,0 +1,200 @@
+/* Fused float32 CPU kernels for the fast mode of the spiking operators.
+ *
+ * Each function performs, element by element, the very float32 operations of the eager fast path in
+ * spikingjelly_mbe/ops (same operands, same order, one rounding per operation: build with
+ * -ffp-contract=off and without -ffast-math), so both paths return the same bits and spike counts;
+ * tests/test_kernels.py checks that. Row sums accumulate in double and round to float once, as the
+ * eager path does with sum(dtype=float64).
+ *
+ * A "coder" is the MBE_Id neuron of Eq. 9 as five numbers (ops.coding.IdentityCoder.kernel_params):
+ * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T and the top digit pattern 2^T - 1.
+ * A "table" is a SplitFunction's interleaved (value, spikes) pair for each of the 2^T digit patterns;
+ * a "packed table" holds both in one 32-bit word (SplitFunction.packed_table), so that the per-element
+ * lookup of Softmax is a single gather: value bits = base + (word & 0xFFFFFF), spikes = word >> 24.
+ *
+ * Per-row counts are int32: rows are at most kernels.MAX_ROW = 2^21 long (at most 24^2 = 576 per element).
+ *
+ * Every kernel also counts the inputs that are NaN or +inf (and -inf where that is not a mask) in its
+ * last stats entry; the caller raises on a nonzero count. Such inputs never index outside a table
+ * (quantize maps NaN to the top pattern).
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    float gain, offset, clamp, step, top;
+} coder_t;
+
+static coder_t coder_of(const double *p) {
+    coder_t c = {(float)p[0], (float)p[1], (float)p[2], (float)p[3], (float)p[4]};
+    return c;
+}
+
+/* The digits q the neuron fires for |x| (IdentityCoder.quantize): min(floor(min(|x g|, clamp) + offset), top). */
+static inline float quantize(float x, coder_t c) {
+    float u = fabsf(x * c.gain);
+    u = u < c.clamp ? u : c.clamp;
+    u = floorf(u + c.offset);
+    return u < c.top ? u : c.top;
+}
+
+/* Set bits of the digit pattern q < 2^24 (branch-free, so loops over it vectorize). */
+static inline int32_t popcount(float q) {
+    uint32_t v = (uint32_t)(int32_t)q;
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+    return (int32_t)((v * 0x01010101u) >> 24);
+}
+
+static inline float bits_to_float(int32_t bits) {
+    float out;
+    memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+/* 2^n for an integer-valued n <= 127, exactly as float32 exp2 (subnormal down to 2^-149, then 0). */
+static inline float pow2(float n) {
+    int32_t k = (int32_t)(n > -150.0f ? n : -150.0f);
+    int32_t subnormal = k >= -149 ? 1 << ((k + 149) & 31) : 0;
+    return bits_to_float(k >= -126 ? (k + 127) << 23 : subnormal);
+}
+
+
+/* An operand's MBE_Id code (IdentityCoder.encode, fast mode): value and spikes per element. */
+void sjmbe_encode_f32(const float *restrict x, int64_t n, const double *coder, int is_signed, float *restrict value,
+                      float *restrict counts) {
+    const coder_t c = coder_of(coder);
+    for (int64_t i = 0; i < n; ++i) {
+        float q = quantize(x[i], c), v = q * c.step;
+        counts[i] = (float)popcount(q);
+        value[i] = is_signed ? copysignf(v, x[i]) : v;
+    }
+}
+
+/* A SplitFunction's value for v in [lo, lo + width] (params[5] = lo); adds its spikes. */
+static inline float split_value(float v, const double *params, const float *table, int32_t *spikes) {
+    const coder_t c = coder_of(params);
+    const float lo = (float)params[5];
+    int32_t q = (int32_t)quantize(lo != 0.0f ? v - lo : v, c);
+    *spikes += (int32_t)table[2 * q + 1];
+    return table[2 * q];
+}
+
+/* The sum of t(x[i]) over [0, n) in double, t(x) = x or (x * x) * scale (both in float): eight
+ * interleaved partial sums (they vectorize) added in a fixed order. */
+static inline double sum_f64(const float *restrict x, int64_t n, int square, float scale) {
+    double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) part[k] += square ? (x[i + k] * x[i + k]) * scale : x[i + k];
+    for (; i < n; ++i) part[i % 8] += square ? (x[i] * x[i]) * scale : x[i];
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+/* SpikingSoftmax on contiguous rows of length n; stats += (spikes, live elements, product SOPs, NaN/+inf). */
+void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double log2e, double min_exponent,
+                       const double *exp2_coder, const int32_t *exp2_packed, int32_t exp2_base,
+                       const double *recip_coder, const float *recip_table, const double *e_coder,
+                       const double *r_coder, float *restrict out, int64_t *stats) {
+    const coder_t cx = coder_of(exp2_coder), ce = coder_of(e_coder), cr = coder_of(r_coder);
+    const float l2e = (float)log2e, floor_exp = (float)min_exponent;
+    for (int64_t row = 0; row < rows; ++row) {
+        const float *restrict xr = x + row * n;
+        float *restrict o = out + row * n;
+        float peak = -INFINITY;
+        int32_t bad = 0;
+#pragma omp simd reduction(max : peak) reduction(+ : bad)
+        for (int64_t i = 0; i < n; ++i) {
+            peak = xr[i] > peak ? xr[i] : peak;
+            bad += !(xr[i] < INFINITY);
+        }
+        const float m = peak == -INFINITY ? 0.0f : peak; /* a fully masked row */
+        int32_t spikes = 0, live = 0, e_spikes = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            float y = (xr[i] - m) * l2e;
+            y = y > floor_exp ? y : floor_exp;
+            const int32_t alive = y > floor_exp;
+            const float whole = floorf(y);
+            const uint32_t word = (uint32_t)exp2_packed[(int32_t)quantize(y - whole, cx)];
+            const float e = bits_to_float(exp2_base + (int32_t)(word & 0xFFFFFFu)) * pow2(whole);
+            o[i] = e;
+            spikes += alive ? (int32_t)(word >> 24) : 0;
+            live += alive;
+        }
+        const float total = (float)sum_f64(o, n, 0, 1.0f);
+        int exponent;
+        const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponent);
+        const float recip = split_value(2.0f * mantissa, recip_coder, recip_table, &spikes);
+        const float rq = quantize(recip, cr);
+        const int32_t r_spikes = popcount(rq);
+        const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponent);
+        for (int64_t i = 0; i < n; ++i) {
+            const float q = quantize(o[i], ce);
+            e_spikes += popcount(q);
+            o[i] = (q * ce.step) * scaled;
+        }
+        stats[0] += spikes + e_spikes + r_spikes;
+        stats[1] += live;
+        stats[2] += (int64_t)e_spikes * r_spikes;
+        stats[3] += bad;
+    }
+}
+
+/* SpikingLayerNorm (centered) / SpikingRMSNorm on contiguous rows of length n; weight, bias may be NULL.
+ * stats += (spikes, SOPs of both products, NaN/Inf). max |c| comes from the row's extremes: rounding
+ * is monotone, so max_i |fl(x_i - mu)| = max(fl(max x - mu), fl(mu - min x)). */
+void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int centered, double eps,
+                    double min_row_exponent, const float *restrict weight, const float *restrict bias,
+                    const double *z_coder, const double *rsqrt_coder, const float *rsqrt_table,
+                    const double *rho_coder, float *restrict out, int64_t *stats) {
+    const coder_t cz = coder_of(z_coder), cr = coder_of(rho_coder);
+    const float inv_n = (float)(1.0 / (double)n), eps_f = (float)eps;
+    for (int64_t row = 0; row < rows; ++row) {
+        const float *restrict xr = x + row * n;
+        float *restrict o = out + row * n;
+        float hi = -INFINITY, lo = INFINITY;
+        int32_t bad = 0;
+#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : bad)
+        for (int64_t i = 0; i < n; ++i) {
+            hi = xr[i] > hi ? xr[i] : hi;
+            lo = xr[i] < lo ? xr[i] : lo;
+            bad += !(fabsf(xr[i]) <= FLT_MAX);
+        }
+        /* x - 0 = x: RMSNorm keeps c = x */
+        const float mean = centered ? (float)(sum_f64(xr, n, 0, 1.0f) / (double)n) : 0.0f;
+        const float top = hi - mean, bottom = mean - lo;
+        int k;
+        frexpf(top > bottom ? top : bottom, &k);
+        k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
+        const float scale = pow2((float)-k);
+        int32_t z_spikes = 0, z_squares = 0, spikes = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const float z = (xr[i] - mean) * scale, q = quantize(z, cz);
+            const float v = copysignf(q * cz.step, z);
+            const int32_t c = popcount(q);
+            z_spikes += c;
+            z_squares += c * c;
+            o[i] = v;
+        }
+        int exponent;
+        const float variance = (float)sum_f64(o, n, 1, inv_n);
+        const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
+        const int odd = ((exponent - 1) % 2 + 2) % 2;
+        const float rho = split_value(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder, rsqrt_table, &spikes);
+        const float rq = quantize(rho, cr);
+        const int32_t rho_spikes = popcount(rq);
+        const float scaled = (rq * cr.step) * pow2((float)-((exponent - 1 - odd) / 2));
+        for (int64_t i = 0; i < n; ++i) {
+            float v = o[i] * scaled;
+            if (weight) v = v * weight[i];
+            if (bias) v = v + bias[i];
+            o[i] = v;
+        }
+        stats[0] += spikes + z_spikes + rho_spikes;
+        stats[1] += z_squares + (int64_t)z_spikes * rho_spikes;
+        stats[2] += bad;
+    }
+}

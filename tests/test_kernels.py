@@ -1,0 +1,194 @@
+"""The fused CPU kernels of fast mode: the same bits and spike counts as the eager PyTorch fast path,
+agreement with the step-by-step simulation, NaN/Inf errors, the packed table format, threads and
+the fallback when no C compiler is found."""
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from spikingjelly.activation_based import functional
+
+from spikingjelly_mbe import kernels
+from spikingjelly_mbe.ops import SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm, SpikingSoftmax
+
+torch.set_num_threads(1)
+SETTINGS = settings(max_examples=25, deadline=None)
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler: the kernels are not built")
+
+
+def run(op, *inputs, mode="fast"):
+    op.mode = mode
+    functional.reset_net(op)
+    with torch.no_grad():
+        return op(*inputs), op.op_stats()
+
+
+def assert_kernel_equals_eager(op, *inputs):
+    """Bit for bit: outputs and every statistic."""
+    fused, fused_stats = run(op, *inputs)
+    with kernels.disabled():
+        eager, eager_stats = run(op, *inputs)
+    assert torch.equal(fused, eager), float((fused - eager).abs().max())
+    assert fused_stats == eager_stats
+    return fused, fused_stats
+
+
+def used_kernel(op, x, monkeypatch):
+    """Whether ``op(x)`` in fast mode reached the compiled library."""
+    calls = []
+    real = kernels.rowwise
+    monkeypatch.setattr(kernels, "rowwise", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    run(op, x)
+    monkeypatch.setattr(kernels, "rowwise", real)
+    return bool(calls)
+
+
+@pytest.fixture(scope="module")
+def softmax():
+    return SpikingSoftmax(dim=-1, T=16)
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 40), min_size=1, max_size=3), data=st.data(),
+       scale=st.sampled_from([1e-3, 1.0, 8.0, 60.0, 1e3, 1e30]), masked=st.floats(0.0, 1.0),
+       seed=st.integers(0, 2 ** 16))
+def test_softmax_kernel_is_the_eager_fast_path_bit_for_bit(shape, data, scale, masked, seed):
+    op = SpikingSoftmax(dim=data.draw(st.integers(-len(shape), len(shape) - 1)), T=16)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * scale
+    x = x.masked_fill(torch.rand(*shape, generator=g) < masked, float("-inf"))  # up to whole rows
+    y, _ = assert_kernel_equals_eager(op, x)
+    assert torch.all(y[x == float("-inf")] == 0)
+
+
+def test_softmax_kernel_covers_subnormal_and_vanishing_terms(softmax, monkeypatch):
+    """Row spreads that put 2^n in the subnormal range, at 2^-149, just below it, and past -2048."""
+    steps = torch.tensor([0.0, -87.0, -100.0, -103.2, -103.3, -103.97, -104.0, -150.0, -1500.0, -1e6])
+    x = torch.stack([steps, steps * 0.5, steps.flip(0)])
+    assert used_kernel(softmax, x, monkeypatch)
+    y, _ = assert_kernel_equals_eager(softmax, x)
+    torch.testing.assert_close(y, torch.softmax(x, -1), atol=1e-3, rtol=0)
+
+
+norm_kinds = st.sampled_from(["layer", "rms"])
+
+
+@SETTINGS
+@given(kind=norm_kinds, rows=st.lists(st.integers(1, 5), max_size=2), width=st.integers(1, 300),
+       scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30]), offset=st.floats(-50, 50),
+       affine=st.booleans(), eps=st.sampled_from([1e-5, 1e-2]), seed=st.integers(0, 2 ** 16))
+def test_norm_kernels_are_the_eager_fast_path_bit_for_bit(kind, rows, width, scale, offset, affine, eps, seed):
+    g = torch.Generator().manual_seed(seed)
+    weight, bias = (torch.randn(width, generator=g), torch.randn(width, generator=g)) if affine else (None, None)
+    op = SpikingLayerNorm(width, weight, bias, eps=eps) if kind == "layer" else SpikingRMSNorm(width, weight, eps=eps)
+    x = torch.randn(*rows, width, generator=g) * scale + offset * min(scale, 1.0)
+    x[..., 0] = x[..., 0] * 40  # an outlier channel
+    assert_kernel_equals_eager(op, x)
+
+
+def test_norm_kernel_with_a_multi_dimensional_shape_and_constant_rows(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    op = SpikingLayerNorm((4, 6), torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g))
+    x = torch.randn(5, 4, 6, generator=g)
+    x[1] = 2.5  # zero variance: c = 0, the output is the bias
+    assert used_kernel(op, x, monkeypatch)
+    y, _ = assert_kernel_equals_eager(op, x)
+    torch.testing.assert_close(y[1], op.bias.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (4, 6), op.weight, op.bias), atol=2e-3, rtol=0)
+
+
+@SETTINGS
+@given(kind=st.sampled_from(["product", "matmul"]), T=st.sampled_from([4, 8, 16, 24]),
+       ranges=st.tuples(st.floats(0.1, 10.0), st.floats(0.1, 10.0)), scale=st.floats(0.01, 20.0),
+       seed=st.integers(0, 2 ** 16))
+def test_operand_coding_kernel_is_the_eager_fast_path_bit_for_bit(kind, T, ranges, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(3, 7, 9, generator=g) * scale, torch.randn(3, 9, 7, generator=g) * scale
+    op = SpikingProduct(T, ranges=ranges) if kind == "product" else SpikingMatmul(T, ranges=ranges)
+    logging.disable(logging.WARNING)  # large scales clamp (counted in the stats compared here)
+    try:
+        assert_kernel_equals_eager(op, a, b.transpose(-1, -2) if kind == "product" else b)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingLayerNorm(32),
+                                  lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5)])
+def test_kernels_agree_with_the_simulation(make):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 9, 32, generator=g) * 4
+    x[0, 0, :5] = float("-inf") if isinstance(make(), SpikingSoftmax) else x[0, 0, :5]
+    op = make()
+    fast, fast_stats = run(op, x)
+    sim, sim_stats = run(op, x, mode="simulate")
+    torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-6)
+    assert fast_stats == sim_stats
+
+
+@pytest.mark.parametrize("op", [SpikingSoftmax(T=16), SpikingLayerNorm(8), SpikingRMSNorm(8)])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_kernels_report_nan_and_inf_as_errors(op, bad):
+    x = torch.randn(4, 8)
+    x[2, 3] = bad
+    if bad == float("-inf") and isinstance(op, SpikingSoftmax):
+        assert run(op, x)[0][2, 3] == 0  # -inf is a mask
+        return
+    with pytest.raises(ValueError, match="1 NaN/Inf value"):
+        run(op, x)
+
+
+def test_packed_table_round_trips_and_refuses_what_does_not_fit():
+    values = torch.tensor([0.75, 0.9999, 1.0, 1.5, 1.9999999])
+    spikes = torch.tensor([0.0, 3.0, 80.0, 255.0, 17.0])
+    words, base = kernels.pack(values, spikes)
+    w = words.long() & 0xFFFFFFFF
+    decoded = (base + (w & 0xFFFFFF)).to(torch.int32).view(torch.float32)
+    assert torch.equal(decoded, values) and torch.equal((w >> 24).float(), spikes)
+    assert kernels.pack(torch.tensor([0.25, 1.0]), torch.zeros(2)) is None  # three binades
+    assert kernels.pack(torch.tensor([-1.0, 1.0]), torch.zeros(2)) is None
+    assert kernels.pack(values, spikes + 1) is None  # 256 spikes
+    assert kernels.pack(values, spikes + 0.5) is None
+    table = SpikingSoftmax(T=16).exp2.table(torch.float32, torch.device("cpu"))
+    assert kernels.pack(table.real, table.imag) is not None  # the shipped exp2 fits
+
+
+def test_threads_split_rows_without_changing_a_bit(softmax):
+    g = torch.Generator().manual_seed(4)
+    x, h = torch.randn(64, 512, generator=g) * 5, torch.randn(96, 384, generator=g)
+    ln = SpikingLayerNorm(384, torch.randn(384, generator=g), torch.randn(384, generator=g))
+    a, b = torch.randn(64, 512, generator=g), torch.randn(64, 512, generator=g)
+    product = SpikingProduct(16, ranges=(5.0, 5.0))
+    single = [run(softmax, x), run(ln, h), run(product, a, b)]
+    torch.set_num_threads(2)
+    try:
+        threaded = [run(softmax, x), run(ln, h), run(product, a, b)]
+    finally:
+        torch.set_num_threads(1)
+    for (y1, s1), (y2, s2) in zip(single, threaded):
+        assert torch.equal(y1, y2) and s1 == s2
+
+
+def test_eager_path_runs_where_the_kernels_cannot(softmax):
+    assert not kernels.usable(torch.zeros(2, dtype=torch.float64))
+    assert not kernels.usable(torch.zeros(2, requires_grad=True))
+    assert not kernels.usable(torch.zeros(2), row=kernels.MAX_ROW + 1)
+    x = torch.randn(3, 5, requires_grad=True)
+    y, _ = run(softmax, x)  # no_grad inside run: the kernel takes it
+    torch.testing.assert_close(y, torch.softmax(x.detach(), -1), atol=1e-3, rtol=0)
+
+
+def test_without_a_compiler_fast_mode_falls_back_with_one_warning(monkeypatch, tmp_path, caplog, softmax):
+    monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_library", None)
+    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.kernels"):
+        assert kernels.library() is None and kernels.library() is None
+    assert len(caplog.records) == 1 and "eager PyTorch path" in caplog.text
+    x = torch.randn(4, 16)
+    y, stats = run(softmax, x)
+    monkeypatch.undo()
+    assert kernels.library() is not None
+    fused, fused_stats = run(softmax, x)
+    assert torch.equal(y, fused) and stats == fused_stats
