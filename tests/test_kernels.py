@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from spikingjelly.activation_based import functional
 
 from spikingjelly_mbe import kernels
-from spikingjelly_mbe.ops import SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm, SpikingSoftmax
+from spikingjelly_mbe.neurons.lookup import neuron_table
+from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
+                                  SpikingSoftmax)
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -113,7 +115,33 @@ def test_operand_coding_kernel_is_the_eager_fast_path_bit_for_bit(kind, T, range
         logging.disable(logging.NOTSET)
 
 
+ACTIVATIONS = {"gelu N=8 T=16": lambda: SpikingActivation.gelu(T=16, N=8),
+               "gelu_tanh N=4 T=10": lambda: SpikingActivation.gelu(T=10, approximate="tanh"),
+               "silu N=8 T=8": lambda: SpikingActivation.silu(T=8, N=8), "tanh N=4 T=12": lambda: SpikingActivation.tanh(T=12)}
+
+
+@settings(max_examples=8, deadline=None)
+@given(name=st.sampled_from(sorted(ACTIVATIONS)), shape=st.lists(st.integers(0, 30), min_size=1, max_size=3),
+       scale=st.sampled_from([1e-3, 1.0, 4.0, 30.0]), seed=st.integers(0, 2 ** 16))
+def test_activation_kernel_is_the_eager_table_bit_for_bit(name, shape, scale, seed):
+    """Inside the domain, at its ends and beyond them (clamped and counted alike), at breakpoints
+    of the table and at the floats just below them."""
+    g = torch.Generator().manual_seed(seed)
+    op = ACTIVATIONS[name]()
+    lo, hi = op.fitted.domain
+    edges = neuron_table(op.node, op.fitted.domain, torch.float32, torch.device("cpu")).edges
+    picked = edges[torch.randint(len(edges), (16,), generator=g)]
+    special = torch.cat([torch.tensor([lo, hi, lo - 1, hi + 1]), picked, torch.nextafter(picked, picked - 1)])
+    x = torch.cat([(torch.randn(*shape, generator=g) * scale).flatten(), special])
+    logging.disable(logging.WARNING)
+    try:
+        assert_kernel_equals_eager(op, x)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 @pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingLayerNorm(32),
+                                  lambda: SpikingActivation.gelu(T=16, N=8),
                                   lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5)])
 def test_kernels_agree_with_the_simulation(make):
     g = torch.Generator().manual_seed(11)
@@ -126,7 +154,8 @@ def test_kernels_agree_with_the_simulation(make):
     assert fast_stats == sim_stats
 
 
-@pytest.mark.parametrize("op", [SpikingSoftmax(T=16), SpikingLayerNorm(8), SpikingRMSNorm(8)])
+@pytest.mark.parametrize("op", [SpikingSoftmax(T=16), SpikingLayerNorm(8), SpikingRMSNorm(8),
+                                SpikingActivation.gelu(T=16, N=8)])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_kernels_report_nan_and_inf_as_errors(op, bad):
     x = torch.randn(4, 8)

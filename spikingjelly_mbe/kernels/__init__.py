@@ -1,5 +1,8 @@
-"""Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic, one pass per row.
+"""Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic in one compiled pass.
 
+Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, and
+the :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations; each returns the bits
+and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
 tensors, for float64, or with autograd recording, the operators keep their eager fast path, which
@@ -42,6 +45,8 @@ SIGNATURES = {
     "sjmbe_encode_f32": [_pointer, _i64, _pointer, _int, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
+    "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
+                         ctypes.c_int32, _pointer, _pointer, _pointer],
 }
 
 

@@ -198,3 +198,48 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         stats[2] += bad;
     }
 }
+
+/* NeuronTable lookup (neurons.lookup.NeuronTable, SpikingActivation's fast path) of rows * n inputs
+ * clamped to [lo, hi]: a bucket's first candidate interval, binary lifting by jumps[0..levels) over
+ * the padded edges, then the interval's (value, spikes) entry. Blocks keep the positions in L1.
+ * stats += (spikes, inputs outside [lo, hi], NaN/Inf). */
+#define LOOKUP_BLOCK 512
+void sjmbe_lookup_f32(const float *restrict x, int64_t rows, int64_t n, double lo, double hi, double scale,
+                      const int32_t *first, int32_t buckets, const float *padded_edges, const int32_t *jumps,
+                      int32_t levels, const float *entries, float *restrict out, int64_t *stats) {
+    const float lo_f = (float)lo, hi_f = (float)hi, scale_f = (float)scale, last = (float)(buckets - 1);
+    const int64_t total = rows * n;
+    int32_t position[LOOKUP_BLOCK];
+    float clamped[LOOKUP_BLOCK];
+    for (int64_t start = 0; start < total; start += LOOKUP_BLOCK) {
+        const int64_t m = total - start < LOOKUP_BLOCK ? total - start : LOOKUP_BLOCK;
+        const float *restrict xb = x + start;
+        int32_t outside = 0, bad = 0, spikes = 0;
+        for (int64_t i = 0; i < m; ++i) {
+            const float v = xb[i];
+            bad += !(fabsf(v) <= FLT_MAX);
+            outside += (v < lo_f) | (v > hi_f);
+            float c = v >= lo_f ? v : lo_f; /* NaN -> lo: never indexes outside the tables */
+            c = c <= hi_f ? c : hi_f;
+            float bucket = floorf((c - lo_f) * scale_f);
+            bucket = bucket > 0.0f ? bucket : 0.0f;
+            bucket = bucket < last ? bucket : last;
+            clamped[i] = c;
+            position[i] = first[(int32_t)bucket];
+        }
+        for (int32_t level = 0; level < levels; ++level) {
+            const int32_t jump = jumps[level];
+            for (int64_t i = 0; i < m; ++i) {
+                const int32_t candidate = position[i] + jump;
+                position[i] = padded_edges[candidate] <= clamped[i] ? candidate : position[i];
+            }
+        }
+        for (int64_t i = 0; i < m; ++i) {
+            out[start + i] = entries[2 * position[i]];
+            spikes += (int32_t)entries[2 * position[i] + 1];
+        }
+        stats[0] += spikes;
+        stats[1] += outside;
+        stats[2] += bad;
+    }
+}

@@ -118,6 +118,7 @@ class NeuronTable:
         self.scale, self.first, span = self._buckets(edges.double(), lo, hi, torch.finfo(dtype).eps)
         self.jumps = [1 << j for j in reversed(range(span.bit_length()))]
         self.padded_edges = torch.cat([edges, edges.new_full((max(self.jumps, default=0),), math.inf)])
+        self._kernel_tensors: Optional[Tuple[torch.Tensor, ...]] = None
 
     @staticmethod
     def _check_constant(node: MultiBasisNode, edges: torch.Tensor, hi: float, dtype: torch.dtype) -> None:
@@ -162,6 +163,17 @@ class NeuronTable:
             candidate = position + jump
             position = torch.where(self.padded_edges.index_select(0, candidate) <= flat, candidate, position)
         return position
+
+    def kernel_args(self) -> Tuple[float, ...]:
+        """The table for the fused lookup kernel (float32 on the CPU), as its arguments: ``lo, hi,
+        scale``, the first candidates and their count, the padded edges, the jumps and their count,
+        the entries as interleaved ``(value, spikes)``; the table keeps the tensors alive."""
+        if self._kernel_tensors is None:
+            self._kernel_tensors = (self.first.contiguous(), self.padded_edges.contiguous(),
+                                    torch.tensor(self.jumps, dtype=torch.int32), torch.view_as_real(self.entries).contiguous())
+        first, edges, jumps, entries = self._kernel_tensors
+        return (self.lo, self.hi, self.scale, first.data_ptr(), len(first), edges.data_ptr(), jumps.data_ptr(),
+                len(self.jumps), entries.data_ptr())
 
     def __call__(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(f_hat(x), spikes per element)`` for ``x`` of the table's dtype within ``[lo, hi]``."""

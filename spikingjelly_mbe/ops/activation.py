@@ -1,8 +1,11 @@
 """Element-wise spiking activations from fitted MBE/FS neurons (Eq. 8)."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 
+from .. import kernels
 from ..fitting import FittedNeuron, load_fitted
 from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
@@ -18,8 +21,9 @@ class SpikingActivation(SpikingOp):
     Inputs outside the fit's domain are clamped to it and counted. ``simulate`` runs the neuron
     step by step, keeps the binary spikes ``[T, ..., N]`` and decodes them; fast mode looks the
     same output and spike count up in the neuron's :class:`~spikingjelly_mbe.neurons.NeuronTable`
-    (exact: the simulation is piecewise constant in ``x``; built once per process and dtype). SOPs: one per spike (its weight is accumulated into the
-    output); ``ann_flops``: :data:`flops.ACTIVATION` per element.
+    (exact: the simulation is piecewise constant in ``x``; built once per process and dtype), in a
+    fused kernel on CPU float32. SOPs: one per spike (its weight is accumulated into the output);
+    ``ann_flops``: :data:`flops.ACTIVATION` per element.
     """
 
     def __init__(self, fitted: FittedNeuron, mode: str = "fast") -> None:
@@ -46,20 +50,33 @@ class SpikingActivation(SpikingOp):
         return cls(load_fitted("tanh", "mbe", N, T), mode)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = self.check_input(x, "input")
-        xs = x.to(working_dtype(x))
+        self.check_floating(x, "input")
         lo, hi = self.fitted.domain
-        if low < lo or high > hi:
-            self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), f"inputs outside [{lo:g}, {hi:g}]")
-            xs = xs.clamp(lo, hi)
+        outside_note = f"inputs outside [{lo:g}, {hi:g}]"
+        if not self.simulating and x.numel() and kernels.usable(x):
+            table = neuron_table(self.node, self.fitted.domain, x.dtype, x.device, self.node_key)
+            value, (fired, outside, nonfinite) = kernels.rowwise("sjmbe_lookup_f32", x, 1, 3, *table.kernel_args())
+            if nonfinite:
+                self.check_input(x, "input")  # raises, naming the count
+            self.note_clamped(outside, outside_note)
+        else:
+            low, high = self.check_input(x, "input")
+            xs = x.to(working_dtype(x))
+            if low < lo or high > hi:
+                self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), outside_note)
+                xs = xs.clamp(lo, hi)
+            value, fired = self.evaluate(xs)
+        self.record(spikes=fired, neurons=x.numel(), sops=fired, ann_flops=flops.ACTIVATION * x.numel())
+        return value.to(x.dtype)
+
+    def evaluate(self, xs: torch.Tensor) -> Tuple[torch.Tensor, int]:
+        """``(f_hat, spikes fired)`` for inputs within the domain, in PyTorch: the step-by-step
+        simulation, or the :class:`~spikingjelly_mbe.neurons.NeuronTable` in fast mode."""
         if self.simulating:
             spikes, _, counts = self.node.run(xs, keep_spikes=True)
-            value = decode(self.node, spikes)
-        else:
-            value, counts = neuron_table(self.node, self.fitted.domain, xs.dtype, xs.device, self.node_key)(xs)
-        fired = total(counts)
-        self.record(spikes=fired, neurons=xs.numel(), sops=fired, ann_flops=flops.ACTIVATION * xs.numel())
-        return value.to(x.dtype)
+            return decode(self.node, spikes), total(counts)
+        value, counts = neuron_table(self.node, self.fitted.domain, xs.dtype, xs.device, self.node_key)(xs)
+        return value, total(counts)
 
     def extra_repr(self) -> str:
         lo, hi = self.fitted.domain
