@@ -4,7 +4,8 @@
  * spikingjelly_mbe/ops (same operands, same order, one rounding per operation: build with
  * -ffp-contract=off and without -ffast-math), so both paths return the same bits and spike counts;
  * tests/test_kernels.py checks that. Row sums accumulate in double and round to float once, as the
- * eager path does with sum(dtype=float64).
+ * eager path does with sum(dtype=float64); the two add in different orders, so they could differ only
+ * where the exact sum lies within about n 2^-53 (relative) of a float rounding boundary.
  *
  * A "coder" is the MBE_Id neuron of Eq. 9 as five numbers (ops.coding.IdentityCoder.kernel_params):
  * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T and the top digit pattern 2^T - 1.
@@ -94,7 +95,8 @@ static inline double sum_f64(const float *restrict x, int64_t n, int square, flo
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
-/* SpikingSoftmax on contiguous rows of length n; stats += (spikes, live elements, product SOPs, NaN/+inf). */
+/* SpikingSoftmax (Eq. 13 for 2^frac, the IEEE-754 split for 1/sum, Eqs. 9-12 for the product) on
+ * contiguous rows of length n; stats += (spikes, live elements, product SOPs, NaN/+inf). */
 void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double log2e, double min_exponent,
                        const double *exp2_coder, const int32_t *exp2_packed, int32_t exp2_base,
                        const double *recip_coder, const float *recip_table, const double *e_coder,
@@ -143,7 +145,8 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
     }
 }
 
-/* SpikingLayerNorm (centered) / SpikingRMSNorm on contiguous rows of length n; weight, bias may be NULL.
+/* SpikingLayerNorm (centered) / SpikingRMSNorm (squares and products by Eqs. 9-12, 1/sqrt(M) by an MBE
+ * neuron) on contiguous rows of length n; weight, bias may be NULL.
  * stats += (spikes, SOPs of both products, NaN/Inf). max |c| comes from the row's extremes: rounding
  * is monotone, so max_i |fl(x_i - mu)| = max(fl(max x - mu), fl(mu - min x)). */
 void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int centered, double eps,
@@ -199,7 +202,7 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
     }
 }
 
-/* NeuronTable lookup (neurons.lookup.NeuronTable, SpikingActivation's fast path) of rows * n inputs
+/* NeuronTable lookup (neurons.lookup.NeuronTable: Eq. 8 as a table, SpikingActivation's fast path) of rows * n inputs
  * clamped to [lo, hi]: a bucket's first candidate interval, binary lifting by jumps[0..levels) over
  * the padded edges, then the interval's (value, spikes) entry. Blocks keep the positions in L1.
  * stats += (spikes, inputs outside [lo, hi], NaN/Inf). */
