@@ -12,20 +12,31 @@ with outlier channels. ``split_bits=0`` is the paper's form (one MBE neuron on t
 it needs the shipped library fits (exp2, reciprocal, rsqrt).
 
 Speed: single thread, batch 8, seq 128, dim 384 (6 heads of 64); the minimum over repeats of
-each op, float and spiking timed alternately in the same run, reported as ratios to the float op.
+each op, float and spiking timed alternately in the same run, reported as ratios to the float op:
+fast mode (the fused kernels on CPU), its PyTorch path (``kernels.disabled()``) and simulate mode.
+Tables (md, csv) and plots (``errors.png``, ``speed.png``) go to ``--out`` (``results/ops``).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
+import matplotlib
 
-from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
-                                  SpikingSoftmax)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from experiments import plots  # noqa: E402
+from experiments.tables import Row, columns, markdown, write_csv  # noqa: E402
+from spikingjelly_mbe import kernels  # noqa: E402
+from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul,  # noqa: E402
+                                  SpikingProduct, SpikingRMSNorm, SpikingSoftmax)
 
 BATCH, SEQ, DIM, HEADS = 8, 128, 384, 6
 
@@ -101,24 +112,30 @@ def split_cases(T: int, split_bits: int, g: torch.Generator) -> Dict[str, Callab
     return cases
 
 
-def error_table(Ts: List[int], splits: List[int]) -> None:
+def error_table(Ts: List[int], splits: List[int]) -> List[Row]:
+    """Max errors of every case at every ``T`` (``error`` None where a fit does not ship); prints the table."""
     print("\n## Errors (fast mode; products: / (A1 A2), softmax: absolute, norms: / max |ref|)\n")
-    rows: Dict[Tuple[str, str], Dict[int, str]] = {}
+    rows: List[Row] = []
     with torch.no_grad():
-        for T in Ts:
+        for T in tqdm(Ts, desc="errors: T"):
             for name, measure in product_cases(T, torch.Generator().manual_seed(0)).items():
-                rows.setdefault((name, "-"), {})[T] = f"{measure():.2e}"
+                rows.append({"operator": name, "split_bits": "-", "T": T, "error": measure()})
             for b in splits:
                 for name, measure in split_cases(T, b, torch.Generator().manual_seed(0)).items():
                     try:
-                        value = f"{measure():.2e}"
+                        error: Optional[float] = measure()
                     except KeyError:  # a fit that does not ship, e.g. split 0 before the library is built
-                        value = "no fit"
-                    rows.setdefault((name, str(b)), {})[T] = value
+                        error = None
+                    rows.append({"operator": name, "split_bits": str(b), "T": T, "error": error})
     print("| operator, input | split_bits | " + " | ".join(f"T={T}" for T in Ts) + " |")
     print("|---|---|" + "---|" * len(Ts))
-    for (name, split), values in rows.items():
-        print(f"| {name} | {split} | " + " | ".join(values.get(T, "n/a") for T in Ts) + " |")
+    table: Dict[Tuple[str, str], Dict[int, Optional[float]]] = {}
+    for row in rows:
+        table.setdefault((row["operator"], row["split_bits"]), {})[row["T"]] = row["error"]
+    for (name, split), values in table.items():
+        cells = ("no fit" if values.get(T) is None else f"{values[T]:.2e}" for T in Ts)
+        print(f"| {name} | {split} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def fastest(fn: Callable[[], object], repeats: int) -> float:
@@ -131,7 +148,7 @@ def fastest(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def speed_table(T: int, repeats: int, simulate_repeats: int) -> None:
+def speed_table(T: int, repeats: int, simulate_repeats: int) -> List[Row]:
     g = torch.Generator().manual_seed(0)
     d = DIM // HEADS
     hidden = torch.randn(BATCH, SEQ, DIM, generator=g)
@@ -156,22 +173,66 @@ def speed_table(T: int, repeats: int, simulate_repeats: int) -> None:
         ("product [8,128,384]", torch.mul, SpikingProduct(T, ranges=(5.0, 5.0)), (hidden, hidden)),
         ("gelu [8,128,1536]", F.gelu, gelu(), (mlp,)),
     ]
-    print(f"\n## Speed, CPU, {torch.get_num_threads()} thread(s), T={T}: ratio to the float op\n")
-    print("| operator | float ms | fast ms | fast / float | simulate ms | simulate / float |")
-    print("|---|---|---|---|---|---|")
+    rows: List[Row] = []
+    lines = []
     with torch.no_grad():
-        for name, float_op, spiking, inputs in cases:
+        for name, float_op, spiking, inputs in tqdm(cases, desc="speed"):
             if spiking is None:
-                print(f"| {name} | n/a: no shipped fit | | | | |")
+                lines.append(f"| {name} | n/a: no shipped fit | | | | | |")
                 continue
             spiking.mode = "fast"
             t_float = fastest(lambda: float_op(*inputs), repeats)
             t_fast = fastest(lambda: spiking(*inputs), repeats)
+            with kernels.disabled():
+                t_eager = fastest(lambda: spiking(*inputs), repeats)
             t_float = min(t_float, fastest(lambda: float_op(*inputs), repeats))  # re-time: load drifts
             spiking.mode = "simulate"
             t_sim = fastest(lambda: spiking(*inputs), simulate_repeats)
-            print(f"| {name} | {t_float * 1e3:.2f} | {t_fast * 1e3:.2f} | {t_fast / t_float:.1f}x | "
-                  f"{t_sim * 1e3:.0f} | {t_sim / t_float:.0f}x |")
+            lines.append(f"| {name} | {t_float * 1e3:.2f} | {t_fast * 1e3:.2f} | {t_fast / t_float:.1f}x | "
+                         f"{t_eager / t_float:.1f}x | {t_sim * 1e3:.0f} | {t_sim / t_float:.0f}x |")
+            for path, seconds in (("fast (kernels)", t_fast), ("fast (PyTorch path)", t_eager), ("simulate", t_sim)):
+                rows.append({"operator": name.split(" [")[0], "path": path, "ms": seconds * 1e3,
+                             "ratio": seconds / t_float, "float_ms": t_float * 1e3})
+    print(f"\n## Speed, CPU, {torch.get_num_threads()} thread(s), T={T}: ratio to the float op\n")
+    print("| operator | float ms | fast ms | fast / float | PyTorch fast path / float | simulate ms | simulate / float |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    return rows
+
+
+def error_plot(rows: List[Row], path: Path) -> None:
+    """Error vs T: products, then Softmax and the norms by ``split_bits``; the issue's 1e-3 bar dashed."""
+    groups = [("products and matmuls", "-")] + [(f"Softmax and norms, split_bits={b}", b)
+                                               for b in sorted({r["split_bits"] for r in rows} - {"-"})]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.6), sharey=True, squeeze=False)
+    for ax, (title, split) in zip(axes[0], groups):
+        for name in sorted({r["operator"] for r in rows if r["split_bits"] == split}):
+            points = sorted((r["T"], r["error"]) for r in rows if r["split_bits"] == split and r["operator"] == name)
+            ax.plot(*zip(*points), "o-", label=name)
+        ax.axhline(1e-3, color="k", ls="--", lw=1, label="bar at T=16 (1e-3)")
+        ax.set(yscale="log", xlabel="T", title=title, xticks=sorted({r["T"] for r in rows}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("max error (products / A1 A2, norms / max |ref|)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save(error_rows: List[Row], speed_rows: List[Row], out: Path) -> None:
+    """Tables (md, csv) and plots (PNG) of both parts under ``out``."""
+    if error_rows:
+        measured = [r for r in error_rows if r["error"] is not None]
+        (out / "errors.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "errors.md").write_text(markdown(error_rows, columns(error_rows)))
+        write_csv(error_rows, out / "errors.csv")
+        error_plot(measured, out / "errors.png")
+    if speed_rows:
+        (out / "speed.md").write_text(markdown(speed_rows, columns(speed_rows)))
+        write_csv(speed_rows, out / "speed.csv")
+        plots.bars(speed_rows, "operator", lambda r: r["path"], "ratio", out / "speed.png",
+                   f"time / float op, CPU, {torch.get_num_threads()} thread(s)", log=True)
+    print(f"\ntables and plots: {out}")
 
 
 def main() -> None:
@@ -181,12 +242,13 @@ def main() -> None:
     ap.add_argument("--split-bits", type=int, nargs="+", default=[0, 3])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--simulate-repeats", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("results/ops"), help="tables and plots go here")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.part in ("all", "errors"):
-        error_table(args.T, args.split_bits)
-    if args.part in ("all", "speed"):
-        speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats)
+    error_rows = error_table(args.T, args.split_bits) if args.part in ("all", "errors") else []
+    speed_rows = (speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats)
+                  if args.part in ("all", "speed") else [])
+    save(error_rows, speed_rows, args.out)
 
 
 if __name__ == "__main__":
