@@ -3,10 +3,13 @@ SpikingJelly 2.0's own recipes side by side, on held-out data (assets: docs/asse
 
   python benchmarks/real_models.py            # all four models, T in {8, 10, 12, 16} (2 CPU cores, < 60 min)
   python benchmarks/real_models.py --quick    # MiniLM + DINOv2, T in {8, 16}, small subsets (< 5 min)
+  python benchmarks/real_models.py --models smollm2 --T 16 --exact-activations --no-recipes   # ablation
 
 Writes to ``--out`` (default ``results/real_models[_quick]``): ``table.md/.csv`` (metric vs T),
 ``metric_vs_T.png``, ``energy_<model>_{operator,block}.csv/.png`` (at ``--energy-T``) and
 ``sj_recipes.md/.csv``. Bars at T=16: accuracy loss <= 1 point, perplexity increase <= 5 %.
+``--exact-activations`` (ablation) swaps every converted activation neuron for the exact function it
+was fitted to, so the table shows what the activation fits cost; it writes no energy report.
 """
 from __future__ import annotations
 
@@ -30,11 +33,13 @@ from spikingjelly_mbe import convert  # noqa: E402
 from spikingjelly_mbe.conversion.calibration import Batch  # noqa: E402
 from spikingjelly_mbe.data import load_lee_text  # noqa: E402
 from spikingjelly_mbe.energy import EnergyMeter, energy_ratio  # noqa: E402
+from spikingjelly_mbe.fitting import get_target  # noqa: E402
 from spikingjelly_mbe.models import load_model, mnist_probe, perplexity, review_probe, token_stream  # noqa: E402
 from spikingjelly_mbe.models.dinov2 import DigitImageProcessor  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
 from spikingjelly_mbe.models.heads import lee_test_ids  # noqa: E402
 from spikingjelly_mbe.models.minilm import MAX_LENGTH  # noqa: E402
+from spikingjelly_mbe.ops import SpikingActivation  # noqa: E402
 
 CONTEXT = 128
 # held-out items scored per model (reviews, digits, tokens; None: the whole held-out split). The full
@@ -94,13 +99,36 @@ def build_task(name: str, quick: bool) -> Task:
     return lm_task(name, QUICK_LIMITS["tokens"] if quick else FULL_LIMITS[name])
 
 
+class ExactActivation(nn.Module):
+    """The function a spiking activation was fitted to, in float (the ``--exact-activations`` ablation)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.fn = get_target(target).fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def exact_activations(snn: nn.Module) -> int:
+    """Replace every :class:`SpikingActivation` of ``snn`` by its :class:`ExactActivation`; returns how many."""
+    names = [name for name, m in snn.named_modules() if isinstance(m, SpikingActivation)]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        holder = snn.get_submodule(parent) if parent else snn
+        setattr(holder, child, ExactActivation(getattr(holder, child).fitted.target))
+    return len(names)
+
+
 def loss(task: Task, ann: float, snn: float) -> float:
     """Accuracy points lost, or perplexity increase in percent."""
     return ann - snn if task.metric == "accuracy" else 100 * (snn / ann - 1)
 
 
-def measure(task: Task, Ts: Sequence[int], energy_T: int, out: Path) -> List[Row]:
-    """ANN metric, then for each T: convert, evaluate (with the energy meter at ``energy_T``)."""
+def measure(task: Task, Ts: Sequence[int], energy_T: Optional[int], out: Path, exact: bool = False) -> List[Row]:
+    """ANN metric, then for each T: convert (``exact``: with exact activations), evaluate (with the
+    energy meter at ``energy_T``)."""
     began = time.perf_counter()
     ann = task.score(task.model)
     rows = [{"model": task.name, "metric": task.metric, "T": "ANN", "ann": round(ann, 3),
@@ -108,6 +136,8 @@ def measure(task: Task, Ts: Sequence[int], energy_T: int, out: Path) -> List[Row
     for T in tqdm(Ts, desc=f"{task.name}: T", leave=False):
         began = time.perf_counter()
         snn = convert(task.model, T=T, calib_data=task.calib)
+        if exact and not exact_activations(snn):
+            raise RuntimeError(f"{task.name}: --exact-activations found no spiking activation to replace")
         converted = time.perf_counter() - began
         began = time.perf_counter()
         if T == energy_T:
@@ -181,21 +211,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--T", nargs="+", type=int, dest="Ts")
     ap.add_argument("--energy-T", type=int, default=16)
     ap.add_argument("--no-recipes", action="store_true", help="skip SpikingJelly's recipes")
+    ap.add_argument("--exact-activations", action="store_true",
+                    help="ablation: activations as their exact float targets (no energy report)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     models = args.models or (["minilm", "dinov2"] if args.quick else ["minilm", "dinov2", "gpt2-small", "smollm2"])
     Ts = args.Ts or ([8, 16] if args.quick else [8, 10, 12, 16])
-    out = args.out or Path("results") / ("real_models_quick" if args.quick else "real_models")
+    default = ("real_models_quick" if args.quick else "real_models") + ("_exact_act" if args.exact_activations else "")
+    out = args.out or Path("results") / default
     out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     rows: List[Row] = []
     sj_rows: List[Row] = []
     for name in tqdm(models, desc="models"):
         task = build_task(name, args.quick)
-        measured = measure(task, Ts, args.energy_T, out)
+        measured = measure(task, Ts, None if args.exact_activations else args.energy_T, out, args.exact_activations)
         rows += measured
         if not args.no_recipes:
-            sj_rows += [{"model": name, "method": "MBE (spikingjelly_mbe)", "route": "model as loaded", "T": r["T"],
+            method = "MBE (spikingjelly_mbe)" + (", exact activations (ablation)" if args.exact_activations else "")
+            sj_rows += [{"model": name, "method": method, "route": "model as loaded", "T": r["T"],
                          "ann": r["ann"], "snn": r["snn"], "status": "converted", "convert_s": r["convert_s"],
                          "eval_s": r["eval_s"]} for r in measured[1:]]
             sj_rows += side_by_side(task, measured[0]["ann"], args.quick)
