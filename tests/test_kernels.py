@@ -100,17 +100,25 @@ def test_norm_kernel_with_a_multi_dimensional_shape_and_constant_rows(monkeypatc
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (4, 6), op.weight, op.bias), atol=2e-3, rtol=0)
 
 
+OPERANDS = {  # (a, b) from a [3, 7, 9] and b [3, 9, 7] draw
+    "product": lambda a, b: (a, b.transpose(-1, -2)),  # same shape (one fused pass), b not contiguous
+    "product, broadcast": lambda a, b: (a, b[:1, :, :1].transpose(-1, -2)),  # codes fused, product in PyTorch
+    "matmul": lambda a, b: (a, b),
+}
+
+
 @SETTINGS
-@given(kind=st.sampled_from(["product", "matmul"]), T=st.sampled_from([4, 8, 16, 24]),
+@given(kind=st.sampled_from(sorted(OPERANDS)), T=st.sampled_from([4, 8, 16, 24]),
        ranges=st.tuples(st.floats(0.1, 10.0), st.floats(0.1, 10.0)), scale=st.floats(0.01, 20.0),
        seed=st.integers(0, 2 ** 16))
-def test_operand_coding_kernel_is_the_eager_fast_path_bit_for_bit(kind, T, ranges, scale, seed):
+def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ranges, scale, seed):
     g = torch.Generator().manual_seed(seed)
-    a, b = torch.randn(3, 7, 9, generator=g) * scale, torch.randn(3, 9, 7, generator=g) * scale
-    op = SpikingProduct(T, ranges=ranges) if kind == "product" else SpikingMatmul(T, ranges=ranges)
+    a, b = OPERANDS[kind](torch.randn(3, 7, 9, generator=g) * scale, torch.randn(3, 9, 7, generator=g) * scale)
+    a[0, 0, 0] = -0.0 * a[0, 0, 0]  # a signed zero
+    op = SpikingMatmul(T, ranges=ranges) if kind == "matmul" else SpikingProduct(T, ranges=ranges)
     logging.disable(logging.WARNING)  # large scales clamp (counted in the stats compared here)
     try:
-        assert_kernel_equals_eager(op, a, b.transpose(-1, -2) if kind == "product" else b)
+        assert_kernel_equals_eager(op, a, b)
     finally:
         logging.disable(logging.NOTSET)
 
@@ -154,17 +162,23 @@ def test_kernels_agree_with_the_simulation(make):
     assert fast_stats == sim_stats
 
 
-@pytest.mark.parametrize("op", [SpikingSoftmax(T=16), SpikingLayerNorm(8), SpikingRMSNorm(8),
-                                SpikingActivation.gelu(T=16, N=8)])
+BAD_INPUT_CASES = [(op, 0) for op in (SpikingSoftmax(T=16), SpikingLayerNorm(8), SpikingRMSNorm(8),
+                                      SpikingActivation.gelu(T=16, N=8))]
+BAD_INPUT_CASES += [(op, operand) for op in (SpikingProduct(16, ranges=(3.0, 3.0)), SpikingMatmul(16, ranges=(3.0, 3.0)))
+                    for operand in (0, 1)]
+
+
+@pytest.mark.parametrize("op, operand", BAD_INPUT_CASES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_kernels_report_nan_and_inf_as_errors(op, bad):
-    x = torch.randn(4, 8)
-    x[2, 3] = bad
+def test_kernels_report_nan_and_inf_as_errors(op, operand, bad):
+    two = hasattr(op, "coders")
+    inputs = [torch.randn(4, 8), torch.randn(8 if isinstance(op, SpikingMatmul) else 4, 8)][:2 if two else 1]
+    inputs[operand][2, 3] = bad
     if bad == float("-inf") and isinstance(op, SpikingSoftmax):
-        assert run(op, x)[0][2, 3] == 0  # -inf is a mask
+        assert run(op, *inputs)[0][2, 3] == 0  # -inf is a mask
         return
-    with pytest.raises(ValueError, match="1 NaN/Inf value"):
-        run(op, x)
+    with pytest.raises(ValueError, match=f"operand {'ab'[operand]} contains 1 NaN/Inf" if two else "1 NaN/Inf value"):
+        run(op, *inputs)
 
 
 def test_packed_table_round_trips_and_refuses_what_does_not_fit():

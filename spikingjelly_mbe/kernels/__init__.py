@@ -42,7 +42,8 @@ _tried = False
 _enabled = os.environ.get(ENV_SWITCH, "1") != "0"
 _pointer, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {
-    "sjmbe_encode_f32": [_pointer, _i64, _pointer, _int, _pointer, _pointer],
+    "sjmbe_encode_f32": [_pointer, _i64, _pointer, _f64, _pointer, _pointer, _pointer],
+    "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
@@ -143,38 +144,45 @@ def pack(values: torch.Tensor, spikes: torch.Tensor) -> Optional[Tuple[torch.Ten
     return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32), base
 
 
-def encode(x: torch.Tensor, coder: Sequence[float], signed: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(value, counts)`` of an MBE_Id code (``IdentityCoder.encode``'s fast path) for float32 ``x``."""
+def encode(x: torch.Tensor, coder: Sequence[float], limit: float) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """``(value, counts, [spikes, |x| > limit, NaN/Inf])``: the sign-magnitude MBE_Id code of float32
+    ``x`` (``IdentityCoder.encode``'s fast path; ``coder`` from ``IdentityCoder.kernel_params``)."""
     x = x.contiguous()
     value, counts = torch.empty_like(x), torch.empty_like(x)
-    params = doubles(coder)
-    lib = library()
+    params, fn = doubles(coder), library().sjmbe_encode_f32
 
-    def run(start: int, stop: int) -> None:
-        offset = start * 4
-        lib.sjmbe_encode_f32(x.data_ptr() + offset, stop - start, params, int(signed), value.data_ptr() + offset,
-                             counts.data_ptr() + offset)
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr() + 4 * start, stop - start, params, limit, value.data_ptr() + 4 * start,
+           counts.data_ptr() + 4 * start, stats)
 
-    _in_parallel(run, x.numel(), 1)
-    return value, counts
+    return value, counts, _chunked(run, x.numel(), 1, 3)
+
+
+def product(a: torch.Tensor, b: torch.Tensor, coders: Sequence[Sequence[float]],
+            limits: Sequence[float]) -> Tuple[torch.Tensor, List[int]]:
+    """``(a * b, [spikes of a, of b, coincidences, |a| > A_a, |b| > A_b, NaN/Inf])`` of same-shape
+    float32 operands through their MBE_Id codes (``SpikingProduct``'s fast path)."""
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty_like(a)
+    params, fn = [doubles(c) for c in coders], library().sjmbe_product_f32
+
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(a.data_ptr() + 4 * start, b.data_ptr() + 4 * start, stop - start, params[0], limits[0], params[1],
+           limits[1], out.data_ptr() + 4 * start, stats)
+
+    return out, _chunked(run, a.numel(), 1, 6)
 
 
 def rowwise(kernel: str, x: torch.Tensor, n: int, stat_count: int, *args: object) -> Tuple[torch.Tensor, List[int]]:
-    """Run a row kernel on ``x`` viewed as ``[rows, n]``; returns ``(out, summed stats)``."""
+    """Run a row kernel on float32 ``x`` viewed as ``[rows, n]``; returns ``(out, summed stats)``."""
     x = x.contiguous()
-    rows = x.numel() // n if n else 0
     out = torch.empty_like(x)
     fn = getattr(library(), kernel)
-    stats: List[ctypes.Array] = []
 
-    def run(start: int, stop: int) -> None:
-        counts = (ctypes.c_int64 * stat_count)()
-        stats.append(counts)
-        offset = start * n * 4
-        fn(x.data_ptr() + offset, stop - start, n, *args, out.data_ptr() + offset, counts)
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr() + 4 * start * n, stop - start, n, *args, out.data_ptr() + 4 * start * n, stats)
 
-    _in_parallel(run, rows, n)
-    return out, [sum(s[i] for s in stats) for i in range(stat_count)]
+    return out, _chunked(run, x.numel() // n if n else 0, n, stat_count)
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,12 +190,15 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="sjmbe-kernel")
 
 
-def _in_parallel(run: Callable[[int, int], None], items: int, item_size: int) -> None:
-    """``run(start, stop)`` over ``[0, items)`` in up to ``torch.get_num_threads()`` chunks of at
-    least :data:`MIN_CHUNK` elements (``item_size`` elements per item)."""
+def _chunked(run: Callable[[int, int, ctypes.Array], None], items: int, item_size: int, stat_count: int) -> List[int]:
+    """``run(start, stop, stats)`` over ``[0, items)`` in up to ``torch.get_num_threads()`` chunks of
+    at least :data:`MIN_CHUNK` elements (``item_size`` elements per item), each with its own
+    ``int64[stat_count]`` stats; returns their sums."""
     chunks = max(1, min(torch.get_num_threads(), items, items * item_size // MIN_CHUNK))
-    if chunks == 1:
-        run(0, items)
-        return
     bounds = [items * i // chunks for i in range(chunks + 1)]
-    list(_pool(chunks).map(run, bounds[:-1], bounds[1:]))
+    stats = [(ctypes.c_int64 * stat_count)() for _ in range(chunks)]
+    if chunks == 1:
+        run(0, items, stats[0])
+    else:
+        list(_pool(chunks).map(run, bounds[:-1], bounds[1:], stats))
+    return [sum(s[k] for s in stats) for k in range(stat_count)]

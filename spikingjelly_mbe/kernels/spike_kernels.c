@@ -64,14 +64,61 @@ static inline float pow2(float n) {
 }
 
 
-/* An operand's MBE_Id code (IdentityCoder.encode, fast mode): value and spikes per element. */
-void sjmbe_encode_f32(const float *restrict x, int64_t n, const double *coder, int is_signed, float *restrict value,
-                      float *restrict counts) {
+/* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count. */
+static inline float code_value(float x, coder_t c, int32_t *count) {
+    const float q = quantize(x, c);
+    *count = popcount(q);
+    return copysignf(q * c.step, x);
+}
+
+/* Operand codes counted in blocks (per-block counts are int32; at most 24 spikes per element). */
+#define CODE_BLOCK 4096
+
+/* An operand's MBE_Id code (IdentityCoder.encode, fast mode): value and spikes per element; the
+ * coder clamps |x| to A, which changes nothing below A. stats += (spikes, |x| > A, NaN/Inf). */
+void sjmbe_encode_f32(const float *restrict x, int64_t n, const double *coder, double limit, float *restrict value,
+                      float *restrict counts, int64_t *stats) {
     const coder_t c = coder_of(coder);
-    for (int64_t i = 0; i < n; ++i) {
-        float q = quantize(x[i], c), v = q * c.step;
-        counts[i] = (float)popcount(q);
-        value[i] = is_signed ? copysignf(v, x[i]) : v;
+    const float A = (float)limit;
+    for (int64_t start = 0; start < n; start += CODE_BLOCK) {
+        const int64_t stop = n - start < CODE_BLOCK ? n : start + CODE_BLOCK;
+        int32_t spikes = 0, clamped = 0, bad = 0;
+        for (int64_t i = start; i < stop; ++i) {
+            int32_t count;
+            value[i] = code_value(x[i], c, &count);
+            counts[i] = (float)count;
+            spikes += count;
+            clamped += fabsf(x[i]) > A;
+            bad += !(fabsf(x[i]) <= FLT_MAX);
+        }
+        stats[0] += spikes;
+        stats[1] += clamped;
+        stats[2] += bad;
+    }
+}
+
+/* SpikingProduct of same-shape operands (Eqs. 9-12, the sum over spike coincidences regrouped as
+ * the product of the decoded operands). stats += (spikes of a, of b, coincidences sum c_a c_b,
+ * |a| > A_a, |b| > A_b, NaN/Inf). */
+void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t n, const double *coder_a,
+                       double limit_a, const double *coder_b, double limit_b, float *restrict out, int64_t *stats) {
+    const coder_t ca = coder_of(coder_a), cb = coder_of(coder_b);
+    const float A_a = (float)limit_a, A_b = (float)limit_b;
+    for (int64_t start = 0; start < n; start += CODE_BLOCK) {
+        const int64_t stop = n - start < CODE_BLOCK ? n : start + CODE_BLOCK;
+        int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0;
+        for (int64_t i = start; i < stop; ++i) {
+            int32_t count_a, count_b;
+            out[i] = code_value(a[i], ca, &count_a) * code_value(b[i], cb, &count_b);
+            spikes_a += count_a;
+            spikes_b += count_b;
+            coincidences += count_a * count_b;
+            clamped_a += fabsf(a[i]) > A_a;
+            clamped_b += fabsf(b[i]) > A_b;
+            bad += !(fabsf(a[i]) <= FLT_MAX) + !(fabsf(b[i]) <= FLT_MAX);
+        }
+        int32_t totals[6] = {spikes_a, spikes_b, coincidences, clamped_a, clamped_b, bad};
+        for (int k = 0; k < 6; ++k) stats[k] += totals[k];
     }
 }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -143,12 +143,19 @@ class IdentityCoder(nn.Module):
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
         if kernels.usable(x):
-            value, counts = kernels.encode(x, self.kernel_params(x.dtype, bool(clamped)), signed)
-            return SpikeCode(value, counts), clamped
+            return self.fused(x)[0], clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = popcount(q, self.T)
         value = q.mul_(self.kernel_params(x.dtype, False)[3])  # = (q 2^-T) w, both scalings exact
         return SpikeCode(value.copysign_(x) if signed else value, counts), clamped
+
+    def fused(self, x: torch.Tensor) -> Tuple[SpikeCode, List[int]]:
+        """Fast mode in one compiled pass (float32 on the CPU, :mod:`spikingjelly_mbe.kernels`): the
+        code and ``[spikes, inputs with |x| > A, NaN/Inf]``. It always clamps, which changes nothing
+        for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
+        zero of a ``-0.0`` input into ``-0.0``."""
+        value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
+        return SpikeCode(value, counts), stats
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}"

@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .calibration import RangeObserver
@@ -126,26 +127,50 @@ class _TwoOperandOp(SpikingOp):
         return self.ranges
 
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        bounds = (self.check_input(a, "operand a"), self.check_input(b, "operand b"))
+        self.check_floating(a, "operand a")
+        self.check_floating(b, "operand b")
         self.check_shapes(a, b)
         if self.calibrating:
-            for observer, x in zip(self.observers, (a, b)):
+            for name, observer, x in zip(("operand a", "operand b"), self.observers, (a, b)):
+                self.check_input(x, name)
                 observer.observe(x)
             return type(self).float_op(a, b)
         if self.coders is None:
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
-        dtype = working_dtype(a)
-        codes = []
-        for name, coder, x, known in zip("ab", self.coders, (a, b), bounds):
-            code, clamped = coder.encode(x.to(dtype), self.simulating, known)
-            self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
-            self.record(spikes=total(code.counts), neurons=x.numel())
-            codes.append(code)
-        out = self.combine(*codes)
+        if not self.simulating and a.numel() and b.numel() and kernels.usable(a, b):
+            out = self.fused(a, b)
+        else:
+            out = self.stages(a, b)
         self.record(ann_flops=self.float_flops(a, b))
         return out.to(torch.promote_types(a.dtype, b.dtype))
+
+    def stages(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Both operands' MBE_Id codes, then :meth:`combine`, in PyTorch (both modes)."""
+        dtype = working_dtype(a)
+        codes = []
+        for name, coder, x in zip("ab", self.coders, (a, b)):
+            code, clamped = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
+            self.count_operand(name, coder, x, total(code.counts), clamped)
+            codes.append(code)
+        return self.combine(*codes)
+
+    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Fast mode with the operand codes from the compiled kernel (float32 on the CPU)."""
+        codes = []
+        for name, coder, x in zip("ab", self.coders, (a, b)):
+            code, (spikes, clamped, nonfinite) = coder.fused(x)
+            if nonfinite:
+                self.check_input(x, f"operand {name}")  # raises, naming the count
+            self.count_operand(name, coder, x, spikes, clamped)
+            codes.append(code)
+        return self.combine(*codes)
+
+    def count_operand(self, name: str, coder: IdentityCoder, x: torch.Tensor, spikes: int, clamped: int) -> None:
+        """Record one operand's spikes and neurons; count (and warn about) its clamped elements."""
+        self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
+        self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
         return f"T={self.T}, ranges={self.ranges}, calibrating={self.calibrating}, " + super().extra_repr()
@@ -170,6 +195,21 @@ class SpikingProduct(_TwoOperandOp):
     def combine(self, a: SpikeCode, b: SpikeCode) -> torch.Tensor:
         self.record(sops=product_sops(a, b))
         return spike_product(a, b, self.simulating)
+
+    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Same-shape operands: codes, product and coincidences in one compiled pass."""
+        if a.shape != b.shape:
+            return super().fused(a, b)
+        coders = self.coders
+        out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
+            a, b, [c.kernel_params(a.dtype, True) for c in coders], [c.A for c in coders])
+        if nonfinite:
+            self.check_input(a, "operand a")
+            self.check_input(b, "operand b")  # one of them raises, naming the count
+        self.count_operand("a", coders[0], a, spikes_a, clamped_a)
+        self.count_operand("b", coders[1], b, spikes_b, clamped_b)
+        self.record(sops=sops)
+        return out
 
     def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
         return flops.PRODUCT * math.prod(broadcast_shape(a, b, type(self).__name__))
