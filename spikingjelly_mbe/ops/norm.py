@@ -117,10 +117,10 @@ class _SpikingNorm(SpikingOp):
         weight, bias = (None if p is None else p.contiguous() for p in (weight, bias))
         rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(xs.dtype)
         z_params, rho_params = (kernels.doubles(c.kernel_params(xs.dtype, False)) for c in (self.z_coder, self.rho_coder))
-        out, (spikes, product_sops, nonfinite) = kernels.rowwise(
+        out, (spikes, coincidences, nonfinite) = kernels.rowwise(
             "sjmbe_norm_f32", xs, n, 3, int(self.centered), self.eps, MIN_ROW_EXPONENT, kernels.address(weight),
             kernels.address(bias), z_params, rsqrt_params, rsqrt_table.data_ptr(), rho_params)
-        return out, (spikes, spikes + product_sops, nonfinite)
+        return out, (spikes, spikes + coincidences, nonfinite)
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, T={self.T}, split_bits={self.rsqrt.split_bits}, "

@@ -36,8 +36,9 @@ class SpikingSoftmax(SpikingOp):
     ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
     constant weights (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form.
     A row that is entirely masked gives zeros. Fast mode on CPU float32 runs the stages in one
-    fused kernel (:meth:`fused`) with the same float operations as the PyTorch stages. SOPs: one per spike of every neuron (decoding),
-    one per unmasked element for the row sum, and the product's coincidences.
+    fused kernel (:meth:`fused`) with the same float operations as the PyTorch stages. SOPs: one
+    per spike of every neuron (decoding), one per unmasked element for the row sum, and the
+    product's coincidences.
     """
 
     def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
@@ -57,9 +58,9 @@ class SpikingSoftmax(SpikingOp):
         if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
             raise ValueError(f"SpikingSoftmax(dim={self.dim}) needs an input with dimension {self.dim}; "
                              f"got shape {tuple(x.shape)}")
-        packed = self.exp2.packed_table
-        if not self.simulating and x.numel() and packed is not None and kernels.usable(x, row=x.shape[self.dim]):
-            out, (spikes, live_count, sops, nonfinite) = self.fused(x, packed)
+        if (not self.simulating and x.numel() and kernels.usable(x, row=x.shape[self.dim])
+                and self.exp2.packed_table is not None):
+            out, (spikes, live_count, sops, nonfinite) = self.fused(x, self.exp2.packed_table)
             if nonfinite:
                 self.check_input(x, "input", allow_neg_inf=True)  # raises, naming the count
         else:
