@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
