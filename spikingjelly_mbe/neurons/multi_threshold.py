@@ -64,7 +64,8 @@ class MTNode(base.MemoryModule):
         return float(self.lambdas[0]), float(self.lambdas[1])
 
     def set_thresholds(self, lambda_pos: float, lambda_neg: float) -> None:
-        self.lambdas.copy_(torch.tensor([_positive("lambda_pos", lambda_pos), _positive("lambda_neg", lambda_neg)]))
+        self.lambdas.copy_(torch.tensor([_positive("lambda_pos", lambda_pos), _positive("lambda_neg", lambda_neg)],
+                                        dtype=torch.float64))
 
     def levels(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``2^k``, ``k = 0 .. n-1``."""
@@ -79,10 +80,10 @@ class MTNode(base.MemoryModule):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"MTNode received {int((~torch.isfinite(x)).sum())} NaN/Inf input value(s); "
                              "spiking neurons need finite membrane potentials")
-        v = x + self.v if isinstance(self.v, torch.Tensor) else x.clone()
-        if v.shape != x.shape:
-            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's {tuple(v.shape)}; "
+        if isinstance(self.v, torch.Tensor) and self.v.shape != x.shape:
+            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's {tuple(self.v.shape)}; "
                              "call functional.reset_net(model) before a new input")
+        v = x + self.v
         out = torch.zeros_like(v)
         for sign, lam in ((1.0, self.lambdas[0]), (-1.0, self.lambdas[1])):
             lam = lam.to(v.dtype)

@@ -52,13 +52,13 @@ class ThresholdObserver:
             raise RuntimeError(f"{name}: no calibration data was observed")
         q = torch.tensor([percentile / 100.0, 1.0 - percentile / 100.0], dtype=torch.float64)
         pos, neg = torch.stack([torch.quantile(b, q) for b in self.batches]).mean(0).tolist()
-        pos, neg = pos, -neg
+        neg = -neg
         if pos > 0 and neg > 0:
             return pos, neg
         peak = max(float(b.abs().max()) for b in self.batches)
         fallback = max(pos, neg) if max(pos, neg) > 0 else (peak if peak > 0 else 1.0)
-        log.warning("%s: the %g%% quantiles (%g, %g) do not straddle zero; threshold %g used for the side "
-                    "without one", name, percentile, pos, -neg, fallback)
+        log.warning("%s: the %g%% and %g%% quantiles of the input (%g, %g) do not straddle zero; threshold %g "
+                    "used for the side without one", name, percentile, 100 - percentile, pos, -neg, fallback)
         return (pos if pos > 0 else fallback), (neg if neg > 0 else fallback)
 
 
