@@ -1,5 +1,6 @@
 """ECMT (Huang et al., ACM MM 2024): MT neuron, Expectation Compensation (Theorems 1-2), threshold
 calibration, the time-stepped runner, counts, and tiny end-to-end models against the float ANN."""
+import contextlib
 import copy
 import logging
 import math
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from transformers.modeling_outputs import BaseModelOutput
 
+from spikingjelly_mbe import kernels
 from spikingjelly_mbe.energy.synapses import SynapseCounter
 from spikingjelly_mbe.neurons import MTNode
 from spikingjelly_mbe.ops import ECMTSettings, ExpectationCompensation, MTLinearInput, ProductCompensation, run_steps
@@ -71,6 +73,29 @@ def test_mt_neuron_fires_one_power_of_two_and_saturation_is_counted():
     assert node.last_spike_count == 5 and node.last_saturated == 1  # 100 - 4 still reaches the top threshold
     functional.reset_net(node)
     assert node.spike_count == 0 and node.saturated == 0 and node.v == 0.0
+
+
+@pytest.mark.skipif(kernels.library() is None, reason="no C compiler")
+def test_mt_kernel_returns_the_pytorch_steps_bits_and_counts():
+    g = torch.Generator().manual_seed(0)
+    n, lam_p, lam_n = 6, 0.37, 0.81
+    bounds = torch.tensor([lam * (2.0 ** k - 0.5) for lam in (lam_p, -lam_n) for k in range(n)], dtype=torch.float32)
+    edges = torch.cat([bounds, torch.nextafter(bounds, bounds + 1), torch.nextafter(bounds, bounds - 1),
+                       torch.tensor([0.0, -0.0, 1e-40, 1e4, -1e4])])  # thresholds to the ulp, subnormal, saturation
+    steps = [torch.cat([edges, torch.randn(5000, generator=g) * 3]) for _ in range(3)]
+    steps[1][: edges.numel()] = 0.0  # the membrane stays on a boundary for one step
+    results = []
+    for use_kernel in (True, False):
+        node = MTNode(n, lam_p, lam_n)
+        with (contextlib.nullcontext() if use_kernel else kernels.disabled()):
+            outs = [node(x) for x in steps]
+        results.append((torch.stack(outs), node.v, node.spike_count, node.saturated))
+    (o1, v1, s1, sat1), (o2, v2, s2, sat2) = results
+    assert torch.equal(o1, o2) and torch.equal(v1, v2) and (s1, sat1) == (s2, sat2) and sat1 > 0
+    node = MTNode(n, lam_p, lam_n)
+    with pytest.raises(ValueError, match="1 NaN/Inf"):
+        node(torch.tensor([1.0, float("inf")]))
+    assert node.spike_count == 0 and node.v == 0.0  # the failed step left no trace
 
 
 def test_mt_neuron_rejects_bad_input_and_missing_thresholds():

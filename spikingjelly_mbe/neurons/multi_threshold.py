@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 import torch
 from spikingjelly.activation_based import base
 
+from .. import kernels
+
 
 def _positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -77,13 +79,29 @@ class MTNode(base.MemoryModule):
                                "set_thresholds(lambda_pos, lambda_neg)")
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"MTNode expects a floating point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"MTNode received {int((~torch.isfinite(x)).sum())} NaN/Inf input value(s); "
-                             "spiking neurons need finite membrane potentials")
-        if isinstance(self.v, torch.Tensor) and self.v.shape != x.shape:
-            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's {tuple(self.v.shape)}; "
+        previous = self.v if isinstance(self.v, torch.Tensor) else None
+        if previous is not None and previous.shape != x.shape:
+            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's {tuple(previous.shape)}; "
                              "call functional.reset_net(model) before a new input")
-        v = x + self.v
+        if kernels.usable(x, *(() if previous is None else (previous,))):
+            out, v, (spikes, saturated, nonfinite) = kernels.mt_step(x, previous, self.thresholds, self.n)
+        else:
+            nonfinite = int((~torch.isfinite(x)).sum())
+            if not nonfinite:
+                out, v, spikes, saturated = self.step(x + self.v)
+        if nonfinite:
+            raise ValueError(f"MTNode received {nonfinite} NaN/Inf input value(s); "
+                             "spiking neurons need finite membrane potentials")
+        self.last_spike_count, self.last_saturated = spikes, saturated
+        self.spike_count += spikes
+        self.saturated += saturated
+        self.num_inputs += x.numel()
+        self.v = v
+        return out
+
+    def step(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Fire and reset from the potential ``v`` in PyTorch: ``(out, v - out, spikes, saturated)``;
+        the compiled kernel (float32 on the CPU) does the same float32 operations in one pass."""
         out = torch.zeros_like(v)
         for sign, lam in ((1.0, self.lambdas[0]), (-1.0, self.lambdas[1])):
             lam = lam.to(v.dtype)
@@ -91,13 +109,7 @@ class MTNode(base.MemoryModule):
                 out = torch.where(sign * v >= lam * (level - 0.5), sign * lam * level, out)
         v = v - out
         top = self.lambdas.to(v.dtype) * (2.0 ** (self.n - 1) - 0.5)
-        self.last_spike_count = int((out != 0).sum())
-        self.last_saturated = int(((v >= top[0]) | (-v >= top[1])).sum())
-        self.spike_count += self.last_spike_count
-        self.saturated += self.last_saturated
-        self.num_inputs += x.numel()
-        self.v = v
-        return out
+        return out, v, int((out != 0).sum()), int(((v >= top[0]) | (-v >= top[1])).sum())
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.single_step_forward(x) for x in x_seq])

@@ -29,9 +29,10 @@ class ExpectationCompensation(SpikingOp):
 
     ``flops_of(x)`` gives ``F``'s FLOPs on input ``x`` (the ANN's cost, charged once per run as
     ``ann_flops``); every step adds ``F``'s FLOPs plus :data:`flops.EC_STEP` per element to
-    ``float_flops``. ``S`` and the output sum are kept in float64, so additive masks of
-    ``finfo.min`` summed over the steps do not overflow; ``allow_neg_inf`` accepts ``-inf`` (masked
-    Softmax positions). The computation has one form, so ``mode`` changes nothing.
+    ``float_flops``. ``allow_neg_inf`` accepts ``-inf`` (masked Softmax positions) and keeps ``S``
+    and the output sum in float64, so additive masks of ``finfo.min`` summed over the steps do not
+    overflow; otherwise they are kept in float32 (float64 for float64 input). The computation has
+    one form, so ``mode`` changes nothing.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], flops_of: Flops, allow_neg_inf: bool = False,
@@ -47,7 +48,7 @@ class ExpectationCompensation(SpikingOp):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x, "input", allow_neg_inf=self.allow_neg_inf)
         if self.input_sum is None:
-            self.input_sum = x.to(torch.float64)
+            self.input_sum = x.to(torch.float64 if self.allow_neg_inf else working_dtype(x))
         else:
             if self.input_sum.shape != x.shape:
                 raise ValueError(f"{type(self).__name__}: input shape {tuple(x.shape)} differs from the earlier steps' "
@@ -55,7 +56,7 @@ class ExpectationCompensation(SpikingOp):
             self.input_sum = self.input_sum + x
         self.steps += 1
         t = self.steps
-        target = t * self.fn((self.input_sum / t).to(x.dtype)).to(torch.float64)
+        target = t * self.fn((self.input_sum / t).to(x.dtype)).to(self.input_sum.dtype)
         out = target if self.output_sum is None else target - self.output_sum
         self.output_sum = target if self.output_sum is None else self.output_sum + out
         f_flops = self.flops_of(x)
