@@ -4,7 +4,6 @@ import contextlib
 import copy
 import logging
 import math
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from spikingjelly_mbe import kernels
 from spikingjelly_mbe.energy.synapses import SynapseCounter
 from spikingjelly_mbe.neurons import MTNode
-from spikingjelly_mbe.ops import ECMTSettings, ExpectationCompensation, MTLinearInput, ProductCompensation, run_steps
+from spikingjelly_mbe.ops import ECMTSettings, MTLinearInput, ProductCompensation, run_steps
 from spikingjelly_mbe.ops.ecmt_settings import ACTIVATIONS
 
 torch.set_num_threads(1)
@@ -364,7 +363,8 @@ def mlp_pair(T):
     fc1, fc2 = nn.Linear(16, 64), nn.Linear(64, 16)
     ann = nn.Sequential(fc1, nn.GELU(), fc2)
     s = ECMTSettings(T=T)
-    snn = nn.Sequential(s.linear_input(copy.deepcopy(fc1)), s.activation("gelu", None), s.linear_input(copy.deepcopy(fc2)))
+    snn = nn.Sequential(s.linear_input(copy.deepcopy(fc1)), s.activation("gelu", None),
+                        s.linear_input(copy.deepcopy(fc2)))
     g = torch.Generator().manual_seed(1)
     calibrate(snn, [torch.randn(64, 16, generator=g) for _ in range(3)])
     return ann, snn, torch.randn(64, 16, generator=g)

@@ -81,7 +81,8 @@ class MTNode(base.MemoryModule):
             raise TypeError(f"MTNode expects a floating point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
         previous = self.v if isinstance(self.v, torch.Tensor) else None
         if previous is not None and previous.shape != x.shape:
-            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's {tuple(previous.shape)}; "
+            raise ValueError(f"MTNode: input shape {tuple(x.shape)} differs from the membrane's "
+                             f"{tuple(previous.shape)}; "
                              "call functional.reset_net(model) before a new input")
         if kernels.usable(x, *(() if previous is None else (previous,))):
             out, v, (spikes, saturated, nonfinite) = kernels.mt_step(x, previous, self.thresholds, self.n)
@@ -113,13 +114,6 @@ class MTNode(base.MemoryModule):
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.single_step_forward(x) for x in x_seq])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.step_mode == "s":
-            return self.single_step_forward(x)
-        if self.step_mode == "m":
-            return self.multi_step_forward(x)
-        raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
 
     def extra_repr(self) -> str:
         return f"n={self.n}, thresholds={self.thresholds}, step_mode={self.step_mode!r}"

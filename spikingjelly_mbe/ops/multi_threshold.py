@@ -157,7 +157,8 @@ class MTLinearInput(MTCodedOp):
     def __init__(self, layer: nn.Module, n: int = 8, percentile: float = 99.0,
                  thresholds: Optional[Sequence[float]] = None, mode: str = "fast") -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
-            raise TypeError(f"MTLinearInput wraps a weight layer (nn.Linear, nn.Conv2d, Conv1D), got {type(layer).__name__}")
+            raise TypeError("MTLinearInput wraps a weight layer (nn.Linear, nn.Conv2d, Conv1D), got "
+                            f"{type(layer).__name__}")
         super().__init__(1, n, percentile, thresholds, mode)
         self.layer = layer
 
