@@ -71,12 +71,12 @@ def _coincidences(a: torch.Tensor, b: torch.Tensor, matmul: bool, simulate: bool
     """Nonzero pairs ``a != 0, b != 0`` that meet in ``a * b`` or ``a @ b`` (one accumulate each);
     for a matrix product, simulate mode multiplies the indicator matrices, fast mode uses the equal
     ``sum_k colsum(a)[k] rowsum(b)[k]``."""
-    ma, mb = (a != 0).to(torch.float64), (b != 0).to(torch.float64)
+    ma, mb = a != 0, b != 0
     if not matmul:
-        return int((ma * mb).sum())
+        return int((ma & mb).sum())
     if simulate:
-        return int((ma @ mb).sum())
-    return int((ma.sum(-2) * mb.sum(-1)).sum())
+        return int((ma.to(torch.float64) @ mb.to(torch.float64)).sum())
+    return int((ma.sum(-2) * mb.sum(-1)).sum())  # integer counts, exact
 
 
 class ProductCompensation(MTCodedOp):
