@@ -14,9 +14,12 @@ from .expectation import ExpectationCompensation, ProductCompensation
 from .multi_threshold import MTLinearInput
 from .norm import SpikingLayerNorm, SpikingRMSNorm
 from .products import SpikingMatmul, SpikingProduct
+from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
 from .stepping import run_steps
 
-__all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "ProductCompensation",
-           "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingProduct", "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats", "identity_node", "run_steps"]
+__all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
+           "ProductCompensation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
+           "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats",
+           "identity_node", "run_steps"]
