@@ -15,7 +15,9 @@ class OpStats:
     and neuron stage); ``sops``: synaptic accumulate operations of the spiking computation (one per
     spike accumulated into a sum, one per spike coincidence ``S_ij`` of a product, Eq. 12);
     ``ann_flops``: FLOPs of the float operation it replaces (conventions in
-    :mod:`spikingjelly_mbe.ops.flops`); ``clamped``: inputs clamped to a neuron's fitted domain.
+    :mod:`spikingjelly_mbe.ops.flops`); ``clamped``: inputs clamped to a neuron's fitted domain;
+    ``float_flops``: FLOPs the spiking model itself still performs in float (ECMT's expectation
+    compensation), charged at ``E_MAC`` on the SNN side.
     """
 
     spikes: int = 0
@@ -23,6 +25,7 @@ class OpStats:
     sops: int = 0
     ann_flops: int = 0
     clamped: int = 0
+    float_flops: int = 0
 
     def __add__(self, other: "OpStats") -> "OpStats":
         if not isinstance(other, OpStats):

@@ -1,7 +1,8 @@
 """Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic in one compiled pass.
 
-Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, and
-the :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations; each returns the bits
+Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, the
+:class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations, and a step of ECMT's
+:class:`~spikingjelly_mbe.neurons.MTNode`; each returns the bits
 and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
@@ -48,6 +49,7 @@ SIGNATURES = {
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],
+    "sjmbe_mt_step_f32": [_pointer, _pointer, _i64, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
 }
 
 
@@ -183,6 +185,22 @@ def rowwise(kernel: str, x: torch.Tensor, n: int, stat_count: int, *args: object
         fn(x.data_ptr() + 4 * start * n, stop - start, n, *args, out.data_ptr() + 4 * start * n, stats)
 
     return out, _chunked(run, x.numel() // n if n else 0, n, stat_count)
+
+
+def mt_step(x: torch.Tensor, v: Optional[torch.Tensor], lambdas: Sequence[float],
+            levels: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """``(out, new potential, [spikes, saturated, NaN/Inf])``: one step of an MT neuron on float32
+    ``x`` with potential ``v`` (``None``: zero), ``MTNode.single_step_forward``'s arithmetic."""
+    x = x.contiguous()
+    v = None if v is None else v.contiguous()
+    out, v_out = torch.empty_like(x), torch.empty_like(x)
+    params, fn = doubles(lambdas), library().sjmbe_mt_step_f32
+
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr() + 4 * start, None if v is None else v.data_ptr() + 4 * start, stop - start, params, levels,
+           v_out.data_ptr() + 4 * start, out.data_ptr() + 4 * start, stats)
+
+    return out, v_out, _chunked(run, x.numel(), 1, 3)
 
 
 @functools.lru_cache(maxsize=None)
