@@ -6,7 +6,7 @@ through :meth:`op_stats` (an :class:`OpStats`) and is reset by ``functional.rese
 step-wise operators (Multi-Threshold neurons, Expectation Compensation) and its time-stepped
 runner sit beside them.
 """
-from ..energy.stats import OpStats, collect_stats
+from .stats import OpStats, collect_stats
 from .activation import SpikingActivation
 from .coding import IdentityCoder, identity_node
 from .ecmt_settings import ECMTSettings

@@ -9,7 +9,7 @@ from typing import List, Tuple
 import torch
 from spikingjelly.activation_based import base
 
-from ..energy.stats import OpStats
+from .stats import OpStats
 
 log = logging.getLogger("spikingjelly_mbe.ops")
 
