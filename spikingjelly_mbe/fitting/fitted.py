@@ -17,6 +17,7 @@ from .targets import Target, get_target
 FORMAT = "spikingjelly_mbe.fitted_neuron"
 FORMAT_VERSION = 1
 EVAL_POINTS = 100_001
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 class FittedNeuronError(ValueError):
@@ -38,15 +39,20 @@ def is_count(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
+def is_parameter(v: Any) -> bool:
+    """A finite number that stays finite in float32, the neurons' working precision."""
+    return is_number(v) and abs(v) <= FLOAT32_MAX
+
+
 def _vec(params: Dict[str, Any], key: str, n: int, where: str) -> list:
     v = params.get(key)
-    if not isinstance(v, list) or len(v) != n or not all(is_number(e) for e in v):
-        raise FittedNeuronError(f"{where}: params.{key} must be a list of {n} finite numbers")
+    if not isinstance(v, list) or len(v) != n or not all(is_parameter(e) for e in v):
+        raise FittedNeuronError(f"{where}: params.{key} must be a list of {n} finite numbers (within float32)")
     return v
 
 
 def _positive(params: Dict[str, Any], key: str, where: str) -> None:
-    if not (is_number(params.get(key)) and params[key] > 0):
+    if not (is_parameter(params.get(key)) and params[key] > 0):
         raise FittedNeuronError(f"{where}: params.{key} must be a positive finite number, got {params.get(key)!r}")
 
 
@@ -91,7 +97,7 @@ class FittedNeuron:
         n = 1 if self.kind == "fs" else self.N
         for key in ("gain", "offset"):
             _vec(p, key, n, where)
-        if not is_number(p.get("bias")):
+        if not is_parameter(p.get("bias")):
             raise FittedNeuronError(f"{where}: params.bias must be a finite number")
         if self.kind == "fs":
             for key in ("vth", "reset", "intensity"):
