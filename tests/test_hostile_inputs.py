@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spikingjelly.activation_based import functional
 
 from spikingjelly_mbe import FSNode, MBENode, fit_neuron, kernels, load_fitted
 from spikingjelly_mbe.data.assets import CacheDirError, cache_dir
@@ -271,7 +272,7 @@ class TestFiles:
         first.params["weight"][0] = 99.0
         again = load_fitted("tanh", "mbe", 4, 16)
         assert again.params != first.params
-        y = float(SpikingActivation.tanh(N=4)(torch.tensor([0.5])))
+        y = float(SpikingActivation.tanh(N=4, mode="simulate")(torch.tensor([0.5])))
         assert abs(y - math.tanh(0.5)) <= again.errors["max_abs"]
 
     def test_l23_save_revalidates_edited_fields(self, tmp_path):
@@ -345,7 +346,7 @@ def shared_op(cls, mode: str, *args):
 class TestOperators:
     def test_o6_activation_gradient_is_the_targets(self):
         x = torch.randn(6, 7, generator=torch.Generator().manual_seed(6)) * 3
-        op = SpikingActivation.gelu(N=4)
+        op = SpikingActivation.gelu(T=8, N=2)
         y, (g,) = grads(op, x)
         _, (reference,) = grads(F.gelu, x)
         torch.testing.assert_close(g, reference)
@@ -367,7 +368,7 @@ class TestOperators:
         torch.testing.assert_close(y, torch.tensor([0.25, 0.7]), rtol=0, atol=2 ** -23)
 
     def test_o9_edited_neuron_is_not_served_from_a_stale_table(self):
-        op = SpikingActivation.gelu(N=4)
+        op = SpikingActivation.gelu(T=8, N=2)
         x = torch.linspace(-5, 5, 101)
         before = op(x)
         op.node.weight.mul_(2)
@@ -429,16 +430,17 @@ class TestOperators:
     @pytest.mark.parametrize("mode", ["fast", "simulate"])
     @pytest.mark.parametrize("shape", [(2, 0), (0, 5), (0,)])
     def test_o24_empty_softmax_rows(self, mode, shape):
-        op = SpikingSoftmax(mode=mode)
+        op = shared_op(SpikingSoftmax, mode)
+        functional.reset_net(op)
         y = op(torch.zeros(shape))
         assert y.shape == torch.softmax(torch.zeros(shape), -1).shape and op.op_stats().spikes == 0
 
     def test_o26_c27_softmax_never_exceeds_one(self):
         x = torch.full((4, 64), -30.0)
         x[:, 0] = 30.0  # one-hot rows gave 1.000039
-        outputs = [SpikingSoftmax()(x), SpikingSoftmax(mode="simulate")(x)]
+        outputs = [shared_op(SpikingSoftmax, "fast")(x), shared_op(SpikingSoftmax, "simulate")(x)]
         with kernels.disabled():
-            outputs.append(SpikingSoftmax()(x))
+            outputs.append(shared_op(SpikingSoftmax, "fast")(x))
         for y in outputs:
             assert float(y.max()) <= 1.0 and float(y[:, 0].min()) >= 1.0 - 1e-4
         assert torch.equal(outputs[0], outputs[2])  # kernel = eager, bit for bit
@@ -447,8 +449,8 @@ class TestOperators:
         context(outputs[0], torch.rand(64, 3))
         assert context.op_stats().clamped == 0
 
-    @settings(max_examples=12, deadline=None)
-    @given(rows=st.integers(0, 3), n=st.integers(0, 9), scale=st.sampled_from([1e-30, 1e-3, 1.0, 30.0, 1e4]),
+    @settings(max_examples=10, deadline=None)
+    @given(rows=st.integers(0, 3), n=st.sampled_from([0, 1, 2, 9]), scale=st.sampled_from([1e-30, 1e-3, 1.0, 30.0, 1e4]),
            seed=st.integers(0, 2 ** 16), mode=st.sampled_from(["fast", "simulate"]))
     def test_fuzz_operators_match_the_float_ops(self, rows, n, scale, seed, mode):
         x = torch.randn(rows, n, generator=torch.Generator().manual_seed(seed)) * scale
@@ -585,6 +587,7 @@ class TestKernelCache:
 
 
 # ---------------------------------------------------------------- 5. converted models (ops-side rows C23, C27)
+@pytest.mark.slow
 class TestConvertedModels:
     def test_c23_converted_bert_gets_straight_through_gradients(self):
         from spikingjelly_mbe import convert
@@ -596,9 +599,12 @@ class TestConvertedModels:
             model.zero_grad()
             main_output(model(**batch)).square().sum().backward()
         ann_grads = dict(ann.named_parameters())
+        largest = max(float(p.grad.norm()) for p in ann.parameters() if p.grad is not None)
         checked = 0
         for name, p in snn.named_parameters():
-            if name in ann_grads and ann_grads[name].grad is not None and "classifier" not in name:
+            reference = ann_grads[name].grad if name in ann_grads else None
+            # key biases (and the like) get no gradient in exact arithmetic: skip rounding noise
+            if reference is not None and float(reference.norm()) > 1e-3 * largest and "classifier" not in name:
                 assert p.grad is not None, name
                 cosine = F.cosine_similarity(p.grad.flatten(), ann_grads[name].grad.flatten(), dim=0)
                 assert cosine > 0.9, (name, float(cosine))

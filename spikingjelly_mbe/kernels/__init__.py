@@ -5,7 +5,7 @@ the :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations; each r
 and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
-tensors, for float64, or with autograd recording, the operators keep their eager fast path, which
+tensors or for float64 the operators keep their eager fast path, which
 returns the same numbers. ``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` switches the kernels off.
 Rows are split across ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 """
