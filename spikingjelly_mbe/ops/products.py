@@ -125,9 +125,9 @@ class _TwoOperandOp(SpikingOp):
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
         """Ranges from the observed ``max |operand|`` (or its ``percentile``); returns them."""
         if not self.observers[0].samples or not self.observers[1].samples:
-            seen = (f"its {self.calibration_forwards} calibration forward(s) saw only empty operands, so no data "
-                    "was observed" if self.calibration_forwards else "no calibration forward ran")
-            raise RuntimeError(f"{type(self).__name__}: finish_calibration(), but {seen}; run a few non-empty "
+            seen = (f"but its {self.calibration_forwards} calibration forward(s) saw only empty operands, so no "
+                    "data was observed" if self.calibration_forwards else "before any calibration forward")
+            raise RuntimeError(f"{type(self).__name__}: finish_calibration() {seen}; run a few non-empty "
                                "batches while calibrating, or call set_ranges((A1, A2))")
         self.set_ranges(tuple(o.range(percentile) for o in self.observers))
         self.observers = (RangeObserver(), RangeObserver())
