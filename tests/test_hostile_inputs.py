@@ -35,6 +35,7 @@ from spikingjelly_mbe.fitting import FittedNeuron, FittedNeuronError
 from spikingjelly_mbe.fitting import routine
 from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
                                   SpikingSoftmax)
+from spikingjelly_mbe.ops.rectifier import SpikingReLU
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -383,7 +384,8 @@ class TestOperators:
         a, b, m = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(4, 5, generator=g)
         for op, ref, args in ((SpikingProduct(mode=mode, ranges=(4, 4)), torch.mul, (a, b)),
                               (SpikingProduct(mode=mode, ranges=(4, 4)), torch.mul, (a, b[:1])),
-                              (SpikingMatmul(mode=mode, ranges=(4, 4)), torch.matmul, (a, m))):
+                              (SpikingMatmul(mode=mode, ranges=(4, 4)), torch.matmul, (a, m)),
+                              (SpikingReLU(mode=mode, A=4.0), F.relu, (a,))):
             y, got = grads(op, *args)
             _, want = grads(ref, *args)
             for g1, g2 in zip(got, want):
