@@ -20,7 +20,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter
 from transformers.pytorch_utils import Conv1D
 
-from ..ops.coding import IdentityCoder, check_steps, popcount, total
+from ..ops.coding import MAX_RANGE, MIN_RANGE, IdentityCoder, check_steps, popcount, total
 from .stats import OpStats
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
@@ -38,7 +38,7 @@ def input_spikes(x: torch.Tensor, T: int) -> int:
     peak = float(x.detach().abs().max()) if x.numel() else 0.0
     if peak == 0.0:
         return 0
-    coder = IdentityCoder(T, peak)
+    coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE))
     return total(popcount(coder.quantize(x.detach().float()), T))
 
 

@@ -183,7 +183,8 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
         for (int64_t i = 0; i < n; ++i) {
             const float q = quantize(o[i], ce);
             e_spikes += popcount(q);
-            o[i] = (q * ce.step) * scaled;
+            const float p = (q * ce.step) * scaled;
+            o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
         }
         stats[0] += spikes + e_spikes + r_spikes;
         stats[1] += live;

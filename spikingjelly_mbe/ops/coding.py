@@ -12,6 +12,7 @@ from .. import kernels
 from ..neurons import MBENode, MultiBasisNode
 
 MAX_T = 24  # q < 2^T stays an exact integer in float32
+MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
 
@@ -67,6 +68,9 @@ def identity_node(T: int, A: float) -> MBENode:
     check_steps(T)
     if not (A > 0 and math.isfinite(A)):
         raise ValueError(f"the identity range A must be positive and finite, got {A!r}")
+    if not MIN_RANGE <= A <= MAX_RANGE:
+        raise ValueError(f"the identity range A={A!r} must lie in [2^-126, 2^126] (gain 1/A and weight A must be "
+                         "normal float32 numbers); rescale the operand")
     tau, levels = [1.0 / math.log(2.0)], 2.0 ** T - 1
     return MBENode(tau, tau, tau, weight=[A * 2.0 ** T / levels], T=T, alpha=0.5, gain=[levels / (2.0 ** T * A)],
                    offset=[2.0 ** -(T + 1)], domain=(0.0, A))
