@@ -28,7 +28,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..data.assets import cache_dir
+from ..cache import cache_dir
 
 log = logging.getLogger("spikingjelly_mbe.kernels")
 
