@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
+from ..ops.ecmt_settings import ECMTSettings
 from .calibration import Batch, Calibration, as_calibration
 from .options import DEFAULTS
 from .recipe import MBETransformerRecipe
@@ -17,7 +18,8 @@ from .recipe import MBETransformerRecipe
 def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable[Batch]] = None,
             mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
             calibration: Optional[Calibration] = None, fx: bool = False,
-            activation_N: Optional[int] = DEFAULTS.activation_N) -> nn.Module:
+            activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
+            ecmt: Optional[ECMTSettings] = None) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
@@ -27,7 +29,9 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     ``None`` means ``N``; see :class:`OpSettings`). Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
-    path sees through every forward, traceable or not) and ignored.
+    path sees through every forward, traceable or not) and ignored. ``method="ecmt"`` converts the
+    same sites with ECMT's operators (Multi-Threshold neurons, Expectation Compensation; not fully
+    spike-driven, run ``T`` times per input; ``ecmt`` sets its ``n``/``percentile``).
     """
     if isinstance(calib_data, (torch.Tensor, Mapping)):
         raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
@@ -42,5 +46,6 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     if calib_data is not None:
         calibration = dataclasses.replace(calibration, data=calib_data)
     recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
-                                  allow_float_fallback=allow_float_fallback, activation_N=activation_N)
+                                  allow_float_fallback=allow_float_fallback, activation_N=activation_N,
+                                  method=method, ecmt=ecmt)
     return ModuleConverter(recipe).convert(model)

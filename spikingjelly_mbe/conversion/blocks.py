@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import SpikingMatmul
 from .settings import OpSettings
 
 
@@ -55,7 +56,7 @@ class SpikingAttention(nn.Module):
     def after_calibration(self, observed: AbstractSet[int]) -> None:
         """Attention probabilities lie in ``[0, 1]``: when the context product's ranges come from data
         (its id is in ``observed``), its first range is set to 1, whatever the batches reached."""
-        if id(self.context) in observed:
+        if id(self.context) in observed and isinstance(self.context, SpikingMatmul):
             self.context.set_ranges((1.0, self.context.ranges[1]))
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

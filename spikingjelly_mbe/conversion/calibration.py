@@ -108,7 +108,8 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     for path, op in pending(model).items():
         pair = calibration.explicit_range(path)
         if pair is not None:
-            op.set_ranges(pair[:op.operands] if len(pair) >= op.operands else pair)
+            wanted = getattr(op, "operands", len(pair))
+            op.set_ranges(pair[:wanted] if len(pair) >= wanted else pair)
             continue
         try:
             ranges = op.finish_calibration(percentile=percentile)

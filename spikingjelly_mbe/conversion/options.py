@@ -7,25 +7,38 @@ import torch.nn as nn
 from spikingjelly.activation_based import base
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
+from ..ops.ecmt_settings import ECMTSettings
 from .calibration import Batch, Calibration, as_calibration
+from .ecmt import ECMTMethod
 from .report import ConversionReport
 from .settings import OpSettings
 
 DEFAULTS = OpSettings()
+METHODS = ("mbe", "ecmt")
+ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds; the paper's 99 saturates too little (MiniLM T=8 cosine 0.94)
 
 
 class MBERecipeOptions:
     """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
     :class:`OpSettings`), ``calibration`` (a :class:`Calibration`, an iterable of batches or
-    ``None``), operator ``mode`` and whether unsupported nonlinearities may stay in float."""
+    ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
+    ``method``: ``'mbe'`` (this project's fully spike-driven operators) or ``'ecmt'`` (the peer
+    method: Multi-Threshold neurons and Expectation Compensation; ``ecmt`` overrides its settings)."""
 
     recipe_name = "mbe_transformer"
 
     def __init__(self, T: int = DEFAULTS.T, N: int = DEFAULTS.N,
                  calibration: Union[Calibration, Iterable[Batch], None] = None,
                  mode: str = DEFAULTS.mode, allow_float_fallback: bool = False,
-                 activation_N: Optional[int] = DEFAULTS.activation_N) -> None:
-        self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N)
+                 activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
+                 ecmt: Optional[ECMTSettings] = None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if method == "ecmt":
+            self.recipe_name = "ecmt_transformer"
+            self.settings = ECMTMethod(ecmt or ECMTSettings(T=T, percentile=ECMT_PERCENTILE, mode=mode))
+        else:
+            self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None
@@ -37,8 +50,7 @@ class MBERecipeOptions:
             raise ValueError(f"allow_float_fallback must be a bool, got {self.allow_float_fallback!r}")
 
     def finish(self, model: nn.Module) -> nn.Module:
-        """Reset all neuron states before every forward (no leak across batches); attach metadata."""
-        model.register_forward_pre_hook(reset_states)
+        """Attach the metadata (the state reset before every forward is installed before calibration)."""
         model.ann2snn_recipe = self.recipe_name
         model.time_steps = self.settings.T
         model.mbe_report = self.report

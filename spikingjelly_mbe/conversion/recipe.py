@@ -14,11 +14,12 @@ from .blocks import SpikingAttention
 from .calibration import NEED_DATA, Batch, calibrate, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
 from .interception import Session, is_opaque
-from .options import MBERecipeOptions
+from .ecmt import TimeStepped
+from .options import MBERecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
 from .sites import SiteTable, needs_calibration
-from .structure import Replacement, apply, fingerprint_candidates, plan, record_inputs
+from .structure import WEIGHT_LAYERS, Replacement, apply, fingerprint_candidates, plan, record_inputs
 
 
 class Intercepted:
@@ -114,6 +115,10 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             first = next(iter(self.batches), None)
             inputs = record_inputs(model, candidates, lambda: run_batch(model, first, converter.device))
         self.plan = plan(model, inputs, self.override)
+        if hasattr(self.settings, "linear_input"):  # ECMT: an MT neuron in front of every weight layer
+            self.plan.update({p: Replacement(lambda s, m=m: s.linear_input(m), "weight layer driven by an MT neuron",
+                                             "class") for p, m in model.named_modules()
+                              if isinstance(m, WEIGHT_LAYERS) and not any(p.startswith(q + ".") for q in self.plan)})
         use_spiking_attention(model)
         self.record(apply(model, self.plan, self.settings, lambda new, how: how.how == EXPOSE or needs_calibration(new)))
         for path, m in kept.items():
@@ -125,6 +130,7 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         self.table = SiteTable(self.settings, self.report, self.allow_float_fallback)
         self.intercepted = Intercepted(self.table, frozenset(opaque))
         self.handles = self.intercepted.attach(model)
+        self.reset_handle = model.register_forward_pre_hook(reset_states)  # no state leaks across batches
 
     def record(self, done: list) -> None:
         for path, old, new, how in done:
@@ -159,5 +165,9 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         if not self.table.sites and not self.table.unsupported:
             for handle in self.handles:
                 handle.remove()  # nothing is decided per call: plain forwards, no interception cost
+        self.report.float_operations = list(self.settings.float_ops)
         del self.batches, self.plan, self.handles
-        return self.finish(model)
+        if self.settings.fully_spiking:
+            return self.finish(model)
+        self.reset_handle.remove()  # time-stepped: the state lives across the T steps of one input
+        return self.finish(TimeStepped(model, self.settings.T))

@@ -36,11 +36,12 @@ class ConversionReport:
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
     fallback: List[Entry] = field(default_factory=list)
+    float_operations: List[str] = field(default_factory=list)  # what the method itself keeps float (ECMT)
 
     @property
     def fully_spiking(self) -> bool:
         """No nonlinear operation of the model runs in float: spike-driven end to end."""
-        return not self.fallback
+        return not self.fallback and not self.float_operations
 
     def __str__(self) -> str:
         def block(title: str, entries: List[Entry]) -> List[str]:
@@ -51,4 +52,6 @@ class ConversionReport:
         return "\n".join(block("replaced by spiking operators", self.replaced)
                          + block("kept (linear)", self.kept)
                          + block("left in float (fallback allowed)", self.fallback)
+                         + [f"float by the method ({len(self.float_operations)})"]
+                         + [f"  {op}" for op in self.float_operations]
                          + [f"fully spike-driven: {self.fully_spiking}"])

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,6 +41,18 @@ class OpSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    fully_spiking: ClassVar[bool] = True
+    float_ops: ClassVar[Tuple[str, ...]] = ()
+
+    def activation(self, entry: Any, params: Dict[str, Any]) -> nn.Module:
+        """The spiking module of a catalog activation entry (its own builder)."""
+        return entry.build(self, **params)
+
+    def norm(self, norm: Any, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+             eps: float) -> nn.Module:
+        """The spiking module of a catalog norm (its own builder)."""
+        return norm.build(self, shape, weight, bias, eps)
 
     def fitted(self, target: str) -> SpikingActivation:
         """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element (Eq. 8)."""

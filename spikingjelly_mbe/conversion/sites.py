@@ -60,11 +60,11 @@ SITE_KINDS: Dict[str, SiteKind] = {
                        "matrix product of two activations (Eqs. 9-12)"),
     "softmax": SiteKind(lambda s, c: s.softmax(arg(c, 1, "dim")), lambda m, c: m(_softmax_input(c)),
                         "softmax from exp2-frac, reciprocal, products (Eq. 13)"),
-    "layer_norm": SiteKind(lambda s, c: LAYER_NORM.build(s, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"),
-                                                         arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
+    "layer_norm": SiteKind(lambda s, c: s.norm(LAYER_NORM, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"),
+                                               arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
                            lambda m, c: m(arg(c, 0, "input")), "LayerNorm from x^2, rsqrt and products"),
-    "rms_norm": SiteKind(lambda s, c: RMS_NORM.build(s, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"), None,
-                                                     arg(c, 3, "eps") or torch.finfo(torch.float32).eps),
+    "rms_norm": SiteKind(lambda s, c: s.norm(RMS_NORM, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"), None,
+                                             arg(c, 3, "eps") or torch.finfo(torch.float32).eps),
                          lambda m, c: m(arg(c, 0, "input")), "RMSNorm from x^2, rsqrt and products"),
     "max_pool": SiteKind(lambda s, c: s.max_pool(arg(c, 1, "kernel_size"), arg(c, 2, "stride"), arg(c, 3, "padding", 0)),
                          lambda m, c: m(arg(c, 0, "input")), "max pooling as m + relu(v - m) on rectifier neurons"),
@@ -175,7 +175,7 @@ class SiteTable:
     def build(self, frame: Any, kind: str, name: str, call: Call) -> nn.Module:
         if kind == "activation":
             entry, params = activation_of_call(name, *call)
-            op, note = entry.build(self.settings, **params), entry.note
+            op, note = self.settings.activation(entry, params), entry.note
         else:
             op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
         device = next((v.device for v in call[0] if isinstance(v, torch.Tensor)), None)

@@ -24,6 +24,7 @@ LINEAR_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d
                   nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten,
                   nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.PixelShuffle, Conv1D)
+WEIGHT_LAYERS = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)
 PROBE_SPAN = 6.0  # activations are told apart on a ramp over [-6, 6] (where GELU's two forms differ by 3e-4)
 
 
@@ -41,7 +42,7 @@ def by_class(module: nn.Module) -> Optional[Replacement]:
     found = activation_of_module(module)
     if found is not None:
         entry, params = found
-        return Replacement(lambda s: entry.build(s, **params), entry.note, "class")
+        return Replacement(lambda s: s.activation(entry, params), entry.note, "class")
     norm = NORM_CLASSES.get(type(module))
     if norm is not None:
         return _norm(norm, module, norm_module_parts(module)[2], None)
@@ -58,7 +59,7 @@ def by_class(module: nn.Module) -> Optional[Replacement]:
 def _norm(norm: Norm, module: nn.Module, eps: float, shape: Optional[Tuple[int, ...]]) -> Replacement:
     weight, bias, _ = norm_module_parts(module)
     shape = tuple(getattr(module, "normalized_shape", None) or shape or tuple(weight.shape))
-    return Replacement(lambda s: norm.build(s, shape, weight, bias, eps),
+    return Replacement(lambda s: s.norm(norm, shape, weight, bias, eps),
                        f"{norm.name} from x^2, rsqrt and products (eps={eps:g})", "class")
 
 
@@ -116,7 +117,7 @@ def fingerprint(module: nn.Module, x: torch.Tensor) -> Optional[Replacement]:
                 return None  # identity: linear
             for entry in ACTIVATIONS:
                 if entry.fingerprint and _close(y, entry.reference(ramp)):
-                    return Replacement(lambda s, e=entry: e.build(s), f"{entry.note}; recognised by what it computes",
+                    return Replacement(lambda s, e=entry: s.activation(e, {}), f"{entry.note}; recognised by what it computes",
                                        "fingerprint")
         probes = [x, torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype).to(x.device) * 3]
         outputs = [module(p) for p in probes]

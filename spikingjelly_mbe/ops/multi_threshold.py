@@ -162,6 +162,15 @@ class MTLinearInput(MTCodedOp):
         super().__init__(1, n, percentile, thresholds, mode)
         self.layer = layer
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The wrapped layer's weight (model code that reads ``layer.weight`` keeps working)."""
+        return self.layer.weight
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.layer.bias
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
         if self.calibrating:

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import base
 
 
 def _add(acc: Any, out: Any, path: str) -> Any:
@@ -87,7 +87,9 @@ def run_steps(module: nn.Module, *args: Any, T: int, **kwargs: Any) -> Any:
                          "and keeps no KV cache; pass use_cache=False")
     if "use_cache" not in kwargs and getattr(getattr(module, "config", None), "use_cache", False):
         kwargs["use_cache"] = False
-    functional.reset_net(module)
+    for m in module.modules():  # SpikingJelly memories only: a model's own modules may have another reset()
+        if isinstance(m, base.MemoryModule):
+            m.reset()
     acc: Optional[Any] = None
     out: Any = None
     for step in range(T):

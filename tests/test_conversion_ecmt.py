@@ -1,0 +1,62 @@
+"""convert(method="ecmt"): ECMT's operators at the sites conversion by structure finds."""
+import pytest
+import torch
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion.ecmt import TimeStepped
+from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
+from spikingjelly_mbe.ops.expectation import ExpectationCompensation, ProductCompensation
+from spikingjelly_mbe.ops.multi_threshold import MTLinearInput
+
+torch.set_num_threads(1)
+
+
+def run(model, batch):
+    with torch.no_grad():
+        return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
+
+
+@pytest.fixture(scope="module")
+def bert():
+    ann = build("bert")
+    calib = [make_batch("bert", 4, seed=s) for s in (1, 2)]
+    return ann, {T: convert(ann, T=T, calib_data=calib, method="ecmt") for T in (2, 8)}
+
+
+def test_ecmt_builds_its_operators_at_every_site(bert):
+    _, snns = bert
+    snn = snns[8]
+    assert isinstance(snn, TimeStepped) and snn.T == 8 and snn.ann2snn_recipe == "ecmt_transformer"
+    kinds = {type(m) for m in snn.modules()}
+    assert {MTLinearInput, ExpectationCompensation, ProductCompensation} <= kinds
+    linear = [p for p, m in snn.network.named_modules() if type(m) is torch.nn.Linear]
+    wrapped = {p for p, m in snn.network.named_modules() if isinstance(m, MTLinearInput)}
+    assert linear and all(p.rsplit(".", 1)[0] in wrapped for p in linear), "every weight layer has an MT neuron"
+
+
+def test_ecmt_report_says_it_is_not_fully_spiking(bert):
+    _, snns = bert
+    report = snns[8].mbe_report
+    assert not report.fully_spiking and report.fallback == []
+    assert any("Softmax" in op for op in report.float_operations)
+    assert "float by the method" in str(report)
+
+
+def test_ecmt_converges_to_the_ann_as_T_grows(bert):
+    ann, snns = bert
+    batch = make_batch("bert", 4, seed=9)
+    reference = run(ann, batch)
+    cosines = {T: agreement(reference, run(snn, batch))["cosine"] for T, snn in snns.items()}
+    assert cosines[8] > cosines[2] and cosines[8] >= 0.98
+
+
+def test_ecmt_refuses_the_kv_cache():
+    ann = build("llama_lm")
+    snn = convert(ann, T=2, calib_data=[make_batch("llama_lm", 2)], method="ecmt")
+    with pytest.raises(ValueError, match="use_cache"):
+        snn(**make_batch("llama_lm", 2), use_cache=True)
+
+
+def test_unknown_method_is_an_error():
+    with pytest.raises(ValueError, match="method must be one of"):
+        convert(build("bert"), calib_data=[make_batch("bert", 2)], method="bogus")
