@@ -5,12 +5,15 @@ is the exact ``pip`` command that provides it.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import tarfile
 import zipfile
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Iterator
 
 CACHE_ENV = "SPIKINGJELLY_MBE_CACHE"
 
@@ -25,6 +28,18 @@ def cache_dir(*parts: str) -> Path:
     path = Path(os.environ.get(CACHE_ENV) or default).joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while building the cache entry ``path``, so that
+    parallel jobs (a sweep's workers) build it once and the others wait, then read it."""
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def downloads_dir() -> Path:
