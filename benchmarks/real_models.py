@@ -21,6 +21,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
@@ -49,6 +50,7 @@ SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_
 def job_config(name: str, quick: bool) -> ConvertJob:
     """The Hydra config of ``experiments.convert model=<name>`` (the same settings as the presets)."""
     overrides = [f"model={CONF_MODELS[name]}"] + ([f"data.samples={QUICK_SAMPLES[name]}"] if quick else [])
+    GlobalHydra.instance().clear()  # a Hydra app run earlier in this process leaves it initialised
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         import experiments.config  # noqa: F401  (registers the schemas)
         return OmegaConf.to_object(compose(config_name="convert", overrides=overrides))

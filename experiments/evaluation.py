@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -156,7 +156,6 @@ class Result:
     seconds: float
     samples: int
     world: int
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> Dict[str, Any]:
         """Metric, loss, agreement, cosine and energy columns (energy empty when not metered)."""

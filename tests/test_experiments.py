@@ -24,10 +24,10 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 def wandb_history(run_file: Path) -> List[Dict]:
