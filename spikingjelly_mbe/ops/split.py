@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .. import kernels
 from ..fitting import FittedNeuron, load_fitted
+from ..neurons.lookup import fingerprint
 from .coding import IdentityCoder, check_steps, decode, lookup, popcount
 
 FITS_DIR = Path(__file__).with_name("fits")
@@ -88,6 +89,9 @@ def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
     return FittedNeuron.load(path, expect={"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain})
 
 
+_TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, neuron fingerprint, dtype, device)
+
+
 class SplitFunction(nn.Module):
     """``g(v)`` of a :class:`SplitTarget` from MBE_Id digits, a pathway table and one MBE neuron.
 
@@ -113,7 +117,7 @@ class SplitFunction(nn.Module):
         self.node = self.fitted.node(clamp=False)
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
-        self._tables: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._key = (self.target.name, T, split_bits, fingerprint(self.node))
         values = self.table(torch.float64, torch.device("cpu")).real
         self.max_output = float(values.max()) * HEADROOM  # the largest value it can emit (any dtype)
         self.output_at_lo = float(values[0]) * HEADROOM  # what it emits for v = lo
@@ -129,16 +133,17 @@ class SplitFunction(nn.Module):
 
     def table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``value + 1j * spikes`` for every digit pattern ``q = 0 .. 2^T - 1`` (one complex entry per
-        pattern, so fast mode fetches both numbers with a single 1-D gather)."""
-        key = (dtype, device)
-        if key not in self._tables:
+        pattern, so fast mode fetches both numbers with a single 1-D gather). Built once per process
+        for every operator whose remainder neuron has the same parameters (its fingerprint)."""
+        key = (*self._key, dtype, str(device))
+        if key not in _TABLES:
             q = torch.arange(2 ** self.T, dtype=dtype, device=device)
             x, weight = self._pathway(q)
             node = self.node.to(device)
             with torch.no_grad():
                 _, value, count = node.run(x, keep_spikes=False)
-            self._tables[key] = torch.complex(weight * value, popcount(q, self.T) + count)
-        return self._tables[key]
+            _TABLES[key] = torch.complex(weight * value, popcount(q, self.T) + count)
+        return _TABLES[key]
 
     def kernel_args(self, dtype: torch.dtype) -> Tuple[ctypes.Array, torch.Tensor]:
         """What the fused kernels take: the MBE_Id parameters followed by ``lo``, and the table as
