@@ -16,141 +16,64 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.nn as nn
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sj_recipes  # noqa: E402  (sibling module of this script)
-
-from experiments import plots  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from experiments import plots, sj_recipes  # noqa: E402
+from experiments.config import ConvertJob  # noqa: E402
+from experiments.convert import build_task  # noqa: E402
+from experiments.evaluation import SJ_METHODS, Conversion, convert_for, evaluate  # noqa: E402
+from experiments.job import CONF_DIR  # noqa: E402
 from experiments.tables import Row, markdown, write_csv  # noqa: E402
-from spikingjelly_mbe import convert  # noqa: E402
-from spikingjelly_mbe.conversion.calibration import Batch  # noqa: E402
-from spikingjelly_mbe.data import load_lee_text  # noqa: E402
 from spikingjelly_mbe.energy import EnergyMeter, energy_ratio  # noqa: E402
-from spikingjelly_mbe.fitting import get_target  # noqa: E402
-from spikingjelly_mbe.models import load_model, mnist_probe, perplexity, review_probe, token_stream  # noqa: E402
-from spikingjelly_mbe.models.dinov2 import DigitImageProcessor  # noqa: E402
+from spikingjelly_mbe.models import load_model, review_probe  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
-from spikingjelly_mbe.models.heads import lee_test_ids  # noqa: E402
-from spikingjelly_mbe.models.minilm import MAX_LENGTH  # noqa: E402
-from spikingjelly_mbe.ops import SpikingActivation  # noqa: E402
+from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
 
-CONTEXT = 128
-# held-out items scored per model (reviews, digits, tokens; None: the whole held-out split). The full
-# run takes about 30 min on 2 CPU cores, most of it SpikeZIP's 32-step evaluations
-FULL_LIMITS = {"minilm": 1000, "dinov2": None, "gpt2-small": None, "smollm2": 16 * CONTEXT}
-QUICK_LIMITS = {"minilm": 100, "dinov2": 50, "tokens": 4 * CONTEXT}
+# model -> its conf/model entry; the held-out sets (full: the conf/data defaults, the README table) and
+# the --quick caps (reviews, digits, tokens)
+CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small", "smollm2": "smollm2"}
+QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 TABLE_COLUMNS = ("model", "metric", "T", "ann", "snn", "loss", "meets_bar", "energy_ratio", "energy_ratio_ops",
-                 "firing_rate",
-                 "convert_s", "eval_s")
+                 "firing_rate", "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
 
-@dataclass
-class Task:
-    """A pretrained model, its held-out metric and unlabeled calibration batches."""
-
-    name: str
-    model: nn.Module
-    metric: str  # "accuracy" (higher is better, percent) or "perplexity"
-    calib: List[Batch]
-    score: Callable[[nn.Module], float]
-    tokenizer: object = None
-    train_texts: Sequence[str] = ()
+def job_config(name: str, quick: bool) -> ConvertJob:
+    """The Hydra config of ``experiments.convert model=<name>`` (the same settings as the presets)."""
+    overrides = [f"model={CONF_MODELS[name]}"] + ([f"data.samples={QUICK_SAMPLES[name]}"] if quick else [])
+    GlobalHydra.instance().clear()  # a Hydra app run earlier in this process leaves it initialised
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        import experiments.config  # noqa: F401  (registers the schemas)
+        return OmegaConf.to_object(compose(config_name="convert", overrides=overrides))
 
 
-def minilm_task(limit: Optional[int]) -> Task:
-    probe = review_probe()
-    _, tokenizer = load_model("minilm")  # the probe's tokenizer (local files, < 1 s)
-    texts = list(probe.data.train_x[:16])
-    calib = [dict(tokenizer(texts[i:i + 8], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt"))
-             for i in (0, 8)]
-    return Task("minilm", probe.model, "accuracy", calib, lambda m: 100 * probe.evaluate(m, limit=limit),
-                tokenizer, probe.data.train_x[:8])
-
-
-def dinov2_task(limit: Optional[int]) -> Task:
-    probe = mnist_probe()
-    processor = DigitImageProcessor()
-    calib = [processor(probe.data.train_x[i:i + 8]) for i in (0, 8)]
-    return Task("dinov2", probe.model, "accuracy", calib, lambda m: 100 * probe.evaluate(m, limit=limit))
-
-
-def lm_task(name: str, tokens: Optional[int]) -> Task:
-    model, tokenizer = load_model(name)
-    test = lee_test_ids(tokenizer)[:tokens]
-    train = token_stream(tokenizer, load_lee_text().train)
-    calib = [{"input_ids": train[i * 4 * CONTEXT:(i + 1) * 4 * CONTEXT].view(4, CONTEXT)} for i in range(2)]
-    return Task(name, model, "perplexity", calib, lambda m: perplexity(m, test, CONTEXT))
-
-
-def build_task(name: str, quick: bool) -> Task:
-    if name == "minilm":
-        return minilm_task(QUICK_LIMITS["minilm"] if quick else FULL_LIMITS["minilm"])
-    if name == "dinov2":
-        return dinov2_task(QUICK_LIMITS["dinov2"] if quick else FULL_LIMITS["dinov2"])
-    return lm_task(name, QUICK_LIMITS["tokens"] if quick else FULL_LIMITS[name])
-
-
-class ExactActivation(nn.Module):
-    """The function a spiking activation was fitted to, in float (the ``--exact-activations`` ablation)."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__()
-        self.target = target
-        self.fn = get_target(target).fn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def exact_activations(snn: nn.Module) -> int:
-    """Replace every :class:`SpikingActivation` of ``snn`` by its :class:`ExactActivation`; returns how many."""
-    names = [name for name, m in snn.named_modules() if isinstance(m, SpikingActivation)]
-    for name in names:
-        parent, _, child = name.rpartition(".")
-        holder = snn.get_submodule(parent) if parent else snn
-        setattr(holder, child, ExactActivation(getattr(holder, child).fitted.target))
-    return len(names)
-
-
-def loss(task: Task, ann: float, snn: float) -> float:
-    """Accuracy points lost, or perplexity increase in percent."""
-    return ann - snn if task.metric == "accuracy" else 100 * (snn / ann - 1)
-
-
-def measure(task: Task, Ts: Sequence[int], energy_T: Optional[int], out: Path, exact: bool = False) -> List[Row]:
-    """ANN metric, then for each T: convert (``exact``: with exact activations), evaluate (with the
-    energy meter at ``energy_T``)."""
-    began = time.perf_counter()
-    ann = task.score(task.model)
-    rows = [{"model": task.name, "metric": task.metric, "T": "ANN", "ann": round(ann, 3),
-             "eval_s": round(time.perf_counter() - began, 1)}]
-    for T in tqdm(Ts, desc=f"{task.name}: T", leave=False):
-        began = time.perf_counter()
-        snn = convert(task.model, T=T, calib_data=task.calib)
-        if exact and not exact_activations(snn):
-            raise RuntimeError(f"{task.name}: --exact-activations found no spiking activation to replace")
-        converted = time.perf_counter() - began
-        began = time.perf_counter()
-        if T == energy_T:
-            with torch.no_grad(), EnergyMeter(snn, T) as meter:
-                value = task.score(snn)
-            energy = energy_report(task.name, meter, T, out)
-        else:
-            value, energy = task.score(snn), {}
-        lost = loss(task, ann, value)
+def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_T: Optional[int], out: Path,
+            exact: bool = False) -> List[Row]:
+    """The ANN row, then per T: convert (``exact``: with exact activations) and evaluate; energy
+    tables at ``energy_T``."""
+    rows: List[Row] = []
+    k = c.conversion
+    for T in tqdm(Ts, desc=f"{name}: T", leave=False):
+        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact)
+        result = evaluate(task, conversion)
+        if not rows:
+            rows.append({"model": name, "metric": task.metric, "T": "ANN", "ann": round(result.ann, 3)})
         bar = ACCURACY_BAR if task.metric == "accuracy" else PERPLEXITY_BAR
-        rows.append({"model": task.name, "metric": task.metric, "T": T, "ann": round(ann, 3), "snn": round(value, 3),
-                     "loss": round(lost, 3), "meets_bar": lost <= bar if T == 16 else "", **energy,
-                     "convert_s": round(converted, 1), "eval_s": round(time.perf_counter() - began, 1)})
+        r = result.row()
+        energy = energy_report(name, result.meter, T, out) if T == energy_T and result.meter is not None else {}
+        rows.append({"model": name, "metric": task.metric, "T": T, "ann": round(result.ann, 3),
+                     "snn": round(result.snn, 3), "loss": round(r["loss"], 3),
+                     "meets_bar": r["loss"] <= bar if T == 16 else "", **energy,
+                     "convert_s": round(conversion.seconds, 1), "eval_s": round(result.seconds, 1)})
         tqdm.write(markdown(rows[-1:], TABLE_COLUMNS).splitlines()[-1])
     return rows
 
@@ -168,38 +91,40 @@ def energy_report(name: str, meter: EnergyMeter, T: int, out: Path) -> Dict[str,
             "firing_rate": round(meter.total().firing_rate, 3)}
 
 
-def score_attempt(a: sj_recipes.Attempt, task: Task, quick: bool) -> float:
-    """The task metric of a SpikingJelly-converted model, evaluated the way the recipe's examples do."""
-    if a.route == "model as loaded":
-        if a.style != "repeat":
-            raise NotImplementedError(f"{a.style} evaluation of a whole model")
-        return task.score(sj_recipes.StepAccumulator(a.converted, a.T))
-    limit = (QUICK_LIMITS if quick else FULL_LIMITS)["minilm"]
-    encode = sj_recipes.boundary_sentence_encoder(a, task.model, task.tokenizer)
+def boundary_score(a: sj_recipes.Attempt, task: EvalTask) -> float:
+    """MiniLM through SpikingJelly's BERT example boundary, scored by the review probe on the task's reviews."""
+    _, tokenizer = load_model("minilm")
     probe = review_probe()
+    encode = sj_recipes.boundary_sentence_encoder(a, task.model, tokenizer)
     with torch.no_grad():
-        return 100 * evaluate_classifier(encode, probe.head, probe.data.test_x[:limit], probe.data.test_y[:limit])
+        return 100 * evaluate_classifier(encode, probe.head, probe.data.test_x[:task.samples],
+                                         probe.data.test_y[:task.samples])
 
 
-def side_by_side(task: Task, ann: float, quick: bool) -> List[Row]:
-    """SpikingJelly's recipes on ``task.model`` as loaded, and on its documented BERT boundary for MiniLM."""
+def side_by_side(name: str, task: EvalTask, ann: float) -> List[Row]:
+    """SpikingJelly's recipes on the model as loaded, and on its documented BERT boundary for MiniLM."""
     rows: List[Row] = []
-    for recipe in sj_recipes.RECIPES:
-        attempts = [sj_recipes.attempt(recipe, task.model, task.calib[:1], "model as loaded")]
-        if task.name == "minilm":
+    for method, recipe in SJ_METHODS.items():
+        conversion = convert_for(task, method, 0, 0, None)
+        attempts = [("model as loaded", conversion)]
+        if name == "minilm":
+            _, tokenizer = load_model("minilm")
             boundary = sj_recipes.bert_boundary(task.model)
-            calib = sj_recipes.boundary_calibration(task.model, task.tokenizer, task.train_texts)
-            attempts.append(sj_recipes.attempt(recipe, boundary, calib, "SpikingJelly's BERT example boundary"))
-        for a in attempts:
-            row = {"model": task.name, "method": recipe, "route": a.route, "T": a.T, "ann": round(ann, 3),
+            calib = sj_recipes.boundary_calibration(task.model, tokenizer, review_probe().data.train_x[:8])
+            attempts.append(("SpikingJelly's BERT example boundary",
+                             sj_recipes.attempt(recipe, boundary, calib, "SpikingJelly's BERT example boundary")))
+        for route, a in attempts:
+            row = {"model": name, "method": recipe, "route": route, "T": a.T, "ann": round(ann, 3),
                    "status": a.status, "convert_s": round(a.seconds, 1)}
-            if a.converted is not None:
-                began = time.perf_counter()
-                try:
-                    row["snn"] = round(score_attempt(a, task, quick), 3)
-                except Exception as error:  # recorded in the table like a conversion failure
-                    row["status"] += "; evaluation fails: " + sj_recipes.short_error(error)
-                row["eval_s"] = round(time.perf_counter() - began, 1)
+            began = time.perf_counter()
+            try:
+                if isinstance(a, Conversion) and a.snn is not None:
+                    row["snn"] = round(evaluate(task, a).snn, 3)
+                elif isinstance(a, sj_recipes.Attempt) and a.converted is not None:
+                    row["snn"] = round(boundary_score(a, task), 3)
+            except Exception as error:  # recorded in the table like a conversion failure
+                row["status"] += "; evaluation fails: " + sj_recipes.short_error(error)
+            row["eval_s"] = round(time.perf_counter() - began, 1)
             rows.append(row)
     return rows
 
@@ -207,7 +132,7 @@ def side_by_side(task: Task, ann: float, quick: bool) -> List[Row]:
 def main(argv: Sequence[str] | None = None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="MiniLM + DINOv2, T in {8, 16}, small held-out subsets")
-    ap.add_argument("--models", nargs="+", choices=("minilm", "dinov2", "gpt2-small", "smollm2"))
+    ap.add_argument("--models", nargs="+", choices=tuple(CONF_MODELS))
     ap.add_argument("--T", nargs="+", type=int, dest="Ts")
     ap.add_argument("--energy-T", type=int, default=16)
     ap.add_argument("--no-recipes", action="store_true", help="skip SpikingJelly's recipes")
@@ -215,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     help="ablation: activations as their exact float targets (no energy report)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
-    models = args.models or (["minilm", "dinov2"] if args.quick else ["minilm", "dinov2", "gpt2-small", "smollm2"])
+    models = args.models or (["minilm", "dinov2"] if args.quick else list(CONF_MODELS))
     Ts = args.Ts or ([8, 16] if args.quick else [8, 10, 12, 16])
     default = ("real_models_quick" if args.quick else "real_models") + ("_exact_act" if args.exact_activations else "")
     out = args.out or Path("results") / default
@@ -224,15 +149,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows: List[Row] = []
     sj_rows: List[Row] = []
     for name in tqdm(models, desc="models"):
-        task = build_task(name, args.quick)
-        measured = measure(task, Ts, None if args.exact_activations else args.energy_T, out, args.exact_activations)
+        c = job_config(name, args.quick)
+        task = build_task(c)
+        measured = measure(name, task, c, Ts, None if args.exact_activations else args.energy_T, out,
+                           args.exact_activations)
         rows += measured
         if not args.no_recipes:
             method = "MBE (spikingjelly_mbe)" + (", exact activations (ablation)" if args.exact_activations else "")
             sj_rows += [{"model": name, "method": method, "route": "model as loaded", "T": r["T"],
                          "ann": r["ann"], "snn": r["snn"], "status": "converted", "convert_s": r["convert_s"],
                          "eval_s": r["eval_s"]} for r in measured[1:]]
-            sj_rows += side_by_side(task, measured[0]["ann"], args.quick)
+            sj_rows += side_by_side(name, task, measured[0]["ann"])
     write_csv(rows, out / "table.csv")
     (out / "table.md").write_text(markdown(rows, TABLE_COLUMNS))
     snn_rows = [r for r in rows if r["T"] != "ANN"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -41,6 +41,53 @@ class Metric(Enum):
 class OpMode(Enum):
     fast = "fast"
     simulate = "simulate"
+
+
+class ModelSource(Enum):
+    """Where the model comes from: built locally (``zoo``), a shipped offline pretrained model, or
+    the user's own checkpoint (``hf`` folder, ``timm`` state-dict file)."""
+
+    zoo = "zoo"
+    pretrained = "pretrained"
+    hf = "hf"
+    timm = "timm"
+
+
+class PretrainedName(Enum):
+    """The offline pretrained models of docs/assets.md (values: their ``load_model`` names)."""
+
+    minilm = "minilm"
+    dinov2 = "dinov2"
+    smollm2 = "smollm2"
+    gpt2_small = "gpt2-small"
+
+
+class HFTask(Enum):
+    causal_lm = "causal_lm"
+    encoder = "encoder"
+    image = "image"
+
+
+class DataSource(Enum):
+    """Generated inputs (``synthetic``), the offline data sets, or the user's local files."""
+
+    synthetic = "synthetic"
+    reviews = "reviews"
+    mnist = "mnist"
+    lee = "lee"
+    text_file = "text_file"
+    image_folder = "image_folder"
+
+
+class Method(Enum):
+    """How the model is converted: MBE (this package), the ECMT baseline (once ``convert`` offers it),
+    or SpikingJelly 2.0's TD-equivalent, STA and SpikeZIP-TF recipes."""
+
+    mbe = "mbe"
+    ecmt = "ecmt"
+    sj_td = "sj_td"
+    sj_sta = "sj_sta"
+    spikezip = "spikezip"
 
 
 class CalibrationMethod(Enum):
@@ -102,45 +149,72 @@ class LoggerConfig:
 
 @dataclass
 class ModelConfig:
-    """A small model of ``family`` built locally with fan-in scaled random weights, and its metric."""
+    """``source=zoo``: a small ``family`` model with fan-in scaled random weights, compared by
+    ``metric``. ``pretrained``: the offline model ``name``. ``hf``: a ``save_pretrained`` folder at
+    ``path`` read as ``task``; ``timm``: the architecture ``arch`` (``timm_kwargs`` to
+    ``create_model``) with the state-dict file at ``path``. ``samples``: this model's default cap on
+    the held-out set when ``data.samples`` is null. Real models take their metric from the task."""
 
+    source: ModelSource = ModelSource.zoo
     family: Family = Family.vit
     layers: int = 2
     hidden: int = 32
     heads: int = 2
     seed: int = 0
     metric: Metric = Metric.agreement
+    name: Optional[PretrainedName] = None
+    path: Optional[str] = None
+    task: Optional[HFTask] = None
+    arch: Optional[str] = None
+    timm_kwargs: Dict[str, Any] = field(default_factory=dict)
+    samples: Optional[int] = None
 
 
 @dataclass
 class DataConfig:
-    """Generated inputs of the model's kind: ``batches`` x ``batch_size`` to evaluate on, and
-    ``calib_batches`` x ``calib_size`` other ones to calibrate the product ranges."""
+    """``synthetic``: generated inputs of the model's kind, ``batches`` x ``batch_size`` to evaluate
+    on and ``calib_batches`` x ``calib_size`` other ones to calibrate the product ranges (``seed``).
+    Otherwise a held-out set (``path`` for local files) split with ``split_seed``, of which the first
+    ``samples`` items are scored (texts, images, or tokens for a causal LM; null: the model's default,
+    else all) in batches of ``batch_size``; ``context``: tokens per LM window and calibration sequence;
+    ``image_size``: side images of ``image_folder`` are resized to."""
 
+    source: DataSource = DataSource.synthetic
+    samples: Optional[int] = None
+    path: Optional[str] = None
     batches: int = 2
     batch_size: int = 32
     seq_len: int = 16
     calib_batches: int = 2
     calib_size: int = 8
     seed: int = 1
+    split_seed: int = 0
+    context: int = 128
+    image_size: int = 224
 
 
 @dataclass
 class CalibrationConfig:
+    """Product ranges (Eq. 9): max or percentile of |operand|, times ``headroom`` (>= 1)."""
+
     method: CalibrationMethod = CalibrationMethod.max
     percentile: float = 99.99
+    headroom: float = 1.0
 
 
 @dataclass
 class ConversionConfig:
-    """Arguments of :func:`spikingjelly_mbe.convert`."""
+    """Arguments of :func:`spikingjelly_mbe.convert`; ``method`` picks the converter (SpikingJelly's
+    recipes use their own T), ``exact_activations`` the ablation with float activations."""
 
+    method: Method = Method.mbe
     T: int = 16
     N: int = 4
     activation_N: Optional[int] = 8
     mode: OpMode = OpMode.fast
     fx: bool = False
     allow_float_fallback: bool = False
+    exact_activations: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 

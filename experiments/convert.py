@@ -1,117 +1,157 @@
 """``python -m experiments.convert``: convert one model, compare ANN and SNN, count spikes and energy.
 
-Examples: ``python -m experiments.convert model=gpt2 conversion.T=12``;
-``python -m experiments.convert experiment=table4``.
+Examples: ``python -m experiments.convert model=minilm data=reviews conversion.T=16``;
+``python -m experiments.convert experiment=real_quick``; ``model=gpt2 conversion.T=12`` (a small
+locally built model). Under ``torchrun --nproc_per_node=K -m experiments.convert ...`` the held-out
+batches are split over the K processes and the results reduced (``experiments.evaluation``); rank 0
+writes the outputs.
 """
 from __future__ import annotations
 
-import math
-import time
-from typing import Dict, List, Sequence, Tuple
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple
 
 import hydra
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import Calibration
-from spikingjelly_mbe.conversion.calibration import Batch
-from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
-from spikingjelly_mbe.energy import EnergyMeter, energy_ratio
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_source, make_task
 
 from . import plots
-from .config import ConvertJob, Metric
+from .config import ConvertJob, DataSource, ModelSource
+from .evaluation import Result, convert_for, evaluate, init_shard
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-TABLE_COLUMNS = ("model", "T", "N", "activation_N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_ratio",
-                 "convert_seconds", "eval_seconds")
-METRICS = ("ann", "snn", "cosine", "firing_rate", "energy_ratio", "sops", "ann_flops")
-
-
-def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
-    with torch.no_grad():
-        return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
-
-
-def run_both(ann: nn.Module, snn: nn.Module, batches: Sequence[Batch],
-             T: int) -> Tuple[torch.Tensor, torch.Tensor, EnergyMeter]:
-    """ANN and SNN outputs over ``batches`` and the SNN's counts (operators and weight layers) summed
-    over them."""
-    ann_out, snn_out = [], []
-    with EnergyMeter(snn, T) as meter:
-        for batch in tqdm(batches, desc="evaluate", leave=False):
-            ann_out.append(forward(ann, batch))
-            snn_out.append(forward(snn, batch))
-    return torch.cat(ann_out), torch.cat(snn_out), meter
-
-
-def perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:
-    """``exp`` of the mean next-token cross-entropy."""
-    return math.exp(F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), ids[:, 1:].flatten()).item())
-
-
-def compare(metric: Metric, ann: torch.Tensor, snn: torch.Tensor, batches: Sequence[Batch]) -> Dict[str, float]:
-    """``ann``/``snn`` values of ``metric`` (agreement and cosine take the ANN as reference: 1) and
-    the worst per-sample cosine."""
-    cosine = agreement(ann, snn)["cosine"]
-    if metric is Metric.perplexity:
-        ids = torch.cat([b["input_ids"] for b in batches])
-        return {"ann": perplexity(ann, ids), "snn": perplexity(snn, ids), "cosine": cosine}
-    snn_value = agreement(ann, snn)["argmax"] if metric is Metric.agreement else cosine
-    return {"ann": 1.0, "snn": snn_value, "cosine": cosine}
+TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "metric", "ann", "snn", "loss", "agreement",
+                 "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "samples", "convert_seconds",
+                 "eval_seconds")
+METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "sops",
+           "ann_ops", "eval_seconds")
 
 
 def model_label(c: ConvertJob) -> str:
-    return f"{c.model.family.value}-L{c.model.layers}-D{c.model.hidden}"
+    """``gpt2-L2-D32`` for a zoo model, the pretrained name, or ``hf:<folder name>`` / ``timm:<arch>``."""
+    m = c.model
+    if m.source is ModelSource.zoo:
+        return f"{m.family.value}-L{m.layers}-D{m.hidden}"
+    if m.source is ModelSource.pretrained:
+        if m.name is None:
+            raise ValueError("model.name is required for model.source=pretrained: pass model=minilm, dinov2, smollm2 "
+                             "or gpt2_small")
+        return m.name.value
+    return f"hf:{Path(m.path or '?').name}" if m.source is ModelSource.hf else f"timm:{m.arch}"
 
 
-def build_and_convert(c: ConvertJob) -> Tuple[nn.Module, nn.Module, float]:
-    """The ANN, its converted SNN and the seconds the conversion (with calibration) took."""
+def zoo_task(c: ConvertJob) -> EvalTask:
+    """A small locally built model on generated inputs of its kind, compared by ``model.metric``."""
     family, d = c.model.family.value, c.data
-    ann = build(family, layers=c.model.layers, hidden=c.model.hidden, heads=c.model.heads, seed=c.model.seed)
+    if d.source is not DataSource.synthetic:
+        raise ValueError(f"model={family} (a small locally built model) runs on data=synthetic or data=tiny, got "
+                         f"data.source={d.source.value}; the real data sets go with the pretrained models "
+                         "(model=minilm, dinov2, smollm2, gpt2_small) or model=hf/timm")
+    model = build(family, layers=c.model.layers, hidden=c.model.hidden, heads=c.model.heads, seed=c.model.seed)
     calib = [make_batch(family, d.calib_size, d.seq_len, seed=d.seed + 1000 + i) for i in range(d.calib_batches)]
-    began = time.perf_counter()
-    snn = convert(ann, T=c.conversion.T, N=c.conversion.N, activation_N=c.conversion.activation_N, calib_data=calib, mode=c.conversion.mode.value,
-                  allow_float_fallback=c.conversion.allow_float_fallback, fx=c.conversion.fx,
-                  calibration=Calibration(method=c.conversion.calibration.method.value,
-                                          percentile=c.conversion.calibration.percentile))
-    return ann, snn, time.perf_counter() - began
+    batches = [EvalBatch(make_batch(family, d.batch_size, d.seq_len, seed=d.seed + i)) for i in range(d.batches)]
+    return EvalTask(model_label(c), model, c.model.metric.value, calib, batches, lambda out, inputs: main_output(out),
+                    samples=d.batches * d.batch_size)
+
+
+def build_task(c: ConvertJob) -> EvalTask:
+    """The job's model and held-out data as an :class:`EvalTask`."""
+    m, d = c.model, c.data
+    if m.source is ModelSource.zoo:
+        return zoo_task(c)
+    if d.source is DataSource.synthetic:
+        raise ValueError(f"model={model_label(c)} needs real data: pass data=reviews, mnist, lee, text_file "
+                         "(data.path=...) or image_folder (data.path=...)")
+    source = load_source(model_label(c) if m.source is ModelSource.pretrained else m.source.value, m.path,
+                         None if m.task is None else m.task.value, m.arch, dict(m.timm_kwargs))
+    data = load_data(d.source.value, d.path, d.split_seed, d.image_size)
+    samples = d.samples if d.samples is not None else m.samples
+    return make_task(source, d.source.value, data, samples, d.batch_size, d.calib_batches, d.calib_size, d.context)
+
+
+def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_seconds: float, result: Result,
+               group: str) -> Row:
+    return {"entry": "convert", "model": model_label(c), "data": c.data.source.value,
+            "method": c.conversion.method.value + ("+exact_act" if c.conversion.exact_activations else ""),
+            "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
+            "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
+            else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
+            **result.row(), "status": status, "convert_seconds": round(convert_seconds, 2), "group": group}
+
+
+def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[str, Path]:
+    """``metrics.json``, the one-row table, ``conversion.txt`` and, when metered, the energy tables
+    and plots by module path, operator type and block; returns the PNGs."""
+    write_metrics(out_dir, row)
+    (out_dir / "convert_table.md").write_text(markdown([row], TABLE_COLUMNS))
+    write_csv([row], out_dir / "convert_table.csv")
+    (out_dir / "conversion.txt").write_text(f"{report or row['status']}\n")
+    images: Dict[str, Path] = {}
+    if result.meter is not None:
+        for by, name in (("path", "layers"), ("operator", "energy_operator"), ("block", "energy_block")):
+            rows = result.meter.rows(by)
+            write_csv(rows, out_dir / f"{name}.csv")
+            images[name] = plots.layer_bars(rows[:-1] if by == "path" else rows, by, out_dir / f"{name}.png",
+                                            f"{row['model']}, T={row['T']}: by {by}")
+    return images
+
+
+def run(cfg: DictConfig) -> Tuple[float, float]:
+    """One job; returns the objectives of the Optuna sweep: (loss, whole-model energy ratio)."""
+    shard = init_shard()
+    job = start(cfg)
+    c: ConvertJob = job.cfg
+    task = build_task(c)
+    k = c.conversion
+    conversion = convert_for(task, k.method.value, k.T, k.N, k.activation_N, k.mode.value, k.fx,
+                             k.allow_float_fallback, Calibration(method=k.calibration.method.value,
+                                                                 percentile=k.calibration.percentile,
+                                                                 headroom=k.calibration.headroom),
+                             k.exact_activations)
+    result = evaluate(task, conversion, shard)
+    row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group)
+    if shard.rank == 0:
+        run_ = open_run(c.logger, job.out_dir, f"{row['model']}-{row['method']}-T{row['T']}", job.group, "convert",
+                        job.config)
+        images = write_outputs(job.out_dir, row, result, conversion.report)
+        tables: Dict[str, Any] = {"convert_table": [row]}
+        if result.meter is not None:
+            tables.update(energy_operator=result.meter.rows("operator"), energy_block=result.meter.rows("block"))
+        log_results(run_, {k_: row[k_] for k_ in METRICS if row.get(k_) is not None}, tables, images)
+        run_.finish()
+        print(f"\n{markdown([row], TABLE_COLUMNS)}outputs: {job.out_dir} ({row['eval_seconds'] + row['convert_seconds']:.1f} s)")
+    if row["snn"] is None:
+        return float("inf"), float("inf")
+    return row["loss"], row.get("energy_ratio") or 0.0
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
-def main(cfg: DictConfig) -> None:
-    job = start(cfg)
-    c: ConvertJob = job.cfg
-    label = model_label(c)
-    run = open_run(c.logger, job.out_dir, f"{label}-T{c.conversion.T}", job.group, "convert", job.config)
-    ann, snn, convert_seconds = build_and_convert(c)
-    (job.out_dir / "conversion.txt").write_text(f"{snn.mbe_report}\n")
-    batches = [make_batch(c.model.family.value, c.data.batch_size, c.data.seq_len, seed=c.data.seed + i)
-               for i in range(c.data.batches)]
-    began = time.perf_counter()
-    ann_out, snn_out, meter = run_both(ann, snn, batches, c.conversion.T)
-    total = meter.total()
-    row = {"entry": "convert", "model": label, "T": c.conversion.T, "N": c.conversion.N,
-           "activation_N": c.conversion.activation_N,
-           "mode": c.conversion.mode.value, "metric": c.model.metric.value,
-           **compare(c.model.metric, ann_out, snn_out, batches), "firing_rate": total.firing_rate,
-           "energy_ratio": energy_ratio(total), "sops": total.sops, "ann_flops": total.ann_flops,
-           "convert_seconds": round(convert_seconds, 2), "eval_seconds": round(time.perf_counter() - began, 2),
-           "group": job.group}
-    layers = meter.rows("path")[:-1]
-    write_metrics(job.out_dir, row)
-    (job.out_dir / "convert_table.md").write_text(markdown([row], TABLE_COLUMNS))
-    write_csv([row], job.out_dir / "convert_table.csv")
-    write_csv(layers, job.out_dir / "layers.csv")
-    images = {"layers": plots.layer_bars(layers, "path", job.out_dir / "layers.png", f"{label}, T={c.conversion.T}")}
-    log_results(run, {k: row[k] for k in METRICS}, {"convert_table": [row], "layers": layers}, images)
-    run.finish()
-    print(f"\n{markdown([row], TABLE_COLUMNS)}outputs: {job.out_dir}")
+def app(cfg: DictConfig) -> Tuple[float, float]:
+    return run(cfg)
+
+
+def main() -> None:
+    """Entry point; under torchrun, ranks above 0 keep their Hydra folder and logs out of the run's."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        app()
+        return
+    scratch = Path(tempfile.gettempdir()) / f"sjmbe-convert-rank{rank}-{os.getpid()}"
+    sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                 "hydra/hydra_logging=disabled"]
+    try:
+        app()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,21 @@ def layer_bars(rows: Sequence[Row], key: str, path: Path, title: str) -> Path:
     axes[0].invert_yaxis()
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str], objectives: Tuple[str, str],
+           path: Path) -> Path:
+    """Every job as a point of the two minimised ``objectives`` (x, y), the non-dominated ``front``
+    joined by a line, each point labelled."""
+    x, y = objectives
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.scatter([r[x] for r in rows], [r[y] for r in rows], color="0.6", label="jobs")
+    ax.plot([r[x] for r in front], [r[y] for r in front], "o-", color="C3", label="Pareto front")
+    for r in rows:
+        ax.annotate(label(r), (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"{x} (Eq. 14, SNN / ANN)")
+    ax.set_ylabel(f"{y} (accuracy points / perplexity %)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Loss vs energy: the non-dominated conversions")
+    return _save(fig, path)

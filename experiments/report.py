@@ -56,21 +56,52 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
+SETTINGS = ("method", "N", "activation_N", "percentile", "headroom")  # what a convert sweep may vary besides T
+OBJECTIVES = ("energy_ratio", "loss")  # both minimised: the Pareto front of a convert sweep
+
+
+def pareto_front(rows: Sequence[Row], objectives: Sequence[str] = OBJECTIVES) -> List[Row]:
+    """The rows no other row dominates (at most as large in every objective, smaller in one), sorted
+    by the first objective; rows missing an objective are left out."""
+    scored = [r for r in rows if all(r.get(k) is not None for k in objectives)]
+
+    def dominates(a: Row, b: Row) -> bool:
+        return all(a[k] <= b[k] for k in objectives) and any(a[k] < b[k] for k in objectives)
+    front = [r for r in scored if not any(dominates(o, r) for o in scored)]
+    return sorted(front, key=lambda r: [r[k] for k in objectives])
+
+
 def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
-    """Per metric, ANN and SNN vs T for each model (Table 4); firing rate and energy vs T."""
+    """Per metric, ANN and SNN vs T for each model (Table 4); firing rate and energy vs T; when T
+    does not vary, loss and energy per setting; the Pareto front of loss and energy."""
     figures: Dict[str, Path] = {}
-    if len({r["T"] for r in rows}) < 2:
+    rows = [r for r in rows if r.get("snn") is not None]
+    if not rows:
         return figures
-    model = series_by(rows, ("model", "N"))
-    for metric in sorted({r["metric"] for r in rows}):
-        points = [{"T": r["T"], "value": r[side], "series": f"{model(r)} {side.upper()}"}
-                  for r in rows if r["metric"] == metric for side in ("ann", "snn")]
-        figures[f"{metric}_vs_T"] = plots.lines(points, "T", [("value", metric, metric == "perplexity")],
-                                                lambda p: p["series"], out / f"{metric}_vs_T.png",
-                                                f"{metric} of ANN and SNN vs timesteps T")
-    panels = [("firing_rate", "firing rate", False), ("energy_ratio", "energy SNN / ANN (Eq. 14)", False)]
-    figures["energy_vs_T"] = plots.lines(rows, "T", panels, model, out / "energy_vs_T.png",
-                                         "Firing rate and energy of the spiking operators vs T")
+    setting = series_by(rows, SETTINGS)
+    model = series_by(rows, ("model", *SETTINGS))
+    if len({r["T"] for r in rows}) > 1:
+        for metric in sorted({r["metric"] for r in rows}):
+            points = [{"T": r["T"], "value": r[side], "series": f"{model(r)} {side.upper()}"}
+                      for r in rows if r["metric"] == metric for side in ("ann", "snn")]
+            figures[f"{metric}_vs_T"] = plots.lines(points, "T", [("value", metric, metric == "perplexity")],
+                                                    lambda p: p["series"], out / f"{metric}_vs_T.png",
+                                                    f"{metric} of ANN and SNN vs timesteps T")
+        metered = [r for r in rows if r.get("energy_ratio") is not None]
+        if metered:
+            panels = [("firing_rate", "firing rate", False), ("energy_ratio", "energy SNN / ANN (Eq. 14)", False)]
+            figures["energy_vs_T"] = plots.lines(metered, "T", panels, model, out / "energy_vs_T.png",
+                                                 "Firing rate and whole-model energy vs T")
+    elif len({setting(r) for r in rows}) > 1:
+        figures["loss_by_setting"] = plots.bars(rows, "model", setting, "loss", out / "loss_by_setting.png",
+                                                "Loss (accuracy points / perplexity %) per setting", log=False)
+    front = pareto_front(rows)
+    if len(rows) > 1 and front:
+        label = series_by(rows, ("model", "T", *SETTINGS))
+        write_csv(front, out / "pareto.csv")
+        (out / "pareto.md").write_text(markdown(front, ("job", "model", "T", *SETTINGS, *OBJECTIVES)))
+        figures["pareto"] = plots.pareto([r for r in rows if r.get("energy_ratio") is not None], front, label,
+                                         OBJECTIVES, out / "pareto.png")
     return figures
 
 
@@ -96,8 +127,12 @@ def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
             sections += [f"![{key}]({path.name})\n" for key, path in found.items()]
     (out / "report.md").write_text("\n".join(sections))
     write_csv(rows, out / "report.csv")
+    tables = {"report": rows}
+    converted = [r for r in rows if r.get("entry") == "convert" and r.get("snn") is not None]
+    if len(converted) > 1:
+        tables["pareto"] = pareto_front(converted)
     run = open_run(logger, out, "report", rows[0]["group"], "report", {"sweep_dir": str(sweep_dir)})
-    log_results(run, {"jobs": len(rows)}, {"report": rows}, images)
+    log_results(run, {"jobs": len(rows)}, tables, images)
     run.finish()
     print("\n".join(sections[1:]) + f"\nreport: {out}")
     return out

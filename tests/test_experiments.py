@@ -17,14 +17,17 @@ from wandb.proto import wandb_internal_pb2
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fit.budget=200", "fit.samples=1000", "fit.restarts=1", "plot.points=200", "plot.raster_inputs=2"]
-PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert"}
+PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert", "real_quick": "convert",
+           "real_table": "convert", "ablation_activation_N": "convert", "ablation_percentile": "convert",
+           "ablation_headroom": "convert", "ablation_exact_activations": "convert", "recipes": "convert",
+           "pareto": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+def run_cli(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=timeout)
 
 
 def wandb_history(run_file: Path) -> List[Dict]:
@@ -159,6 +162,10 @@ def compose_app(monkeypatch):
     ("convert", "model.family=t5", "t5"),
     ("convert", "conversion.mode=slow", "slow"),
     ("convert", "conversion.calibration.method=mean", "mean"),
+    ("convert", "conversion.method=snn_magic", "snn_magic"),
+    ("convert", "model=gpt3", "gpt3"),
+    ("convert", "model.task=translation", "translation"),
+    ("convert", "data=imagenet", "imagenet"),
     ("report", "sweep_dirr=x", "sweep_dirr"),
 ])
 def test_wrong_value_fails_composition_naming_it(compose_app, app, override, named):
@@ -177,3 +184,18 @@ def test_every_preset_composes(compose_app, preset, app):
     cfg = compose_app(f"experiment={preset}", config=app)
     assert cfg.name == preset and cfg.logger.mode.value == "offline"
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.sweeper.params
+
+
+@pytest.mark.parametrize("model, source, data", [("minilm", "reviews", 1000), ("dinov2", "mnist", None),
+                                                 ("gpt2_small", "lee", None), ("smollm2", "lee", 2048)])
+def test_pretrained_models_bring_their_data_and_the_readme_table_caps(compose_app, model, source, data):
+    cfg = compose_app(f"model={model}", config="convert")
+    assert cfg.model.source.value == "pretrained" and cfg.data.source.value == source
+    assert (cfg.data.samples if cfg.data.samples is not None else cfg.model.samples) == data
+    assert compose_app(f"model={model}", "data=text_file", config="convert").data.source.value == "text_file"
+
+
+def test_slurm_launcher_config_composes_with_the_pinned_submitit_plugin(compose_app):
+    cfg = compose_app("hydra/launcher=slurm", "hydra.launcher.partition=cpu", config="convert")
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.partition == "cpu" and cfg.hydra.launcher.cpus_per_task == 2

@@ -10,8 +10,9 @@ import torch.nn as nn
 from spikingjelly_mbe.conversion.zoo import build, make_batch
 from spikingjelly_mbe.data import assets
 
+from experiments import evaluation, sj_recipes
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import sj_recipes  # noqa: E402
 
 
 def test_replaced_modules_names_class_changes_and_ignores_fx_containers():
@@ -55,16 +56,15 @@ def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_p
 
 
 def test_exact_activations_ablation_swaps_every_spiking_activation_for_its_target():
-    import real_models
     from spikingjelly_mbe import convert
     from spikingjelly_mbe.ops import SpikingActivation
     model = build("bert", layers=2, hidden=32, heads=4, seed=0)
     snn = convert(model, T=16, calib_data=[make_batch("bert", 2, 8, seed=0)])
     spiking = sum(isinstance(m, SpikingActivation) for m in snn.modules())
-    assert real_models.exact_activations(snn) == spiking == 3  # GELU in both layers, tanh in the pooler
+    assert evaluation.exact_activations(snn) == spiking == 3  # GELU in both layers, tanh in the pooler
     assert not any(isinstance(m, SpikingActivation) for m in snn.modules())
     reference = {"gelu": torch.nn.functional.gelu, "tanh": torch.tanh}
-    exact = [m for m in snn.modules() if isinstance(m, real_models.ExactActivation)]
+    exact = [m for m in snn.modules() if isinstance(m, evaluation.ExactActivation)]
     x = torch.linspace(-4, 4, 17)
     assert sorted(m.target for m in exact) == ["gelu", "gelu", "tanh"]
     assert all(torch.allclose(m(x), reference[m.target](x), atol=1e-6) for m in exact)

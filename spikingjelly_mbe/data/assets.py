@@ -5,17 +5,33 @@ is the exact ``pip`` command that provides it.
 """
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import tarfile
 import zipfile
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Iterator
 
 from ..cache import CACHE_ENV, CacheDirError, cache_dir  # noqa: F401 (re-exported)
 
+
 class AssetMissingError(RuntimeError):
     """An optional asset (package or downloaded archive) is not on this machine."""
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while building the cache entry ``path``, so that
+    parallel jobs (a sweep's workers) build it once and the others wait, then read it."""
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def downloads_dir() -> Path:

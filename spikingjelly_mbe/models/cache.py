@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 from transformers import PreTrainedModel
 
-from ..data.assets import cache_dir
+from ..data.assets import cache_dir, cache_lock
 
 
 def load_pretrained_strict(model_cls: type[PreTrainedModel], folder: Path) -> PreTrainedModel:
@@ -30,14 +30,15 @@ def cached_pretrained(key: str, model_cls: type[PreTrainedModel], build: Callabl
     ``config.json``, weights, and tokenizer files when ``tokenizer_cls`` is given).
     """
     folder = cache_dir("models") / key
-    if not (folder / "config.json").exists():
-        start = time.perf_counter()
-        tmp = Path(f"{folder}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        build(tmp)
-        tmp.rename(folder)
-        print(f"[spikingjelly_mbe] cached {key} in {folder} ({time.perf_counter() - start:.0f} s)")
+    with cache_lock(folder):
+        if not (folder / "config.json").exists():
+            start = time.perf_counter()
+            tmp = Path(f"{folder}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            build(tmp)
+            tmp.rename(folder)
+            print(f"[spikingjelly_mbe] cached {key} in {folder} ({time.perf_counter() - start:.0f} s)")
     model = load_pretrained_strict(model_cls, folder)
     tokenizer = tokenizer_cls.from_pretrained(folder, local_files_only=True) if tokenizer_cls else None
     return model, tokenizer

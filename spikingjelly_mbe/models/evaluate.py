@@ -48,23 +48,32 @@ def token_stream(tokenizer: PreTrainedTokenizerBase, docs: Sequence[str]) -> tor
     return torch.tensor(ids, dtype=torch.long)
 
 
-def perplexity(model: nn.Module, token_ids: torch.Tensor, ctx: int, batch_size: int = 8) -> float:
-    """Perplexity over ``token_ids`` scored in consecutive, non-overlapping windows of ``ctx`` tokens.
-
-    Each window predicts its tokens 2..ctx from the ones before it inside the window (the last,
-    shorter window included when it has at least 2 tokens).
-    """
+def lm_windows(token_ids: torch.Tensor, ctx: int, batch_size: int = 8) -> list[torch.Tensor]:
+    """``token_ids`` cut into consecutive, non-overlapping windows of ``ctx`` tokens (the last,
+    shorter one kept when it has at least 2 tokens), stacked ``batch_size`` at a time; windows of
+    one length per batch, so the last chunk may give two batches."""
     ids = token_ids.reshape(-1)
     windows = [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids[i:i + ctx]) > 1]
+    batches = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        batches += [torch.stack([w for w in chunk if len(w) == length]) for length in sorted({len(w) for w in chunk})]
+    return batches
+
+
+def next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
+    """Summed cross-entropy of tokens 2..L of each row of ``ids`` given the ones before, and their count."""
+    logits, targets = logits[:, :-1].float(), ids[:, 1:]
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
+    return total, targets.numel()
+
+
+def perplexity(model: nn.Module, token_ids: torch.Tensor, ctx: int, batch_size: int = 8) -> float:
+    """Perplexity over ``token_ids`` scored in the windows of :func:`lm_windows`: each window predicts
+    its tokens 2..ctx from the ones before it inside the window."""
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in tqdm(range(0, len(windows), batch_size), desc="perplexity", unit="batch", leave=False):
-            chunk = windows[start:start + batch_size]
-            for length in sorted({len(w) for w in chunk}):
-                batch = torch.stack([w for w in chunk if len(w) == length])
-                logits = output_tensor(model(input_ids=batch), "logits")[:, :-1].float()
-                targets = batch[:, 1:]
-                total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                         reduction="sum").item()
-                count += targets.numel()
+        for batch in tqdm(lm_windows(token_ids, ctx, batch_size), desc="perplexity", unit="batch", leave=False):
+            nll, n = next_token_nll(output_tensor(model(input_ids=batch), "logits"), batch)
+            total, count = total + nll, count + n
     return math.exp(total / count)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from transformers import PreTrainedTokenizerBase
 
 from ..data import LabeledSplit, cache_dir, load_lee_text, load_mnist, load_reviews
-from ..data.assets import installed_version
+from ..data.assets import cache_lock, installed_version
 from . import dinov2, minilm
 from .evaluate import EncoderFn, batched_features, evaluate_classifier, token_stream
 from .probe import fit_linear_probe
@@ -38,17 +38,20 @@ class ProbeTask:
 def _cached_probe(key: str, model: nn.Module, encoder_for: Callable[[nn.Module], EncoderFn], data: LabeledSplit,
                   seed: int) -> ProbeTask:
     path = cache_dir("heads") / f"{key}.pt"
-    if path.exists():
-        blob = torch.load(path, weights_only=True)
-        head = nn.Linear(*blob["weight"].shape[::-1])
-        head.load_state_dict({"weight": blob["weight"], "bias": blob["bias"]})
-        return ProbeTask(model, encoder_for, data, head.eval(), blob["info"])
-    features = batched_features(encoder_for(model), data.train_x, desc=f"{key}: train features")
-    head, info = fit_linear_probe(features, data.train_y, seed=seed)
-    task = ProbeTask(model, encoder_for, data, head.eval(), info)
-    info["test_accuracy"] = task.evaluate()
-    torch.save({"weight": head.weight.detach(), "bias": head.bias.detach(), "info": info}, path)
-    return task
+    with cache_lock(path):
+        if path.exists():
+            blob = torch.load(path, weights_only=True)
+            head = nn.Linear(*blob["weight"].shape[::-1])
+            head.load_state_dict({"weight": blob["weight"], "bias": blob["bias"]})
+            return ProbeTask(model, encoder_for, data, head.eval(), blob["info"])
+        features = batched_features(encoder_for(model), data.train_x, desc=f"{key}: train features")
+        head, info = fit_linear_probe(features, data.train_y, seed=seed)
+        task = ProbeTask(model, encoder_for, data, head.eval(), info)
+        info["test_accuracy"] = task.evaluate()
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({"weight": head.weight.detach(), "bias": head.bias.detach(), "info": info}, tmp)
+        tmp.replace(path)
+        return task
 
 
 def review_probe(seed: int = 0) -> ProbeTask:

@@ -1,0 +1,204 @@
+"""The one home of a conversion experiment: convert a task's model (MBE, SpikingJelly's recipes, or an
+ablation), run ANN and SNN on the held-out batches with the energy meter (Eq. 14), and reduce the
+tallies, in one process or sharded over ``torch.distributed`` ranks.
+
+Used by ``experiments.convert`` (Hydra) and ``benchmarks/real_models.py``. Sharding is by batch
+(rank ``r`` of ``W`` evaluates batches ``r, r + W, ...``), every batch is computed exactly as in one
+process, and the per-batch tallies are folded in batch order on every rank, so ``W`` processes give
+the very numbers of one process; spike and operation counts are integers and add up exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion import Calibration
+from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
+from spikingjelly_mbe.fitting import get_target
+from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
+from spikingjelly_mbe.ops import SpikingActivation
+
+from . import sj_recipes
+
+# conversion.method -> SpikingJelly recipe it runs (mbe and ecmt go through spikingjelly_mbe.convert)
+SJ_METHODS = {"sj_td": "TransformerTDEquivalentRecipe", "sj_sta": "STATransformerRecipe",
+              "spikezip": "SpikeZIPTFQANNRecipe"}
+MBE_METHODS = ("mbe", "ecmt")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a data-parallel evaluation (``world == 1``: the whole set)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def indices(self, n: int) -> range:
+        return range(self.rank, n, self.world)
+
+
+def init_shard() -> Shard:
+    """Join the process group that ``torchrun`` describes in the environment (gloo: the models run
+    on CPU), or a one-process shard when not launched by it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Shard()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+@dataclass
+class Conversion:
+    """What ``convert_for`` made: the model to evaluate (``None`` when the recipe failed), its
+    timesteps, a status line and whether its spiking operators are metered."""
+
+    snn: Optional[nn.Module]
+    T: int
+    status: str
+    seconds: float
+    metered: bool = True
+    report: str = ""
+
+
+class ExactActivation(nn.Module):
+    """The function a spiking activation was fitted to, in float (the exact-activations ablation)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.fn = get_target(target).fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def exact_activations(snn: nn.Module) -> int:
+    """Replace every :class:`SpikingActivation` of ``snn`` by its :class:`ExactActivation`; returns how many."""
+    names = [name for name, m in snn.named_modules() if isinstance(m, SpikingActivation)]
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        holder = snn.get_submodule(parent) if parent else snn
+        setattr(holder, child, ExactActivation(getattr(holder, child).fitted.target))
+    return len(names)
+
+
+def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
+                fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
+                exact: bool = False) -> Conversion:
+    """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
+    then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline, once
+    ``convert`` offers it) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
+    are recorded, not raised)."""
+    began = time.perf_counter()
+    if method in SJ_METHODS:
+        a = sj_recipes.attempt(SJ_METHODS[method], task.model, task.calib[:1], "model as loaded")
+        if a.converted is not None and a.style != "repeat":
+            return Conversion(None, a.T, f"{a.status}; its first-step evaluation needs the BERT boundary "
+                                         "(benchmarks/real_models.py)", a.seconds, False)
+        snn = None if a.converted is None else sj_recipes.StepAccumulator(a.converted, a.T)
+        return Conversion(snn, a.T, a.status, a.seconds, False)
+    if method not in MBE_METHODS:
+        raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
+    options: Dict[str, Any] = {}
+    if method == "ecmt":
+        if "method" not in inspect.signature(convert).parameters:
+            raise NotImplementedError("conversion.method=ecmt needs spikingjelly_mbe.convert(..., method='ecmt'), "
+                                      "which this version does not have; use conversion.method=mbe")
+        options["method"] = "ecmt"
+    snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
+                  allow_float_fallback=allow_float_fallback, calibration=calibration, **options)
+    status = "converted"
+    if exact:
+        replaced = exact_activations(snn)
+        if not replaced:
+            raise RuntimeError(f"{task.name}: conversion.exact_activations found no spiking activation to replace")
+        status = f"converted, {replaced} activations exact (ablation)"
+    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.mbe_report))
+
+
+def _fold(records: Sequence[Sums]) -> Sums:
+    """Sum tallies in order; ``*_min`` keys take the minimum."""
+    out: Sums = {}
+    for sums in records:
+        for key, value in sums.items():
+            out[key] = (min if key.endswith("_min") else float.__add__)(out[key], value) if key in out else value
+    return out
+
+
+def _gather(local: Any, shard: Shard) -> List[Any]:
+    if shard.world == 1:
+        return [local]
+    everything: List[Any] = [None] * shard.world
+    dist.all_gather_object(everything, local)
+    return everything
+
+
+@dataclass
+class Result:
+    """ANN and SNN metric, their comparison and the merged energy counts of one evaluation."""
+
+    metric: str
+    ann: float
+    snn: Optional[float]
+    comparison: Sums
+    meter: Optional[EnergyMeter]
+    seconds: float
+    samples: int
+    world: int
+
+    def row(self) -> Dict[str, Any]:
+        """Metric, loss, agreement, cosine and energy columns (energy empty when not metered)."""
+        c = self.comparison
+        row: Dict[str, Any] = {"metric": self.metric, "ann": self.ann, "snn": self.snn,
+                               "loss": None if self.snn is None else metric_loss(self.metric, self.ann, self.snn),
+                               "agreement": c["same"] / c["top1"] if c.get("top1") else None,
+                               "cosine": c.get("cosine_min"),
+                               "cosine_mean": c["cosine_sum"] / c["samples"] if c.get("samples") else None}
+        if self.meter is not None:
+            total, ops = self.meter.total(), self.meter.total(weight_layers=False)
+            row.update(firing_rate=total.firing_rate, energy_ratio=energy_ratio(total),
+                       energy_ratio_ops=energy_ratio(ops), spikes=total.spikes, sops=total.sops,
+                       ann_ops=total.ann_flops, clamped=total.clamped)
+        return {**row, "samples": self.samples, "eval_seconds": round(self.seconds, 2), "processes": self.world}
+
+
+def evaluate(task: EvalTask, conversion: Conversion, shard: Shard = Shard()) -> Result:
+    """ANN and (when it converted) SNN over this shard's batches, tallies gathered from every rank
+    and folded in batch order; the energy meter's counts are summed over ranks."""
+    began = time.perf_counter()
+    snn, records = conversion.snn, []
+    meter = EnergyMeter(snn, conversion.T) if snn is not None and conversion.metered else None
+    bar = tqdm(shard.indices(len(task.batches)), desc=f"{task.name}: evaluate", leave=False, disable=shard.rank > 0)
+    with meter if meter is not None else contextlib.nullcontext():
+        for i in bar:
+            batch = task.batches[i]
+            ann = task.features(task.model, batch)
+            if snn is None:
+                records.append((i, tally(task, batch, ann), {}, {}))
+                continue
+            out = task.features(snn, batch)
+            records.append((i, tally(task, batch, ann), tally(task, batch, out), agreement(task, ann, out)))
+    local = (records, {} if meter is None else {p: (vars(s), meter.kinds[p]) for p, s in meter.counts.items()})
+    gathered = _gather(local, shard)
+    ordered = sorted((r for recs, _ in gathered for r in recs), key=lambda r: r[0])
+    ann_sums, snn_sums, comparison = (_fold([r[k] for r in ordered]) for k in (1, 2, 3))
+    if meter is not None:
+        meter.counts, meter.kinds = {}, {}
+        for _, counts in gathered:
+            for path, (stats, kind) in counts.items():
+                meter.counts[path] = meter.counts.get(path, OpStats()) + OpStats(**stats)
+                meter.kinds[path] = kind
+    ann = metric_value(task.metric, ann_sums, {})
+    value = None if snn is None else metric_value(task.metric, snn_sums, comparison)
+    return Result(task.metric, ann, value, comparison, meter, time.perf_counter() - began, task.samples, shard.world)
