@@ -80,7 +80,7 @@ class DataSource(Enum):
 
 
 class Method(Enum):
-    """How the model is converted: MBE (this package), the ECMT baseline (once ``convert`` offers it),
+    """How the model is converted: MBE (this package), the ECMT baseline (``convert(method='ecmt')``),
     or SpikingJelly 2.0's TD-equivalent, STA and SpikeZIP-TF recipes."""
 
     mbe = "mbe"

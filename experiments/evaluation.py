@@ -10,7 +10,6 @@ the very numbers of one process; spike and operation counts are integers and add
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -97,8 +96,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
-    then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline, once
-    ``convert`` offers it) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
+    then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
+    ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
     are recorded, not raised)."""
     began = time.perf_counter()
     if method in SJ_METHODS:
@@ -110,14 +109,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         return Conversion(snn, a.T, a.status, a.seconds, False)
     if method not in MBE_METHODS:
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
-    options: Dict[str, Any] = {}
-    if method == "ecmt":
-        if "method" not in inspect.signature(convert).parameters:
-            raise NotImplementedError("conversion.method=ecmt needs spikingjelly_mbe.convert(..., method='ecmt'), "
-                                      "which this version does not have; use conversion.method=mbe")
-        options["method"] = "ecmt"
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
-                  allow_float_fallback=allow_float_fallback, calibration=calibration, **options)
+                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)
