@@ -14,8 +14,11 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from spikingjelly_mbe.conversion import Calibration, OpSettings
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import TARGETS
+
+OP_SETTINGS, CALIBRATION = OpSettings(), Calibration()  # the one source of the conversion defaults
 
 
 class NeuronKind(Enum):
@@ -197,9 +200,9 @@ class DataConfig:
 class CalibrationConfig:
     """Product ranges (Eq. 9): max or percentile of |operand|, times ``headroom`` (>= 1)."""
 
-    method: CalibrationMethod = CalibrationMethod.max
-    percentile: float = 99.99
-    headroom: float = 1.0
+    method: CalibrationMethod = CalibrationMethod(CALIBRATION.method)
+    percentile: float = CALIBRATION.percentile
+    headroom: float = CALIBRATION.headroom
 
 
 @dataclass
@@ -208,10 +211,10 @@ class ConversionConfig:
     recipes use their own T), ``exact_activations`` the ablation with float activations."""
 
     method: Method = Method.mbe
-    T: int = 16
-    N: int = 4
-    activation_N: Optional[int] = 8
-    mode: OpMode = OpMode.fast
+    T: int = OP_SETTINGS.T
+    N: int = OP_SETTINGS.N
+    activation_N: Optional[int] = OP_SETTINGS.activation_N
+    mode: OpMode = OpMode(OP_SETTINGS.mode)
     fx: bool = False
     allow_float_fallback: bool = False
     exact_activations: bool = False

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from ..neurons.multi_threshold import MTNode
 from .base import SpikingOp
-from .calibration import SAMPLES_PER_BATCH
+from .observer import SAMPLES_PER_BATCH
 
 log = logging.getLogger("spikingjelly_mbe.ops")
 

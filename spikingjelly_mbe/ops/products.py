@@ -9,7 +9,7 @@ import torch
 from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
-from .calibration import RangeObserver
+from .observer import RangeObserver
 from .coding import MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_steps, total
 
 

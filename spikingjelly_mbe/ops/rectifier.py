@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import flops
 from .base import SpikingOp, working_dtype
-from .calibration import RangeObserver
+from .observer import RangeObserver
 from .coding import IdentityCoder, check_steps, total
 
 
