@@ -248,13 +248,6 @@ class MultiBasisNode(base.MemoryModule):
                              f"{x_seq.dtype} in {int((~torch.isfinite(x)).sum())} element(s); scale the input down")
         return self.decode(self.spikes(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.step_mode == "s":
-            return self.single_step_forward(x)
-        if self.step_mode == "m":
-            return self.multi_step_forward(x)
-        raise ValueError(f"step_mode must be 's' or 'm', got {self.step_mode!r}")
-
     def scaled(self, in_scale: float = 1.0, out_scale: float = 1.0) -> "MultiBasisNode":
         """A copy computing ``out_scale * f_hat(x / in_scale)`` (``in_scale > 0``): how an identity
         neuron fitted on ``[0, 1]`` serves any range ``[0, A]`` (Eq. 9)."""
