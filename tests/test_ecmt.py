@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from spikingjelly.activation_based import base
 import torch.nn as nn
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
@@ -290,15 +291,12 @@ def test_calibration_protocol_errors():
 # ---------------------------------------------------------------- runner
 
 
-class Outputs(nn.Module):
+class Outputs(base.MemoryModule):
     """A stateful toy whose step outputs are known: step t returns t * x in several containers."""
 
     def __init__(self):
         super().__init__()
-        self.t = 0
-
-    def reset(self):
-        self.t = 0
+        self.register_memory("t", 0)
 
     def forward(self, x, as_="tuple", **kwargs):
         self.t += 1

@@ -45,6 +45,10 @@ class ExpectationCompensation(SpikingOp):
         self.register_memory("input_sum", None)
         self.register_memory("output_sum", None)
 
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """``F(x)``: its gradient is the straight-through gradient of every step."""
+        return self.fn(x)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x, "input", allow_neg_inf=self.allow_neg_inf)
         if self.input_sum is None:
@@ -124,6 +128,9 @@ class ProductCompensation(MTCodedOp):
         if self.matmul:
             return flops.matmul(out.numel() // out.shape[-1], a.shape[-1], out.shape[-1])
         return flops.PRODUCT * out.numel()
+
+    def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a @ b if self.matmul else a * b
 
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.check_floating(a, "operand a")

@@ -171,6 +171,9 @@ class MTLinearInput(MTCodedOp):
     def bias(self) -> Optional[torch.Tensor]:
         return self.layer.bias
 
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer.forward(x)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
         if self.calibrating:
