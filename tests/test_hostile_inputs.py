@@ -625,6 +625,33 @@ class TestConvertedModels:
             snn(**batch)
         assert "of operand a beyond +-1 " not in caplog.text
 
+    @pytest.mark.parametrize("calib_data, message", [
+        (torch.randn(2, 8), "not a single batch: pass \\[batch\\]"),
+        ({"input_ids": torch.zeros(2, 4, dtype=torch.long)}, "not a single batch: pass \\[batch\\]"),
+        (5, "calib_data must be an iterable of batches"),
+    ])
+    def test_c8_c10_calib_data_of_the_wrong_kind(self, calib_data, message):
+        from spikingjelly_mbe import convert
+        with pytest.raises(TypeError, match=message):
+            convert(nn.Sequential(nn.Linear(8, 8), nn.GELU()), calib_data=calib_data)
+
+    @pytest.mark.parametrize("fallback", [False, True])
+    def test_c19_c20_converting_a_converted_model(self, fallback):
+        from spikingjelly_mbe import convert
+        model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+        snn = convert(model, calib_data=[torch.randn(4, 8)])
+        with pytest.raises(ValueError, match="already"):
+            convert(snn, calib_data=[torch.randn(4, 8)], allow_float_fallback=fallback)
+
+    def test_c3_c7_fx_flag_converts_what_fx_cannot_trace(self):
+        """fx=True used to fail inside torch.fx (CNNs, GPT-2); it is deprecated and takes the default path."""
+        from spikingjelly_mbe import convert
+        from spikingjelly_mbe.conversion.zoo import build, make_batch
+        ann = build("gpt2", layers=1, hidden=16, heads=2)
+        with pytest.warns(DeprecationWarning, match=r"fx=True\) is deprecated"):
+            snn = convert(ann, calib_data=[make_batch("gpt2", 2, 8)], fx=True)
+        assert snn.mbe_report.fully_spiking
+
 
 # ---------------------------------------------------------------- 6. EnergyMeter and the benchmark's --out
 class TestEnergyMeter:
