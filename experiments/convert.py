@@ -20,7 +20,7 @@ from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import Calibration
 from spikingjelly_mbe.conversion.calibration import Batch
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
-from spikingjelly_mbe.energy import EnergyMeter, energy_ratio
+from spikingjelly_mbe.energy import EnergyMeter
 
 from . import plots
 from .config import ConvertJob, Metric
@@ -28,9 +28,10 @@ from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-TABLE_COLUMNS = ("model", "T", "N", "activation_N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_ratio",
-                 "convert_seconds", "eval_seconds")
-METRICS = ("ann", "snn", "cosine", "firing_rate", "energy_ratio", "sops", "ann_flops")
+TABLE_COLUMNS = ("model", "T", "N", "activation_N", "metric", "ann", "snn", "cosine", "firing_rate", "energy_strict",
+                 "energy_paper", "convert_seconds", "eval_seconds")
+METRICS = ("ann", "snn", "cosine", "firing_rate", "energy_strict", "energy_paper", "energy_strict_int8", "sops",
+           "ann_flops")
 
 
 def forward(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -100,7 +101,9 @@ def main(cfg: DictConfig) -> None:
            "activation_N": c.conversion.activation_N,
            "mode": c.conversion.mode.value, "metric": c.model.metric.value,
            **compare(c.model.metric, ann_out, snn_out, batches), "firing_rate": total.firing_rate,
-           "energy_ratio": energy_ratio(total), "sops": total.sops, "ann_flops": total.ann_flops,
+           "energy_strict": meter.ratio("strict"), "energy_paper": meter.ratio("paper"),
+           "energy_strict_int8": meter.ratio("strict", precision="int8"), "sops": total.sops,
+           "ann_flops": total.ann_flops,
            "convert_seconds": round(convert_seconds, 2), "eval_seconds": round(time.perf_counter() - began, 2),
            "group": job.group}
     layers = meter.rows("path")[:-1]

@@ -68,7 +68,8 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
         figures[f"{metric}_vs_T"] = plots.lines(points, "T", [("value", metric, metric == "perplexity")],
                                                 lambda p: p["series"], out / f"{metric}_vs_T.png",
                                                 f"{metric} of ANN and SNN vs timesteps T")
-    panels = [("firing_rate", "firing rate", False), ("energy_ratio", "energy SNN / ANN (Eq. 14)", False)]
+    panels = [("firing_rate", "firing rate", False), ("energy_strict", "energy SNN / ANN, strict (Eq. 14)", False),
+              ("energy_paper", "energy SNN / ANN, paper's convention (Eq. 14)", False)]
     figures["energy_vs_T"] = plots.lines(rows, "T", panels, model, out / "energy_vs_T.png",
                                          "Firing rate and energy of the spiking operators vs T")
     return figures
