@@ -115,6 +115,8 @@ def test_library_errors_hold_when_remeasured(target):
     assert fitted.errors["mse"] == pytest.approx(independent_mse(fitted, TARGETS[target].fn, lo, hi), rel=1e-3, abs=1e-12)
 
 
-def test_library_missing_combination_lists_what_ships():
-    with pytest.raises(KeyError, match="gelu-mbe-N4-T16"):
-        load_fitted("gelu", "mbe", N=3, T=16)
+def test_library_rejects_what_cannot_be_fitted_on_first_use():
+    with pytest.raises(ValueError, match=r"N must be an integer in \[1, 64\]"):
+        load_fitted("gelu", "mbe", N=0, T=16)
+    with pytest.raises(ValueError, match="kind must be"):
+        load_fitted("gelu", "lif", N=4, T=16)

@@ -11,7 +11,10 @@ import torch.nn as nn
 from .. import kernels
 from ..neurons import MBENode, MultiBasisNode
 
-MAX_T = 24  # q < 2^T stays an exact integer in float32
+MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fit 64-bit integers)
+# the longest trains the operators code in float32: q < 2^T is exact up to T = 24, but the products and sums
+# of T-digit codes round at 2^-24, which can flip a digit of the next stage's code once T nears 24
+FLOAT32_MAX_T = 16
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
 
