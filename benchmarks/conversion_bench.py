@@ -15,7 +15,8 @@ import time
 import torch
 
 from spikingjelly_mbe.conversion import convert
-from spikingjelly_mbe.conversion.operators import OPERATOR_TYPES, OpSettings
+from spikingjelly_mbe.conversion.settings import OpSettings
+from spikingjelly_mbe.ops.base import SpikingOp
 from spikingjelly_mbe.conversion.zoo import FAMILIES, agreement, build, main_output, make_batch
 
 
@@ -45,7 +46,7 @@ def operator_seconds(model: torch.nn.Module, batch: dict) -> dict:
     started: dict = {}
     handles = []
     for m in model.modules():
-        if isinstance(m, OPERATOR_TYPES):
+        if isinstance(m, SpikingOp):
             handles.append(m.register_forward_pre_hook(lambda mod, a: started.__setitem__(mod, time.perf_counter())))
             handles.append(m.register_forward_hook(
                 lambda mod, a, o: spent.update({type(mod).__name__: time.perf_counter() - started[mod]})))

@@ -20,10 +20,15 @@ def test_no_data_and_no_ranges_is_an_error():
         convert(build("vit"))
 
 
-def test_explicit_ranges_need_no_data():
-    snn = convert(build("gpt2"), calibration=Calibration(ranges={"*": (4.0, 4.0)}))
+def test_explicit_ranges_replace_the_observed_ones():
+    snn = convert(build("gpt2"), calibration=Calibration(data=[make_batch("gpt2", 2)], ranges={"*": (4.0, 4.0)}))
     assert products(snn) and not pending(snn)
     assert {op.ranges for op in products(snn).values()} == {(4.0, 4.0)}
+
+
+def test_explicit_ranges_still_need_a_batch_to_see_the_model():
+    with pytest.raises(ValueError, match="calib_data"):
+        convert(build("gpt2"), calibration=Calibration(ranges={"*": (4.0, 4.0)}))
 
 
 def test_attention_probabilities_get_range_one():

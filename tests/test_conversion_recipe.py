@@ -3,15 +3,14 @@ import pytest
 import torch
 import torch.nn as nn
 import transformers as hf
-from spikingjelly.activation_based.ann2snn import FXConverter, ModuleConverter
-from transformers.activations import ClippedGELUActivation
+from spikingjelly.activation_based.ann2snn import ModuleConverter
 
 import spikingjelly_mbe
-from spikingjelly_mbe.conversion import (Calibration, MBETransformerFXRecipe, MBETransformerRecipe,
-                                         UnsupportedNonlinearityError, convert, registered)
-from spikingjelly_mbe.conversion.operators import OPERATOR_TYPES
-from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
-from spikingjelly_mbe.ops import SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingSoftmax
+from spikingjelly_mbe.conversion import (Calibration, MBETransformerRecipe, UnsupportedNonlinearityError, convert,
+                                         rule_for)
+from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
+from spikingjelly_mbe.ops import PiecewiseLinear, SpikingActivation, SpikingMatmul, SpikingProduct, SpikingSoftmax
+from spikingjelly_mbe.ops.base import SpikingOp
 
 torch.set_num_threads(1)
 THREE = ("vit", "bert", "gpt2")
@@ -38,7 +37,9 @@ def test_training_free_original_untouched(family):
     assert getattr(getattr(ann, "config", None), "_attn_implementation", None) == attn_impl
     assert not any(isinstance(m, SpikingActivation) for m in ann.modules())
     # the SNN reuses every weight unchanged, in its own copy
-    for path in (e.path for e in snn.mbe_report.kept if e.source in ("Linear", "Conv1D")):
+    linear = [p for p, m in snn.named_modules() if type(m).__name__ in ("Linear", "Conv1D", "Conv2d")]
+    assert linear
+    for path in linear:
         weight = snn.get_submodule(path).weight
         assert torch.equal(weight, before[f"{path}.weight"])
         assert weight.data_ptr() != ann.get_submodule(path).weight.data_ptr()
@@ -54,77 +55,101 @@ def test_module_converter_lifecycle_and_report():
     assert replaced["bert.encoder.layer.0.intermediate.intermediate_act_fn"] == "SpikingActivation"
     assert replaced["bert.encoder.layer.1.output.LayerNorm"] == "SpikingLayerNorm"
     assert replaced["bert.pooler.activation"] == "SpikingActivation"  # pooler tanh
-    assert replaced["bert.encoder.layer.0.attention.self.mbe_attention.softmax"] == "SpikingSoftmax"
+    assert replaced["bert.encoder.layer.0.attention.self.mbe_attention"] == "SpikingAttention"
     core = snn.get_submodule("bert.encoder.layer.0.attention.self.mbe_attention")
     assert isinstance(core.scores, SpikingMatmul) and isinstance(core.context, SpikingMatmul)
-    assert {e.path for e in report.kept} >= {"classifier", "bert.embeddings.word_embeddings"}
-    assert report.fallback == []
-    assert "replaced by spiking operators" in str(report)
-    # no float nonlinearity survives outside the spiking operators
-    ops = [p for p, m in snn.named_modules() if isinstance(m, OPERATOR_TYPES)]
+    assert isinstance(core.softmax, SpikingSoftmax)
+    assert report.fallback == [] and report.fully_spiking
+    assert "fully spike-driven: True" in str(report)
+    # no float nonlinearity module survives outside the spiking operators
+    ops = [p for p, m in snn.named_modules() if isinstance(m, SpikingOp)]
     floats = [p for p, m in snn.named_modules() if isinstance(m, (nn.LayerNorm, nn.Softmax, nn.Tanh))
               and not any(p.startswith(op + ".") for op in ops)]
     assert floats == []
 
 
-def test_roberta_head_tanh_is_spiked():
+def test_roberta_head_tanh_call_is_spiked():
+    """RobertaClassificationHead calls torch.tanh inside its forward: a call-level site."""
     snn = convert(build("roberta"), calib_data=[make_batch("roberta", 4)])
-    head = snn.classifier
-    assert isinstance(head.activation, SpikingActivation)
-    assert {e.path: e.target for e in snn.mbe_report.replaced}["classifier"] == "SpikingRobertaClassificationHead"
+    assert isinstance(snn.classifier.mbe_activation0, SpikingActivation)
+    assert {e.path: e.source for e in snn.mbe_report.replaced}["classifier.mbe_activation0"] == "tanh"
 
 
-def test_fx_recipe_matches_module_recipe_on_vit():
-    ann = build("vit")
-    batch = make_batch("vit", 4)
-    fx_snn = FXConverter(MBETransformerFXRecipe(calibration=[batch])).convert(ann)
-    mod_snn = ModuleConverter(MBETransformerRecipe(calibration=[batch])).convert(ann)
-    assert isinstance(fx_snn, torch.fx.GraphModule)
-    kinds = {type(m) for m in fx_snn.modules()}
-    assert {SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingSoftmax} <= kinds
-    torch.testing.assert_close(run(fx_snn, batch), run(mod_snn, batch), rtol=1e-5, atol=1e-5)
-
-
-def test_fx_recipe_takes_a_one_shot_iterator():
-    ann = build("vit")
-    batches = (make_batch("vit", 2, seed=s) for s in range(2))
-    snn = convert(ann, calib_data=batches, fx=True)
-    assert run(snn, make_batch("vit", 2)).shape == (2, 10)
-
-
-def test_unsupported_activation_named_by_path_and_type():
+def test_function_stored_as_attribute_is_spiked():
+    """Audit row: BERT whose intermediate_act_fn is the plain function F.relu."""
     ann = build("bert")
     for layer in ann.bert.encoder.layer:
-        layer.intermediate.intermediate_act_fn = ClippedGELUActivation(-10, 10)
+        del layer.intermediate.intermediate_act_fn  # a child module until now
+        layer.intermediate.intermediate_act_fn = torch.nn.functional.relu
+    batch = make_batch("bert", 4)
+    snn = convert(ann, calib_data=[batch])
+    relu = snn.bert.encoder.layer[0].intermediate.mbe_activation0
+    assert isinstance(relu, PiecewiseLinear) and snn.mbe_report.fully_spiking
+    assert {e.source for e in snn.mbe_report.replaced if "intermediate" in e.path} == {"relu"}
+    assert agreement(run(ann, batch), run(snn, batch))["cosine"] >= 0.999
+
+
+def test_fx_flag_is_deprecated_and_takes_the_default_path():
+    ann = build("vit")
+    batches = (make_batch("vit", 2, seed=s) for s in range(2))
+    with pytest.warns(DeprecationWarning, match="fx"):
+        snn = convert(ann, calib_data=batches, fx=True)
+    assert run(snn, make_batch("vit", 2)).shape == (2, 10)
+    with pytest.warns(DeprecationWarning):
+        from spikingjelly_mbe.conversion import MBETransformerFXRecipe
+    assert MBETransformerFXRecipe is MBETransformerRecipe
+
+
+class ErfActivation(nn.Module):
+    def forward(self, x):
+        return x * torch.erf(x)
+
+
+def test_unsupported_nonlinearity_named_by_path_and_operation():
+    ann = build("bert")
+    for layer in ann.bert.encoder.layer:
+        layer.intermediate.intermediate_act_fn = ErfActivation()
     with pytest.raises(UnsupportedNonlinearityError) as err:
         convert(ann, calib_data=[make_batch("bert", 2)])
-    assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: ClippedGELUActivation" in str(err.value)
+    assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: erf" in str(err.value)
     snn = convert(ann, calib_data=[make_batch("bert", 2)], allow_float_fallback=True)
-    fallback = {e.path for e in snn.mbe_report.fallback}
-    assert fallback == {f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(2)}
-    assert isinstance(snn.bert.encoder.layer[0].intermediate.intermediate_act_fn, ClippedGELUActivation)
+    fallback = {(e.path, e.source) for e in snn.mbe_report.fallback}
+    assert fallback == {(f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn", "erf") for i in range(2)}
+    assert not snn.mbe_report.fully_spiking
+    # x * erf(x) is also a product of two activations: that part is spiked
+    assert isinstance(snn.bert.encoder.layer[0].intermediate.intermediate_act_fn.mbe_product0, SpikingProduct)
 
 
-def test_unsupported_functional_call_in_fx_graph():
+def test_unsupported_functional_call_in_a_plain_module():
     class Gate(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(8, 8)
 
         def forward(self, x):
-            return torch.sigmoid(self.fc(x))
+            return torch.exp(self.fc(x))
 
     model = nn.Sequential(nn.Linear(8, 8), Gate())
-    with pytest.raises(UnsupportedNonlinearityError, match=r"1: call_function sigmoid"):
-        convert(model, calib_data=[torch.randn(2, 8)], fx=True)
-    snn = convert(model, calib_data=[torch.randn(2, 8)], fx=True, allow_float_fallback=True)
-    assert [e.path for e in snn.mbe_report.fallback] == ["1"]
+    with pytest.raises(UnsupportedNonlinearityError, match=r"1: exp"):
+        convert(model, calib_data=[torch.randn(2, 8)])
+    snn = convert(model, calib_data=[torch.randn(2, 8)], allow_float_fallback=True)
+    assert [(e.path, e.source) for e in snn.mbe_report.fallback] == [("1", "exp")]
 
 
-def test_unregistered_model_class():
-    with pytest.raises(TypeError, match="no MBE architecture rule for Sequential"):
-        convert(nn.Sequential(nn.Linear(4, 4), nn.GELU()), calib_data=[torch.randn(2, 4)])
-    assert {"VisionTransformer", "BertModel", "GPT2LMHeadModel", "LlamaModel", "Dinov2Model"} <= set(registered())
+def test_any_module_tree_converts_without_rules():
+    model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4), nn.Sigmoid())
+    snn = convert(model, calib_data=[torch.randn(8, 4)])
+    assert isinstance(snn[1], SpikingActivation) and isinstance(snn[3], SpikingActivation)
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x), model(x), rtol=0, atol=2e-2)
+    assert rule_for(model) is None
+
+
+def test_converting_a_converted_model_is_an_error():
+    snn = convert(build("vit"), calib_data=[make_batch("vit", 2)])
+    with pytest.raises(ValueError, match="already"):
+        convert(snn, calib_data=[make_batch("vit", 2)])
 
 
 @pytest.mark.parametrize("kwargs", [dict(T=0), dict(N=1.5), dict(activation_N=0), dict(mode="bogus"),
@@ -133,11 +158,6 @@ def test_unregistered_model_class():
 def test_recipe_validates_options(kwargs):
     with pytest.raises(ValueError):
         ModuleConverter(MBETransformerRecipe(**kwargs)).convert(build("bert"))
-
-
-def test_module_converter_refuses_fx_recipe():
-    with pytest.raises(TypeError):
-        ModuleConverter(MBETransformerFXRecipe())
 
 
 @pytest.mark.parametrize("family, part", [("bert", "bert"), ("roberta", "roberta"), ("gpt2", "transformer")])

@@ -2,33 +2,42 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Optional
+import warnings
+from typing import Iterable, Mapping, Optional
 
+import torch
 import torch.nn as nn
-from spikingjelly.activation_based.ann2snn import FXConverter, ModuleConverter
+from spikingjelly.activation_based.ann2snn import ModuleConverter
 
 from .calibration import Batch, Calibration, as_calibration
-from .operators import OpSettings
-from .fx_recipe import MBETransformerFXRecipe
+from .options import DEFAULTS
 from .recipe import MBETransformerRecipe
 
 
-def convert(model: nn.Module, T: int = 16, calib_data: Optional[Iterable[Batch]] = None, mode: str = "fast",
-            allow_float_fallback: bool = False, *, N: int = 4, calibration: Optional[Calibration] = None,
-            fx: bool = False, activation_N: Optional[int] = OpSettings.activation_N) -> nn.Module:
+def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable[Batch]] = None,
+            mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
+            calibration: Optional[Calibration] = None, fx: bool = False,
+            activation_N: Optional[int] = DEFAULTS.activation_N) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
-    ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs) that set the
-    product ranges (Eq. 9); ``calibration`` sets method/percentile/explicit ranges (its ``data``
-    is replaced by ``calib_data`` when given). ``fx=True`` uses the FX recipe instead of the
-    per-architecture module rules. ``activation_N``: bases of the GELU/SiLU/tanh neurons (default 8,
-    ``None`` means ``N``; see :class:`OpSettings`). The report is ``converted.mbe_report``.
+    ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
+    them so conversion sees every nonlinear operation it computes, and they set the product ranges
+    (Eq. 9); ``calibration`` sets method/percentile/explicit ranges (its ``data`` is replaced by
+    ``calib_data`` when given). ``activation_N``: bases of the fitted activations (default 8,
+    ``None`` means ``N``; see :class:`OpSettings`). Strict by default: a nonlinear operation with
+    no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
+    float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
+    path sees through every forward, traceable or not) and ignored.
     """
+    if isinstance(calib_data, (torch.Tensor, Mapping)):
+        raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
+                        f"(got one {type(calib_data).__name__})")
+    if fx:
+        warnings.warn("convert(fx=True) is deprecated: conversion intercepts what runs, which needs no torch.fx "
+                      "trace; the default path is used", DeprecationWarning, stacklevel=2)
     calibration = as_calibration(calibration)
     if calib_data is not None:
         calibration = dataclasses.replace(calibration, data=calib_data)
-    options = dict(T=T, N=N, calibration=calibration, mode=mode, allow_float_fallback=allow_float_fallback,
-                   activation_N=activation_N)
-    if fx:
-        return FXConverter(MBETransformerFXRecipe(**options)).convert(model)
-    return ModuleConverter(MBETransformerRecipe(**options)).convert(model)
+    recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
+                                  allow_float_fallback=allow_float_fallback, activation_N=activation_N)
+    return ModuleConverter(recipe).convert(model)

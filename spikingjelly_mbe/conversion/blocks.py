@@ -1,12 +1,15 @@
-"""Spiking building blocks shared by the architecture rules: attention core and gated MLP."""
+"""Spiking building blocks assembled from the operators: attention core, multi-head attention,
+rescaled activations and channels-first norms. Each is opaque to the run-time interception (its
+internal float calls are the operators' own arithmetic, not the model's)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import AbstractSet, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .operators import OpSettings
+from .settings import OpSettings
 
 
 def attention_bias(mask: Optional[torch.Tensor], is_causal: bool, scores: torch.Tensor) -> Optional[torch.Tensor]:
@@ -35,44 +38,132 @@ class SpikingAttention(nn.Module):
 
     ``softmax`` starts as ``nn.Softmax`` so the products calibrate on the ANN's values; the
     conversion's replace step turns it into a ``SpikingSoftmax``. The scale ``s`` is a constant
-    (a synaptic weight on ``q``).
+    (a synaptic weight on ``q``). Grouped-query heads (``enable_gqa``) share their key/value
+    heads; ``softcap`` (Gemma 2) caps the scores with a spiking tanh: ``c tanh(s / c)``.
     """
+
+    mbe_opaque = True
 
     def __init__(self, settings: OpSettings) -> None:
         super().__init__()
+        self.settings = settings
         self.scores = settings.matmul()
         self.softmax = nn.Softmax(dim=-1)
         self.context = settings.matmul()
+        self.softcap: Optional[nn.Module] = None
 
-    def bound_ranges(self) -> None:
-        """Attention probabilities lie in ``[0, 1]``: after data calibration the context product's
-        first range is set to 1, whatever the calibration batches happened to reach."""
-        if self.context.ranges is not None:
+    def after_calibration(self, observed: AbstractSet[int]) -> None:
+        """Attention probabilities lie in ``[0, 1]``: when the context product's ranges come from data
+        (its id is in ``observed``), its first range is set to 1, whatever the batches reached."""
+        if id(self.context) in observed:
             self.context.set_ranges((1.0, self.context.ranges[1]))
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: Optional[torch.Tensor] = None, scale: Optional[float] = None,
-                is_causal: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``[B, H, Sq, d]``, ``[B, H, Sk, d]``, ``[B, H, Sk, dv]`` -> (``[B, H, Sq, dv]``, weights)."""
+                is_causal: bool = False, softcap: Optional[float] = None,
+                bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``[B, H, Sq, d]``, ``[B, Hkv, Sk, d]``, ``[B, Hkv, Sk, dv]`` -> (``[B, H, Sq, dv]``, weights).
+
+        ``bias``: an additive score bias (T5's relative positions), added after the softcap and
+        before the mask; both are constants or data-independent, so synaptic biases."""
+        if key.dim() >= 3 and key.shape[-3] != query.shape[-3]:  # grouped-query attention
+            groups = query.shape[-3] // key.shape[-3]
+            key, value = key.repeat_interleave(groups, dim=-3), value.repeat_interleave(groups, dim=-3)
         scale = query.shape[-1] ** -0.5 if scale is None else scale
         scores = self.scores(query * scale, key.transpose(-2, -1))
-        bias = attention_bias(mask, is_causal, scores)
-        weights = self.softmax(scores if bias is None else scores + bias)
+        if softcap:
+            if self.softcap is None:
+                self.softcap = self.settings.tanh().to(scores.device)
+            scores = self.softcap(scores / softcap) * softcap
+        if bias is not None:
+            scores = scores + bias
+        mask_bias = attention_bias(mask, is_causal, scores)
+        weights = self.softmax(scores if mask_bias is None else scores + mask_bias)
         return self.context(weights, value), weights
 
 
-class SpikingGatedMLP(nn.Module):
-    """SwiGLU ``down(act(gate(x)) * up(x))`` with the gating product spiking (Eqs. 9-12).
+def multi_head_attention(core: SpikingAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         embed_dim_to_check: int, num_heads: int, in_proj_weight: Optional[torch.Tensor],
+                         in_proj_bias: Optional[torch.Tensor], bias_k: Optional[torch.Tensor],
+                         bias_v: Optional[torch.Tensor], add_zero_attn: bool, dropout_p: float,
+                         out_proj_weight: torch.Tensor, out_proj_bias: Optional[torch.Tensor], training: bool = True,
+                         key_padding_mask: Optional[torch.Tensor] = None, need_weights: bool = True,
+                         attn_mask: Optional[torch.Tensor] = None, use_separate_proj_weight: bool = False,
+                         q_proj_weight: Optional[torch.Tensor] = None, k_proj_weight: Optional[torch.Tensor] = None,
+                         v_proj_weight: Optional[torch.Tensor] = None, static_k: Optional[torch.Tensor] = None,
+                         static_v: Optional[torch.Tensor] = None, average_attn_weights: bool = True,
+                         is_causal: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``F.multi_head_attention_forward`` (``nn.MultiheadAttention``) with a spiking core: the
+    projections are the module's own linear maps, ``softmax(q k^T / sqrt(d) + mask) v`` spikes."""
+    if bias_k is not None or bias_v is not None or add_zero_attn or static_k is not None or static_v is not None:
+        raise ValueError("spiking nn.MultiheadAttention supports add_bias_kv=False, add_zero_attn=False and no "
+                         "static keys/values")
+    if training and dropout_p:
+        raise ValueError(f"spiking attention is inference-only, got dropout={dropout_p} (call model.eval())")
+    batched = query.dim() == 3
+    if not batched:
+        query, key, value = query[:, None], key[:, None], value[:, None]
+        key_padding_mask = None if key_padding_mask is None else key_padding_mask[None]
+    L, B, E = query.shape
+    if use_separate_proj_weight:
+        weights = (q_proj_weight, k_proj_weight, v_proj_weight)
+    else:
+        weights = in_proj_weight.chunk(3)
+    biases = (None,) * 3 if in_proj_bias is None else in_proj_bias.chunk(3)
+    head = E // num_heads
+    q, k, v = (F.linear(x, w, b).reshape(x.shape[0], B * num_heads, head).transpose(0, 1).reshape(
+        B, num_heads, x.shape[0], head) for x, w, b in zip((query, key, value), weights, biases))
+    mask = _merge_masks(attn_mask, key_padding_mask, B, num_heads, L, k.shape[-2], q.dtype)
+    out, probs = core(q, k, v, mask, None, is_causal and mask is None)
+    out = F.linear(out.permute(2, 0, 1, 3).reshape(L, B, E), out_proj_weight, out_proj_bias)
+    if not batched:
+        out, probs = out[:, 0], probs[0]
+    if not need_weights:
+        return out, None
+    return out, (probs.mean(-3) if average_attn_weights else probs)
 
-    Reuses the source's ``gate_proj``/``up_proj``/``down_proj``/``act_fn`` (Llama, DINOv2); the
-    activation is spiked by the replace step like any other activation module.
-    """
 
-    def __init__(self, source: nn.Module, settings: OpSettings) -> None:
+def _merge_masks(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[torch.Tensor], B: int, H: int,
+                 L: int, S: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """torch's convention (bool True = *masked*; float additive) -> one additive ``[B, H, L, S]`` bias."""
+    def additive(m: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(m, float("-inf")) \
+            if m.dtype == torch.bool else m.to(dtype)
+    bias = None
+    if attn_mask is not None:
+        bias = additive(attn_mask)
+        bias = bias.reshape(B, H, L, S) if bias.dim() == 3 else bias  # [B * H, L, S] or a shared [L, S]
+    if key_padding_mask is not None:
+        pad = additive(key_padding_mask).reshape(B, 1, 1, S)
+        bias = pad if bias is None else bias + pad
+    return bias
+
+
+class Rescaled(nn.Module):
+    """``op(g x) / g``: an activation with an input gain and its inverse as the output weight
+    (QuickGELU ``x sigmoid(1.702 x)`` is ``silu(1.702 x) / 1.702``)."""
+
+    mbe_opaque = True
+
+    def __init__(self, op: nn.Module, gain: float) -> None:
         super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = source.gate_proj, source.up_proj, source.down_proj
-        self.act_fn = source.act_fn
-        self.product = settings.product()
+        self.op, self.gain = op, float(gain)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.product(self.act_fn(self.gate_proj(x)), self.up_proj(x)))
+        return self.op(x * self.gain) / self.gain
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain:g}"
+
+
+class ChannelsLast(nn.Module):
+    """A trailing-dimension operator applied over dimension 1 (channels-first ``LayerNorm2d``)."""
+
+    mbe_opaque = True
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x.movedim(1, -1)).movedim(-1, 1)

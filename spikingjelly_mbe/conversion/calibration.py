@@ -9,10 +9,11 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .blocks import SpikingAttention
-
 Batch = Union[torch.Tensor, Mapping[str, Any]]
 METHODS = ("max", "percentile")
+NEED_DATA = ("convert needs calib_data: a few unlabeled batches (tensors or dicts of forward kwargs) on which the "
+             "model runs, so that conversion sees what it computes and the products get their identity ranges "
+             "(explicit ranges may still be given with Calibration(ranges=...))")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Calibration:
     ``headroom`` multiplies the observed range, leaving room for values beyond what the batches
     reached (clamped otherwise) at the cost of ``log2(headroom)`` of the ``T`` bits. ``num_batches``
     caps how many batches are used. ``ranges`` maps glob patterns over operator paths
-    (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)``; those skip calibration.
+    (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)`` (a rectifier takes ``A1``);
+    those replace the observed ranges. Conversion runs the model on the batches to see what it
+    computes, so at least one batch is needed even when every range is explicit.
     """
 
     data: Optional[Iterable[Batch]] = None
@@ -44,8 +47,10 @@ class Calibration:
         if self.num_batches is not None and (not isinstance(self.num_batches, int) or self.num_batches < 1):
             raise ValueError(f"num_batches must be a positive integer or None, got {self.num_batches!r}")
         for pattern, pair in self.ranges.items():
-            if len(pair) != 2 or not all(float(a) > 0 for a in pair):
-                raise ValueError(f"ranges[{pattern!r}] must be two positive numbers, got {pair!r}")
+            if not isinstance(pair, (tuple, list)) or len(pair) not in (1, 2) \
+                    or not all(isinstance(a, (int, float)) and 0 < a < float("inf") for a in pair):
+                raise ValueError(f"Calibration.ranges[{pattern!r}] must be one or two positive finite numbers "
+                                 f"(A1, A2), got {pair!r}")
 
     def explicit_range(self, path: str) -> Optional[Tuple[float, float]]:
         """The first explicit range whose pattern matches ``path`` (patterns in insertion order)."""
@@ -83,17 +88,14 @@ def pending(model: nn.Module) -> Dict[str, nn.Module]:
 
 
 def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch.device] = None) -> int:
-    """Fix every product's range: explicit ones first, the rest from data; returns batches used."""
-    for path, op in pending(model).items():
-        pair = calibration.explicit_range(path)
-        if pair is not None:
-            op.set_ranges(pair)
-    todo = pending(model)
-    if not todo:
-        return 0
+    """Run the calibration batches (the model's sites are found and their operand ranges observed),
+    then fix every range: explicit ones by pattern, the rest from the data; returns batches used.
+
+    Modules with an ``after_calibration(observed)`` method (e.g. attention, whose probabilities lie
+    in [0, 1]) refine the ranges that data gave their operators (``observed``: those operators' ids).
+    """
     if calibration.data is None:
-        raise ValueError(f"{len(todo)} spiking products need identity ranges (e.g. {next(iter(todo))!r}): pass "
-                         "calib_data (a few unlabeled batches) or Calibration(ranges={pattern: (A1, A2)})")
+        raise ValueError(NEED_DATA)
     used = 0
     with torch.no_grad():
         for batch in itertools.islice(calibration.data, calibration.num_batches):
@@ -102,10 +104,21 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     if used == 0:
         raise ValueError("calibration data yielded no batch")
     percentile = None if calibration.method == "max" else calibration.percentile
-    for op in todo.values():
-        op.set_ranges(tuple(a * calibration.headroom for a in op.finish_calibration(percentile=percentile)))
-    calibrated = {id(op) for op in todo.values()}
+    observed = set()
+    for path, op in pending(model).items():
+        pair = calibration.explicit_range(path)
+        if pair is not None:
+            op.set_ranges(pair[:op.operands] if len(pair) >= op.operands else pair)
+            continue
+        try:
+            ranges = op.finish_calibration(percentile=percentile)
+        except RuntimeError:
+            raise RuntimeError(f"{path} ({type(op).__name__}) did not run on the calibration batches, so its identity "
+                               "ranges are unknown: pass batches that reach it, or Calibration(ranges={pattern: "
+                               "(A1, A2)})") from None
+        op.set_ranges(tuple(a * calibration.headroom for a in ranges))
+        observed.add(id(op))
     for module in model.modules():
-        if isinstance(module, SpikingAttention) and id(module.context) in calibrated:
-            module.bound_ranges()
+        if hasattr(module, "after_calibration"):
+            module.after_calibration(observed)
     return used

@@ -1,33 +1,36 @@
-"""Options shared by the module-tree and the FX recipe, and the last step both end with."""
+"""The options of a conversion, checked once, and the last step every conversion ends with."""
 from __future__ import annotations
 
 from typing import Iterable, Optional, Union
 
 import torch.nn as nn
-from spikingjelly.activation_based import functional
-from spikingjelly.activation_based.ann2snn import FXConverter, ModuleConverter
+from spikingjelly.activation_based import base
+from spikingjelly.activation_based.ann2snn import ModuleConverter
 
 from .calibration import Batch, Calibration, as_calibration
-from .operators import OpSettings
 from .report import ConversionReport
+from .settings import OpSettings
+
+DEFAULTS = OpSettings()
 
 
 class MBERecipeOptions:
-    """``T`` timesteps, ``N`` bases (``activation_N`` for GELU/SiLU/tanh, see :class:`OpSettings`), ``calibration`` (a :class:`Calibration`, an iterable of batches
-    or ``None``), operator ``mode`` and whether unknown nonlinearities may stay in float."""
+    """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
+    :class:`OpSettings`), ``calibration`` (a :class:`Calibration`, an iterable of batches or
+    ``None``), operator ``mode`` and whether unsupported nonlinearities may stay in float."""
 
     recipe_name = "mbe_transformer"
 
-    def __init__(self, T: int = 16, N: int = 4,
+    def __init__(self, T: int = DEFAULTS.T, N: int = DEFAULTS.N,
                  calibration: Union[Calibration, Iterable[Batch], None] = None,
-                 mode: str = "fast", allow_float_fallback: bool = False,
-                 activation_N: Optional[int] = OpSettings.activation_N) -> None:
+                 mode: str = DEFAULTS.mode, allow_float_fallback: bool = False,
+                 activation_N: Optional[int] = DEFAULTS.activation_N) -> None:
         self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None
 
-    def validate(self, converter: Union[FXConverter, ModuleConverter]) -> None:
+    def validate(self, converter: ModuleConverter) -> None:
         self.settings.validate()
         self.calibration.validate()
         if not isinstance(self.allow_float_fallback, bool):
@@ -43,5 +46,9 @@ class MBERecipeOptions:
 
 
 def reset_states(module: nn.Module, args: tuple) -> None:
-    """Forward pre-hook: ``functional.reset_net`` on the whole converted model."""
-    functional.reset_net(module)
+    """Forward pre-hook: reset every SpikingJelly memory of the converted model (what
+    ``functional.reset_net`` does, restricted to ``MemoryModule``s: a model's own modules may have
+    an unrelated ``reset`` method, e.g. timm's classifier heads)."""
+    for m in module.modules():
+        if isinstance(m, base.MemoryModule):
+            m.reset()

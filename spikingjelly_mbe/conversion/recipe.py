@@ -1,56 +1,163 @@
-"""``MBETransformerRecipe``: training-free MBE conversion of a module tree (SpikingJelly ``ModuleConverter``)."""
+"""``MBETransformerRecipe``: training-free MBE conversion of any module tree (SpikingJelly ``ModuleConverter``),
+deciding by what the model computes rather than by its class."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
+from typing import Any, Iterable, List, Optional
 
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
-from .calibration import calibrate
+from .blocks import SpikingAttention
+from .calibration import NEED_DATA, Batch, calibrate, run_batch
+from .hf_attention import BUILDING, use_spiking_attention
+from .interception import Session, is_opaque
 from .options import MBERecipeOptions
-from .registry import EXPOSE, SPIKE, ArchitectureRule, rule_for
-from .report import ConversionReport, UnsupportedNonlinearityError
-from .tree import apply_phase, record_fallback, record_kept, unknown_modules
+from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
+from .report import ConversionReport, Entry, UnsupportedNonlinearityError
+from .sites import SiteTable, needs_calibration
+from .structure import Replacement, apply, fingerprint_candidates, plan, record_inputs
+
+
+class Intercepted:
+    """Root forward hooks that run every forward of a model under a :class:`Session` dispatching to
+    ``table``; deep copies and pickles of the model carry it."""
+
+    def __init__(self, table: SiteTable, opaque_ids: frozenset = frozenset()) -> None:
+        self.table, self.opaque_ids = table, opaque_ids
+        self._sessions: List[Session] = []
+
+    def attach(self, model: nn.Module) -> list:
+        return [model.register_forward_pre_hook(self.begin, with_kwargs=True),
+                model.register_forward_hook(self.end, always_call=True)]
+
+    def begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        session = Session(module, self.table, self.opaque_ids)
+        session.__enter__()
+        session.mark_inputs(args, kwargs)
+        self._sessions.append(session)
+
+    def end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._sessions:
+            self._sessions.pop().__exit__(None, None, None)
+
+    def __getstate__(self) -> dict:
+        return {"table": self.table, "opaque_ids": frozenset(), "_sessions": []}
+
+
+def replayable(data: Iterable[Batch], limit: Optional[int]) -> Iterable[Batch]:
+    """``data`` when it can be iterated again; a one-shot iterator's first ``limit`` batches as a list."""
+    if iter(data) is data:
+        return list(itertools.islice(data, limit))
+    return data
+
+
+def refuse_converted(ann: nn.Module) -> None:
+    if getattr(ann, "mbe_report", None) is not None:
+        raise ValueError("this model is already a converted spiking model (it has .mbe_report); convert the "
+                         "original ANN instead")
+    for path, m in ann.named_modules():
+        if is_opaque(m):
+            raise ValueError(f"this model already holds spiking operators (e.g. {path or '<root>'}: "
+                             f"{type(m).__name__}); convert the original ANN instead")
 
 
 class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
-    """Replace a Transformer's nonlinear operations by MBE spiking operators, weights untouched.
+    """Replace every nonlinear operation of a model by MBE spiking operators, weights untouched.
 
     ``ModuleConverter(recipe).convert(model)`` returns a new model; ``model`` keeps working as the
-    ANN. The steps follow SpikingJelly's lifecycle, on the module tree instead of an FX graph:
-    ``prepare`` (deep copy, eval, rule of the model class, every module must have a rule) ->
-    ``insert_observers`` (products become spiking operators that record operand ranges while they
-    compute in float; HF attention switches to the spiking ``AttentionInterface`` function) ->
-    ``calibrate`` (Eq. 9 ranges) -> ``replace`` (activations, norms, softmax) -> ``finalize``.
+    ANN. The steps follow SpikingJelly's lifecycle:
+
+    * ``prepare``: checks, deep copy, eval;
+    * ``insert_observers``: modules computing a catalog building block are found by class or by a
+      fingerprint on the first batch; those that need operand ranges (rectifiers) are replaced now,
+      the others after calibration; Hugging Face attention switches to the spiking
+      ``AttentionInterface`` function; every forward from here runs under run-time interception;
+    * ``calibrate``: the batches run; every nonlinear call and activation x activation product gets
+      its spiking operator (attached to the module it runs in), products record their ranges
+      (Eq. 9); whatever has no spiking operator is collected (an error unless
+      ``allow_float_fallback``);
+    * ``replace``: the remaining whole-module replacements (activations, norms, softmax);
+    * ``finalize``: the report; the interception stays only if the model has call-level sites.
     """
 
     def convert_module(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
-        model, rule = self.prepare(converter, ann)
-        self.insert_observers(converter, model, rule)
+        model = self.prepare(converter, ann)
+        self.insert_observers(converter, model)
         self.calibrate(converter, model)
-        self.replace(converter, model, rule)
-        return self.finalize(converter, model, rule)
+        self.replace(converter, model)
+        return self.finalize(converter, model)
 
-    def prepare(self, converter: ModuleConverter, ann: nn.Module) -> tuple[nn.Module, ArchitectureRule]:
-        rule = rule_for(ann)
-        unknown = unknown_modules(ann, rule.modules)
-        if unknown and not self.allow_float_fallback:
-            raise UnsupportedNonlinearityError(unknown)
+    def prepare(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
+        refuse_converted(ann)
+        if self.calibration.data is None:
+            raise ValueError(NEED_DATA)
         self.report = ConversionReport()
-        record_fallback(unknown, self.report, f"no rule in {rule.name}: its own forward runs in float")
-        return copy.deepcopy(ann).eval().to(converter.device), rule
+        self.rule: Optional[ArchitectureRule] = rule_for(ann)
+        return copy.deepcopy(ann).eval().to(converter.device)
 
-    def insert_observers(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> None:
-        apply_phase(model, rule.modules, EXPOSE, self.settings, self.report)
-        if rule.setup is not None:
-            rule.setup(model)
+    def override(self, module: nn.Module) -> Optional[Replacement]:
+        rule = self.rule.modules.get(type(module)) if self.rule is not None else None
+        if rule is None or rule.phase == KEEP:
+            return None
+        return Replacement(lambda s: rule.build(module, s), rule.note, rule.phase)
+
+    def insert_observers(self, converter: ModuleConverter, model: nn.Module) -> None:
+        self.batches = replayable(self.calibration.data, self.calibration.num_batches)
+        kept = {path: m for path, m in model.named_modules()
+                if self.rule is not None and getattr(self.rule.modules.get(type(m)), "phase", None) == KEEP}
+        candidates = {p: m for p, m in fingerprint_candidates(model).items() if p not in kept}
+        inputs = {}
+        if candidates:
+            first = next(iter(self.batches), None)
+            inputs = record_inputs(model, candidates, lambda: run_batch(model, first, converter.device))
+        self.plan = plan(model, inputs, self.override)
+        use_spiking_attention(model)
+        self.record(apply(model, self.plan, self.settings, lambda new, how: how.how == EXPOSE or needs_calibration(new)))
+        for path, m in kept.items():
+            self.report.kept.append(Entry(path, type(m).__name__, type(m).__name__, self.rule.modules[type(m)].note))
+        self.kept_ids = frozenset(id(m) for m in kept.values())
+        opaque = {id(model.get_submodule(p)) for p in self.plan} | self.kept_ids
+        if self.rule is not None and self.rule.setup is not None:
+            self.rule.setup(model)
+        self.table = SiteTable(self.settings, self.report, self.allow_float_fallback)
+        self.intercepted = Intercepted(self.table, frozenset(opaque))
+        self.handles = self.intercepted.attach(model)
+
+    def record(self, done: list) -> None:
+        for path, old, new, how in done:
+            self.report.replaced.append(Entry(path, type(old).__name__, type(new).__name__, how.note))
 
     def calibrate(self, converter: ModuleConverter, model: nn.Module) -> None:
-        calibrate(model, self.calibration, converter.device)
+        paths = {id(m): p for p, m in model.named_modules()}
+        token = BUILDING.set((self.settings, self.report, paths))
+        try:
+            calibrate(model, dataclasses.replace(self.calibration, data=self.batches), converter.device)
+        finally:
+            BUILDING.reset(token)
+        unsupported = self.table.unsupported_calls()
+        if unsupported and not self.allow_float_fallback:
+            raise UnsupportedNonlinearityError(unsupported)
+        self.report.fallback.extend(Entry(path, op, op, "no spiking operator for this call: runs in float")
+                                    for path, op in unsupported)
 
-    def replace(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> None:
-        apply_phase(model, rule.modules, SPIKE, self.settings, self.report)
+    def replace(self, converter: ModuleConverter, model: nn.Module) -> None:
+        self.table.calibrating = False
+        self.intercepted.opaque_ids = self.kept_ids  # the replacements are spiking modules, opaque by class
+        self.record(apply(model, self.plan, self.settings))
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else converter.device
+        for path, m in model.named_modules():
+            if isinstance(m, SpikingAttention) and type(m.softmax) is nn.Softmax:
+                m.softmax = self.settings.softmax(-1).to(device)
+                self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", "SpikingSoftmax",
+                                                  "attention softmax from exp2-frac, reciprocal, products (Eq. 13)"))
 
-    def finalize(self, converter: ModuleConverter, model: nn.Module, rule: ArchitectureRule) -> nn.Module:
-        record_kept(model, rule.modules, self.report)
+    def finalize(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
+        if not self.table.sites and not self.table.unsupported:
+            for handle in self.handles:
+                handle.remove()  # nothing is decided per call: plain forwards, no interception cost
+        del self.batches, self.plan, self.handles
         return self.finish(model)

@@ -1,4 +1,7 @@
-"""Per-architecture rules, registered by model class; every public module of ``rules/`` is one architecture."""
+"""Rule overrides by model class: conversion does not need them (it decides by what runs), but a rule
+can say, for module classes of one model family, to rebuild a module before calibration
+(``expose``), to replace it after (``spike``), or to keep it as it is because its computation is
+linear (``keep``). Public modules of ``rules/`` (and user code) register them."""
 from __future__ import annotations
 
 import importlib
@@ -8,7 +11,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
-from .operators import OpSettings
+from .settings import OpSettings
 
 Builder = Callable[[nn.Module, OpSettings], nn.Module]
 EXPOSE, SPIKE, KEEP = "expose", "spike", "keep"
@@ -18,9 +21,9 @@ EXPOSE, SPIKE, KEEP = "expose", "spike", "keep"
 class ModuleRule:
     """What conversion does with one module class (matched by exact type).
 
-    ``expose`` (before calibration): rebuild the module so its products are spiking operators and
-    its functional nonlinearities are child modules. ``spike`` (after calibration): replace it by
-    a spiking operator. ``keep``: its own computation is linear or plumbing; ``note`` says why.
+    ``expose`` (before calibration): rebuild the module, e.g. so its parts become building blocks.
+    ``spike`` (after calibration): replace it by a spiking operator. ``keep``: its own computation
+    is linear; it runs as it is and is not looked into; ``note`` says why.
     """
 
     phase: str
@@ -42,8 +45,8 @@ def keep(note: str = "") -> ModuleRule:
 
 @dataclass(frozen=True)
 class ArchitectureRule:
-    """A model family: its top-level classes, a rule for every module class it contains, and a
-    ``setup`` run on the model after the expose step (HF: switch to the spiking attention function)."""
+    """Overrides for a model family: its top-level classes, rules for some of the module classes it
+    contains, and a ``setup`` run on the model after the expose step."""
 
     name: str
     model_classes: Tuple[type, ...]
@@ -56,7 +59,7 @@ _discovered = False
 
 
 def register(rule: ArchitectureRule) -> ArchitectureRule:
-    """Make ``rule`` the one used for each of its model classes (and their subclasses)."""
+    """Make ``rule`` the overrides for each of its model classes (and their subclasses)."""
     for cls in rule.model_classes:
         _REGISTRY[cls] = rule
     return rule
@@ -73,17 +76,15 @@ def _discover() -> None:
 
 
 def registered() -> List[str]:
-    """Names of the model classes that have a rule."""
+    """Names of the model classes that have override rules."""
     _discover()
     return sorted(cls.__name__ for cls in _REGISTRY)
 
 
-def rule_for(model: nn.Module) -> ArchitectureRule:
-    """The rule of the nearest registered class in ``type(model)``'s MRO."""
+def rule_for(model: nn.Module) -> Optional[ArchitectureRule]:
+    """The overrides of the nearest registered class in ``type(model)``'s MRO (``None``: no overrides)."""
     _discover()
     for cls in type(model).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
-    raise TypeError(f"no MBE architecture rule for {type(model).__name__}; registered: {registered()}. "
-                    "Add a rule file under spikingjelly_mbe/conversion/rules/, or use the FX recipe "
-                    "(MBETransformerFXRecipe) if the model traces with torch.fx.")
+    return None

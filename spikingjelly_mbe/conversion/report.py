@@ -1,4 +1,5 @@
-"""What a conversion did: which module paths became which spiking operator, which stayed float and why."""
+"""What a conversion did, from what ran: every nonlinear operation per module path, what replaced it,
+and what stayed float and why."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,18 +7,20 @@ from typing import Iterable, List, Tuple
 
 
 class UnsupportedNonlinearityError(TypeError):
-    """The model holds modules (or graph nodes) no rule knows; each is named by path and type."""
+    """Nonlinear operations (or activation x activation products) no building block covers, each
+    named by the module path it ran in and the operation."""
 
     def __init__(self, items: Iterable[Tuple[str, str]]) -> None:
         self.items = list(items)
         lines = "\n".join(f"  {path or '<root>'}: {kind}" for path, kind in self.items)
-        super().__init__(f"no MBE conversion rule for {len(self.items)} module(s):\n{lines}\n"
-                         "Add a rule, or pass allow_float_fallback=True to keep them in float.")
+        super().__init__(f"no spiking operator for {len(self.items)} nonlinear operation(s) of the model:\n{lines}\n"
+                         "Register a building block for them (README, 'How conversion decides'), or pass "
+                         "allow_float_fallback=True to keep them in float (listed in snn.mbe_report.fallback).")
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One module path: its ANN type, what it is now, and why."""
+    """One module path: the ANN operation or module type, what it is now, and why."""
 
     path: str
     source: str
@@ -27,11 +30,17 @@ class Entry:
 
 @dataclass
 class ConversionReport:
-    """Replaced modules, modules kept because their computation is linear, and float fallbacks."""
+    """``replaced``: every nonlinear module or call that ran during calibration and its spiking
+    operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
     fallback: List[Entry] = field(default_factory=list)
+
+    @property
+    def fully_spiking(self) -> bool:
+        """No nonlinear operation of the model runs in float: spike-driven end to end."""
+        return not self.fallback
 
     def __str__(self) -> str:
         def block(title: str, entries: List[Entry]) -> List[str]:
@@ -41,4 +50,5 @@ class ConversionReport:
             return rows
         return "\n".join(block("replaced by spiking operators", self.replaced)
                          + block("kept (linear)", self.kept)
-                         + block("left in float (fallback allowed)", self.fallback))
+                         + block("left in float (fallback allowed)", self.fallback)
+                         + [f"fully spike-driven: {self.fully_spiking}"])

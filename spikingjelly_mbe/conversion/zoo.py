@@ -1,53 +1,171 @@
-"""Small random-initialised models of every supported family, built locally (tests, benchmarks, demos).
+"""Small random-initialised models of many Transformer (and CNN) families, built locally: the test
+matrix of conversion by structure, and toys for benchmarks and demos. No weights are downloaded.
 
 Weights are drawn with fan-in scaling (``N(0, 1/fan_in)``, embeddings ``N(0, 1)``) so activations
 are O(1) as in a trained network, rather than the vanishing signals of the 0.02-std default init.
+One table, :data:`ZOO`, lists every family with its builder, its input kind and whether it is causal.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
 
 import timm
 import torch
 import torch.nn as nn
 import transformers as hf
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.pytorch_utils import Conv1D
 
 from .calibration import Batch
 
-FAMILIES = ("vit", "bert", "roberta", "gpt2", "llama", "dinov2")
-VOCAB, IMAGE, PATCH, LABELS = 96, 32, 8, 10
+VOCAB, IMAGE, PATCH, LABELS, MELS = 96, 32, 8, 10, 16
 
 
-def _hf_model(family: str, layers: int, hidden: int, heads: int) -> nn.Module:
-    common = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                  intermediate_size=4 * hidden)
-    if family == "bert":
-        return hf.BertForSequenceClassification(hf.BertConfig(vocab_size=VOCAB, num_labels=LABELS, **common))
-    if family == "roberta":
-        return hf.RobertaForSequenceClassification(hf.RobertaConfig(
-            vocab_size=VOCAB, num_labels=LABELS, pad_token_id=1, bos_token_id=0, eos_token_id=2, **common))
-    if family == "gpt2":
-        return hf.GPT2LMHeadModel(hf.GPT2Config(vocab_size=VOCAB, n_layer=layers, n_embd=hidden, n_head=heads,
-                                                bos_token_id=0, eos_token_id=0))
-    if family == "llama":
-        return hf.LlamaModel(hf.LlamaConfig(vocab_size=VOCAB, num_key_value_heads=max(1, heads // 2), **common))
-    if family == "dinov2":
-        return hf.Dinov2Model(hf.Dinov2Config(image_size=IMAGE, patch_size=PATCH, **common))
-    raise ValueError(f"unknown family {family!r}; known: {FAMILIES}")
+@dataclass(frozen=True)
+class Family:
+    """``make(layers, hidden, heads)`` builds the model; ``inputs`` is one of ``tokens``,
+    ``tokens_roberta`` (ids 0-2 reserved), ``image`` (a tensor), ``pixel_values``,
+    ``input_features`` (audio) or ``embeddings`` (a float ``[B, S, hidden]`` tensor)."""
+
+    make: Callable[[int, int, int], nn.Module]
+    inputs: str
+    causal: bool = False
+    source: str = "transformers"
+
+
+def _hf(cls: type, config: type, **kw: Any) -> Callable[[int, int, int], nn.Module]:
+    return lambda layers, hidden, heads: cls(config(**{k: (v(layers, hidden, heads) if callable(v) else v)
+                                                       for k, v in kw.items()}))
+
+
+def _lm(cls: type, config: type, **extra: Any) -> Callable[[int, int, int], nn.Module]:
+    """A decoder-only LM with Llama-style config names (GQA: half as many key/value heads)."""
+    return _hf(cls, config, vocab_size=VOCAB, num_hidden_layers=lambda l, h, n: l, hidden_size=lambda l, h, n: h,
+               num_attention_heads=lambda l, h, n: n, intermediate_size=lambda l, h, n: 4 * h, **extra)
+
+
+def _encoder(cls: type, config: type, **extra: Any) -> Callable[[int, int, int], nn.Module]:
+    """A BERT-style encoder with a classification head."""
+    return _hf(cls, config, vocab_size=VOCAB, num_hidden_layers=lambda l, h, n: l, hidden_size=lambda l, h, n: h,
+               num_attention_heads=lambda l, h, n: n, intermediate_size=lambda l, h, n: 4 * h, num_labels=LABELS,
+               **extra)
+
+
+def _vision(cls: type, config: type, **extra: Any) -> Callable[[int, int, int], nn.Module]:
+    return _hf(cls, config, image_size=IMAGE, patch_size=PATCH, num_hidden_layers=lambda l, h, n: l,
+               hidden_size=lambda l, h, n: h, num_attention_heads=lambda l, h, n: n,
+               intermediate_size=lambda l, h, n: 4 * h, **extra)
+
+
+def _timm(name: str, **kw: Any) -> Callable[[int, int, int], nn.Module]:
+    return lambda layers, hidden, heads: timm.create_model(name, pretrained=False, num_classes=LABELS, **{
+        k: (v(layers, hidden, heads) if callable(v) else v) for k, v in kw.items()})
+
+
+def _vit_timm(**extra: Any) -> Callable[[int, int, int], nn.Module]:
+    return _timm("vit_tiny_patch16_224", img_size=IMAGE, patch_size=PATCH, embed_dim=lambda l, h, n: h,
+                  depth=lambda l, h, n: l, num_heads=lambda l, h, n: n, **extra)
+
+
+def _torch_encoder(layers: int, hidden: int, heads: int) -> nn.Module:
+    layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def _gelu_mlp(layers: int, hidden: int, heads: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, LABELS))
+
+
+ZOO: Dict[str, Family] = {
+    # the original six (conf/model toys)
+    "vit": Family(_vit_timm(), "image", source="timm"),
+    "bert": Family(_encoder(hf.BertForSequenceClassification, hf.BertConfig), "tokens"),
+    "roberta": Family(_encoder(hf.RobertaForSequenceClassification, hf.RobertaConfig, pad_token_id=1,
+                               bos_token_id=0, eos_token_id=2), "tokens_roberta"),
+    "gpt2": Family(_hf(hf.GPT2LMHeadModel, hf.GPT2Config, vocab_size=VOCAB, n_layer=lambda l, h, n: l,
+                       n_embd=lambda l, h, n: h, n_head=lambda l, h, n: n, bos_token_id=0, eos_token_id=0),
+                   "tokens", causal=True),
+    "llama": Family(_lm(hf.LlamaModel, hf.LlamaConfig, num_key_value_heads=lambda l, h, n: max(1, n // 2)), "tokens",
+                    causal=True),
+    "dinov2": Family(_hf(hf.Dinov2Model, hf.Dinov2Config, image_size=IMAGE, patch_size=PATCH,
+                         num_hidden_layers=lambda l, h, n: l, hidden_size=lambda l, h, n: h,
+                         num_attention_heads=lambda l, h, n: n, intermediate_size=lambda l, h, n: 4 * h),
+                     "pixel_values"),
+    # Hugging Face causal LMs
+    "llama_lm": Family(_lm(hf.LlamaForCausalLM, hf.LlamaConfig, num_key_value_heads=lambda l, h, n: max(1, n // 2)),
+                       "tokens", causal=True),
+    "qwen2": Family(_lm(hf.Qwen2ForCausalLM, hf.Qwen2Config, num_key_value_heads=lambda l, h, n: max(1, n // 2)),
+                    "tokens", causal=True),
+    "mistral": Family(_lm(hf.MistralForCausalLM, hf.MistralConfig, num_key_value_heads=lambda l, h, n: max(1, n // 2),
+                          sliding_window=8), "tokens", causal=True),
+    "gemma": Family(_lm(hf.GemmaForCausalLM, hf.GemmaConfig, num_key_value_heads=1,
+                        head_dim=lambda l, h, n: h // n), "tokens", causal=True),
+    "gemma2": Family(_lm(hf.Gemma2ForCausalLM, hf.Gemma2Config, num_key_value_heads=1,
+                         head_dim=lambda l, h, n: h // n, sliding_window=8), "tokens", causal=True),
+    "phi": Family(_lm(hf.PhiForCausalLM, hf.PhiConfig), "tokens", causal=True),
+    "phi3": Family(_lm(hf.Phi3ForCausalLM, hf.Phi3Config, pad_token_id=0, bos_token_id=0, eos_token_id=0), "tokens", causal=True),
+    "gpt_neox": Family(_lm(hf.GPTNeoXForCausalLM, hf.GPTNeoXConfig), "tokens", causal=True),
+    "opt": Family(_hf(hf.OPTForCausalLM, hf.OPTConfig, vocab_size=VOCAB, num_hidden_layers=lambda l, h, n: l,
+                      hidden_size=lambda l, h, n: h, word_embed_proj_dim=lambda l, h, n: h,
+                      num_attention_heads=lambda l, h, n: n, ffn_dim=lambda l, h, n: 4 * h), "tokens", causal=True),
+    # Hugging Face encoders
+    "distilbert": Family(_hf(hf.DistilBertForSequenceClassification, hf.DistilBertConfig, vocab_size=VOCAB,
+                             n_layers=lambda l, h, n: l, dim=lambda l, h, n: h, n_heads=lambda l, h, n: n,
+                             hidden_dim=lambda l, h, n: 4 * h, num_labels=LABELS), "tokens"),
+    "albert": Family(_encoder(hf.AlbertForSequenceClassification, hf.AlbertConfig, embedding_size=16), "tokens"),
+    "electra": Family(_encoder(hf.ElectraForSequenceClassification, hf.ElectraConfig, embedding_size=16), "tokens"),
+    "xlm_roberta": Family(_encoder(hf.XLMRobertaForSequenceClassification, hf.XLMRobertaConfig, pad_token_id=1,
+                                   bos_token_id=0, eos_token_id=2), "tokens_roberta"),
+    "clip_text": Family(_hf(hf.CLIPTextModel, hf.CLIPTextConfig, vocab_size=VOCAB, num_hidden_layers=lambda l, h, n: l,
+                            hidden_size=lambda l, h, n: h, num_attention_heads=lambda l, h, n: n,
+                            intermediate_size=lambda l, h, n: 4 * h, max_position_embeddings=32, bos_token_id=0, eos_token_id=2), "tokens"),
+    "t5_encoder": Family(_hf(hf.T5EncoderModel, hf.T5Config, vocab_size=VOCAB, num_layers=lambda l, h, n: l,
+                             d_model=lambda l, h, n: h, num_heads=lambda l, h, n: n, d_kv=lambda l, h, n: h // n,
+                             d_ff=lambda l, h, n: 4 * h), "tokens"),
+    "whisper_encoder": Family(_hf(WhisperEncoder, hf.WhisperConfig, num_mel_bins=MELS,
+                                  encoder_layers=lambda l, h, n: l, d_model=lambda l, h, n: h,
+                                  encoder_attention_heads=lambda l, h, n: n, encoder_ffn_dim=lambda l, h, n: 4 * h,
+                                  max_source_positions=8), "input_features"),
+    # Hugging Face vision
+    "vit_hf": Family(_vision(hf.ViTModel, hf.ViTConfig), "pixel_values"),
+    "vit_hf_cls": Family(_vision(hf.ViTForImageClassification, hf.ViTConfig, num_labels=LABELS), "pixel_values"),
+    "deit_hf": Family(_vision(hf.DeiTModel, hf.DeiTConfig), "pixel_values"),
+    "clip_vision": Family(_vision(hf.CLIPVisionModel, hf.CLIPVisionConfig), "pixel_values"),
+    "swin_hf": Family(_hf(hf.SwinModel, hf.SwinConfig, image_size=IMAGE, patch_size=4, embed_dim=lambda l, h, n: h // 2,
+                          depths=lambda l, h, n: [2, 2], num_heads=lambda l, h, n: [n, n], window_size=4),
+                      "pixel_values"),
+    # timm
+    "vit_timm_qknorm_reg_avg": Family(_vit_timm(qk_norm=True, reg_tokens=2, global_pool="avg", class_token=False),
+                                      "image", source="timm"),
+    "deit_distilled_timm": Family(_timm("deit_tiny_distilled_patch16_224", img_size=IMAGE, patch_size=PATCH,
+                                        embed_dim=lambda l, h, n: h, depth=lambda l, h, n: l,
+                                        num_heads=lambda l, h, n: n), "image", source="timm"),
+    "eva02_timm": Family(_timm("eva02_tiny_patch14_224", img_size=IMAGE, patch_size=PATCH,
+                               embed_dim=lambda l, h, n: h, depth=lambda l, h, n: l, num_heads=lambda l, h, n: n),
+                         "image", source="timm"),
+    "swin_timm": Family(_timm("swin_tiny_patch4_window7_224", img_size=IMAGE, patch_size=4, window_size=4,
+                              embed_dim=lambda l, h, n: h // 2, depths=(2, 2), num_heads=lambda l, h, n: (n, n)),
+                        "image", source="timm"),
+    "convnext_timm": Family(_timm("convnext_atto", depths=(1, 1, 1, 1), dims=lambda l, h, n: (h // 2, h, h, h)),
+                            "image", source="timm"),
+    "resnet18_timm": Family(_timm("resnet18"), "image", source="timm"),
+    # torch
+    "torch_encoder": Family(_torch_encoder, "embeddings", source="torch"),
+    "gelu_mlp": Family(_gelu_mlp, "embeddings", source="torch"),
+}
+FAMILIES = ("vit", "bert", "roberta", "gpt2", "llama", "dinov2")  # the conf/model toys
 
 
 def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> nn.Module:
     """A fresh eval-mode model of ``family`` (each with its own config object)."""
+    if family not in ZOO:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(ZOO)}")
     torch.manual_seed(seed)
-    if family == "vit":
-        model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMAGE, patch_size=PATCH,
-                                  embed_dim=hidden, depth=layers, num_heads=heads, num_classes=LABELS)
-    else:
-        model = _hf_model(family, layers, hidden, heads)
+    model = ZOO[family].make(layers, hidden, heads)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Linear, Conv1D, nn.Conv2d)):
+            if isinstance(m, (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)):
                 fan_in = m.weight.shape[0] if isinstance(m, Conv1D) else m.weight[0].numel()
                 m.weight.normal_(0.0, fan_in ** -0.5)
                 if m.bias is not None:
@@ -57,22 +175,31 @@ def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: 
     return model.eval()
 
 
-def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0) -> Batch:
-    """Random token ids (``{'input_ids': ...}``) or images (a tensor for timm, ``pixel_values`` for HF)."""
+def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0, hidden: int = 32) -> Batch:
+    """Random inputs of the family's kind: token ids (``{'input_ids': ...}``), images (a tensor for
+    timm, ``pixel_values`` for Hugging Face), log-mel features, or embeddings ``[size, seq_len, hidden]``."""
     g = torch.Generator().manual_seed(seed)
-    if family in ("vit", "dinov2"):
+    kind = ZOO[family].inputs if family in ZOO else "tokens"
+    if kind in ("image", "pixel_values"):
         images = torch.randn(size, 3, IMAGE, IMAGE, generator=g)
-        return images if family == "vit" else {"pixel_values": images}
-    low = 3 if family == "roberta" else 0  # keep RoBERTa's pad/bos/eos ids out of the random tokens
+        return images if kind == "image" else {"pixel_values": images}
+    if kind == "input_features":
+        return {"input_features": torch.randn(size, MELS, 16, generator=g)}
+    if kind == "embeddings":
+        return torch.randn(size, seq_len, hidden, generator=g)
+    low = 3 if kind == "tokens_roberta" else 0  # keep RoBERTa's pad/bos/eos ids out of the random tokens
     return {"input_ids": torch.randint(low, VOCAB, (size, seq_len), generator=g)}
 
 
 def main_output(result: Any) -> torch.Tensor:
-    """Logits when the model has a head, else the last hidden state."""
+    """Logits when the model has a head, else the last hidden state (or the first tensor returned)."""
     if isinstance(result, torch.Tensor):
         return result
     logits = getattr(result, "logits", None)
-    return logits if logits is not None else result.last_hidden_state
+    if logits is not None:
+        return logits
+    hidden = getattr(result, "last_hidden_state", None)
+    return hidden if hidden is not None else result[0]
 
 
 def agreement(ann: torch.Tensor, snn: torch.Tensor) -> dict:

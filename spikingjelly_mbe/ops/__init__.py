@@ -9,8 +9,9 @@ from .activation import SpikingActivation
 from .coding import IdentityCoder, identity_node
 from .norm import SpikingLayerNorm, SpikingRMSNorm
 from .products import SpikingMatmul, SpikingProduct
+from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
 
-__all__ = ["IdentityCoder", "OpStats", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingProduct",
+__all__ = ["IdentityCoder", "OpStats", "PiecewiseLinear", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d", "SpikingProduct", "SpikingReLU",
            "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats", "identity_node"]

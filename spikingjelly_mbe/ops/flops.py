@@ -6,6 +6,8 @@ Conventions (per element of the float op's output unless stated):
   every fitted scalar function (GELU, SiLU, tanh, sigmoid, ...);
 * element-wise product: 1; matrix product ``[M, K] @ [K, N]``: ``M K N`` multiply-accumulates, the
   unit SpikingJelly's ``op_counter.MACCounter`` counts and Eq. 14 charges ``E_MAC`` for;
+* ReLU (and each knot of a piecewise-linear activation, each step of a max-pool fold): 1
+  comparison;
 * softmax: 5 (max comparison, subtraction, exponential, accumulation, division);
 * LayerNorm: 7 (mean accumulation, subtraction, square, variance accumulation, multiplication by
   ``1/sigma``, ``gamma``, ``beta``) plus 4 per normalised row (two divisions by ``n``, ``+ eps``,
@@ -13,6 +15,7 @@ Conventions (per element of the float op's output unless stated):
 """
 ACTIVATION = 70
 PRODUCT = 1
+RELU = 1
 SOFTMAX = 5
 LAYERNORM, LAYERNORM_ROW = 7, 4
 RMSNORM, RMSNORM_ROW = 4, 3

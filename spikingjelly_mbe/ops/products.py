@@ -97,6 +97,7 @@ class _TwoOperandOp(SpikingOp):
     """
 
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    operands = 2  # ranges (A1, A2)
 
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]]) -> None:
         super().__init__(mode)

@@ -1,0 +1,200 @@
+"""Sites: the nonlinear calls and activation x activation products a converted model runs, each
+replaced by a spiking operator attached to the module it runs in.
+
+A site is keyed by ``(owner module path, kind, ordinal of that kind within the owner's forward)``.
+During calibration the first run of a site builds its operator (attached to the owner as
+``mbe_<kind><ordinal>``); operators that need operand ranges compute in float while recording them,
+the others let the float call run. After calibration every site runs its spiking operator. One
+table, :data:`SITE_KINDS`, says how each kind is built from the call and how the call is routed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from .blocks import SpikingAttention, multi_head_attention
+from .catalog import LAYER_NORM, RMS_NORM, activation_calls, activation_of_call
+from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
+from .report import ConversionReport, Entry, UnsupportedNonlinearityError
+from .settings import OpSettings
+
+Call = Tuple[tuple, dict]
+
+
+def arg(call: Call, index: int, name: str, default: Any = None) -> Any:
+    args, kwargs = call
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+@dataclass(frozen=True)
+class SiteKind:
+    """``build(settings, call) -> module``; ``invoke(module, call) -> output``; the report's note."""
+
+    build: Callable[[OpSettings, Call], nn.Module]
+    invoke: Callable[[nn.Module, Call], Any]
+    note: str
+
+
+def _softmax_input(call: Call) -> torch.Tensor:
+    x, dtype = arg(call, 0, "input"), arg(call, 3, "dtype")
+    return x if dtype is None else x.to(dtype)
+
+
+def _sdpa(core: nn.Module, call: Call) -> torch.Tensor:
+    if arg(call, 4, "dropout_p", 0.0):
+        raise ValueError("spiking attention is inference-only: scaled_dot_product_attention got dropout_p > 0 "
+                         "(call model.eval())")
+    return core(arg(call, 0, "query"), arg(call, 1, "key"), arg(call, 2, "value"), arg(call, 3, "attn_mask"),
+                arg(call, 6, "scale"), arg(call, 5, "is_causal", False))[0]
+
+
+SITE_KINDS: Dict[str, SiteKind] = {
+    "product": SiteKind(lambda s, c: s.product(), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
+                        "product of two activations (Eqs. 9-12)"),
+    "square": SiteKind(lambda s, c: s.product(), lambda m, c: m(arg(c, 0, "input"), arg(c, 0, "input")),
+                       "square of an activation, a product (Eqs. 9-12)"),
+    "matmul": SiteKind(lambda s, c: s.matmul(), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
+                       "matrix product of two activations (Eqs. 9-12)"),
+    "softmax": SiteKind(lambda s, c: s.softmax(arg(c, 1, "dim")), lambda m, c: m(_softmax_input(c)),
+                        "softmax from exp2-frac, reciprocal, products (Eq. 13)"),
+    "layer_norm": SiteKind(lambda s, c: LAYER_NORM.build(s, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"),
+                                                         arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
+                           lambda m, c: m(arg(c, 0, "input")), "LayerNorm from x^2, rsqrt and products"),
+    "rms_norm": SiteKind(lambda s, c: RMS_NORM.build(s, arg(c, 1, "normalized_shape"), arg(c, 2, "weight"), None,
+                                                     arg(c, 3, "eps") or torch.finfo(torch.float32).eps),
+                         lambda m, c: m(arg(c, 0, "input")), "RMSNorm from x^2, rsqrt and products"),
+    "max_pool": SiteKind(lambda s, c: s.max_pool(arg(c, 1, "kernel_size"), arg(c, 2, "stride"), arg(c, 3, "padding", 0)),
+                         lambda m, c: m(arg(c, 0, "input")), "max pooling as m + relu(v - m) on rectifier neurons"),
+    "attention": SiteKind(lambda s, c: SpikingAttention(s), _sdpa,
+                          "scaled_dot_product_attention: spiking Q K^T, softmax, A V (Eqs. 9-13)"),
+    "mha": SiteKind(lambda s, c: SpikingAttention(s), lambda m, c: multi_head_attention(m, *c[0], **c[1]),
+                    "multi-head attention: projections reused, spiking Q K^T, softmax, A V (Eqs. 9-13)"),
+}
+ACTIVATION_CALLS = activation_calls()
+SIMPLE_SITES = {"softmax": "softmax", "layer_norm": "layer_norm", "rms_norm": "rms_norm",
+                "scaled_dot_product_attention": "attention", "multi_head_attention_forward": "mha"}
+
+
+def classify(session: Session, name: str, call: Call) -> str:
+    """``'linear'``, ``'control'``, ``'unsupported'``, an activation entry (``'activation:<name>'``)
+    or a :data:`SITE_KINDS` key, for a call with at least one activation operand."""
+    args, kwargs = call
+    act = [session.tag_of(v) == ACT for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    if name in ("where", "masked_fill"):
+        condition = arg(call, 0 if name == "where" else 1, "condition" if name == "where" else "mask")
+        return "unsupported" if session.tag_of(condition) == CTRL else "linear"
+    if name in LINEAR:
+        return "linear"
+    if name in COMPARISONS:
+        return "control"
+    if name in ("mul", "multiply", "matmul", "bmm", "mm"):
+        both = sum(act) >= 2 and all(isinstance(arg(call, i, n), torch.Tensor) for i, n in ((0, "input"), (1, "other")))
+        return ("product" if name in ("mul", "multiply") else "matmul") if both else "linear"
+    if name in MULTILINEAR:
+        return "unsupported" if sum(act) >= 2 else "linear"
+    if name in ("div", "true_divide", "divide"):
+        return "unsupported" if session.tag_of(arg(call, 1, "other")) == ACT else "linear"
+    if name in ("pow", "square"):
+        exponent = 2 if name == "square" else arg(call, 1, "exponent")
+        if isinstance(exponent, (int, float)) and exponent in (1, 2) and session.tag_of(arg(call, 0, "input")) == ACT:
+            return "linear" if exponent == 1 else "square"
+        return "unsupported"
+    if name in ACTIVATION_CALLS:
+        return "activation" if activation_of_call(name, args, kwargs) is not None else "unsupported"
+    if name == "max_pool2d":
+        plain = arg(call, 4, "dilation", 1) in (1, (1, 1)) and not arg(call, 5, "ceil_mode", False) \
+            and not arg(call, 6, "return_indices", False)
+        return "max_pool" if plain else "unsupported"
+    if name in SIMPLE_SITES:
+        kind = SIMPLE_SITES[name]
+        if kind in ("layer_norm", "rms_norm") and any(session.tag_of(arg(call, i, n)) == ACT
+                                                      for i, n in ((2, "weight"), (3, "bias"))):
+            return "unsupported"  # data-dependent affine parameters (adaptive norms)
+        return kind
+    return "unsupported"
+
+
+class SiteTable:
+    """The dispatch of a :class:`Session`: routes every call with an activation operand, builds the
+    sites while ``calibrating`` and runs their spiking operators afterwards; records what ran."""
+
+    def __init__(self, settings: OpSettings, report: ConversionReport, allow_float_fallback: bool) -> None:
+        self.settings, self.report, self.allow_float_fallback = settings, report, allow_float_fallback
+        self.sites: Dict[Tuple[str, str, int], nn.Module] = {}
+        self.calibrating = True
+        self.unsupported: Dict[Tuple[str, str], int] = {}
+
+    def __call__(self, session: Session, name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
+        call = (args, kwargs)
+        kind = classify(session, name, call)
+        if kind == "linear":
+            out = func(*args, **kwargs)
+            if name in DESTINATION and args and isinstance(args[0], torch.Tensor):
+                session.mark(args[0], ACT)
+        elif kind == "control":
+            out = func(*args, **kwargs)
+            session.mark(out, CTRL)
+            return out
+        elif kind == "unsupported":
+            out = self.float_fallback(session.owner.path, name, func, call)
+        else:
+            out = self.run_site(session, kind, name, func, call)
+        session.mark(out, ACT)
+        return out
+
+    def float_fallback(self, path: str, name: str, func: Callable, call: Call) -> Any:
+        key = (path, name)
+        if not self.calibrating and not self.allow_float_fallback:
+            raise UnsupportedNonlinearityError([key])
+        if key not in self.unsupported and not self.calibrating:
+            self.report.fallback.append(Entry(path, name, name, "no spiking operator for this call: runs in float"))
+        self.unsupported[key] = self.unsupported.get(key, 0) + 1
+        return func(*call[0], **call[1])
+
+    def run_site(self, session: Session, kind: str, name: str, func: Callable, call: Call) -> Any:
+        frame = session.owner
+        ordinal = frame.counters.get(kind, 0)
+        frame.counters[kind] = ordinal + 1
+        key = (frame.path, kind, ordinal)
+        op = self.sites.get(key)
+        if op is None:
+            if not self.calibrating:
+                if self.allow_float_fallback:
+                    return self.float_fallback(frame.path, name, func, call)
+                raise RuntimeError(f"{name} at {frame.path or '<root>'} did not run on the calibration batches, so it "
+                                   "has no spiking operator: convert with calibration batches that exercise this path "
+                                   "(the same kind of inputs, e.g. padded batches or generation steps)")
+            op = self.build(frame, kind, name, call)
+        if self.calibrating and not needs_calibration(op):
+            return func(*call[0], **call[1])
+        return (SITE_KINDS[kind].invoke if kind != "activation" else _call_module)(op, call)
+
+    def build(self, frame: Any, kind: str, name: str, call: Call) -> nn.Module:
+        if kind == "activation":
+            entry, params = activation_of_call(name, *call)
+            op, note = entry.build(self.settings, **params), entry.note
+        else:
+            op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
+        device = next((v.device for v in call[0] if isinstance(v, torch.Tensor)), None)
+        op = op.to(device) if device is not None else op
+        attached = f"mbe_{kind}{frame.counters[kind] - 1}"
+        frame.module.add_module(attached, op)
+        self.sites[(frame.path, kind, frame.counters[kind] - 1)] = op
+        path = f"{frame.path}.{attached}" if frame.path else attached
+        self.report.replaced.append(Entry(path, name, type(op).__name__, note))
+        return op
+
+    def unsupported_calls(self) -> List[Tuple[str, str]]:
+        return sorted(self.unsupported)
+
+
+def _call_module(module: nn.Module, call: Call) -> Any:
+    return module(arg(call, 0, "input"))
+
+
+def needs_calibration(module: nn.Module) -> bool:
+    """The operator (or one of its parts) still records operand ranges."""
+    return any(getattr(m, "calibrating", False) for m in module.modules())

@@ -1,0 +1,155 @@
+"""Exact rectifiers on identity neurons: ReLU, piecewise-linear activations and max pooling (Eq. 9).
+
+An MBE_Id neuron with a *positive* input gain never reaches threshold for a negative membrane
+potential, so it fires the binary digits of ``relu(x)`` quantised to ``2^T`` levels of ``[0, A]``:
+ReLU costs no fitted curve, only the operand coding of the products (error at most ``A / 2^(T+1)``).
+Every piecewise-linear function is ``c0 + c1 x + sum_i w_i relu(x - t_i)`` (leaky ReLU, ReLU6,
+hardtanh, clamp), and ``max(a, b) = a + relu(b - a)`` folds a pooling window.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import flops
+from .base import SpikingOp, working_dtype
+from .calibration import RangeObserver
+from .coding import IdentityCoder, check_steps, total
+
+
+class SpikingReLU(SpikingOp):
+    """``relu(x)`` as the spikes of one MBE_Id neuron of range ``[0, A]`` (Eq. 9, positive gain).
+
+    With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
+    the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. Values above ``A``
+    are clamped and counted. SOPs: one per spike; ``ann_flops``: one comparison per element.
+    """
+
+    operands = 1  # ranges (A,)
+
+    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None) -> None:
+        super().__init__(mode)
+        self.T = check_steps(T)
+        self.coder: Optional[IdentityCoder] = None
+        self.observer = RangeObserver()
+        self.calibrating = A is None
+        if A is not None:
+            self.set_ranges((A,))
+
+    @property
+    def ranges(self) -> Optional[Tuple[float]]:
+        return None if self.coder is None else (self.coder.A,)
+
+    def set_ranges(self, ranges: Sequence[float]) -> None:
+        """Fix the range ``(A,)`` of the neuron and stop calibrating."""
+        ranges = tuple(ranges)
+        if len(ranges) != 1 or not (isinstance(ranges[0], (int, float)) and math.isfinite(ranges[0]) and ranges[0] > 0):
+            raise ValueError(f"SpikingReLU: ranges must be one positive finite number (A,), got {ranges!r}")
+        self.coder = IdentityCoder(self.T, float(ranges[0]))
+        self.calibrating = False
+
+    def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
+        """``A`` from the observed ``max relu(x)`` (or its ``percentile``)."""
+        if not self.observer.samples:
+            raise RuntimeError("SpikingReLU: finish_calibration() before any calibration forward; run a few "
+                               "batches while calibrating, or call set_ranges((A,))")
+        self.set_ranges((self.observer.range(percentile),))
+        self.observer = RangeObserver()
+        return self.ranges
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.check_input(x, "input")
+        if self.calibrating:
+            self.observer.observe(F.relu(x))
+            return F.relu(x)
+        if self.coder is None:
+            raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
+        positive = x.to(working_dtype(x)).clamp(min=0.0)  # below threshold: no spike
+        code, clamped = self.coder.encode(positive, self.simulating, (0.0, max(high, 0.0)))
+        spikes = total(code.counts)
+        self.note_clamped(clamped, f"inputs above {self.coder.A:g}")
+        self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=flops.RELU * x.numel())
+        return code.value.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}, range={self.ranges}, calibrating={self.calibrating}, " + super().extra_repr()
+
+
+class PiecewiseLinear(nn.Module):
+    """``c0 + c1 x + sum_i w_i relu(x - t_i)``, one :class:`SpikingReLU` per knot ``t_i``.
+
+    The constant, the pass-through ``c1 x`` and the knot weights are synaptic biases and weights;
+    only the rectifiers spike. ReLU is ``knots=[(0, 1)]``; leaky ReLU ``c1=s, knots=[(0, 1-s)]``;
+    ReLU6 ``[(0, 1), (6, -1)]``; hardtanh ``c0=lo, [(lo, 1), (hi, -1)]``.
+    """
+
+    mbe_opaque = True
+
+    def __init__(self, knots: Sequence[Tuple[float, float]], T: int = 16, mode: str = "fast",
+                 c0: float = 0.0, c1: float = 0.0) -> None:
+        super().__init__()
+        for name, v in (("c0", c0), ("c1", c1), *((f"knot {i}", v) for i, k in enumerate(knots) for v in k)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"PiecewiseLinear: {name} must be a finite number, got {v!r}")
+        if not knots:
+            raise ValueError("PiecewiseLinear needs at least one knot (t, w)")
+        self.knots = [(float(t), float(w)) for t, w in knots]
+        self.c0, self.c1 = float(c0), float(c1)
+        self.rectifiers = nn.ModuleList(SpikingReLU(T, mode) for _ in self.knots)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for (t, w), rect in zip(self.knots, self.rectifiers):
+            term = rect(x - t if t else x)
+            term = term if w == 1.0 else term * w
+            out = term if out is None else out + term
+        if self.c1:
+            out = out + self.c1 * x
+        return out + self.c0 if self.c0 else out
+
+    def extra_repr(self) -> str:
+        return f"c0={self.c0:g}, c1={self.c1:g}, knots={self.knots}"
+
+
+class SpikingMaxPool2d(nn.Module):
+    """``max_pool2d`` as a fold of ``max(m, v) = m + relu(v - m)`` over each window (one rectifier).
+
+    Padding replicates the border, which leaves every window's maximum unchanged (a padded value
+    repeats a value of the same window); ``dilation=1`` and ``ceil_mode=False`` only.
+    """
+
+    mbe_opaque = True
+
+    def __init__(self, kernel_size, stride=None, padding=0, T: int = 16, mode: str = "fast") -> None:
+        super().__init__()
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        self.kernel_size, self.padding = pair(kernel_size), pair(padding)
+        self.stride = self.kernel_size if stride is None or stride == [] else pair(stride)
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"SpikingMaxPool2d: padding {self.padding} must be at most half the kernel "
+                             f"{self.kernel_size} (as torch requires)")
+        self.rectifier = SpikingReLU(T, mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() not in (3, 4):
+            raise ValueError(f"SpikingMaxPool2d expects [C, H, W] or [B, C, H, W], got {tuple(x.shape)}")
+        batched = x if x.dim() == 4 else x[None]
+        B, C, H, W = batched.shape
+        ph, pw = self.padding
+        padded = F.pad(batched, (pw, pw, ph, ph), mode="replicate") if ph or pw else batched
+        windows = F.unfold(padded.reshape(B * C, 1, *padded.shape[-2:]), self.kernel_size, stride=self.stride)
+        out = windows[:, 0]
+        for i in range(1, windows.shape[1]):
+            out = out + self.rectifier(windows[:, i] - out)
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        out = out.reshape(B, C, Ho, Wo)
+        return out if x.dim() == 4 else out[0]
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
