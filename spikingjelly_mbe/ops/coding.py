@@ -145,7 +145,7 @@ class IdentityCoder(nn.Module):
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
-        if kernels.usable(x):
+        if self.T <= FLOAT32_MAX_T and kernels.usable(x):
             return self.fused(x)[0], clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = popcount(q, self.T)
