@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
+from test_ops_products import both_modes
 
 from spikingjelly_mbe.fitting import FittedNeuron, fit_neuron, library
 from spikingjelly_mbe.ops import SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingSoftmax
@@ -43,13 +43,9 @@ def test_fit_on_first_use_is_cached_verified_and_refitted_when_corrupt(tmp_path,
 
 def modes_agree(op, *inputs):
     """Fast and simulate outputs are equal and so are the statistics; returns the output."""
-    op.mode = "fast"
-    functional.reset_net(op)
-    fast, stats = op(*inputs), op.op_stats()
-    op.mode = "simulate"
-    functional.reset_net(op)
-    torch.testing.assert_close(fast, op(*inputs), rtol=1e-5, atol=1e-6)
-    assert stats == op.op_stats() and stats.spikes > 0
+    fast, stats, simulated, simulated_stats = both_modes(op, *inputs)
+    torch.testing.assert_close(fast, simulated, rtol=1e-5, atol=1e-6)
+    assert stats == simulated_stats and stats.spikes > 0
     return fast
 
 
