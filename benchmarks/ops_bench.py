@@ -220,10 +220,10 @@ def error_plot(rows: List[Row], path: Path) -> None:
 
 
 def save(error_rows: List[Row], speed_rows: List[Row], out: Path) -> None:
-    """Tables (md, csv) and plots (PNG) of both parts under ``out``."""
+    """Tables (md, csv) and plots (PNG) of both parts under ``out`` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
     if error_rows:
         measured = [r for r in error_rows if r["error"] is not None]
-        (out / "errors.md").parent.mkdir(parents=True, exist_ok=True)
         (out / "errors.md").write_text(markdown(error_rows, columns(error_rows)))
         write_csv(error_rows, out / "errors.csv")
         error_plot(measured, out / "errors.png")

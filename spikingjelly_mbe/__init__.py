@@ -6,6 +6,13 @@ from .fitting import FittedNeuron, FittedNeuronError, available, fit_neuron, loa
 from .neurons import FSNode, MBENode, MultiBasisNode  # noqa: E402
 
 __all__ = ["FSNode", "FittedNeuron", "FittedNeuronError", "MBENode", "MultiBasisNode", "__version__",
-           "available", "fit_neuron", "load_fitted"]
-from .conversion import convert  # noqa: E402
-__all__ += ["convert"]
+           "available", "convert", "fit_neuron", "load_fitted"]
+
+
+def __getattr__(name: str):
+    """``convert`` loads the conversion layer (and transformers, timm) on first use only, so that
+    ``import spikingjelly_mbe.ops`` stays light."""
+    if name == "convert":
+        from .conversion import convert
+        return convert
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,9 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     if isinstance(calib_data, (torch.Tensor, Mapping)):
         raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
                         f"(got one {type(calib_data).__name__})")
+    if calib_data is not None and not isinstance(calib_data, Iterable):
+        raise TypeError(f"calib_data must be an iterable of batches (a list of tensors or of dicts of forward "
+                        f"kwargs), got {type(calib_data).__name__}")
     if fx:
         warnings.warn("convert(fx=True) is deprecated: conversion intercepts what runs, which needs no torch.fx "
                       "trace; the default path is used", DeprecationWarning, stacklevel=2)

@@ -12,19 +12,10 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-CACHE_ENV = "SPIKINGJELLY_MBE_CACHE"
-
+from ..cache import CACHE_ENV, CacheDirError, cache_dir  # noqa: F401 (re-exported)
 
 class AssetMissingError(RuntimeError):
     """An optional asset (package or downloaded archive) is not on this machine."""
-
-
-def cache_dir(*parts: str) -> Path:
-    """The project cache (``$SPIKINGJELLY_MBE_CACHE`` or ``~/.cache/spikingjelly_mbe``), created."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spikingjelly_mbe"
-    path = Path(os.environ.get(CACHE_ENV) or default).joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def downloads_dir() -> Path:

@@ -95,6 +95,16 @@ class EnergyMeter:
     def __post_init__(self) -> None:
         self._synapses = SynapseCounter(self.model, self.T)
         self._handle = None
+        steps = {path: getattr(m, "T", None) for path, m in self.model.named_modules()
+                 if callable(getattr(m, "op_stats", None))}
+        if not steps:
+            raise ValueError(f"EnergyMeter: model ({type(self.model).__name__}) has no spiking operators, so there is "
+                             "no spiking energy to measure; convert it first: spikingjelly_mbe.convert(model, T=...)")
+        other = sorted({t for t in steps.values() if t != self.T}, key=str)
+        if other:
+            raise ValueError(f"EnergyMeter: T={self.T}, but the model's spiking operators run at T={other} "
+                             f"(e.g. {next(p for p, t in steps.items() if t != self.T)!r}); pass the T the model "
+                             "was converted with")
 
     def _after_forward(self, *_: object) -> None:
         for path, stats in collect_stats(self.model).items():

@@ -21,7 +21,7 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCou
 from transformers.pytorch_utils import Conv1D
 
 from ..ops.base import working_dtype
-from ..ops.coding import IdentityCoder, check_steps, popcount, total
+from ..ops.coding import MAX_RANGE, MIN_RANGE, IdentityCoder, check_steps, popcount, total
 from .stats import OpStats
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
@@ -39,7 +39,7 @@ def input_spikes(x: torch.Tensor, T: int) -> int:
     peak = float(x.detach().abs().max()) if x.numel() else 0.0
     if peak == 0.0:
         return 0
-    coder = IdentityCoder(T, peak)
+    coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE))
     return total(popcount(coder.quantize(x.detach().to(working_dtype(x, T))), T))
 
 
@@ -61,7 +61,8 @@ class SynapseCounter:
         def count(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
             x = args[0]
             macs = layer_macs(layer, x, out)
-            spikes = input_spikes(x, self.T)
+            with torch._C.DisableTorchFunction():  # measuring, not the model's computation: never intercepted
+                spikes = input_spikes(x, self.T)
             fan_out = macs // x.numel() if x.numel() else 0
             self.stats[path] = self.stats.get(path, OpStats()) + OpStats(
                 spikes=spikes, neurons=x.numel(), sops=spikes * fan_out, ann_flops=macs)

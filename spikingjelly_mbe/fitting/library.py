@@ -2,7 +2,9 @@
 made on first use (seed 0, default budget; deterministic) and cached there."""
 from __future__ import annotations
 
+import copy
 import logging
+import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -11,12 +13,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..data.assets import cache_dir
+from ..neurons.multibasis import positive_int
 from .fitted import FittedNeuron, FittedNeuronError
 from .routine import fit_neuron
 from .targets import TARGETS
 
 LIBRARY_DIR = Path(__file__).with_name("library")
 MAX_FIT_T = 32  # the longest spike trains fitted on first use
+NAME = re.compile(r"[A-Za-z0-9_]+")  # a target name: no path separators, no dots
 log = logging.getLogger(__name__)
 
 
@@ -65,14 +69,17 @@ def _load(target: str, kind: str, N: int, T: int) -> FittedNeuron:
 
 
 def check_fit_request(target: str, kind: str, N: int, T: int) -> Tuple[str, int, int]:
-    """``(kind, N, T)`` validated: a registered ``target``, ``kind`` 'mbe' or 'fs', ``N >= 1``,
+    """``(kind, N, T)`` validated: a registered ``target``, ``kind`` 'mbe' or 'fs', ``1 <= N <= 64``,
     ``1 <= T <= MAX_FIT_T``."""
+    if not isinstance(target, str) or not NAME.fullmatch(target):
+        raise ValueError(f"target must be a plain name such as 'gelu' (letters, digits, '_'), got {target!r}; "
+                         f"registered: {sorted(TARGETS)}")
     if target not in TARGETS:
         raise KeyError(f"unknown target {target!r}; registered: {sorted(TARGETS)} (fit others with fit_neuron)")
     if kind not in ("mbe", "fs"):
         raise ValueError(f"kind must be 'mbe' or 'fs', got {kind!r}")
     for name, value, top in (("N", N, 64), ("T", T, MAX_FIT_T)):
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        if positive_int(name, value) > top:
             raise ValueError(f"{name} must be an integer in [1, {top}], got {value!r}")
     return kind, (1 if kind == "fs" else N), T
 
@@ -80,5 +87,5 @@ def check_fit_request(target: str, kind: str, N: int, T: int) -> Tuple[str, int,
 def load_fitted(target: str, kind: str = "mbe", N: int = 4, T: int = 16) -> FittedNeuron:
     """The fit of ``target`` on its registered domain (FS ignores ``N``): shipped for T in
     {8, 10, 12, 16} and N in {1, 2, 4, 8}; any other ``N``, ``T <= 32`` is fitted on first use
-    (seed 0, a few seconds) and cached in the project cache."""
-    return _load(target, *check_fit_request(target, kind, N, T))
+    (seed 0, a few seconds) and cached in the project cache. An independent copy: edits stay local."""
+    return copy.deepcopy(_load(target, *check_fit_request(target, kind, N, T)))

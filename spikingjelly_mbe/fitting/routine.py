@@ -11,6 +11,7 @@ No gradient, surrogate or otherwise, is taken anywhere.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..neurons.multibasis import simulate_bases
+from ..neurons.multibasis import finite_number, positive_int, simulate_bases
 from .fitted import FittedNeuron, error_figures
 from .targets import Target, TensorFn, get_target
 
@@ -27,6 +28,7 @@ LN2 = math.log(2.0)
 RIDGE = 1e-10
 SEARCH_SAMPLES = 3000  # the search scores candidates on every k-th sample; the final solve uses all
 DEFAULT_BUDGET = 8000  # candidate evaluations per fit, the same for every kind
+MAX_SEED = 1_000_000  # CMA-ES seeds are derived as seed * 1000 + k and must stay below 2^32
 
 
 @dataclass(frozen=True)
@@ -145,9 +147,7 @@ def solve_linear(features: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor,
 def _layout(kind: str, target: Target, N: int, T: int, dt: float, decay: bool) -> Layout:
     lo, hi = target.domain
     grid = torch.linspace(lo, hi, 4097, dtype=torch.float64)
-    f = target.fn(grid).to(torch.float64)
-    if not torch.isfinite(f).all():
-        raise ValueError(f"target {target.name!r} is not finite everywhere on {target.domain}")
+    f = target.evaluate(grid)
     alpha = float(f.abs().max())
     if alpha == 0:
         raise ValueError(f"target {target.name!r} is identically 0 on {target.domain}")
@@ -310,16 +310,21 @@ def fit_neuron(target: Union[str, Target, TensorFn], kind: str = "mbe", N: int =
     """
     if kind not in ("mbe", "fs"):
         raise ValueError(f"kind must be 'mbe' or 'fs', got {kind!r}")
-    if T < 1 or N < 1:
-        raise ValueError(f"need N >= 1 and T >= 1, got N={N}, T={T}")
+    N, T, restarts = positive_int("N", N), positive_int("T", T), positive_int("restarts", restarts)
+    budget = DEFAULT_BUDGET if budget is None else positive_int("budget", budget)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}), got {seed!r}")
+    if not finite_number("dt", dt) > 0:
+        raise ValueError(f"dt must be a positive time step, got dt={dt!r}")
+    if not isinstance(decay, bool):
+        raise TypeError(f"decay must be True or False, got {decay!r}")
     tgt = get_target(target, domain)
-    layout = _layout(kind, tgt, N, T, dt, decay)
     x = tgt.samples(samples)
-    y = tgt.fn(x).to(torch.float64)
+    layout = _layout(kind, tgt, N, T, dt, decay)
+    y = tgt.evaluate(x)
     stride = max(1, samples // SEARCH_SAMPLES)
     xs, ys = x[::stride], y[::stride]
     xs32 = xs.to(torch.float32)  # the search simulates in float32; the final solve in float64
-    budget = DEFAULT_BUDGET if budget is None else budget
     search = _Search(layout, xs32, ys, budget, f"fit {kind} {tgt.name} N={layout.N} T={T}", progress)
     best_theta = search.run(seed, restarts)
     coef, _ = solve_linear(layout.features(torch.as_tensor(best_theta)[None], x), y)

@@ -8,6 +8,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ..neurons.multibasis import check_domain
+
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -27,9 +29,27 @@ class Target:
 
     def samples(self, count: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """``count`` evenly spaced points of the domain (the paper's uniform protocol)."""
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"samples must be an integer >= 2, got {count!r}")
         if count < 2:
-            raise ValueError(f"need at least 2 samples, got {count}")
+            raise ValueError(f"need at least 2 samples, got samples={count}")
         return torch.linspace(self.domain[0], self.domain[1], count, dtype=dtype)
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """``fn(x)`` in float64, checked: a tensor of ``x``'s shape with finite values."""
+        y = self.fn(x)
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"target {self.name!r} must return a torch.Tensor, got {type(y).__name__}; "
+                            "wrap it, e.g. lambda x: torch.as_tensor(f(x))")
+        if tuple(y.shape) != tuple(x.shape):
+            raise ValueError(f"target {self.name!r} must be element-wise: input of shape {tuple(x.shape)} gave output "
+                             f"of shape {tuple(y.shape)} (the same shape is needed)")
+        y = y.to(torch.float64)
+        bad = ~torch.isfinite(y)
+        if bool(bad.any()):
+            raise ValueError(f"target {self.name!r} is not finite at {int(bad.sum())} of {y.numel()} points of "
+                             f"{self.domain}, e.g. x={float(x[bad][0]):g}; pick a domain where it is finite")
+        return y
 
 
 TARGETS: Dict[str, Target] = {t.name: t for t in [
@@ -50,16 +70,17 @@ TARGETS: Dict[str, Target] = {t.name: t for t in [
 
 def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[float, float]] = None) -> Target:
     """Resolve a registered name, a :class:`Target` or a tensor callable (which needs a domain)."""
+    domain = check_domain(domain)
     if isinstance(target, Target):
-        return target if domain is None else Target(target.name, target.fn, tuple(domain), target.description)
+        return target if domain is None else Target(target.name, target.fn, domain, target.description)
     if isinstance(target, str):
         if target not in TARGETS:
             raise KeyError(f"unknown target {target!r}; registered: {sorted(TARGETS)}")
         base = TARGETS[target]
-        return base if domain is None else Target(base.name, base.fn, tuple(map(float, domain)), base.description)
+        return base if domain is None else Target(base.name, base.fn, domain, base.description)
     if callable(target):
         if domain is None:
             raise ValueError("a callable target needs an explicit domain=(lo, hi)")
         name = getattr(target, "__name__", "custom")
-        return Target(name, target, tuple(map(float, domain)), "user-supplied callable")
+        return Target(name, target, domain, "user-supplied callable")
     raise TypeError(f"target must be a name, a Target or a callable, got {type(target).__name__}")

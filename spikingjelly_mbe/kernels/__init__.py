@@ -1,11 +1,12 @@
 """Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic in one compiled pass.
 
-Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, and
-the :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations; each returns the bits
+Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, the
+:class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations, and a step of ECMT's
+:class:`~spikingjelly_mbe.neurons.MTNode`; each returns the bits
 and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
-tensors, for float64, or with autograd recording, the operators keep their eager fast path, which
+tensors or for float64 the operators keep their eager fast path, which
 returns the same numbers. ``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` switches the kernels off.
 Rows are split across ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 """
@@ -27,7 +28,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..data.assets import cache_dir
+from ..cache import cache_dir
 
 log = logging.getLogger("spikingjelly_mbe.kernels")
 
@@ -48,6 +49,7 @@ SIGNATURES = {
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],
+    "sjmbe_mt_step_f32": [_pointer, _pointer, _i64, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
 }
 
 
@@ -60,12 +62,35 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _checksum_file(library_path: Path) -> Path:
+    """The sidecar holding the sha256 of ``library_path`` recorded when it was built."""
+    return library_path.with_name(library_path.name + ".sha256")
+
+
+def verified(library_path: Path) -> bool:
+    """Whether ``library_path`` is exactly the file this machine built: its sha256 equals the one
+    recorded at build time. A truncated, replaced or foreign library is never handed to ``ctypes``
+    (mapping a truncated one kills the interpreter with SIGBUS)."""
+    try:
+        return _checksum_file(library_path).read_text().strip() == _sha256(library_path)
+    except OSError:
+        return False
+
+
 def _compile(compiler: str, target: Path) -> None:
+    """Build into a temporary folder next to ``target``, record the sha256, then move both into
+    place atomically: concurrent processes never load a half-written library."""
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
+        built, checksum = Path(tmp) / target.name, Path(tmp) / _checksum_file(target).name
         subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True,
                         text=True, timeout=120)
-        os.replace(built, target)  # atomic: concurrent processes never load a half-written library
+        checksum.write_text(_sha256(built) + "\n")
+        os.replace(built, target)
+        os.replace(checksum, _checksum_file(target))
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -80,18 +105,23 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
-    target = cache_dir("kernels") / f"spike_kernels-{key}.so"
     try:
-        if not target.is_file():
+        target = cache_dir("kernels") / f"spike_kernels-{key}.so"
+        if not verified(target):
+            if _checksum_file(target).exists():
+                log.warning("cached kernels %s do not match the sha256 recorded at build (truncated, replaced or "
+                            "built with other flags): rebuilding", target)
             _compile(compiler, target)
+            if not verified(target):
+                raise OSError(f"{target} changed while it was being built")
         lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.SubprocessError) as err:
+        for name, argtypes in SIGNATURES.items():
+            getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
+    except (OSError, subprocess.SubprocessError, AttributeError) as err:
         detail = getattr(err, "stderr", "") or err
-        log.warning("could not build the fused kernels with %s (%s): fast mode runs its eager PyTorch path",
+        log.warning("could not build or load the fused kernels with %s (%s): fast mode runs its eager PyTorch path",
                     compiler, str(detail).strip()[:500])
         return None
-    for name, argtypes in SIGNATURES.items():
-        getattr(lib, name).argtypes, getattr(lib, name).restype = argtypes, None
     _library = lib
     return lib
 
@@ -183,6 +213,22 @@ def rowwise(kernel: str, x: torch.Tensor, n: int, stat_count: int, *args: object
         fn(x.data_ptr() + 4 * start * n, stop - start, n, *args, out.data_ptr() + 4 * start * n, stats)
 
     return out, _chunked(run, x.numel() // n if n else 0, n, stat_count)
+
+
+def mt_step(x: torch.Tensor, v: Optional[torch.Tensor], lambdas: Sequence[float],
+            levels: int) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """``(out, new potential, [spikes, saturated, NaN/Inf])``: one step of an MT neuron on float32
+    ``x`` with potential ``v`` (``None``: zero), ``MTNode.single_step_forward``'s arithmetic."""
+    x = x.contiguous()
+    v = None if v is None else v.contiguous()
+    out, v_out = torch.empty_like(x), torch.empty_like(x)
+    params, fn = doubles(lambdas), library().sjmbe_mt_step_f32
+
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr() + 4 * start, None if v is None else v.data_ptr() + 4 * start, stop - start, params, levels,
+           v_out.data_ptr() + 4 * start, out.data_ptr() + 4 * start, stats)
+
+    return out, v_out, _chunked(run, x.numel(), 1, 3)
 
 
 @functools.lru_cache(maxsize=None)

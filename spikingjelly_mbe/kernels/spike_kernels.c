@@ -183,7 +183,8 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
         for (int64_t i = 0; i < n; ++i) {
             const float q = quantize(o[i], ce);
             e_spikes += popcount(q);
-            o[i] = (q * ce.step) * scaled;
+            const float p = (q * ce.step) * scaled;
+            o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
         }
         stats[0] += spikes + e_spikes + r_spikes;
         stats[1] += live;
@@ -292,4 +293,49 @@ void sjmbe_lookup_f32(const float *restrict x, int64_t rows, int64_t n, double l
         stats[1] += outside;
         stats[2] += bad;
     }
+}
+
+/* One step of ECMT's Multi-Threshold neuron (neurons.MTNode): v = x + v_prev (v_prev NULL: 0), the
+ * positive threshold lam_p 2^k with the largest k < levels such that v >= lam_p (2^k - 1/2) fires,
+ * else the negative one with -v >= lam_n (2^k - 1/2); out = +-lam 2^k or 0, v_out = v - out.
+ * The index is estimated from the binary exponent of |v| / lam + 1/2 and then settled by the exact
+ * comparisons with the bounds, which the estimate's rounding can miss by at most one.
+ * v_prev and v_out may be the same array. stats += (spikes, saturated: v_out still reaches the top
+ * threshold, NaN/Inf inputs). */
+void sjmbe_mt_step_f32(const float *restrict x, const float *v_prev, int64_t n, const double *lambdas,
+                       int32_t levels, float *v_out, float *restrict out, int64_t *stats) {
+    float bound[2][34], value[2][34];  /* [sign][j]: j = 0 silent, j = k + 1 threshold lam 2^k, then +inf */
+    const float lam[2] = {(float)lambdas[0], (float)lambdas[1]};
+    for (int s = 0; s < 2; ++s) {
+        bound[s][0] = 0.0f;
+        value[s][0] = 0.0f;
+        for (int32_t k = 0; k < levels; ++k) {
+            const float level = ldexpf(1.0f, k);
+            bound[s][k + 1] = lam[s] * (level - 0.5f);
+            value[s][k + 1] = (s ? -lam[s] : lam[s]) * level;
+        }
+        bound[s][levels + 1] = INFINITY;
+    }
+    const float inv[2] = {1.0f / lam[0], 1.0f / lam[1]};
+    int64_t spikes = 0, saturated = 0, bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const float v = x[i] + (v_prev ? v_prev[i] : 0.0f);
+        const int s = v < 0.0f;
+        const float a = fabsf(v), q = a * inv[s] + 0.5f;
+        uint32_t bits;
+        memcpy(&bits, &q, sizeof bits);
+        int32_t j = (int32_t)(bits >> 23) - 126;  /* 1 + floor(log2 q) for q >= 0.5 */
+        j = j < 0 ? 0 : (j > levels ? levels : j);
+        j -= j > 0 && !(a >= bound[s][j]);
+        j += j < levels && a >= bound[s][j + 1];
+        const float o = value[s][j], rest = v - o;
+        v_out[i] = rest;
+        out[i] = o;
+        spikes += j != 0;
+        saturated += (rest >= bound[0][levels]) | (-rest >= bound[1][levels]);
+        bad += !(fabsf(x[i]) <= FLT_MAX);
+    }
+    stats[0] += spikes;
+    stats[1] += saturated;
+    stats[2] += bad;
 }

@@ -1,7 +1,9 @@
-"""Spiking neurons: the shared multi-basis simulation, the FS neuron and the MBE neuron."""
+"""Spiking neurons: the shared multi-basis simulation, the FS neuron, the MBE neuron and ECMT's
+Multi-Threshold neuron."""
 from .fs import FSNode
 from .lookup import NeuronTable, neuron_table
 from .mbe import MBENode, decay_table
+from .multi_threshold import MTNode
 from .multibasis import MultiBasisNode, simulate_bases
 
-__all__ = ["FSNode", "MBENode", "MultiBasisNode", "NeuronTable", "decay_table", "neuron_table", "simulate_bases"]
+__all__ = ["FSNode", "MBENode", "MTNode", "MultiBasisNode", "NeuronTable", "decay_table", "neuron_table", "simulate_bases"]

@@ -28,6 +28,7 @@ from .multibasis import MultiBasisNode
 GRID = 1 << 15  # first-pass sampling of the domain
 CHUNK = 1 << 13  # simulation batch while sampling
 MAX_ROUNDS = 4096
+MAX_TABLE_T = 62  # spike patterns are read as T-bit numbers in int64
 
 
 def order_key(x: torch.Tensor) -> torch.Tensor:
@@ -196,6 +197,9 @@ def neuron_table(node: MultiBasisNode, domain: Tuple[float, float], dtype: torch
                  key: Optional[str] = None) -> NeuronTable:
     """The :class:`NeuronTable` of ``node`` on ``domain``, built once per process for every neuron
     with the same parameters (``key``: its :func:`fingerprint`, when the caller keeps it)."""
+    if node.T > MAX_TABLE_T:
+        raise ValueError(f"fast mode reads spike patterns as {MAX_TABLE_T}-bit integers, but this neuron has "
+                         f"T={node.T}; use mode='simulate' for T > {MAX_TABLE_T}")
     cache_key = (key or fingerprint(node), (float(domain[0]), float(domain[1])), dtype, str(device))
     if cache_key not in _TABLES:
         cpu_key = cache_key[:3] + ("cpu",)

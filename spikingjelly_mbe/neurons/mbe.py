@@ -1,12 +1,11 @@
 """Multi-basis Exponential Decay neuron (paper Eqs. 4-8)."""
 from __future__ import annotations
 
-import math
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 
-from .multibasis import Domain, MultiBasisNode
+from .multibasis import Domain, MultiBasisNode, finite_number, positive_int
 
 
 def decay_table(alpha: float, tau: torch.Tensor, T: int, dt: float, decay: bool = True) -> torch.Tensor:
@@ -43,7 +42,8 @@ class MBENode(MultiBasisNode):
             raise ValueError("tau_v, tau_r and tau_d need one entry per basis")
         if decay and not all(bool((t > 0).all()) for t in taus):
             raise ValueError("time constants must be positive")
-        if not (T >= 1 and alpha > 0 and dt > 0 and math.isfinite(alpha) and math.isfinite(dt)):
+        T = positive_int("T", T)
+        if not (finite_number("alpha", alpha) > 0 and finite_number("dt", dt) > 0):
             raise ValueError(f"need T >= 1, alpha > 0, dt > 0; got T={T}, alpha={alpha}, dt={dt}")
         vth, reset, intensity = (decay_table(alpha, t, T, dt, decay) for t in taus)
         super().__init__(vth, reset, intensity,
@@ -52,6 +52,14 @@ class MBENode(MultiBasisNode):
                          weight, bias, domain, step_mode)
         self.register_buffer("tau", torch.stack(taus))
         self.alpha, self.dt, self.decay = float(alpha), float(dt), bool(decay)
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The domain and the Eq. 4 constants (``alpha``, ``dt``, ``decay``) travel with ``state_dict``."""
+        return {**super().get_extra_state(), "alpha": self.alpha, "dt": self.dt, "decay": self.decay}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.alpha, self.dt, self.decay = float(state["alpha"]), float(state["dt"]), bool(state["decay"])
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", alpha={self.alpha:g}, dt={self.dt:g}, decay={self.decay}"

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Optional, Tuple
+import math
+import numbers
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from spikingjelly.activation_based import base
@@ -53,6 +55,41 @@ def simulate_bases(
         if keep_spikes:
             spikes.append(s)
     return (torch.stack(spikes, 0) if keep_spikes else None), out, count
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # simulated in float32: their 11/8-bit mantissas miscount spikes
+
+
+def finite_number(name: str, value: Any) -> float:
+    """``value`` as a finite float, or a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def positive_int(name: str, value: Any) -> int:
+    """``value`` as an integer >= 1, or a ValueError/TypeError naming ``name`` (``2.5``, ``'4'``, ``True`` are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}); pass e.g. {name}=4")
+    if not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number (an int), got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_domain(domain: Any) -> Domain:
+    """``None`` or two finite numbers ``(lo, hi)`` with ``lo < hi``."""
+    if domain is None:
+        return None
+    if isinstance(domain, (str, bytes)) or not hasattr(domain, "__len__") or len(domain) != 2:
+        raise ValueError(f"domain must be a pair (lo, hi), got {domain!r}")
+    lo, hi = (finite_number("domain bound", v) for v in domain)
+    if not lo < hi:
+        raise ValueError(f"domain must satisfy lo < hi, got {domain}")
+    return lo, hi
 
 
 def _vector(name: str, value) -> torch.Tensor:
@@ -106,10 +143,8 @@ class MultiBasisNode(base.MemoryModule):
         self.register_buffer("gain", gain)
         self.register_buffer("offset", _vector("offset", offset))
         self.register_buffer("weight", _vector("weight", weight))
-        self.register_buffer("bias", torch.as_tensor(float(bias)))
-        if domain is not None and not float(domain[0]) < float(domain[1]):
-            raise ValueError(f"domain must satisfy lo < hi, got {domain}")
-        self.domain = None if domain is None else (float(domain[0]), float(domain[1]))
+        self.register_buffer("bias", torch.as_tensor(finite_number("bias", bias)))
+        self.domain = check_domain(domain)
         self.step_mode = step_mode
         self.register_memory("spike_count", 0)
         self.register_memory("num_inputs", 0)
@@ -129,11 +164,23 @@ class MultiBasisNode(base.MemoryModule):
         """``W[n, t] = w_n * d_n[t]``, so ``f_hat = sum_{n,t} W[n,t] s_n[t] + b`` (Eqs. 7-8)."""
         return self.weight[:, None] * self.intensity
 
+    def get_extra_state(self) -> Dict[str, Any]:
+        """What ``state_dict`` carries besides the buffers: the clamp ``domain``."""
+        return {"domain": self.domain}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.domain = check_domain(state["domain"])
+
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Reject non-float and NaN/Inf input; clamp to ``domain`` and count what was clamped."""
+        """Reject non-float, NaN/Inf and autograd-recording input; clamp to ``domain`` and count
+        what was clamped."""
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"{type(self).__name__} expects a floating point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
+        if x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{type(self).__name__}: the input requires grad, but binary spikes have no gradient. "
+                             "Use spikingjelly_mbe.ops.SpikingActivation (straight-through: the target function's "
+                             "gradient), or pass x.detach() / run under torch.no_grad()")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{type(self).__name__} received {bad} NaN/Inf input value(s); "
@@ -149,10 +196,16 @@ class MultiBasisNode(base.MemoryModule):
         return x
 
     def run(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Simulate the bases on ``x``: ``(spikes [T, *x.shape, N] or None, f_hat(x), spikes per element)``."""
+        """Simulate the bases on ``x``: ``(spikes [T, *x.shape, N] or None, f_hat(x), spikes per element)``.
+
+        float16 and bfloat16 inputs are simulated in float32 (their mantissas would miscount
+        spikes) and the results returned in the input's dtype; counts are summed in int64."""
         x = self.check_input(x)
-        s, value, per_element = self.simulate(x, keep_spikes)
-        fired = int(per_element.sum())
+        half = x.dtype in HALF_DTYPES
+        s, value, per_element = self.simulate(x.float() if half else x, keep_spikes)
+        if half:
+            s, value = (None if s is None else s.to(x.dtype)), value.to(x.dtype)
+        fired = int(per_element.sum(dtype=torch.int64))
         self.last_spike_count, self.last_num_inputs = fired, x.numel()
         self.spike_count = self.spike_count + fired
         self.num_inputs = self.num_inputs + x.numel()
@@ -189,7 +242,11 @@ class MultiBasisNode(base.MemoryModule):
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 1 or x_seq.shape[0] != self.T:
             raise ValueError(f"multi-step input must have shape [T={self.T}, ...], got {tuple(x_seq.shape)}")
-        return self.decode(self.spikes(x_seq.sum(0)))
+        x = x_seq.sum(0)
+        if not torch.isfinite(x).all() and torch.isfinite(x_seq).all():
+            raise ValueError(f"{type(self).__name__}: the multi-step input is finite but its sum over T overflows "
+                             f"{x_seq.dtype} in {int((~torch.isfinite(x)).sum())} element(s); scale the input down")
+        return self.decode(self.spikes(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.step_mode == "s":
@@ -201,8 +258,9 @@ class MultiBasisNode(base.MemoryModule):
     def scaled(self, in_scale: float = 1.0, out_scale: float = 1.0) -> "MultiBasisNode":
         """A copy computing ``out_scale * f_hat(x / in_scale)`` (``in_scale > 0``): how an identity
         neuron fitted on ``[0, 1]`` serves any range ``[0, A]`` (Eq. 9)."""
-        if not in_scale > 0:
+        if not finite_number("in_scale", in_scale) > 0:
             raise ValueError(f"in_scale must be positive, got {in_scale}")
+        finite_number("out_scale", out_scale)
         node = copy.deepcopy(self)
         node.gain = node.gain / in_scale
         node.weight = node.weight * out_scale

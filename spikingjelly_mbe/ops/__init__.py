@@ -2,16 +2,24 @@
 
 Every operator is a SpikingJelly ``MemoryModule`` with ``mode='simulate'`` (step-by-step spikes,
 the reference) or ``mode='fast'`` (the same numbers from the decoded sums), reports its counts
-through :meth:`op_stats` (an :class:`OpStats`) and is reset by ``functional.reset_net``.
+through :meth:`op_stats` (an :class:`OpStats`) and is reset by ``functional.reset_net``. ECMT's
+step-wise operators (Multi-Threshold neurons, Expectation Compensation) and its time-stepped
+runner sit beside them.
 """
-from ..energy.stats import OpStats, collect_stats
+from .stats import OpStats, collect_stats
 from .activation import SpikingActivation
 from .coding import IdentityCoder, identity_node
+from .ecmt_settings import ECMTSettings
+from .expectation import ExpectationCompensation, ProductCompensation
+from .multi_threshold import MTLinearInput
 from .norm import SpikingLayerNorm, SpikingRMSNorm
 from .products import SpikingMatmul, SpikingProduct
 from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
+from .stepping import run_steps
 
-__all__ = ["IdentityCoder", "OpStats", "PiecewiseLinear", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d", "SpikingProduct", "SpikingReLU",
-           "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats", "identity_node"]
+__all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
+           "ProductCompensation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
+           "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats",
+           "identity_node", "run_steps"]

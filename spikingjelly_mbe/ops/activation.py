@@ -1,12 +1,13 @@
 """Element-wise spiking activations from fitted MBE/FS neurons (Eq. 8)."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from .. import kernels
-from ..fitting import FittedNeuron, load_fitted
+from ..fitting import TARGETS, FittedNeuron, load_fitted
+from ..fitting.targets import TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
 from .base import SpikingOp, working_dtype
@@ -24,15 +25,44 @@ class SpikingActivation(SpikingOp):
     (exact: the simulation is piecewise constant in ``x``; built once per process and dtype), in a
     fused kernel on CPU float32. SOPs: one per spike (its weight is accumulated into the output);
     ``ann_flops``: :data:`flops.ACTIVATION` per element.
+
+    ``reference`` is the float function for the straight-through gradient; it defaults to the
+    registered target of the fit (a fit of an unregistered callable needs it under autograd).
     """
 
-    def __init__(self, fitted: FittedNeuron, mode: str = "fast") -> None:
+    def __init__(self, fitted: FittedNeuron, mode: str = "fast", reference: Optional[TensorFn] = None) -> None:
         super().__init__(mode)
         if not isinstance(fitted, FittedNeuron):
             raise TypeError(f"SpikingActivation needs a FittedNeuron, got {type(fitted).__name__}")
+        if reference is not None and not callable(reference):
+            raise TypeError(f"reference must be a tensor function such as torch.sin, got {reference!r}")
         self.fitted = fitted
+        self.reference = reference
         self.node = fitted.node(clamp=False)
-        self.node_key = fingerprint(self.node)
+        self._stamp: Tuple = ()
+        self._key = ""
+
+    @property
+    def T(self) -> int:
+        return self.node.T
+
+    @property
+    def node_key(self) -> str:
+        """The neuron's :func:`fingerprint`, recomputed whenever one of its buffers was replaced or
+        edited in place (so fast mode never serves a stale table)."""
+        stamp = tuple((t.data_ptr(), t._version) for t in self.node.buffers())
+        if stamp != self._stamp:
+            self._stamp, self._key = stamp, fingerprint(self.node)
+        return self._key
+
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        reference = self.reference or (TARGETS[self.fitted.target].fn if self.fitted.target in TARGETS else None)
+        if reference is None:
+            raise ValueError(f"SpikingActivation({self.fitted.key}): the input requires grad, and target "
+                             f"{self.fitted.target!r} is not registered, so there is no float function for the "
+                             "straight-through gradient; pass reference=<the tensor function>, or run under "
+                             "torch.no_grad()")
+        return reference(x)
 
     @classmethod
     def gelu(cls, T: int = 16, N: int = 4, approximate: str = "none", mode: str = "fast") -> "SpikingActivation":

@@ -9,8 +9,8 @@ from typing import List, Tuple
 import torch
 from spikingjelly.activation_based import base
 
-from ..energy.stats import OpStats
 from .coding import FLOAT32_MAX_T
+from .stats import OpStats
 
 log = logging.getLogger("spikingjelly_mbe.ops")
 
@@ -22,6 +22,18 @@ def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
     """Spiking arithmetic runs in float64 for float64 input or for MBE_Id codes of ``T`` beyond
     :data:`~.coding.FLOAT32_MAX_T` steps, else in float32."""
     return torch.float64 if x.dtype == torch.float64 or T > FLOAT32_MAX_T else torch.float32
+
+
+class StraightThrough(torch.autograd.Function):
+    """The spiking output forward, the float reference's gradient backward (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, spiking: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return spiking
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[None, torch.Tensor]:
+        return None, grad
 
 
 class SpikingOp(base.MemoryModule):
@@ -93,9 +105,19 @@ class SpikingOp(base.MemoryModule):
         raise ValueError(f"{type(self).__name__}: {name} contains {int(bad.sum())} NaN/Inf value(s){allowed}; "
                          "spiking neurons need finite membrane potentials")
 
+    def float_reference(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The float operation this operator replaces; its gradient is the backward pass."""
+        raise NotImplementedError
+
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         self._clamped_now = []
-        out = self.compute(*inputs)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters())
+                                           if isinstance(t, torch.Tensor)):
+            with torch.no_grad():
+                out = self.compute(*inputs)
+            out = StraightThrough.apply(out, self.float_reference(*inputs))
+        else:
+            out = self.compute(*inputs)
         if self._clamped_now:
             log.warning("%s: clamped %s to the fitted neuron domains in this forward",
                         type(self).__name__, ", ".join(self._clamped_now))

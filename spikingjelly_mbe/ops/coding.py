@@ -15,6 +15,7 @@ MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fi
 # the longest trains the operators code in float32: q < 2^T is exact up to T = 24, but the products and sums
 # of T-digit codes round at 2^-24, which can flip a digit of the next stage's code once T nears 24
 FLOAT32_MAX_T = 16
+MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
 
@@ -70,6 +71,9 @@ def identity_node(T: int, A: float) -> MBENode:
     check_steps(T)
     if not (A > 0 and math.isfinite(A)):
         raise ValueError(f"the identity range A must be positive and finite, got {A!r}")
+    if not MIN_RANGE <= A <= MAX_RANGE:
+        raise ValueError(f"the identity range A={A!r} must lie in [2^-126, 2^126] (gain 1/A and weight A must be "
+                         "normal float32 numbers); rescale the operand")
     tau, levels = [1.0 / math.log(2.0)], 2.0 ** T - 1
     return MBENode(tau, tau, tau, weight=[A * 2.0 ** T / levels], T=T, alpha=0.5, gain=[levels / (2.0 ** T * A)],
                    offset=[2.0 ** -(T + 1)], domain=(0.0, A))

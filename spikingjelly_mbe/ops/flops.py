@@ -12,6 +12,12 @@ Conventions (per element of the float op's output unless stated):
 * LayerNorm: 7 (mean accumulation, subtraction, square, variance accumulation, multiplication by
   ``1/sigma``, ``gamma``, ``beta``) plus 4 per normalised row (two divisions by ``n``, ``+ eps``,
   reciprocal square root); RMSNorm: 4 (square, accumulation, multiplication, weight) plus 3 per row.
+
+ECMT's expectation compensation (its float operations, ``OpStats.float_flops``), per element and
+step on top of the function ``F`` it evaluates: ``EC_STEP = 5`` for one operand (accumulate
+``S``, divide by ``t``, multiply ``F`` by ``t``, subtract the earlier outputs, add the output to
+their sum); ``EC_PRODUCT_STEP = 6`` per output element of a product of two operands (add the
+three spike terms to ``S_A S_B``, divide by ``t``, subtract the earlier outputs, add to their sum).
 """
 ACTIVATION = 70
 PRODUCT = 1
@@ -19,6 +25,7 @@ RELU = 1
 SOFTMAX = 5
 LAYERNORM, LAYERNORM_ROW = 7, 4
 RMSNORM, RMSNORM_ROW = 4, 3
+EC_STEP, EC_PRODUCT_STEP = 5, 6
 
 
 def matmul(M: int, K: int, N: int) -> int:

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import kernels
 from . import flops
@@ -69,6 +70,11 @@ class _SpikingNorm(SpikingOp):
             expected = ", ".join(["..."] + [str(s) for s in self.normalized_shape])
             raise ValueError(f"{type(self).__name__} expects input of shape [{expected}], got {tuple(x.shape)}")
         return tuple(range(-k, 0))
+
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        if self.centered:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")

@@ -10,7 +10,7 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .calibration import RangeObserver
-from .coding import FLOAT32_MAX_T, IdentityCoder, SpikeCode, check_steps, total
+from .coding import FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_steps, total
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -83,8 +83,12 @@ def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
 
 
 def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
-    if len(ranges) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in ranges):
+    if len(ranges) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                   and v > 0 for v in ranges):
         raise ValueError(f"ranges must be two positive finite numbers (A1, A2), got {ranges!r}")
+    if not all(MIN_RANGE <= v <= MAX_RANGE for v in ranges):
+        raise ValueError(f"ranges {ranges!r}: each range must lie in [2^-126, 2^126] (the identity neuron's gain "
+                         "1/A and weight A must be normal float32 numbers); rescale the operands")
     return float(ranges[0]), float(ranges[1])
 
 
@@ -104,6 +108,7 @@ class _TwoOperandOp(SpikingOp):
         self.T = check_steps(T)
         self.coders: Optional[torch.nn.ModuleList] = None
         self.observers = (RangeObserver(), RangeObserver())
+        self.calibration_forwards = 0
         self.calibrating = ranges is None
         if ranges is not None:
             self.set_ranges(ranges)
@@ -120,11 +125,14 @@ class _TwoOperandOp(SpikingOp):
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
         """Ranges from the observed ``max |operand|`` (or its ``percentile``); returns them."""
-        if not self.observers[0].samples:
-            raise RuntimeError(f"{type(self).__name__}: finish_calibration() before any calibration forward; "
-                               "run a few batches while calibrating, or call set_ranges((A1, A2))")
+        if not self.observers[0].samples or not self.observers[1].samples:
+            seen = (f"but its {self.calibration_forwards} calibration forward(s) saw only empty operands, so no "
+                    "data was observed" if self.calibration_forwards else "before any calibration forward")
+            raise RuntimeError(f"{type(self).__name__}: finish_calibration() {seen}; run a few non-empty "
+                               "batches while calibrating, or call set_ranges((A1, A2))")
         self.set_ranges(tuple(o.range(percentile) for o in self.observers))
         self.observers = (RangeObserver(), RangeObserver())
+        self.calibration_forwards = 0
         return self.ranges
 
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -135,6 +143,7 @@ class _TwoOperandOp(SpikingOp):
             for name, observer, x in zip(("operand a", "operand b"), self.observers, (a, b)):
                 self.check_input(x, name)
                 observer.observe(x)
+            self.calibration_forwards += 1
             return type(self).float_op(a, b)
         if self.coders is None:
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
@@ -146,6 +155,9 @@ class _TwoOperandOp(SpikingOp):
             out = self.stages(a, b)
         self.record(ann_flops=self.float_flops(a, b))
         return out.to(torch.promote_types(a.dtype, b.dtype))
+
+    def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return type(self).float_op(a, b)
 
     def stages(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Both operands' MBE_Id codes, then :meth:`combine`, in PyTorch (both modes)."""

@@ -61,6 +61,9 @@ class SpikingReLU(SpikingOp):
         self.observer = RangeObserver()
         return self.ranges
 
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         low, high = self.check_input(x, "input")
         if self.calibrating:

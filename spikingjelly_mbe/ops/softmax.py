@@ -30,7 +30,9 @@ class SpikingSoftmax(SpikingOp):
     2. ``S = sum e = M 2^E`` with ``M`` in ``[1, 2)`` (IEEE-754 split, ``torch.frexp``); ``1/M``
        from the ``reciprocal`` :class:`SplitFunction`, so ``1/S = 2^-E / M``.
     3. ``softmax = (e * 1/M) * 2^-E``: the product through MBE_Id codes and ``sum_ij D_ij S_ij``
-       (Eqs. 9-12); both ranges are the largest values stages 1 and 2 can emit.
+       (Eqs. 9-12); both ranges are the largest values stages 1 and 2 can emit. The result is
+       capped at 1, the true maximum (a one-hot row would otherwise give up to ``1 + 4e-5``, which
+       the next product's operand range of exactly 1 would have to clamp).
 
     ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
     constant weights (see :mod:`~spikingjelly_mbe.ops.split`; default 3, at most ``T - 1``); ``b=0`` is
@@ -54,11 +56,18 @@ class SpikingSoftmax(SpikingOp):
         self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2))
         self.r_coder = IdentityCoder(T, self.reciprocal.max_output)
 
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """``torch.softmax``, with fully masked rows (all ``-inf``) fixed at 0 like the spiking output."""
+        masked = (x == float("-inf")).all(self.dim, keepdim=True)
+        return torch.softmax(x.masked_fill(masked, 0.0), self.dim).masked_fill(masked, 0.0)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
         if x.dim() == 0 or not -x.dim() <= self.dim < x.dim():
             raise ValueError(f"SpikingSoftmax(dim={self.dim}) needs an input with dimension {self.dim}; "
                              f"got shape {tuple(x.shape)}")
+        if x.numel() == 0:  # no rows, or rows of length 0: nothing to normalise, like torch.softmax
+            return x.new_empty(x.shape)
         if (not self.simulating and x.numel() and kernels.usable(x, row=x.shape[self.dim])
                 and self.exp2.packed_table is not None):
             out, (spikes, live_count, sops, nonfinite) = self.fused(x, self.exp2.packed_table)
@@ -89,6 +98,7 @@ class SpikingSoftmax(SpikingOp):
         e_code, _ = self.e_coder.encode(e, simulate, (0.0, self.e_coder.A))
         r_code, _ = self.r_coder.encode(recip, simulate, (0.0, self.r_coder.A))
         out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
+        out = out.clamp_(max=1.0)  # a probability: the fits' error must not lift it above 1
         spikes = total(exp2_spikes * live) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
         return out, spikes, int(live.sum()), product_sops(e_code, r_code)
 

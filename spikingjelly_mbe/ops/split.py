@@ -27,7 +27,7 @@ import torch.nn as nn
 from .. import kernels
 from ..fitting import FittedNeuron, fit_neuron, load_fitted
 from ..fitting.library import cached_fit
-from ..neurons.lookup import neuron_table
+from ..neurons.lookup import fingerprint, neuron_table
 from .coding import IdentityCoder, check_steps, lookup, popcount
 
 FITS_DIR = Path(__file__).with_name("fits")
@@ -94,6 +94,9 @@ def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
                       {"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain}, path)
 
 
+_TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, neuron fingerprint, dtype, device)
+
+
 class SplitFunction(nn.Module):
     """``g(v)`` of a :class:`SplitTarget` from MBE_Id digits, a pathway table and one MBE neuron.
 
@@ -121,7 +124,7 @@ class SplitFunction(nn.Module):
         self.node = self.fitted.node(clamp=False)
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
-        self._tables: Dict[Tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._key = (self.target.name, T, split_bits, fingerprint(self.node))
         self.tabulated = T <= TABLE_MAX_T
         if self.tabulated:
             values = self.table(torch.float64, torch.device("cpu")).real
@@ -143,16 +146,17 @@ class SplitFunction(nn.Module):
 
     def table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """``value + 1j * spikes`` for every digit pattern ``q = 0 .. 2^T - 1`` (one complex entry per
-        pattern, so fast mode fetches both numbers with a single 1-D gather)."""
-        key = (dtype, device)
-        if key not in self._tables:
+        pattern, so fast mode fetches both numbers with a single 1-D gather). Built once per process
+        for every operator whose remainder neuron has the same parameters (its fingerprint)."""
+        key = (*self._key, dtype, str(device))
+        if key not in _TABLES:
             q = torch.arange(2 ** self.T, dtype=dtype, device=device)
             x, weight = self._pathway(q)
             node = self.node.to(device)
             with torch.no_grad():
                 _, value, count = node.run(x, keep_spikes=False)
-            self._tables[key] = torch.complex(weight * value, popcount(q, self.T) + count)
-        return self._tables[key]
+            _TABLES[key] = torch.complex(weight * value, popcount(q, self.T) + count)
+        return _TABLES[key]
 
     def neuron_table(self, dtype: torch.dtype, device: torch.device):
         """The remainder neuron's exact :class:`~spikingjelly_mbe.neurons.NeuronTable` on its fitted domain."""
