@@ -33,6 +33,9 @@ from experiments.evaluation import SJ_METHODS, Conversion, convert_for, evaluate
 from experiments.job import CONF_DIR  # noqa: E402
 from experiments.tables import Row, markdown, write_csv  # noqa: E402
 from spikingjelly_mbe.energy import EnergyMeter, energy_ratio  # noqa: E402
+from spikingjelly_mbe.energy.report import RATIO_COLUMNS  # noqa: E402
+
+RATIO_COLUMN_NAMES = tuple(column for column, _, _ in RATIO_COLUMNS)
 from spikingjelly_mbe.models import load_model, review_probe  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
 from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
@@ -43,6 +46,7 @@ CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 TABLE_COLUMNS = ("model", "metric", "T", "ann", "snn", "loss", "meets_bar", "energy_ratio", "energy_ratio_ops",
+                 "energy_paper", "energy_paper_ops",
                  "firing_rate", "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
@@ -84,10 +88,12 @@ def energy_report(name: str, meter: EnergyMeter, T: int, out: Path) -> Dict[str,
         rows = meter.rows(by)
         write_csv(rows, out / f"energy_{name}_{by}.csv")
         (out / f"energy_{name}_{by}.md").write_text(markdown(rows, (by, "firing_rate", "spikes", "sops", "ann_ops",
-                                                                    "energy_ratio", "clamped")))
+                                                                    *RATIO_COLUMN_NAMES, "clamped")))
         plots.layer_bars(rows, by, out / f"energy_{name}_{by}.png", f"{name}, T={T}: energy by {by} (Eq. 14)")
     return {"energy_ratio": round(energy_ratio(meter.total()), 4),
             "energy_ratio_ops": round(energy_ratio(meter.total(weight_layers=False)), 4),
+            "energy_paper": round(meter.ratio("paper"), 4),
+            "energy_paper_ops": round(meter.ratio("paper", weight_layers=False), 4),
             "firing_rate": round(meter.total().firing_rate, 3)}
 
 

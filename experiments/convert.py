@@ -30,9 +30,11 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "metric", "ann", "snn", "loss", "agreement",
-                 "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "samples", "convert_seconds",
+                 "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "energy_paper", "energy_paper_ops",
+                 "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
-METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "sops",
+METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops",
+           "energy_paper", "energy_paper_ops", "energy_int8", "sops",
            "ann_ops", "eval_seconds")
 
 

@@ -161,7 +161,9 @@ class Result:
         if self.meter is not None:
             total, ops = self.meter.total(), self.meter.total(weight_layers=False)
             row.update(firing_rate=total.firing_rate, energy_ratio=energy_ratio(total),
-                       energy_ratio_ops=energy_ratio(ops), spikes=total.spikes, sops=total.sops,
+                       energy_ratio_ops=energy_ratio(ops), energy_paper=self.meter.ratio("paper"),
+                       energy_paper_ops=self.meter.ratio("paper", weight_layers=False),
+                       energy_int8=self.meter.ratio(precision="int8"), spikes=total.spikes, sops=total.sops,
                        ann_ops=total.ann_flops, clamped=total.clamped)
         return {**row, "samples": self.samples, "eval_seconds": round(self.seconds, 2), "processes": self.world}
 

@@ -110,11 +110,13 @@ def bars(rows: Sequence[Row], category: str, series: Callable[[Row], str], y: st
 
 
 def layer_bars(rows: Sequence[Row], key: str, path: Path, title: str) -> Path:
-    """One bar per row (named by its ``key`` column): firing rate and SNN/ANN energy ratio, side by side."""
+    """One bar per row (named by its ``key`` column): firing rate and the SNN/ANN energy ratio under
+    the strict and the paper's convention, side by side."""
     names = [r[key] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.28 * len(rows) + 1.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.28 * len(rows) + 1.6), sharey=True)
     for ax, (col, label) in zip(axes, (("firing_rate", "firing rate (spikes per neuron input)"),
-                                       ("energy_ratio", "energy SNN / ANN (Eq. 14)"))):
+                                       ("energy_strict", "energy SNN / ANN, strict (Eq. 14)"),
+                                       ("energy_paper", "energy SNN / ANN, paper's convention (Eq. 14)"))):
         ax.barh(np.arange(len(rows)), [r[col] for r in rows])
         ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)

@@ -6,8 +6,11 @@ import torch.nn as nn
 
 from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion.zoo import build, make_batch
+from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
+
 from spikingjelly_mbe.energy import (E_AC, E_MAC, EnergyMeter, OpStats, SynapseCounter, ann_macs, block_of,
                                      energy_ratio, input_spikes)
+from spikingjelly_mbe.ops import IdentityCoder, SpikingMatmul
 
 
 def reference_spikes(x: torch.Tensor, T: int) -> int:
@@ -55,9 +58,45 @@ def test_synapse_counter_charges_spikes_times_fan_out_and_matches_spikingjelly_m
     assert counter.stats == stats
 
 
-def test_energy_ratio_is_eq_14():
-    assert energy_ratio(OpStats(sops=1000, ann_flops=200)) == pytest.approx(1000 * 0.9 / (200 * 4.6))
-    assert (E_MAC, E_AC) == (4.6, 0.9) and energy_ratio(OpStats()) == 0.0
+def test_energy_ratio_is_eq_14_with_horowitz_costs_in_both_conventions():
+    # Horowitz (ISSCC 2014, 45 nm): fp32 mult 3.7 + add 0.9 pJ; int8 mult 0.2 + add 0.03 pJ
+    assert (E_MAC, E_AC) == (pytest.approx(3.7 + 0.9), 0.9) and energy_ratio(OpStats()) == 0.0
+    counts = OpStats(spikes=300, sops=1000, ann_flops=200)
+    assert energy_ratio(counts) == pytest.approx(1000 * 0.9 / (200 * 4.6))
+    assert energy_ratio(counts, "paper") == pytest.approx(300 * 0.9 / (200 * 4.6))
+    assert energy_ratio(counts, precision="int8") == pytest.approx(1000 * 0.03 / (200 * (0.2 + 0.03)))
+    with pytest.raises(ValueError, match="convention must be one of"):
+        energy_ratio(counts, "loose")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        energy_ratio(counts, precision="fp16")
+
+
+def spike_planes(x: torch.Tensor, T: int) -> torch.Tensor:
+    """The binary spikes of MBE_Id on ``x >= 0`` (range max x), one plane per step: ``[T, *x.shape]``."""
+    code, _ = IdentityCoder(T, float(x.max())).encode(x, simulate=True)
+    return code.spikes.movedim(-1, 0)
+
+
+def test_strict_counts_match_spikingjelly_synop_counter_on_the_spike_trains():
+    """SpikingJelly's ``SynOpCounter`` sees the binary spike planes themselves: a weight layer driven by
+    them costs ``spikes x fan-out``, a product of two spike matrices its coincidences."""
+    torch.manual_seed(0)
+    T, layer, x = 8, nn.Linear(24, 10), torch.rand(6, 24)
+    with torch.no_grad(), SynapseCounter(layer, T) as counter:
+        layer(x)
+    synops = SynOpCounter()
+    with torch.no_grad(), DispatchCounterMode([synops]):
+        layer(spike_planes(x, T).reshape(-1, 24))
+    assert counter.stats[""].sops == int(synops.get_total()) > 0
+    a, b = torch.rand(5, 12), torch.rand(12, 7)
+    op = SpikingMatmul(T, mode="simulate", ranges=(float(a.max()), float(b.max())))
+    with torch.no_grad():
+        op(a, b)
+    pa, pb = spike_planes(a, T), spike_planes(b, T)  # [T, 5, 12], [T, 12, 7]
+    synops = SynOpCounter()
+    with torch.no_grad(), DispatchCounterMode([synops]):
+        torch.mm(pa.reshape(-1, 12), pb.movedim(0, -1).reshape(12, -1))  # every step pair (i, j)
+    assert op.op_stats().sops == int(synops.get_total()) > 0
 
 
 def test_block_of_reads_the_block_index_of_each_family():
@@ -88,7 +127,18 @@ def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
     total, ops_only = once.total(), once.total(weight_layers=False)
     linear = sum((c for p, c in once.counts.items() if once.kinds[p] == "Linear"), OpStats())
     assert ops_only + linear == total and linear.sops > 0 and ops_only.sops > 0
-    assert once.rows("operator")[-1]["energy_ratio"] == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC),
-                                                                      abs=1e-4)
+    assert once.ratio() == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC))
+    assert once.ratio(weight_layers=False) == pytest.approx(ops_only.sops * E_AC / (ops_only.ann_flops * E_MAC))
+    # paper: each operator's spikes against its FLOPs; weight layers keep spikes x fan-out
+    assert once.ratio("paper") == pytest.approx((ops_only.spikes + linear.sops) * E_AC / (total.ann_flops * E_MAC))
+    assert once.ratio("paper", weight_layers=False) == pytest.approx(ops_only.spikes * 0.9 / (ops_only.ann_flops * 4.6))
+    assert once.ratio(precision="int8") == pytest.approx(total.sops * 0.03 / (total.ann_flops * 0.23))
+    last = once.rows("operator")[-1]
+    assert last["energy_strict"] == pytest.approx(once.ratio(), abs=1e-4)
+    assert last["energy_paper"] == pytest.approx(once.ratio("paper"), abs=1e-4)
+    assert last["energy_strict_int8"] == pytest.approx(once.ratio(precision="int8"), abs=1e-4)
+    linear_row = next(r for r in once.rows("operator") if r["operator"] == "Linear")
+    assert linear_row["energy_strict"] == linear_row["energy_paper"] == pytest.approx(
+        linear.sops * 0.9 / (linear.ann_flops * 4.6), abs=1e-4)
     with pytest.raises(ValueError, match="by must be one of"):
         once.rows("layerwise")

@@ -119,7 +119,7 @@ def test_convert_multirun_compares_ann_and_snn_and_reports_vs_T(tmp_path):
         out = sweep_dir / job
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["metric"] == "perplexity" and metrics["snn"] == pytest.approx(metrics["ann"], rel=0.2)
-        assert metrics["firing_rate"] > 0 and metrics["energy_ratio"] > 0
+        assert metrics["firing_rate"] > 0 and metrics["energy_strict"] > metrics["energy_paper"] > 0
         assert (out / "layers.png").read_bytes()[:8] == PNG and "SpikingSoftmax" in (out / "conversion.txt").read_text()
         assert logged_metric(out, "snn") == [pytest.approx(metrics["snn"])]
     for png in ("perplexity_vs_T.png", "energy_vs_T.png"):

@@ -1,33 +1,75 @@
-"""Energy report of a converted model (paper Eq. 14): per operator and per Transformer block.
+"""Energy report of a converted model (paper Eq. 14): per operator and per Transformer block, under
+two conventions, at two precisions.
 
-``E_SNN / E_ANN = SOPs E_AC / (ops E_MAC)`` with ``E_MAC = 4.6 pJ`` and ``E_AC = 0.9 pJ``. The ANN
-side charges one ``E_MAC`` per multiply-accumulate of the weight layers and matrix products and per
-FLOP of the other replaced operations (conventions in :mod:`spikingjelly_mbe.ops.flops`); the SNN
-side charges one ``E_AC`` per synaptic operation: the spiking operators' own counts
-(:func:`~.stats.collect_stats`) and the weight layers' ``spikes x fan-out``
-(:class:`~.synapses.SynapseCounter`). Embedding lookups, residual additions and the float
-post-processing of the outputs are charged to neither side.
+``E_SNN / E_ANN = events E_AC / (ops E_MAC)``. The ANN side charges one ``E_MAC`` per
+multiply-accumulate of the weight layers and matrix products and per FLOP of the other replaced
+operations (conventions in :mod:`spikingjelly_mbe.ops.flops`). What the SNN side charges one
+``E_AC`` for depends on the convention (:data:`CONVENTIONS`):
+
+* ``'strict'``: every synaptic event, i.e. the operators' ``OpStats.sops``: one per spike whose
+  weight is accumulated, one per spike coincidence ``S_ij`` of a product of two spike trains
+  (Eq. 12) and, for the weight layers driven by spikes, ``spikes x fan-out``
+  (:class:`~.synapses.SynapseCounter`);
+* ``'paper'``: as the paper applies Eq. 14, each replaced operator's own spikes against that
+  operator's FLOPs (``OpStats.spikes``; a product is charged its operands' spikes, not their
+  coincidences). Weight layers, when included, are charged ``spikes x fan-out`` as in the strict
+  convention (their spikes alone would not be synaptic operations).
+
+The per-operation energies are SpikingJelly's own (``op_counter.simple_energy.
+SimpleEnergyCostConfig``, Horowitz, ISSCC 2014, 45 nm): ``'fp32'`` ``E_MAC = 4.6 pJ`` (3.7 pJ
+multiply + 0.9 pJ add), ``E_AC = 0.9 pJ``; ``'int8'`` ``E_MAC = 0.23 pJ`` (0.2 pJ 8-bit multiply
++ 0.03 pJ 8-bit add), ``E_AC = 0.03 pJ``: the int8 ANN against an SNN accumulating at the same
+precision. Embedding lookups, residual additions and the float post-processing of the outputs are
+charged to neither side.
 """
 from __future__ import annotations
 
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Union
+from typing import Dict, Iterable, List, Tuple, Union
 
 import torch.nn as nn
+from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
 from .stats import OpStats, collect_stats
 from .synapses import WEIGHT_LAYERS, SynapseCounter
 
-E_MAC, E_AC = 4.6, 0.9  # pJ per multiply-accumulate (ANN) and per accumulate (SNN), Eq. 14
+COSTS: Dict[str, SimpleEnergyCostConfig] = {"fp32": SimpleEnergyCostConfig.fp32(),
+                                            "int8": SimpleEnergyCostConfig.int8()}
+E_MAC, E_AC = COSTS["fp32"].e_mac_pj, COSTS["fp32"].e_ac_pj  # pJ, Eq. 14
+CONVENTIONS = ("strict", "paper")
+# the ratio columns of every report row: (column, convention, precision)
+RATIO_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
+    ("energy_strict", "strict", "fp32"), ("energy_paper", "paper", "fp32"), ("energy_strict_int8", "strict", "int8"))
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
+WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in WEIGHT_LAYERS)
 Row = Dict[str, Union[str, int, float]]
 
 
-def energy_ratio(counts: OpStats) -> float:
-    """``SOPs E_AC / (ops E_MAC)`` (Eq. 14); 0 when nothing ran."""
-    return counts.sops * E_AC / (counts.ann_flops * E_MAC) if counts.ann_flops else 0.0
+def check_choice(name: str, value: str, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def snn_events(stats: OpStats, convention: str = "strict", weight_layer: bool = False) -> int:
+    """Events charged ``E_AC`` under ``convention`` (see the module docstring)."""
+    check_choice("convention", convention, CONVENTIONS)
+    return stats.sops if convention == "strict" or weight_layer else stats.spikes
+
+
+def cost_ratio(events: int, ops: int, precision: str = "fp32") -> float:
+    """``events E_AC / (ops E_MAC)`` (Eq. 14) with SpikingJelly's costs at ``precision``; 0 when
+    nothing ran."""
+    cost = COSTS[check_choice("precision", precision, COSTS)]
+    return events * cost.e_ac_pj / (ops * cost.e_mac_pj) if ops else 0.0
+
+
+def energy_ratio(counts: OpStats, convention: str = "strict", precision: str = "fp32") -> float:
+    """Eq. 14 for one operator's (or a sum of operators') counts; 0 when nothing ran."""
+    return cost_ratio(snn_events(counts, convention), counts.ann_flops, precision)
 
 
 def block_of(path: str) -> str:
@@ -84,23 +126,48 @@ class EnergyMeter:
             self._add(path, stats)
         self._synapses.stats = {}
 
+    def is_weight_layer(self, path: str) -> bool:
+        return self.kinds[path] in WEIGHT_LAYER_NAMES
+
+    def _paths(self, weight_layers: bool) -> List[str]:
+        return [p for p in self.counts if weight_layers or not self.is_weight_layer(p)]
+
     def total(self, weight_layers: bool = True) -> OpStats:
         """All counts; ``weight_layers=False`` keeps only the replaced operators (the paper's scope)."""
-        names = {cls.__name__ for cls in WEIGHT_LAYERS}
-        return sum((c for p, c in self.counts.items() if weight_layers or self.kinds[p] not in names), OpStats())
+        return sum((self.counts[p] for p in self._paths(weight_layers)), OpStats())
+
+    def charged(self, paths: Iterable[str], convention: str = "strict") -> Tuple[int, int]:
+        """``(SNN events, ANN operations)`` of ``paths`` under ``convention``."""
+        events = ops = 0
+        for p in paths:
+            events += snn_events(self.counts[p], convention, self.is_weight_layer(p))
+            ops += self.counts[p].ann_flops
+        return events, ops
+
+    def ratio(self, convention: str = "strict", weight_layers: bool = True, precision: str = "fp32") -> float:
+        """``E_SNN / E_ANN`` (Eq. 14) of everything metered: ``convention`` ``'strict'`` (every
+        synaptic event) or ``'paper'`` (each operator's spikes against its FLOPs);
+        ``weight_layers=False`` keeps only the replaced operators; ``precision`` ``'fp32'`` or
+        ``'int8'`` (SpikingJelly's Horowitz 2014 costs for both sides)."""
+        return cost_ratio(*self.charged(self._paths(weight_layers), convention), precision)
 
     def rows(self, by: str) -> List[Row]:
         """One row per group: ``by='operator'`` (class name), ``'block'`` or ``'path'``, with
-        firing rate, spikes, SOPs, ANN ops and energy ratio; the last row is the total."""
+        firing rate, spikes, SOPs (strict events), ANN ops and the energy ratio of every
+        :data:`RATIO_COLUMNS` entry; the last row is the total."""
         key = {"operator": lambda p: self.kinds[p], "block": block_of, "path": lambda p: p}
-        if by not in key:
-            raise ValueError(f"by must be one of {sorted(key)}, got {by!r}")
-        groups: Dict[str, OpStats] = defaultdict(OpStats)
-        for path, stats in self.counts.items():
-            groups[key[by](path)] += stats
-        return [summary_row(by, name, stats) for name, stats in groups.items()] + [summary_row(by, "total", self.total())]
+        check_choice("by", by, sorted(key))
+        groups: Dict[str, List[str]] = defaultdict(list)
+        for path in self.counts:
+            groups[key[by](path)].append(path)
+        groups["total"] = list(self.counts)
+        return [self._row(by, name, paths) for name, paths in groups.items()]
 
-
-def summary_row(by: str, name: str, stats: OpStats) -> Row:
-    return {by: name, "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
-            "ann_ops": stats.ann_flops, "energy_ratio": round(energy_ratio(stats), 4), "clamped": stats.clamped}
+    def _row(self, by: str, name: str, paths: List[str]) -> Row:
+        stats = sum((self.counts[p] for p in paths), OpStats())
+        row: Row = {by: name, "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
+                    "ann_ops": stats.ann_flops}
+        for column, convention, precision in RATIO_COLUMNS:
+            row[column] = round(cost_ratio(*self.charged(paths, convention), precision), 4)
+        row["clamped"] = stats.clamped
+        return row

@@ -20,6 +20,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter
 from transformers.pytorch_utils import Conv1D
 
+from ..ops.base import working_dtype
 from ..ops.coding import MAX_RANGE, MIN_RANGE, IdentityCoder, check_steps, popcount, total
 from .stats import OpStats
 
@@ -39,7 +40,7 @@ def input_spikes(x: torch.Tensor, T: int) -> int:
     if peak == 0.0:
         return 0
     coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE))
-    return total(popcount(coder.quantize(x.detach().float()), T))
+    return total(popcount(coder.quantize(x.detach().to(working_dtype(x, T))), T))
 
 
 class SynapseCounter:

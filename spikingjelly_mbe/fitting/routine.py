@@ -74,11 +74,18 @@ class Layout:
             out.append((max(self.lo, self.center - half), min(self.hi, self.center + half)))
         return out
 
+    def fs_point(self, a: float, b: float) -> np.ndarray:
+        """FS search vector of the binary expansion of ``[a, b]``: ``u[0] = x - a`` and
+        ``Vth[t] = r[t] = (b - a) 2^-(t+1)`` (see :meth:`tables`)."""
+        halfwidth = (self.hi - self.lo) / 2
+        width = (b - a) / (self.hi - self.lo)
+        return np.concatenate([[(self.lo - a) / halfwidth], np.full(2 * self.T, width)])
+
     def initial_point(self) -> np.ndarray:
         """Binary expansion: each basis maps its interval onto ``[0, 2 alpha)`` with thresholds,
-        resets and intensities halving every step (``tau = dt / ln 2``)."""
+        resets and intensities halving every step (``tau = dt / ln 2``); FS: of the whole domain."""
         if self.kind == "fs":
-            return np.zeros(self.dim)
+            return self.fs_point(self.lo, self.hi)
         log_tau = math.log(self.dt / LN2)
         rows = []
         for (a, b), sign in zip(self.ranges(), self.signs().tolist()):
@@ -95,11 +102,11 @@ class Layout:
         """
         P = theta.shape[0]
         t = torch.arange(self.T, dtype=theta.dtype)
-        if self.kind == "fs":
+        if self.kind == "fs":  # signed thresholds and resets, in units of the domain's binary expansion
             halfwidth = (self.hi - self.lo) / 2
             binary = halfwidth * 2.0 ** (-t)
-            vth = binary * torch.exp(theta[:, 1:1 + self.T])
-            reset = binary * torch.exp(theta[:, 1 + self.T:])
+            vth = binary * theta[:, 1:1 + self.T]
+            reset = binary * theta[:, 1 + self.T:]
             gain = torch.ones(P, 1, dtype=theta.dtype)
             offset = -self.lo + halfwidth * theta[:, :1]
             return gain, offset, vth[:, None], reset[:, None], torch.ones_like(vth)[:, None]
@@ -179,7 +186,8 @@ class _Search:
 
     MBE: a joint CMA-ES run from the binary-expansion point, then block-coordinate sweeps (one
     basis' parameters at a time, the other bases' outputs cached), then a joint polish.
-    FS: joint CMA-ES with seeded restarts around the binary-expansion point.
+    FS (thresholds and resets signed, like the original FS neurons): the best binary expansions of
+    sub-intervals of the domain, CMA-ES from each, coordinate sweeps over a signed grid, a polish.
     """
 
     def __init__(self, layout: Layout, xs: torch.Tensor, ys: torch.Tensor, budget: int, desc: str,
@@ -232,6 +240,31 @@ class _Search:
 
             self.cma(theta[n * per:(n + 1) * per], 0.3, seed + n, evals // (2 * lay.N), objective)
 
+    def fs_starts(self, count: int) -> List[np.ndarray]:
+        """The ``count`` best FS binary expansions of sub-intervals ``[a, b]`` of the domain (ends on a
+        grid of 17 points), each scored like any candidate: where the spikes' resolution goes."""
+        lay = self.layout
+        ends = np.linspace(lay.lo, lay.hi, 17)
+        points = np.stack([lay.fs_point(a, b) for i, a in enumerate(ends) for b in ends[i + 1:]])
+        losses = self.score(points)
+        return [points[i] for i in np.argsort(losses, kind="stable")[:count]]
+
+    def fs_sweep(self, evals: int) -> None:
+        """Coordinate sweeps over the FS thresholds and resets: each in turn is set to the best of a
+        grid of signed values (``-2 .. 2`` times its step's binary threshold, and signed powers of
+        two), the others fixed: moves CMA-ES's local steps cannot make."""
+        lay = self.layout
+        powers = 2.0 ** -np.arange(2, 2 * lay.T, 1.0)
+        grid = np.concatenate([np.linspace(-2.0, 2.0, 33), powers, -powers])
+        while evals >= len(grid):
+            for i in range(1, lay.dim):
+                if self.used + len(grid) > self.budget or evals < len(grid):
+                    return
+                candidates = np.repeat(self.best_theta[None], len(grid), 0)
+                candidates[:, i] = grid
+                self.score(candidates)
+                evals -= len(grid)
+
     def run(self, seed: int, restarts: int) -> np.ndarray:
         lay = self.layout
         if lay.kind == "mbe" and lay.N > 1:
@@ -239,6 +272,22 @@ class _Search:
             self.cma(lay.initial_point(), 0.3, seed * 1000 + 1, third, self.score)
             self.blockwise(seed * 1000 + 2, third)
             self.cma(self.best_theta, 0.1, seed * 1000 + 3, self.budget - self.used, self.score)
+        elif lay.kind == "fs":
+            # from the best binary expansions, CMA-ES in units of each start's scale (signs free), then a polish
+            starts = self.fs_starts(max(1, restarts))
+            share = (self.budget - self.used) // (2 * len(starts))
+            for r, start in enumerate(starts):
+                scale = np.concatenate([[1.0], start[1:]])
+                self.cma(np.ones_like(start), 0.3, seed * 1000 + r + 1, share,
+                         lambda phis, scale=scale, start=start: self.score(
+                             np.asarray(phis) * scale + np.concatenate([[start[0] - 1.0], np.zeros(2 * lay.T)])))
+            self.fs_sweep((self.budget - self.used) // 2)
+            best = self.best_theta.copy()
+            tiny = 1e-3 * float(np.abs(best[1:]).max())
+            scale = np.concatenate([[1.0], np.where(np.abs(best[1:]) < tiny, tiny, best[1:])])
+            self.cma(np.ones_like(best), 0.1, seed * 1000 + 99, self.budget - self.used,
+                     lambda phis: self.score(np.asarray(phis) * scale + np.concatenate([[best[0] - 1.0],
+                                                                                         np.zeros(2 * lay.T)])))
         else:
             rng = np.random.default_rng(seed)
             x0 = lay.initial_point()

@@ -9,6 +9,7 @@ from typing import List, Tuple
 import torch
 from spikingjelly.activation_based import base
 
+from .coding import FLOAT32_MAX_T
 from .stats import OpStats
 
 log = logging.getLogger("spikingjelly_mbe.ops")
@@ -17,9 +18,10 @@ MODES = ("fast", "simulate")
 STAT_FIELDS = tuple(f.name for f in fields(OpStats))
 
 
-def working_dtype(x: torch.Tensor) -> torch.dtype:
-    """Spiking arithmetic runs in float64 for float64 input and in float32 otherwise."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
+    """Spiking arithmetic runs in float64 for float64 input or for MBE_Id codes of ``T`` beyond
+    :data:`~.coding.FLOAT32_MAX_T` steps, else in float32."""
+    return torch.float64 if x.dtype == torch.float64 or T > FLOAT32_MAX_T else torch.float32
 
 
 class StraightThrough(torch.autograd.Function):

@@ -11,7 +11,10 @@ import torch.nn as nn
 from .. import kernels
 from ..neurons import MBENode, MultiBasisNode
 
-MAX_T = 24  # q < 2^T stays an exact integer in float32
+MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fit 64-bit integers)
+# the longest trains the operators code in float32: q < 2^T is exact up to T = 24, but the products and sums
+# of T-digit codes round at 2^-24, which can flip a digit of the next stage's code once T nears 24
+FLOAT32_MAX_T = 16
 MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
@@ -146,7 +149,7 @@ class IdentityCoder(nn.Module):
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
-        if kernels.usable(x):
+        if self.T <= FLOAT32_MAX_T and kernels.usable(x):
             return self.fused(x)[0], clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = popcount(q, self.T)

@@ -13,9 +13,8 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import IdentityCoder, check_steps, total
 from .products import product_sops, spike_product
-from .split import SplitFunction
+from .split import SplitFunction, default_split_bits
 
-NORM_SPLIT_BITS = 3
 MIN_ROW_EXPONENT = -40  # rows with max |c| < 2^-40 scale as if it were 2^-40: eps 2^80 stays finite
 
 
@@ -36,7 +35,8 @@ class _SpikingNorm(SpikingOp):
        per-channel constant synaptic weights and biases, applied as given (never modified).
 
     ``split_bits=b`` moves the top ``b`` digits of ``M`` into a table of ``2^b`` constant weights
-    (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form (one neuron on ``[1, 4)``).
+    (see :mod:`~spikingjelly_mbe.ops.split`; default 3, at most ``T - 1``); ``b=0`` is the paper's form
+    (one neuron on ``[1, 4)``).
     SOPs: one per spike of every neuron and the coincidences of both products. Fast mode on CPU
     float32 runs the stages in one fused kernel (:meth:`fused`) with the same float operations.
     """
@@ -46,7 +46,8 @@ class _SpikingNorm(SpikingOp):
     row_flops: int
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor],
-                 bias: Optional[torch.Tensor], eps: float, T: int, mode: str, N: int, split_bits: int) -> None:
+                 bias: Optional[torch.Tensor], eps: float, T: int, mode: str, N: int,
+                 split_bits: Optional[int]) -> None:
         super().__init__(mode)
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
@@ -59,7 +60,7 @@ class _SpikingNorm(SpikingOp):
         self.normalized_shape, self.eps, self.T = shape, float(eps), check_steps(T)
         self.weight = weight if weight is None or isinstance(weight, nn.Parameter) else nn.Parameter(weight, False)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, False)
-        self.rsqrt = SplitFunction("rsqrt", T, N, split_bits)
+        self.rsqrt = SplitFunction("rsqrt", T, N, default_split_bits(T) if split_bits is None else split_bits)
         self.z_coder = IdentityCoder(T, 1.0)
         self.rho_coder = IdentityCoder(T, self.rsqrt.max_output)
 
@@ -79,14 +80,15 @@ class _SpikingNorm(SpikingOp):
         self.check_floating(x, "input")
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
-        affine = [None if p is None else p.detach().to(working_dtype(x)) for p in (self.weight, self.bias)]
-        if not self.simulating and x.numel() and kernels.usable(x, *(p for p in affine if p is not None), row=n):
+        affine = [None if p is None else p.detach().to(working_dtype(x, self.T)) for p in (self.weight, self.bias)]
+        if (not self.simulating and x.numel() and self.rsqrt.tabulated
+                and kernels.usable(x, *(p for p in affine if p is not None), row=n)):
             out, (spikes, sops, nonfinite) = self.fused(x, n, *affine)
             if nonfinite:
                 self.check_input(x, "input")  # raises, naming the count
         else:
             self.check_input(x, "input")
-            out, spikes, sops = self.stages(x.to(working_dtype(x)), dims, n)
+            out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
             if affine[0] is not None:
                 out = out.mul_(affine[0])
             if affine[1] is not None:
@@ -140,7 +142,7 @@ class SpikingLayerNorm(_SpikingNorm):
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
                  bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
-                 N: int = 4, split_bits: int = NORM_SPLIT_BITS) -> None:
+                 N: int = 4, split_bits: Optional[int] = None) -> None:
         super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits)
 
     @classmethod
@@ -157,7 +159,7 @@ class SpikingRMSNorm(_SpikingNorm):
 
     def __init__(self, hidden_size: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
                  eps: float = 1e-6, T: int = 16, mode: str = "fast", *, N: int = 4,
-                 split_bits: int = NORM_SPLIT_BITS) -> None:
+                 split_bits: Optional[int] = None) -> None:
         super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits)
 
     @classmethod

@@ -10,7 +10,7 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
-from .coding import MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_steps, total
+from .coding import FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_steps, total
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -149,7 +149,7 @@ class _TwoOperandOp(SpikingOp):
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
-        if not self.simulating and a.numel() and b.numel() and kernels.usable(a, b):
+        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(a, b):
             out = self.fused(a, b)
         else:
             out = self.stages(a, b)
@@ -161,7 +161,7 @@ class _TwoOperandOp(SpikingOp):
 
     def stages(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Both operands' MBE_Id codes, then :meth:`combine`, in PyTorch (both modes)."""
-        dtype = working_dtype(a)
+        dtype = working_dtype(a, self.T)
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
             code, clamped = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))

@@ -71,7 +71,7 @@ class SpikingReLU(SpikingOp):
             return F.relu(x)
         if self.coder is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
-        positive = x.to(working_dtype(x)).clamp(min=0.0)  # below threshold: no spike
+        positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
         code, clamped = self.coder.encode(positive, self.simulating, (0.0, max(high, 0.0)))
         spikes = total(code.counts)
         self.note_clamped(clamped, f"inputs above {self.coder.A:g}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -11,11 +11,10 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import IdentityCoder, check_steps, total
 from .products import product_sops, spike_product
-from .split import SplitFunction
+from .split import SplitFunction, default_split_bits
 
 LOG2E = 1.0 / math.log(2.0)
 MIN_EXPONENT = -2048.0  # 2^-2048 is 0 even in float64: such entries (and -inf) contribute exactly 0
-SOFTMAX_SPLIT_BITS = 3
 
 
 class SpikingSoftmax(SpikingOp):
@@ -36,7 +35,8 @@ class SpikingSoftmax(SpikingOp):
        the next product's operand range of exactly 1 would have to clamp).
 
     ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
-    constant weights (see :mod:`~spikingjelly_mbe.ops.split`); ``b=0`` is the paper's form.
+    constant weights (see :mod:`~spikingjelly_mbe.ops.split`; default 3, at most ``T - 1``); ``b=0`` is
+    the paper's form.
     A row that is entirely masked gives zeros. Fast mode on CPU float32 runs the stages in one
     fused kernel (:meth:`fused`) with the same float operations as the PyTorch stages. SOPs: one
     per spike of every neuron (decoding), one per unmasked element for the row sum, and the
@@ -44,11 +44,12 @@ class SpikingSoftmax(SpikingOp):
     """
 
     def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
-                 split_bits: int = SOFTMAX_SPLIT_BITS) -> None:
+                 split_bits: Optional[int] = None) -> None:
         super().__init__(mode)
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {dim!r}")
         self.dim, self.T = dim, check_steps(T)
+        split_bits = default_split_bits(T) if split_bits is None else split_bits
         self.exp2 = SplitFunction("exp2", T, N, split_bits)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits)
         # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0), otherwise n <= -1
@@ -74,7 +75,7 @@ class SpikingSoftmax(SpikingOp):
                 self.check_input(x, "input", allow_neg_inf=True)  # raises, naming the count
         else:
             self.check_input(x, "input", allow_neg_inf=True)
-            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x)))
+            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
         rows = math.prod(size for d, size in enumerate(x.shape) if d != self.dim % x.dim())
         neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
         self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),

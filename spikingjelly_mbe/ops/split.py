@@ -25,12 +25,20 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..fitting import FittedNeuron, load_fitted
-from ..neurons.lookup import fingerprint
-from .coding import IdentityCoder, check_steps, decode, lookup, popcount
+from ..fitting import FittedNeuron, fit_neuron, load_fitted
+from ..fitting.library import cached_fit
+from ..neurons.lookup import fingerprint, neuron_table
+from .coding import IdentityCoder, check_steps, lookup, popcount
 
 FITS_DIR = Path(__file__).with_name("fits")
 HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
+TABLE_MAX_T = 16  # up to here fast mode tabulates all 2^T digit patterns; beyond, a NeuronTable of the neuron
+SPLIT_BITS = 3  # the default of Softmax and the norms (fewer when T is shorter)
+
+
+def default_split_bits(T: int) -> int:
+    """:data:`SPLIT_BITS`, or ``T - 1`` for shorter trains (at least one digit drives the neuron)."""
+    return min(SPLIT_BITS, T - 1)
 
 
 @dataclass(frozen=True)
@@ -75,18 +83,15 @@ def fit_path(target: str, split_bits: int, N: int, T: int) -> Path:
 
 
 def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
-    """The MBE neuron of ``target`` fitted on its remainder interval: the shipped library fit for
-    ``split_bits = 0``, the file in ``ops/fits`` otherwise (``python -m spikingjelly_mbe.ops.build_fits``)."""
+    """The MBE neuron of ``target`` fitted on its remainder interval: the library fit for
+    ``split_bits = 0``, otherwise the file in ``ops/fits`` (``python -m spikingjelly_mbe.ops.build_fits``)
+    or, for a combination that does not ship, a fit made on first use (seed 0) and cached."""
     if split_bits == 0:
         return load_fitted(target, "mbe", N, T)
-    path = fit_path(target, split_bits, N, T)
-    if not path.is_file():
-        ships = sorted(p.stem for p in FITS_DIR.glob(f"{target}-split*.json"))
-        raise KeyError(f"no remainder fit {path.name}; shipped for {target!r}: {ships or 'none'}. Fit it with "
-                       f"python -m spikingjelly_mbe.ops.build_fits --targets {target} --split-bits {split_bits} "
-                       f"--N {N} --T {T}")
     domain = SPLIT_TARGETS[target].remainder_domain(split_bits)
-    return FittedNeuron.load(path, expect={"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain})
+    path = fit_path(target, split_bits, N, T)
+    return cached_fit(path.stem, lambda: fit_neuron(target, kind="mbe", N=N, T=T, domain=domain, seed=0, progress=True),
+                      {"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain}, path)
 
 
 _TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, neuron fingerprint, dtype, device)
@@ -99,7 +104,9 @@ class SplitFunction(nn.Module):
     element (MBE_Id digits plus the remainder neuron's spikes). ``simulate`` runs both neurons step
     by step and reads ``j`` and ``r`` off the spike train; fast mode looks both numbers up in a
     table over the ``2^T`` digit patterns, built once per dtype by simulating the neuron on every
-    representable remainder, so it returns the same numbers.
+    representable remainder, so it returns the same numbers. Beyond :data:`TABLE_MAX_T` steps fast
+    mode computes the neuron's input from the digits as the simulation does and looks the neuron up
+    in its exact :class:`~spikingjelly_mbe.neurons.NeuronTable` instead.
     """
 
     NEURONS_PER_ELEMENT = 2  # MBE_Id and the remainder neuron
@@ -118,9 +125,15 @@ class SplitFunction(nn.Module):
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
         self._key = (self.target.name, T, split_bits, fingerprint(self.node))
-        values = self.table(torch.float64, torch.device("cpu")).real
-        self.max_output = float(values.max()) * HEADROOM  # the largest value it can emit (any dtype)
-        self.output_at_lo = float(values[0]) * HEADROOM  # what it emits for v = lo
+        self.tabulated = T <= TABLE_MAX_T
+        if self.tabulated:
+            values = self.table(torch.float64, torch.device("cpu")).real
+            top, at_lo = float(values.max()), float(values[0])
+        else:  # a bound: the largest pathway weight times the largest neuron output on its domain
+            top = float(self.weights.max()) * float(self.neuron_table(torch.float64, torch.device("cpu")).entries.real.max())
+            at_lo = float(self.evaluate(torch.tensor([self.target.lo], dtype=torch.float64), simulate=True)[0])
+        self.max_output = top * HEADROOM  # the largest value it can emit (any dtype)
+        self.output_at_lo = at_lo * HEADROOM  # what it emits for v = lo
 
     def _pathway(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(neuron input x, pathway weight c_j)`` for digit patterns ``q``."""
@@ -145,6 +158,10 @@ class SplitFunction(nn.Module):
             _TABLES[key] = torch.complex(weight * value, popcount(q, self.T) + count)
         return _TABLES[key]
 
+    def neuron_table(self, dtype: torch.dtype, device: torch.device):
+        """The remainder neuron's exact :class:`~spikingjelly_mbe.neurons.NeuronTable` on its fitted domain."""
+        return neuron_table(self.node, self.fitted.domain, dtype, device)
+
     def kernel_args(self, dtype: torch.dtype) -> Tuple[ctypes.Array, torch.Tensor]:
         """What the fused kernels take: the MBE_Id parameters followed by ``lo``, and the table as
         interleaved ``(value, spikes)`` pairs (kept alive by the caller during the call)."""
@@ -154,21 +171,28 @@ class SplitFunction(nn.Module):
     @functools.cached_property
     def packed_table(self) -> Optional[Tuple[torch.Tensor, int]]:
         """The float32 table packed for a single-gather lookup (:func:`kernels.pack`), or ``None``
-        when its values or spike counts do not fit the packed format."""
+        when there is no table or its values or spike counts do not fit the packed format."""
+        if not self.tabulated:
+            return None
         table = self.table(torch.float32, torch.device("cpu"))
         return kernels.pack(table.real, table.imag)
 
     def evaluate(self, v: torch.Tensor, simulate: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(g_hat(v), spikes per element)`` for ``lo <= v <= lo + width``."""
         magnitude = v - self.target.lo if self.target.lo else v
-        if not simulate:
+        if not simulate and self.tabulated:
             both = torch.view_as_real(lookup(self.table(v.dtype, v.device), self.coder.quantize(magnitude)))
             return both[..., 0], both[..., 1]
+        if not simulate:
+            q = self.coder.quantize(magnitude)
+            x, weight = self._pathway(q)
+            value, count = self.neuron_table(v.dtype, v.device)(x)
+            return weight * value, popcount(q, self.T) + count
         code, _ = self.coder.encode(magnitude, True, (0.0, self.target.width))
         digits = 2.0 ** torch.arange(self.T - 1, -1, -1, dtype=v.dtype, device=v.device)
         x, weight = self._pathway(code.spikes @ digits)
-        s, _, count = self.node.run(x, keep_spikes=True)
-        return weight * decode(self.node, s), code.counts + count
+        _, value, count = self.node.run(x, keep_spikes=False)  # Eqs. 5-8 step by step, accumulated as it fires
+        return weight * value, code.counts + count
 
     def extra_repr(self) -> str:
         lo, hi = self.fitted.domain
