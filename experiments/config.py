@@ -214,6 +214,7 @@ class ConversionConfig:
     T: int = OP_SETTINGS.T
     N: int = OP_SETTINGS.N
     activation_N: Optional[int] = OP_SETTINGS.activation_N
+    split_bits: Optional[int] = OP_SETTINGS.split_bits
     mode: OpMode = OpMode(OP_SETTINGS.mode)
     fx: bool = False
     allow_float_fallback: bool = False

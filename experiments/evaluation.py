@@ -94,7 +94,7 @@ def exact_activations(snn: nn.Module) -> int:
 
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
-                exact: bool = False) -> Conversion:
+                exact: bool = False, split_bits: Optional[int] = None) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
@@ -110,7 +110,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
     if method not in MBE_METHODS:
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
-                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method)
+                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
+                  split_bits=split_bits)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

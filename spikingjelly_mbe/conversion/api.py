@@ -19,14 +19,15 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
             mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
             calibration: Optional[Calibration] = None, fx: bool = False,
             activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
-            ecmt: Optional[ECMTSettings] = None) -> nn.Module:
+            ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
     them so conversion sees every nonlinear operation it computes, and they set the product ranges
     (Eq. 9); ``calibration`` sets method/percentile/explicit ranges (its ``data`` is replaced by
     ``calib_data`` when given). ``activation_N``: bases of the fitted activations (default 8,
-    ``None`` means ``N``; see :class:`OpSettings`). Strict by default: a nonlinear operation with
+    ``None`` means ``N``; see :class:`OpSettings`); ``split_bits``: Softmax/norm digits moved into a
+    table (default ``min(3, T - 1)``). Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
     path sees through every forward, traceable or not) and ignored. ``method="ecmt"`` converts the
@@ -47,5 +48,5 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
         calibration = dataclasses.replace(calibration, data=calib_data)
     recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
                                   allow_float_fallback=allow_float_fallback, activation_N=activation_N,
-                                  method=method, ecmt=ecmt)
+                                  method=method, ecmt=ecmt, split_bits=split_bits)
     return ModuleConverter(recipe).convert(model)

@@ -31,14 +31,14 @@ class MBERecipeOptions:
                  calibration: Union[Calibration, Iterable[Batch], None] = None,
                  mode: str = DEFAULTS.mode, allow_float_fallback: bool = False,
                  activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
-                 ecmt: Optional[ECMTSettings] = None) -> None:
+                 ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if method == "ecmt":
             self.recipe_name = "ecmt_transformer"
             self.settings = ECMTMethod(ecmt or ECMTSettings(T=T, percentile=ECMT_PERCENTILE, mode=mode))
         else:
-            self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N)
+            self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N, split_bits=split_bits)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None

@@ -30,6 +30,7 @@ class OpSettings:
     N: int = 4
     mode: str = "fast"
     activation_N: Optional[int] = 8
+    split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
 
     @property
     def activation_bases(self) -> int:
@@ -41,6 +42,9 @@ class OpSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
+                                            or not 0 <= self.split_bits < self.T):
+            raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
 
     fully_spiking: ClassVar[bool] = True
     float_ops: ClassVar[Tuple[str, ...]] = ()
@@ -86,15 +90,15 @@ class OpSettings:
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N)
+        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
 
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
-        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N)
+        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
-        return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N)
+        return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
