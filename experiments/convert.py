@@ -30,10 +30,10 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "metric", "ann", "snn", "loss", "agreement",
-                 "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops", "energy_paper", "energy_paper_ops",
+                 "cosine", "firing_rate", "energy_strict", "energy_strict_ops", "energy_paper", "energy_paper_ops",
                  "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
-METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_ratio", "energy_ratio_ops",
+METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops",
            "energy_paper", "energy_paper_ops", "energy_int8", "sops",
            "ann_ops", "eval_seconds")
 
@@ -134,7 +134,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
         print(f"\n{markdown([row], TABLE_COLUMNS)}outputs: {job.out_dir} ({row['eval_seconds'] + row['convert_seconds']:.1f} s)")
     if row["snn"] is None:
         return float("inf"), float("inf")
-    return row["loss"], row.get("energy_ratio") or 0.0
+    return row["loss"], row.get("energy_strict") or 0.0
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")

@@ -161,8 +161,8 @@ class Result:
                                "cosine_mean": c["cosine_sum"] / c["samples"] if c.get("samples") else None}
         if self.meter is not None:
             total, ops = self.meter.total(), self.meter.total(weight_layers=False)
-            row.update(firing_rate=total.firing_rate, energy_ratio=energy_ratio(total),
-                       energy_ratio_ops=energy_ratio(ops), energy_paper=self.meter.ratio("paper"),
+            row.update(firing_rate=total.firing_rate, energy_strict=energy_ratio(total),
+                       energy_strict_ops=energy_ratio(ops), energy_paper=self.meter.ratio("paper"),
                        energy_paper_ops=self.meter.ratio("paper", weight_layers=False),
                        energy_int8=self.meter.ratio(precision="int8"), spikes=total.spikes, sops=total.sops,
                        ann_ops=total.ann_flops, clamped=total.clamped)

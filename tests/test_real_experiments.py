@@ -83,7 +83,7 @@ def test_local_hf_checkpoint_job_scores_the_ann_like_plain_pytorch(tiny_lm, one_
     assert m["ann"] == pytest.approx(math.exp(nll / count), rel=1e-5)
     assert m["snn"] == pytest.approx(m["ann"], rel=0.02) and m["loss"] == pytest.approx(100 * (m["snn"] / m["ann"] - 1))
     assert m["cosine"] > 0.99 and 0.9 < m["agreement"] <= 1
-    assert m["energy_ratio"] > 0 and m["energy_ratio_ops"] > 0 and m["sops"] > 0 and m["spikes"] > 0
+    assert m["energy_strict"] > 0 and m["energy_strict_ops"] > 0 and m["sops"] > 0 and m["spikes"] > 0
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_submitit_local_sweep_reports_one_row_per_job_and_wandb_reads_its_runs(t
         assert [row["snn"] for row in history if "snn" in row] == [pytest.approx(m["snn"])]
         logged = {key: value for row in history for key, value in row.items()}
         assert logged["convert_table/_type"] == "table-file" and logged["convert_table/nrows"] == 1
-        assert logged["energy_operator/_type"] == "image-file" and logged["energy_ratio"] == pytest.approx(m["energy_ratio"])
+        assert logged["energy_operator/_type"] == "image-file" and logged["energy_strict"] == pytest.approx(m["energy_strict"])
 
 
 def pareto_by_definition(points: np.ndarray) -> set:
@@ -136,11 +136,11 @@ def test_pareto_front_keeps_exactly_the_non_dominated_rows():
     from experiments.report import pareto_front
     rng = np.random.default_rng(0)
     points = np.round(rng.random((40, 2)), 1)  # ties included
-    rows = [{"job": i, "energy_ratio": float(e), "loss": float(l)} for i, (e, l) in enumerate(points)]
-    rows.append({"job": 99, "energy_ratio": None, "loss": 0.0})  # a failed recipe: not scored
+    rows = [{"job": i, "energy_strict": float(e), "loss": float(l)} for i, (e, l) in enumerate(points)]
+    rows.append({"job": 99, "energy_strict": None, "loss": 0.0})  # a failed recipe: not scored
     front = pareto_front(rows)
     assert {r["job"] for r in front} == pareto_by_definition(points)
-    assert [r["energy_ratio"] for r in front] == sorted(r["energy_ratio"] for r in front)
+    assert [r["energy_strict"] for r in front] == sorted(r["energy_strict"] for r in front)
 
 
 @pytest.mark.slow
@@ -153,8 +153,8 @@ def test_optuna_nsga2_preset_leaves_a_pareto_plot_and_table(tiny_lm, tmp_path):
     assert len(jobs) == 4
     results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     front = [r for r in jobs if any(r["loss"] == pytest.approx(t["values"][0]) and
-                                    r["energy_ratio"] == pytest.approx(t["values"][1]) for t in results["solutions"])]
-    points = np.array([[r["energy_ratio"], r["loss"]] for r in jobs])
+                                    r["energy_strict"] == pytest.approx(t["values"][1]) for t in results["solutions"])]
+    points = np.array([[r["energy_strict"], r["loss"]] for r in jobs])
     assert len(front) == len(pareto_by_definition(points)) >= 1  # Optuna's front = the non-dominated jobs
     table = (tmp_path / "report" / "pareto.csv").read_text().strip().splitlines()
     assert len(table) == 1 + len(front)
