@@ -45,9 +45,9 @@ from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
 CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small", "smollm2": "smollm2"}
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
-TABLE_COLUMNS = ("model", "metric", "T", "ann", "snn", "loss", "meets_bar", "energy_strict", "energy_strict_ops",
-                 "energy_paper", "energy_paper_ops",
-                 "firing_rate", "convert_s", "eval_s")
+ENERGY_COLUMNS = ("energy_strict", "energy_paper", "energy_strict_int8", "energy_strict_ops", "energy_paper_ops")
+TABLE_COLUMNS = ("model", "metric", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
+                 "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
 
@@ -94,6 +94,7 @@ def energy_report(name: str, meter: EnergyMeter, T: int, out: Path) -> Dict[str,
             "energy_strict_ops": round(energy_ratio(meter.total(weight_layers=False)), 4),
             "energy_paper": round(meter.ratio("paper"), 4),
             "energy_paper_ops": round(meter.ratio("paper", weight_layers=False), 4),
+            "energy_strict_int8": round(meter.ratio(precision="int8"), 4),
             "firing_rate": round(meter.total().firing_rate, 3)}
 
 
