@@ -23,9 +23,6 @@ def quiet_clamp_warnings():
     yield
     logger.setLevel(level)
 
-# Gemma 2 caps logits as c tanh(x / c) with c = 30 and 50: the fitted tanh's absolute error on its
-# [-8, 8] domain (up to 5e-3 near 0) is multiplied by c. Measured 0.9962; the 0.999 bar stays open.
-COSINE_FLOOR = {"gemma2": 0.995}
 
 NONLINEAR = {"gelu", "silu", "relu", "tanh", "sigmoid", "softmax", "log_softmax", "layer_norm", "rms_norm",
              "group_norm", "exp", "exp2", "log", "rsqrt", "sqrt", "erf", "max_pool2d", "scaled_dot_product_attention",
@@ -130,7 +127,7 @@ def test_family_converts_strictly_and_matches_the_ann(family, converted):
     assert ann_found, "the audit sees the ANN's nonlinear operations"
     assert snn_found == [], f"float nonlinear operations ran in the converted model: {sorted(set(snn_found))}"
     assert snn.mbe_report.fully_spiking and snn.mbe_report.replaced
-    assert agreement(reference, out)["cosine"] >= COSINE_FLOOR.get(family, 0.999)
+    assert agreement(reference, out)["cosine"] >= 0.999
 
 
 CAUSAL = sorted(f for f, spec in ZOO.items() if spec.causal)
@@ -186,6 +183,17 @@ def test_generate_with_left_padding_matches_the_unpadded_prompt(converted):
         alone = snn.generate(prompt, **kwargs)[:, 5:]
         batched = snn.generate(torch.cat([padded, padded]), attention_mask=torch.cat([mask, mask]), **kwargs)[:, 8:]
     assert torch.equal(batched[0], alone[0]) and torch.equal(batched[1], alone[0])
+
+
+def test_softcap_tanh_is_fitted_on_its_calibrated_range(converted):
+    """Gemma 2's final c tanh(x / c) sees |x / c| << 8: its tanh neuron is refitted on a narrow span,
+    which is what brings the family above 0.999 (the [-8, 8] fit's error near 0 times c = 30: 0.996)."""
+    _, snn = converted("gemma2")
+    softcap = snn.mbe_activation0
+    lo, hi = softcap.fitted.domain
+    assert softcap.fitted.target == "tanh" and -lo == hi <= 2.0
+    note = {e.path: e.note for e in snn.mbe_report.replaced}["mbe_activation0"]
+    assert "calibrated input range" in note
 
 
 def test_the_audit_sees_a_float_fallback():

@@ -68,6 +68,7 @@ class Activation:
     classes: Mapping[type, Callable[[nn.Module], Optional[Params]]] = field(default_factory=dict)
     calls: Mapping[str, CallResolver] = field(default_factory=dict)
     fingerprint: bool = True  # ``reference(x)`` alone identifies it (no params to guess)
+    fitted_target: Optional[str] = None  # a fitted neuron's target: the domain may narrow to the calibrated inputs
 
 
 def _fitted(target: str) -> Callable[..., nn.Module]:
@@ -81,22 +82,23 @@ _always = lambda m: {}  # noqa: E731
 ACTIVATIONS: Tuple[Activation, ...] = (
     Activation("gelu", F.gelu, _fitted("gelu"), "GELU (erf) on MBE neurons (Eq. 8)",
                {nn.GELU: _none, hf_act.GELUActivation: _always, timm_act.GELU: _none},
-               {"gelu": _gelu_form("none")}),
+               {"gelu": _gelu_form("none")}, fitted_target="gelu"),
     Activation("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), _fitted("gelu_tanh"),
                "GELU (tanh form) on MBE neurons (Eq. 8)",
                {nn.GELU: _tanh, hf_act.NewGELUActivation: _always, hf_act.GELUTanh: _always,
                 hf_act.FastGELUActivation: _always, hf_act.AccurateGELUActivation: _always, timm_act.GELUTanh: _always},
-               {"gelu": _gelu_form("tanh")}),
+               {"gelu": _gelu_form("tanh")}, fitted_target="gelu_tanh"),
     Activation("silu", F.silu, _fitted("silu"), "SiLU on MBE neurons (Eq. 8)",
-               {nn.SiLU: _always, hf_act.SiLUActivation: _always, timm_act.Swish: _always}, {"silu": _plain}),
+               {nn.SiLU: _always, hf_act.SiLUActivation: _always, timm_act.Swish: _always}, {"silu": _plain},
+               fitted_target="silu"),
     Activation("quick_gelu", lambda x: x * torch.sigmoid(QUICK_GELU * x),
                lambda s: Rescaled(s.fitted("silu"), QUICK_GELU),
                "QuickGELU x sigmoid(1.702 x) = silu(1.702 x) / 1.702: the SiLU neuron with an input gain",
                {hf_act.QuickGELUActivation: _always, timm_act.QuickGELU: _always}),
     Activation("tanh", torch.tanh, _fitted("tanh"), "tanh on MBE neurons (Eq. 8)",
-               {nn.Tanh: _always, timm_act.Tanh: _always}, {"tanh": _plain}),
+               {nn.Tanh: _always, timm_act.Tanh: _always}, {"tanh": _plain}, fitted_target="tanh"),
     Activation("sigmoid", torch.sigmoid, _fitted("sigmoid"), "sigmoid on MBE neurons (Eq. 8)",
-               {nn.Sigmoid: _always, timm_act.Sigmoid: _always}, {"sigmoid": _plain}),
+               {nn.Sigmoid: _always, timm_act.Sigmoid: _always}, {"sigmoid": _plain}, fitted_target="sigmoid"),
     Activation("relu", F.relu, lambda s: s.piecewise([(0.0, 1.0)]),
                "ReLU: an identity neuron with a positive gain, exact up to the operand coding (Eq. 9)",
                {nn.ReLU: _always}, {"relu": _plain}),

@@ -153,6 +153,11 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         self.table.calibrating = False
         self.intercepted.opaque_ids = self.kept_ids  # the replacements are spiking modules, opaque by class
         self.record(apply(model, self.plan, self.settings))
+        for path in self.table.narrow_fitted_activations():
+            entry = next(e for e in self.report.replaced if e.path == path)
+            index = self.report.replaced.index(entry)
+            self.report.replaced[index] = Entry(entry.path, entry.source, entry.target,
+                                                entry.note + "; fitted on the calibrated input range")
         param = next(model.parameters(), None)
         device = param.device if param is not None else converter.device
         for path, m in model.named_modules():

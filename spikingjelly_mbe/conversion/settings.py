@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..fitting import load_fitted
+from ..fitting import load_fitted, load_fitted_on
 from ..ops import (PiecewiseLinear, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d,
                    SpikingProduct, SpikingRMSNorm, SpikingSoftmax)
 from ..ops.base import MODES, SpikingOp
@@ -58,9 +58,12 @@ class OpSettings:
         """The spiking module of a catalog norm (its own builder)."""
         return norm.build(self, shape, weight, bias, eps)
 
-    def fitted(self, target: str) -> SpikingActivation:
-        """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element (Eq. 8)."""
-        return SpikingActivation(load_fitted(target, "mbe", self.activation_bases, self.T), self.mode)
+    def fitted(self, target: str, span: Optional[float] = None) -> SpikingActivation:
+        """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element
+        (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain."""
+        fit = load_fitted(target, "mbe", self.activation_bases, self.T) if span is None else \
+            load_fitted_on(target, self.activation_bases, self.T, span)
+        return SpikingActivation(fit, self.mode)
 
     def gelu(self, approximate: str = "none") -> SpikingActivation:
         """GELU, erf form or GPT-2's tanh form."""

@@ -9,12 +9,14 @@ table, :data:`SITE_KINDS`, says how each kind is built from the call and how the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..fitting import TARGETS
 from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM, activation_calls, activation_of_call
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
@@ -126,6 +128,8 @@ class SiteTable:
         self.sites: Dict[Tuple[str, str, int], nn.Module] = {}
         self.calibrating = True
         self.unsupported: Dict[Tuple[str, str], int] = {}
+        # fitted activation sites: key -> (target, owner module, attribute, largest |input| seen calibrating)
+        self.fitted: Dict[Tuple[str, str, int], list] = {}
 
     def __call__(self, session: Session, name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
         call = (args, kwargs)
@@ -168,11 +172,16 @@ class SiteTable:
                                    "has no spiking operator: convert with calibration batches that exercise this path "
                                    "(the same kind of inputs, e.g. padded batches or generation steps)")
             op = self.build(frame, kind, name, call)
+        if self.calibrating and key in self.fitted:
+            x = arg(call, 0, "input")
+            if x.numel():
+                self.fitted[key][3] = max(self.fitted[key][3], float(x.detach().abs().max()))
         if self.calibrating and not needs_calibration(op):
             return func(*call[0], **call[1])
         return (SITE_KINDS[kind].invoke if kind != "activation" else _call_module)(op, call)
 
     def build(self, frame: Any, kind: str, name: str, call: Call) -> nn.Module:
+        entry = None
         if kind == "activation":
             entry, params = activation_of_call(name, *call)
             op, note = self.settings.activation(entry, params), entry.note
@@ -182,10 +191,30 @@ class SiteTable:
         op = op.to(device) if device is not None else op
         attached = f"mbe_{kind}{frame.counters[kind] - 1}"
         frame.module.add_module(attached, op)
-        self.sites[(frame.path, kind, frame.counters[kind] - 1)] = op
+        key = (frame.path, kind, frame.counters[kind] - 1)
+        self.sites[key] = op
+        if kind == "activation" and entry.fitted_target is not None and hasattr(self.settings, "fitted"):
+            self.fitted[key] = [entry.fitted_target, frame.module, attached, 0.0]
         path = f"{frame.path}.{attached}" if frame.path else attached
         self.report.replaced.append(Entry(path, name, type(op).__name__, note))
         return op
+
+    def narrow_fitted_activations(self) -> List[str]:
+        """Range reduction: a fitted activation site whose calibrated inputs stay within a quarter of
+        its target's domain gets a neuron fitted on ``[-s, s]``, ``s`` the power of two at or above 4x
+        the largest input seen (inputs beyond it are clamped and counted); returns their paths."""
+        done = []
+        for key, (target, owner, attribute, peak) in self.fitted.items():
+            lo, hi = TARGETS[target].domain
+            span = 2.0 ** math.ceil(math.log2(4 * peak)) if peak > 0 else None
+            if span is None or span > min(-lo, hi) / 4:
+                continue
+            param = next(owner.parameters(), None)
+            op = self.settings.fitted(target, span).to(param.device if param is not None else "cpu")
+            setattr(owner, attribute, op)
+            self.sites[key] = op
+            done.append(f"{key[0]}.{attribute}" if key[0] else attribute)
+        return done
 
     def unsupported_calls(self) -> List[Tuple[str, str]]:
         return sorted(self.unsupported)

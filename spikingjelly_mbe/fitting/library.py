@@ -68,6 +68,20 @@ def _load(target: str, kind: str, N: int, T: int) -> FittedNeuron:
                       LIBRARY_DIR / f"{key}.json")
 
 
+def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
+    """An MBE fit of ``target`` on ``[-span, span]`` instead of its registered domain: a range
+    reduction for inputs known (from calibration) to stay well inside it. Fitted on first use
+    (seed 0) and cached like any unshipped fit; an independent copy."""
+    kind, N, T = check_fit_request(target, "mbe", N, T)
+    if isinstance(span, bool) or not isinstance(span, (int, float)) or not 0 < span < float("inf"):
+        raise ValueError(f"span must be a positive finite number, got {span!r}")
+    span = float(span)
+    key = f"{fit_key(target, kind, N, T)}-pm{span:g}"
+    expect = {"target": target, "kind": kind, "T": T, "N": N, "domain": (-span, span)}
+    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
+                                                            progress=True), expect))
+
+
 def check_fit_request(target: str, kind: str, N: int, T: int) -> Tuple[str, int, int]:
     """``(kind, N, T)`` validated: a registered ``target``, ``kind`` 'mbe' or 'fs', ``1 <= N <= 64``,
     ``1 <= T <= MAX_FIT_T``."""
