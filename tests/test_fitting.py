@@ -159,3 +159,10 @@ def test_signed_fs_fit_against_the_published_fs_parameters():
     assert published_swish == pytest.approx(3.44e-3, rel=0.01)
     swish = fit_neuron(F.silu, kind="fs", T=16, domain=(-8, 12))
     assert swish.errors["mse"] <= 1.35 * published_swish  # measured 4.44e-3: not yet at the published 3.44e-3
+
+
+@pytest.mark.parametrize("span", [0, -1.0, float("inf"), float("nan"), True, "2"])
+def test_load_fitted_on_names_a_bad_span(span):
+    from spikingjelly_mbe.fitting import load_fitted_on
+    with pytest.raises(ValueError, match="span must be a positive finite number"):
+        load_fitted_on("tanh", 8, 16, span)
