@@ -8,6 +8,7 @@ function, and one spiking operator computes it better.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -150,12 +151,14 @@ def plan(model: nn.Module, inputs: Dict[str, torch.Tensor],
 
 def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: OpSettings,
           only: Callable[[nn.Module, Replacement], bool] = lambda m, how: True) -> List[Tuple[str, nn.Module, nn.Module, Replacement]]:
-    """Put each built replacement (for which ``only(new, how)``) in place; returns ``(path, old, new, how)``."""
+    """Put each built replacement (for which ``only(new, how)``) in place; returns ``(path, old, new, how)``.
+    A replacement left for later keeps the module built here, so nothing is built twice."""
     done = []
     for path, how in list(replacements.items()):
         old = model.get_submodule(path)
         new = how.build(settings)
         if not only(new, how):
+            replacements[path] = dataclasses.replace(how, build=lambda s, built=new: built)
             continue
         param = next(old.parameters(), None)
         new = new.to(param.device) if param is not None else new
