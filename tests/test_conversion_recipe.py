@@ -100,6 +100,23 @@ def test_fx_flag_is_deprecated_and_takes_the_default_path():
     assert MBETransformerFXRecipe is MBETransformerRecipe
 
 
+@pytest.mark.parametrize("old, new, phase", [("expose", "rebuild_before_calibration", "expose"),
+                                             ("spike", "replace_after_calibration", "spike"),
+                                             ("keep", "keep_as_linear", "keep")])
+def test_bare_rule_verbs_are_deprecated_aliases_of_the_named_ones(old, new, phase):
+    import spikingjelly_mbe.conversion as conversion
+    from spikingjelly_mbe.conversion import registry
+    for module in (conversion, registry):
+        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use {new}") as caught:
+            verb = getattr(module, old)
+        assert caught[0].filename == __file__  # the warning points at the caller
+        assert verb is getattr(conversion, new)
+    rule = getattr(conversion, new)(nn.Identity, "note") if phase != "keep" else conversion.keep_as_linear("note")
+    assert (rule.phase, rule.note) == (phase, "note")
+    with pytest.raises(AttributeError, match="no attribute 'unspike'"):
+        conversion.unspike
+
+
 class ErfActivation(nn.Module):
     def forward(self, x):
         return x * torch.erf(x)

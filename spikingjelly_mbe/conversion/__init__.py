@@ -5,13 +5,15 @@ from .api import convert
 from .calibration import Calibration
 from .catalog import ACTIVATIONS, NORMS, Activation, Norm
 from .recipe import MBETransformerRecipe
-from .registry import ArchitectureRule, ModuleRule, expose, keep, register, registered, rule_for, spike
+from . import registry as _registry
+from .registry import (ArchitectureRule, ModuleRule, keep_as_linear, rebuild_before_calibration, register,
+                       registered, replace_after_calibration, rule_for)
 from .report import ConversionReport, UnsupportedNonlinearityError
 from .settings import OpSettings, set_mode
 
 __all__ = ["ACTIVATIONS", "Activation", "ArchitectureRule", "Calibration", "ConversionReport", "MBETransformerRecipe",
-           "ModuleRule", "NORMS", "Norm", "OpSettings", "UnsupportedNonlinearityError", "convert", "expose", "keep",
-           "register", "registered", "rule_for", "set_mode", "spike"]
+           "ModuleRule", "NORMS", "Norm", "OpSettings", "UnsupportedNonlinearityError", "convert", "keep_as_linear",
+           "rebuild_before_calibration", "register", "registered", "replace_after_calibration", "rule_for", "set_mode"]
 
 
 def __getattr__(name: str):
@@ -19,4 +21,6 @@ def __getattr__(name: str):
         _warnings.warn("MBETransformerFXRecipe is deprecated: MBETransformerRecipe converts every model by what runs, "
                        "traceable or not", DeprecationWarning, stacklevel=2)
         return MBETransformerRecipe
+    if name in _registry.DEPRECATED_VERBS:
+        return _registry.deprecated_verb(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

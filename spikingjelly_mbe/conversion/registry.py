@@ -1,11 +1,13 @@
 """Rule overrides by model class: conversion does not need them (it decides by what runs), but a rule
 can say, for module classes of one model family, to rebuild a module before calibration
-(``expose``), to replace it after (``spike``), or to keep it as it is because its computation is
-linear (``keep``). Public modules of ``rules/`` (and user code) register them."""
+(:func:`rebuild_before_calibration`), to replace it after (:func:`replace_after_calibration`), or to
+keep it as it is because its computation is linear (:func:`keep_as_linear`). Public modules of
+``rules/`` (and user code) register them."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -31,16 +33,36 @@ class ModuleRule:
     note: str = ""
 
 
-def expose(build: Builder, note: str) -> ModuleRule:
+def rebuild_before_calibration(build: Builder, note: str) -> ModuleRule:
+    """Rebuild modules of this class before calibration, e.g. so that their parts become building blocks."""
     return ModuleRule(EXPOSE, build, note)
 
 
-def spike(build: Builder, note: str) -> ModuleRule:
+def replace_after_calibration(build: Builder, note: str) -> ModuleRule:
+    """Replace modules of this class by a spiking operator ``build(module, settings)`` after calibration."""
     return ModuleRule(SPIKE, build, note)
 
 
-def keep(note: str = "") -> ModuleRule:
+def keep_as_linear(note: str = "") -> ModuleRule:
+    """Run modules of this class as they are: their own computation is linear (``note`` says why)."""
     return ModuleRule(KEEP, None, note)
+
+
+DEPRECATED_VERBS = {"expose": rebuild_before_calibration, "spike": replace_after_calibration, "keep": keep_as_linear}
+
+
+def deprecated_verb(name: str) -> Callable[..., ModuleRule]:
+    """The verb that replaced the bare ``name`` (``expose``/``spike``/``keep``), with a
+    :class:`DeprecationWarning` pointing at the caller's import (called from a module ``__getattr__``)."""
+    new = DEPRECATED_VERBS[name]
+    warnings.warn(f"{name} is deprecated: use {new.__name__} (same arguments)", DeprecationWarning, stacklevel=3)
+    return new
+
+
+def __getattr__(name: str) -> Callable[..., ModuleRule]:
+    if name in DEPRECATED_VERBS:
+        return deprecated_verb(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
