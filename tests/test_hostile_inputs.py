@@ -678,12 +678,8 @@ class TestEnergyMeter:
             model(torch.ones(2, 4))
         assert meter.total().neurons == 8 + 8  # the linear layer's inputs and the activation's
 
-    def test_ops_bench_out_creates_missing_folders(self, tmp_path):
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        try:
-            import ops_bench
-        finally:
-            sys.path.remove(str(REPO / "benchmarks"))
+    def test_ops_bench_out_creates_missing_folders(self, tmp_path, benchmark_script):
+        ops_bench = benchmark_script("ops_bench")
         out = tmp_path / "new" / "deeper"
         ops_bench.save([], [{"operator": "softmax", "path": "kernel", "ratio": 2.5}], out)
         assert (out / "speed.md").read_text().count("softmax") == 1 and (out / "speed.png").stat().st_size > 0

@@ -124,8 +124,8 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
 
 
 ACTIVATIONS = {"gelu N=8 T=16": lambda: SpikingActivation.gelu(T=16, N=8),
-               "gelu_tanh N=4 T=10": lambda: SpikingActivation.gelu(T=10, approximate="tanh"),
-               "silu N=8 T=8": lambda: SpikingActivation.silu(T=8, N=8), "tanh N=4 T=12": lambda: SpikingActivation.tanh(T=12)}
+               "gelu_tanh N=4 T=10": lambda: SpikingActivation.gelu(T=10, N=4, approximate="tanh"),
+               "silu N=8 T=8": lambda: SpikingActivation.silu(T=8, N=8), "tanh N=4 T=12": lambda: SpikingActivation.tanh(T=12, N=4)}
 
 
 @settings(max_examples=8, deadline=None)

@@ -227,3 +227,9 @@ def test_composite_operators_report_their_stats():
     assert all(s.spikes > 0 and s.sops >= s.spikes and s.neurons >= x.numel() for s in stats.values())
     functional.reset_net(block)
     assert all(s.spikes == 0 for s in collect_stats(block).values())
+
+
+def test_named_activations_default_to_the_bases_conversion_uses():
+    from spikingjelly_mbe.conversion import OpSettings
+    assert SpikingActivation.gelu().fitted.N == OpSettings().activation_bases == 8
+    assert SpikingActivation.silu(T=8).fitted.N == SpikingActivation.tanh(T=8).fitted.N == 8

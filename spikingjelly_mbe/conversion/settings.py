@@ -10,6 +10,7 @@ import torch.nn as nn
 from ..fitting import load_fitted, load_fitted_on
 from ..ops import (PiecewiseLinear, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d,
                    SpikingProduct, SpikingRMSNorm, SpikingSoftmax)
+from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, SpikingOp
 
 
@@ -29,7 +30,7 @@ class OpSettings:
     T: int = 16
     N: int = 4
     mode: str = "fast"
-    activation_N: Optional[int] = 8
+    activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
 
     @property
@@ -67,7 +68,9 @@ class OpSettings:
 
     def gelu(self, approximate: str = "none") -> SpikingActivation:
         """GELU, erf form or GPT-2's tanh form."""
-        return self.fitted({"none": "gelu", "tanh": "gelu_tanh"}[approximate])
+        if approximate not in GELU_TARGETS:
+            raise ValueError(f"approximate must be one of {sorted(GELU_TARGETS)}, got {approximate!r}")
+        return self.fitted(GELU_TARGETS[approximate])
 
     def silu(self) -> SpikingActivation:
         return self.fitted("silu")

@@ -14,6 +14,7 @@ from .base import SpikingOp, working_dtype
 from .coding import decode, total
 
 GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
+ACTIVATION_N = 8  # bases of a fitted activation neuron: the default here and in conversion (OpSettings.activation_N)
 
 
 class SpikingActivation(SpikingOp):
@@ -65,18 +66,22 @@ class SpikingActivation(SpikingOp):
         return reference(x)
 
     @classmethod
-    def gelu(cls, T: int = 16, N: int = 4, approximate: str = "none", mode: str = "fast") -> "SpikingActivation":
-        """GELU from the shipped fit: erf form (``'none'``) or GPT-2's tanh form (``'tanh'``)."""
+    def gelu(cls, T: int = 16, N: int = ACTIVATION_N, approximate: str = "none",
+             mode: str = "fast") -> "SpikingActivation":
+        """GELU from the shipped fit: erf form (``'none'``) or GPT-2's tanh form (``'tanh'``);
+        ``N`` bases (:data:`ACTIVATION_N`, conversion's default, unless given)."""
         if approximate not in GELU_TARGETS:
             raise ValueError(f"approximate must be one of {sorted(GELU_TARGETS)}, got {approximate!r}")
         return cls(load_fitted(GELU_TARGETS[approximate], "mbe", N, T), mode)
 
     @classmethod
-    def silu(cls, T: int = 16, N: int = 4, mode: str = "fast") -> "SpikingActivation":
+    def silu(cls, T: int = 16, N: int = ACTIVATION_N, mode: str = "fast") -> "SpikingActivation":
+        """SiLU from the shipped fit (``N`` as in :meth:`gelu`)."""
         return cls(load_fitted("silu", "mbe", N, T), mode)
 
     @classmethod
-    def tanh(cls, T: int = 16, N: int = 4, mode: str = "fast") -> "SpikingActivation":
+    def tanh(cls, T: int = 16, N: int = ACTIVATION_N, mode: str = "fast") -> "SpikingActivation":
+        """tanh from the shipped fit (``N`` as in :meth:`gelu`)."""
         return cls(load_fitted("tanh", "mbe", N, T), mode)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
