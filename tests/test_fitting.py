@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from spikingjelly_mbe import FittedNeuron, FittedNeuronError, available, fit_neuron, load_fitted
-from spikingjelly_mbe.fitting import TARGETS
+from spikingjelly_mbe.fitting import KINDS, SPLIT_TARGETS, TARGETS, fit_key
+from spikingjelly_mbe.fitting.kinds import MBEKind
 from spikingjelly_mbe.fitting.build_library import LIBRARY_N, LIBRARY_T
 
 
@@ -99,13 +100,68 @@ def test_truncated_and_mismatched_files(tmp_path, gelu_paper_fit):
         FittedNeuron.load(path, expect={"T": 8})
 
 
+def test_fit_key_is_the_one_file_name_format():
+    assert fit_key("gelu", "mbe", 4, 16) == "gelu-mbe-N4-T16"
+    assert fit_key("gelu", "fs", 4, 16) == "gelu-fs-T16"  # one basis: N is not part of the key
+    assert fit_key("exp2", "mbe", 4, 12, split_bits=3) == "exp2-split3-mbe-N4-T12"
+    assert fit_key("gelu", "mbe", 8, 12, span=4.0) == "gelu-mbe-N8-T12-pm4"
+    assert load_fitted("silu", "fs", N=3, T=8).key == "silu-fs-T8"
+
+
 def test_library_ships_every_registered_combination():
     keys = set(available())
     for target in TARGETS:
         for T in LIBRARY_T:
-            assert f"{target}-fs-T{T}" in keys
-            for N in LIBRARY_N:
-                assert f"{target}-mbe-N{N}-T{T}" in keys
+            for kind in KINDS:
+                for N in LIBRARY_N:
+                    assert fit_key(target, kind, N, T) in keys
+    for target in SPLIT_TARGETS:  # the remainder neurons of Softmax and the norms, in the same home
+        for T in LIBRARY_T:
+            assert fit_key(target, "mbe", 4, T, split_bits=3) in keys
+
+
+@pytest.mark.parametrize("target, domain", [("exp2", (0.0, 0.125)), ("reciprocal", (1.0, 1.125)),
+                                            ("rsqrt", (1.0, 1.375))])
+def test_remainder_fits_are_keyed_with_split_bits(target, domain):
+    """2^b = 8 segments: exp2 on [0, 1/8]; v^p on [1, 1 + (width / 8) / lo] (width 1 and 3, lo 1)."""
+    fitted = load_fitted(target, "mbe", N=4, T=12, split_bits=3)
+    assert fitted.domain == domain and fitted.N == 4 and fitted.T == 12
+    assert fitted.errors["mse"] == pytest.approx(independent_mse(fitted, TARGETS[target].fn, *domain), rel=1e-3,
+                                                 abs=1e-14)
+    with pytest.raises(ValueError, match=r"split_bits must be an integer in \[0, T=12\)"):
+        load_fitted(target, "mbe", N=4, T=12, split_bits=12)
+    with pytest.raises(ValueError, match="split_bits=3 needs a range-reduced target"):
+        load_fitted("gelu", "mbe", N=4, T=12, split_bits=3)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_registered_kind_fits_saves_loads_and_builds_its_node(tmp_path, kind):
+    fitted = fit_neuron(lambda x: x ** 2, kind=kind, N=2, T=6, domain=(0, 1), samples=500, budget=120)
+    assert fitted.kind == kind and fitted.N == KINDS[kind].bases(2)
+    node = FittedNeuron.load(fitted.save(tmp_path / f"{kind}.json")).node()
+    assert type(node) is KINDS[kind].node_class
+    assert fitted.errors["mse"] == pytest.approx(independent_mse(fitted, lambda x: x ** 2, 0, 1), rel=1e-3)
+
+
+def test_a_new_kind_is_one_registry_entry(monkeypatch, tmp_path):
+    """A kind registered under a new name (here: MBE's parametrisation) flows through fitting, the
+    file format, keys and node building with no other change."""
+    class Renamed(MBEKind):
+        name = "mbe_renamed"
+    monkeypatch.setitem(KINDS, "mbe_renamed", Renamed())
+    new = fit_neuron("tanh", kind="mbe_renamed", N=2, T=6, samples=500, budget=120)
+    old = fit_neuron("tanh", kind="mbe", N=2, T=6, samples=500, budget=120)
+    assert new.params == old.params and new.key == "tanh-mbe_renamed-N2-T6"
+    back = FittedNeuron.load(new.save(tmp_path / "new.json"), expect={"kind": "mbe_renamed"})
+    x = torch.linspace(-8, 8, 301)
+    torch.testing.assert_close(back.node()(x), old.node()(x))
+
+
+@pytest.mark.parametrize("call", [lambda: fit_neuron("gelu", kind="lif"), lambda: load_fitted("gelu", "lif"),
+                                  lambda: fit_key("gelu", "lif", 4, 16)])
+def test_unknown_kind_names_the_argument_and_the_registered_kinds(call):
+    with pytest.raises(ValueError, match=r"kind must be one of \['fs', 'mbe'\] \(the registered neuron kinds"):
+        call()
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

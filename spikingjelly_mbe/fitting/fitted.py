@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -11,17 +10,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from ..neurons import FSNode, MBENode, MultiBasisNode
+from ..neurons import MultiBasisNode
+from .checks import FittedNeuronError, check_vector, is_count, is_number, is_parameter
+from .kinds import get_kind
 from .targets import Target, get_target
 
 FORMAT = "spikingjelly_mbe.fitted_neuron"
 FORMAT_VERSION = 1
 EVAL_POINTS = 100_001
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-class FittedNeuronError(ValueError):
-    """A parameter file is corrupt, incomplete or does not match what was asked for."""
 
 
 def _library_version() -> str:
@@ -29,31 +25,13 @@ def _library_version() -> str:
     return __version__
 
 
-def is_number(v: Any) -> bool:
-    """A finite JSON number (``true``/``false`` are not numbers)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def is_count(v: Any) -> bool:
-    """A positive JSON integer (not ``true``, not ``4.0``)."""
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def is_parameter(v: Any) -> bool:
-    """A finite number that stays finite in float32, the neurons' working precision."""
-    return is_number(v) and abs(v) <= FLOAT32_MAX
-
-
-def _vec(params: Dict[str, Any], key: str, n: int, where: str) -> list:
-    v = params.get(key)
-    if not isinstance(v, list) or len(v) != n or not all(is_parameter(e) for e in v):
-        raise FittedNeuronError(f"{where}: params.{key} must be a list of {n} finite numbers (within float32)")
-    return v
-
-
-def _positive(params: Dict[str, Any], key: str, where: str) -> None:
-    if not (is_parameter(params.get(key)) and params[key] > 0):
-        raise FittedNeuronError(f"{where}: params.{key} must be a positive finite number, got {params.get(key)!r}")
+def fit_key(target: str, kind: str, N: int, T: int, split_bits: int = 0, span: Optional[float] = None) -> str:
+    """The one format of a fit's key (its file stem in the library and the cache): ``gelu-mbe-N4-T16``;
+    a single-basis kind omits ``N`` (``gelu-fs-T16``); a remainder fit of a range-reduced function
+    names its ``split_bits`` (``exp2-split3-mbe-N4-T16``); a fit on ``[-span, span]`` ends ``-pm4``."""
+    parts = [target, *([f"split{split_bits}"] if split_bits else []), kind,
+             *([] if get_kind(kind).single_basis else [f"N{N}"]), f"T{T}", *([] if span is None else [f"pm{span:g}"])]
+    return "-".join(parts)
 
 
 @dataclass
@@ -77,8 +55,10 @@ class FittedNeuron:
 
     def validate(self, where: str) -> None:
         """Check kinds, sizes and finiteness of every field; raise :class:`FittedNeuronError`."""
-        if self.kind not in ("mbe", "fs"):
-            raise FittedNeuronError(f"{where}: kind must be 'mbe' or 'fs', got {self.kind!r}")
+        try:
+            kind = get_kind(self.kind)
+        except ValueError as error:
+            raise FittedNeuronError(f"{where}: {error}") from None
         if not isinstance(self.target, str) or not self.target:
             raise FittedNeuronError(f"{where}: target must be a non-empty name, got {self.target!r}")
         if not (is_count(self.N) and is_count(self.T)):
@@ -94,38 +74,20 @@ class FittedNeuron:
         p = self.params
         if not isinstance(p, dict):
             raise FittedNeuronError(f"{where}: params must be a mapping")
-        n = 1 if self.kind == "fs" else self.N
         for key in ("gain", "offset"):
-            _vec(p, key, n, where)
+            check_vector(p, key, kind.bases(self.N), where)
         if not is_parameter(p.get("bias")):
             raise FittedNeuronError(f"{where}: params.bias must be a finite number")
-        if self.kind == "fs":
-            for key in ("vth", "reset", "intensity"):
-                _vec(p, key, self.T, where)
-            return
-        _vec(p, "weight", n, where)
-        for key in ("alpha", "dt"):
-            _positive(p, key, where)
-        if not isinstance(p.get("decay"), bool):
-            raise FittedNeuronError(f"{where}: params.decay must be true or false")
-        for key in ("tau_v", "tau_r", "tau_d"):
-            if (p["decay"] or key in p) and any(t <= 0 for t in _vec(p, key, n, where)):
-                raise FittedNeuronError(f"{where}: params.{key} must be positive")
+        kind.check_params(p, kind.bases(self.N), self.T, where)
 
     def node(self, step_mode: str = "s", clamp: bool = True) -> MultiBasisNode:
         """Build the SpikingJelly neuron; with ``clamp`` inputs outside the domain are clamped."""
-        p, domain = self.params, (self.domain if clamp else None)
-        if self.kind == "fs":
-            return FSNode(p["vth"], p["reset"], p["intensity"], offset=p["offset"][0], bias=p["bias"],
-                          domain=domain, step_mode=step_mode)
-        taus = [p.get(k, [1.0] * self.N) for k in ("tau_v", "tau_r", "tau_d")]
-        return MBENode(*taus, weight=p["weight"], T=self.T, alpha=p["alpha"], dt=p["dt"], gain=p["gain"],
-                       offset=p["offset"], bias=p["bias"], decay=p["decay"], domain=domain, step_mode=step_mode)
+        return get_kind(self.kind).node(self.params, self.N, self.T, self.domain if clamp else None, step_mode)
 
     @property
     def key(self) -> str:
-        """File stem used by the shipped library, e.g. ``gelu-mbe-N4-T16``."""
-        return f"{self.target}-{self.kind}-T{self.T}" if self.kind == "fs" else f"{self.target}-mbe-N{self.N}-T{self.T}"
+        """The key of this target, kind, ``N`` and ``T`` (:func:`fit_key`), e.g. ``gelu-mbe-N4-T16``."""
+        return fit_key(self.target, self.kind, self.N, self.T)
 
     def to_dict(self) -> Dict[str, Any]:
         """The file's content; the fields are validated first (they may have been edited)."""

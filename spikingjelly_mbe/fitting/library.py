@@ -1,5 +1,7 @@
-"""Fitted neurons by key: the shipped library (package data), else the project cache, else a fit
-made on first use (seed 0, default budget; deterministic) and cached there."""
+"""Fitted neurons by key (:func:`~spikingjelly_mbe.fitting.fitted.fit_key`), in one home: the shipped
+library ``fitting/library/`` (package data: the activations' fits and the remainder fits of the
+range-reduced functions, keyed with ``split_bits``), else the project cache, else a fit made on
+first use (seed 0, default budget; deterministic) and cached there."""
 from __future__ import annotations
 
 import copy
@@ -14,9 +16,10 @@ import torch
 
 from ..data.assets import cache_dir
 from ..neurons.multibasis import positive_int
-from .fitted import FittedNeuron, FittedNeuronError
+from .fitted import FittedNeuron, FittedNeuronError, fit_key
+from .kinds import get_kind
 from .routine import fit_neuron
-from .targets import TARGETS
+from .targets import SPLIT_TARGETS, TARGETS
 
 LIBRARY_DIR = Path(__file__).with_name("library")
 MAX_FIT_T = 32  # the longest spike trains fitted on first use
@@ -27,11 +30,6 @@ log = logging.getLogger(__name__)
 def available() -> List[str]:
     """Keys of every shipped fit, e.g. ``['gelu-fs-T16', 'gelu-mbe-N4-T16', ...]``."""
     return sorted(p.stem for p in LIBRARY_DIR.glob("*.json"))
-
-
-def fit_key(target: str, kind: str, N: int, T: int) -> str:
-    """File stem of a fit, e.g. ``gelu-mbe-N4-T16`` (FS ignores ``N``: ``gelu-fs-T16``)."""
-    return f"{target}-fs-T{T}" if kind == "fs" else f"{target}-{kind}-N{N}-T{T}"
 
 
 def cached_fit(key: str, fit: Callable[[], FittedNeuron], expect: Dict[str, Any],
@@ -60,46 +58,61 @@ def cached_fit(key: str, fit: Callable[[], FittedNeuron], expect: Dict[str, Any]
     return fitted
 
 
+def remainder_domain(target: str, split_bits: int) -> Optional[Tuple[float, float]]:
+    """The domain of the fit keyed with ``split_bits``: ``None`` (the target's own) for 0, else the
+    remainder interval of the range-reduced function (:class:`~spikingjelly_mbe.fitting.targets.SplitTarget`)."""
+    return SPLIT_TARGETS[target].remainder_domain(split_bits) if split_bits else None
+
+
 @lru_cache(maxsize=None)
-def _load(target: str, kind: str, N: int, T: int) -> FittedNeuron:
-    key = fit_key(target, kind, N, T)
-    expect = {"target": target, "kind": kind, "T": T, **({} if kind == "fs" else {"N": N})}
-    return cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, seed=0, progress=True), expect,
-                      LIBRARY_DIR / f"{key}.json")
+def _load(target: str, kind: str, N: int, T: int, split_bits: int) -> FittedNeuron:
+    key = fit_key(target, kind, N, T, split_bits)
+    domain = remainder_domain(target, split_bits)
+    expect = {"target": target, "kind": kind, "T": T, **({} if get_kind(kind).single_basis else {"N": N}),
+              **({} if domain is None else {"domain": domain})}
+    return cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=domain, seed=0, progress=True),
+                      expect, LIBRARY_DIR / f"{key}.json")
 
 
 def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
     """An MBE fit of ``target`` on ``[-span, span]`` instead of its registered domain: a range
     reduction for inputs known (from calibration) to stay well inside it. Fitted on first use
     (seed 0) and cached like any unshipped fit; an independent copy."""
-    kind, N, T = check_fit_request(target, "mbe", N, T)
+    kind, N, T, _ = check_fit_request(target, "mbe", N, T)
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not 0 < span < float("inf"):
         raise ValueError(f"span must be a positive finite number, got {span!r}")
     span = float(span)
-    key = f"{fit_key(target, kind, N, T)}-pm{span:g}"
     expect = {"target": target, "kind": kind, "T": T, "N": N, "domain": (-span, span)}
-    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
-                                                            progress=True), expect))
+    return copy.deepcopy(cached_fit(fit_key(target, kind, N, T, span=span),
+                                    lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
+                                                       progress=True), expect))
 
 
-def check_fit_request(target: str, kind: str, N: int, T: int) -> Tuple[str, int, int]:
-    """``(kind, N, T)`` validated: a registered ``target``, ``kind`` 'mbe' or 'fs', ``1 <= N <= 64``,
-    ``1 <= T <= MAX_FIT_T``."""
+def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 0) -> Tuple[str, int, int, int]:
+    """``(kind, N, T, split_bits)`` validated: a registered ``target`` and ``kind``, ``1 <= N <= 64``
+    (1 for a single-basis kind), ``1 <= T <= MAX_FIT_T``, ``0 <= split_bits < T`` (``>= 1`` only for
+    a range-reduced target)."""
     if not isinstance(target, str) or not NAME.fullmatch(target):
         raise ValueError(f"target must be a plain name such as 'gelu' (letters, digits, '_'), got {target!r}; "
                          f"registered: {sorted(TARGETS)}")
     if target not in TARGETS:
         raise KeyError(f"unknown target {target!r}; registered: {sorted(TARGETS)} (fit others with fit_neuron)")
-    if kind not in ("mbe", "fs"):
-        raise ValueError(f"kind must be 'mbe' or 'fs', got {kind!r}")
+    neuron_kind = get_kind(kind)
     for name, value, top in (("N", N, 64), ("T", T, MAX_FIT_T)):
         if positive_int(name, value) > top:
             raise ValueError(f"{name} must be an integer in [1, {top}], got {value!r}")
-    return kind, (1 if kind == "fs" else N), T
+    if isinstance(split_bits, bool) or not isinstance(split_bits, int) or not 0 <= split_bits < T:
+        raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
+    if split_bits and target not in SPLIT_TARGETS:
+        raise ValueError(f"split_bits={split_bits} needs a range-reduced target {sorted(SPLIT_TARGETS)}, got "
+                         f"{target!r}; use split_bits=0")
+    return neuron_kind.name, neuron_kind.bases(N), T, split_bits
 
 
-def load_fitted(target: str, kind: str = "mbe", N: int = 4, T: int = 16) -> FittedNeuron:
-    """The fit of ``target`` on its registered domain (FS ignores ``N``): shipped for T in
-    {8, 10, 12, 16} and N in {1, 2, 4, 8}; any other ``N``, ``T <= 32`` is fitted on first use
-    (seed 0, a few seconds) and cached in the project cache. An independent copy: edits stay local."""
-    return copy.deepcopy(_load(target, *check_fit_request(target, kind, N, T)))
+def load_fitted(target: str, kind: str = "mbe", N: int = 4, T: int = 16, split_bits: int = 0) -> FittedNeuron:
+    """The fit of ``target`` on its registered domain (a single-basis kind such as FS ignores ``N``):
+    shipped for T in {8, 10, 12, 16} and N in {1, 2, 4, 8}; any other ``N``, ``T <= 32`` is fitted
+    on first use (seed 0, a few seconds) and cached in the project cache. ``split_bits >= 1``: the
+    remainder neuron of a range-reduced ``exp2``/``reciprocal``/``rsqrt`` (Softmax, the norms),
+    shipped for ``split_bits=3``, ``N=4``. An independent copy: edits stay local."""
+    return copy.deepcopy(_load(target, *check_fit_request(target, kind, N, T, split_bits)))

@@ -1,4 +1,5 @@
-"""Target functions the neurons are fitted to, each with the domain the operators use."""
+"""Target functions the neurons are fitted to, each with the domain the operators use, and the
+range reductions of Softmax and the norms (:class:`SplitTarget`: where their remainder neurons are fitted)."""
 from __future__ import annotations
 
 import math
@@ -84,3 +85,39 @@ def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[floa
         name = getattr(target, "__name__", "custom")
         return Target(name, target, domain, "user-supplied callable")
     raise TypeError(f"target must be a name, a Target or a callable, got {type(target).__name__}")
+
+
+@dataclass(frozen=True)
+class SplitTarget:
+    """A function of ``v`` in ``[lo, lo + width]``: ``2^v`` (``power=None``) or ``v^power``."""
+
+    name: str  # the registered fitting target of the remainder neuron
+    lo: float
+    width: float
+    power: Optional[float]
+
+    def reference(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.exp2(v) if self.power is None else v ** self.power
+
+    def remainder_domain(self, split_bits: int) -> Tuple[float, float]:
+        span = self.width / 2 ** split_bits
+        return (0.0, span) if self.power is None else (1.0, 1.0 + span / self.lo)
+
+    def segment_starts(self, split_bits: int) -> torch.Tensor:
+        """``v_j`` for ``j = 0 .. 2^b - 1`` (float64)."""
+        return self.lo + torch.arange(2 ** split_bits, dtype=torch.float64) * (self.width / 2 ** split_bits)
+
+    def pathway_weights(self, split_bits: int) -> torch.Tensor:
+        """The constant output weight ``2^(v_j)`` or ``v_j^p`` of every pathway (float64)."""
+        return self.reference(self.segment_starts(split_bits))
+
+    def remainder_input(self, r: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """The remainder neuron's input for remainder ``r`` on the segment starting at ``start``."""
+        return r if self.power is None else 1.0 + r / start
+
+
+SPLIT_TARGETS: Dict[str, SplitTarget] = {t.name: t for t in [
+    SplitTarget("exp2", 0.0, 1.0, None),
+    SplitTarget("reciprocal", 1.0, 1.0, -1.0),
+    SplitTarget("rsqrt", 1.0, 3.0, -0.5),
+]}

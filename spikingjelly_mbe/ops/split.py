@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..fitting import FittedNeuron, fit_neuron, load_fitted
-from ..fitting.library import cached_fit
+from ..fitting import load_fitted
+from ..fitting.targets import SPLIT_TARGETS
 from ..neurons.lookup import fingerprint, neuron_table
 from .coding import IdentityCoder, check_steps, lookup, popcount
 
-FITS_DIR = Path(__file__).with_name("fits")
 HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
 TABLE_MAX_T = 16  # up to here fast mode tabulates all 2^T digit patterns; beyond, a NeuronTable of the neuron
 SPLIT_BITS = 3  # the default of Softmax and the norms (fewer when T is shorter)
@@ -41,64 +38,12 @@ def default_split_bits(T: int) -> int:
     return min(SPLIT_BITS, T - 1)
 
 
-@dataclass(frozen=True)
-class SplitTarget:
-    """A function of ``v`` in ``[lo, lo + width]``: ``2^v`` (``power=None``) or ``v^power``."""
-
-    name: str  # the registered fitting target of the remainder neuron
-    lo: float
-    width: float
-    power: Optional[float]
-
-    def reference(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.exp2(v) if self.power is None else v ** self.power
-
-    def remainder_domain(self, split_bits: int) -> Tuple[float, float]:
-        span = self.width / 2 ** split_bits
-        return (0.0, span) if self.power is None else (1.0, 1.0 + span / self.lo)
-
-    def segment_starts(self, split_bits: int) -> torch.Tensor:
-        """``v_j`` for ``j = 0 .. 2^b - 1`` (float64)."""
-        return self.lo + torch.arange(2 ** split_bits, dtype=torch.float64) * (self.width / 2 ** split_bits)
-
-    def pathway_weights(self, split_bits: int) -> torch.Tensor:
-        """The constant output weight ``2^(v_j)`` or ``v_j^p`` of every pathway (float64)."""
-        return self.reference(self.segment_starts(split_bits))
-
-    def remainder_input(self, r: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """The remainder neuron's input for remainder ``r`` on the segment starting at ``start``."""
-        return r if self.power is None else 1.0 + r / start
-
-
-SPLIT_TARGETS: Dict[str, SplitTarget] = {t.name: t for t in [
-    SplitTarget("exp2", 0.0, 1.0, None),
-    SplitTarget("reciprocal", 1.0, 1.0, -1.0),
-    SplitTarget("rsqrt", 1.0, 3.0, -0.5),
-]}
-
-
-def fit_path(target: str, split_bits: int, N: int, T: int) -> Path:
-    """Where the remainder fit for ``split_bits >= 1`` ships."""
-    return FITS_DIR / f"{target}-split{split_bits}-mbe-N{N}-T{T}.json"
-
-
-def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
-    """The MBE neuron of ``target`` fitted on its remainder interval: the library fit for
-    ``split_bits = 0``, otherwise the file in ``ops/fits`` (``python -m spikingjelly_mbe.ops.build_fits``)
-    or, for a combination that does not ship, a fit made on first use (seed 0) and cached."""
-    if split_bits == 0:
-        return load_fitted(target, "mbe", N, T)
-    domain = SPLIT_TARGETS[target].remainder_domain(split_bits)
-    path = fit_path(target, split_bits, N, T)
-    return cached_fit(path.stem, lambda: fit_neuron(target, kind="mbe", N=N, T=T, domain=domain, seed=0, progress=True),
-                      {"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain}, path)
-
-
 _TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, neuron fingerprint, dtype, device)
 
 
 class SplitFunction(nn.Module):
-    """``g(v)`` of a :class:`SplitTarget` from MBE_Id digits, a pathway table and one MBE neuron.
+    """``g(v)`` of a :class:`~spikingjelly_mbe.fitting.targets.SplitTarget` from MBE_Id digits, a
+    pathway table and one MBE neuron.
 
     :meth:`evaluate` returns ``c_j * h_hat(x)`` (see the module docstring) and the spikes per
     element (MBE_Id digits plus the remainder neuron's spikes). ``simulate`` runs both neurons step
@@ -119,7 +64,7 @@ class SplitFunction(nn.Module):
         if isinstance(split_bits, bool) or not isinstance(split_bits, int) or not 0 <= split_bits < T:
             raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
         self.target, self.T, self.split_bits = SPLIT_TARGETS[target], T, split_bits
-        self.fitted = remainder_fit(target, split_bits, N, T)
+        self.fitted = load_fitted(target, "mbe", N, T, split_bits=split_bits)  # shipped, cached or fitted now
         self.coder = IdentityCoder(T, self.target.width)
         self.node = self.fitted.node(clamp=False)
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
