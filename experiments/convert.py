@@ -30,7 +30,7 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "metric", "ann", "snn", "loss", "agreement",
-                 "cosine", "firing_rate", "energy_strict", "energy_strict_ops", "energy_paper", "energy_paper_ops",
+                 "cosine", "cosine_mean", "fully_spiking", "firing_rate", "energy_strict", "energy_strict_ops", "energy_paper", "energy_paper_ops",
                  "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
 METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops",
@@ -81,14 +81,14 @@ def build_task(c: ConvertJob) -> EvalTask:
 
 
 def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_seconds: float, result: Result,
-               group: str) -> Row:
+               group: str, fully_spiking: bool = False) -> Row:
     return {"entry": "convert", "model": model_label(c), "data": c.data.source.value,
             "method": c.conversion.method.value + ("+exact_act" if c.conversion.exact_activations else ""),
             "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
             "split_bits": c.conversion.split_bits,
             "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
             else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
-            **result.row(), "status": status, "convert_seconds": round(convert_seconds, 2), "group": group}
+            **result.row(), "fully_spiking": fully_spiking, "status": status, "convert_seconds": round(convert_seconds, 2), "group": group}
 
 
 def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[str, Path]:
@@ -121,7 +121,8 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
                                                                  headroom=k.calibration.headroom),
                              k.exact_activations, k.split_bits)
     result = evaluate(task, conversion, shard)
-    row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group)
+    row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group,
+                     conversion.fully_spiking)
     if shard.rank == 0:
         run_ = open_run(c.logger, job.out_dir, f"{row['model']}-{row['method']}-T{row['T']}", job.group, "convert",
                         job.config)

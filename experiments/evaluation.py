@@ -60,7 +60,9 @@ def init_shard() -> Shard:
 @dataclass
 class Conversion:
     """What ``convert_for`` made: the model to evaluate (``None`` when the recipe failed), its
-    timesteps, a status line and whether its spiking operators are metered."""
+    timesteps, a status line, whether its spiking operators are metered and whether every
+    operation between the weight layers is spike-driven (``mbe_report.fully_spiking``; ``False``
+    for SpikingJelly's recipes here, which keep float nonlinearities or float values)."""
 
     snn: Optional[nn.Module]
     T: int
@@ -68,6 +70,7 @@ class Conversion:
     seconds: float
     metered: bool = True
     report: str = ""
+    fully_spiking: bool = False
 
 
 class ExactActivation(nn.Module):
@@ -118,7 +121,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         if not replaced:
             raise RuntimeError(f"{task.name}: conversion.exact_activations found no spiking activation to replace")
         status = f"converted, {replaced} activations exact (ablation)"
-    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.mbe_report))
+    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.mbe_report),
+                      snn.mbe_report.fully_spiking and not exact)
 
 
 def _fold(records: Sequence[Sums]) -> Sums:

@@ -5,6 +5,7 @@ import torch
 from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion.ecmt import TimeStepped
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
+from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops.expectation import ExpectationCompensation, ProductCompensation
 from spikingjelly_mbe.ops.multi_threshold import MTLinearInput
 
@@ -60,3 +61,25 @@ def test_ecmt_refuses_the_kv_cache():
 def test_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="method must be one of"):
         convert(build("bert"), calib_data=[make_batch("bert", 2)], method="bogus")
+
+
+def test_ecmt_energy_charges_its_float_operations_at_e_mac(bert):
+    """Both methods meter the same ANN operations; ECMT's float operations cost E_MAC each, its spikes E_AC."""
+    ann, snns = bert
+    batch = make_batch("bert", 4, seed=9)
+    mbe = convert(ann, T=8, calib_data=[make_batch("bert", 4, seed=s) for s in (1, 2)])
+    meters = {}
+    for name, snn in (("mbe", mbe), ("ecmt", snns[8])):
+        with torch.no_grad(), EnergyMeter(snn, 8) as meters[name]:
+            snn(**batch)
+    ecmt = meters["ecmt"]
+    assert ecmt.total().ann_flops == meters["mbe"].total().ann_flops > 0
+    assert meters["mbe"].total().float_flops == 0 and ecmt.total().float_flops > 0
+    linear = [p for p in ecmt.counts if ecmt.kinds[p] == "MTLinearInput"]
+    assert linear and all(ecmt.is_weight_layer(p) for p in linear)
+    events = sum(c.sops for c in ecmt.counts.values())
+    floats = sum(c.float_flops for c in ecmt.counts.values())
+    ops = ecmt.total().ann_flops
+    assert ecmt.ratio() == pytest.approx((events * 0.9 + floats * 4.6) / (ops * 4.6))
+    linear_ops = sum(ecmt.counts[p].ann_flops for p in linear)
+    assert ecmt.total(weight_layers=False).ann_flops == ops - linear_ops

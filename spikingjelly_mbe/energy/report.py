@@ -1,7 +1,7 @@
 """Energy report of a converted model (paper Eq. 14): per operator and per Transformer block, under
 two conventions, at two precisions.
 
-``E_SNN / E_ANN = events E_AC / (ops E_MAC)``. The ANN side charges one ``E_MAC`` per
+``E_SNN / E_ANN = (events E_AC + float_ops E_MAC) / (ops E_MAC)``. The ANN side charges one ``E_MAC`` per
 multiply-accumulate of the weight layers and matrix products and per FLOP of the other replaced
 operations (conventions in :mod:`spikingjelly_mbe.ops.flops`). What the SNN side charges one
 ``E_AC`` for depends on the convention (:data:`CONVENTIONS`):
@@ -14,6 +14,9 @@ operations (conventions in :mod:`spikingjelly_mbe.ops.flops`). What the SNN side
   operator's FLOPs (``OpStats.spikes``; a product is charged its operands' spikes, not their
   coincidences). Weight layers, when included, are charged ``spikes x fan-out`` as in the strict
   convention (their spikes alone would not be synaptic operations).
+
+Operations a method keeps in float (ECMT's expectation compensation: ``OpStats.float_flops``) are
+charged one ``E_MAC`` each on the SNN side, in both conventions; the MBE operators have none.
 
 The per-operation energies are SpikingJelly's own (``op_counter.simple_energy.
 SimpleEnergyCostConfig``, Horowitz, ISSCC 2014, 45 nm): ``'fp32'`` ``E_MAC = 4.6 pJ`` (3.7 pJ
@@ -32,6 +35,7 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
+from ..ops.multi_threshold import MTLinearInput
 from .stats import OpStats, collect_stats
 from .synapses import WEIGHT_LAYERS, SynapseCounter
 
@@ -43,7 +47,8 @@ CONVENTIONS = ("strict", "paper")
 RATIO_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("energy_strict", "strict", "fp32"), ("energy_paper", "paper", "fp32"), ("energy_strict_int8", "strict", "int8"))
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
-WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in WEIGHT_LAYERS)
+# weight layers: those SynapseCounter meters, and ECMT's MT-driven ones, which meter themselves
+WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in (*WEIGHT_LAYERS, MTLinearInput))
 Row = Dict[str, Union[str, int, float]]
 
 
@@ -60,16 +65,18 @@ def snn_events(stats: OpStats, convention: str = "strict", weight_layer: bool = 
     return stats.sops if convention == "strict" or weight_layer else stats.spikes
 
 
-def cost_ratio(events: int, ops: int, precision: str = "fp32") -> float:
-    """``events E_AC / (ops E_MAC)`` (Eq. 14) with SpikingJelly's costs at ``precision``; 0 when
-    nothing ran."""
+def cost_ratio(events: int, ops: int, precision: str = "fp32", float_ops: int = 0) -> float:
+    """``(events E_AC + float_ops E_MAC) / (ops E_MAC)`` (Eq. 14, with the float operations a
+    method keeps charged as the ANN's) with SpikingJelly's costs at ``precision``; 0 when nothing
+    ran."""
     cost = COSTS[check_choice("precision", precision, COSTS)]
-    return events * cost.e_ac_pj / (ops * cost.e_mac_pj) if ops else 0.0
+    return (events * cost.e_ac_pj + float_ops * cost.e_mac_pj) / (ops * cost.e_mac_pj) if ops else 0.0
 
 
 def energy_ratio(counts: OpStats, convention: str = "strict", precision: str = "fp32") -> float:
-    """Eq. 14 for one operator's (or a sum of operators') counts; 0 when nothing ran."""
-    return cost_ratio(snn_events(counts, convention), counts.ann_flops, precision)
+    """Eq. 14 for one operator's (or a sum of operators') counts, float operations included; 0 when
+    nothing ran."""
+    return cost_ratio(snn_events(counts, convention), counts.ann_flops, precision, counts.float_flops)
 
 
 def block_of(path: str) -> str:
@@ -95,8 +102,9 @@ class EnergyMeter:
     def __post_init__(self) -> None:
         self._synapses = SynapseCounter(self.model, self.T)
         self._handle = None
-        steps = {path: getattr(m, "T", None) for path, m in self.model.named_modules()
-                 if callable(getattr(m, "op_stats", None))}
+        operators = [(path, m) for path, m in self.model.named_modules() if callable(getattr(m, "op_stats", None))]
+        # operators stepped from outside (ECMT's, run T times by TimeStepped) have no T of their own
+        steps = {path: getattr(m, "T", self.T) for path, m in operators}
         if not steps:
             raise ValueError(f"EnergyMeter: model ({type(self.model).__name__}) has no spiking operators, so there is "
                              "no spiking energy to measure; convert it first: spikingjelly_mbe.convert(model, T=...)")
@@ -136,20 +144,23 @@ class EnergyMeter:
         """All counts; ``weight_layers=False`` keeps only the replaced operators (the paper's scope)."""
         return sum((self.counts[p] for p in self._paths(weight_layers)), OpStats())
 
-    def charged(self, paths: Iterable[str], convention: str = "strict") -> Tuple[int, int]:
-        """``(SNN events, ANN operations)`` of ``paths`` under ``convention``."""
-        events = ops = 0
+    def charged(self, paths: Iterable[str], convention: str = "strict") -> Tuple[int, int, int]:
+        """``(SNN events, ANN operations, SNN float operations)`` of ``paths`` under ``convention``
+        (the argument order of :func:`cost_ratio`)."""
+        events = ops = floats = 0
         for p in paths:
             events += snn_events(self.counts[p], convention, self.is_weight_layer(p))
             ops += self.counts[p].ann_flops
-        return events, ops
+            floats += self.counts[p].float_flops
+        return events, ops, floats
 
     def ratio(self, convention: str = "strict", weight_layers: bool = True, precision: str = "fp32") -> float:
         """``E_SNN / E_ANN`` (Eq. 14) of everything metered: ``convention`` ``'strict'`` (every
         synaptic event) or ``'paper'`` (each operator's spikes against its FLOPs);
         ``weight_layers=False`` keeps only the replaced operators; ``precision`` ``'fp32'`` or
         ``'int8'`` (SpikingJelly's Horowitz 2014 costs for both sides)."""
-        return cost_ratio(*self.charged(self._paths(weight_layers), convention), precision)
+        events, ops, floats = self.charged(self._paths(weight_layers), convention)
+        return cost_ratio(events, ops, precision, floats)
 
     def rows(self, by: str) -> List[Row]:
         """One row per group: ``by='operator'`` (class name), ``'block'`` or ``'path'``, with
@@ -166,8 +177,9 @@ class EnergyMeter:
     def _row(self, by: str, name: str, paths: List[str]) -> Row:
         stats = sum((self.counts[p] for p in paths), OpStats())
         row: Row = {by: name, "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
-                    "ann_ops": stats.ann_flops}
+                    "ann_ops": stats.ann_flops, "float_ops": stats.float_flops}
         for column, convention, precision in RATIO_COLUMNS:
-            row[column] = round(cost_ratio(*self.charged(paths, convention), precision), 4)
+            events, ops, floats = self.charged(paths, convention)
+            row[column] = round(cost_ratio(events, ops, precision, floats), 4)
         row["clamped"] = stats.clamped
         return row
