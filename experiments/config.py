@@ -16,14 +16,12 @@ from omegaconf import MISSING
 
 from spikingjelly_mbe.conversion import Calibration, OpSettings
 from spikingjelly_mbe.conversion.zoo import FAMILIES
-from spikingjelly_mbe.fitting import TARGETS
+from spikingjelly_mbe.fitting import KINDS, TARGETS
 
 OP_SETTINGS, CALIBRATION = OpSettings(), Calibration()  # the one source of the conversion defaults
 
 
-class NeuronKind(Enum):
-    mbe = "mbe"
-    fs = "fs"
+NeuronKind = Enum("NeuronKind", {name: name for name in KINDS})  # the registered neuron kinds (fitting.KINDS)
 
 
 class WandbMode(Enum):

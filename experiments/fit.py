@@ -35,7 +35,7 @@ def fit_row(fitted: FittedNeuron, seconds: float, group: str) -> Row:
 
 def file_stem(fitted: FittedNeuron) -> str:
     """The library key, marked when decay is off (the key itself does not tell)."""
-    return fitted.key + ("" if fitted.kind == "fs" or fitted.params["decay"] else "-nodecay")
+    return fitted.key + ("" if fitted.params.get("decay", True) else "-nodecay")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="fit")

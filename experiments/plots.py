@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from spikingjelly_mbe import FittedNeuron  # noqa: E402
-from spikingjelly_mbe.fitting import get_target  # noqa: E402
+from spikingjelly_mbe.fitting import get_kind, get_target  # noqa: E402
 
 from .tables import Row  # noqa: E402
 
@@ -21,8 +21,8 @@ Panel = Tuple[str, str, bool]  # (column, axis label, log scale)
 
 
 def neuron_label(kind: str, N: int, decay: bool) -> str:
-    """``FS``, ``MBE N=4`` or ``MBE N=4 no decay``."""
-    return "FS" if kind == "fs" else f"MBE N={N}" + ("" if decay else " no decay")
+    """``FS``, ``MBE N=4`` or ``MBE N=4 no decay`` (a single-basis kind has no N)."""
+    return kind.upper() if get_kind(kind).single_basis else f"{kind.upper()} N={N}" + ("" if decay else " no decay")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -14,6 +14,8 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from spikingjelly_mbe.fitting import get_kind
+
 from . import plots
 from .config import LoggerConfig
 from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
@@ -45,7 +47,7 @@ def series_by(rows: Sequence[Row], cols: Sequence[str]) -> Callable[[Row], str]:
 def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     """MSE and spikes per input vs N, decay on/off (Fig. 6(b)/(c)); MBE vs FS per target (Fig. 6(a))."""
     figures = {}
-    mbe = [r for r in rows if r["kind"] == "mbe"]
+    mbe = [r for r in rows if not get_kind(r["kind"]).single_basis]  # the kinds whose N varies
     if len({r["N"] for r in mbe}) > 1:
         panels = [("mse", "MSE", True), ("spikes_per_input", "spikes per input", False)]
         figures["mse_vs_N"] = plots.lines(mbe, "N", panels, series_by(mbe, ("target", "T", "decay")),
