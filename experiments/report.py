@@ -56,7 +56,7 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
-SETTINGS = ("method", "N", "activation_N", "split_bits", "percentile", "headroom")  # what a convert sweep may vary besides T
+SETTINGS = ("method", "N", "activation_N", "split_bits", "code", "percentile", "headroom")  # what a convert sweep may vary besides T
 OBJECTIVES = ("energy_strict", "loss")  # both minimised: the Pareto front of a convert sweep
 
 
