@@ -156,8 +156,9 @@ def test_every_operator_gives_the_same_values_in_every_code_and_fewer_spikes_sig
         assert s.spikes < b.spikes and s.sops < b.sops and (s.neurons, s.ann_flops) == (b.neurons, b.ann_flops)
 
 
-def test_every_operator_in_the_signed_code_is_the_same_fast_and_step_by_step():
-    for (fast, inputs), (simulated, _) in zip(operators("signed", "fast"), operators("signed", "simulate")):
+@pytest.mark.parametrize("code", list(CODES))
+def test_every_operator_is_the_same_fast_compiled_eager_and_step_by_step(code):
+    for (fast, inputs), (simulated, _) in zip(operators(code, "fast"), operators(code, "simulate")):
         fast_out, simulated_out = fast(*inputs), simulated(*inputs)
         torch.testing.assert_close(fast_out, simulated_out, rtol=1e-5, atol=1e-6)
         assert fast.op_stats() == simulated.op_stats(), type(fast).__name__
