@@ -30,7 +30,8 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "code", "metric", "ann", "snn", "loss",
-                 "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops", "energy_paper", "energy_paper_ops",
+                 "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops", "energy_paper",
+                 "energy_paper_ops",
                  "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
 METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops",

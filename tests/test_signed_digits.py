@@ -103,7 +103,8 @@ def test_the_closed_form_count_is_the_simulated_neuron_for_long_trains(T):
 @pytest.mark.parametrize("T", [1, 4, 8, 16, 20])
 def test_coder_fast_equals_step_by_step_and_every_code_gives_the_same_values(code, T):
     g = torch.Generator().manual_seed(T)
-    x = torch.cat([(torch.randn(3000, generator=g) * 1.5).clamp(-2.9, 2.9), torch.tensor([0.0, -0.0, 3.0, -3.0, 7.0, -1e-9])])
+    x = torch.cat([(torch.randn(3000, generator=g) * 1.5).clamp(-2.9, 2.9),
+                   torch.tensor([0.0, -0.0, 3.0, -3.0, 7.0, -1e-9])])
     dtype = torch.float64 if T > 16 else torch.float32
     x = x.to(dtype)
     coder, binary = IdentityCoder(T, 3.0, code), IdentityCoder(T, 3.0, "binary")

@@ -20,8 +20,8 @@ ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds; the paper's 99 saturates too lit
 
 class MBERecipeOptions:
     """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
-    :class:`OpSettings`), the operands' digit ``code``, ``calibration`` (a :class:`Calibration`, an iterable of batches or
-    ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
+    :class:`OpSettings`), the operands' digit ``code``, ``calibration`` (a :class:`Calibration`, an
+    iterable of batches or ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
     ``method``: ``'mbe'`` (this project's fully spike-driven operators) or ``'ecmt'`` (the peer
     method: Multi-Threshold neurons and Expectation Compensation; ``ecmt`` overrides its settings)."""
 

@@ -103,8 +103,8 @@ class OpSettings:
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
-        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,
-                                code=self.code)
+        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
+                                split_bits=self.split_bits, code=self.code)
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
         return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,

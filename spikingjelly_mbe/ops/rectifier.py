@@ -80,7 +80,8 @@ class SpikingReLU(SpikingOp):
         return code.value.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, " + super().extra_repr()
+        return (f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "
+                + super().extra_repr())
 
 
 class PiecewiseLinear(nn.Module):

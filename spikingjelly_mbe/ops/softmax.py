@@ -119,4 +119,5 @@ class SpikingSoftmax(SpikingOp):
         return out.movedim(-1, self.dim), stats
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, code={self.code!r}, " + super().extra_repr()
+        return (f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, code={self.code!r}, "
+                + super().extra_repr())

@@ -99,7 +99,8 @@ def remainder_fit(target: str, split_bits: int, N: int, T: int) -> FittedNeuron:
                       {"target": target, "kind": "mbe", "N": N, "T": T, "domain": domain}, path)
 
 
-_TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, code, neuron fingerprint, dtype, device)
+# pattern tables by (target, T, split_bits, code, neuron fingerprint, dtype, device)
+_TABLES: Dict[tuple, torch.Tensor] = {}
 
 
 class SplitFunction(nn.Module):
