@@ -17,6 +17,7 @@ from omegaconf import MISSING
 from spikingjelly_mbe.conversion import Calibration, OpSettings
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
+from spikingjelly_mbe.ops.coding import CODES
 
 OP_SETTINGS, CALIBRATION = OpSettings(), Calibration()  # the one source of the conversion defaults
 
@@ -42,6 +43,9 @@ class Metric(Enum):
 class OpMode(Enum):
     fast = "fast"
     simulate = "simulate"
+
+
+OperandCode = Enum("OperandCode", {name: name for name in CODES})  # the digit codes of spike-coded operands
 
 
 class ModelSource(Enum):
@@ -213,6 +217,7 @@ class ConversionConfig:
     N: int = OP_SETTINGS.N
     activation_N: Optional[int] = OP_SETTINGS.activation_N
     split_bits: Optional[int] = OP_SETTINGS.split_bits
+    code: OperandCode = OperandCode(OP_SETTINGS.code)
     mode: OpMode = OpMode(OP_SETTINGS.mode)
     fx: bool = False
     allow_float_fallback: bool = False

@@ -58,7 +58,8 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
-SETTINGS = ("method", "N", "activation_N", "split_bits", "percentile", "headroom")  # what a convert sweep may vary besides T
+# what a convert sweep may vary besides T
+SETTINGS = ("method", "N", "activation_N", "split_bits", "code", "percentile", "headroom")
 OBJECTIVES = ("energy_strict", "loss")  # both minimised: the Pareto front of a convert sweep
 
 

@@ -22,10 +22,10 @@ def reference_spikes(x: torch.Tensor, T: int) -> int:
 @pytest.mark.parametrize("T", [4, 8, 16])
 def test_input_spikes_are_the_binary_digits_of_the_quantised_magnitude(T):
     x = torch.tensor([0.5, -1.0, 0.2, 0.0, -0.33, 0.999])
-    assert input_spikes(x, T) == reference_spikes(x, T)
+    assert input_spikes(x, T, "binary") == reference_spikes(x, T)
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(T))
-    assert input_spikes(x, T) == reference_spikes(x, T)
-    assert input_spikes(torch.zeros(5), T) == 0
+    assert input_spikes(x, T, "binary") == reference_spikes(x, T)
+    assert input_spikes(torch.zeros(5), T, "binary") == 0
 
 
 class PatchMLP(nn.Module):
@@ -42,7 +42,7 @@ class PatchMLP(nn.Module):
 def test_synapse_counter_charges_spikes_times_fan_out_and_matches_spikingjelly_macs():
     torch.manual_seed(0)
     model, x = PatchMLP().eval(), torch.rand(2, 3, 8, 8)
-    with torch.no_grad(), SynapseCounter(model, T=8) as counter:
+    with torch.no_grad(), SynapseCounter(model, T=8, code="binary") as counter:
         model(x)
     stats = counter.stats
     patches, B = 4, 2
@@ -73,7 +73,7 @@ def test_energy_ratio_is_eq_14_with_horowitz_costs_in_both_conventions():
 
 def spike_planes(x: torch.Tensor, T: int) -> torch.Tensor:
     """The binary spikes of MBE_Id on ``x >= 0`` (range max x), one plane per step: ``[T, *x.shape]``."""
-    code, _ = IdentityCoder(T, float(x.max())).encode(x, simulate=True)
+    code, _ = IdentityCoder(T, float(x.max()), "binary").encode(x, simulate=True)
     return code.spikes.movedim(-1, 0)
 
 
@@ -82,14 +82,14 @@ def test_strict_counts_match_spikingjelly_synop_counter_on_the_spike_trains():
     them costs ``spikes x fan-out``, a product of two spike matrices its coincidences."""
     torch.manual_seed(0)
     T, layer, x = 8, nn.Linear(24, 10), torch.rand(6, 24)
-    with torch.no_grad(), SynapseCounter(layer, T) as counter:
+    with torch.no_grad(), SynapseCounter(layer, T, "binary") as counter:
         layer(x)
     synops = SynOpCounter()
     with torch.no_grad(), DispatchCounterMode([synops]):
         layer(spike_planes(x, T).reshape(-1, 24))
     assert counter.stats[""].sops == int(synops.get_total()) > 0
     a, b = torch.rand(5, 12), torch.rand(12, 7)
-    op = SpikingMatmul(T, mode="simulate", ranges=(float(a.max()), float(b.max())))
+    op = SpikingMatmul(T, mode="simulate", ranges=(float(a.max()), float(b.max())), code="binary")
     with torch.no_grad():
         op(a, b)
     pa, pb = spike_planes(a, T), spike_planes(b, T)  # [T, 5, 12], [T, 12, 7]

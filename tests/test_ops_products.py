@@ -26,7 +26,7 @@ def both_modes(op, *inputs):
 
 def test_identity_neuron_rounds_to_its_grid_and_fires_the_binary_digits():
     T, A = 8, 3.0
-    coder = IdentityCoder(T, A)
+    coder = IdentityCoder(T, A, code="binary")
     x = torch.tensor([0.0, 1e-4, 0.71, -0.71, 2.999, -3.0], dtype=torch.float64)  # no ties
     code, clamped = coder.encode(x, simulate=True)
     step = A / (2 ** T - 1)

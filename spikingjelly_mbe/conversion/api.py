@@ -19,7 +19,8 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
             mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
             calibration: Optional[Calibration] = None, fx: bool = False,
             activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
-            ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits) -> nn.Module:
+            ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
+            code: str = DEFAULTS.code) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
@@ -27,7 +28,9 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     (Eq. 9); ``calibration`` sets method/percentile/explicit ranges (its ``data`` is replaced by
     ``calib_data`` when given). ``activation_N``: bases of the fitted activations (default 8,
     ``None`` means ``N``; see :class:`OpSettings`); ``split_bits``: Softmax/norm digits moved into a
-    table (default ``min(3, T - 1)``). Strict by default: a nonlinear operation with
+    table (default ``min(3, T - 1)``); ``code``: the digit code of every spike-coded operand,
+    ``'binary'`` (MBE_Id, Eq. 9) or ``'signed'`` (signed digits: the same values, fewer spikes; see
+    :data:`~spikingjelly_mbe.ops.coding.CODES`). Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
     path sees through every forward, traceable or not) and ignored. ``method="ecmt"`` converts the
@@ -48,5 +51,5 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
         calibration = dataclasses.replace(calibration, data=calib_data)
     recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
                                   allow_float_fallback=allow_float_fallback, activation_N=activation_N,
-                                  method=method, ecmt=ecmt, split_bits=split_bits)
+                                  method=method, ecmt=ecmt, split_bits=split_bits, code=code)
     return ModuleConverter(recipe).convert(model)

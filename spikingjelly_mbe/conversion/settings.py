@@ -12,6 +12,7 @@ from ..ops import (PiecewiseLinear, SpikingActivation, SpikingLayerNorm, Spiking
                    SpikingProduct, SpikingRMSNorm, SpikingSoftmax)
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, SpikingOp
+from ..ops.coding import DEFAULT_CODE, check_code
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,10 @@ class OpSettings:
     MSE 8e-5) is what keeps a converted model from matching its ANN (min cosine 0.996-0.999, argmax
     97.7-98.4 % on the zoo); N=8 (MSE 6e-6) passes 0.999 / 99 % on every family.
     ``activation_N=None`` uses ``N`` (the paper's setting with ``N=4``). Softmax and norms keep
-    ``N``: their range-reduced neurons are already near exact. This dataclass is the one source of
-    the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
+    ``N``: their range-reduced neurons are already near exact. ``code`` is the digit code of every
+    spike-coded operand (:data:`~spikingjelly_mbe.ops.coding.CODES`): ``'binary'`` (MBE_Id, Eq. 9)
+    or ``'signed'`` (signed digits, the same values with fewer spikes). This dataclass is the one
+    source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
     """
 
     T: int = 16
@@ -32,6 +35,7 @@ class OpSettings:
     mode: str = "fast"
     activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
+    code: str = DEFAULT_CODE
 
     @property
     def activation_bases(self) -> int:
@@ -43,6 +47,7 @@ class OpSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        check_code(self.code)
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
                                             or not 0 <= self.split_bits < self.T):
             raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
@@ -80,31 +85,33 @@ class OpSettings:
 
     def piecewise(self, knots: Sequence[Tuple[float, float]], c0: float = 0.0, c1: float = 0.0) -> PiecewiseLinear:
         """``c0 + c1 x + sum w relu(x - t)`` on exact identity-neuron rectifiers (ReLU, ReLU6, hardtanh)."""
-        return PiecewiseLinear(knots, self.T, self.mode, c0, c1)
+        return PiecewiseLinear(knots, self.T, self.mode, c0, c1, self.code)
 
     def max_pool(self, kernel_size, stride=None, padding=0) -> SpikingMaxPool2d:
         """``max_pool2d`` as a fold of ``m + relu(v - m)`` on rectifier neurons."""
-        return SpikingMaxPool2d(kernel_size, stride, padding, self.T, self.mode)
+        return SpikingMaxPool2d(kernel_size, stride, padding, self.T, self.mode, self.code)
 
     def product(self) -> SpikingProduct:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
-        return SpikingProduct(T=self.T, mode=self.mode)
+        return SpikingProduct(T=self.T, mode=self.mode, code=self.code)
 
     def matmul(self) -> SpikingMatmul:
         """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
-        return SpikingMatmul(T=self.T, mode=self.mode)
+        return SpikingMatmul(T=self.T, mode=self.mode, code=self.code)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
+        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
 
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
-        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
+        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
+                                split_bits=self.split_bits, code=self.code)
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
-        return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits)
+        return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,
+                              code=self.code)
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:

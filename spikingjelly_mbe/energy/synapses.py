@@ -4,7 +4,8 @@ the patch-embedding ``nn.Conv2d``), counted with forward hooks.
 The converted model evaluates those layers on the decoded spike sums (the same numbers, Eq. 12 with
 one dense operand), so their spikes are not materialised. :class:`SynapseCounter` charges each
 layer the spikes its input carries as MBE_Id trains (Eq. 9: sign-magnitude, ``T`` steps, range
-``max |x|`` of that call; the count is the popcount of the quantised magnitude) and one synaptic
+``max |x|`` of that call, in the model's digit code: the count is the code's count of the quantised
+magnitude, :data:`~spikingjelly_mbe.ops.coding.CODES`) and one synaptic
 accumulate per spike and outgoing synapse: ``SOPs = spikes x fan-out`` with ``fan-out = MACs /
 input elements`` (``out_features`` for a linear layer, ``out_channels`` for a patch convolution).
 The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJelly's own
@@ -13,7 +14,7 @@ The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJel
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCou
 from transformers.pytorch_utils import Conv1D
 
 from ..ops.base import working_dtype
-from ..ops.coding import MAX_RANGE, MIN_RANGE, IdentityCoder, check_steps, popcount, total
+from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 from .stats import OpStats
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
@@ -34,25 +35,39 @@ def layer_macs(layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
     return out.numel() * (layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0])
 
 
-def input_spikes(x: torch.Tensor, T: int) -> int:
-    """Spikes of ``x`` coded by a sign-magnitude MBE_Id over ``[-max|x|, max|x|]`` (Eq. 9)."""
+def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
+    """Spikes of ``x`` coded by a sign-magnitude MBE_Id over ``[-max|x|, max|x|]`` (Eq. 9) in the
+    digit ``code``; exact zeros fire none."""
     peak = float(x.detach().abs().max()) if x.numel() else 0.0
     if peak == 0.0:
         return 0
-    coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE))
-    return total(popcount(coder.quantize(x.detach().to(working_dtype(x, T))), T))
+    coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE), code)
+    return total(coder.count(coder.quantize(x.detach().to(working_dtype(x, T))), T))
+
+
+def model_code(model: nn.Module) -> str:
+    """The digit code of ``model``'s spiking operands (every :class:`IdentityCoder` in it), or
+    :data:`~spikingjelly_mbe.ops.coding.DEFAULT_CODE` when it has none."""
+    codes = sorted({m.code for m in model.modules() if isinstance(m, IdentityCoder)})
+    if len(codes) > 1:
+        raise ValueError(f"the model's operands use several digit codes {codes}; pass code= explicitly")
+    return codes[0] if codes else DEFAULT_CODE
 
 
 class SynapseCounter:
     """Context manager counting, per weight layer of ``model``, input spikes, SOPs and ANN MACs.
+
+    ``code``: the digit code of the inputs' trains; ``None`` takes the code of the model's own
+    spiking operands (:func:`model_code`).
 
     ``stats`` maps module paths to :class:`OpStats` (``spikes`` and ``neurons``: the input's
     spikes and elements; ``sops``: spikes x fan-out; ``ann_flops``: MACs), accumulated over every
     forward run inside the ``with`` block.
     """
 
-    def __init__(self, model: nn.Module, T: int) -> None:
+    def __init__(self, model: nn.Module, T: int, code: Optional[str] = None) -> None:
         self.T = check_steps(T)
+        self.code = model_code(model) if code is None else check_code(code)
         self.layers = {path: m for path, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
         self.stats: Dict[str, OpStats] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
@@ -62,7 +77,7 @@ class SynapseCounter:
             x = args[0]
             macs = layer_macs(layer, x, out)
             with torch._C.DisableTorchFunction():  # measuring, not the model's computation: never intercepted
-                spikes = input_spikes(x, self.T)
+                spikes = input_spikes(x, self.T, self.code)
             fan_out = macs // x.numel() if x.numel() else 0
             self.stats[path] = self.stats.get(path, OpStats()) + OpStats(
                 spikes=spikes, neurons=x.numel(), sops=spikes * fan_out, ann_flops=macs)

@@ -7,8 +7,9 @@
  * eager path does with sum(dtype=float64); the two add in different orders, so they could differ only
  * where the exact sum lies within about n 2^-53 (relative) of a float rounding boundary.
  *
- * A "coder" is the MBE_Id neuron of Eq. 9 as five numbers (ops.coding.IdentityCoder.kernel_params):
- * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T and the top digit pattern 2^T - 1.
+ * A "coder" is the MBE_Id neuron of Eq. 9 as six numbers (ops.coding.IdentityCoder.kernel_params):
+ * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T, the top digit pattern 2^T - 1 and the
+ * digit code (ops.coding.CODES: 0 binary digits, 1 signed digits), which sets the spike count of q.
  * A "table" is a SplitFunction's interleaved (value, spikes) pair for each of the 2^T digit patterns;
  * a "packed table" holds both in one 32-bit word (SplitFunction.packed_table), so that the per-element
  * lookup of Softmax is a single gather: value bits = base + (word & 0xFFFFFF), spikes = word >> 24.
@@ -26,10 +27,11 @@
 
 typedef struct {
     float gain, offset, clamp, step, top;
+    int32_t code;
 } coder_t;
 
 static coder_t coder_of(const double *p) {
-    coder_t c = {(float)p[0], (float)p[1], (float)p[2], (float)p[3], (float)p[4]};
+    coder_t c = {(float)p[0], (float)p[1], (float)p[2], (float)p[3], (float)p[4], (int32_t)p[5]};
     return c;
 }
 
@@ -41,13 +43,29 @@ static inline float quantize(float x, coder_t c) {
     return u < c.top ? u : c.top;
 }
 
-/* Set bits of the digit pattern q < 2^24 (branch-free, so loops over it vectorize). */
-static inline int32_t popcount(float q) {
-    uint32_t v = (uint32_t)(int32_t)q;
+/* Set bits of v (branch-free, so loops over it vectorize). */
+static inline int32_t bits_set(uint32_t v) {
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
     v = (v + (v >> 4)) & 0x0F0F0F0Fu;
     return (int32_t)((v * 0x01010101u) >> 24);
+}
+
+/* Spikes of the digit pattern q < 2^16 in the coder's code (ops.coding.CODES): binary, popcount(q);
+ * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count): the NAF
+ * digits d = ((3q) ^ q) >> 1 below 2^T, and when the NAF's top digit is 2^T the positions from its
+ * highest lower digit up to 2^(T-1) filled. */
+static inline int32_t spike_count(float q, coder_t c) {
+    const uint32_t v = (uint32_t)(int32_t)q;
+    if (c.code == 0) return bits_set(v);
+    const uint32_t top = (uint32_t)(int32_t)c.top, digits = ((3u * v) ^ v) >> 1, low = digits & top;
+    uint32_t smear = low;
+    smear |= smear >> 1;
+    smear |= smear >> 2;
+    smear |= smear >> 4;
+    smear |= smear >> 8;
+    smear |= smear >> 16;
+    return bits_set(low | ((digits > top ? top : 0u) & ~(smear >> 1)));
 }
 
 static inline float bits_to_float(int32_t bits) {
@@ -67,7 +85,7 @@ static inline float pow2(float n) {
 /* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count. */
 static inline float code_value(float x, coder_t c, int32_t *count) {
     const float q = quantize(x, c);
-    *count = popcount(q);
+    *count = spike_count(q, c);
     return copysignf(q * c.step, x);
 }
 
@@ -122,10 +140,10 @@ void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t
     }
 }
 
-/* A SplitFunction's value for v in [lo, lo + width] (params[5] = lo); adds its spikes. */
+/* A SplitFunction's value for v in [lo, lo + width] (params[6] = lo); adds its spikes. */
 static inline float split_value(float v, const double *params, const float *table, int32_t *spikes) {
     const coder_t c = coder_of(params);
-    const float lo = (float)params[5];
+    const float lo = (float)params[6];
     int32_t q = (int32_t)quantize(lo != 0.0f ? v - lo : v, c);
     *spikes += (int32_t)table[2 * q + 1];
     return table[2 * q];
@@ -176,13 +194,14 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
         const float total = (float)sum_f64(o, n, 0, 1.0f);
         int exponent;
         const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponent);
-        const float recip = split_value(2.0f * mantissa, recip_coder, recip_table, &spikes);
+        /* a fully masked row (total 0): its reciprocal would only scale zeros, so it does not fire */
+        const float recip = total > 0.0f ? split_value(2.0f * mantissa, recip_coder, recip_table, &spikes) : 0.0f;
         const float rq = quantize(recip, cr);
-        const int32_t r_spikes = popcount(rq);
+        const int32_t r_spikes = spike_count(rq, cr);
         const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponent);
         for (int64_t i = 0; i < n; ++i) {
             const float q = quantize(o[i], ce);
-            e_spikes += popcount(q);
+            e_spikes += spike_count(q, ce);
             const float p = (q * ce.step) * scaled;
             o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
         }
@@ -225,7 +244,7 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         for (int64_t i = 0; i < n; ++i) {
             const float z = (xr[i] - mean) * scale, q = quantize(z, cz);
             const float v = copysignf(q * cz.step, z);
-            const int32_t c = popcount(q);
+            const int32_t c = spike_count(q, cz);
             z_spikes += c;
             z_squares += c * c;
             o[i] = v;
@@ -234,9 +253,12 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         const float variance = (float)sum_f64(o, n, 1, inv_n);
         const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
         const int odd = ((exponent - 1) % 2 + 2) % 2;
-        const float rho = split_value(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder, rsqrt_table, &spikes);
+        /* every digit of z is 0: the output is 0 whatever 1/sqrt is, so that stage does not fire */
+        const float rho = variance > 0.0f
+                              ? split_value(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder, rsqrt_table, &spikes)
+                              : 0.0f;
         const float rq = quantize(rho, cr);
-        const int32_t rho_spikes = popcount(rq);
+        const int32_t rho_spikes = spike_count(rq, cr);
         const float scaled = (rq * cr.step) * pow2((float)-((exponent - 1 - odd) / 2));
         for (int64_t i = 0; i < n; ++i) {
             float v = o[i] * scaled;

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import IdentityCoder, check_steps, total
+from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
@@ -33,10 +33,12 @@ class _SpikingNorm(SpikingOp):
     4. ``z * 1/sqrt(M)`` through the spiking product, times ``2^(-E/2)``; the scale ``2^k`` of
        ``c`` cancels against the one inside the square root. The affine ``weight``, ``bias`` are
        per-channel constant synaptic weights and biases, applied as given (never modified).
+       A row whose ``z`` digits are all 0 (e.g. a constant row) gives ``bias``; its ``1/sqrt``
+       stage does not fire (it would only scale zeros).
 
     ``split_bits=b`` moves the top ``b`` digits of ``M`` into a table of ``2^b`` constant weights
     (see :mod:`~spikingjelly_mbe.ops.split`; default 3, at most ``T - 1``); ``b=0`` is the paper's form
-    (one neuron on ``[1, 4)``).
+    (one neuron on ``[1, 4)``). ``code`` is the digit code of every MBE_Id stage (:data:`~.coding.CODES`).
     SOPs: one per spike of every neuron and the coincidences of both products. Fast mode on CPU
     float32 runs the stages in one fused kernel (:meth:`fused`) with the same float operations.
     """
@@ -47,7 +49,7 @@ class _SpikingNorm(SpikingOp):
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor],
                  bias: Optional[torch.Tensor], eps: float, T: int, mode: str, N: int,
-                 split_bits: Optional[int]) -> None:
+                 split_bits: Optional[int], code: str) -> None:
         super().__init__(mode)
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if not shape or not all(isinstance(s, int) and s > 0 for s in shape):
@@ -57,12 +59,12 @@ class _SpikingNorm(SpikingOp):
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None and tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-        self.normalized_shape, self.eps, self.T = shape, float(eps), check_steps(T)
+        self.normalized_shape, self.eps, self.T, self.code = shape, float(eps), check_steps(T), check_code(code)
         self.weight = weight if weight is None or isinstance(weight, nn.Parameter) else nn.Parameter(weight, False)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias, False)
-        self.rsqrt = SplitFunction("rsqrt", T, N, default_split_bits(T) if split_bits is None else split_bits)
-        self.z_coder = IdentityCoder(T, 1.0)
-        self.rho_coder = IdentityCoder(T, self.rsqrt.max_output)
+        self.rsqrt = SplitFunction("rsqrt", T, N, default_split_bits(T) if split_bits is None else split_bits, code)
+        self.z_coder = IdentityCoder(T, 1.0, code)
+        self.rho_coder = IdentityCoder(T, self.rsqrt.max_output, code)
 
     def check_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
         k = len(self.normalized_shape)
@@ -111,6 +113,8 @@ class _SpikingNorm(SpikingOp):
         mantissa, exponent = torch.frexp(variance + self.eps * torch.exp2(-2.0 * k.to(c.dtype)))
         odd = (exponent - 1) % 2  # v = (2 mantissa) 2^(exponent - 1); make the exponent even
         rho, rho_spikes = self.rsqrt.evaluate(2 * mantissa * torch.exp2(odd.to(c.dtype)), simulate)
+        live = variance > 0  # every digit of z is 0: the output is 0 whatever 1/sqrt is, so that stage does not fire
+        rho, rho_spikes = rho * live, rho_spikes * live
         rho_code, _ = self.rho_coder.encode(rho, simulate, (0.0, self.rho_coder.A))
         shift = torch.exp2(-torch.div(exponent - 1 - odd, 2, rounding_mode="floor").to(c.dtype))
         out = spike_product(z_code, rho_code, simulate, shift)
@@ -132,7 +136,7 @@ class _SpikingNorm(SpikingOp):
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, T={self.T}, split_bits={self.rsqrt.split_bits}, "
-                + super().extra_repr())
+                f"code={self.code!r}, " + super().extra_repr())
 
 
 class SpikingLayerNorm(_SpikingNorm):
@@ -142,8 +146,8 @@ class SpikingLayerNorm(_SpikingNorm):
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
                  bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
-                 N: int = 4, split_bits: Optional[int] = None) -> None:
-        super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits)
+                 N: int = 4, split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> None:
+        super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits, code)
 
     @classmethod
     def from_module(cls, ln: nn.LayerNorm, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingLayerNorm":
@@ -159,8 +163,8 @@ class SpikingRMSNorm(_SpikingNorm):
 
     def __init__(self, hidden_size: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
                  eps: float = 1e-6, T: int = 16, mode: str = "fast", *, N: int = 4,
-                 split_bits: Optional[int] = None) -> None:
-        super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits)
+                 split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> None:
+        super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits, code)
 
     @classmethod
     def from_module(cls, m: nn.Module, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingRMSNorm":

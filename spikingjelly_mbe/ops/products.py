@@ -10,7 +10,8 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
-from .coding import FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_steps, total
+from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
+                     check_steps, total)
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -37,7 +38,7 @@ def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: Union[float
 
 
 def product_sops(a: SpikeCode, b: SpikeCode) -> int:
-    """Spike coincidences ``S_ij = 1`` of an element-wise product: ``sum c1 * c2`` over the
+    """Spike coincidences ``S_ij != 0`` of an element-wise product: ``sum c1 * c2`` over the
     broadcast shape, computed by first summing each operand over the dimensions the other
     broadcasts along (no tensor of the full shape is formed)."""
     shape = torch.broadcast_shapes(a.counts.shape, b.counts.shape)
@@ -93,7 +94,9 @@ def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
 
 
 class _TwoOperandOp(SpikingOp):
-    """Both operands pass through sign-magnitude MBE_Id neurons of ranges ``(A1, A2)`` (Eq. 9).
+    """Both operands pass through sign-magnitude MBE_Id neurons of ranges ``(A1, A2)`` (Eq. 9) in the
+    digit ``code`` (:data:`~.coding.CODES`; the coincidences are the products of the operands'
+    nonzero-digit counts in every code).
 
     With ``ranges=None`` the operator starts ``calibrating``: forwards return the float result and
     record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile).
@@ -103,9 +106,9 @@ class _TwoOperandOp(SpikingOp):
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     operands = 2  # ranges (A1, A2)
 
-    def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]]) -> None:
+    def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str) -> None:
         super().__init__(mode)
-        self.T = check_steps(T)
+        self.T, self.code = check_steps(T), check_code(code)
         self.coders: Optional[torch.nn.ModuleList] = None
         self.observers = (RangeObserver(), RangeObserver())
         self.calibration_forwards = 0
@@ -120,7 +123,7 @@ class _TwoOperandOp(SpikingOp):
     def set_ranges(self, ranges: Sequence[float]) -> None:
         """Fix the identity ranges ``(A1, A2)`` and stop calibrating."""
         A1, A2 = _check_ranges(tuple(ranges))
-        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1), IdentityCoder(self.T, A2)])
+        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1, self.code), IdentityCoder(self.T, A2, self.code)])
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
@@ -186,7 +189,8 @@ class _TwoOperandOp(SpikingOp):
         self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, ranges={self.ranges}, calibrating={self.calibrating}, " + super().extra_repr()
+        return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "
+                + super().extra_repr())
 
 
 class SpikingProduct(_TwoOperandOp):
@@ -199,8 +203,9 @@ class SpikingProduct(_TwoOperandOp):
 
     float_op = staticmethod(torch.mul)
 
-    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None) -> None:
-        super().__init__(T, mode, ranges)
+    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+                 code: str = DEFAULT_CODE) -> None:
+        super().__init__(T, mode, ranges, code)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         broadcast_shape(a, b, type(self).__name__)
@@ -237,8 +242,9 @@ class SpikingMatmul(_TwoOperandOp):
 
     float_op = staticmethod(torch.matmul)
 
-    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None) -> None:
-        super().__init__(T, mode, ranges)
+    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+                 code: str = DEFAULT_CODE) -> None:
+        super().__init__(T, mode, ranges, code)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if a.dim() < 2 or b.dim() < 2:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
-from .coding import IdentityCoder, check_steps, total
+from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 
 
 class SpikingReLU(SpikingOp):
@@ -26,14 +26,15 @@ class SpikingReLU(SpikingOp):
 
     With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
     the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. Values above ``A``
-    are clamped and counted. SOPs: one per spike; ``ann_flops``: one comparison per element.
+    are clamped and counted. ``code``: the digit code (:data:`~.coding.CODES`). SOPs: one per
+    spike; ``ann_flops``: one comparison per element.
     """
 
     operands = 1  # ranges (A,)
 
-    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None) -> None:
+    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE) -> None:
         super().__init__(mode)
-        self.T = check_steps(T)
+        self.T, self.code = check_steps(T), check_code(code)
         self.coder: Optional[IdentityCoder] = None
         self.observer = RangeObserver()
         self.calibrating = A is None
@@ -49,7 +50,7 @@ class SpikingReLU(SpikingOp):
         ranges = tuple(ranges)
         if len(ranges) != 1 or not (isinstance(ranges[0], (int, float)) and math.isfinite(ranges[0]) and ranges[0] > 0):
             raise ValueError(f"SpikingReLU: ranges must be one positive finite number (A,), got {ranges!r}")
-        self.coder = IdentityCoder(self.T, float(ranges[0]))
+        self.coder = IdentityCoder(self.T, float(ranges[0]), self.code)
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
@@ -79,7 +80,8 @@ class SpikingReLU(SpikingOp):
         return code.value.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, range={self.ranges}, calibrating={self.calibrating}, " + super().extra_repr()
+        return (f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "
+                + super().extra_repr())
 
 
 class PiecewiseLinear(nn.Module):
@@ -93,7 +95,7 @@ class PiecewiseLinear(nn.Module):
     mbe_opaque = True
 
     def __init__(self, knots: Sequence[Tuple[float, float]], T: int = 16, mode: str = "fast",
-                 c0: float = 0.0, c1: float = 0.0) -> None:
+                 c0: float = 0.0, c1: float = 0.0, code: str = DEFAULT_CODE) -> None:
         super().__init__()
         for name, v in (("c0", c0), ("c1", c1), *((f"knot {i}", v) for i, k in enumerate(knots) for v in k)):
             if not (isinstance(v, (int, float)) and math.isfinite(v)):
@@ -102,7 +104,7 @@ class PiecewiseLinear(nn.Module):
             raise ValueError("PiecewiseLinear needs at least one knot (t, w)")
         self.knots = [(float(t), float(w)) for t, w in knots]
         self.c0, self.c1 = float(c0), float(c1)
-        self.rectifiers = nn.ModuleList(SpikingReLU(T, mode) for _ in self.knots)
+        self.rectifiers = nn.ModuleList(SpikingReLU(T, mode, code=code) for _ in self.knots)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
@@ -127,7 +129,8 @@ class SpikingMaxPool2d(nn.Module):
 
     mbe_opaque = True
 
-    def __init__(self, kernel_size, stride=None, padding=0, T: int = 16, mode: str = "fast") -> None:
+    def __init__(self, kernel_size, stride=None, padding=0, T: int = 16, mode: str = "fast",
+                 code: str = DEFAULT_CODE) -> None:
         super().__init__()
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
         self.kernel_size, self.padding = pair(kernel_size), pair(padding)
@@ -135,7 +138,7 @@ class SpikingMaxPool2d(nn.Module):
         if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"SpikingMaxPool2d: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (as torch requires)")
-        self.rectifier = SpikingReLU(T, mode)
+        self.rectifier = SpikingReLU(T, mode, code=code)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4):

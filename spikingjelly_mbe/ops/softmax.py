@@ -9,7 +9,7 @@ import torch
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import IdentityCoder, check_steps, total
+from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
@@ -36,25 +36,26 @@ class SpikingSoftmax(SpikingOp):
 
     ``split_bits=b`` moves the top ``b`` input digits of both neurons into a table of ``2^b``
     constant weights (see :mod:`~spikingjelly_mbe.ops.split`; default 3, at most ``T - 1``); ``b=0`` is
-    the paper's form.
-    A row that is entirely masked gives zeros. Fast mode on CPU float32 runs the stages in one
+    the paper's form. ``code`` is the digit code of every MBE_Id stage (:data:`~.coding.CODES`).
+    A row that is entirely masked gives zeros and fires no spike (its reciprocal would only scale
+    zeros). Fast mode on CPU float32 runs the stages in one
     fused kernel (:meth:`fused`) with the same float operations as the PyTorch stages. SOPs: one
     per spike of every neuron (decoding), one per unmasked element for the row sum, and the
     product's coincidences.
     """
 
     def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
-                 split_bits: Optional[int] = None) -> None:
+                 split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> None:
         super().__init__(mode)
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {dim!r}")
-        self.dim, self.T = dim, check_steps(T)
+        self.dim, self.T, self.code = dim, check_steps(T), check_code(code)
         split_bits = default_split_bits(T) if split_bits is None else split_bits
-        self.exp2 = SplitFunction("exp2", T, N, split_bits)
-        self.reciprocal = SplitFunction("reciprocal", T, N, split_bits)
+        self.exp2 = SplitFunction("exp2", T, N, split_bits, code)
+        self.reciprocal = SplitFunction("reciprocal", T, N, split_bits, code)
         # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0), otherwise n <= -1
-        self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2))
-        self.r_coder = IdentityCoder(T, self.reciprocal.max_output)
+        self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2), code)
+        self.r_coder = IdentityCoder(T, self.reciprocal.max_output, code)
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         """``torch.softmax``, with fully masked rows (all ``-inf``) fixed at 0 like the spiking output."""
@@ -93,8 +94,10 @@ class SpikingSoftmax(SpikingOp):
         exp2_frac, exp2_spikes = self.exp2.evaluate(y.sub_(n), simulate)
         e = exp2_frac.mul_(n.exp2_())  # the exponent shift 2^n (exact)
         row_sum = e.sum(self.dim, keepdim=True, dtype=torch.float64).to(e.dtype)
-        mantissa, exponent = torch.frexp(torch.where(row_sum > 0, row_sum, torch.ones_like(row_sum)))
+        live_row = row_sum > 0  # a fully masked row: its reciprocal would only scale zeros, so it does not fire
+        mantissa, exponent = torch.frexp(torch.where(live_row, row_sum, torch.ones_like(row_sum)))
         recip, recip_spikes = self.reciprocal.evaluate(2 * mantissa, simulate)  # 1/M, M = 2 * mantissa in [1, 2)
+        recip, recip_spikes = recip * live_row, recip_spikes * live_row
         e_code, _ = self.e_coder.encode(e, simulate, (0.0, self.e_coder.A))
         r_code, _ = self.r_coder.encode(recip, simulate, (0.0, self.r_coder.A))
         out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
@@ -116,4 +119,5 @@ class SpikingSoftmax(SpikingOp):
         return out.movedim(-1, self.dim), stats
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, " + super().extra_repr()
+        return (f"dim={self.dim}, T={self.T}, split_bits={self.exp2.split_bits}, code={self.code!r}, "
+                + super().extra_repr())

@@ -12,6 +12,11 @@ function is nearly linear:
 
 with ``v_j = lo + j width / 2^b``. ``b = 0`` is the paper's form (one neuron on the whole
 domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on ``[1, 4)``).
+
+With the signed-digit code (:data:`~.coding.CODES`) the top ``b`` digits sum to ``j`` or ``j + 1``:
+the lower digits' sum has the sign of its first nonzero digit, and when that is negative the
+pathway is the top digits' value less one and the remainder neuron's input gains the constant
+``2^(T-b)`` steps (a bias synapse). Both codes thus drive the same pathway with the same ``r``.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from .. import kernels
 from ..fitting import load_fitted
 from ..fitting.targets import SPLIT_TARGETS
 from ..neurons.lookup import fingerprint, neuron_table
-from .coding import IdentityCoder, check_steps, lookup, popcount
+from .coding import DEFAULT_CODE, IdentityCoder, check_steps, lookup
 
 HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
 TABLE_MAX_T = 16  # up to here fast mode tabulates all 2^T digit patterns; beyond, a NeuronTable of the neuron
@@ -38,12 +43,13 @@ def default_split_bits(T: int) -> int:
     return min(SPLIT_BITS, T - 1)
 
 
-_TABLES: Dict[tuple, torch.Tensor] = {}  # pattern tables by (target, T, split_bits, neuron fingerprint, dtype, device)
+# pattern tables by (target, T, split_bits, code, neuron fingerprint, dtype, device)
+_TABLES: Dict[tuple, torch.Tensor] = {}
 
 
 class SplitFunction(nn.Module):
-    """``g(v)`` of a :class:`~spikingjelly_mbe.fitting.targets.SplitTarget` from MBE_Id digits, a
-    pathway table and one MBE neuron.
+    """``g(v)`` of a :class:`~spikingjelly_mbe.fitting.targets.SplitTarget` from MBE_Id digits (in
+    ``code``), a pathway table and one MBE neuron.
 
     :meth:`evaluate` returns ``c_j * h_hat(x)`` (see the module docstring) and the spikes per
     element (MBE_Id digits plus the remainder neuron's spikes). ``simulate`` runs both neurons step
@@ -56,7 +62,7 @@ class SplitFunction(nn.Module):
 
     NEURONS_PER_ELEMENT = 2  # MBE_Id and the remainder neuron
 
-    def __init__(self, target: str, T: int, N: int, split_bits: int) -> None:
+    def __init__(self, target: str, T: int, N: int, split_bits: int, code: str = DEFAULT_CODE) -> None:
         super().__init__()
         if target not in SPLIT_TARGETS:
             raise KeyError(f"unknown split target {target!r}; known: {sorted(SPLIT_TARGETS)}")
@@ -65,11 +71,11 @@ class SplitFunction(nn.Module):
             raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
         self.target, self.T, self.split_bits = SPLIT_TARGETS[target], T, split_bits
         self.fitted = load_fitted(target, "mbe", N, T, split_bits=split_bits)  # shipped, cached or fitted now
-        self.coder = IdentityCoder(T, self.target.width)
+        self.coder = IdentityCoder(T, self.target.width, code)
         self.node = self.fitted.node(clamp=False)
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
-        self._key = (self.target.name, T, split_bits, fingerprint(self.node))
+        self._key = (self.target.name, T, split_bits, code, fingerprint(self.node))
         self.tabulated = T <= TABLE_MAX_T
         if self.tabulated:
             values = self.table(torch.float64, torch.device("cpu")).real
@@ -100,7 +106,7 @@ class SplitFunction(nn.Module):
             node = self.node.to(device)
             with torch.no_grad():
                 _, value, count = node.run(x, keep_spikes=False)
-            _TABLES[key] = torch.complex(weight * value, popcount(q, self.T) + count)
+            _TABLES[key] = torch.complex(weight * value, self.coder.count(q, self.T) + count)
         return _TABLES[key]
 
     def neuron_table(self, dtype: torch.dtype, device: torch.device):
@@ -132,7 +138,7 @@ class SplitFunction(nn.Module):
             q = self.coder.quantize(magnitude)
             x, weight = self._pathway(q)
             value, count = self.neuron_table(v.dtype, v.device)(x)
-            return weight * value, popcount(q, self.T) + count
+            return weight * value, self.coder.count(q, self.T) + count
         code, _ = self.coder.encode(magnitude, True, (0.0, self.target.width))
         digits = 2.0 ** torch.arange(self.T - 1, -1, -1, dtype=v.dtype, device=v.device)
         x, weight = self._pathway(code.spikes @ digits)
