@@ -21,7 +21,7 @@ from .config import LoggerConfig
 from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
 from .fit import TABLE_COLUMNS as FIT_COLUMNS
 from .job import CONF_DIR, METRICS_FILE, start
-from .tables import Row, markdown, write_csv
+from .tables import Row, columns, markdown, write_csv
 from .tracking import log_results, open_run
 
 REPORT_DIR = "report"
@@ -74,6 +74,25 @@ def pareto_front(rows: Sequence[Row], objectives: Sequence[str] = OBJECTIVES) ->
     return sorted(front, key=lambda r: [r[k] for k in objectives])
 
 
+def by_T(rows: Sequence[Row]) -> List[Row]:
+    """One row per model and setting: the ANN, then per T the SNN metric and the strict whole-model
+    energy ratio (``'74.2 / 0.31'``), and whether the method is fully spike-driven (the side-by-side
+    table of a sweep over T and methods)."""
+    label = series_by(rows, SETTINGS)
+    grouped: Dict[Tuple[str, str], List[Row]] = {}
+    for r in rows:
+        grouped.setdefault((r["model"], label(r)), []).append(r)
+    table = []
+    for (model, setting), members in grouped.items():
+        row: Row = {"model": model, "setting": setting, "metric": members[0]["metric"], "ann": members[0]["ann"]}
+        for r in sorted(members, key=lambda r: r["T"]):
+            energy = "" if r.get("energy_strict") is None else f" / {r['energy_strict']:.3g}"
+            row[f"T={r['T']}"] = f"{r['snn']:.4g}{energy}"
+        row["fully_spiking"] = members[0].get("fully_spiking")
+        table.append(row)
+    return table
+
+
 def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     """Per metric, ANN and SNN vs T for each model (Table 4); firing rate and energy vs T; when T
     does not vary, loss and energy per setting; the Pareto front of loss and energy."""
@@ -84,9 +103,14 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     setting = series_by(rows, SETTINGS)
     model = series_by(rows, ("model", *SETTINGS))
     if len({r["T"] for r in rows}) > 1:
+        pivot = by_T(rows)
+        (out / "by_T.md").parent.mkdir(parents=True, exist_ok=True)
+        (out / "by_T.md").write_text("SNN metric / strict E_SNN/E_ANN per T\n\n" + markdown(pivot, columns(pivot)))
+        ann_label = series_by(rows, ("model",))
         for metric in sorted({r["metric"] for r in rows}):
-            points = [{"T": r["T"], "value": r[side], "series": f"{model(r)} {side.upper()}"}
-                      for r in rows if r["metric"] == metric for side in ("ann", "snn")]
+            points = [{"T": r["T"], "value": r["snn"], "series": f"{model(r)} SNN"} for r in rows if r["metric"] == metric]
+            points += [{"T": r["T"], "value": r["ann"], "series": f"{ann_label(r)} ANN"}
+                       for r in rows if r["metric"] == metric]
             figures[f"{metric}_vs_T"] = plots.lines(points, "T", [("value", metric, metric == "perplexity")],
                                                     lambda p: p["series"], out / f"{metric}_vs_T.png",
                                                     f"{metric} of ANN and SNN vs timesteps T")
