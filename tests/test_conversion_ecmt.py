@@ -83,3 +83,17 @@ def test_ecmt_energy_charges_its_float_operations_at_e_mac(bert):
     assert ecmt.ratio() == pytest.approx((events * 0.9 + floats * 4.6) / (ops * 4.6))
     linear_ops = sum(ecmt.counts[p].ann_flops for p in linear)
     assert ecmt.total(weight_layers=False).ann_flops == ops - linear_ops
+
+
+def test_ecmt_recipe_is_convert_with_method_ecmt(bert):
+    """SpikingJelly's ModuleConverter with ECMTRecipe gives convert(method="ecmt")'s model, output for output."""
+    from spikingjelly.activation_based.ann2snn import ModuleConverter
+    from spikingjelly_mbe.conversion import ECMTRecipe
+    ann, snns = bert
+    calib = [make_batch("bert", 4, seed=s) for s in (1, 2)]
+    snn = ModuleConverter(ECMTRecipe(T=8, calibration=calib)).convert(ann)
+    assert isinstance(snn, TimeStepped) and snn.ann2snn_recipe == "ecmt_transformer" and snn.T == 8
+    batch = make_batch("bert", 4, seed=9)
+    assert torch.equal(run(snn, batch), run(snns[8], batch))
+    with pytest.raises(ValueError, match="percentile"):
+        ECMTRecipe(T=8, calibration=calib, percentile=100.0)

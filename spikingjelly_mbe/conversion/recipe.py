@@ -5,17 +5,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Union
 
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
+from ..ops.ecmt_settings import ECMTSettings
 from .blocks import SpikingAttention
-from .calibration import NEED_DATA, Batch, calibrate, run_batch
+from .calibration import NEED_DATA, Batch, Calibration, calibrate, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
 from .interception import Session, is_opaque
 from .ecmt import TimeStepped
-from .options import MBERecipeOptions, reset_states
+from .options import ECMT_PERCENTILE, MBERecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
 from .sites import SiteTable, needs_calibration
@@ -176,3 +177,21 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             return self.finish(model)
         self.reset_handle.remove()  # time-stepped: the state lives across the T steps of one input
         return self.finish(TimeStepped(model, self.settings.T))
+
+
+class ECMTRecipe(MBETransformerRecipe):
+    """The ECMT baseline (Huang et al., ACM MM 2024) as a SpikingJelly recipe: the lifecycle and the
+    structural site detection of :class:`MBETransformerRecipe`, with ECMT's operators built at the
+    sites (Multi-Threshold neurons in front of the weight layers and of both operands of every
+    product, Expectation Compensation around every nonlinearity, Theorems 1-2) and the converted
+    network run ``T`` times per input (:class:`~spikingjelly_mbe.conversion.ecmt.TimeStepped`).
+    ``ModuleConverter(ECMTRecipe(T=8, calibration=batches)).convert(model)`` is
+    ``convert(model, T=8, calib_data=batches, method="ecmt")``; ``n`` thresholds per sign and the
+    threshold ``percentile`` (this project's default 90, the paper's 99) go to :class:`ECMTSettings`."""
+
+    def __init__(self, T: int = 8, calibration: Union[Calibration, Iterable[Batch], None] = None, n: int = 8, percentile: Optional[float] = None,
+                 mode: str = "fast", allow_float_fallback: bool = False) -> None:
+        settings = ECMTSettings(T=T, n=n, percentile=ECMT_PERCENTILE if percentile is None else percentile,
+                                mode=mode)
+        super().__init__(T=T, calibration=calibration, mode=mode, allow_float_fallback=allow_float_fallback,
+                         method="ecmt", ecmt=settings)
