@@ -104,7 +104,7 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     model = series_by(rows, ("model", *SETTINGS))
     if len({r["T"] for r in rows}) > 1:
         pivot = by_T(rows)
-        (out / "by_T.md").parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "by_T.md").write_text("SNN metric / strict E_SNN/E_ANN per T\n\n" + markdown(pivot, columns(pivot)))
         ann_label = series_by(rows, ("model",))
         for metric in sorted({r["metric"] for r in rows}):
