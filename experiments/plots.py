@@ -127,7 +127,7 @@ def layer_bars(rows: Sequence[Row], key: str, path: Path, title: str) -> Path:
 
 
 def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str], objectives: Tuple[str, str],
-           path: Path) -> Path:
+           path: Path, title: str = "Loss vs energy: the non-dominated conversions") -> Path:
     """Every job as a point of the two minimised ``objectives`` (x, y), the non-dominated ``front``
     joined by a line, each point labelled."""
     x, y = objectives
@@ -140,5 +140,5 @@ def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str
     ax.set_ylabel(f"{y} (accuracy points / perplexity %)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Loss vs energy: the non-dominated conversions")
+    ax.set_title(title)
     return _save(fig, path)

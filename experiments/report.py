@@ -131,6 +131,21 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
         (out / "pareto.md").write_text(markdown(front, ("job", "model", "T", *SETTINGS, *OBJECTIVES)))
         figures["pareto"] = plots.pareto([r for r in rows if r.get("energy_strict") is not None], front, label,
                                          OBJECTIVES, out / "pareto.png")
+    figures.update(frontiers(rows, out))
+    return figures
+
+
+def frontiers(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
+    """When a sweep covers several models: per model, loss against strict energy for each of its
+    jobs (T and settings), the non-dominated ones joined (``frontier_<model>.png``)."""
+    figures: Dict[str, Path] = {}
+    models = sorted({r["model"] for r in rows})
+    for name in models if len(models) > 1 else ():
+        mine = [r for r in rows if r["model"] == name and r.get("energy_strict") is not None]
+        front = pareto_front(mine)
+        if len(mine) > 1 and front:
+            figures[f"frontier_{name}"] = plots.pareto(mine, front, series_by(mine, ("T", *SETTINGS)), OBJECTIVES,
+                                                       out / f"frontier_{name}.png", f"{name}: loss vs energy")
     return figures
 
 

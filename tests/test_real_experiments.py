@@ -212,12 +212,13 @@ def test_minilm_on_reviews_matches_the_probe_accuracy_and_keeps_it_at_T16(tmp_pa
 def test_by_T_pivots_each_model_and_method_over_T(tmp_path):
     from experiments.report import by_T, convert_figures
     rows = [{"model": m, "method": meth, "T": T, "metric": "accuracy", "ann": 80.0, "snn": 70.0 + T + (meth == "ecmt"),
-             "energy_strict": T / 10, "energy_paper": T / 20, "firing_rate": 1.0, "fully_spiking": meth == "mbe", "N": 4}
+             "energy_strict": T / 10, "energy_paper": T / 20, "firing_rate": 1.0, "loss": 10.0 - T, "fully_spiking": meth == "mbe", "N": 4}
             for m in ("a", "b") for meth in ("mbe", "ecmt") for T in (4, 8)]
     table = by_T(rows)
     assert [(r["model"], r["setting"]) for r in table] == [("a", "mbe"), ("a", "ecmt"), ("b", "mbe"), ("b", "ecmt")]
     assert table[1] == {"model": "a", "setting": "ecmt", "metric": "accuracy", "ann": 80.0, "T=4": "75 / 0.4",
                         "T=8": "79 / 0.8", "fully_spiking": False}
     figures = convert_figures(rows, tmp_path)
+    assert {"frontier_a", "frontier_b"} <= set(figures) and (tmp_path / "frontier_a.png").read_bytes()[:4] == b"\x89PNG"
     assert "accuracy_vs_T" in figures and "| b | ecmt | accuracy | 80 | 75 / 0.4 | 79 / 0.8 | False |" in (
         tmp_path / "by_T.md").read_text()
