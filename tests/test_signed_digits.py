@@ -117,7 +117,7 @@ def test_coder_fast_equals_step_by_step_and_every_code_gives_the_same_values(cod
         assert torch.equal(other.value, simulated.value) and torch.equal(other.counts, simulated.counts)
     assert clamped == fast_clamped == 1
     assert torch.equal(simulated.value, binary.encode(x, simulate=False)[0].value)  # same bits in every code
-    assert torch.equal(simulated.counts, CODES[code](q, T))
+    assert torch.equal(simulated.counts, CODES[code].count(q, T))
     assert torch.equal(simulated.spikes.abs().sum(-1), simulated.counts)
     torch.testing.assert_close(simulated.spikes @ simulated.weights, simulated.value)
     digits = simulated.spikes @ (2.0 ** torch.arange(T - 1, -1, -1, dtype=dtype))
@@ -127,7 +127,7 @@ def test_coder_fast_equals_step_by_step_and_every_code_gives_the_same_values(cod
 def test_signed_digits_fire_about_a_third_fewer_spikes_on_uniform_operands():
     T = 16
     q = torch.arange(2 ** T, dtype=torch.float64)
-    binary, signed = float(CODES["binary"](q, T).mean()), float(CODES["signed"](q, T).mean())
+    binary, signed = float(CODES["binary"].count(q, T).mean()), float(CODES["signed"].count(q, T).mean())
     assert binary == 8.0 and signed == pytest.approx(sum(min_weight(i, T) for i in range(2 ** T)) / 2 ** T)
     assert signed / binary < 0.77
 
@@ -208,7 +208,7 @@ def test_exact_zeros_fire_no_spike_in_any_operator(code):
                 assert op.op_stats().spikes == int(code_b.counts.sum()) and not out.any(), name
     assert input_spikes(torch.zeros(4, 5), 16, code) == 0
     x = torch.tensor([0.0, 1.0, 0.0, -1.0])
-    assert input_spikes(x, 16, code) == 2 * int(CODES[code](torch.tensor([2.0 ** 16 - 1]), 16))
+    assert input_spikes(x, 16, code) == 2 * int(CODES[code].count(torch.tensor([2.0 ** 16 - 1]), 16))
 
 
 def test_weight_layer_inputs_are_counted_in_the_model_code():
@@ -219,7 +219,7 @@ def test_weight_layer_inputs_are_counted_in_the_model_code():
     for code in CODES:
         with torch.no_grad(), SynapseCounter(layer, 8, code) as counter:
             layer(x)
-        assert counter.stats[""].spikes == int(CODES[code](q, 8).sum()) == input_spikes(x, 8, code)
+        assert counter.stats[""].spikes == int(CODES[code].count(q, 8).sum()) == input_spikes(x, 8, code)
     model = nn.Sequential(layer, SpikingReLU(8, A=1.0, code="signed"))
     assert SynapseCounter(model, 8).code == "signed" and SynapseCounter(layer, 8).code == OpSettings().code
     with pytest.raises(ValueError, match="code must be one of"):
