@@ -208,12 +208,31 @@ class FSKind(NeuronKind):
         return 2 * layout.T + 1
 
     @staticmethod
-    def point(layout: "Layout", a: float, b: float) -> np.ndarray:
-        """Search vector of the binary expansion of ``[a, b]``: ``u[0] = x - a`` and
-        ``Vth[t] = r[t] = (b - a) 2^-(t+1)`` (see :meth:`tables`)."""
+    def point(layout: "Layout", a: float, b: float, knots: Sequence[float] = ()) -> np.ndarray:
+        """Search vector of ``m = len(knots)`` indicator steps followed by the binary expansion of
+        ``[a, b]`` in the remaining ``T - m`` steps: ``u[0] = x - a``; step ``t < m`` fires for
+        ``x >= knots[t]`` and resets nothing (``Vth[t] = knots[t] - a``, ``r[t] = 0``), so its
+        intensity adds a free step to the output there; then ``Vth[t] = r[t] = (b - a) 2^-(t-m+1)``
+        (see :meth:`tables`). With no knots: the plain binary expansion of ``[a, b]``."""
+        T, m = layout.T, len(knots)
         halfwidth = (layout.hi - layout.lo) / 2
-        width = (b - a) / (layout.hi - layout.lo)
-        return np.concatenate([[(layout.lo - a) / halfwidth], np.full(2 * layout.T, width)])
+        binary = halfwidth * 2.0 ** -np.arange(T)
+        vth, reset = np.zeros(T), np.zeros(T)
+        vth[:m] = np.asarray(knots, dtype=np.float64) - a
+        vth[m:] = reset[m:] = (b - a) * 2.0 ** -(np.arange(T - m) + 1.0)
+        return np.concatenate([[(layout.lo - a) / halfwidth], vth / binary, reset / binary])
+
+    @staticmethod
+    def knots(search: "_Search", m: int) -> np.ndarray:
+        """``m`` input points spread like the target's curvature ``|f''|`` over the search samples
+        (its quantiles ``(k + 1/2) / m``): where an indicator step's jump does the most good."""
+        xs, ys = search.xs.to(torch.float64), search.ys
+        curvature = (ys[2:] - 2 * ys[1:-1] + ys[:-2]).abs()
+        if m == 0 or not float(curvature.sum()) > 0:
+            return np.zeros(0)
+        cdf = (torch.cumsum(curvature, 0) / curvature.sum()).numpy()
+        at = np.searchsorted(cdf, (np.arange(m) + 0.5) / m)
+        return xs[1:-1].numpy()[np.minimum(at, len(cdf) - 1)]
 
     def initial_point(self, layout: "Layout") -> np.ndarray:
         return self.point(layout, layout.lo, layout.hi)
@@ -234,30 +253,43 @@ class FSKind(NeuronKind):
         return {"vth": vth[0].tolist(), "reset": reset[0].tolist(), "intensity": coef[:-1].tolist()}
 
     def search(self, search: "_Search", seed: int, restarts: int) -> None:
-        """From the best binary expansions (:meth:`starts`), CMA-ES in units of each start's scale
-        (signs free), coordinate sweeps (:meth:`sweep`), then a polish."""
+        """From the best starts (:meth:`starts`), CMA-ES in units of each start's scale (signs
+        free), coordinate sweeps (:meth:`sweep`), then a polish."""
         lay = search.layout
         starts = self.starts(search, max(1, restarts))
         share = (search.budget - search.used) // (2 * len(starts))
         for r, start in enumerate(starts):
-            scale = np.concatenate([[1.0], start[1:]])
-            search.cma(np.ones_like(start), 0.3, seed * 1000 + r + 1, share,
+            scale = self.unit(start)
+            search.cma(np.ones_like(start), 0.1, seed * 1000 + r + 1, share,
                        lambda phis, scale=scale, start=start: search.score(
                            np.asarray(phis) * scale + np.concatenate([[start[0] - 1.0], np.zeros(2 * lay.T)])))
         self.sweep(search, (search.budget - search.used) // 2)
         best = search.best_theta.copy()
-        tiny = 1e-3 * float(np.abs(best[1:]).max())
-        scale = np.concatenate([[1.0], np.where(np.abs(best[1:]) < tiny, tiny, best[1:])])
+        scale = self.unit(best)
         search.cma(np.ones_like(best), 0.1, seed * 1000 + 99, search.budget - search.used,
                    lambda phis: search.score(np.asarray(phis) * scale + np.concatenate([[best[0] - 1.0],
                                                                                         np.zeros(2 * lay.T)])))
 
+    @staticmethod
+    def unit(theta: np.ndarray) -> np.ndarray:
+        """Per-entry search units around ``theta``: 1 for the offset, each threshold's and reset's
+        own size, at least 1e-3 of the largest (so a zero reset can move)."""
+        tiny = 1e-3 * float(np.abs(theta[1:]).max())
+        return np.concatenate([[1.0], np.where(np.abs(theta[1:]) < tiny, tiny, theta[1:])])
+
     def starts(self, search: "_Search", count: int) -> List[np.ndarray]:
-        """The ``count`` best binary expansions of sub-intervals ``[a, b]`` of the domain (ends on a
-        grid of 17 points), each scored like any candidate: where the spikes' resolution goes."""
+        """The ``count`` best of these starts, each scored like any candidate: the binary expansions
+        of sub-intervals ``[a, b]`` of the domain (ends on a grid of 17 points: where the spikes'
+        resolution goes), and for ``m = 1 .. T-1`` indicator steps at the curvature's ``m``
+        quantiles (:meth:`knots`) followed by a binary expansion (ends on a grid of 9 points):
+        a staircase where the target bends on top of a fine linear code (:meth:`point`)."""
         lay = search.layout
-        ends = np.linspace(lay.lo, lay.hi, 17)
-        points = np.stack([self.point(lay, a, b) for i, a in enumerate(ends) for b in ends[i + 1:]])
+        points = []
+        for m in range(lay.T):
+            knots = self.knots(search, m)
+            ends = np.linspace(lay.lo, lay.hi, 9 if m else 17)
+            points += [self.point(lay, a, b, knots) for i, a in enumerate(ends) for b in ends[i + 1:]]
+        points = np.stack(points)
         losses = search.score(points)
         return [points[i] for i in np.argsort(losses, kind="stable")[:count]]
 
