@@ -247,3 +247,19 @@ def test_load_fitted_on_names_a_bad_span(span):
     from spikingjelly_mbe.fitting import load_fitted_on
     with pytest.raises(ValueError, match="span must be a positive finite number"):
         load_fitted_on("tanh", 8, 16, span)
+
+
+def test_multistart_keeps_the_lowest_mse_layout_and_is_deterministic():
+    """``multistart`` runs the same search from each of the kind's starting layouts (the default
+    first) and keeps the lowest MSE: never worse than the default fit, measured independently."""
+    kw = dict(N=2, T=8, domain=(-8, 8), samples=1000, budget=200)
+    plain = fit_neuron("gelu", **kw)
+    multi, again = fit_neuron("gelu", multistart=True, **kw), fit_neuron("gelu", multistart=True, **kw)
+    assert multi.params == again.params
+    assert multi.fit["layouts"] == 6 and 0 <= multi.fit["layout"] < 6  # 2 sign patterns x 3 widths
+    assert multi.fit["evaluations"] >= 6 * 200
+    assert independent_mse(multi, F.gelu, -8, 8) <= independent_mse(plain, F.gelu, -8, 8)
+    fs = fit_neuron("gelu", kind="fs", T=6, domain=(-8, 8), samples=500, budget=150, multistart=True)
+    assert fs.fit["layouts"] == 1  # FS has one starting layout
+    with pytest.raises(TypeError, match="multistart must be True or False"):
+        fit_neuron("gelu", multistart=1)

@@ -5,7 +5,9 @@ class, its parameters in a JSON file and how a fit searches them. A new kind is 
 """
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -66,6 +68,11 @@ class NeuronKind:
         and least-squares ``coef`` (one per feature, then the bias)."""
         raise NotImplementedError
 
+    def layouts(self, layout: "Layout") -> List["Layout"]:
+        """The starting layouts ``fit_neuron(multistart=True)`` searches from, ``layout`` (the
+        default) first; by default just that one."""
+        return [layout]
+
     def search(self, search: "_Search", seed: int, restarts: int) -> None:
         """Spend ``search.budget``: by default ``restarts`` seeded CMA-ES runs, the first from the
         initial point, the others from Gaussian perturbations of it."""
@@ -108,16 +115,35 @@ class MBEKind(NeuronKind):
 
     @staticmethod
     def signs(layout: "Layout") -> torch.Tensor:
-        """Basis 0 fires above its offset, then signs alternate so negative lobes are covered."""
+        """``layout.signs`` if set; else basis 0 fires above its offset, then signs alternate so
+        negative lobes are covered."""
+        if layout.signs is not None:
+            return torch.tensor(layout.signs, dtype=torch.float64)
         return torch.tensor([1.0 if n % 2 == 0 else -1.0 for n in range(layout.N)], dtype=torch.float64)
+
+    def layouts(self, layout: "Layout") -> List["Layout"]:
+        """The default layout, then every sign pattern of bases 1-3 (later bases alternate as by
+        default; one basis: either sign) with the nested intervals at 1/2, 1 and 2 times their
+        default width: 24 layouts for ``N >= 4``."""
+        default = self.signs(layout).tolist()
+        if layout.N == 1:
+            return [layout, replace(layout, signs=(-default[0],))]
+        out = []
+        for pattern in itertools.product((1.0, -1.0), repeat=min(layout.N, 4) - 1):
+            signs = (1.0, *pattern, *default[len(pattern) + 1:])
+            for widen in (1.0, 0.5, 2.0):
+                if tuple(signs) != tuple(default) or widen != 1.0:
+                    out.append(replace(layout, signs=signs, widen=widen))
+        return [layout] + out
 
     @staticmethod
     def ranges(layout: "Layout") -> List[Tuple[float, float]]:
         """Initial input interval of each basis: the whole domain, then nested intervals of the
-        critical region, halving every second basis."""
+        critical region (``layout.widen`` times two spreads of the curvature on either side of its
+        centre), halving every second basis."""
         out = [(layout.lo, layout.hi)]
         for n in range(1, layout.N):
-            half = 2.0 * layout.scale / 2.0 ** ((n - 1) // 2)
+            half = layout.widen * 2.0 * layout.scale / 2.0 ** ((n - 1) // 2)
             out.append((max(layout.lo, layout.center - half), min(layout.hi, layout.center + half)))
         return out
 
