@@ -91,3 +91,30 @@ def test_operators_at_unshipped_T_match_float_within_derived_bounds(T):
     ref = F.layer_norm(s, (16,))
     bound = (d_z / z.abs().clamp_min(d_z) + eps_rho) * ref.abs() * 1.1 + 2 * d_z / v.sqrt()
     assert torch.all((y - ref).abs() <= bound)
+
+
+def test_a_cached_fit_from_an_older_search_revision_is_refitted(tmp_path, monkeypatch, caplog):
+    """FS fits carry their search revision (2: indicator starts); a cached FS fit without one (the
+    earlier search) is refitted, an MBE fit without one (revision 1, unchanged) is kept."""
+    monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
+    calls = []
+
+    def fit(kind):
+        calls.append(kind)
+        return fit_neuron("exp2", kind=kind, N=1, T=3, samples=500, budget=60)
+
+    for kind, key in (("fs", "exp2-fs-T3"), ("mbe", "exp2-mbe-N1-T3")):
+        expect = {"target": "exp2", "kind": kind, "T": 3}
+        first = library.cached_fit(key, lambda: fit(kind), expect)
+        assert first.fit.get("revision", 1) == (2 if kind == "fs" else 1)
+        path = tmp_path / "fits" / f"{key}.json"
+        data = json.loads(path.read_text())
+        data["fit"].pop("revision", None)
+        data["params"]["bias"] += 1.0  # marks the old file
+        path.write_text(json.dumps(data))
+        again = library.cached_fit(key, lambda: fit(kind), expect)
+        if kind == "fs":
+            assert again.params == first.params and "revision 1 of the fs search, now 2" in caplog.text
+        else:
+            assert again.params["bias"] == first.params["bias"] + 1.0  # kept
+    assert calls == ["fs", "fs", "mbe"]

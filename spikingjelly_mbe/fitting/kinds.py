@@ -34,6 +34,9 @@ class NeuronKind:
     name: str = ""
     node_class: type = MultiBasisNode
     single_basis: bool = False  # one basis whatever N: N is neither searched nor part of the key
+    # The revision of the kind's search, written into each fit (fit['revision'], 1 when absent); a
+    # cached fit of another revision is refitted, so fits on first use agree across machines.
+    search_revision: int = 1
     spike_features: bool = False  # least squares over per-step spikes s[t] (True) or per-basis outputs o_n[T]
 
     def bases(self, N: int) -> int:
@@ -219,6 +222,7 @@ class FSKind(NeuronKind):
     of the domain's binary expansion) and an input offset; intensities ``d[t]`` by least squares."""
 
     name, node_class, single_basis, spike_features = "fs", FSNode, True, True
+    search_revision = 2  # 2: indicator-step starts (:meth:`starts`)
 
     def check_params(self, params: Dict[str, Any], N: int, T: int, where: str) -> None:
         for key in ("vth", "reset", "intensity"):

@@ -36,13 +36,20 @@ def cached_fit(key: str, fit: Callable[[], FittedNeuron], expect: Dict[str, Any]
                shipped: Optional[Path] = None) -> FittedNeuron:
     """The fit ``key``: ``shipped`` (a package file) if present, else the project cache's
     ``fits/<key>.json`` (validated on load and checked against ``expect``), else ``fit()`` now,
-    written to the cache atomically. A cached file that fails validation is refitted and replaced."""
+    written to the cache atomically. A cached file that fails validation, or that an older revision
+    of its kind's search made (``fit['revision']``, 1 when absent, against the kind's
+    ``search_revision``), is refitted and replaced."""
     if shipped is not None and shipped.is_file():
         return FittedNeuron.load(shipped, expect=expect)
     path = cache_dir("fits") / f"{key}.json"
     if path.is_file():
         try:
-            return FittedNeuron.load(path, expect=expect)
+            cached = FittedNeuron.load(path, expect=expect)
+            revision, current = cached.fit.get("revision", 1), get_kind(cached.kind).search_revision
+            if revision == current:
+                return cached
+            log.warning("refitting %s: the cached fit comes from revision %s of the %s search, now %s", key,
+                        revision, cached.kind, current)
         except FittedNeuronError as error:
             log.warning("refitting %s: the cached file is unusable (%s)", key, error)
     began = time.perf_counter()

@@ -119,7 +119,8 @@ def _to_fitted(layout: Layout, theta: np.ndarray, coef: torch.Tensor, target: Ta
               **layout.kind.params(layout, th, (gain, offset, vth, reset, intensity), coef)}
     fitted = FittedNeuron(target=target.name, kind=layout.kind.name, N=layout.N, T=layout.T,
                           domain=target.domain, params=params,
-                          fit={"samples": samples, "seed": seed, "evaluations": evals, "method": "cma-es+lstsq"})
+                          fit={"samples": samples, "seed": seed, "evaluations": evals, "method": "cma-es+lstsq",
+                               **({} if layout.kind.search_revision == 1 else {"revision": layout.kind.search_revision})})
     fitted.errors = error_figures(fitted.node(), target)
     return fitted
 
