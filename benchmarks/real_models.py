@@ -40,6 +40,7 @@ from spikingjelly_mbe.models import load_model, review_probe  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
 from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
 from spikingjelly_mbe.ops.coding import CODES, DEFAULT_CODE  # noqa: E402
+from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET  # noqa: E402
 
 # model -> its conf/model entry; the held-out sets (full: the conf/data defaults, the README table) and
 # the --quick caps (reviews, digits, tokens)
@@ -47,16 +48,16 @@ CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 ENERGY_COLUMNS = ("energy_strict", "energy_paper", "energy_strict_int8", "energy_strict_ops", "energy_paper_ops")
-TABLE_COLUMNS = ("model", "metric", "code", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
+TABLE_COLUMNS = ("model", "metric", "code", "budget", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
                  "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
 
-def job_config(name: str, quick: bool, code: Optional[str] = None) -> ConvertJob:
+def job_config(name: str, quick: bool, conversion: Sequence[str] = ()) -> ConvertJob:
     """The Hydra config of ``experiments.convert model=<name>`` (the same settings as the presets;
-    ``code``: the operands' digit code, default the conversion default)."""
+    ``conversion``: overrides of its ``conversion`` group, e.g. ``code=binary``)."""
     overrides = [f"model={CONF_MODELS[name]}"] + ([f"data.samples={QUICK_SAMPLES[name]}"] if quick else [])
-    overrides += [f"conversion.code={code}"] if code is not None else []
+    overrides += [f"conversion.{o}" for o in conversion]
     GlobalHydra.instance().clear()  # a Hydra app run earlier in this process leaves it initialised
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         import experiments.config  # noqa: F401  (registers the schemas)
@@ -70,14 +71,14 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
     rows: List[Row] = []
     k = c.conversion
     for T in tqdm(Ts, desc=f"{name}: T", leave=False):
-        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value)
+        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value, budget=k.budget)
         result = evaluate(task, conversion)
         if not rows:
             rows.append({"model": name, "metric": task.metric, "T": "ANN", "ann": round(result.ann, 3)})
         bar = ACCURACY_BAR if task.metric == "accuracy" else PERPLEXITY_BAR
         r = result.row()
         energy = energy_report(name, result.meter, T, out) if T == energy_T and result.meter is not None else {}
-        rows.append({"model": name, "metric": task.metric, "code": k.code.value, "T": T, "ann": round(result.ann, 3),
+        rows.append({"model": name, "metric": task.metric, "code": k.code.value, "budget": k.budget, "T": T, "ann": round(result.ann, 3),
                      "snn": round(result.snn, 3), "loss": round(r["loss"], 3),
                      "meets_bar": r["loss"] <= bar if T == 16 else "", **energy,
                      "convert_s": round(conversion.seconds, 1), "eval_s": round(result.seconds, 1)})
@@ -150,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     help="ablation: activations as their exact float targets (no energy report)")
     ap.add_argument("--code", choices=tuple(CODES),
                     help=f"the operands' digit code (default: the conversion default, {DEFAULT_CODE!r})")
+    ap.add_argument("--budget", type=lambda v: "null" if v.lower() == "none" else str(float(v)),
+                    help="the calibrated codes' relative rounding noise (default: the conversion default, "
+                         f"{DEFAULT_BUDGET:g}; 'none': T digits of each operand's maximum)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     models = args.models or (["minilm", "dinov2"] if args.quick else list(CONF_MODELS))
@@ -161,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows: List[Row] = []
     sj_rows: List[Row] = []
     for name in tqdm(models, desc="models"):
-        c = job_config(name, args.quick, args.code)
+        c = job_config(name, args.quick, [f"{key}={value}" for key, value in (("code", args.code), ("budget", args.budget))
+                                          if value is not None])
         task = build_task(c)
         measured = measure(name, task, c, Ts, None if args.exact_activations else args.energy_T, out,
                            args.exact_activations)

@@ -218,6 +218,7 @@ class ConversionConfig:
     activation_N: Optional[int] = OP_SETTINGS.activation_N
     split_bits: Optional[int] = OP_SETTINGS.split_bits
     code: OperandCode = OperandCode(OP_SETTINGS.code)
+    budget: Optional[float] = OP_SETTINGS.budget  # precision of the calibrated codes (None: T digits of the max)
     mode: OpMode = OpMode(OP_SETTINGS.mode)
     fx: bool = False
     allow_float_fallback: bool = False

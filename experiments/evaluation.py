@@ -27,6 +27,7 @@ from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
 from spikingjelly_mbe.ops import SpikingActivation
 from spikingjelly_mbe.ops.coding import DEFAULT_CODE
+from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET
 
 from . import sj_recipes
 
@@ -98,7 +99,8 @@ def exact_activations(snn: nn.Module) -> int:
 
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
-                exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> Conversion:
+                exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
+                budget: Optional[float] = DEFAULT_BUDGET) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
@@ -115,7 +117,7 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
                   allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
-                  split_bits=split_bits, code=code)
+                  split_bits=split_bits, code=code, budget=budget)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

@@ -33,7 +33,7 @@ def test_explicit_ranges_still_need_a_batch_to_see_the_model():
 
 def test_attention_probabilities_get_range_one():
     snn = convert(build("bert"), calibration=Calibration(data=[make_batch("bert", 4)],
-                                                         ranges={"*.layer.0.*.context": (2.0, 3.0)}))
+                                                         ranges={"*.layer.0.*.context": (2.0, 3.0)}), budget=None)
     ranges = {p: op.ranges for p, op in products(snn).items()}
     assert ranges["bert.encoder.layer.0.attention.self.mbe_attention.context"] == (2.0, 3.0)
     assert ranges["bert.encoder.layer.1.attention.self.mbe_attention.context"][0] == 1.0
@@ -67,8 +67,9 @@ def test_a_single_batch_is_not_a_batch_iterable():
 
 def test_percentile_ranges_are_tighter_than_max():
     data = [make_batch("bert", 8, seed=s) for s in range(2)]
-    by_max = convert(build("bert"), calib_data=data)
-    by_pct = convert(build("bert"), calibration=Calibration(data=data, method="percentile", percentile=90.0))
+    by_max = convert(build("bert"), calib_data=data, budget=None)  # ranges as observed (no budget widening)
+    by_pct = convert(build("bert"), calibration=Calibration(data=data, method="percentile", percentile=90.0),
+                     budget=None)
     for (path, a), b in zip(products(by_max).items(), products(by_pct).values()):
         assert all(hi <= top for hi, top in zip(b.ranges, a.ranges)), path
     assert any(hi < top for a, b in zip(products(by_max).values(), products(by_pct).values())
@@ -77,8 +78,8 @@ def test_percentile_ranges_are_tighter_than_max():
 
 def test_headroom_scales_the_calibrated_ranges():
     data = [make_batch("gpt2", 4)]
-    plain = products(convert(build("gpt2"), calib_data=data))
-    wide = products(convert(build("gpt2"), calibration=Calibration(data=data, headroom=2.0)))
+    plain = products(convert(build("gpt2"), calib_data=data, budget=None))
+    wide = products(convert(build("gpt2"), calibration=Calibration(data=data, headroom=2.0), budget=None))
     for path, op in plain.items():
         expected = (1.0 if path.endswith("context") else 2 * op.ranges[0], 2 * op.ranges[1])
         assert wide[path].ranges == pytest.approx(expected), path

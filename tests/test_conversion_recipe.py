@@ -36,8 +36,8 @@ def test_training_free_original_untouched(family):
     assert torch.equal(run(ann, batch), reference), "the ANN's outputs changed"
     assert getattr(getattr(ann, "config", None), "_attn_implementation", None) == attn_impl
     assert not any(isinstance(m, SpikingActivation) for m in ann.modules())
-    # the SNN reuses every weight unchanged, in its own copy
-    linear = [p for p, m in snn.named_modules() if type(m).__name__ in ("Linear", "Conv1D", "Conv2d")]
+    # the SNN reuses every weight unchanged, in its own copy (its weight layers driven by input spikes)
+    linear = [p for p, m in ann.named_modules() if type(m).__name__ in ("Linear", "Conv1D", "Conv2d")]
     assert linear
     for path in linear:
         weight = snn.get_submodule(path).weight
@@ -85,7 +85,8 @@ def test_function_stored_as_attribute_is_spiked():
     snn = convert(ann, calib_data=[batch])
     relu = snn.bert.encoder.layer[0].intermediate.mbe_activation0
     assert isinstance(relu, PiecewiseLinear) and snn.mbe_report.fully_spiking
-    assert {e.source for e in snn.mbe_report.replaced if "intermediate" in e.path} == {"relu"}
+    assert {e.source for e in snn.mbe_report.replaced if "intermediate" in e.path} == {"relu", "Linear"}
+    assert {e.target for e in snn.mbe_report.replaced if e.source == "Linear"} == {"SpikingWeightInput"}
     assert agreement(run(ann, batch), run(snn, batch))["cosine"] >= 0.999
 
 

@@ -117,7 +117,7 @@ def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
         snn(**batch)
     assert twice.total() == once.total() + once.total()
     kinds = set(once.kinds.values())
-    assert {"Linear", "SpikingLayerNorm", "SpikingMatmul", "SpikingSoftmax", "SpikingActivation"} <= kinds
+    assert {"SpikingWeightInput", "SpikingLayerNorm", "SpikingMatmul", "SpikingSoftmax", "SpikingActivation"} <= kinds
     for by in ("operator", "block", "path"):
         rows = once.rows(by)
         assert rows[-1][by] == "total" and sum(r["sops"] for r in rows[:-1]) == once.total().sops
@@ -125,7 +125,7 @@ def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
     blocks = {r["block"] for r in once.rows("block")}
     assert {"block 0", "block 1", "outside blocks"} <= blocks
     total, ops_only = once.total(), once.total(weight_layers=False)
-    linear = sum((c for p, c in once.counts.items() if once.kinds[p] == "Linear"), OpStats())
+    linear = sum((c for p, c in once.counts.items() if once.kinds[p] == "SpikingWeightInput"), OpStats())
     assert ops_only + linear == total and linear.sops > 0 and ops_only.sops > 0
     assert once.ratio() == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC))
     assert once.ratio(weight_layers=False) == pytest.approx(ops_only.sops * E_AC / (ops_only.ann_flops * E_MAC))
@@ -137,7 +137,7 @@ def test_energy_meter_accumulates_operators_and_weight_layers_over_forwards():
     assert last["energy_strict"] == pytest.approx(once.ratio(), abs=1e-4)
     assert last["energy_paper"] == pytest.approx(once.ratio("paper"), abs=1e-4)
     assert last["energy_strict_int8"] == pytest.approx(once.ratio(precision="int8"), abs=1e-4)
-    linear_row = next(r for r in once.rows("operator") if r["operator"] == "Linear")
+    linear_row = next(r for r in once.rows("operator") if r["operator"] == "SpikingWeightInput")
     assert linear_row["energy_strict"] == linear_row["energy_paper"] == pytest.approx(
         linear.sops * 0.9 / (linear.ann_flops * 4.6), abs=1e-4)
     with pytest.raises(ValueError, match="by must be one of"):

@@ -20,7 +20,7 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
             calibration: Optional[Calibration] = None, fx: bool = False,
             activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
             ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
-            code: str = DEFAULTS.code) -> nn.Module:
+            code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
@@ -30,7 +30,10 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     ``None`` means ``N``; see :class:`OpSettings`); ``split_bits``: Softmax/norm digits moved into a
     table (default ``min(3, T - 1)``); ``code``: the digit code of every spike-coded operand,
     ``'binary'`` (MBE_Id, Eq. 9) or ``'signed'`` (signed digits: the same values, fewer spikes; see
-    :data:`~spikingjelly_mbe.ops.coding.CODES`). Strict by default: a nonlinear operation with
+    :data:`~spikingjelly_mbe.ops.coding.CODES`); ``budget``: the precision of every calibrated code
+    (the weight layers' inputs and the products' operands), whose rounding noise is ``budget`` of
+    the operand's RMS on the calibration batches (default ``2**-10``; ``None``: ``T`` digits of
+    its maximum; :mod:`~spikingjelly_mbe.ops.precision`). Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
     path sees through every forward, traceable or not) and ignored. ``method="ecmt"`` converts the
@@ -51,5 +54,5 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
         calibration = dataclasses.replace(calibration, data=calib_data)
     recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
                                   allow_float_fallback=allow_float_fallback, activation_N=activation_N,
-                                  method=method, ecmt=ecmt, split_bits=split_bits, code=code)
+                                  method=method, ecmt=ecmt, split_bits=split_bits, code=code, budget=budget)
     return ModuleConverter(recipe).convert(model)

@@ -106,6 +106,8 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     percentile = None if calibration.method == "max" else calibration.percentile
     observed = set()
     for path, op in pending(model).items():
+        if getattr(op, "idle", False):
+            continue  # a weight layer its parent never called (it reads the weights): the recipe restores it
         pair = calibration.explicit_range(path)
         if pair is not None:
             wanted = getattr(op, "operands", len(pair))

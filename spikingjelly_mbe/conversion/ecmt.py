@@ -78,6 +78,8 @@ class ECMTMethod:
     def matmul(self) -> nn.Module:
         return self.ecmt.matmul()
 
+    linear_input_note = "weight layer driven by an MT neuron"
+
     def linear_input(self, layer: nn.Module) -> nn.Module:
         return self.ecmt.linear_input(layer)
 

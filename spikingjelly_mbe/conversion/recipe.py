@@ -116,10 +116,10 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             first = next(iter(self.batches), None)
             inputs = record_inputs(model, candidates, lambda: run_batch(model, first, converter.device))
         self.plan = plan(model, inputs, self.override)
-        if hasattr(self.settings, "linear_input"):  # ECMT: an MT neuron in front of every weight layer
-            self.plan.update({p: Replacement(lambda s, m=m: s.linear_input(m), "weight layer driven by an MT neuron",
-                                             "class") for p, m in model.named_modules()
-                              if isinstance(m, WEIGHT_LAYERS) and not any(p.startswith(q + ".") for q in self.plan)})
+        # a spiking input neuron in front of every weight layer (MBE_Id codes; ECMT's MT neurons)
+        self.plan.update({p: Replacement(lambda s, m=m: s.linear_input(m), self.settings.linear_input_note,
+                                         "class") for p, m in model.named_modules()
+                          if isinstance(m, WEIGHT_LAYERS) and not any(p.startswith(q + ".") for q in self.plan)})
         use_spiking_attention(model)
         self.record(apply(model, self.plan, self.settings, lambda new, how: how.how == EXPOSE or needs_calibration(new)))
         for path, m in kept.items():
@@ -144,11 +144,23 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             calibrate(model, dataclasses.replace(self.calibration, data=self.batches), converter.device)
         finally:
             BUILDING.reset(token)
+        self.restore_idle(model)
         unsupported = self.table.unsupported_calls()
         if unsupported and not self.allow_float_fallback:
             raise UnsupportedNonlinearityError(unsupported)
         self.report.fallback.extend(Entry(path, op, op, "no spiking operator for this call: runs in float")
                                     for path, op in unsupported)
+
+    def restore_idle(self, model: nn.Module) -> None:
+        """Weight layers wrapped before calibration that no batch called (their parent reads the
+        weights itself, e.g. ``nn.MultiheadAttention``'s ``out_proj``) go back as they were."""
+        for path, m in list(model.named_modules()):
+            if getattr(m, "idle", False):
+                parent, _, child = path.rpartition(".")
+                setattr(model.get_submodule(parent), child, m.layer)
+                self.report.replaced = [e for e in self.report.replaced if e.path != path]
+                self.report.kept.append(Entry(path, type(m.layer).__name__, type(m.layer).__name__,
+                                              "weights read by its parent module, which never calls it"))
 
     def replace(self, converter: ModuleConverter, model: nn.Module) -> None:
         self.table.calibrating = False

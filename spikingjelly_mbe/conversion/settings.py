@@ -9,10 +9,11 @@ import torch.nn as nn
 
 from ..fitting import load_fitted, load_fitted_on
 from ..ops import (PiecewiseLinear, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d,
-                   SpikingProduct, SpikingRMSNorm, SpikingSoftmax)
+                   SpikingProduct, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, SpikingOp
 from ..ops.coding import DEFAULT_CODE, check_code
+from ..ops.precision import DEFAULT_BUDGET, check_budget
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class OpSettings:
     ``activation_N=None`` uses ``N`` (the paper's setting with ``N=4``). Softmax and norms keep
     ``N``: their range-reduced neurons are already near exact. ``code`` is the digit code of every
     spike-coded operand (:data:`~spikingjelly_mbe.ops.coding.CODES`): ``'binary'`` (MBE_Id, Eq. 9)
-    or ``'signed'`` (signed digits, the same values with fewer spikes). This dataclass is the one
+    or ``'signed'`` (signed digits, the same values with fewer spikes). ``budget`` sets the precision
+    of every calibrated code (the weight layers' inputs, the products' operands) from calibration: its
+    rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
+    ``None`` codes every operand to ``T`` digits of its maximum. This dataclass is the one
     source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
     """
 
@@ -36,6 +40,7 @@ class OpSettings:
     activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
     code: str = DEFAULT_CODE
+    budget: Optional[float] = DEFAULT_BUDGET
 
     @property
     def activation_bases(self) -> int:
@@ -48,12 +53,14 @@ class OpSettings:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
+        check_budget(self.budget)
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
                                             or not 0 <= self.split_bits < self.T):
             raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
 
     fully_spiking: ClassVar[bool] = True
     float_ops: ClassVar[Tuple[str, ...]] = ()
+    linear_input_note: ClassVar[str] = "weight layer driven by MBE_Id-coded input spikes (Eqs. 9, 12)"
 
     def activation(self, entry: Any, params: Dict[str, Any]) -> nn.Module:
         """The spiking module of a catalog activation entry (its own builder)."""
@@ -93,11 +100,15 @@ class OpSettings:
 
     def product(self) -> SpikingProduct:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
-        return SpikingProduct(T=self.T, mode=self.mode, code=self.code)
+        return SpikingProduct(T=self.T, mode=self.mode, code=self.code, budget=self.budget)
 
     def matmul(self) -> SpikingMatmul:
         """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
-        return SpikingMatmul(T=self.T, mode=self.mode, code=self.code)
+        return SpikingMatmul(T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+
+    def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
+        """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""
+        return SpikingWeightInput(layer, T=self.T, mode=self.mode, code=self.code, budget=self.budget)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""

@@ -35,7 +35,7 @@ from typing import Dict, Iterable, List, Tuple, Union
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
-from ..ops.multi_threshold import MTLinearInput
+from ..ops import MTLinearInput, SpikingWeightInput
 from .stats import OpStats, collect_stats
 from .synapses import WEIGHT_LAYERS, SynapseCounter
 
@@ -47,8 +47,8 @@ CONVENTIONS = ("strict", "paper")
 RATIO_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("energy_strict", "strict", "fp32"), ("energy_paper", "paper", "fp32"), ("energy_strict_int8", "strict", "int8"))
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
-# weight layers: those SynapseCounter meters, and ECMT's MT-driven ones, which meter themselves
-WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in (*WEIGHT_LAYERS, MTLinearInput))
+# weight layers: those SynapseCounter meters, and the spike-driven ones of MBE and ECMT, which meter themselves
+WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in (*WEIGHT_LAYERS, MTLinearInput, SpikingWeightInput))
 Row = Dict[str, Union[str, int, float]]
 
 

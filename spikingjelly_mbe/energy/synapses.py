@@ -21,18 +21,12 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter
 from transformers.pytorch_utils import Conv1D
 
+from ..ops import flops
 from ..ops.base import working_dtype
 from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 from .stats import OpStats
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
-
-
-def layer_macs(layer: nn.Module, x: torch.Tensor, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one call of a weight layer (bias additions not counted)."""
-    if isinstance(layer, nn.Conv2d):
-        return out.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-    return out.numel() * (layer.in_features if isinstance(layer, nn.Linear) else layer.weight.shape[0])
 
 
 def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
@@ -75,7 +69,7 @@ class SynapseCounter:
     def _hook(self, path: str) -> Callable:
         def count(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
             x = args[0]
-            macs = layer_macs(layer, x, out)
+            macs = flops.weight_layer(layer, out)
             with torch._C.DisableTorchFunction():  # measuring, not the model's computation: never intercepted
                 spikes = input_spikes(x, self.T, self.code)
             fan_out = macs // x.numel() if x.numel() else 0

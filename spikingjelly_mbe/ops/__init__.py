@@ -18,8 +18,9 @@ from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
 from .stepping import run_steps
+from .weight_input import SpikingWeightInput
 
 __all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
            "ProductCompensation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
-           "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SplitFunction", "collect_stats",
+           "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
            "identity_node", "run_steps"]

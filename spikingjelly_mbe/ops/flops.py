@@ -19,6 +19,8 @@ step on top of the function ``F`` it evaluates: ``EC_STEP = 5`` for one operand 
 their sum); ``EC_PRODUCT_STEP = 6`` per output element of a product of two operands (add the
 three spike terms to ``S_A S_B``, divide by ``t``, subtract the earlier outputs, add to their sum).
 """
+from __future__ import annotations
+
 ACTIVATION = 70
 PRODUCT = 1
 RELU = 1
@@ -31,3 +33,11 @@ EC_STEP, EC_PRODUCT_STEP = 5, 6
 def matmul(M: int, K: int, N: int) -> int:
     """``M K N``: one multiply-accumulate per term of every output element."""
     return M * K * N
+
+
+def weight_layer(layer: object, out: "torch.Tensor") -> int:
+    """Multiply-accumulates of one call of a weight layer (``nn.Linear``, GPT-2's ``Conv1D``,
+    ``nn.Conv1d``/``nn.Conv2d``): ``weight.numel() / out_channels`` per output element, bias
+    additions not counted."""
+    out_channels = getattr(layer, "out_channels", None) or out.shape[-1]
+    return out.numel() * layer.weight.numel() // out_channels

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..neurons.multi_threshold import MTNode
+from . import flops
 from .base import SpikingOp
 from .observer import SAMPLES_PER_BATCH
 
@@ -138,12 +139,6 @@ class MTCodedOp(SpikingOp):
                 f"calibrating={self.calibrating}, " + super().extra_repr())
 
 
-def layer_macs(layer: nn.Module, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one call of a weight layer: ``weight.numel() / out_channels`` per output."""
-    out_channels = layer.out_channels if isinstance(layer, nn.Conv2d) else out.shape[-1]
-    return out.numel() * layer.weight.numel() // out_channels
-
-
 class MTLinearInput(MTCodedOp):
     """A weight layer (``nn.Linear``, ``nn.Conv2d``, GPT-2's ``Conv1D``) driven by an MT neuron:
     at each step the layer sees the neuron's output (Parallel Parameter normalisation, Fig. 4).
@@ -168,6 +163,11 @@ class MTLinearInput(MTCodedOp):
         return self.layer.weight
 
     @property
+    def idle(self) -> bool:
+        """Calibrating and never called: its parent reads the weights itself, so conversion puts the layer back."""
+        return self.calibrating and not self.observers[0].batches
+
+    @property
     def bias(self) -> Optional[torch.Tensor]:
         return self.layer.bias
 
@@ -182,7 +182,7 @@ class MTLinearInput(MTCodedOp):
         self.require_thresholds()
         s = self.code(0, x)
         out = self.layer.forward(s)
-        macs = layer_macs(self.layer, out)
+        macs = flops.weight_layer(self.layer, out)
         self.steps += 1
         spikes = self.neurons[0].last_spike_count
         self.record(sops=spikes * (macs // x.numel() if x.numel() else 0), ann_flops=macs if self.steps == 1 else 0)

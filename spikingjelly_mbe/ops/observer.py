@@ -38,3 +38,9 @@ class RangeObserver:
             k = max(1, math.ceil(percentile / 100.0 * pool.numel()))
             value = float(pool.kthvalue(k).values)
         return max(value, torch.finfo(torch.float32).tiny)
+
+    def rms(self) -> float:
+        """Root mean square of ``x`` (estimated on the subsample)."""
+        if not self.samples:
+            raise RuntimeError("no calibration data was observed")
+        return float(torch.cat(self.samples).square().mean().sqrt())

@@ -10,6 +10,7 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
+from .precision import DEFAULT_BUDGET, budget_step, check_budget, covering_range
 from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, total)
 
@@ -99,16 +100,20 @@ class _TwoOperandOp(SpikingOp):
     nonzero-digit counts in every code).
 
     With ``ranges=None`` the operator starts ``calibrating``: forwards return the float result and
-    record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile).
-    :meth:`set_ranges` fixes them explicitly.
+    record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile)
+    and, under a ``budget`` (:mod:`.precision`), each operand's rounding step to ``budget`` of its
+    RMS, which widens a range to ``step (2^T - 1)`` where that is larger. :meth:`set_ranges` fixes
+    the ranges explicitly (widened only by steps that calibration set).
     """
 
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     operands = 2  # ranges (A1, A2)
 
-    def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str) -> None:
+    def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
+                 budget: Optional[float]) -> None:
         super().__init__(mode)
-        self.T, self.code = check_steps(T), check_code(code)
+        self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
+        self.steps: Optional[Tuple[float, float]] = None  # the budget's rounding steps, set by calibration
         self.coders: Optional[torch.nn.ModuleList] = None
         self.observers = (RangeObserver(), RangeObserver())
         self.calibration_forwards = 0
@@ -121,22 +126,29 @@ class _TwoOperandOp(SpikingOp):
         return None if self.coders is None else (self.coders[0].A, self.coders[1].A)
 
     def set_ranges(self, ranges: Sequence[float]) -> None:
-        """Fix the identity ranges ``(A1, A2)`` and stop calibrating."""
+        """Fix the identity ranges ``(A1, A2)`` (each widened to its calibrated step's covering range,
+        :func:`~.precision.covering_range`) and stop calibrating."""
         A1, A2 = _check_ranges(tuple(ranges))
+        if self.steps is not None:
+            A1, A2 = (min(covering_range(A, step, self.T), MAX_RANGE) for A, step in zip((A1, A2), self.steps))
         self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1, self.code), IdentityCoder(self.T, A2, self.code)])
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
-        """Ranges from the observed ``max |operand|`` (or its ``percentile``); returns them."""
+        """Ranges from the observed ``max |operand|`` (or its ``percentile``), and the budget's steps
+        from the observed RMS; returns the observed ranges (:attr:`ranges` holds them widened)."""
         if not self.observers[0].samples or not self.observers[1].samples:
             seen = (f"but its {self.calibration_forwards} calibration forward(s) saw only empty operands, so no "
                     "data was observed" if self.calibration_forwards else "before any calibration forward")
             raise RuntimeError(f"{type(self).__name__}: finish_calibration() {seen}; run a few non-empty "
                                "batches while calibrating, or call set_ranges((A1, A2))")
-        self.set_ranges(tuple(o.range(percentile) for o in self.observers))
+        if self.budget is not None:
+            self.steps = tuple(budget_step(o.rms(), self.budget) for o in self.observers)
+        observed = tuple(o.range(percentile) for o in self.observers)
+        self.set_ranges(observed)
         self.observers = (RangeObserver(), RangeObserver())
         self.calibration_forwards = 0
-        return self.ranges
+        return observed
 
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.check_floating(a, "operand a")
@@ -189,7 +201,8 @@ class _TwoOperandOp(SpikingOp):
         self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
-        return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "
+        return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, budget={self.budget}, "
+                f"calibrating={self.calibrating}, "
                 + super().extra_repr())
 
 
@@ -204,8 +217,8 @@ class SpikingProduct(_TwoOperandOp):
     float_op = staticmethod(torch.mul)
 
     def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE) -> None:
-        super().__init__(T, mode, ranges, code)
+                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:
+        super().__init__(T, mode, ranges, code, budget)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         broadcast_shape(a, b, type(self).__name__)
@@ -243,8 +256,8 @@ class SpikingMatmul(_TwoOperandOp):
     float_op = staticmethod(torch.matmul)
 
     def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE) -> None:
-        super().__init__(T, mode, ranges, code)
+                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:
+        super().__init__(T, mode, ranges, code, budget)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if a.dim() < 2 or b.dim() < 2:

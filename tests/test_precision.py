@@ -1,0 +1,170 @@
+"""Per-layer precision under an error budget, and weight layers driven by MBE_Id-coded input spikes:
+the budget's rounding noise against a plain-PyTorch uniform quantiser, fast == step by step for the
+spike-driven weight layers, their outputs against the float layer on the rounded input, their
+synaptic events against spikes x fan-out, and the budget's spikes against full precision."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers.pytorch_utils import Conv1D
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
+from spikingjelly_mbe.energy import EnergyMeter
+from spikingjelly_mbe.energy.report import E_AC, E_MAC
+from spikingjelly_mbe.ops import SpikingMatmul, SpikingProduct, SpikingWeightInput
+from spikingjelly_mbe.ops.coding import CODES
+from spikingjelly_mbe.ops.precision import budget_step, check_budget, covering_range
+
+torch.set_num_threads(1)
+
+
+def rounded(x: torch.Tensor, A, T: int) -> torch.Tensor:
+    """Sign-magnitude rounding of ``x`` to the nearest of ``2^T`` levels of ``[0, A]`` (clamped; ``A`` a
+    number or a tensor broadcasting against ``x``), in float64."""
+    levels = 2.0 ** T - 1
+    A = torch.as_tensor(A, dtype=torch.float64)
+    q = torch.floor(torch.minimum(x.double().abs(), A) * levels / A + 0.5)
+    return torch.sign(x.double()) * q * A / levels
+
+
+def heavy_tailed(shape, seed: int) -> torch.Tensor:
+    """Student-t-like operands: most values small, a few far out (the shape of Transformer activations)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) / (torch.rand(shape, generator=g) + 0.05).sqrt()
+
+
+def test_budget_step_and_covering_range_closed_forms():
+    assert budget_step(2.0, 2 ** -10) == pytest.approx(math.sqrt(12) * 2.0 / 1024)
+    assert covering_range(3.0, None, 16) == 3.0
+    assert covering_range(3.0, 1e-3, 16) == pytest.approx(65.535)
+    assert covering_range(3.0, 1e-3, 8) == 3.0  # 8 digits cannot reach the step over [0, 3]: full precision
+    for bad in (0, 1.0, -0.1, True, "0.01", float("nan")):
+        with pytest.raises(ValueError, match="budget must be None"):
+            check_budget(bad)
+    with pytest.raises(ValueError, match="budget must be None"):
+        SpikingProduct(budget=2.0)
+
+
+@pytest.mark.parametrize("budget", [2 ** -6, 2 ** -10])
+def test_a_calibrated_operand_rounds_with_the_budgets_noise(budget):
+    """A uniform quantiser of step ``delta`` adds noise of RMS ``delta / sqrt(12)``: the budget's step
+    gives ``budget`` of the operand's RMS, measured on fresh data against the float operand."""
+    T = 16
+    op = SpikingProduct(T=T, budget=budget)
+    for seed in range(3):
+        a = heavy_tailed((64, 256), seed)
+        op(a, torch.ones_like(a))
+    op.finish_calibration()
+    a = heavy_tailed((64, 256), 7)
+    A = op.ranges[0]
+    error = op.coders[0].encode(a, False)[0].value.double() - a.double()
+    relative = float(error.square().mean().sqrt() / a.double().square().mean().sqrt())
+    assert relative == pytest.approx(budget, rel=0.15)
+    assert torch.allclose(op.coders[0].encode(a, False)[0].value.double(), rounded(a, A, T), atol=1e-6 * A)
+
+
+def test_the_budget_saves_spikes_over_full_precision_and_keeps_the_product():
+    T = 16
+    a, b = heavy_tailed((8, 32, 48), 1), heavy_tailed((8, 48, 40), 2)
+    results = {}
+    for budget in (None, 2 ** -10):
+        op = SpikingMatmul(T=T, budget=budget)
+        op(a, b)
+        observed = op.finish_calibration()
+        assert observed == pytest.approx((float(a.abs().max()), float(b.abs().max())))
+        op.reset()
+        out = op(a, b)
+        reference = rounded(a, op.ranges[0], T) @ rounded(b, op.ranges[1], T)
+        # float32 rounding may flip one digit of a near-tie: at most one step of each operand times the other
+        one_digit = (op.ranges[0] * float(b.abs().max()) + op.ranges[1] * float(a.abs().max())) / (2 ** T - 1)
+        assert torch.allclose(out.double(), reference, rtol=1e-5, atol=one_digit)
+        results[budget] = (out, op.op_stats())
+    full, budgeted = results[None][1], results[2 ** -10][1]
+    assert budgeted.spikes < 0.75 * full.spikes and budgeted.sops < 0.6 * full.sops
+    exact = a.double() @ b.double()
+    error = float((results[2 ** -10][0].double() - exact).square().mean().sqrt() / exact.square().mean().sqrt())
+    assert error < 2 * math.sqrt(2) * 2 ** -10  # two operands' noise, each the budget's
+
+
+def layers():
+    g = torch.Generator().manual_seed(0)
+    linear = nn.Linear(24, 16)
+    conv1d = Conv1D(16, 24)  # GPT-2's: weight [in, out]
+    conv1d.weight.data = torch.randn(24, 16, generator=g) * 0.2
+    conv2d = nn.Conv2d(3, 8, 4, stride=4)
+    return {"linear": (linear, (5, 7, 24)), "conv1d": (conv1d, (5, 7, 24)), "conv2d": (conv2d, (2, 3, 16, 16))}
+
+
+@pytest.mark.parametrize("name", ["linear", "conv1d", "conv2d"])
+@pytest.mark.parametrize("code", list(CODES))
+def test_weight_input_fast_equals_step_by_step_and_the_float_layer_on_the_rounded_input(name, code):
+    layer, shape = layers()[name]
+    x = heavy_tailed(shape, 3)
+    T = 8
+    op = SpikingWeightInput(layer, T=T, code=code)
+    op(x)
+    op.finish_calibration()
+    channel = 1 if name == "conv2d" else -1
+    peaks = x.abs().amax(dim=[d for d in range(x.dim()) if d != channel % x.dim()])
+    shape = [1] * x.dim()
+    shape[channel] = -1
+    # every channel's range: four times its own maximum, at most the layer's (no budget step reaches 8 digits)
+    A = (4 * peaks.double()).clamp(max=float(peaks.max())).view(shape)
+    assert torch.allclose(op.channel_ranges.double().view(shape), A, rtol=1e-6)
+    with torch.no_grad():
+        reference = layer(rounded(x, A, T).float())
+        op.mode = "simulate"
+        op.reset()
+        simulated, simulated_stats = op(x), op.op_stats()
+        op.mode = "fast"
+        op.reset()
+        fast, fast_stats = op(x), op.op_stats()
+    assert torch.allclose(fast, reference, atol=1e-5) and torch.allclose(simulated, fast, atol=1e-5)
+    assert simulated_stats == fast_stats
+    q = torch.floor(x.double().abs() * (2 ** T - 1) / A + 0.5)
+    spikes = int(CODES[code].count(q, T).sum())
+    macs = fast.numel() * layer.weight.numel() // (getattr(layer, "out_channels", None) or fast.shape[-1])
+    assert fast_stats.spikes == spikes and fast_stats.neurons == x.numel()
+    assert fast_stats.sops == spikes * (macs // x.numel()) and fast_stats.ann_flops == macs
+
+
+def test_weight_input_clamps_and_counts_inputs_beyond_its_range_and_refuses_bad_input(caplog):
+    layer = nn.Linear(4, 3)
+    op = SpikingWeightInput(layer, T=8, A=1.0)
+    x = torch.tensor([[0.5, -3.0, 2.0, 0.0]])
+    with caplog.at_level("WARNING", logger="spikingjelly_mbe.ops"):
+        out = op(x)
+    assert op.op_stats().clamped == 2 and "clamped 2 inputs beyond their channel's range" in caplog.text
+    assert torch.allclose(out, layer(torch.tensor([[0.5, -1.0, 1.0, 0.0]])), atol=1e-2)
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        op(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]]))
+    with pytest.raises(TypeError, match="wraps a weight layer"):
+        SpikingWeightInput(nn.ReLU())
+    with pytest.raises(ValueError, match="ranges must be one positive finite number"):
+        SpikingWeightInput(layer, A=0.0)
+    with pytest.raises(RuntimeError, match="before any calibration forward"):
+        SpikingWeightInput(layer).finish_calibration()
+
+
+def test_conversion_drives_every_weight_layer_by_spikes_and_the_budget_lowers_its_energy():
+    ann = build("bert", layers=2, hidden=32, heads=4, seed=0)
+    batch = make_batch("bert", 4, 12, seed=1)
+    calib = [make_batch("bert", 4, 12, seed=s) for s in (2, 3)]
+    ratios = {}
+    for budget in (None, 2 ** -10):
+        snn = convert(ann, T=16, calib_data=calib, budget=budget)
+        weight_layers = [p for p, m in ann.named_modules() if isinstance(m, nn.Linear)]
+        assert all(isinstance(snn.get_submodule(p), SpikingWeightInput) for p in weight_layers)
+        assert all(snn.get_submodule(p).weight is not None for p in weight_layers)
+        with torch.no_grad(), EnergyMeter(snn, 16) as meter:
+            out = snn(**batch)
+        assert agreement(main_output(ann(**batch)), main_output(out))["cosine"] > 0.999
+        total = meter.total()
+        assert meter.ratio() == pytest.approx(total.sops * E_AC / (total.ann_flops * E_MAC))
+        coded = [c for p, c in meter.counts.items() if meter.kinds[p] == "SpikingWeightInput"]
+        assert len(coded) == len(weight_layers) and all(c.sops > 0 for c in coded)
+        ratios[budget] = meter.ratio()
+    assert ratios[2 ** -10] < 0.75 * ratios[None]
