@@ -64,3 +64,28 @@ def test_exact_activations_ablation_swaps_every_spiking_activation_for_its_targe
     x = torch.linspace(-4, 4, 17)
     assert sorted(m.target for m in exact) == ["gelu", "gelu", "tanh"]
     assert all(torch.allclose(m(x), reference[m.target](x), atol=1e-6) for m in exact)
+
+
+def test_operator_T_swaps_one_operator_type_in_place(benchmark_script):
+    """benchmarks/operator_T.py: swapping one type gives a model between the two conversions, and
+    swapping every type gives exactly the low-T model (call-level sites included: swaps are in place)."""
+    operator_T = benchmark_script("operator_T")
+    from spikingjelly_mbe import convert
+    from spikingjelly_mbe.conversion.zoo import main_output
+    from spikingjelly_mbe.ops.base import SpikingOp
+    ann = build("llama", layers=1, hidden=32, heads=4, seed=0)
+    calib = [make_batch("llama", 2, 10, seed=s) for s in (1, 2)]
+    batch = make_batch("llama", 2, 10, seed=3)
+    high, low = convert(ann, T=16, calib_data=calib), convert(ann, T=6, calib_data=calib)
+    kinds = sorted({type(m).__name__ for m in low.modules() if isinstance(m, SpikingOp)})
+    assert {"SpikingProduct", "SpikingRMSNorm", "SpikingWeightInput"} <= set(kinds)
+    with torch.no_grad():
+        outputs = {T: main_output(m(**batch)) for T, m in ((16, high), (6, low))}
+        mixed = high
+        for kind in kinds:
+            one = operator_T.with_low_T(high, low, kind)
+            assert not torch.equal(main_output(one(**batch)), outputs[16]), kind
+            assert all(m.T == 6 for m in one.modules() if type(m).__name__ == kind)
+            mixed = operator_T.with_low_T(mixed, low, kind)
+        assert torch.equal(main_output(mixed(**batch)), outputs[6])
+        assert torch.equal(main_output(high(**batch)), outputs[16])  # the source model is untouched

@@ -1,0 +1,76 @@
+"""Which operator type costs the loss at a low T: a real model converted at ``--high`` T, with the
+operators of one type at a time taken from its ``--low`` T conversion (same calibration batches).
+
+  python benchmarks/operator_T.py --model smollm2 --low 8 --high 16 --quick
+
+Each row is the SNN metric with that operator type at the low T and everything else at the high T;
+the rows ``T=high`` and ``T=low`` are the two whole conversions. An operator is swapped in place (its
+state replaced by the low-T one's), so call-level sites that hold the module see the change too.
+Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from real_models import CONF_MODELS, job_config  # noqa: E402
+from experiments import plots  # noqa: E402
+from experiments.convert import build_task  # noqa: E402
+from experiments.evaluation import Conversion, convert_for, evaluate  # noqa: E402
+from experiments.tables import Row, markdown, write_csv  # noqa: E402
+from spikingjelly_mbe.ops.base import SpikingOp  # noqa: E402
+
+
+def with_low_T(high: nn.Module, low: nn.Module, kind: str) -> nn.Module:
+    """A copy of ``high`` whose ``kind`` operators carry the state of ``low``'s at the same paths."""
+    mixed = copy.deepcopy(high)
+    donors = dict(low.named_modules())
+    for path, m in mixed.named_modules():
+        if type(m).__name__ == kind and type(donors.get(path)).__name__ == kind:
+            m.__dict__.update(copy.deepcopy(donors[path]).__dict__)
+    return mixed
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=tuple(CONF_MODELS), required=True)
+    ap.add_argument("--low", type=int, default=8)
+    ap.add_argument("--high", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="the model's small held-out subset")
+    ap.add_argument("--out", type=Path, default=Path("results") / "operator_T")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    c = job_config(args.model, args.quick)
+    task = build_task(c)
+    k = c.conversion
+    models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, code=k.code.value, budget=k.budget).snn
+              for T in (args.high, args.low)}
+    kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
+    candidates = [(f"T={T}", models[T]) for T in (args.high, args.low)]
+    candidates += [(kind, with_low_T(models[args.high], models[args.low], kind)) for kind in kinds]
+    rows: List[Row] = []
+    for name, model in tqdm(candidates, desc=f"{args.model}: operator types"):
+        result = evaluate(task, Conversion(model, args.high, name, 0.0, metered=False))
+        rows.append({"model": args.model, "at_low_T": name, "metric": task.metric, "ann": round(result.ann, 4),
+                     "snn": round(result.snn, 4), "loss": round(result.row()["loss"], 4)})
+        tqdm.write(markdown(rows[-1:], tuple(rows[-1])).splitlines()[-1])
+    stem = args.out / f"operator_T_{args.model}"
+    (stem.with_suffix(".md")).write_text(markdown(rows, tuple(rows[0])))
+    write_csv(rows, stem.with_suffix(".csv"))
+    plots.bars(rows, "at_low_T", lambda r: f"{args.model}: T={args.high}, one type at T={args.low}", "loss",
+               stem.with_suffix(".png"), f"{args.model}: {task.metric} loss by operator type at T={args.low}",
+               log=False)
+    print(markdown(rows, tuple(rows[0])))
+    return stem
+
+
+if __name__ == "__main__":
+    main()
