@@ -53,10 +53,10 @@ def test_a_calibrated_operand_rounds_with_the_budgets_noise(budget):
     """A uniform quantiser of step ``delta`` adds noise of RMS ``delta / sqrt(12)``: the budget's step
     gives ``budget`` of the operand's RMS, measured on fresh data against the float operand."""
     T = 16
-    op = SpikingProduct(T=T, budget=budget)
+    op = SpikingMatmul(T=T, budget=budget)  # one range per operand
     for seed in range(3):
         a = heavy_tailed((64, 256), seed)
-        op(a, torch.ones_like(a))
+        op(a, torch.ones(256, 1))
     op.finish_calibration()
     a = heavy_tailed((64, 256), 7)
     A = op.ranges[0]
@@ -168,3 +168,34 @@ def test_conversion_drives_every_weight_layer_by_spikes_and_the_budget_lowers_it
         assert len(coded) == len(weight_layers) and all(c.sops > 0 for c in coded)
         ratios[budget] = meter.ratio()
     assert ratios[2 ** -10] < 0.75 * ratios[None]
+
+
+@pytest.mark.parametrize("code", list(CODES))
+def test_product_codes_each_channel_in_its_own_range(code):
+    """SpikingProduct: channel k of each operand coded in ``[0, min(4 max_k, max)]`` (Eq. 9 per
+    neuron), against plain-PyTorch rounding per channel; fast == step by step; an outlier channel
+    no longer coarsens the others (T=8, against the same product with one range per operand)."""
+    T = 8
+    g = torch.Generator().manual_seed(4)
+    gain = torch.ones(64)
+    gain[[3, 40]] = 100.0  # two outlier channels, as in LLM hidden states
+    a, b = torch.randn(16, 64, generator=g) * gain, torch.randn(16, 64, generator=g)
+    op = SpikingProduct(T=T, code=code, budget=None)
+    op(a, b)
+    op.finish_calibration()
+    for x, ranges in ((a, op.channel_ranges_a), (b, op.channel_ranges_b)):
+        peaks = x.abs().amax(0).double()
+        assert torch.allclose(ranges.double(), (4 * peaks).clamp(max=float(peaks.max())), rtol=1e-6)
+    with torch.no_grad():
+        fast = op(a, b)
+        op.mode = "simulate"
+        simulated = op(a, b)
+    reference = rounded(a, op.channel_ranges_a.double(), T) * rounded(b, op.channel_ranges_b.double(), T)
+    assert torch.allclose(fast.double(), reference, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(simulated, fast, rtol=1e-5, atol=1e-5)
+    per_tensor = rounded(a, float(a.abs().max()), T) * rounded(b, float(b.abs().max()), T)
+    ordinary = torch.ones(64, dtype=torch.bool)
+    ordinary[[3, 40]] = False
+    exact = (a * b).double()[:, ordinary]
+    error = lambda out: float((out[:, ordinary] - exact).square().mean().sqrt())  # noqa: E731
+    assert error(fast.double()) < error(per_tensor) / 10

@@ -12,11 +12,22 @@ operand's RMS seen on the calibration batches, ``delta = sqrt(12) eps rms``, and
 becomes ``max(A, delta (2^T - 1))``: the same ``T`` time steps, no value clamped that ``A`` would
 keep, and the digits below ``delta`` never fire. When ``T`` digits cannot reach the budget's step
 over ``[0, A]`` the range stays ``A`` (the full-precision code).
+
+Per-channel ranges (:class:`ChannelPeaks`): an operand whose channels differ by orders of magnitude
+(Transformer hidden states, whose few outlier channels reach 100x the others) is coded with one
+range per channel, ``A_k = A min(1, 4 max_k |x| / max |x|)``: an outlier channel no longer
+coarsens every other. The neuron of channel ``k`` has input gain ``1 / A_k`` and output weight
+``A_k`` (Eq. 9 per neuron), so the code of ``x`` is ``A_k`` times the code of ``x / A_k`` in the
+unit range.
 """
 from __future__ import annotations
 
 import math
 from typing import Optional
+
+import torch
+
+from .coding import MAX_RANGE, MIN_RANGE
 
 # relative RMS rounding noise per operand. Measured at T=16 on the four real models' quick subsets
 # (benchmarks/real_models.py --quick --models smollm2 minilm gpt2-small dinov2 --T 16 --budget B):
@@ -44,3 +55,44 @@ def covering_range(A: float, step: Optional[float], T: int) -> float:
     """The range of a ``T``-digit code of step at least ``step`` that keeps ``[0, A]``:
     ``max(A, step (2^T - 1))`` (``A`` when ``step`` is ``None`` or 0)."""
     return max(A, step * (2.0 ** T - 1.0)) if step else A
+
+
+CHANNEL_HEADROOM = 4.0  # a channel's range: this multiple of its calibrated maximum (two digits of room)
+CHANNEL_FLOOR = 2.0 ** -8  # ... and at least this fraction of the operand's range (channels never seen)
+
+
+class ChannelPeaks:
+    """``max |x|`` per channel (dimension ``dim`` of the operand) over the calibration batches."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.peaks: Optional[torch.Tensor] = None
+
+    def observe(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        channel = self.dim % x.dim()
+        peaks = x.detach().abs().amax(dim=[d for d in range(x.dim()) if d != channel]).double().cpu()
+        self.peaks = peaks if self.peaks is None else torch.maximum(self.peaks, peaks)
+
+    def shares(self) -> torch.Tensor:
+        """Each channel's range as a fraction of the operand's: ``4 max_k / max``, within
+        ``[CHANNEL_FLOOR, 1]``."""
+        if self.peaks is None:
+            raise RuntimeError("no calibration data was observed")
+        peak = max(float(self.peaks.max()), MIN_RANGE)
+        return (CHANNEL_HEADROOM * self.peaks / peak).clamp(min=CHANNEL_FLOOR, max=1.0)
+
+
+def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[float], T: int) -> torch.Tensor:
+    """The channel ranges ``A * shares`` (``[A]`` without shares), each at least the covering range of
+    ``step`` (:func:`covering_range`), as float32 normal numbers."""
+    shares = torch.ones(1, dtype=torch.float64) if shares is None else shares
+    return (A * shares).clamp(min=max(covering_range(0.0, step, T), MIN_RANGE), max=MAX_RANGE).float()
+
+
+def along(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``ranges`` (one per channel) shaped to broadcast against ``x`` along dimension ``dim``."""
+    shape = [1] * x.dim()
+    shape[dim % x.dim()] = -1
+    return ranges.to(device=x.device, dtype=x.dtype).view(shape)

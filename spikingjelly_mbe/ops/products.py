@@ -10,7 +10,8 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
-from .precision import DEFAULT_BUDGET, budget_step, check_budget, covering_range
+from .precision import (DEFAULT_BUDGET, ChannelPeaks, along, budget_step, channel_ranges, check_budget,
+                        covering_range)
 from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, total)
 
@@ -103,11 +104,15 @@ class _TwoOperandOp(SpikingOp):
     record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile)
     and, under a ``budget`` (:mod:`.precision`), each operand's rounding step to ``budget`` of its
     RMS, which widens a range to ``step (2^T - 1)`` where that is larger. :meth:`set_ranges` fixes
-    the ranges explicitly (widened only by steps that calibration set).
+    the ranges explicitly (widened only by steps that calibration set). An operator with
+    ``per_channel`` codes each operand with one range per channel of its last dimension
+    (:class:`~.precision.ChannelPeaks`): the product of the unit-range codes of ``a / A_k`` and
+    ``b / B_k``, times ``A_k B_k`` (``D`` scaled per element).
     """
 
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     operands = 2  # ranges (A1, A2)
+    per_channel = False
 
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
                  budget: Optional[float]) -> None:
@@ -115,7 +120,11 @@ class _TwoOperandOp(SpikingOp):
         self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
         self.steps: Optional[Tuple[float, float]] = None  # the budget's rounding steps, set by calibration
         self.coders: Optional[torch.nn.ModuleList] = None
+        self.shares: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # per-channel shares, set by calibration
+        self.register_buffer("channel_ranges_a", None)
+        self.register_buffer("channel_ranges_b", None)
         self.observers = (RangeObserver(), RangeObserver())
+        self.peaks = (ChannelPeaks(-1), ChannelPeaks(-1))
         self.calibration_forwards = 0
         self.calibrating = ranges is None
         if ranges is not None:
@@ -123,14 +132,22 @@ class _TwoOperandOp(SpikingOp):
 
     @property
     def ranges(self) -> Optional[Tuple[float, float]]:
+        """``(A1, A2)``; with per-channel ranges, each operand's largest."""
+        if self.channel_ranges_a is not None:
+            return float(self.channel_ranges_a.max()), float(self.channel_ranges_b.max())
         return None if self.coders is None else (self.coders[0].A, self.coders[1].A)
 
     def set_ranges(self, ranges: Sequence[float]) -> None:
         """Fix the identity ranges ``(A1, A2)`` (each widened to its calibrated step's covering range,
         :func:`~.precision.covering_range`) and stop calibrating."""
         A1, A2 = _check_ranges(tuple(ranges))
-        if self.steps is not None:
-            A1, A2 = (min(covering_range(A, step, self.T), MAX_RANGE) for A, step in zip((A1, A2), self.steps))
+        steps = self.steps or (None, None)
+        if self.shares is not None:
+            self.channel_ranges_a, self.channel_ranges_b = (channel_ranges(A, shares, step, self.T) for A, shares, step
+                                                            in zip((A1, A2), self.shares, steps))
+            A1 = A2 = 1.0  # the coders see x / A_k
+        else:
+            A1, A2 = (min(covering_range(A, step, self.T), MAX_RANGE) for A, step in zip((A1, A2), steps))
         self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1, self.code), IdentityCoder(self.T, A2, self.code)])
         self.calibrating = False
 
@@ -144,9 +161,12 @@ class _TwoOperandOp(SpikingOp):
                                "batches while calibrating, or call set_ranges((A1, A2))")
         if self.budget is not None:
             self.steps = tuple(budget_step(o.rms(), self.budget) for o in self.observers)
+        if self.per_channel:
+            self.shares = tuple(p.shares() for p in self.peaks)
         observed = tuple(o.range(percentile) for o in self.observers)
         self.set_ranges(observed)
         self.observers = (RangeObserver(), RangeObserver())
+        self.peaks = (ChannelPeaks(-1), ChannelPeaks(-1))
         self.calibration_forwards = 0
         return observed
 
@@ -155,19 +175,28 @@ class _TwoOperandOp(SpikingOp):
         self.check_floating(b, "operand b")
         self.check_shapes(a, b)
         if self.calibrating:
-            for name, observer, x in zip(("operand a", "operand b"), self.observers, (a, b)):
+            for name, observer, peaks, x in zip(("operand a", "operand b"), self.observers, self.peaks, (a, b)):
                 self.check_input(x, name)
                 observer.observe(x)
+                if self.per_channel:
+                    peaks.observe(x)
             self.calibration_forwards += 1
             return type(self).float_op(a, b)
         if self.coders is None:
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
+        scale = None
+        if self.channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
+            dtype = working_dtype(a, self.T)
+            ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
+            a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
         if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(a, b):
             out = self.fused(a, b)
         else:
             out = self.stages(a, b)
+        if scale is not None:
+            out = out * scale
         self.record(ann_flops=self.float_flops(a, b))
         return out.to(torch.promote_types(a.dtype, b.dtype))
 
@@ -197,7 +226,8 @@ class _TwoOperandOp(SpikingOp):
 
     def count_operand(self, name: str, coder: IdentityCoder, x: torch.Tensor, spikes: int, clamped: int) -> None:
         """Record one operand's spikes and neurons; count (and warn about) its clamped elements."""
-        self.note_clamped(clamped, f"of operand {name} beyond +-{coder.A:g}")
+        limit = "its channel's range" if self.channel_ranges_a is not None else f"+-{coder.A:g}"
+        self.note_clamped(clamped, f"of operand {name} beyond {limit}")
         self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
@@ -215,6 +245,7 @@ class SpikingProduct(_TwoOperandOp):
     """
 
     float_op = staticmethod(torch.mul)
+    per_channel = True
 
     def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
                  code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:

@@ -10,13 +10,9 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, total
+from .coding import DEFAULT_CODE, FLOAT32_MAX_T, IdentityCoder, SpikeCode, check_code, check_steps, total
 from .observer import RangeObserver
-from .precision import DEFAULT_BUDGET, budget_step, check_budget, covering_range
-
-
-CHANNEL_FLOOR = 2.0 ** -8  # a channel's range is at least this fraction of the layer's (never-seen channels)
-CHANNEL_HEADROOM = 4.0  # a channel's range is this multiple of its calibrated maximum (up to the layer's range)
+from .precision import DEFAULT_BUDGET, ChannelPeaks, along, budget_step, channel_ranges, check_budget
 
 
 class SpikingWeightInput(SpikingOp):
@@ -32,9 +28,9 @@ class SpikingWeightInput(SpikingOp):
 
     With ``A=None`` the operator starts ``calibrating`` (the float layer, ``|x|`` observed), like the
     products: calibration sets the layer's range ``A`` to ``max |x|`` (or a percentile), each
-    channel's to ``A`` times its share ``4 max_k |x| / max |x|`` (:data:`CHANNEL_HEADROOM`: two
-    digits of room over the few calibration values a channel sees; between :data:`CHANNEL_FLOOR` and
-    1), so an outlier channel does not coarsen the others, and, under a ``budget`` (:mod:`.precision`),
+    channel's to ``A`` times its share ``4 max_k |x| / max |x|`` (:class:`~.precision.ChannelPeaks`:
+    two digits of room over the few calibration values a channel sees), so an outlier channel does
+    not coarsen the others, and, under a ``budget`` (:mod:`.precision`),
     the rounding step to ``budget`` of the input's RMS, widening a channel's range to ``step (2^T - 1)``
     where that is larger. The layer is called through ``layer.forward`` (no module hooks: this
     operator charges it itself).
@@ -52,11 +48,10 @@ class SpikingWeightInput(SpikingOp):
         self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
         self.step: Optional[float] = None  # the budget's rounding step, set by calibration
-        self.share: Optional[torch.Tensor] = None  # max_k |x| / max |x| per channel, set by calibration
+        self.shares: Optional[torch.Tensor] = None  # each channel's share of the range, set by calibration
         self.coder = IdentityCoder(self.T, 1.0, self.code)  # on x / A_k
         self.register_buffer("channel_ranges", None)
-        self.observer = RangeObserver()
-        self.peaks: Optional[torch.Tensor] = None  # max |x| per channel while calibrating
+        self.observer, self.peaks = RangeObserver(), ChannelPeaks(self.channel_dim)
         self.calibrating = A is None
         if A is not None:
             self.set_ranges((A,))
@@ -91,9 +86,7 @@ class SpikingWeightInput(SpikingOp):
         if len(ranges) != 1 or isinstance(ranges[0], bool) or not isinstance(ranges[0], (int, float)) \
                 or not 0 < ranges[0] < float("inf"):
             raise ValueError(f"SpikingWeightInput: ranges must be one positive finite number (A,), got {ranges!r}")
-        share = torch.ones(1, dtype=torch.float64) if self.share is None else self.share
-        widest = covering_range(0.0, self.step, self.T)
-        self.channel_ranges = (float(ranges[0]) * share).clamp(min=max(widest, MIN_RANGE), max=MAX_RANGE).float()
+        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, self.step, self.T)
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
@@ -104,26 +97,11 @@ class SpikingWeightInput(SpikingOp):
                                "few batches while calibrating, or call set_ranges((A,))")
         if self.budget is not None:
             self.step = budget_step(self.observer.rms(), self.budget)
-        peak = max(float(self.peaks.max()), MIN_RANGE)
-        self.share = (CHANNEL_HEADROOM * self.peaks / peak).clamp(min=CHANNEL_FLOOR, max=1.0)
+        self.shares = self.peaks.shares()
         observed = (self.observer.range(percentile),)
         self.set_ranges(observed)
-        self.observer, self.peaks = RangeObserver(), None
+        self.observer, self.peaks = RangeObserver(), ChannelPeaks(self.channel_dim)
         return observed
-
-    def observe(self, x: torch.Tensor) -> None:
-        """Record ``|x|`` (the layer's range and RMS) and each channel's ``max |x|``."""
-        self.observer.observe(x)
-        if x.numel():
-            channel = self.channel_dim % x.dim()
-            peaks = x.detach().abs().amax(dim=[d for d in range(x.dim()) if d != channel]).double().cpu()
-            self.peaks = peaks if self.peaks is None else torch.maximum(self.peaks, peaks)
-
-    def scales(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel ranges ``A_k`` shaped to broadcast against ``x``."""
-        shape = [1] * x.dim()
-        shape[self.channel_dim % x.dim()] = -1
-        return self.channel_ranges.to(device=x.device, dtype=x.dtype).view(shape)
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer.forward(x)
@@ -132,12 +110,13 @@ class SpikingWeightInput(SpikingOp):
         self.check_floating(x, "input")
         if self.calibrating:
             self.check_input(x, "input")
-            self.observe(x)
+            self.observer.observe(x)
+            self.peaks.observe(x)
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
         xs = x.to(working_dtype(x, self.T))
-        scales = self.scales(xs)
+        scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
             code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
