@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from spikingjelly_mbe import convert

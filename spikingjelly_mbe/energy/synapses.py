@@ -13,7 +13,6 @@ The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJel
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
