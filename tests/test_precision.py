@@ -198,3 +198,19 @@ def test_product_codes_each_channel_in_its_own_range(code):
     exact = (a * b).double()[:, ordinary]
     error = lambda out: float((out[:, ordinary] - exact).square().mean().sqrt())  # noqa: E731
     assert error(fast.double()) < error(per_tensor) / 10
+
+
+def test_weight_input_beyond_float32_digits_simulates_in_the_layers_dtype():
+    """T=24 codes run in float64; the layer still sees its own dtype, step by step and fast alike."""
+    layer, shape = layers()["linear"]
+    x = heavy_tailed(shape, 5)
+    op = SpikingWeightInput(layer, T=24, budget=None)
+    op(x)
+    op.finish_calibration()
+    with torch.no_grad():
+        fast = op(x)
+        op.mode = "simulate"
+        simulated = op(x)
+        exact = layer(x)
+    assert fast.dtype == simulated.dtype == torch.float32
+    assert torch.allclose(simulated, fast, atol=1e-5) and torch.allclose(fast, exact, atol=1e-5)

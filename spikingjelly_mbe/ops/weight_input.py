@@ -125,21 +125,22 @@ class SpikingWeightInput(SpikingOp):
         else:
             code, clamped = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
             spikes = total(code.counts)
-        out = self.synapses(code, scales) if self.simulating else self.layer.forward((code.value * scales).to(x.dtype))
+        out = self.synapses(code, scales, x.dtype) if self.simulating else \
+            self.layer.forward((code.value * scales).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, "inputs beyond their channel's range")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
 
-    def synapses(self, code: SpikeCode, scales: torch.Tensor) -> torch.Tensor:
-        """``sum_t (layer(A s[t]) - layer(0)) d[t] + layer(0)``: the layer on each spike plane (channel
-        ``k`` weighted by ``A_k``), times the step's intensity (simulate mode)."""
-        planes = code.spikes.movedim(-1, 0)  # [T, ...]
+    def synapses(self, code: SpikeCode, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``sum_t (layer(A s[t]) - layer(0)) d[t] + layer(0)``: the layer, in the input's ``dtype``, on
+        each spike plane (channel ``k`` weighted by ``A_k``), times the step's intensity (simulate mode)."""
+        planes = (code.spikes * scales[..., None]).movedim(-1, 0).to(dtype)  # [T, ...]
         rest = self.layer.forward(torch.zeros_like(planes[0]))
         out = torch.zeros_like(rest)
-        for d, s in zip(code.weights, planes):
-            out += d * (self.layer.forward(s * scales) - rest)
+        for d, s in zip(code.weights.to(dtype), planes):
+            out += d * (self.layer.forward(s) - rest)
         return out + rest
 
     def extra_repr(self) -> str:
