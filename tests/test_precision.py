@@ -214,3 +214,27 @@ def test_weight_input_beyond_float32_digits_simulates_in_the_layers_dtype():
         exact = layer(x)
     assert fast.dtype == simulated.dtype == torch.float32
     assert torch.allclose(simulated, fast, atol=1e-5) and torch.allclose(fast, exact, atol=1e-5)
+
+
+def test_product_channels_that_change_between_batches_share_one_range():
+    """A last dimension that is not a channel (its size changes between calibration batches, e.g. a
+    sequence length) gets one range per operand; a scalar operand and an unseen size work too."""
+    g = torch.Generator().manual_seed(6)
+    op = SpikingProduct(T=8, budget=None)
+    for n in (5, 7):
+        op(torch.randn(3, n, generator=g), torch.randn(3, n, generator=g))
+    observed = op.finish_calibration()
+    assert op.channel_ranges_a.numel() == 1 and op.ranges == pytest.approx(observed)
+    a, b = torch.randn(3, 9, generator=g), torch.randn(3, 9, generator=g)
+    with torch.no_grad():
+        out = op(a, b)
+    reference = rounded(a, observed[0], 8) * rounded(b, observed[1], 8)
+    assert torch.allclose(out.double(), reference, atol=1e-6)
+    op = SpikingProduct(T=8, budget=None)
+    op(torch.randn(4, 6, generator=g), torch.tensor(2.0))
+    op.finish_calibration()
+    with torch.no_grad():
+        x = torch.randn(4, 6, generator=g)
+        out = op(x, torch.tensor(1.5))
+    reference = rounded(x, op.channel_ranges_a.double(), 8) * rounded(torch.tensor(1.5), 2.0, 8)
+    assert torch.allclose(out.double(), reference, atol=1e-6)

@@ -71,9 +71,15 @@ class ChannelPeaks:
     def observe(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
-        channel = self.dim % x.dim()
-        peaks = x.detach().abs().amax(dim=[d for d in range(x.dim()) if d != channel]).double().cpu()
-        self.peaks = peaks if self.peaks is None else torch.maximum(self.peaks, peaks)
+        magnitude = x.detach().abs().double().cpu()
+        peaks = magnitude.reshape(1) if x.dim() == 0 else \
+            magnitude.amax(dim=[d for d in range(x.dim()) if d != self.dim % x.dim()])
+        if self.peaks is None:
+            self.peaks = peaks
+        elif self.peaks.shape == peaks.shape:
+            self.peaks = torch.maximum(self.peaks, peaks)
+        else:  # the channel count changes between batches (e.g. a sequence length): one range for all
+            self.peaks = torch.maximum(self.peaks.max(), peaks.max()).reshape(1)
 
     def shares(self) -> torch.Tensor:
         """Each channel's range as a fraction of the operand's: ``4 max_k / max``, within
@@ -92,7 +98,12 @@ def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[floa
 
 
 def along(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
-    """``ranges`` (one per channel) shaped to broadcast against ``x`` along dimension ``dim``."""
+    """``ranges`` (one per channel) shaped to broadcast against ``x`` along dimension ``dim``; an
+    ``x`` with another channel count than calibration saw (a scalar, another sequence length) gets
+    the largest range for every element (one range per operand)."""
+    ranges = ranges.to(device=x.device, dtype=x.dtype)
+    if x.dim() == 0 or x.shape[dim] != ranges.numel():
+        return ranges.max()
     shape = [1] * x.dim()
     shape[dim % x.dim()] = -1
-    return ranges.to(device=x.device, dtype=x.dtype).view(shape)
+    return ranges.view(shape)
