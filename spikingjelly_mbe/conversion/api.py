@@ -32,7 +32,7 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     ``'binary'`` (MBE_Id, Eq. 9) or ``'signed'`` (signed digits: the same values, fewer spikes; see
     :data:`~spikingjelly_mbe.ops.coding.CODES`); ``budget``: the precision of every calibrated code
     (the weight layers' inputs and the products' operands), whose rounding noise is ``budget`` of
-    the operand's RMS on the calibration batches (default ``2**-10``; ``None``: ``T`` digits of
+    the operand's RMS on the calibration batches (default ``2**-9``; ``None``: ``T`` digits of
     its maximum; :mod:`~spikingjelly_mbe.ops.precision`). Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default

@@ -21,6 +21,11 @@ three spike terms to ``S_A S_B``, divide by ``t``, subtract the earlier outputs,
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 ACTIVATION = 70
 PRODUCT = 1
 RELU = 1
@@ -35,7 +40,7 @@ def matmul(M: int, K: int, N: int) -> int:
     return M * K * N
 
 
-def weight_layer(layer: object, out: "torch.Tensor") -> int:
+def weight_layer(layer: object, out: torch.Tensor) -> int:
     """Multiply-accumulates of one call of a weight layer (``nn.Linear``, GPT-2's ``Conv1D``,
     ``nn.Conv1d``/``nn.Conv2d``): ``weight.numel() / out_channels`` per output element, bias
     additions not counted."""
