@@ -97,49 +97,125 @@ def layers():
     return {"linear": (linear, (5, 7, 24)), "conv1d": (conv1d, (5, 7, 24)), "conv2d": (conv2d, (2, 3, 16, 16))}
 
 
+def channel_view(x: torch.Tensor, channel: int, values: torch.Tensor) -> torch.Tensor:
+    shape = [1] * x.dim()
+    shape[channel] = -1
+    return values.view(shape)
+
+
+def per_channel(x: torch.Tensor, channel: int) -> torch.Tensor:
+    """``x`` as rows ``[elements / channels, channels]``, in float64."""
+    return x.double().movedim(channel % x.dim(), -1).reshape(-1, x.shape[channel])
+
+
+@pytest.mark.parametrize("centered", [True, False])
 @pytest.mark.parametrize("name", ["linear", "conv1d", "conv2d"])
 @pytest.mark.parametrize("code", list(CODES))
-def test_weight_input_fast_equals_step_by_step_and_the_float_layer_on_the_rounded_input(name, code):
+def test_weight_input_fast_equals_step_by_step_and_the_float_layer_on_the_rounded_input(name, code, centered):
     layer, shape = layers()[name]
-    x = heavy_tailed(shape, 3)
+    x = heavy_tailed(shape, 3) + 0.7  # every channel off zero: the centers carry it
     T = 8
-    op = SpikingWeightInput(layer, T=T, code=code)
+    op = SpikingWeightInput(layer, T=T, code=code, centered=centered)
     op(x)
     op.finish_calibration()
     channel = 1 if name == "conv2d" else -1
-    peaks = x.abs().amax(dim=[d for d in range(x.dim()) if d != channel % x.dim()])
-    shape = [1] * x.dim()
-    shape[channel] = -1
-    # every channel's range: four times its own maximum, at most the layer's (no budget step reaches 8 digits)
-    A = (4 * peaks.double()).clamp(max=float(peaks.max())).view(shape)
-    assert torch.allclose(op.channel_ranges.double().view(shape), A, rtol=1e-6)
+    rows = per_channel(x, channel)
+    # each channel's center: its median; its range: four times its own max |x - c|, at most the layer's
+    # (no budget step reaches 8 digits)
+    c = rows.median(0).values if centered else torch.zeros(rows.shape[1], dtype=torch.float64)
+    peaks = (rows - c).abs().amax(0)
+    A = channel_view(x, channel, (4 * peaks).clamp(max=float(peaks.max())))
+    c = channel_view(x, channel, c)
+    assert torch.allclose(op.channel_ranges.double().view(A.shape), A, rtol=1e-6)
+    assert (op.channel_centers is not None) == centered
     with torch.no_grad():
-        reference = layer(rounded(x, A, T).float())
+        reference = layer((c + rounded(x.double() - c, A, T)).float())
         op.mode = "simulate"
         op.reset()
         simulated, simulated_stats = op(x), op.op_stats()
         op.mode = "fast"
         op.reset()
         fast, fast_stats = op(x), op.op_stats()
-    assert torch.allclose(fast, reference, atol=1e-5) and torch.allclose(simulated, fast, atol=1e-5)
-    assert simulated_stats == fast_stats
-    q = torch.floor(x.double().abs() * (2 ** T - 1) / A + 0.5)
+    assert torch.allclose(fast, reference, atol=2e-5) and torch.allclose(simulated, fast, atol=2e-5)
+    assert simulated_stats == fast_stats and fast_stats.clamped == 0
+    q = torch.floor((x.double() - c).abs() * (2 ** T - 1) / A + 0.5)
     spikes = int(CODES[code].count(q, T).sum())
     macs = fast.numel() * layer.weight.numel() // (getattr(layer, "out_channels", None) or fast.shape[-1])
     assert fast_stats.spikes == spikes and fast_stats.neurons == x.numel()
     assert fast_stats.sops == spikes * (macs // x.numel()) and fast_stats.ann_flops == macs
 
 
+def test_centered_weight_input_carries_channel_offsets_in_the_bias():
+    """Channels that sit at an offset (a LayerNorm's beta) with a heavy-tailed spread: the centered
+    code fires fewer spikes than the uncentered one at a quarter of its error or less (the float layer
+    is the reference), at T=8 and under the budget at T=16; a row at exactly the centers fires
+    nothing and gives ``layer(c)``; a padded convolution is never centered (its border sees zeros)."""
+    g = torch.Generator().manual_seed(5)
+    layer = nn.Linear(32, 8)
+    beta = torch.randn(32, generator=g) * 3
+    x = beta + 0.1 * heavy_tailed((64, 32), 7)
+    with torch.no_grad():
+        exact = layer(x).double()
+    for T in (8, 16):
+        results = {}
+        for centered in (True, False):
+            op = SpikingWeightInput(layer, T=T, centered=centered)
+            op(x)
+            op.finish_calibration()
+            with torch.no_grad():
+                error = float((op(x).double() - exact).square().mean().sqrt())
+            results[centered] = (op.op_stats().spikes, error)
+        assert results[True][0] < results[False][0] and results[True][1] < results[False][1] / 4
+    op = SpikingWeightInput(layer, T=8)
+    op(x)
+    op.finish_calibration()
+    at_centers = op.channel_centers.expand(3, 32)
+    with torch.no_grad():
+        assert torch.equal(op(at_centers), layer(at_centers)) and op.op_stats().spikes == 0
+    padded = SpikingWeightInput(nn.Conv2d(3, 4, 3, padding=1))
+    padded(torch.randn(2, 3, 8, 8, generator=g) + 5)
+    padded.finish_calibration()
+    assert padded.channel_centers is None
+
+
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_weight_input_rows_beyond_their_ranges_scale_by_a_power_of_two_instead_of_clamping(mode):
+    """A Linear input row e.g. 100x what calibration saw is coded at ``2^e`` times its channels' ranges
+    (``e`` the smallest exponent that fits it): no clamp, and the output is the float layer on that
+    rounding (plain PyTorch); rows within range are coded as before."""
+    layer, shape = layers()["linear"]
+    x = heavy_tailed(shape, 6)
+    T = 8
+    op = SpikingWeightInput(layer, T=T, mode=mode)
+    op(x)
+    op.finish_calibration()
+    c = op.channel_centers.double()
+    A = op.channel_ranges.double()
+    big = x.clone()
+    big[0, 0] *= 100.0
+    big[1, 2, 5] = c[5] + 3.5 * A[5]  # needs exactly e = 2
+    with torch.no_grad():
+        out = op(big)
+    fit = ((big - op.channel_centers).abs() / op.channel_ranges).amax(-1, keepdim=True).double()  # as the op, in float32
+    e = torch.ceil(torch.log2(fit)).clamp(min=0)
+    assert float(e[1, 2]) == 2 and float(e[0, 0]) >= 5 and int((e > 0).sum()) == 2
+    reference = layer((c + rounded(big.double() - c, A * 2 ** e, T)).float())
+    assert op.op_stats().clamped == 0
+    assert torch.allclose(out, reference, atol=2e-5)
+
+
 def test_weight_input_clamps_and_counts_inputs_beyond_its_range_and_refuses_bad_input(caplog):
-    layer = nn.Linear(4, 3)
+    layer = nn.Conv2d(4, 3, 1)  # a convolution's input clamps (a Linear's rows scale instead)
     op = SpikingWeightInput(layer, T=8, A=1.0)
-    x = torch.tensor([[0.5, -3.0, 2.0, 0.0]])
+    x = torch.tensor([[0.5, -3.0, 2.0, 0.0]])[..., None, None]
     with caplog.at_level("WARNING", logger="spikingjelly_mbe.ops"):
         out = op(x)
     assert op.op_stats().clamped == 2 and "clamped 2 inputs beyond their channel's range" in caplog.text
-    assert torch.allclose(out, layer(torch.tensor([[0.5, -1.0, 1.0, 0.0]])), atol=1e-2)
+    assert torch.allclose(out, layer(torch.tensor([[0.5, -1.0, 1.0, 0.0]])[..., None, None]), atol=1e-2)
     with pytest.raises(ValueError, match="NaN/Inf"):
-        op(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]]))
+        op(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]])[..., None, None])
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        SpikingWeightInput(nn.Linear(4, 3), T=8, A=1.0)(torch.tensor([[float("inf"), 0.0, 0.0, 0.0]]))
     with pytest.raises(TypeError, match="wraps a weight layer"):
         SpikingWeightInput(nn.ReLU())
     with pytest.raises(ValueError, match="ranges must be one positive finite number"):

@@ -23,7 +23,7 @@ unit range.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -61,6 +61,13 @@ CHANNEL_HEADROOM = 4.0  # a channel's range: this multiple of its calibrated max
 CHANNEL_FLOOR = 2.0 ** -8  # ... and at least this fraction of the operand's range (channels never seen)
 
 
+def channel_shares(peaks: torch.Tensor) -> torch.Tensor:
+    """Each channel's range as a fraction of the operand's: ``4 peak_k / max_k peak_k``, within
+    ``[CHANNEL_FLOOR, 1]``."""
+    peak = max(float(peaks.max()), MIN_RANGE)
+    return (CHANNEL_HEADROOM * peaks / peak).clamp(min=CHANNEL_FLOOR, max=1.0)
+
+
 class ChannelPeaks:
     """``max |x|`` per channel (dimension ``dim`` of the operand) over the calibration batches."""
 
@@ -68,12 +75,14 @@ class ChannelPeaks:
         self.dim = dim
         self.peaks: Optional[torch.Tensor] = None
 
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as float64 rows ``[elements / channels, channels]`` (one column per channel)."""
+        return x.detach().double().cpu().movedim(self.dim % x.dim(), -1).reshape(-1, x.shape[self.dim])
+
     def observe(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
-        magnitude = x.detach().abs().double().cpu()
-        peaks = magnitude.reshape(1) if x.dim() == 0 else \
-            magnitude.amax(dim=[d for d in range(x.dim()) if d != self.dim % x.dim()])
+        peaks = x.detach().abs().double().cpu().reshape(1) if x.dim() == 0 else self.rows(x).abs().amax(0)
         if self.peaks is None:
             self.peaks = peaks
         elif self.peaks.shape == peaks.shape:
@@ -82,12 +91,56 @@ class ChannelPeaks:
             self.peaks = torch.maximum(self.peaks.max(), peaks.max()).reshape(1)
 
     def shares(self) -> torch.Tensor:
-        """Each channel's range as a fraction of the operand's: ``4 max_k / max``, within
-        ``[CHANNEL_FLOOR, 1]``."""
+        """:func:`channel_shares` of the observed peaks."""
         if self.peaks is None:
             raise RuntimeError("no calibration data was observed")
-        peak = max(float(self.peaks.max()), MIN_RANGE)
-        return (CHANNEL_HEADROOM * self.peaks / peak).clamp(min=CHANNEL_FLOOR, max=1.0)
+        return channel_shares(self.peaks)
+
+
+class ChannelCenters(ChannelPeaks):
+    """:class:`ChannelPeaks`, and per channel the center ``c_k`` a centered code subtracts (the median
+    of the calibration batches' medians: the bulk of the channel's values, so they code near zero
+    and fire few spikes), its extremes and its first two moments. A channel count that changes
+    between batches leaves no centers (:meth:`centers` is ``None``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__(dim)
+        self.medians: List[torch.Tensor] = []
+        self.low = self.high = self.sums = self.squares = None
+        self.count = 0
+        self.consistent = True
+
+    def observe(self, x: torch.Tensor) -> None:
+        super().observe(x)
+        if x.numel() == 0 or not self.consistent:
+            return
+        if x.dim() == 0 or (self.low is not None and self.low.numel() != x.shape[self.dim]):
+            self.consistent = False
+            return
+        rows = self.rows(x)
+        stats = (rows.amin(0), rows.amax(0), rows.sum(0), rows.square().sum(0))
+        if self.low is None:
+            self.low, self.high, self.sums, self.squares = stats
+        else:
+            self.low, self.high = torch.minimum(self.low, stats[0]), torch.maximum(self.high, stats[1])
+            self.sums, self.squares = self.sums + stats[2], self.squares + stats[3]
+        self.medians.append(rows.median(0).values)
+        self.count += rows.shape[0]
+
+    def centers(self) -> Optional[torch.Tensor]:
+        """``c_k``, or ``None`` when no consistent channels were observed."""
+        if not self.consistent or not self.medians:
+            return None
+        return torch.stack(self.medians).median(0).values
+
+    def centered_peaks(self, centers: torch.Tensor) -> torch.Tensor:
+        """``max |x_k - c_k|`` per channel over the calibration batches (from the extremes)."""
+        return torch.maximum(self.high - centers, centers - self.low)
+
+    def centered_rms(self, centers: torch.Tensor) -> float:
+        """RMS of ``x - c`` over every element: ``sum_k (S2_k - 2 c_k S1_k + n c_k^2) / (n K)``."""
+        squares = self.squares - 2 * centers * self.sums + self.count * centers.square()
+        return math.sqrt(max(float(squares.sum()), 0.0) / (self.count * centers.numel()))
 
 
 def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[float], T: int) -> torch.Tensor:

@@ -10,36 +10,58 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, FLOAT32_MAX_T, IdentityCoder, SpikeCode, check_code, check_steps, total
+from .coding import DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, total
 from .observer import RangeObserver
-from .precision import DEFAULT_BUDGET, ChannelPeaks, along, budget_step, channel_ranges, check_budget
+from .precision import DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares, check_budget
+
+
+def row_shift(unit: torch.Tensor) -> torch.Tensor:
+    """``2^e`` per row of ``unit`` (its last dimension), ``e >= 0`` the smallest exponent with
+    ``max |unit| <= 2^e`` (1 for rows already within range; NaN/Inf rows get 1 and are reported
+    by the coder)."""
+    peak = unit.detach().abs().amax(-1, keepdim=True)
+    mantissa, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)))
+    exponent = exponent - (mantissa == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
+    return torch.exp2(exponent.clamp(min=0).to(unit.dtype))
 
 
 class SpikingWeightInput(SpikingOp):
     """``layer`` (``nn.Linear``, GPT-2's ``Conv1D``, a convolution) on the MBE_Id code of its input.
 
     Every input channel ``k`` is coded like a product's operand (sign-magnitude, ``T`` digits of
-    its own range ``A_k`` in the digit ``code``; ``|x| > A_k`` clamped and counted), and every spike
-    adds ``d_k[t] W[:, k]`` to the outputs it reaches: ``layer(x_hat) = sum_t W (d[t] s[t]) + b``
-    (Eq. 12, one operand dense; ``d_k[t] = A_k 2^(T-1-t) / (2^T - 1)``, the MBE_Id weight of channel
-    ``k``). ``simulate`` runs the layer on every spike plane and sums them so; fast mode runs it
-    once on the decoded input ``x_hat`` (the same sum regrouped). SOPs: ``spikes x fan-out`` (one
-    accumulate per spike and outgoing synapse); ``ann_flops``: the layer's MACs.
+    its own range ``A_k`` in the digit ``code``), and every spike adds ``d_k[t] W[:, k]`` to the
+    outputs it reaches: ``layer(x_hat) = sum_t W (d[t] s[t]) + layer(c)`` (Eq. 12, one operand
+    dense; ``d_k[t] = A_k 2^(T-1-t) / (2^T - 1)``, the MBE_Id weight of channel ``k``), where
+    ``x_hat = c + code(x - c)``. ``simulate`` runs the layer on every spike plane and sums them so;
+    fast mode runs it once on the decoded input ``x_hat`` (the same sum regrouped). SOPs:
+    ``spikes x fan-out`` (one accumulate per spike and outgoing synapse); ``ann_flops``: the layer's MACs.
 
-    With ``A=None`` the operator starts ``calibrating`` (the float layer, ``|x|`` observed), like the
-    products: calibration sets the layer's range ``A`` to ``max |x|`` (or a percentile), each
-    channel's to ``A`` times its share ``4 max_k |x| / max |x|`` (:class:`~.precision.ChannelPeaks`:
-    two digits of room over the few calibration values a channel sees), so an outlier channel does
-    not coarsen the others, and, under a ``budget`` (:mod:`.precision`),
-    the rounding step to ``budget`` of the input's RMS, widening a channel's range to ``step (2^T - 1)``
-    where that is larger. The layer is called through ``layer.forward`` (no module hooks: this
-    operator charges it itself).
+    With ``A=None`` the operator starts ``calibrating`` (the float layer, ``x`` observed), like the
+    products. Calibration sets (:mod:`.precision`):
+
+    * ``centered``: each channel's center ``c_k``, the median of its values
+      (:class:`~.precision.ChannelCenters`), a constant carried by the bias ``layer(c) - layer(0)``
+      instead of by spikes: a channel whose values sit around an offset (a LayerNorm's ``beta``)
+      codes only its spread. Only where the layer is affine per position (``nn.Linear``, ``Conv1D``,
+      a convolution without padding), and not with a ``percentile`` range;
+    * the range ``A = max |x - c|`` (or the percentile of ``|x|``), and each channel's as ``A``
+      times its share ``4 max_k |x - c| / A`` (two digits of room over the few calibration values a
+      channel sees), so an outlier channel does not coarsen the others;
+    * under a ``budget``, the rounding step to ``budget`` of the RMS of ``x - c``, widening a
+      channel's range to ``step (2^T - 1)`` where that is larger.
+
+    A row (one position of a ``Linear``/``Conv1D`` input) that exceeds its channels' ranges is coded
+    at ``2^e`` times them, ``e >= 0`` the smallest exponent that fits its largest ``|x - c| / A_k``
+    (a comparison and an exponent shift, as the norms scale their rows): no input is clamped, and
+    the row's outputs are the same spikes' sum times ``2^e``. A convolution's input clamps
+    ``|x - c| > A_k`` and counts it. The layer is called through ``layer.forward`` (no module
+    hooks: this operator charges it itself).
     """
 
     operands = 1  # ranges (A,)
 
     def __init__(self, layer: nn.Module, T: int = 16, mode: str = "fast", A: Optional[float] = None,
-                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:
+                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET, centered: bool = True) -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise TypeError(f"SpikingWeightInput wraps a weight layer (nn.Linear, Conv1D, a convolution), got "
                             f"{type(layer).__name__}")
@@ -47,11 +69,16 @@ class SpikingWeightInput(SpikingOp):
         self.layer = layer
         self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
+        self.rows_scale = self.channel_dim == -1  # one position per row: a row exponent is exact
+        padding = getattr(layer, "padding", 0)
+        unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
+        self.centered = bool(centered) and unpadded  # a padded convolution's border sees zeros, not c
         self.step: Optional[float] = None  # the budget's rounding step, set by calibration
         self.shares: Optional[torch.Tensor] = None  # each channel's share of the range, set by calibration
         self.coder = IdentityCoder(self.T, 1.0, self.code)  # on x / A_k
         self.register_buffer("channel_ranges", None)
-        self.observer, self.peaks = RangeObserver(), ChannelPeaks(self.channel_dim)
+        self.register_buffer("channel_centers", None)
+        self.observer, self.stats = RangeObserver(), ChannelCenters(self.channel_dim)
         self.calibrating = A is None
         if A is not None:
             self.set_ranges((A,))
@@ -90,17 +117,24 @@ class SpikingWeightInput(SpikingOp):
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
-        """The layer's ``A`` from the observed ``max |x|`` (or its ``percentile``), the channels'
-        shares and the budget's step from the observed RMS; returns the observed ``(A,)``."""
+        """The channels' centers, the layer's ``A`` from the observed ``max |x - c|`` (or the
+        ``percentile`` of ``|x|``), the channels' shares and the budget's step from the observed RMS
+        of ``x - c``; returns the observed ``(A,)``."""
         if not self.observer.samples:
             raise RuntimeError("SpikingWeightInput: finish_calibration() before any calibration forward; run a "
                                "few batches while calibrating, or call set_ranges((A,))")
+        centers = self.stats.centers() if self.centered and percentile is None else None
+        if centers is None:
+            rms, peaks, observed = self.observer.rms(), self.stats.peaks, (self.observer.range(percentile),)
+        else:
+            peaks = self.stats.centered_peaks(centers)
+            rms, observed = self.stats.centered_rms(centers), (max(float(peaks.max()), MIN_RANGE),)
         if self.budget is not None:
-            self.step = budget_step(self.observer.rms(), self.budget)
-        self.shares = self.peaks.shares()
-        observed = (self.observer.range(percentile),)
+            self.step = budget_step(rms, self.budget)
+        self.shares = channel_shares(peaks)
+        self.channel_centers = None if centers is None else centers.float()
         self.set_ranges(observed)
-        self.observer, self.peaks = RangeObserver(), ChannelPeaks(self.channel_dim)
+        self.observer, self.stats = RangeObserver(), ChannelCenters(self.channel_dim)
         return observed
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,13 +145,19 @@ class SpikingWeightInput(SpikingOp):
         if self.calibrating:
             self.check_input(x, "input")
             self.observer.observe(x)
-            self.peaks.observe(x)
+            self.stats.observe(x)
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
         xs = x.to(working_dtype(x, self.T))
+        centers = self.centers_for(xs)
+        if centers is not None:
+            xs = xs - centers
         scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
+        if self.rows_scale and unit.dim() and unit.numel():
+            scales = scales * row_shift(unit)
+            unit = xs / scales
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
             code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
             if nonfinite:
@@ -125,24 +165,36 @@ class SpikingWeightInput(SpikingOp):
         else:
             code, clamped = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
             spikes = total(code.counts)
-        out = self.synapses(code, scales, x.dtype) if self.simulating else \
-            self.layer.forward((code.value * scales).to(x.dtype))
+        value = code.value * scales
+        out = self.synapses(code, scales, centers, x.dtype) if self.simulating else \
+            self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, "inputs beyond their channel's range")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
 
-    def synapses(self, code: SpikeCode, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``sum_t (layer(A s[t]) - layer(0)) d[t] + layer(0)``: the layer, in the input's ``dtype``, on
-        each spike plane (channel ``k`` weighted by ``A_k``), times the step's intensity (simulate mode)."""
+    def centers_for(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The channel centers shaped to broadcast against ``x``, or ``None`` (no centers, or ``x``
+        with another channel count than calibration saw: coded uncentered, its range the largest)."""
+        if self.channel_centers is None or x.dim() == 0 or x.shape[self.channel_dim] != self.channel_centers.numel():
+            return None
+        return along(self.channel_centers, x, self.channel_dim)
+
+    def synapses(self, code: SpikeCode, scales: torch.Tensor, centers: Optional[torch.Tensor],
+                 dtype: torch.dtype) -> torch.Tensor:
+        """``sum_t (layer(A s[t]) - layer(0)) d[t] + layer(c)``: the layer, in the input's ``dtype``, on
+        each spike plane (channel ``k`` weighted by ``A_k``), times the step's intensity, and the
+        centers' constant (simulate mode)."""
         planes = (code.spikes * scales[..., None]).movedim(-1, 0).to(dtype)  # [T, ...]
         rest = self.layer.forward(torch.zeros_like(planes[0]))
         out = torch.zeros_like(rest)
         for d, s in zip(code.weights.to(dtype), planes):
             out += d * (self.layer.forward(s) - rest)
-        return out + rest
+        base = rest if centers is None else self.layer.forward(centers.expand_as(planes[0]).to(dtype))
+        return out + base
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, budget={self.budget}, "
+                f"centered={self.channel_centers is not None if not self.calibrating else self.centered}, "
                 f"calibrating={self.calibrating}, " + super().extra_repr())
