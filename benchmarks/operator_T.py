@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     c = job_config(args.model, args.quick)
     task = build_task(c)
     k = c.conversion
-    models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, code=k.code.value, budget=k.budget).snn
+    models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, code=k.code.value, budget=k.budget,
+                             center_inputs=k.center_inputs).snn
               for T in (args.high, args.low)}
     kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
     candidates = [(f"T={T}", models[T]) for T in (args.high, args.low)]

@@ -48,7 +48,7 @@ CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 ENERGY_COLUMNS = ("energy_strict", "energy_paper", "energy_strict_int8", "energy_strict_ops", "energy_paper_ops")
-TABLE_COLUMNS = ("model", "metric", "code", "budget", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
+TABLE_COLUMNS = ("model", "metric", "code", "budget", "center_inputs", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
                  "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
@@ -71,14 +71,16 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
     rows: List[Row] = []
     k = c.conversion
     for T in tqdm(Ts, desc=f"{name}: T", leave=False):
-        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value, budget=k.budget)
+        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value, budget=k.budget,
+                                 center_inputs=k.center_inputs)
         result = evaluate(task, conversion)
         if not rows:
             rows.append({"model": name, "metric": task.metric, "T": "ANN", "ann": round(result.ann, 3)})
         bar = ACCURACY_BAR if task.metric == "accuracy" else PERPLEXITY_BAR
         r = result.row()
         energy = energy_report(name, result.meter, T, out) if T == energy_T and result.meter is not None else {}
-        rows.append({"model": name, "metric": task.metric, "code": k.code.value, "budget": k.budget, "T": T, "ann": round(result.ann, 3),
+        rows.append({"model": name, "metric": task.metric, "code": k.code.value, "budget": k.budget,
+                     "center_inputs": k.center_inputs, "T": T, "ann": round(result.ann, 3),
                      "snn": round(result.snn, 3), "loss": round(r["loss"], 3),
                      "meets_bar": r["loss"] <= bar if T == 16 else "", **energy,
                      "convert_s": round(conversion.seconds, 1), "eval_s": round(result.seconds, 1)})
@@ -154,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--budget", type=lambda v: "null" if v.lower() == "none" else str(float(v)),
                     help="the calibrated codes' relative rounding noise (default: the conversion default, "
                          f"{DEFAULT_BUDGET:g}; 'none': T digits of each operand's maximum)")
+    ap.add_argument("--no-center", action="store_true",
+                    help="code the weight layers' inputs around zero, not their channel medians (ablation)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     models = args.models or (["minilm", "dinov2"] if args.quick else list(CONF_MODELS))
@@ -165,8 +169,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     rows: List[Row] = []
     sj_rows: List[Row] = []
     for name in tqdm(models, desc="models"):
-        c = job_config(name, args.quick, [f"{key}={value}" for key, value in (("code", args.code), ("budget", args.budget))
-                                          if value is not None])
+        settings = (("code", args.code), ("budget", args.budget), ("center_inputs", "false" if args.no_center else None))
+        c = job_config(name, args.quick, [f"{key}={value}" for key, value in settings if value is not None])
         task = build_task(c)
         measured = measure(name, task, c, Ts, None if args.exact_activations else args.energy_T, out,
                            args.exact_activations)

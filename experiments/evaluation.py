@@ -21,7 +21,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion import Calibration
+from spikingjelly_mbe.conversion import Calibration, OpSettings
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
@@ -100,7 +100,7 @@ def exact_activations(snn: nn.Module) -> int:
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
-                budget: Optional[float] = DEFAULT_BUDGET) -> Conversion:
+                budget: Optional[float] = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
@@ -117,7 +117,7 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
                   allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
-                  split_bits=split_bits, code=code, budget=budget)
+                  split_bits=split_bits, code=code, budget=budget, center_inputs=center_inputs)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

@@ -245,6 +245,18 @@ def test_conversion_drives_every_weight_layer_by_spikes_and_the_budget_lowers_it
     assert ratios[2 ** -10] < 0.75 * ratios[None]
 
 
+def test_convert_centers_weight_inputs_by_default_and_center_inputs_false_codes_around_zero():
+    ann = build("bert", layers=1, hidden=32, heads=4, seed=0)
+    calib = [make_batch("bert", 4, 12, seed=s) for s in (2, 3)]
+    for center_inputs in (True, False):
+        kwargs = {} if center_inputs else {"center_inputs": False}
+        snn = convert(ann, T=16, calib_data=calib, **kwargs)
+        ops = [m for m in snn.modules() if isinstance(m, SpikingWeightInput)]
+        assert ops and all((m.channel_centers is not None) == center_inputs for m in ops)
+    with pytest.raises(ValueError, match="center_inputs must be True or False"):
+        convert(ann, T=16, calib_data=calib, center_inputs="yes")
+
+
 @pytest.mark.parametrize("code", list(CODES))
 def test_product_codes_each_channel_in_its_own_range(code):
     """SpikingProduct: channel k of each operand coded in ``[0, min(4 max_k, max)]`` (Eq. 9 per

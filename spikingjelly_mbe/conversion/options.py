@@ -20,7 +20,8 @@ ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds; the paper's 99 saturates too lit
 
 class MBERecipeOptions:
     """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
-    :class:`OpSettings`), the operands' digit ``code`` and precision ``budget``, ``calibration`` (a :class:`Calibration`, an
+    :class:`OpSettings`), the operands' digit ``code`` and precision ``budget``, whether weight-layer inputs are
+    coded around their channel medians (``center_inputs``), ``calibration`` (a :class:`Calibration`, an
     iterable of batches or ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
     ``method``: ``'mbe'`` (this project's fully spike-driven operators) or ``'ecmt'`` (the peer
     method: Multi-Threshold neurons and Expectation Compensation; ``ecmt`` overrides its settings)."""
@@ -32,7 +33,8 @@ class MBERecipeOptions:
                  mode: str = DEFAULTS.mode, allow_float_fallback: bool = False,
                  activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
                  ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
-                 code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget) -> None:
+                 code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
+                 center_inputs: bool = DEFAULTS.center_inputs) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if method == "ecmt":
@@ -40,7 +42,7 @@ class MBERecipeOptions:
             self.settings = ECMTMethod(ecmt or ECMTSettings(T=T, percentile=ECMT_PERCENTILE, mode=mode))
         else:
             self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N, split_bits=split_bits,
-                                       code=code, budget=budget)
+                                       code=code, budget=budget, center_inputs=center_inputs)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None

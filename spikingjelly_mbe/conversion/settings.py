@@ -30,7 +30,9 @@ class OpSettings:
     or ``'signed'`` (signed digits, the same values with fewer spikes). ``budget`` sets the precision
     of every calibrated code (the weight layers' inputs, the products' operands) from calibration: its
     rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
-    ``None`` codes every operand to ``T`` digits of its maximum. This dataclass is the one
+    ``None`` codes every operand to ``T`` digits of its maximum. ``center_inputs`` codes each weight
+    layer's input channels around their calibrated medians, the constant carried by the layer's bias
+    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`). This dataclass is the one
     source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
     """
 
@@ -41,6 +43,7 @@ class OpSettings:
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
     code: str = DEFAULT_CODE
     budget: Optional[float] = DEFAULT_BUDGET
+    center_inputs: bool = True
 
     @property
     def activation_bases(self) -> int:
@@ -54,6 +57,8 @@ class OpSettings:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
         check_budget(self.budget)
+        if not isinstance(self.center_inputs, bool):
+            raise ValueError(f"center_inputs must be True or False, got {self.center_inputs!r}")
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
                                             or not 0 <= self.split_bits < self.T):
             raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
@@ -108,7 +113,8 @@ class OpSettings:
 
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""
-        return SpikingWeightInput(layer, T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingWeightInput(layer, T=self.T, mode=self.mode, code=self.code, budget=self.budget,
+                                  centered=self.center_inputs)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
