@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     task = build_task(c)
     k = c.conversion
     models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, code=k.code.value, budget=k.budget,
-                             center_inputs=k.center_inputs).snn
+                             center_inputs=k.center_inputs, rectified_activations=k.rectified_activations).snn
               for T in (args.high, args.low)}
     kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
     candidates = [(f"T={T}", models[T]) for T in (args.high, args.low)]

@@ -25,7 +25,8 @@ from spikingjelly_mbe.conversion import Calibration, OpSettings
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
-from spikingjelly_mbe.ops import SpikingActivation
+from spikingjelly_mbe.fitting.targets import RECTIFIED
+from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation
 from spikingjelly_mbe.ops.coding import DEFAULT_CODE
 from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET
 
@@ -88,19 +89,24 @@ class ExactActivation(nn.Module):
 
 
 def exact_activations(snn: nn.Module) -> int:
-    """Replace every :class:`SpikingActivation` of ``snn`` by its :class:`ExactActivation`; returns how many."""
-    names = [name for name, m in snn.named_modules() if isinstance(m, SpikingActivation)]
+    """Replace every :class:`SpikingActivation` and :class:`RectifiedActivation` of ``snn`` by the
+    :class:`ExactActivation` of the function it computes; returns how many."""
+    whole = {residual: target for target, residual in RECTIFIED.items()}
+    found = {name: (whole[m.residual.fitted.target] if isinstance(m, RectifiedActivation) else m.fitted.target)
+             for name, m in snn.named_modules() if isinstance(m, (SpikingActivation, RectifiedActivation))}
+    names = [n for n in found if not any(n.startswith(f"{other}.") for other in found)]  # outermost only
     for name in names:
         parent, _, child = name.rpartition(".")
         holder = snn.get_submodule(parent) if parent else snn
-        setattr(holder, child, ExactActivation(getattr(holder, child).fitted.target))
+        setattr(holder, child, ExactActivation(found[name]))
     return len(names)
 
 
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
-                budget: Optional[float] = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs) -> Conversion:
+                budget: Optional[float] = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs,
+                rectified_activations: bool = OpSettings.rectified_activations) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
@@ -117,7 +123,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
                   allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
-                  split_bits=split_bits, code=code, budget=budget, center_inputs=center_inputs)
+                  split_bits=split_bits, code=code, budget=budget, center_inputs=center_inputs,
+                  rectified_activations=rectified_activations)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

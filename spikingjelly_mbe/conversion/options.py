@@ -21,7 +21,8 @@ ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds; the paper's 99 saturates too lit
 class MBERecipeOptions:
     """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
     :class:`OpSettings`), the operands' digit ``code`` and precision ``budget``, whether weight-layer inputs are
-    coded around their channel medians (``center_inputs``), ``calibration`` (a :class:`Calibration`, an
+    coded around their channel medians (``center_inputs``), whether GELU and SiLU are a rectifier plus a
+    fitted residual (``rectified_activations``), ``calibration`` (a :class:`Calibration`, an
     iterable of batches or ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
     ``method``: ``'mbe'`` (this project's fully spike-driven operators) or ``'ecmt'`` (the peer
     method: Multi-Threshold neurons and Expectation Compensation; ``ecmt`` overrides its settings)."""
@@ -34,7 +35,8 @@ class MBERecipeOptions:
                  activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
                  ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
                  code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
-                 center_inputs: bool = DEFAULTS.center_inputs) -> None:
+                 center_inputs: bool = DEFAULTS.center_inputs,
+                 rectified_activations: bool = DEFAULTS.rectified_activations) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if method == "ecmt":
@@ -42,7 +44,8 @@ class MBERecipeOptions:
             self.settings = ECMTMethod(ecmt or ECMTSettings(T=T, percentile=ECMT_PERCENTILE, mode=mode))
         else:
             self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N, split_bits=split_bits,
-                                       code=code, budget=budget, center_inputs=center_inputs)
+                                       code=code, budget=budget, center_inputs=center_inputs,
+                                       rectified_activations=rectified_activations)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None

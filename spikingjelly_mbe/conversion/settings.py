@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from ..fitting import load_fitted, load_fitted_on
-from ..ops import (PiecewiseLinear, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d,
-                   SpikingProduct, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
+from ..fitting.targets import RECTIFIED
+from ..ops import (PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul,
+                   SpikingMaxPool2d, SpikingProduct, SpikingReLU, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, SpikingOp
 from ..ops.coding import DEFAULT_CODE, check_code
@@ -32,7 +33,9 @@ class OpSettings:
     rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
     ``None`` codes every operand to ``T`` digits of its maximum. ``center_inputs`` codes each weight
     layer's input channels around their calibrated medians, the constant carried by the layer's bias
-    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`). This dataclass is the one
+    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`). ``rectified_activations`` computes GELU and
+    SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
+    a range reduction; ``False``: one fitted neuron of the whole function). This dataclass is the one
     source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
     """
 
@@ -44,6 +47,7 @@ class OpSettings:
     code: str = DEFAULT_CODE
     budget: Optional[float] = DEFAULT_BUDGET
     center_inputs: bool = True
+    rectified_activations: bool = True
 
     @property
     def activation_bases(self) -> int:
@@ -57,8 +61,9 @@ class OpSettings:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
         check_budget(self.budget)
-        if not isinstance(self.center_inputs, bool):
-            raise ValueError(f"center_inputs must be True or False, got {self.center_inputs!r}")
+        for name in ("center_inputs", "rectified_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
                                             or not 0 <= self.split_bits < self.T):
             raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
@@ -76,20 +81,26 @@ class OpSettings:
         """The spiking module of a catalog norm (its own builder)."""
         return norm.build(self, shape, weight, bias, eps)
 
-    def fitted(self, target: str, span: Optional[float] = None) -> SpikingActivation:
+    def fitted(self, target: str, span: Optional[float] = None) -> Union[SpikingActivation, RectifiedActivation]:
         """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element
-        (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain."""
+        (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain. A target
+        with a linear tail (:data:`~spikingjelly_mbe.fitting.targets.RECTIFIED`) on its own domain is,
+        with ``rectified_activations``, a rectifier plus the fitted residual."""
+        if span is None and self.rectified_activations and target in RECTIFIED:
+            residual = load_fitted(RECTIFIED[target], "mbe", self.activation_bases, self.T)
+            return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, rows_scale=True),
+                                       SpikingActivation(residual, self.mode))
         fit = load_fitted(target, "mbe", self.activation_bases, self.T) if span is None else \
             load_fitted_on(target, self.activation_bases, self.T, span)
         return SpikingActivation(fit, self.mode)
 
-    def gelu(self, approximate: str = "none") -> SpikingActivation:
+    def gelu(self, approximate: str = "none") -> Union[SpikingActivation, RectifiedActivation]:
         """GELU, erf form or GPT-2's tanh form."""
         if approximate not in GELU_TARGETS:
             raise ValueError(f"approximate must be one of {sorted(GELU_TARGETS)}, got {approximate!r}")
         return self.fitted(GELU_TARGETS[approximate])
 
-    def silu(self) -> SpikingActivation:
+    def silu(self) -> Union[SpikingActivation, RectifiedActivation]:
         return self.fitted("silu")
 
     def tanh(self) -> SpikingActivation:

@@ -3,6 +3,8 @@
 ``python -m spikingjelly_mbe.fitting.build_library [--jobs 2] [--only gelu,exp2] [--T 16] [--N 8] [--kinds mbe]``
 fits every registered target for T in {8, 10, 12, 16}: every registered kind (MBE with N in
 {1, 2, 4, 8}, FS), with the default budget, and writes ``<key>.json`` (:func:`fit_key`) into the library.
+The residuals of the rectified activations (:data:`~.targets.RECTIFIED`) only drive MBE neurons
+with conversion's basis counts (:data:`RESIDUAL_N`), so only those ship.
 
 ``--split-bits 3 --only exp2,reciprocal,rsqrt --N 4 --kinds mbe`` fits the remainder neurons of the
 range-reduced functions of Softmax and the norms instead (each on its remainder interval,
@@ -28,10 +30,11 @@ from .fitted import fit_key
 from .kinds import KINDS
 from .library import LIBRARY_DIR, remainder_domain
 from .routine import fit_neuron
-from .targets import SPLIT_TARGETS, TARGETS
+from .targets import RECTIFIED, SPLIT_TARGETS, TARGETS
 
 LIBRARY_T = (8, 10, 12, 16)
 LIBRARY_N = (1, 2, 4, 8)
+RESIDUAL_N = (4, 8)  # a rectified activation's residual: OpSettings' N and activation_N defaults
 
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "tanh")
@@ -72,8 +75,10 @@ def main() -> None:
                          f"(got {args.split_bits} for {not_split})")
     kinds = sorted({(k, KINDS[k].bases(n)) for k in args.kinds for n in args.N})
     # most bases first so the pool stays busy
+    residuals = set(RECTIFIED.values())
     jobs = sorted(((t, k, n, T, b, args.out) for t, (k, n), T, b in
-                   itertools.product(targets, kinds, args.T, args.split_bits)), key=lambda j: -j[2])
+                   itertools.product(targets, kinds, args.T, args.split_bits)
+                   if t not in residuals or (k == "mbe" and n in RESIDUAL_N)), key=lambda j: -j[2])
     with ProcessPoolExecutor(args.jobs) as pool:
         for line in tqdm(pool.map(_fit_one, jobs), total=len(jobs), desc="library"):
             tqdm.write(line)

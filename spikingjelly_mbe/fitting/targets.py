@@ -66,7 +66,19 @@ TARGETS: Dict[str, Target] = {t.name: t for t in [
            "1/sqrt(M) for a parity-adjusted mantissa M in [1, 4) (LayerNorm, RMSNorm)"),
     Target("identity", lambda x: x, (0.0, 1.0),
            "identity on [0, 1]; MBE_Id of Eq. 9, rescaled to [0, A] by the operators"),
+    Target("gelu_residual", lambda x: F.gelu(x) - F.relu(x), (-8.0, 8.0),
+           "GELU - ReLU = -|x| Phi(-|x|): GELU's curvature without its linear tail (|g| < 1e-14 beyond 8)"),
+    Target("gelu_tanh_residual", lambda x: F.gelu(x, approximate="tanh") - F.relu(x), (-8.0, 8.0),
+           "tanh-form GELU - ReLU (|g| < 1e-13 beyond 8)"),
+    Target("silu_residual", lambda x: F.silu(x) - F.relu(x), (-16.0, 16.0),
+           "SiLU - ReLU = -|x| sigmoid(-|x|) (|g| < 2e-6 beyond 16)"),
 ]}
+
+# range reduction of the activations with a linear tail: f = relu + (f - relu), the rectifier exact
+# (an identity neuron), the residual a bump that vanishes outside a short domain and spans a few
+# hundredths of f's range, so its fit at T=8 is as close as f's own at T=16 (GELU N=8: MSE 4.8e-6
+# against 2.5e-4 at T=8 and 6.1e-6 at T=16)
+RECTIFIED: Dict[str, str] = {"gelu": "gelu_residual", "gelu_tanh": "gelu_tanh_residual", "silu": "silu_residual"}
 
 
 def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[float, float]] = None) -> Target:

@@ -7,7 +7,7 @@ step-wise operators (Multi-Threshold neurons, Expectation Compensation) and its 
 runner sit beside them.
 """
 from .stats import OpStats, collect_stats
-from .activation import SpikingActivation
+from .activation import RectifiedActivation, SpikingActivation
 from .coding import IdentityCoder, identity_node
 from .ecmt_settings import ECMTSettings
 from .expectation import ExpectationCompensation, ProductCompensation
@@ -21,6 +21,6 @@ from .stepping import run_steps
 from .weight_input import SpikingWeightInput
 
 __all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
-           "ProductCompensation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
+           "ProductCompensation", "RectifiedActivation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
            "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
            "identity_node", "run_steps"]

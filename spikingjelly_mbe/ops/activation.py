@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
+import torch.nn as nn
 
 from .. import kernels
 from ..fitting import TARGETS, FittedNeuron, load_fitted
@@ -12,6 +13,7 @@ from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import decode, total
+from .rectifier import SpikingReLU
 
 GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
 ACTIVATION_N = 8  # bases of a fitted activation neuron: the default here and in conversion (OpSettings.activation_N)
@@ -116,3 +118,31 @@ class SpikingActivation(SpikingOp):
     def extra_repr(self) -> str:
         lo, hi = self.fitted.domain
         return f"{self.fitted.key}, domain=[{lo:g}, {hi:g}], " + super().extra_repr()
+
+
+class RectifiedActivation(nn.Module):
+    """``f(x) = relu(x) + g(x)`` for an activation with a linear tail (GELU, SiLU; a range reduction):
+    the rectifier is exact up to its identity code (:class:`~.rectifier.SpikingReLU`, calibrated
+    range, rows beyond it shifted by ``2^e`` rather than clamped), and the fitted MBE neuron only
+    carries the residual ``g = f - relu`` (:data:`~spikingjelly_mbe.fitting.targets.RECTIFIED`), a
+    bump that vanishes outside a short domain and spans a few hundredths of ``f``'s range, so its
+    fit at T=8 reaches what ``f``'s own reaches at T=16. Both neurons see ``x``; their outputs add
+    (Eq. 8, the rectifier's weight 1). Beyond the residual's domain its neuron saturates at the
+    domain's edge, where ``g`` is already flat (``|g| < 2e-6``), so those inputs are exact, not
+    clamps, and are not counted as such. The residual charges the activation's ANN operations; the
+    rectifier charges only its spikes. Under autograd each part's straight-through gradient is
+    its float function's, so the sum's is ``f'``."""
+
+    mbe_opaque = True
+
+    def __init__(self, rectifier: SpikingReLU, residual: SpikingActivation) -> None:
+        super().__init__()
+        if not isinstance(rectifier, SpikingReLU) or not isinstance(residual, SpikingActivation):
+            raise TypeError(f"RectifiedActivation needs a SpikingReLU and a SpikingActivation, got "
+                            f"{type(rectifier).__name__} and {type(residual).__name__}")
+        self.rectifier, self.residual = rectifier, residual
+        self.rectifier.ann_flops_per_element = 0  # the residual charges the activation's operations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.residual.fitted.domain
+        return self.rectifier(x) + self.residual(x.clamp(lo, hi))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
+from .precision import row_shift
 from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 
 
@@ -26,15 +27,20 @@ class SpikingReLU(SpikingOp):
 
     With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
     the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. Values above ``A``
-    are clamped and counted. ``code``: the digit code (:data:`~.coding.CODES`). SOPs: one per
-    spike; ``ann_flops``: one comparison per element.
+    are clamped and counted, or with ``rows_scale`` a row (the last dimension) whose largest value
+    exceeds ``A`` is coded at ``2^e A``, ``e >= 0`` the smallest exponent that fits (an exponent
+    shift of the row's spike weights, as :class:`~.weight_input.SpikingWeightInput` does). ``code``:
+    the digit code (:data:`~.coding.CODES`). SOPs: one per spike; ``ann_flops``:
+    :attr:`ann_flops_per_element` (one comparison; 0 inside an activation that charges its own).
     """
 
     operands = 1  # ranges (A,)
+    ann_flops_per_element = flops.RELU
 
-    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE) -> None:
+    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE,
+                 rows_scale: bool = False) -> None:
         super().__init__(mode)
-        self.T, self.code = check_steps(T), check_code(code)
+        self.T, self.code, self.rows_scale = check_steps(T), check_code(code), bool(rows_scale)
         self.coder: Optional[IdentityCoder] = None
         self.observer = RangeObserver()
         self.calibrating = A is None
@@ -73,11 +79,16 @@ class SpikingReLU(SpikingOp):
         if self.coder is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
+        shift = row_shift(positive / self.coder.A) if self.rows_scale and x.dim() and x.numel() else None
+        if shift is not None:
+            positive = positive / shift
+            high = min(high, self.coder.A)
         code, clamped = self.coder.encode(positive, self.simulating, (0.0, max(high, 0.0)))
         spikes = total(code.counts)
         self.note_clamped(clamped, f"inputs above {self.coder.A:g}")
-        self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=flops.RELU * x.numel())
-        return code.value.to(x.dtype)
+        self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
+        value = code.value if shift is None else code.value * shift
+        return value.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "

@@ -12,17 +12,8 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, total
 from .observer import RangeObserver
-from .precision import DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares, check_budget
-
-
-def row_shift(unit: torch.Tensor) -> torch.Tensor:
-    """``2^e`` per row of ``unit`` (its last dimension), ``e >= 0`` the smallest exponent with
-    ``max |unit| <= 2^e`` (1 for rows already within range; NaN/Inf rows get 1 and are reported
-    by the coder)."""
-    peak = unit.detach().abs().amax(-1, keepdim=True)
-    mantissa, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)))
-    exponent = exponent - (mantissa == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
-    return torch.exp2(exponent.clamp(min=0).to(unit.dtype))
+from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares, check_budget,
+                        row_shift)
 
 
 class SpikingWeightInput(SpikingOp):
