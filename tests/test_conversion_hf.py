@@ -7,7 +7,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from spikingjelly_mbe.conversion import convert
 from spikingjelly_mbe.conversion.hf_attention import IMPLEMENTATION, spiking_attention
 from spikingjelly_mbe.conversion.zoo import VOCAB, agreement, build, main_output, make_batch
-from spikingjelly_mbe.ops import SpikingActivation, SpikingProduct
+from spikingjelly_mbe.ops import RectifiedActivation, SpikingProduct
 
 torch.set_num_threads(1)
 
@@ -77,7 +77,7 @@ def test_llama_grouped_query_attention_and_swiglu():
     snn = convert(ann, calib_data=[batch])
     mlp = snn.layers[0].mlp
     assert isinstance(mlp.mbe_product0, SpikingProduct)  # act(gate(x)) * up(x), a call in LlamaMLP.forward
-    assert isinstance(mlp.act_fn, SpikingActivation)
+    assert isinstance(mlp.act_fn, RectifiedActivation)  # SiLU: rectifier + fitted residual
     # RoPE multiplies q and k by cos/sin tables computed from positions alone: constants, no product
     assert not [p for p, _ in snn.named_modules() if "self_attn.mbe_product" in p]
     assert agreement(logits(ann, **batch), logits(snn, **batch))["cosine"] >= 0.999
@@ -90,7 +90,7 @@ def test_dinov2_swiglu_and_layerscale():
     batch = make_batch("dinov2", 4)
     snn = convert(ann, calib_data=[batch])
     mlp = snn.encoder.layer[0].mlp
-    assert isinstance(mlp.mbe_product0, SpikingProduct) and isinstance(mlp.act_fn, SpikingActivation)
+    assert isinstance(mlp.mbe_product0, SpikingProduct) and isinstance(mlp.act_fn, RectifiedActivation)
     # LayerScale multiplies by a parameter: linear, not a site
     assert not [p for p, _ in snn.named_modules() if "layer_scale" in p and "mbe_" in p]
     assert agreement(logits(ann, **batch), logits(snn, **batch))["cosine"] >= 0.999

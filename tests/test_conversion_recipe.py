@@ -9,7 +9,8 @@ import spikingjelly_mbe
 from spikingjelly_mbe.conversion import (Calibration, MBETransformerRecipe, UnsupportedNonlinearityError, convert,
                                          rule_for)
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
-from spikingjelly_mbe.ops import PiecewiseLinear, SpikingActivation, SpikingMatmul, SpikingProduct, SpikingSoftmax
+from spikingjelly_mbe.ops import (PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingMatmul, SpikingProduct,
+                                  SpikingSoftmax)
 from spikingjelly_mbe.ops.base import SpikingOp
 
 torch.set_num_threads(1)
@@ -52,7 +53,7 @@ def test_module_converter_lifecycle_and_report():
     report = snn.mbe_report
     assert report is recipe.report and snn.ann2snn_recipe == "mbe_transformer" and snn.time_steps == 16
     replaced = {e.path: e.target for e in report.replaced}
-    assert replaced["bert.encoder.layer.0.intermediate.intermediate_act_fn"] == "SpikingActivation"
+    assert replaced["bert.encoder.layer.0.intermediate.intermediate_act_fn"] == "RectifiedActivation"  # GELU
     assert replaced["bert.encoder.layer.1.output.LayerNorm"] == "SpikingLayerNorm"
     assert replaced["bert.pooler.activation"] == "SpikingActivation"  # pooler tanh
     assert replaced["bert.encoder.layer.0.attention.self.mbe_attention"] == "SpikingAttention"
@@ -157,7 +158,7 @@ def test_unsupported_functional_call_in_a_plain_module():
 def test_any_module_tree_converts_without_rules():
     model = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 4), nn.Sigmoid())
     snn = convert(model, calib_data=[torch.randn(8, 4)])
-    assert isinstance(snn[1], SpikingActivation) and isinstance(snn[3], SpikingActivation)
+    assert isinstance(snn[1], RectifiedActivation) and isinstance(snn[3], SpikingActivation)  # GELU, sigmoid
     x = torch.randn(8, 4)
     with torch.no_grad():
         torch.testing.assert_close(snn(x), model(x), rtol=0, atol=2e-2)

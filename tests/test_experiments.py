@@ -21,7 +21,8 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "real_table": "convert", "ablation_activation_N": "convert", "ablation_percentile": "convert", "ablation_split_bits": "convert",
            "ablation_headroom": "convert", "ablation_exact_activations": "convert", "recipes": "convert",
            "pareto": "convert", "methods": "convert", "ablation_code": "convert", "ablation_budget": "convert",
-           "ablation_center": "convert"}
+           "ablation_center": "convert",
+           "ablation_rectified": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
