@@ -4,8 +4,10 @@ operators of one type at a time taken from its ``--low`` T conversion (same cali
   python benchmarks/operator_T.py --model smollm2 --low 8 --high 16 --quick
 
 Each row is the SNN metric with that operator type at the low T and everything else at the high T;
-the rows ``T=high`` and ``T=low`` are the two whole conversions. An operator is swapped in place (its
-state replaced by the low-T one's), so call-level sites that hold the module see the change too.
+the rows ``T=high`` and ``T=low`` are the two whole conversions. ``--reverse`` asks the opposite
+question, which type restores the metric: the low-T model with one type at a time at the high T.
+An operator is swapped in place (its state replaced by the other conversion's), so call-level sites
+that hold the module see the change too.
 Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``.
 """
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--low", type=int, default=8)
     ap.add_argument("--high", type=int, default=16)
     ap.add_argument("--quick", action="store_true", help="the model's small held-out subset")
+    ap.add_argument("--reverse", action="store_true", help="the low-T model with one type at a time at the high T")
     ap.add_argument("--out", type=Path, default=Path("results") / "operator_T")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -55,20 +58,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
                              center_inputs=k.center_inputs, rectified_activations=k.rectified_activations).snn
               for T in (args.high, args.low)}
     kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
+    base, donor = (args.low, args.high) if args.reverse else (args.high, args.low)
     candidates = [(f"T={T}", models[T]) for T in (args.high, args.low)]
-    candidates += [(kind, with_low_T(models[args.high], models[args.low], kind)) for kind in kinds]
+    candidates += [(kind, with_low_T(models[base], models[donor], kind)) for kind in kinds]
     rows: List[Row] = []
     for name, model in tqdm(candidates, desc=f"{args.model}: operator types"):
-        result = evaluate(task, Conversion(model, args.high, name, 0.0, metered=False))
-        rows.append({"model": args.model, "at_low_T": name, "metric": task.metric, "ann": round(result.ann, 4),
+        result = evaluate(task, Conversion(model, base, name, 0.0, metered=False))
+        rows.append({"model": args.model, ("at_high_T" if args.reverse else "at_low_T"): name, "metric": task.metric, "ann": round(result.ann, 4),
                      "snn": round(result.snn, 4), "loss": round(result.row()["loss"], 4)})
         tqdm.write(markdown(rows[-1:], tuple(rows[-1])).splitlines()[-1])
-    stem = args.out / f"operator_T_{args.model}"
+    stem = args.out / f"operator_T_{args.model}{'_reverse' if args.reverse else ''}"
     (stem.with_suffix(".md")).write_text(markdown(rows, tuple(rows[0])))
     write_csv(rows, stem.with_suffix(".csv"))
-    plots.bars(rows, "at_low_T", lambda r: f"{args.model}: T={args.high}, one type at T={args.low}", "loss",
-               stem.with_suffix(".png"), f"{args.model}: {task.metric} loss by operator type at T={args.low}",
-               log=False)
+    plots.bars(rows, "at_high_T" if args.reverse else "at_low_T",
+               lambda r: f"{args.model}: T={base}, one type at T={donor}", "loss", stem.with_suffix(".png"),
+               f"{args.model}: {task.metric} loss, one operator type at T={donor}", log=False)
     print(markdown(rows, tuple(rows[0])))
     return stem
 
