@@ -82,7 +82,10 @@ class ChannelPeaks:
     def observe(self, x: torch.Tensor) -> None:
         if x.numel() == 0:
             return
-        peaks = x.detach().abs().double().cpu().reshape(1) if x.dim() == 0 else self.rows(x).abs().amax(0)
+        self.merge(x.detach().abs().double().cpu().reshape(1) if x.dim() == 0 else self.rows(x).abs().amax(0))
+
+    def merge(self, peaks: torch.Tensor) -> None:
+        """Fold one batch's per-channel ``max |x|`` into the running peaks."""
         if self.peaks is None:
             self.peaks = peaks
         elif self.peaks.shape == peaks.shape:
@@ -111,13 +114,14 @@ class ChannelCenters(ChannelPeaks):
         self.consistent = True
 
     def observe(self, x: torch.Tensor) -> None:
-        super().observe(x)
-        if x.numel() == 0 or not self.consistent:
+        if x.numel() == 0:
             return
-        if x.dim() == 0 or (self.low is not None and self.low.numel() != x.shape[self.dim]):
+        if not self.consistent or x.dim() == 0 or (self.low is not None and self.low.numel() != x.shape[self.dim]):
             self.consistent = False
+            super().observe(x)
             return
-        rows = self.rows(x)
+        rows = self.rows(x)  # once, for the peaks and the centers' statistics
+        self.merge(rows.abs().amax(0))
         stats = (rows.amin(0), rows.amax(0), rows.sum(0), rows.square().sum(0))
         if self.low is None:
             self.low, self.high, self.sums, self.squares = stats

@@ -79,10 +79,11 @@ class SpikingReLU(SpikingOp):
         if self.coder is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
-        shift = row_shift(positive / self.coder.A) if self.rows_scale and x.dim() and x.numel() else None
+        shift = row_shift(positive.amax(-1, keepdim=True) / self.coder.A) \
+            if self.rows_scale and x.dim() and x.numel() else None
         if shift is not None:
             positive = positive / shift
-            high = min(high, self.coder.A)
+            high = min(high, self.coder.A)  # every shifted row now fits in [0, A]: nothing to clamp
         code, clamped = self.coder.encode(positive, self.simulating, (0.0, max(high, 0.0)))
         spikes = total(code.counts)
         self.note_clamped(clamped, f"inputs above {self.coder.A:g}")

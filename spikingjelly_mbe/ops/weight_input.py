@@ -147,8 +147,9 @@ class SpikingWeightInput(SpikingOp):
         scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
         if self.rows_scale and unit.dim() and unit.numel():
-            scales = scales * row_shift(unit)
-            unit = xs / scales
+            shift = row_shift(unit)
+            scales = scales * shift
+            unit.div_(shift)  # = xs / scales: dividing by a power of two is exact
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
             code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
             if nonfinite:
@@ -156,9 +157,11 @@ class SpikingWeightInput(SpikingOp):
         else:
             code, clamped = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
             spikes = total(code.counts)
-        value = code.value * scales
-        out = self.synapses(code, scales, centers, x.dtype) if self.simulating else \
-            self.layer.forward((value if centers is None else value + centers).to(x.dtype))
+        if self.simulating:
+            out = self.synapses(code, scales, centers, x.dtype)
+        else:
+            value = code.value * scales
+            out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, "inputs beyond their channel's range")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
