@@ -48,7 +48,7 @@ CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 ENERGY_COLUMNS = ("energy_strict", "energy_paper", "energy_strict_int8", "energy_strict_ops", "energy_paper_ops")
-TABLE_COLUMNS = ("model", "metric", "code", "budget", "center_inputs", "rectified_activations", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
+TABLE_COLUMNS = ("model", "metric", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
                  "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
@@ -72,7 +72,8 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
     k = c.conversion
     for T in tqdm(Ts, desc=f"{name}: T", leave=False):
         conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value, budget=k.budget,
-                                 center_inputs=k.center_inputs, rectified_activations=k.rectified_activations)
+                                 center_inputs=k.center_inputs, rectified_activations=k.rectified_activations,
+                                 norm_exponents=k.norm_exponents)
         result = evaluate(task, conversion)
         if not rows:
             rows.append({"model": name, "metric": task.metric, "T": "ANN", "ann": round(result.ann, 3)})
@@ -80,7 +81,8 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
         r = result.row()
         energy = energy_report(name, result.meter, T, out) if T == energy_T and result.meter is not None else {}
         rows.append({"model": name, "metric": task.metric, "code": k.code.value, "budget": k.budget,
-                     "center_inputs": k.center_inputs, "rectified_activations": k.rectified_activations, "T": T, "ann": round(result.ann, 3),
+                     "center_inputs": k.center_inputs, "rectified_activations": k.rectified_activations,
+                     "norm_exponents": k.norm_exponents, "T": T, "ann": round(result.ann, 3),
                      "snn": round(result.snn, 3), "loss": round(r["loss"], 3),
                      "meets_bar": r["loss"] <= bar if T == 16 else "", **energy,
                      "convert_s": round(conversion.seconds, 1), "eval_s": round(result.seconds, 1)})
@@ -160,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     help="code the weight layers' inputs around zero, not their channel medians (ablation)")
     ap.add_argument("--no-rectified", action="store_true",
                     help="GELU/SiLU on one fitted neuron of the whole function, not rectifier + residual (ablation)")
+    ap.add_argument("--no-norm-exponents", action="store_true",
+                    help="norms code each row with the row's exponent alone, not one per element (ablation)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     models = args.models or (["minilm", "dinov2"] if args.quick else list(CONF_MODELS))
@@ -172,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     sj_rows: List[Row] = []
     for name in tqdm(models, desc="models"):
         settings = (("code", args.code), ("budget", args.budget), ("center_inputs", "false" if args.no_center else None),
-                    ("rectified_activations", "false" if args.no_rectified else None))
+                    ("rectified_activations", "false" if args.no_rectified else None),
+                    ("norm_exponents", "false" if args.no_norm_exponents else None))
         c = job_config(name, args.quick, [f"{key}={value}" for key, value in settings if value is not None])
         task = build_task(c)
         measured = measure(name, task, c, Ts, None if args.exact_activations else args.energy_T, out,

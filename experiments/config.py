@@ -221,6 +221,7 @@ class ConversionConfig:
     budget: Optional[float] = OP_SETTINGS.budget  # precision of the calibrated codes (None: T digits of the max)
     center_inputs: bool = OP_SETTINGS.center_inputs  # weight-layer inputs coded around their channel medians
     rectified_activations: bool = OP_SETTINGS.rectified_activations  # GELU/SiLU = rectifier + fitted residual
+    norm_exponents: bool = OP_SETTINGS.norm_exponents  # each element a norm codes carries its own exponent
     mode: OpMode = OpMode(OP_SETTINGS.mode)
     fx: bool = False
     allow_float_fallback: bool = False

@@ -30,7 +30,7 @@ from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "code", "budget", "center_inputs",
-                 "rectified_activations", "metric",
+                 "rectified_activations", "norm_exponents", "metric",
                  "ann", "snn", "loss",
                  "agreement", "cosine", "cosine_mean", "fully_spiking", "firing_rate", "energy_strict",
                  "energy_strict_ops", "energy_paper", "energy_paper_ops",
@@ -90,6 +90,7 @@ def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_secon
             "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
             "split_bits": c.conversion.split_bits, "code": c.conversion.code.value, "budget": c.conversion.budget,
             "center_inputs": c.conversion.center_inputs, "rectified_activations": c.conversion.rectified_activations,
+            "norm_exponents": c.conversion.norm_exponents,
             "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
             else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
             **result.row(), "fully_spiking": fully_spiking, "status": status,
@@ -125,7 +126,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
                                                                  percentile=k.calibration.percentile,
                                                                  headroom=k.calibration.headroom),
                              k.exact_activations, k.split_bits, k.code.value, k.budget, k.center_inputs,
-                             k.rectified_activations)
+                             k.rectified_activations, k.norm_exponents)
     result = evaluate(task, conversion, shard)
     row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group,
                      conversion.fully_spiking)

@@ -106,7 +106,8 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
                 budget: Optional[float] = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs,
-                rectified_activations: bool = OpSettings.rectified_activations) -> Conversion:
+                rectified_activations: bool = OpSettings.rectified_activations,
+                norm_exponents: bool = OpSettings.norm_exponents) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
@@ -124,7 +125,7 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
                   allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
                   split_bits=split_bits, code=code, budget=budget, center_inputs=center_inputs,
-                  rectified_activations=rectified_activations)
+                  rectified_activations=rectified_activations, norm_exponents=norm_exponents)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

@@ -59,7 +59,7 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
 
 
 # what a convert sweep may vary besides T
-SETTINGS = ("method", "N", "activation_N", "split_bits", "code", "budget", "center_inputs", "rectified_activations",
+SETTINGS = ("method", "N", "activation_N", "split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents",
             "percentile", "headroom")
 OBJECTIVES = ("energy_strict", "loss")  # both minimised: the Pareto front of a convert sweep
 

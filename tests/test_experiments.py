@@ -22,7 +22,8 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "ablation_headroom": "convert", "ablation_exact_activations": "convert", "recipes": "convert",
            "pareto": "convert", "methods": "convert", "ablation_code": "convert", "ablation_budget": "convert",
            "ablation_center": "convert",
-           "ablation_rectified": "convert"}
+           "ablation_rectified": "convert",
+           "ablation_norm_exponents": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

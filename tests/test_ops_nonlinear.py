@@ -190,14 +190,41 @@ norm_cases = st.sampled_from(["layer", "rms"])
 @SETTINGS
 @given(kind=norm_cases, rows=st.lists(st.integers(1, 4), min_size=0, max_size=2), width=st.integers(1, 40),
        scale=st.floats(1e-3, 1e3), offset=st.floats(-50, 50), eps=st.sampled_from([1e-5, 1e-2]),
-       seed=st.integers(0, 2 ** 16))
-def test_norm_fast_equals_simulate(kind, rows, width, scale, offset, eps, seed):
+       seed=st.integers(0, 2 ** 16), exponents=st.booleans())
+def test_norm_fast_equals_simulate(kind, rows, width, scale, offset, eps, seed, exponents):
     g = torch.Generator().manual_seed(seed)
     weight, bias = torch.randn(width, generator=g), torch.randn(width, generator=g)
-    op = (SpikingLayerNorm(width, weight, bias, eps=eps) if kind == "layer"
-          else SpikingRMSNorm(width, weight, eps=eps))
+    op = (SpikingLayerNorm(width, weight, bias, eps=eps, element_exponents=exponents) if kind == "layer"
+          else SpikingRMSNorm(width, weight, eps=eps, element_exponents=exponents))
     x = torch.randn(*rows, width, generator=g, dtype=torch.float64) * scale + offset
+    if width > 2:
+        x[..., 1] = x[..., 1] * 1e-7  # far below the row's largest: beyond the exponent span
     assert_modes_agree(op, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms"])
+def test_element_exponents_keep_small_elements_significant_digits(kind):
+    """At T=8, rows with two outlier channels (max/RMS about 13): each element's own exponent codes
+    the bulk's mantissa ``u`` in [1/2, 1) to half a step (noise RMS ``(1/255)/sqrt(12)`` of ``|u|``
+    about 3/4, 0.15 %), and the row's ``1/sqrt`` code adds about as much; the row's exponent alone
+    codes the bulk to ``T`` digits of the outliers, ``max/|z|`` times coarser."""
+    g = torch.Generator().manual_seed(11)
+    h = outlier_input(g, (6, 40, 256))
+    ref = F.layer_norm(h, (256,)) if kind == "layer" else F.rms_norm(h, (256,))
+    bulk = torch.ones(256, dtype=torch.bool)
+    bulk[[3, 17]] = False
+    noise, spikes = {}, {}
+    for exponents in (True, False):
+        op = SpikingLayerNorm(256, T=8, element_exponents=exponents) if kind == "layer" else \
+            SpikingRMSNorm(256, T=8, element_exponents=exponents)
+        error = (op(h) - ref)[..., bulk]
+        noise[exponents] = float(error.square().mean().sqrt() / ref[..., bulk].square().mean().sqrt())
+        spikes[exponents] = op.op_stats().spikes / h.numel()
+    assert noise[True] <= 2.0 ** -8
+    assert noise[False] >= 10 * noise[True]
+    assert spikes[False] < spikes[True] <= spikes[False] + 3  # about T/3 digits per element, not T
+    with pytest.raises(ValueError, match="element_exponents must be True or False"):
+        SpikingRMSNorm(8, element_exponents=1)
 
 
 def test_norm_shape_and_value_errors():

@@ -58,11 +58,11 @@ def test_rectified_activation_at_T8_beats_the_whole_function_fit(target):
     assert float((out - reference).square().mean()) < whole_error / 4  # with the rectifier's rounding noise
 
 
-def test_rectified_activation_fast_equals_step_by_step_and_rows_beyond_the_range_shift():
+def test_rectified_activation_fast_equals_step_by_step_and_elements_beyond_the_range_shift():
     T, A = 8, 2.0
     g = torch.Generator().manual_seed(0)
     x = torch.randn(6, 16, generator=g) * 2
-    x[2, 3] = 7.0 * A  # a row 7x beyond the rectifier's range: coded at 2^3 A, no clamp
+    x[2, 3] = 7.0 * A  # an element 7x beyond the rectifier's range: coded at 2^3 A, no clamp
     results = {}
     for mode in ("fast", "simulate"):
         op = rectified("gelu", T, A, mode)
@@ -71,14 +71,46 @@ def test_rectified_activation_fast_equals_step_by_step_and_rows_beyond_the_range
     (fast, *fast_stats), (simulated, *simulated_stats) = results["fast"], results["simulate"]
     assert torch.allclose(fast, simulated, atol=1e-5) and fast_stats == simulated_stats
     assert fast_stats[0].clamped == 0 and fast_stats[1].clamped == 0
-    shift = torch.exp2(torch.ceil(torch.log2((x.clamp(min=0) / A).amax(-1, keepdim=True))).clamp(min=0)).double()
-    assert float(shift[2]) == 8.0
+    shift = torch.exp2(torch.ceil(torch.log2(x.clamp(min=0) / A)).clamp(min=0)).double()
+    assert float(shift[2, 3]) == 8.0
     op = rectified("gelu", T, A)
     with torch.no_grad():
         linear = op(x).double() - op.residual(x.clamp(-8, 8)).double()
     off = (linear - rounded_relu(x, A * shift, T)).abs()
     assert float(off.max()) <= 8 * A / (2 ** T - 1) + 1e-5 and int((off > 1e-5).sum()) <= 2  # near-ties only
     assert fast_stats[0].ann_flops == 0 and fast_stats[1].ann_flops == flops.ACTIVATION * x.numel()
+
+
+def test_calibrated_rectifier_codes_each_channel_at_its_own_range():
+    """Channels 1e-3 to 1e2 apart: calibration gives channel ``k`` the range ``A min(1, 4 peak_k / A)``
+    (plain-PyTorch peaks); every output is the rounding of ``relu(x)`` at ``2^e A_k`` with ``2^e`` the
+    smallest power of two (at least 1) that holds it, so no input is clamped, and the coarse-channel
+    error of one range for all is gone."""
+    T = 8
+    g = torch.Generator().manual_seed(4)
+    scales = torch.logspace(-3, 2, 32)
+    calibration = [torch.randn(16, 32, generator=g) * scales for _ in range(3)]
+    x = torch.randn(64, 32, generator=g) * scales * 1.5  # beyond calibration, by up to 2^k
+    results = {}
+    for mode in ("fast", "simulate"):
+        op = SpikingReLU(T, mode, rows_scale=True)
+        for batch in calibration:
+            op(batch)
+        op.finish_calibration()
+        results[mode] = (op(x), op.op_stats())
+    peaks = torch.stack([b.clamp(min=0) for b in calibration]).amax((0, 1)).double()
+    A = float(peaks.max())
+    ranges = A * (4 * peaks / A).clamp(2.0 ** -8, 1.0)
+    assert torch.allclose(op.channel_ranges.double(), ranges, rtol=1e-6) and op.ranges == (pytest.approx(A),)
+    (fast, stats), (simulated, simulated_stats) = results["fast"], results["simulate"]
+    assert torch.equal(fast, simulated) and stats == simulated_stats and stats.clamped == 0
+    shift = torch.exp2(torch.ceil(torch.log2(x.double().clamp(min=0) / ranges)).clamp(min=0))
+    assert int((shift > 1).sum()) > 0  # some inputs lie beyond their channel's calibrated range
+    off = (fast.double() - rounded_relu(x, ranges * shift, T)).abs() / (ranges * shift / (2 ** T - 1))
+    assert float(off.max()) <= 1.0 + 1e-4 and float((off > 1e-3).float().mean()) < 0.01  # float32 near-ties
+    one_range = (rounded_relu(x, torch.tensor(A, dtype=torch.float64), T) - F.relu(x.double())).abs()
+    small = scales < A / 300  # channels below one step of the shared range
+    assert float(one_range[:, small].max()) > 10 * float((fast.double() - F.relu(x.double()))[:, small].abs().max())
 
 
 def test_rectified_activation_gradient_is_the_functions():

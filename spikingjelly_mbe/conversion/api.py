@@ -22,7 +22,8 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
             ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
             code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
             center_inputs: bool = DEFAULTS.center_inputs,
-            rectified_activations: bool = DEFAULTS.rectified_activations) -> nn.Module:
+            rectified_activations: bool = DEFAULTS.rectified_activations,
+            norm_exponents: bool = DEFAULTS.norm_exponents) -> nn.Module:
     """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
@@ -38,7 +39,9 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     its maximum; :mod:`~spikingjelly_mbe.ops.precision`); ``center_inputs``: code each weight layer's
     input channels around their calibrated medians, carried by the bias (default ``True``;
     :class:`~spikingjelly_mbe.ops.SpikingWeightInput`); ``rectified_activations``: GELU and SiLU as an
-    exact rectifier plus a fitted residual (default ``True``; :class:`~spikingjelly_mbe.ops.RectifiedActivation`).
+    exact rectifier plus a fitted residual (default ``True``; :class:`~spikingjelly_mbe.ops.RectifiedActivation`);
+    ``norm_exponents``: every element a LayerNorm/RMSNorm codes carries its own exponent (default
+    ``True``; :class:`~spikingjelly_mbe.ops.SpikingLayerNorm`).
     Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
     float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
@@ -61,5 +64,6 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
                                   allow_float_fallback=allow_float_fallback, activation_N=activation_N,
                                   method=method, ecmt=ecmt, split_bits=split_bits, code=code, budget=budget,
-                                  center_inputs=center_inputs, rectified_activations=rectified_activations)
+                                  center_inputs=center_inputs, rectified_activations=rectified_activations,
+                                  norm_exponents=norm_exponents)
     return ModuleConverter(recipe).convert(model)

@@ -22,7 +22,8 @@ class MBERecipeOptions:
     """``T`` timesteps, ``N`` bases (``activation_N`` for the fitted activations, see
     :class:`OpSettings`), the operands' digit ``code`` and precision ``budget``, whether weight-layer inputs are
     coded around their channel medians (``center_inputs``), whether GELU and SiLU are a rectifier plus a
-    fitted residual (``rectified_activations``), ``calibration`` (a :class:`Calibration`, an
+    fitted residual (``rectified_activations``), whether every element a norm codes carries its own exponent
+    (``norm_exponents``), ``calibration`` (a :class:`Calibration`, an
     iterable of batches or ``None``), operator ``mode``, whether unsupported nonlinearities may stay in float, and the
     ``method``: ``'mbe'`` (this project's fully spike-driven operators) or ``'ecmt'`` (the peer
     method: Multi-Threshold neurons and Expectation Compensation; ``ecmt`` overrides its settings)."""
@@ -36,7 +37,8 @@ class MBERecipeOptions:
                  ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
                  code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
                  center_inputs: bool = DEFAULTS.center_inputs,
-                 rectified_activations: bool = DEFAULTS.rectified_activations) -> None:
+                 rectified_activations: bool = DEFAULTS.rectified_activations,
+                 norm_exponents: bool = DEFAULTS.norm_exponents) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if method == "ecmt":
@@ -45,7 +47,7 @@ class MBERecipeOptions:
         else:
             self.settings = OpSettings(T=T, N=N, mode=mode, activation_N=activation_N, split_bits=split_bits,
                                        code=code, budget=budget, center_inputs=center_inputs,
-                                       rectified_activations=rectified_activations)
+                                       rectified_activations=rectified_activations, norm_exponents=norm_exponents)
         self.calibration = as_calibration(calibration)
         self.allow_float_fallback = allow_float_fallback
         self.report: Optional[ConversionReport] = None

@@ -35,7 +35,9 @@ class OpSettings:
     layer's input channels around their calibrated medians, the constant carried by the layer's bias
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`). ``rectified_activations`` computes GELU and
     SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
-    a range reduction; ``False``: one fitted neuron of the whole function). This dataclass is the one
+    a range reduction; ``False``: one fitted neuron of the whole function). ``norm_exponents`` gives
+    every element a norm codes its own exponent (:class:`~spikingjelly_mbe.ops.SpikingLayerNorm`;
+    ``False``: the row's exponent alone). This dataclass is the one
     source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
     """
 
@@ -48,6 +50,7 @@ class OpSettings:
     budget: Optional[float] = DEFAULT_BUDGET
     center_inputs: bool = True
     rectified_activations: bool = True
+    norm_exponents: bool = True
 
     @property
     def activation_bases(self) -> int:
@@ -61,7 +64,7 @@ class OpSettings:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
         check_budget(self.budget)
-        for name in ("center_inputs", "rectified_activations"):
+        for name in ("center_inputs", "rectified_activations", "norm_exponents"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
@@ -135,11 +138,11 @@ class OpSettings:
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
         return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
-                                split_bits=self.split_bits, code=self.code)
+                                split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
         return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,
-                              code=self.code)
+                              code=self.code, element_exponents=self.norm_exponents)
 
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:

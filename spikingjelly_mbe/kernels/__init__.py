@@ -46,7 +46,7 @@ SIGNATURES = {
     "sjmbe_encode_f32": [_pointer, _i64, _pointer, _f64, _pointer, _pointer, _pointer],
     "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
-    "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64] + [_pointer] * 8,
+    "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64, _int] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_mt_step_f32": [_pointer, _pointer, _i64, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],

@@ -213,11 +213,12 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
 }
 
 /* SpikingLayerNorm (centered) / SpikingRMSNorm (squares and products by Eqs. 9-12, 1/sqrt(M) by an MBE
- * neuron) on contiguous rows of length n; weight, bias may be NULL.
+ * neuron) on contiguous rows of length n; weight, bias may be NULL; element_span >= 0: each element of z
+ * carries its own exponent, at least -element_span (-1: the row's alone).
  * stats += (spikes, SOPs of both products, NaN/Inf). max |c| comes from the row's extremes: rounding
  * is monotone, so max_i |fl(x_i - mu)| = max(fl(max x - mu), fl(mu - min x)). */
 void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int centered, double eps,
-                    double min_row_exponent, const float *restrict weight, const float *restrict bias,
+                    double min_row_exponent, int element_span, const float *restrict weight, const float *restrict bias,
                     const double *z_coder, const double *rsqrt_coder, const float *rsqrt_table,
                     const double *rho_coder, float *restrict out, int64_t *stats) {
     const coder_t cz = coder_of(z_coder), cr = coder_of(rho_coder);
@@ -242,8 +243,16 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         const float scale = pow2((float)-k);
         int32_t z_spikes = 0, z_squares = 0, spikes = 0;
         for (int64_t i = 0; i < n; ++i) {
-            const float z = (xr[i] - mean) * scale, q = quantize(z, cz);
-            const float v = copysignf(q * cz.step, z);
+            float z = (xr[i] - mean) * scale, shift = 1.0f;
+            if (element_span >= 0) { /* z = 2^e u, |u| in [1/2, 1), e in [-span, 0] (element_exponent) */
+                int e;
+                frexpf(z, &e);
+                e = e < 0 ? e : 0;
+                shift = pow2((float)(e > -element_span ? e : -element_span));
+                z = z / shift;
+            }
+            const float q = quantize(z, cz);
+            const float v = copysignf(q * cz.step, z) * shift;
             const int32_t c = spike_count(q, cz);
             z_spikes += c;
             z_squares += c * c;

@@ -142,6 +142,12 @@ class SpikeCode:
     spikes: Optional[torch.Tensor] = None
     weights: Optional[torch.Tensor] = None
 
+    def shifted(self, shift: torch.Tensor) -> "SpikeCode":
+        """The code with each element's spikes carrying its power of two ``shift`` (an exponent shift
+        of that neuron's output weights, ``d[t] 2^e``): the value times ``shift``, the same counts."""
+        spikes = None if self.spikes is None else self.spikes * shift[..., None]
+        return SpikeCode(self.value * shift, self.counts, spikes, self.weights)
+
 
 class IdentityCoder(nn.Module):
     """Sign-magnitude MBE_Id for operands in ``[-A, A]`` (Eq. 9), in one of the digit :data:`CODES`.

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
-from .precision import row_shift
-from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .precision import ChannelPeaks, along, channel_ranges, element_shift
+from .coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 
 
 class SpikingReLU(SpikingOp):
@@ -27,9 +27,12 @@ class SpikingReLU(SpikingOp):
 
     With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
     the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. Values above ``A``
-    are clamped and counted, or with ``rows_scale`` a row (the last dimension) whose largest value
-    exceeds ``A`` is coded at ``2^e A``, ``e >= 0`` the smallest exponent that fits (an exponent
-    shift of the row's spike weights, as :class:`~.weight_input.SpikingWeightInput` does). ``code``:
+    are clamped and counted. With ``rows_scale`` the last dimension holds channels, coded as
+    :class:`~.weight_input.SpikingWeightInput` codes its input: calibration gives channel ``k`` the
+    range ``A_k = A`` times its share (:func:`~.precision.channel_shares`), so a channel far below
+    the largest keeps its precision, and an input whose ``relu(x_k) / A_k`` exceeds 1 is coded at
+    ``2^e A_k``, ``e >= 0`` the smallest exponent that fits (an exponent shift of that neuron's spike
+    weights, one comparison): nothing is clamped. ``code``:
     the digit code (:data:`~.coding.CODES`). SOPs: one per spike; ``ann_flops``:
     :attr:`ann_flops_per_element` (one comparison; 0 inside an activation that charges its own).
     """
@@ -41,31 +44,39 @@ class SpikingReLU(SpikingOp):
                  rows_scale: bool = False) -> None:
         super().__init__(mode)
         self.T, self.code, self.rows_scale = check_steps(T), check_code(code), bool(rows_scale)
-        self.coder: Optional[IdentityCoder] = None
-        self.observer = RangeObserver()
+        self.coder = IdentityCoder(self.T, 1.0, self.code)  # on relu(x) / A_k
+        self.shares: Optional[torch.Tensor] = None  # each channel's share of A (rows_scale), set by calibration
+        self.register_buffer("channel_ranges", None)
+        self.observer, self.peaks = RangeObserver(), ChannelPeaks(-1)
         self.calibrating = A is None
         if A is not None:
             self.set_ranges((A,))
 
     @property
     def ranges(self) -> Optional[Tuple[float]]:
-        return None if self.coder is None else (self.coder.A,)
+        """``(A,)``, the largest channel range."""
+        return None if self.channel_ranges is None else (float(self.channel_ranges.max()),)
 
     def set_ranges(self, ranges: Sequence[float]) -> None:
-        """Fix the range ``(A,)`` of the neuron and stop calibrating."""
+        """Fix the range ``(A,)`` of the neuron (times each channel's calibrated share) and stop calibrating."""
         ranges = tuple(ranges)
         if len(ranges) != 1 or not (isinstance(ranges[0], (int, float)) and math.isfinite(ranges[0]) and ranges[0] > 0):
             raise ValueError(f"SpikingReLU: ranges must be one positive finite number (A,), got {ranges!r}")
-        self.coder = IdentityCoder(self.T, float(ranges[0]), self.code)
+        if not MIN_RANGE <= ranges[0] <= MAX_RANGE:
+            raise ValueError(f"SpikingReLU: the range A={ranges[0]!r} must lie in [2^-126, 2^126]; rescale the input")
+        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, self.T)
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
-        """``A`` from the observed ``max relu(x)`` (or its ``percentile``)."""
+        """``A`` from the observed ``max relu(x)`` (or its ``percentile``); with ``rows_scale`` and no
+        ``percentile``, each channel's share from its observed maximum."""
         if not self.observer.samples:
             raise RuntimeError("SpikingReLU: finish_calibration() before any calibration forward; run a few "
                                "batches while calibrating, or call set_ranges((A,))")
-        self.set_ranges((self.observer.range(percentile),))
-        self.observer = RangeObserver()
+        per_channel = self.rows_scale and percentile is None and self.peaks.peaks is not None
+        self.shares = self.peaks.shares() if per_channel else None
+        self.set_ranges((max(self.observer.range(percentile), MIN_RANGE),))
+        self.observer, self.peaks = RangeObserver(), ChannelPeaks(-1)
         return self.ranges
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,21 +86,25 @@ class SpikingReLU(SpikingOp):
         low, high = self.check_input(x, "input")
         if self.calibrating:
             self.observer.observe(F.relu(x))
+            if self.rows_scale:
+                self.peaks.observe(F.relu(x))
             return F.relu(x)
-        if self.coder is None:
+        if self.channel_ranges is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
-        shift = row_shift(positive.amax(-1, keepdim=True) / self.coder.A) \
-            if self.rows_scale and x.dim() and x.numel() else None
-        if shift is not None:
-            positive = positive / shift
-            high = min(high, self.coder.A)  # every shifted row now fits in [0, A]: nothing to clamp
-        code, clamped = self.coder.encode(positive, self.simulating, (0.0, max(high, 0.0)))
+        scales = along(self.channel_ranges, positive, -1)
+        unit = positive / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
+        high = max(high, 0.0) / float(self.channel_ranges.min())  # a bound on unit
+        if self.rows_scale and x.dim() and x.numel():
+            shift = element_shift(unit)
+            scales = scales * shift
+            unit.div_(shift)  # dividing by a power of two is exact
+            high = min(high, 1.0)  # every shifted row now fits in [0, 1]: nothing to clamp
+        code, clamped = self.coder.encode(unit, self.simulating, (0.0, high))
         spikes = total(code.counts)
-        self.note_clamped(clamped, f"inputs above {self.coder.A:g}")
+        self.note_clamped(clamped, f"inputs above {self.ranges[0]:g}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
-        value = code.value if shift is None else code.value * shift
-        return value.to(x.dtype)
+        return (code.value * scales).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "
