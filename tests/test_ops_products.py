@@ -159,14 +159,23 @@ def test_bad_inputs_and_shapes_are_errors_naming_the_problem():
         SpikingProduct(mode="exact")
 
 
-def test_out_of_range_operands_are_clamped_counted_and_warned_once(caplog):
-    op = SpikingProduct(T=16, ranges=(1.0, 1.0))
-    a = torch.tensor([0.5, 3.0, -2.0, 0.25])
-    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
-        out = op(a, torch.tensor([1.5, 1.0, 0.5, 0.5]))
-    assert op.op_stats().clamped == 3
-    assert len(caplog.records) == 1 and "clamped" in caplog.records[0].getMessage()
-    torch.testing.assert_close(out, torch.tensor([0.5, 1.0, -0.5, 0.125]), atol=1e-4, rtol=0)
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_out_of_range_operands_shift_by_a_power_of_two_instead_of_clamping(mode, caplog):
+    """Operands beyond their ranges are coded at ``2^e A`` (``e`` the smallest that holds them): 3 at
+    4A, -2 at exactly 2A; nothing is clamped or warned, and the products keep T=16's precision."""
+    for op, a, b, reference in (
+            (SpikingProduct(T=16, ranges=(1.0, 1.0), mode=mode), torch.tensor([0.5, 3.0, -2.0, 0.25]),
+             torch.tensor([1.5, 1.0, 0.5, 0.5]), torch.tensor([0.75, 3.0, -1.0, 0.125])),
+            (SpikingMatmul(T=16, ranges=(1.0, 1.0), mode=mode), torch.tensor([[0.5, 3.0], [-2.0, 0.25]]),
+             torch.tensor([[1.5, 1.0], [0.5, 0.5]]), torch.tensor([[2.25, 2.0], [-2.875, -1.875]]))):
+        with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
+            out = op(a, b)
+        assert op.op_stats().clamped == 0 and not caplog.records
+        torch.testing.assert_close(out, reference, atol=2e-4, rtol=0)
+        # every element fires the digits of its shifted value (3/4, -2/2): the unit code's spikes
+        unit = IdentityCoder(16, 1.0)
+        shifted = [x / torch.exp2(torch.ceil(torch.log2(x.abs())).clamp(min=0)) for x in (a, b)]
+        assert op.op_stats().spikes == sum(int(unit.encode(x, False)[0].counts.sum()) for x in shifted)
 
 
 def test_stats_reset_step_mode_and_collection():

@@ -29,6 +29,13 @@ def rounded(x: torch.Tensor, A, T: int) -> torch.Tensor:
     return torch.sign(x.double()) * q * A / levels
 
 
+def rounded_shifted(x: torch.Tensor, A, T: int) -> torch.Tensor:
+    """:func:`rounded` at ``2^e A``, ``e >= 0`` the smallest exponent with ``|x| <= 2^e A`` (no clamp)."""
+    A = torch.as_tensor(A, dtype=torch.float64)
+    e = torch.ceil(torch.log2(x.double().abs() / A)).clamp(min=0)
+    return rounded(x, A * 2 ** e, T)
+
+
 def heavy_tailed(shape, seed: int) -> torch.Tensor:
     """Student-t-like operands: most values small, a few far out (the shape of Transformer activations)."""
     g = torch.Generator().manual_seed(seed)
@@ -179,10 +186,10 @@ def test_centered_weight_input_carries_channel_offsets_in_the_bias():
 
 
 @pytest.mark.parametrize("mode", ["fast", "simulate"])
-def test_weight_input_rows_beyond_their_ranges_scale_by_a_power_of_two_instead_of_clamping(mode):
-    """A Linear input row e.g. 100x what calibration saw is coded at ``2^e`` times its channels' ranges
-    (``e`` the smallest exponent that fits it): no clamp, and the output is the float layer on that
-    rounding (plain PyTorch); rows within range are coded as before."""
+def test_weight_input_beyond_its_ranges_scales_by_a_power_of_two_instead_of_clamping(mode):
+    """A Linear input e.g. 100x what calibration saw is coded at ``2^e`` times its channel's range
+    (``e`` the smallest exponent that holds it): no clamp, and the output is the float layer on that
+    rounding (plain PyTorch); every other input is coded as before."""
     layer, shape = layers()["linear"]
     x = heavy_tailed(shape, 6)
     T = 8
@@ -192,26 +199,29 @@ def test_weight_input_rows_beyond_their_ranges_scale_by_a_power_of_two_instead_o
     c = op.channel_centers.double()
     A = op.channel_ranges.double()
     big = x.clone()
-    big[0, 0] *= 100.0
+    big[0, 0, 3] = c[3] + 100.0 * A[3]
     big[1, 2, 5] = c[5] + 3.5 * A[5]  # needs exactly e = 2
     with torch.no_grad():
         out = op(big)
-    fit = ((big - op.channel_centers).abs() / op.channel_ranges).amax(-1, keepdim=True).double()  # as the op, in float32
+    fit = ((big - op.channel_centers).abs() / op.channel_ranges).double()  # as the op, in float32
     e = torch.ceil(torch.log2(fit)).clamp(min=0)
-    assert float(e[1, 2]) == 2 and float(e[0, 0]) >= 5 and int((e > 0).sum()) == 2
+    assert float(e[1, 2, 5]) == 2 and float(e[0, 0, 3]) == 7 and int((e > 0).sum()) == 2
     reference = layer((c + rounded(big.double() - c, A * 2 ** e, T)).float())
     assert op.op_stats().clamped == 0
     assert torch.allclose(out, reference, atol=2e-5)
 
 
-def test_weight_input_clamps_and_counts_inputs_beyond_its_range_and_refuses_bad_input(caplog):
-    layer = nn.Conv2d(4, 3, 1)  # a convolution's input clamps (a Linear's rows scale instead)
-    op = SpikingWeightInput(layer, T=8, A=1.0)
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_weight_input_of_a_convolution_shifts_too_and_refuses_bad_input(mode):
+    layer = nn.Conv2d(4, 3, 1)  # a per-element exponent is exact for any layer: each spike adds its column
+    op = SpikingWeightInput(layer, T=8, A=1.0, mode=mode)
     x = torch.tensor([[0.5, -3.0, 2.0, 0.0]])[..., None, None]
-    with caplog.at_level("WARNING", logger="spikingjelly_mbe.ops"):
+    with torch.no_grad():
         out = op(x)
-    assert op.op_stats().clamped == 2 and "clamped 2 inputs beyond their channel's range" in caplog.text
-    assert torch.allclose(out, layer(torch.tensor([[0.5, -1.0, 1.0, 0.0]])[..., None, None]), atol=1e-2)
+    assert op.op_stats().clamped == 0
+    # 0.5 at 255 levels of [0, 1]; -3 at 2^2 A, 2 at 2^1 A (exactly 2^1: e = 1), 0 fires nothing
+    expected = rounded(x.double(), torch.tensor([1.0, 4.0, 2.0, 1.0], dtype=torch.float64)[:, None, None], 8)
+    assert torch.allclose(out, layer(expected.float()), atol=1e-5)
     with pytest.raises(ValueError, match="NaN/Inf"):
         op(torch.tensor([[float("nan"), 0.0, 0.0, 0.0]])[..., None, None])
     with pytest.raises(ValueError, match="NaN/Inf"):
@@ -316,7 +326,7 @@ def test_product_channels_that_change_between_batches_share_one_range():
     a, b = torch.randn(3, 9, generator=g), torch.randn(3, 9, generator=g)
     with torch.no_grad():
         out = op(a, b)
-    reference = rounded(a, observed[0], 8) * rounded(b, observed[1], 8)
+    reference = rounded_shifted(a, observed[0], 8) * rounded_shifted(b, observed[1], 8)
     assert torch.allclose(out.double(), reference, atol=1e-6)
     op = SpikingProduct(T=8, budget=None)
     op(torch.randn(4, 6, generator=g), torch.tensor(2.0))
@@ -324,5 +334,5 @@ def test_product_channels_that_change_between_batches_share_one_range():
     with torch.no_grad():
         x = torch.randn(4, 6, generator=g)
         out = op(x, torch.tensor(1.5))
-    reference = rounded(x, op.channel_ranges_a.double(), 8) * rounded(torch.tensor(1.5), 2.0, 8)
-    assert torch.allclose(out.double(), reference, atol=1e-6)
+    reference = rounded_shifted(x, op.channel_ranges_a.double(), 8) * rounded(torch.tensor(1.5), 2.0, 8)
+    assert torch.allclose(out.double(), reference, atol=1e-6) and op.op_stats().clamped == 0

@@ -23,7 +23,7 @@ def rounded_relu(x: torch.Tensor, A: torch.Tensor, T: int) -> torch.Tensor:
 
 
 def rectified(target: str, T: int, A: float, mode: str = "fast") -> RectifiedActivation:
-    return RectifiedActivation(SpikingReLU(T, mode, A=A, rows_scale=True),
+    return RectifiedActivation(SpikingReLU(T, mode, A=A, per_channel=True),
                                SpikingActivation(load_fitted(RECTIFIED[target], "mbe", 8, T), mode))
 
 
@@ -93,7 +93,7 @@ def test_calibrated_rectifier_codes_each_channel_at_its_own_range():
     x = torch.randn(64, 32, generator=g) * scales * 1.5  # beyond calibration, by up to 2^k
     results = {}
     for mode in ("fast", "simulate"):
-        op = SpikingReLU(T, mode, rows_scale=True)
+        op = SpikingReLU(T, mode, per_channel=True)
         for batch in calibration:
             op(batch)
         op.finish_calibration()

@@ -91,7 +91,7 @@ class OpSettings:
         with ``rectified_activations``, a rectifier plus the fitted residual."""
         if span is None and self.rectified_activations and target in RECTIFIED:
             residual = load_fitted(RECTIFIED[target], "mbe", self.activation_bases, self.T)
-            return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, rows_scale=True),
+            return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, per_channel=True),
                                        SpikingActivation(residual, self.mode))
         fit = load_fitted(target, "mbe", self.activation_bases, self.T) if span is None else \
             load_fitted_on(target, self.activation_bases, self.T, span)

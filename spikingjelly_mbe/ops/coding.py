@@ -128,6 +128,14 @@ def identity_node(T: int, A: float) -> MBENode:
                    offset=[2.0 ** -(T + 1)], domain=(0.0, A))
 
 
+def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
+    """``2^e`` per element of ``x``, ``e >= 0`` the smallest exponent with ``|x| <= 2^e A`` (1 within
+    ``[-A, A]``)."""
+    mantissa, exponent = torch.frexp(x.detach() / A)
+    exponent = exponent - (mantissa.abs() == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
+    return torch.exp2(exponent.clamp_(min=0).to(x.dtype))
+
+
 @dataclass
 class SpikeCode:
     """An operand coded by MBE_Id: ``value = sum_t weights[t] * spikes[..., t]`` (Eq. 9).
@@ -154,17 +162,19 @@ class IdentityCoder(nn.Module):
 
     ``|x|`` drives :func:`identity_node` and every spike carries the sign of ``x`` (a ternary
     spike; equivalently two bases with input gains ``+1/A`` and ``-1/A`` of which at most one
-    fires). ``|x| > A`` is clamped to ``A`` and counted. ``code='binary'`` fires the binary digits
+    fires). ``|x| > A`` is clamped to ``A`` and counted, or with ``shift_overflow`` coded at ``2^e A``,
+    ``e >= 0`` the smallest exponent that holds it (:func:`overflow_shift`: one comparison, and an
+    exponent shift of that neuron's spike weights; nothing is clamped). ``code='binary'`` fires the binary digits
     of ``q``; ``code='signed'`` feeds ``q`` to a :class:`~spikingjelly_mbe.neurons.SignedDigitNode`,
     whose signed digits (a negative one flips the spike's sign) decode to the same ``q``.
     ``simulate`` runs the code's neuron step by step and keeps the spikes; otherwise the same numbers
     come from ``q = floor(2^T u[0])`` and the code's closed-form count.
     """
 
-    def __init__(self, T: int, A: float, code: str = DEFAULT_CODE) -> None:
+    def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
         super().__init__()
         self.node = identity_node(T, float(A))
-        self.T, self.A, self.code = T, float(A), check_code(code)
+        self.T, self.A, self.code, self.shift_overflow = T, float(A), check_code(code), bool(shift_overflow)
         digit_code = CODES[self.code]
         self.count = digit_code.count
         self.digits = None if digit_code.neuron is None else digit_code.neuron(T)
@@ -202,6 +212,10 @@ class IdentityCoder(nn.Module):
         caller knows them (e.g. by construction); a non-negative ``x`` skips the sign."""
         if bounds is None:
             bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
+        if self.shift_overflow and max(-bounds[0], bounds[1]) > self.A and math.isfinite(bounds[0] - bounds[1]):
+            shift = overflow_shift(x, self.A)
+            code, _ = self.encode(x / shift, simulate, (max(bounds[0], -self.A), min(bounds[1], self.A)))
+            return code.shifted(shift), 0
         signed = bounds[0] < 0
         clamped = int((x.abs() > self.A).sum()) if max(-bounds[0], bounds[1]) > self.A else 0
         if simulate:
@@ -234,6 +248,10 @@ class IdentityCoder(nn.Module):
         for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
         zero of a ``-0.0`` input into ``-0.0``."""
         value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
+        if self.shift_overflow and stats[1] and not stats[2]:
+            shift = overflow_shift(x, self.A)
+            code, stats = self.fused(x / shift)
+            return code.shifted(shift), stats
         return SpikeCode(value, counts), stats
 
     def extra_repr(self) -> str:

@@ -164,18 +164,3 @@ def along(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
     shape = [1] * x.dim()
     shape[dim % x.dim()] = -1
     return ranges.view(shape)
-
-
-def row_shift(unit: torch.Tensor) -> torch.Tensor:
-    """``2^e`` per row of ``unit`` (its last dimension), ``e >= 0`` the smallest exponent with
-    ``max |unit| <= 2^e`` (1 for rows already within range; NaN/Inf rows get 1 and are reported
-    by the coder)."""
-    return element_shift(unit.detach().abs().amax(-1, keepdim=True))
-
-
-def element_shift(unit: torch.Tensor) -> torch.Tensor:
-    """``2^e`` per element of ``unit``, ``e >= 0`` the smallest exponent with ``|unit| <= 2^e``."""
-    peak = unit.detach().abs()
-    mantissa, exponent = torch.frexp(torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak)))
-    exponent = exponent - (mantissa == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
-    return torch.exp2(exponent.clamp(min=0).to(unit.dtype))

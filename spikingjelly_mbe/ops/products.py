@@ -148,7 +148,7 @@ class _TwoOperandOp(SpikingOp):
             A1 = A2 = 1.0  # the coders see x / A_k
         else:
             A1, A2 = (min(covering_range(A, step, self.T), MAX_RANGE) for A, step in zip((A1, A2), steps))
-        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A1, self.code), IdentityCoder(self.T, A2, self.code)])
+        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A, self.code, shift_overflow=True) for A in (A1, A2)])
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
@@ -265,6 +265,8 @@ class SpikingProduct(_TwoOperandOp):
         coders = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
             a, b, [c.kernel_params(a.dtype, True) for c in coders], [c.A for c in coders])
+        if (clamped_a or clamped_b) and not nonfinite:  # operands beyond their ranges: shifted codes
+            return super().fused(a, b)
         if nonfinite:
             self.check_input(a, "operand a")
             self.check_input(b, "operand b")  # one of them raises, naming the count

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
-from .precision import ChannelPeaks, along, channel_ranges, element_shift
+from .precision import ChannelPeaks, along, channel_ranges
 from .coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 
 
@@ -26,13 +26,13 @@ class SpikingReLU(SpikingOp):
     """``relu(x)`` as the spikes of one MBE_Id neuron of range ``[0, A]`` (Eq. 9, positive gain).
 
     With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
-    the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. Values above ``A``
-    are clamped and counted. With ``rows_scale`` the last dimension holds channels, coded as
+    the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. A value above the range
+    is coded at ``2^e A``, ``e >= 0`` the smallest exponent that holds it
+    (:func:`~.coding.overflow_shift`: a comparison and an exponent shift of that neuron's spike
+    weights), never clamped. With ``per_channel`` the last dimension holds channels, coded as
     :class:`~.weight_input.SpikingWeightInput` codes its input: calibration gives channel ``k`` the
     range ``A_k = A`` times its share (:func:`~.precision.channel_shares`), so a channel far below
-    the largest keeps its precision, and an input whose ``relu(x_k) / A_k`` exceeds 1 is coded at
-    ``2^e A_k``, ``e >= 0`` the smallest exponent that fits (an exponent shift of that neuron's spike
-    weights, one comparison): nothing is clamped. ``code``:
+    the largest keeps its precision. ``code``:
     the digit code (:data:`~.coding.CODES`). SOPs: one per spike; ``ann_flops``:
     :attr:`ann_flops_per_element` (one comparison; 0 inside an activation that charges its own).
     """
@@ -41,11 +41,11 @@ class SpikingReLU(SpikingOp):
     ann_flops_per_element = flops.RELU
 
     def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE,
-                 rows_scale: bool = False) -> None:
+                 per_channel: bool = False) -> None:
         super().__init__(mode)
-        self.T, self.code, self.rows_scale = check_steps(T), check_code(code), bool(rows_scale)
-        self.coder = IdentityCoder(self.T, 1.0, self.code)  # on relu(x) / A_k
-        self.shares: Optional[torch.Tensor] = None  # each channel's share of A (rows_scale), set by calibration
+        self.T, self.code, self.per_channel = check_steps(T), check_code(code), bool(per_channel)
+        self.coder = IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)  # on relu(x) / A_k
+        self.shares: Optional[torch.Tensor] = None  # each channel's share of A (per_channel), set by calibration
         self.register_buffer("channel_ranges", None)
         self.observer, self.peaks = RangeObserver(), ChannelPeaks(-1)
         self.calibrating = A is None
@@ -68,12 +68,12 @@ class SpikingReLU(SpikingOp):
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
-        """``A`` from the observed ``max relu(x)`` (or its ``percentile``); with ``rows_scale`` and no
+        """``A`` from the observed ``max relu(x)`` (or its ``percentile``); with ``per_channel`` and no
         ``percentile``, each channel's share from its observed maximum."""
         if not self.observer.samples:
             raise RuntimeError("SpikingReLU: finish_calibration() before any calibration forward; run a few "
                                "batches while calibrating, or call set_ranges((A,))")
-        per_channel = self.rows_scale and percentile is None and self.peaks.peaks is not None
+        per_channel = self.per_channel and percentile is None and self.peaks.peaks is not None
         self.shares = self.peaks.shares() if per_channel else None
         self.set_ranges((max(self.observer.range(percentile), MIN_RANGE),))
         self.observer, self.peaks = RangeObserver(), ChannelPeaks(-1)
@@ -86,7 +86,7 @@ class SpikingReLU(SpikingOp):
         low, high = self.check_input(x, "input")
         if self.calibrating:
             self.observer.observe(F.relu(x))
-            if self.rows_scale:
+            if self.per_channel:
                 self.peaks.observe(F.relu(x))
             return F.relu(x)
         if self.channel_ranges is None:
@@ -94,13 +94,7 @@ class SpikingReLU(SpikingOp):
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
         scales = along(self.channel_ranges, positive, -1)
         unit = positive / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        high = max(high, 0.0) / float(self.channel_ranges.min())  # a bound on unit
-        if self.rows_scale and x.dim() and x.numel():
-            shift = element_shift(unit)
-            scales = scales * shift
-            unit.div_(shift)  # dividing by a power of two is exact
-            high = min(high, 1.0)  # every shifted row now fits in [0, 1]: nothing to clamp
-        code, clamped = self.coder.encode(unit, self.simulating, (0.0, high))
+        code, clamped = self.coder.encode(unit, self.simulating, (0.0, max(high, 0.0) / float(self.channel_ranges.min())))
         spikes = total(code.counts)
         self.note_clamped(clamped, f"inputs above {self.ranges[0]:g}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())

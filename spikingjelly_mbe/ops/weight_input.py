@@ -12,8 +12,8 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, total
 from .observer import RangeObserver
-from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares, check_budget,
-                        row_shift)
+from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
+                        check_budget)
 
 
 class SpikingWeightInput(SpikingOp):
@@ -41,11 +41,10 @@ class SpikingWeightInput(SpikingOp):
     * under a ``budget``, the rounding step to ``budget`` of the RMS of ``x - c``, widening a
       channel's range to ``step (2^T - 1)`` where that is larger.
 
-    A row (one position of a ``Linear``/``Conv1D`` input) that exceeds its channels' ranges is coded
-    at ``2^e`` times them, ``e >= 0`` the smallest exponent that fits its largest ``|x - c| / A_k``
-    (a comparison and an exponent shift, as the norms scale their rows): no input is clamped, and
-    the row's outputs are the same spikes' sum times ``2^e``. A convolution's input clamps
-    ``|x - c| > A_k`` and counts it. The layer is called through ``layer.forward`` (no module
+    An input beyond its channel's range is coded at ``2^e A_k``, ``e >= 0`` the smallest exponent that
+    holds ``|x - c|`` (:func:`~.coding.overflow_shift`: a comparison, and an exponent shift of that
+    neuron's spike weights): no input is clamped, for any layer (each spike still adds its weight
+    column, scaled by its neuron's ``2^e``). The layer is called through ``layer.forward`` (no module
     hooks: this operator charges it itself).
     """
 
@@ -60,13 +59,12 @@ class SpikingWeightInput(SpikingOp):
         self.layer = layer
         self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
-        self.rows_scale = self.channel_dim == -1  # one position per row: a row exponent is exact
         padding = getattr(layer, "padding", 0)
         unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
         self.centered = bool(centered) and unpadded  # a padded convolution's border sees zeros, not c
         self.step: Optional[float] = None  # the budget's rounding step, set by calibration
         self.shares: Optional[torch.Tensor] = None  # each channel's share of the range, set by calibration
-        self.coder = IdentityCoder(self.T, 1.0, self.code)  # on x / A_k
+        self.coder = IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)  # on x / A_k
         self.register_buffer("channel_ranges", None)
         self.register_buffer("channel_centers", None)
         self.observer, self.stats = RangeObserver(), ChannelCenters(self.channel_dim)
@@ -146,10 +144,6 @@ class SpikingWeightInput(SpikingOp):
             xs = xs - centers
         scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        if self.rows_scale and unit.dim() and unit.numel():
-            shift = row_shift(unit)
-            scales = scales * shift
-            unit.div_(shift)  # = xs / scales: dividing by a power of two is exact
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
             code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
             if nonfinite:
