@@ -208,8 +208,8 @@ class _TwoOperandOp(SpikingOp):
         dtype = working_dtype(a, self.T)
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
-            code, clamped = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
-            self.count_operand(name, coder, x, total(code.counts), clamped)
+            code, _ = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
+            self.record(spikes=total(code.counts), neurons=x.numel())
             codes.append(code)
         return self.combine(*codes)
 
@@ -217,18 +217,13 @@ class _TwoOperandOp(SpikingOp):
         """Fast mode with the operand codes from the compiled kernel (float32 on the CPU)."""
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
-            code, (spikes, clamped, nonfinite) = coder.fused(x)
+            code, (spikes, _, nonfinite) = coder.fused(x)  # nothing clamps: overflow shifts
             if nonfinite:
                 self.check_input(x, f"operand {name}")  # raises, naming the count
-            self.count_operand(name, coder, x, spikes, clamped)
+            self.record(spikes=spikes, neurons=x.numel())
             codes.append(code)
         return self.combine(*codes)
 
-    def count_operand(self, name: str, coder: IdentityCoder, x: torch.Tensor, spikes: int, clamped: int) -> None:
-        """Record one operand's spikes and neurons; count (and warn about) its clamped elements."""
-        limit = "its channel's range" if self.channel_ranges_a is not None else f"+-{coder.A:g}"
-        self.note_clamped(clamped, f"of operand {name} beyond {limit}")
-        self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, budget={self.budget}, "
@@ -270,8 +265,7 @@ class SpikingProduct(_TwoOperandOp):
         if nonfinite:
             self.check_input(a, "operand a")
             self.check_input(b, "operand b")  # one of them raises, naming the count
-        self.count_operand("a", coders[0], a, spikes_a, clamped_a)
-        self.count_operand("b", coders[1], b, spikes_b, clamped_b)
+        self.record(spikes=spikes_a + spikes_b, neurons=a.numel() + b.numel())
         self.record(sops=sops)
         return out
 

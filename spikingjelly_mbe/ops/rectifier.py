@@ -94,9 +94,8 @@ class SpikingReLU(SpikingOp):
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
         scales = along(self.channel_ranges, positive, -1)
         unit = positive / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        code, clamped = self.coder.encode(unit, self.simulating, (0.0, max(high, 0.0) / float(self.channel_ranges.min())))
+        code, _ = self.coder.encode(unit, self.simulating, (0.0, max(high, 0.0) / float(self.channel_ranges.min())))
         spikes = total(code.counts)
-        self.note_clamped(clamped, f"inputs above {self.ranges[0]:g}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
         return (code.value * scales).to(x.dtype)
 

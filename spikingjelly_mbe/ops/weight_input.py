@@ -145,11 +145,11 @@ class SpikingWeightInput(SpikingOp):
         scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
-            code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
+            code, (spikes, _, nonfinite) = self.coder.fused(unit)  # nothing clamps: overflow shifts
             if nonfinite:
                 self.check_input(x, "input")  # raises, naming the count
         else:
-            code, clamped = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
+            code, _ = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
             spikes = total(code.counts)
         if self.simulating:
             out = self.synapses(code, scales, centers, x.dtype)
@@ -157,7 +157,6 @@ class SpikingWeightInput(SpikingOp):
             value = code.value * scales
             out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
-        self.note_clamped(clamped, "inputs beyond their channel's range")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
