@@ -2,6 +2,7 @@
 the budget's rounding noise against a plain-PyTorch uniform quantiser, fast == step by step for the
 spike-driven weight layers, their outputs against the float layer on the rounded input, their
 synaptic events against spikes x fan-out, and the budget's spikes against full precision."""
+import contextlib
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from spikingjelly_mbe import convert
+from spikingjelly_mbe import convert, kernels
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.energy.report import E_AC, E_MAC
@@ -209,6 +210,27 @@ def test_weight_input_beyond_its_ranges_scales_by_a_power_of_two_instead_of_clam
     reference = layer((c + rounded(big.double() - c, A * 2 ** e, T)).float())
     assert op.op_stats().clamped == 0
     assert torch.allclose(out, reference, atol=2e-5)
+
+
+def test_centered_weight_input_of_a_non_negative_input_keeps_the_sign_of_x_minus_c():
+    """A ReLU's output (x >= 0) centered at its channel medians is signed: step by step, the eager
+    fast path and the kernel all code ``x - c`` with its sign, and agree with plain-PyTorch rounding."""
+    layer, shape = layers()["linear"]
+    x = heavy_tailed(shape, 8).clamp(min=0) + 0.5
+    outs = {}
+    for mode, fused in (("fast", True), ("fast", False), ("simulate", False)):
+        op = SpikingWeightInput(layer, T=8, mode=mode)
+        op(x)
+        op.finish_calibration()
+        big = x.clone()
+        big[0, 0, 2] = float(op.channel_centers[2] + 5 * op.channel_ranges[2])  # beyond its range: shifted
+        with torch.no_grad(), (contextlib.nullcontext() if fused else kernels.disabled()):
+            outs[(mode, fused)] = op(big).double()
+    c, A = op.channel_centers.double(), op.channel_ranges.double()
+    assert float((big.double() - c).min()) < 0
+    reference = layer((c + rounded_shifted(big.double() - c, A, 8)).float()).double()
+    for out in outs.values():
+        assert torch.allclose(out, reference, atol=2e-5)
 
 
 @pytest.mark.parametrize("mode", ["fast", "simulate"])

@@ -149,7 +149,8 @@ class SpikingWeightInput(SpikingOp):
             if nonfinite:
                 self.check_input(x, "input")  # raises, naming the count
         else:
-            code, _ = self.coder.encode(unit, self.simulating, self.check_input(x, "input"))
+            self.check_input(x, "input")  # NaN/Inf raise; the code's bounds are the unit input's (x - c may be signed)
+            code, _ = self.coder.encode(unit, self.simulating)
             spikes = total(code.counts)
         if self.simulating:
             out = self.synapses(code, scales, centers, x.dtype)
