@@ -14,7 +14,7 @@ from spikingjelly_mbe import convert, kernels
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.energy.report import E_AC, E_MAC
-from spikingjelly_mbe.ops import SpikingMatmul, SpikingProduct, SpikingWeightInput
+from spikingjelly_mbe.ops import PiecewiseLinear, SpikingMatmul, SpikingProduct, SpikingWeightInput
 from spikingjelly_mbe.ops.coding import CODES
 from spikingjelly_mbe.ops.precision import budget_step, check_budget, covering_range
 
@@ -231,6 +231,35 @@ def test_centered_weight_input_of_a_non_negative_input_keeps_the_sign_of_x_minus
     reference = layer((c + rounded_shifted(big.double() - c, A, 8)).float()).double()
     for out in outs.values():
         assert torch.allclose(out, reference, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_ranges_calibrated_on_zeros_shift_as_far_as_float32_allows_then_clamp_and_count(mode, caplog):
+    """A range that calibration saw only zeros for is 2^-126: a later input of 3 or 5 is over 2^127
+    times beyond it, more than any float32 power of two. The code shifts as far as it can (2^127 of
+    the range: 2), clamps the rest and counts it, with a finite output (no NaN, no endless re-coding),
+    while 0.5 and 1 (2^125, 2^126 times beyond) are still coded exactly; fast == step by step."""
+    linear = nn.Linear(4, 2)
+    op = SpikingWeightInput(linear, T=8, mode=mode)
+    op(torch.zeros(3, 4))
+    op.finish_calibration()
+    relu6 = PiecewiseLinear([(0.0, 1.0), (6.0, -1.0)], T=8, mode=mode)
+    relu6(torch.linspace(-3, 5, 50))
+    for rectifier in relu6.rectifiers:
+        rectifier.finish_calibration()
+    product = SpikingProduct(T=8, ranges=(2.0 ** -126, 1.0), mode=mode)
+    with caplog.at_level("WARNING", logger="spikingjelly_mbe.ops"), torch.no_grad():
+        out = op(torch.tensor([[0.5, 3.0, 0.0, 0.0]]))
+        capped = relu6(torch.tensor([1.0, 6.5, 7.0, 8.5, 9.0, 12.0]))
+        times = product(torch.tensor([5.0, 1.0]), torch.ones(2))
+    assert torch.isfinite(out).all() and op.op_stats().clamped == 1
+    cap = 2.0 ** 127 * 2.0 ** -126  # the largest shift of the smallest range: 2
+    assert torch.allclose(out, linear(torch.tensor([[0.5, cap, 0.0, 0.0]])), atol=1e-2)
+    # ReLU6's second knot never saw a positive input: 0.5, 1 shift exactly, 2.5, 3, 6 clamp to 2 (counted)
+    assert torch.allclose(capped, torch.tensor([1.0, 6.0, 6.0, 6.5, 7.0, 10.0]), atol=0.05)
+    assert [r.op_stats().clamped for r in relu6.rectifiers] == [0, 3]
+    assert torch.allclose(times, torch.tensor([cap, 1.0]), atol=1e-2) and product.op_stats().clamped == 1
+    assert "calibrated on zeros" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["fast", "simulate"])

@@ -23,7 +23,7 @@ class Calibration:
     ``data``: an iterable of batches, each a tensor (the positional input) or a dict of forward
     keyword arguments; no labels. ``method``: ``'max'`` of ``|operand|`` or its ``percentile``.
     ``headroom`` multiplies the observed range, leaving room for values beyond what the batches
-    reached (clamped otherwise) at the cost of ``log2(headroom)`` of the ``T`` bits. ``num_batches``
+    reached (coded at a coarser power-of-two step otherwise) at the cost of ``log2(headroom)`` of the ``T`` bits. ``num_batches``
     caps how many batches are used. ``ranges`` maps glob patterns over operator paths
     (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)`` (a rectifier takes ``A1``);
     those replace the observed ranges. Conversion runs the model on the batches to see what it

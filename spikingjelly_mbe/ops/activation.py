@@ -122,8 +122,8 @@ class SpikingActivation(SpikingOp):
 
 class RectifiedActivation(nn.Module):
     """``f(x) = relu(x) + g(x)`` for an activation with a linear tail (GELU, SiLU; a range reduction):
-    the rectifier is exact up to its identity code (:class:`~.rectifier.SpikingReLU`, calibrated
-    range, rows beyond it shifted by ``2^e`` rather than clamped), and the fitted MBE neuron only
+    the rectifier is exact up to its identity code (:class:`~.rectifier.SpikingReLU`, one calibrated
+    range per channel, an input beyond it shifted by ``2^e`` rather than clamped), and the fitted MBE neuron only
     carries the residual ``g = f - relu`` (:data:`~spikingjelly_mbe.fitting.targets.RECTIFIED`), a
     bump that vanishes outside a short domain and spans a few hundredths of ``f``'s range, so its
     fit at T=8 reaches what ``f``'s own reaches at T=16. Both neurons see ``x``; their outputs add

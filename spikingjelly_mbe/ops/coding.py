@@ -128,12 +128,22 @@ def identity_node(T: int, A: float) -> MBENode:
                    offset=[2.0 ** -(T + 1)], domain=(0.0, A))
 
 
+def finite(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with infinities (a finite input divided by a tiny range) replaced by the dtype's largest
+    finite values, so the overflow shift can code them; NaN stays NaN."""
+    limit = torch.finfo(x.dtype).max
+    return x.clamp(-limit, limit)
+
+
 def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
     """``2^e`` per element of ``x``, ``e >= 0`` the smallest exponent with ``|x| <= 2^e A`` (1 within
-    ``[-A, A]``)."""
-    mantissa, exponent = torch.frexp(x.detach() / A)
+    ``[-A, A]``), at most the largest power of two of ``x``'s dtype (an element beyond even that, from
+    a range calibrated on zeros, is clamped and counted by the coder). The quotient is taken in
+    float64, so a float32 ``|x| / A`` cannot overflow."""
+    mantissa, exponent = torch.frexp(x.detach().double() / A)
     exponent = exponent - (mantissa.abs() == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
-    return torch.exp2(exponent.clamp_(min=0).to(x.dtype))
+    top = math.frexp(torch.finfo(x.dtype).max)[1] - 1  # the largest finite power of two: 2^127 in float32
+    return torch.exp2(exponent.clamp_(min=0, max=top).to(x.dtype))
 
 
 @dataclass
@@ -214,8 +224,15 @@ class IdentityCoder(nn.Module):
             bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
         if self.shift_overflow and max(-bounds[0], bounds[1]) > self.A and math.isfinite(bounds[0] - bounds[1]):
             shift = overflow_shift(x, self.A)
-            code, _ = self.encode(x / shift, simulate, (max(bounds[0], -self.A), min(bounds[1], self.A)))
-            return code.shifted(shift), 0
+            code, clamped = self.code_within(x / shift, simulate)
+            return code.shifted(shift), clamped
+        return self.code_within(x, simulate, bounds)
+
+    def code_within(self, x: torch.Tensor, simulate: bool,
+                    bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
+        """:meth:`encode` without the overflow shift: ``|x| > A`` is clamped and counted."""
+        if bounds is None:
+            bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
         signed = bounds[0] < 0
         clamped = int((x.abs() > self.A).sum()) if max(-bounds[0], bounds[1]) > self.A else 0
         if simulate:
@@ -226,7 +243,7 @@ class IdentityCoder(nn.Module):
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
         if self.T <= FLOAT32_MAX_T and kernels.usable(x):
-            return self.fused(x)[0], clamped
+            return self.fused(x, shift=False)[0], clamped
         q = self.quantize(x, clamp=bool(clamped))
         counts = self.count(q, self.T)
         value = q.mul_(self.kernel_params(x.dtype, False)[3])  # = (q 2^-T) w, both scalings exact
@@ -242,17 +259,19 @@ class IdentityCoder(nn.Module):
         s, q, counts = self.digits.run(self.quantize(magnitude), keep_spikes=True)
         return s.movedim(0, -1), q.mul_(self.kernel_params(magnitude.dtype, False)[3]), counts
 
-    def fused(self, x: torch.Tensor) -> Tuple[SpikeCode, List[int]]:
+    def fused(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[int]]:
         """Fast mode in one compiled pass (float32 on the CPU, :mod:`spikingjelly_mbe.kernels`): the
         code and ``[spikes, inputs with |x| > A, NaN/Inf]``. It always clamps, which changes nothing
         for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
-        zero of a ``-0.0`` input into ``-0.0``."""
+        zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (and ``shift``) inputs beyond
+        ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
+        clamped and counted."""
         value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
-        if self.shift_overflow and stats[1] and not stats[2]:
-            shift = overflow_shift(x, self.A)
-            code, stats = self.fused(x / shift)
-            return code.shifted(shift), stats
+        if shift and self.shift_overflow and stats[1] and not stats[2]:
+            shifts = overflow_shift(x, self.A)
+            value, counts, stats = kernels.encode(x / shifts, self.kernel_params(x.dtype, True), self.A)
+            return SpikeCode(value, counts).shifted(shifts), stats
         return SpikeCode(value, counts), stats
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, A={self.A:g}, code={self.code!r}"
+        return f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}"

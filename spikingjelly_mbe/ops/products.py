@@ -208,8 +208,8 @@ class _TwoOperandOp(SpikingOp):
         dtype = working_dtype(a, self.T)
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
-            code, _ = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
-            self.record(spikes=total(code.counts), neurons=x.numel())
+            code, clamped = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
+            self.count_operand(name, x, total(code.counts), clamped)
             codes.append(code)
         return self.combine(*codes)
 
@@ -217,13 +217,19 @@ class _TwoOperandOp(SpikingOp):
         """Fast mode with the operand codes from the compiled kernel (float32 on the CPU)."""
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
-            code, (spikes, _, nonfinite) = coder.fused(x)  # nothing clamps: overflow shifts
+            code, (spikes, clamped, nonfinite) = coder.fused(x)
             if nonfinite:
                 self.check_input(x, f"operand {name}")  # raises, naming the count
-            self.record(spikes=spikes, neurons=x.numel())
+            self.count_operand(name, x, spikes, clamped)
             codes.append(code)
         return self.combine(*codes)
 
+    def count_operand(self, name: str, x: torch.Tensor, spikes: int, clamped: int) -> None:
+        """Record one operand's spikes and neurons; count (and warn about) elements that even the
+        overflow shift could not hold."""
+        self.note_clamped(clamped, f"of operand {name} beyond the largest power-of-two shift of its range (a range "
+                                   "calibrated on zeros?)")
+        self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, budget={self.budget}, "
@@ -265,7 +271,8 @@ class SpikingProduct(_TwoOperandOp):
         if nonfinite:
             self.check_input(a, "operand a")
             self.check_input(b, "operand b")  # one of them raises, naming the count
-        self.record(spikes=spikes_a + spikes_b, neurons=a.numel() + b.numel())
+        self.count_operand("a", a, spikes_a, 0)
+        self.count_operand("b", b, spikes_b, 0)
         self.record(sops=sops)
         return out
 

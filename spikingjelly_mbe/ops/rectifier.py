@@ -19,7 +19,7 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
 from .precision import ChannelPeaks, along, channel_ranges
-from .coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
+from .coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, finite, total
 
 
 class SpikingReLU(SpikingOp):
@@ -94,7 +94,11 @@ class SpikingReLU(SpikingOp):
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
         scales = along(self.channel_ranges, positive, -1)
         unit = positive / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        code, _ = self.coder.encode(unit, self.simulating, (0.0, max(high, 0.0) / float(self.channel_ranges.min())))
+        bound = max(high, 0.0) / float(self.channel_ranges.min())  # of unit
+        code, clamped = self.coder.encode(finite(unit) if bound > torch.finfo(unit.dtype).max else unit,
+                                          self.simulating, (0.0, bound))
+        self.note_clamped(clamped, "inputs beyond the largest power-of-two shift of their range (a range calibrated on "
+                                   "zeros?)")
         spikes = total(code.counts)
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
         return (code.value * scales).to(x.dtype)

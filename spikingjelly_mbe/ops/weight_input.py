@@ -10,7 +10,8 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, total
+from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, finite,
+                     total)
 from .observer import RangeObserver
 from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
                         check_budget)
@@ -145,12 +146,13 @@ class SpikingWeightInput(SpikingOp):
         scales = along(self.channel_ranges, xs, self.channel_dim)
         unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
-            code, (spikes, _, nonfinite) = self.coder.fused(unit)  # nothing clamps: overflow shifts
+            code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
             if nonfinite:
-                self.check_input(x, "input")  # raises, naming the count
+                self.check_input(x, "input")  # raises, naming the count; else x / A_k overflowed:
+                code, (spikes, clamped, _) = self.coder.fused(finite(unit))
         else:
             self.check_input(x, "input")  # NaN/Inf raise; the code's bounds are the unit input's (x - c may be signed)
-            code, _ = self.coder.encode(unit, self.simulating)
+            code, clamped = self.coder.encode(finite(unit), self.simulating)
             spikes = total(code.counts)
         if self.simulating:
             out = self.synapses(code, scales, centers, x.dtype)
@@ -158,6 +160,8 @@ class SpikingWeightInput(SpikingOp):
             value = code.value * scales
             out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
+        self.note_clamped(clamped, "inputs beyond the largest power-of-two shift of their range (a range calibrated on "
+                                   "zeros?)")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
