@@ -128,6 +128,10 @@ def identity_node(T: int, A: float) -> MBENode:
                    offset=[2.0 ** -(T + 1)], domain=(0.0, A))
 
 
+# what an overflow-shifting code still clamps (and its operator counts): beyond even the largest shift
+BEYOND_SHIFT = "beyond the largest power-of-two shift of the range (a range calibrated on zeros?)"
+
+
 def finite(x: torch.Tensor) -> torch.Tensor:
     """``x`` with infinities (a finite input divided by a tiny range) replaced by the dtype's largest
     finite values, so the overflow shift can code them; NaN stays NaN."""
@@ -174,7 +178,8 @@ class IdentityCoder(nn.Module):
     spike; equivalently two bases with input gains ``+1/A`` and ``-1/A`` of which at most one
     fires). ``|x| > A`` is clamped to ``A`` and counted, or with ``shift_overflow`` coded at ``2^e A``,
     ``e >= 0`` the smallest exponent that holds it (:func:`overflow_shift`: one comparison, and an
-    exponent shift of that neuron's spike weights; nothing is clamped). ``code='binary'`` fires the binary digits
+    exponent shift of that neuron's spike weights; only what even the dtype's largest power of two
+    cannot hold is clamped and counted). ``code='binary'`` fires the binary digits
     of ``q``; ``code='signed'`` feeds ``q`` to a :class:`~spikingjelly_mbe.neurons.SignedDigitNode`,
     whose signed digits (a negative one flips the spike's sign) decode to the same ``q``.
     ``simulate`` runs the code's neuron step by step and keeps the spikes; otherwise the same numbers

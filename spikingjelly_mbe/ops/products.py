@@ -12,8 +12,8 @@ from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
 from .precision import (DEFAULT_BUDGET, ChannelPeaks, along, budget_step, channel_ranges, check_budget,
                         covering_range)
-from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
-                     check_steps, total)
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode,
+                     check_code, check_steps, total)
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -227,8 +227,7 @@ class _TwoOperandOp(SpikingOp):
     def count_operand(self, name: str, x: torch.Tensor, spikes: int, clamped: int) -> None:
         """Record one operand's spikes and neurons; count (and warn about) elements that even the
         overflow shift could not hold."""
-        self.note_clamped(clamped, f"of operand {name} beyond the largest power-of-two shift of its range (a range "
-                                   "calibrated on zeros?)")
+        self.note_clamped(clamped, f"of operand {name} {BEYOND_SHIFT}")
         self.record(spikes=spikes, neurons=x.numel())
 
     def extra_repr(self) -> str:

@@ -19,7 +19,8 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import RangeObserver
 from .precision import ChannelPeaks, along, channel_ranges
-from .coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, finite, total
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, finite,
+                     total)
 
 
 class SpikingReLU(SpikingOp):
@@ -29,10 +30,10 @@ class SpikingReLU(SpikingOp):
     the products; :meth:`finish_calibration` / :meth:`set_ranges` fix ``A``. A value above the range
     is coded at ``2^e A``, ``e >= 0`` the smallest exponent that holds it
     (:func:`~.coding.overflow_shift`: a comparison and an exponent shift of that neuron's spike
-    weights), never clamped. With ``per_channel`` the last dimension holds channels, coded as
-    :class:`~.weight_input.SpikingWeightInput` codes its input: calibration gives channel ``k`` the
-    range ``A_k = A`` times its share (:func:`~.precision.channel_shares`), so a channel far below
-    the largest keeps its precision. ``code``:
+    weights), clamped and counted only beyond the largest shift. With ``per_channel`` the last
+    dimension holds channels, coded as :class:`~.weight_input.SpikingWeightInput` codes its input:
+    calibration gives channel ``k`` the range ``A_k = A`` times its share
+    (:func:`~.precision.channel_shares`), so a channel far below the largest keeps its precision. ``code``:
     the digit code (:data:`~.coding.CODES`). SOPs: one per spike; ``ann_flops``:
     :attr:`ann_flops_per_element` (one comparison; 0 inside an activation that charges its own).
     """
@@ -97,8 +98,7 @@ class SpikingReLU(SpikingOp):
         bound = max(high, 0.0) / float(self.channel_ranges.min())  # of unit
         code, clamped = self.coder.encode(finite(unit) if bound > torch.finfo(unit.dtype).max else unit,
                                           self.simulating, (0.0, bound))
-        self.note_clamped(clamped, "inputs beyond the largest power-of-two shift of their range (a range calibrated on "
-                                   "zeros?)")
+        self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         spikes = total(code.counts)
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
         return (code.value * scales).to(x.dtype)

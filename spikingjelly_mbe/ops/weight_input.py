@@ -10,8 +10,8 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import (DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps, finite,
-                     total)
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
+                     check_steps, finite, total)
 from .observer import RangeObserver
 from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
                         check_budget)
@@ -44,8 +44,9 @@ class SpikingWeightInput(SpikingOp):
 
     An input beyond its channel's range is coded at ``2^e A_k``, ``e >= 0`` the smallest exponent that
     holds ``|x - c|`` (:func:`~.coding.overflow_shift`: a comparison, and an exponent shift of that
-    neuron's spike weights): no input is clamped, for any layer (each spike still adds its weight
-    column, scaled by its neuron's ``2^e``). The layer is called through ``layer.forward`` (no module
+    neuron's spike weights), for any layer (each spike still adds its weight column, scaled by its
+    neuron's ``2^e``); only an input beyond even the largest shift (a range calibrated on zeros) is
+    clamped and counted. The layer is called through ``layer.forward`` (no module
     hooks: this operator charges it itself).
     """
 
@@ -160,8 +161,7 @@ class SpikingWeightInput(SpikingOp):
             value = code.value * scales
             out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         macs = flops.weight_layer(self.layer, out)
-        self.note_clamped(clamped, "inputs beyond the largest power-of-two shift of their range (a range calibrated on "
-                                   "zeros?)")
+        self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
