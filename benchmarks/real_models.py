@@ -40,7 +40,7 @@ from spikingjelly_mbe.models import load_model, review_probe  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
 from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
 from spikingjelly_mbe.ops.coding import CODES, DEFAULT_CODE  # noqa: E402
-from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET  # noqa: E402
+from spikingjelly_mbe.ops.precision import AUTO, DEFAULT_BUDGET  # noqa: E402
 
 # model -> its conf/model entry; the held-out sets (full: the conf/data defaults, the README table) and
 # the --quick caps (reviews, digits, tokens)
@@ -155,9 +155,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     help="ablation: activations as their exact float targets (no energy report)")
     ap.add_argument("--code", choices=tuple(CODES),
                     help=f"the operands' digit code (default: the conversion default, {DEFAULT_CODE!r})")
-    ap.add_argument("--budget", type=lambda v: "null" if v.lower() == "none" else str(float(v)),
+    ap.add_argument("--budget", type=lambda v: {"none": "null", AUTO: AUTO}.get(v.lower()) or str(float(v)),
                     help="the calibrated codes' relative rounding noise (default: the conversion default, "
-                         f"{DEFAULT_BUDGET:g}; 'none': T digits of each operand's maximum)")
+                         f"{DEFAULT_BUDGET!r}; 'none': T digits of each operand's maximum)")
     ap.add_argument("--no-center", action="store_true",
                     help="code the weight layers' inputs around zero, not their channel medians (ablation)")
     ap.add_argument("--no-rectified", action="store_true",

@@ -218,7 +218,7 @@ class ConversionConfig:
     activation_N: Optional[int] = OP_SETTINGS.activation_N
     split_bits: Optional[int] = OP_SETTINGS.split_bits
     code: OperandCode = OperandCode(OP_SETTINGS.code)
-    budget: Optional[float] = OP_SETTINGS.budget  # precision of the calibrated codes (None: T digits of the max)
+    budget: Any = OP_SETTINGS.budget  # precision of the calibrated codes: 'auto', a float, or None (T digits of the max)
     center_inputs: bool = OP_SETTINGS.center_inputs  # weight-layer inputs coded around their channel medians
     rectified_activations: bool = OP_SETTINGS.rectified_activations  # GELU/SiLU = rectifier + fitted residual
     norm_exponents: bool = OP_SETTINGS.norm_exponents  # each element a norm codes carries its own exponent

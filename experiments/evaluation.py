@@ -28,7 +28,7 @@ from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss
 from spikingjelly_mbe.fitting.targets import RECTIFIED
 from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation
 from spikingjelly_mbe.ops.coding import DEFAULT_CODE
-from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET
+from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET, Budget
 
 from . import sj_recipes
 
@@ -105,7 +105,7 @@ def exact_activations(snn: nn.Module) -> int:
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
-                budget: Optional[float] = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs,
+                budget: Budget = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs,
                 rectified_activations: bool = OpSettings.rectified_activations,
                 norm_exponents: bool = OpSettings.norm_exponents) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:

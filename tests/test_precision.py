@@ -16,7 +16,8 @@ from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.energy.report import E_AC, E_MAC
 from spikingjelly_mbe.ops import PiecewiseLinear, SpikingMatmul, SpikingProduct, SpikingWeightInput
 from spikingjelly_mbe.ops.coding import CODES
-from spikingjelly_mbe.ops.precision import budget_step, check_budget, covering_range
+from spikingjelly_mbe.conversion.settings import OpSettings
+from spikingjelly_mbe.ops.precision import AUTO, budget_step, check_budget, covering_range, resolve_budget
 
 torch.set_num_threads(1)
 
@@ -53,6 +54,34 @@ def test_budget_step_and_covering_range_closed_forms():
             check_budget(bad)
     with pytest.raises(ValueError, match="budget must be None"):
         SpikingProduct(budget=2.0)
+    with pytest.raises(ValueError, match="'auto'"):
+        OpSettings(budget="Auto").validate()
+
+
+@pytest.mark.parametrize("T", [2, 8, 12, 16, 32])
+def test_the_auto_budget_resolves_per_code_and_T(T):
+    """``'auto'``: a weight layer's input ``2^-(3.5 + 5T/16)``, a product's operands ``2^-9``; explicit
+    budgets pass through unchanged, whatever the code."""
+    assert resolve_budget(AUTO, T, "weight_input") == 2.0 ** -(3.5 + 5 * T / 16)
+    assert resolve_budget(AUTO, T, "operand") == 2.0 ** -9
+    assert SpikingWeightInput(nn.Linear(3, 2), T=T).budget == 2.0 ** -(3.5 + 5 * T / 16)
+    assert SpikingProduct(T=T).budget == SpikingMatmul(T=T).budget == 2.0 ** -9
+    assert SpikingWeightInput(nn.Linear(3, 2), T=T, budget=2 ** -7).budget == SpikingProduct(T=T, budget=2 ** -7).budget
+    assert resolve_budget(None, T, "weight_input") is None and OpSettings(T=T).budget == AUTO
+
+
+def test_the_weight_input_budget_reads_the_typical_channel_not_the_outliers():
+    """Two outlier channels 100x the others set the whole input's RMS; the budget's step follows the
+    median channel's RMS (plain PyTorch), so the quiet channels keep their precision."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 32, generator=g)
+    x[:, :2] *= 100.0
+    op = SpikingWeightInput(nn.Linear(32, 4), T=16, budget=2 ** -8, centered=False)
+    op(x)
+    op.finish_calibration()
+    typical = float(x.double().square().mean(0).sqrt().median())
+    assert op.step == pytest.approx(math.sqrt(12) * 2 ** -8 * typical, rel=1e-9)
+    assert op.step < 0.1 * math.sqrt(12) * 2 ** -8 * float(x.double().square().mean().sqrt())
 
 
 @pytest.mark.parametrize("budget", [2 ** -6, 2 ** -10])
@@ -128,11 +157,14 @@ def test_weight_input_fast_equals_step_by_step_and_the_float_layer_on_the_rounde
     op.finish_calibration()
     channel = 1 if name == "conv2d" else -1
     rows = per_channel(x, channel)
-    # each channel's center: its median; its range: four times its own max |x - c|, at most the layer's
-    # (no budget step reaches 8 digits)
+    # each channel's center: its median; its range: four times its own max |x - c|, at most the layer's,
+    # at least T digits of the 'auto' budget's step 2^-6 sqrt(12) (median channel RMS of x - c)
     c = rows.median(0).values if centered else torch.zeros(rows.shape[1], dtype=torch.float64)
     peaks = (rows - c).abs().amax(0)
-    A = channel_view(x, channel, (4 * peaks).clamp(max=float(peaks.max())))
+    typical = float((rows - c).square().mean(0).sqrt().median())
+    floor = math.sqrt(12) * 2.0 ** -6 * typical * (2 ** T - 1)
+    A = channel_view(x, channel, (4 * peaks).clamp(max=float(peaks.max())).clamp(min=floor))
+    assert floor > float((4 * peaks).clamp(max=float(peaks.max())).min())  # the floor binds on some channel
     c = channel_view(x, channel, c)
     assert torch.allclose(op.channel_ranges.double().view(A.shape), A, rtol=1e-6)
     assert (op.channel_centers is not None) == centered

@@ -10,6 +10,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
 from ..ops.ecmt_settings import ECMTSettings
+from ..ops.precision import Budget
 from .calibration import Batch, Calibration, as_calibration
 from .options import DEFAULTS
 from .recipe import MBETransformerRecipe
@@ -20,7 +21,7 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
             calibration: Optional[Calibration] = None, fx: bool = False,
             activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
             ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
-            code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
+            code: str = DEFAULTS.code, budget: Budget = DEFAULTS.budget,
             center_inputs: bool = DEFAULTS.center_inputs,
             rectified_activations: bool = DEFAULTS.rectified_activations,
             norm_exponents: bool = DEFAULTS.norm_exponents) -> nn.Module:
@@ -35,7 +36,8 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     ``'binary'`` (MBE_Id, Eq. 9) or ``'signed'`` (signed digits: the same values, fewer spikes; see
     :data:`~spikingjelly_mbe.ops.coding.CODES`); ``budget``: the precision of every calibrated code
     (the weight layers' inputs and the products' operands), whose rounding noise is ``budget`` of
-    the operand's RMS on the calibration batches (default ``2**-9``; ``None``: ``T`` digits of
+    the operand's RMS on the calibration batches (default ``'auto'``: ``2**-(3.5 + 5T/16)`` of a weight
+    layer's typical input channel, ``2**-9`` of a product's operand; ``None``: ``T`` digits of
     its maximum; :mod:`~spikingjelly_mbe.ops.precision`); ``center_inputs``: code each weight layer's
     input channels around their calibrated medians, carried by the bias (default ``True``;
     :class:`~spikingjelly_mbe.ops.SpikingWeightInput`); ``rectified_activations``: GELU and SiLU as an

@@ -8,6 +8,7 @@ from spikingjelly.activation_based import base
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
 from ..ops.ecmt_settings import ECMTSettings
+from ..ops.precision import Budget
 from .calibration import Batch, Calibration, as_calibration
 from .ecmt import ECMTMethod
 from .report import ConversionReport
@@ -35,7 +36,7 @@ class MBERecipeOptions:
                  mode: str = DEFAULTS.mode, allow_float_fallback: bool = False,
                  activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
                  ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
-                 code: str = DEFAULTS.code, budget: Optional[float] = DEFAULTS.budget,
+                 code: str = DEFAULTS.code, budget: Budget = DEFAULTS.budget,
                  center_inputs: bool = DEFAULTS.center_inputs,
                  rectified_activations: bool = DEFAULTS.rectified_activations,
                  norm_exponents: bool = DEFAULTS.norm_exponents) -> None:

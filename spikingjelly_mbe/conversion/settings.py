@@ -14,7 +14,7 @@ from ..ops import (PiecewiseLinear, RectifiedActivation, SpikingActivation, Spik
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, SpikingOp
 from ..ops.coding import DEFAULT_CODE, check_code
-from ..ops.precision import DEFAULT_BUDGET, check_budget
+from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class OpSettings:
     or ``'signed'`` (signed digits, the same values with fewer spikes). ``budget`` sets the precision
     of every calibrated code (the weight layers' inputs, the products' operands) from calibration: its
     rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
-    ``None`` codes every operand to ``T`` digits of its maximum. ``center_inputs`` codes each weight
+    ``'auto'`` (the default) takes each code's own from ``AUTO_BUDGETS`` (weight inputs ``2^-(3.5 + 5T/16)``,
+    operands ``2^-9``); ``None`` codes every operand to ``T`` digits of its maximum. ``center_inputs`` codes each weight
     layer's input channels around their calibrated medians, the constant carried by the layer's bias
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`). ``rectified_activations`` computes GELU and
     SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
@@ -47,7 +48,7 @@ class OpSettings:
     activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
     code: str = DEFAULT_CODE
-    budget: Optional[float] = DEFAULT_BUDGET
+    budget: Budget = DEFAULT_BUDGET
     center_inputs: bool = True
     rectified_activations: bool = True
     norm_exponents: bool = True

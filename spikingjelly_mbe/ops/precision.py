@@ -11,7 +11,13 @@ Under a ``budget`` ``eps`` the step is instead set so the rounding noise is ``ep
 operand's RMS seen on the calibration batches, ``delta = sqrt(12) eps rms``, and the code's range
 becomes ``max(A, delta (2^T - 1))``: the same ``T`` time steps, no value clamped that ``A`` would
 keep, and the digits below ``delta`` never fire. When ``T`` digits cannot reach the budget's step
-over ``[0, A]`` the range stays ``A`` (the full-precision code).
+over ``[0, A]`` the range stays ``A`` (the full-precision code). A weight layer's input takes the
+RMS of its *typical channel* (the median of the channels' RMS, :meth:`ChannelCenters.typical_rms`):
+a few outlier channels 100x the others would set the step of every channel from their own scale.
+
+The default budget, ``'auto'`` (:data:`AUTO_BUDGETS`), depends on the code and on ``T``: a
+weight layer's input gets ``2^-(3.5 + 5T/16)`` (every 16 more time steps buy five more bits, as the
+fitted neurons' own error shrinks with ``T``), a product's operands keep ``2^-9``.
 
 Per-channel ranges (:class:`ChannelPeaks`): an operand whose channels differ by orders of magnitude
 (Transformer hidden states, whose few outlier channels reach 100x the others) is coded with one
@@ -23,27 +29,44 @@ unit range.
 from __future__ import annotations
 
 import math
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
 from .coding import MAX_RANGE, MIN_RANGE
 
-# relative RMS rounding noise per operand. Measured at T=16 on the four real models' quick subsets
-# (benchmarks/real_models.py --quick --models smollm2 minilm gpt2-small dinov2 --T 16 --budget B):
-# whole-model strict energy 0.61-0.63 at 2^-10, 0.54-0.56 at 2^-9, 0.47-0.49 at 2^-8, every metric
-# within 0.5 points / 0.5 % of the ANN at each
-DEFAULT_BUDGET = 2.0 ** -9
+AUTO = "auto"
+# the default (``budget='auto'``) relative RMS rounding noise of each kind of calibrated code at T time
+# steps. Measured on the four real models' full held-out sets (python -m experiments.convert
+# experiment=real_table): against 2^-9 of the whole operand's RMS for every code, the weight inputs'
+# schedule (on the typical channel's RMS) takes the whole-model strict energy at T=8 from 0.33-0.42
+# to 0.32-0.37 and at T=16 from 0.52-0.56 to 0.52-0.56, every metric as close to the ANN or closer
+# (SmolLM2 +1.55 % -> +1.16 % at T=8, +0.43 % -> +0.05 % at T=16); the operands' 2^-6 at T=8 cost
+# DINOv2 0.6 points, so they keep 2^-9
+AUTO_BUDGETS: Dict[str, Callable[[int], float]] = {
+    "weight_input": lambda T: 2.0 ** -(3.5 + 5 * T / 16),
+    "operand": lambda T: 2.0 ** -9,
+}
+DEFAULT_BUDGET = AUTO
+Budget = Union[float, str, None]
 
 
-def check_budget(budget: Optional[float]) -> Optional[float]:
-    """``budget`` must be ``None`` (every code at full precision) or a number in ``(0, 1)``; returns it."""
-    if budget is None:
-        return None
+def check_budget(budget: Budget) -> Budget:
+    """``budget`` must be ``None`` (every code at full precision), ``'auto'`` or a number in ``(0, 1)``;
+    returns it."""
+    if budget is None or budget == AUTO:
+        return budget
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget < 1.0:
-        raise ValueError(f"budget must be None (full precision) or the relative RMS rounding noise per operand in "
-                         f"(0, 1), e.g. 2**-10; got {budget!r}")
+        raise ValueError(f"budget must be None (full precision), 'auto' (the default per code and T) or the "
+                         f"relative RMS rounding noise per operand in (0, 1), e.g. 2**-10; got {budget!r}")
     return float(budget)
+
+
+def resolve_budget(budget: Budget, T: int, kind: str) -> Optional[float]:
+    """The budget a code of ``kind`` (a key of :data:`AUTO_BUDGETS`) uses at ``T`` steps: ``'auto'``
+    resolved, anything else checked (:func:`check_budget`)."""
+    budget = check_budget(budget)
+    return AUTO_BUDGETS[kind](T) if budget == AUTO else budget
 
 
 def budget_step(rms: float, budget: float) -> float:
@@ -141,10 +164,14 @@ class ChannelCenters(ChannelPeaks):
         """``max |x_k - c_k|`` per channel over the calibration batches (from the extremes)."""
         return torch.maximum(self.high - centers, centers - self.low)
 
-    def centered_rms(self, centers: torch.Tensor) -> float:
-        """RMS of ``x - c`` over every element: ``sum_k (S2_k - 2 c_k S1_k + n c_k^2) / (n K)``."""
-        squares = self.squares - 2 * centers * self.sums + self.count * centers.square()
-        return math.sqrt(max(float(squares.sum()), 0.0) / (self.count * centers.numel()))
+    def typical_rms(self, centers: Optional[torch.Tensor]) -> Optional[float]:
+        """The median over channels of each channel's RMS of ``x - c`` (``c = 0`` without ``centers``):
+        ``sqrt((S2_k - 2 c_k S1_k + n c_k^2) / n)``; ``None`` when no consistent channels were observed."""
+        if not self.consistent or self.squares is None:
+            return None
+        c = torch.zeros_like(self.sums) if centers is None else centers
+        squares = (self.squares - 2 * c * self.sums + self.count * c.square()) / self.count
+        return float(squares.clamp(min=0.0).sqrt().median())
 
 
 def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[float], T: int) -> torch.Tensor:

@@ -10,8 +10,8 @@ from .. import kernels
 from . import flops
 from .base import SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
-from .precision import (DEFAULT_BUDGET, ChannelPeaks, along, budget_step, channel_ranges, check_budget,
-                        covering_range)
+from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
+                        resolve_budget)
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode,
                      check_code, check_steps, total)
 
@@ -102,7 +102,7 @@ class _TwoOperandOp(SpikingOp):
 
     With ``ranges=None`` the operator starts ``calibrating``: forwards return the float result and
     record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile)
-    and, under a ``budget`` (:mod:`.precision`), each operand's rounding step to ``budget`` of its
+    and, under a ``budget`` (:mod:`.precision`; ``'auto'``: ``2^-9``), each operand's rounding step to ``budget`` of its
     RMS, which widens a range to ``step (2^T - 1)`` where that is larger. :meth:`set_ranges` fixes
     the ranges explicitly (widened only by steps that calibration set). An operator with
     ``per_channel`` codes each operand with one range per channel of its last dimension
@@ -115,9 +115,10 @@ class _TwoOperandOp(SpikingOp):
     per_channel = False
 
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
-                 budget: Optional[float]) -> None:
+                 budget: Budget) -> None:
         super().__init__(mode)
-        self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
+        self.T, self.code = check_steps(T), check_code(code)
+        self.budget = resolve_budget(budget, self.T, "operand")
         self.steps: Optional[Tuple[float, float]] = None  # the budget's rounding steps, set by calibration
         self.coders: Optional[torch.nn.ModuleList] = None
         self.shares: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # per-channel shares, set by calibration
@@ -248,7 +249,7 @@ class SpikingProduct(_TwoOperandOp):
     per_channel = True
 
     def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -289,7 +290,7 @@ class SpikingMatmul(_TwoOperandOp):
     float_op = staticmethod(torch.matmul)
 
     def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET) -> None:
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:

@@ -13,8 +13,8 @@ from .base import SpikingOp, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
 from .observer import RangeObserver
-from .precision import (DEFAULT_BUDGET, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
-                        check_budget)
+from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
+                        resolve_budget)
 
 
 class SpikingWeightInput(SpikingOp):
@@ -39,8 +39,10 @@ class SpikingWeightInput(SpikingOp):
     * the range ``A = max |x - c|`` (or the percentile of ``|x|``), and each channel's as ``A``
       times its share ``4 max_k |x - c| / A`` (two digits of room over the few calibration values a
       channel sees), so an outlier channel does not coarsen the others;
-    * under a ``budget``, the rounding step to ``budget`` of the RMS of ``x - c``, widening a
-      channel's range to ``step (2^T - 1)`` where that is larger.
+    * under a ``budget`` (``'auto'``: ``2^-(3.5 + 5T/16)``, :data:`~.precision.AUTO_BUDGETS`), the
+      rounding step to ``budget`` of the typical channel's RMS of ``x - c`` (the median over
+      channels), widening a channel's range to ``step (2^T - 1)`` where that is larger: quiet
+      channels are not coded finer than the budget asks.
 
     An input beyond its channel's range is coded at ``2^e A_k``, ``e >= 0`` the smallest exponent that
     holds ``|x - c|`` (:func:`~.coding.overflow_shift`: a comparison, and an exponent shift of that
@@ -53,13 +55,14 @@ class SpikingWeightInput(SpikingOp):
     operands = 1  # ranges (A,)
 
     def __init__(self, layer: nn.Module, T: int = 16, mode: str = "fast", A: Optional[float] = None,
-                 code: str = DEFAULT_CODE, budget: Optional[float] = DEFAULT_BUDGET, centered: bool = True) -> None:
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET, centered: bool = True) -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise TypeError(f"SpikingWeightInput wraps a weight layer (nn.Linear, Conv1D, a convolution), got "
                             f"{type(layer).__name__}")
         super().__init__(mode)
         self.layer = layer
-        self.T, self.code, self.budget = check_steps(T), check_code(code), check_budget(budget)
+        self.T, self.code = check_steps(T), check_code(code)
+        self.budget = resolve_budget(budget, self.T, "weight_input")
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
         padding = getattr(layer, "padding", 0)
         unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
@@ -109,19 +112,21 @@ class SpikingWeightInput(SpikingOp):
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
         """The channels' centers, the layer's ``A`` from the observed ``max |x - c|`` (or the
-        ``percentile`` of ``|x|``), the channels' shares and the budget's step from the observed RMS
-        of ``x - c``; returns the observed ``(A,)``."""
+        ``percentile`` of ``|x|``), the channels' shares and the budget's step from the typical
+        channel's RMS of ``x - c`` (the whole input's RMS when its channel count varied); returns the
+        observed ``(A,)``."""
         if not self.observer.samples:
             raise RuntimeError("SpikingWeightInput: finish_calibration() before any calibration forward; run a "
                                "few batches while calibrating, or call set_ranges((A,))")
         centers = self.stats.centers() if self.centered and percentile is None else None
         if centers is None:
-            rms, peaks, observed = self.observer.rms(), self.stats.peaks, (self.observer.range(percentile),)
+            peaks, observed = self.stats.peaks, (self.observer.range(percentile),)
         else:
             peaks = self.stats.centered_peaks(centers)
-            rms, observed = self.stats.centered_rms(centers), (max(float(peaks.max()), MIN_RANGE),)
+            observed = (max(float(peaks.max()), MIN_RANGE),)
         if self.budget is not None:
-            self.step = budget_step(rms, self.budget)
+            rms = self.stats.typical_rms(centers)
+            self.step = budget_step(self.observer.rms() if rms is None else rms, self.budget)
         self.shares = channel_shares(peaks)
         self.channel_centers = None if centers is None else centers.float()
         self.set_ranges(observed)
