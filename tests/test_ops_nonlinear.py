@@ -60,6 +60,7 @@ def test_activation_clamps_to_its_domain_and_warns_once(gelu_fit, caplog):
     with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
         y = act(torch.tensor([-40.0, 0.5, 40.0]))
     assert act.op_stats().clamped == 2 and len(caplog.records) == 1
+    assert "2 inputs outside [-16, 16] to the fitted neuron's domain" in caplog.text
     torch.testing.assert_close(y[2], F.gelu(torch.tensor(16.0)), atol=5e-2, rtol=0)
 
 

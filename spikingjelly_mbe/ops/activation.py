@@ -89,7 +89,7 @@ class SpikingActivation(SpikingOp):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
         lo, hi = self.fitted.domain
-        outside_note = f"inputs outside [{lo:g}, {hi:g}]"
+        outside_note = f"inputs outside [{lo:g}, {hi:g}] to the fitted neuron's domain"
         if not self.simulating and x.numel() and kernels.usable(x):
             table = neuron_table(self.node, self.fitted.domain, x.dtype, x.device, self.node_key)
             value, (fired, outside, nonfinite) = kernels.rowwise("sjmbe_lookup_f32", x, 1, 3, *table.kernel_args())

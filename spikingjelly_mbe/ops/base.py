@@ -119,7 +119,7 @@ class SpikingOp(base.MemoryModule):
         else:
             out = self.compute(*inputs)
         if self._clamped_now:
-            log.warning("%s: clamped %s to the fitted neuron domains in this forward",
+            log.warning("%s: clamped %s in this forward",
                         type(self).__name__, ", ".join(self._clamped_now))
         return out
 
