@@ -70,6 +70,12 @@ def test_the_auto_budget_resolves_per_code_and_T(T):
     assert resolve_budget(None, T, "weight_input") is None and OpSettings(T=T).budget == AUTO
 
 
+def test_the_auto_budget_passes_through_its_two_measured_settings():
+    """The schedule was measured at T=8 (2^-6) and T=16 (2^-8.5) on the real models."""
+    assert resolve_budget(AUTO, 8, "weight_input") == 2.0 ** -6
+    assert resolve_budget(AUTO, 16, "weight_input") == 2.0 ** -8.5
+
+
 def test_the_weight_input_budget_reads_the_typical_channel_not_the_outliers():
     """Two outlier channels 100x the others set the whole input's RMS; the budget's step follows the
     median channel's RMS (plain PyTorch), so the quiet channels keep their precision."""
