@@ -163,14 +163,14 @@ def test_weight_input_fast_equals_step_by_step_and_the_float_layer_on_the_rounde
     op.finish_calibration()
     channel = 1 if name == "conv2d" else -1
     rows = per_channel(x, channel)
-    # each channel's center: its median; its range: four times its own max |x - c|, at most the layer's,
+    # each channel's center: its median; its range: twice its own max |x - c|, at most the layer's,
     # at least T digits of the 'auto' budget's step 2^-6 sqrt(12) (median channel RMS of x - c)
     c = rows.median(0).values if centered else torch.zeros(rows.shape[1], dtype=torch.float64)
     peaks = (rows - c).abs().amax(0)
     typical = float((rows - c).square().mean(0).sqrt().median())
     floor = math.sqrt(12) * 2.0 ** -6 * typical * (2 ** T - 1)
-    A = channel_view(x, channel, (4 * peaks).clamp(max=float(peaks.max())).clamp(min=floor))
-    assert floor > float((4 * peaks).clamp(max=float(peaks.max())).min())  # the floor binds on some channel
+    A = channel_view(x, channel, (2 * peaks).clamp(max=float(peaks.max())).clamp(min=floor))
+    assert floor > float((2 * peaks).clamp(max=float(peaks.max())).min())  # the floor binds on some channel
     c = channel_view(x, channel, c)
     assert torch.allclose(op.channel_ranges.double().view(A.shape), A, rtol=1e-6)
     assert (op.channel_centers is not None) == centered
@@ -358,7 +358,7 @@ def test_convert_centers_weight_inputs_by_default_and_center_inputs_false_codes_
 
 @pytest.mark.parametrize("code", list(CODES))
 def test_product_codes_each_channel_in_its_own_range(code):
-    """SpikingProduct: channel k of each operand coded in ``[0, min(4 max_k, max)]`` (Eq. 9 per
+    """SpikingProduct: channel k of each operand coded in ``[0, min(2 max_k, max)]`` (Eq. 9 per
     neuron), against plain-PyTorch rounding per channel; fast == step by step; an outlier channel
     no longer coarsens the others (T=8, against the same product with one range per operand)."""
     T = 8
@@ -371,7 +371,7 @@ def test_product_codes_each_channel_in_its_own_range(code):
     op.finish_calibration()
     for x, ranges in ((a, op.channel_ranges_a), (b, op.channel_ranges_b)):
         peaks = x.abs().amax(0).double()
-        assert torch.allclose(ranges.double(), (4 * peaks).clamp(max=float(peaks.max())), rtol=1e-6)
+        assert torch.allclose(ranges.double(), (2 * peaks).clamp(max=float(peaks.max())), rtol=1e-6)
     with torch.no_grad():
         fast = op(a, b)
         op.mode = "simulate"

@@ -100,7 +100,7 @@ def test_calibrated_rectifier_codes_each_channel_at_its_own_range():
         results[mode] = (op(x), op.op_stats())
     peaks = torch.stack([b.clamp(min=0) for b in calibration]).amax((0, 1)).double()
     A = float(peaks.max())
-    ranges = A * (4 * peaks / A).clamp(2.0 ** -8, 1.0)
+    ranges = A * (2 * peaks / A).clamp(2.0 ** -8, 1.0)
     assert torch.allclose(op.channel_ranges.double(), ranges, rtol=1e-6) and op.ranges == (pytest.approx(A),)
     (fast, stats), (simulated, simulated_stats) = results["fast"], results["simulate"]
     assert torch.equal(fast, simulated) and stats == simulated_stats and stats.clamped == 0

@@ -16,13 +16,13 @@ RMS of its *typical channel* (the median of the channels' RMS, :meth:`ChannelCen
 a few outlier channels 100x the others would set the step of every channel from their own scale.
 
 The default budget, ``'auto'`` (:data:`AUTO_BUDGETS`), depends on the code and on ``T``: a
-weight layer's input gets ``2^-(3.5 + 5T/16)`` (``2^-6`` at ``T=8``, where ranges of four times each
-channel's peak left steps no budget of ``2^-9`` ever reached, ``2^-8.5`` at ``T=16``; the line
+weight layer's input gets ``2^-(3.5 + 5T/16)`` (``2^-6`` at ``T=8``, where per-channel ranges (then four times each
+channel's peak) left steps no budget of ``2^-9`` ever reached, ``2^-8.5`` at ``T=16``; the line
 through the two measured settings), a product's operands keep ``2^-9``.
 
 Per-channel ranges (:class:`ChannelPeaks`): an operand whose channels differ by orders of magnitude
 (Transformer hidden states, whose few outlier channels reach 100x the others) is coded with one
-range per channel, ``A_k = A min(1, 4 max_k |x| / max |x|)``: an outlier channel no longer
+range per channel, ``A_k = A min(1, 2 max_k |x| / max |x|)`` (:data:`CHANNEL_HEADROOM`): an outlier channel no longer
 coarsens every other. The neuron of channel ``k`` has input gain ``1 / A_k`` and output weight
 ``A_k`` (Eq. 9 per neuron), so the code of ``x`` is ``A_k`` times the code of ``x / A_k`` in the
 unit range.
@@ -82,12 +82,16 @@ def covering_range(A: float, step: Optional[float], T: int) -> float:
     return max(A, step * (2.0 ** T - 1.0)) if step else A
 
 
-CHANNEL_HEADROOM = 4.0  # a channel's range: this multiple of its calibrated maximum (two digits of room)
+# A channel's range: this multiple of its calibrated maximum (one digit of room). An input beyond its
+# range is coded at a power-of-two shift of it (coding.overflow_shift), so more room only coarsens
+# every step: with two digits (4x), MiniLM's attention-sink rows (CLS/SEP, near-identical in every
+# sentence) kept the same rounding error in every sentence at T=8, a systematic shift of the probe.
+CHANNEL_HEADROOM = 2.0
 CHANNEL_FLOOR = 2.0 ** -8  # ... and at least this fraction of the operand's range (channels never seen)
 
 
 def channel_shares(peaks: torch.Tensor) -> torch.Tensor:
-    """Each channel's range as a fraction of the operand's: ``4 peak_k / max_k peak_k``, within
+    """Each channel's range as a fraction of the operand's: ``2 peak_k / max_k peak_k``, within
     ``[CHANNEL_FLOOR, 1]``."""
     peak = max(float(peaks.max()), MIN_RANGE)
     return (CHANNEL_HEADROOM * peaks / peak).clamp(min=CHANNEL_FLOOR, max=1.0)

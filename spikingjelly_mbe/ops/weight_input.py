@@ -37,8 +37,8 @@ class SpikingWeightInput(SpikingOp):
       codes only its spread. Only where the layer is affine per position (``nn.Linear``, ``Conv1D``,
       a convolution without padding), and not with a ``percentile`` range;
     * the range ``A = max |x - c|`` (or the percentile of ``|x|``), and each channel's as ``A``
-      times its share ``4 max_k |x - c| / A`` (two digits of room over the few calibration values a
-      channel sees), so an outlier channel does not coarsen the others;
+      times its share ``2 max_k |x - c| / A`` (one digit of room over the few calibration values a
+      channel sees; beyond it the overflow shift below), so an outlier channel does not coarsen the others;
     * under a ``budget`` (``'auto'``: ``2^-(3.5 + 5T/16)``, :data:`~.precision.AUTO_BUDGETS`), the
       rounding step to ``budget`` of the typical channel's RMS of ``x - c`` (the median over
       channels), widening a channel's range to ``step (2^T - 1)`` where that is larger: quiet
