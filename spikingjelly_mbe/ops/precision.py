@@ -84,8 +84,8 @@ def covering_range(A: float, step: Optional[float], T: int) -> float:
 
 # A channel's range: this multiple of its calibrated maximum (one digit of room). An input beyond its
 # range is coded at a power-of-two shift of it (coding.overflow_shift), so more room only coarsens
-# every step: with two digits (4x), MiniLM's attention-sink rows (CLS/SEP, near-identical in every
-# sentence) kept the same rounding error in every sentence at T=8, a systematic shift of the probe.
+# every step: with two digits (4x), MiniLM's [CLS]/[SEP] rows (alike in every sentence) kept the same
+# rounding error in every sentence at T=8, which attention mixed into every token: a systematic shift.
 CHANNEL_HEADROOM = 2.0
 CHANNEL_FLOOR = 2.0 ** -8  # ... and at least this fraction of the operand's range (channels never seen)
 
