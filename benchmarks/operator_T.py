@@ -54,9 +54,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     c = job_config(args.model, args.quick)
     task = build_task(c)
     k = c.conversion
-    models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, code=k.code.value, budget=k.budget,
-                             center_inputs=k.center_inputs, rectified_activations=k.rectified_activations,
-                             norm_exponents=k.norm_exponents).snn
+    models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, **k.operator_options()).snn
               for T in (args.high, args.low)}
     kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
     base, donor = (args.low, args.high) if args.reverse else (args.high, args.low)

@@ -71,9 +71,7 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
     rows: List[Row] = []
     k = c.conversion
     for T in tqdm(Ts, desc=f"{name}: T", leave=False):
-        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, code=k.code.value, budget=k.budget,
-                                 center_inputs=k.center_inputs, rectified_activations=k.rectified_activations,
-                                 norm_exponents=k.norm_exponents)
+        conversion = convert_for(task, "mbe", T, k.N, k.activation_N, exact=exact, **k.operator_options())
         result = evaluate(task, conversion)
         if not rows:
             rows.append({"model": name, "metric": task.metric, "T": "ANN", "ann": round(result.ann, 3)})

@@ -228,6 +228,13 @@ class ConversionConfig:
     exact_activations: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
+    def operator_options(self) -> Dict[str, Any]:
+        """The operator options of :func:`spikingjelly_mbe.convert` this config sets, the one list
+        every entry point passes on."""
+        return dict(split_bits=self.split_bits, code=self.code.value, budget=self.budget,
+                    center_inputs=self.center_inputs, rectified_activations=self.rectified_activations,
+                    norm_exponents=self.norm_exponents)
+
 
 @dataclass
 class JobConfig:

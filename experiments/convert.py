@@ -125,8 +125,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
                              k.allow_float_fallback, Calibration(method=k.calibration.method.value,
                                                                  percentile=k.calibration.percentile,
                                                                  headroom=k.calibration.headroom),
-                             k.exact_activations, k.split_bits, k.code.value, k.budget, k.center_inputs,
-                             k.rectified_activations, k.norm_exponents)
+                             k.exact_activations, **k.operator_options())
     result = evaluate(task, conversion, shard)
     row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group,
                      conversion.fully_spiking)

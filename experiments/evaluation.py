@@ -21,14 +21,12 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion import Calibration, OpSettings
+from spikingjelly_mbe.conversion import Calibration
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
 from spikingjelly_mbe.fitting.targets import RECTIFIED
 from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation
-from spikingjelly_mbe.ops.coding import DEFAULT_CODE
-from spikingjelly_mbe.ops.precision import DEFAULT_BUDGET, Budget
 
 from . import sj_recipes
 
@@ -104,14 +102,13 @@ def exact_activations(snn: nn.Module) -> int:
 
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
                 fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
-                exact: bool = False, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
-                budget: Budget = DEFAULT_BUDGET, center_inputs: bool = OpSettings.center_inputs,
-                rectified_activations: bool = OpSettings.rectified_activations,
-                norm_exponents: bool = OpSettings.norm_exponents) -> Conversion:
+                exact: bool = False, **options: Any) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
-    are recorded, not raised)."""
+    are recorded, not raised). ``options``: the operator options of ``convert`` (``code``, ``budget``,
+    ``split_bits``...; a Hydra job's are ``ConversionConfig.operator_options()``), their defaults when
+    left out."""
     began = time.perf_counter()
     if method in SJ_METHODS:
         a = sj_recipes.attempt(SJ_METHODS[method], task.model, task.calib[:1], "model as loaded")
@@ -123,9 +120,7 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
     if method not in MBE_METHODS:
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
     snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
-                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method,
-                  split_bits=split_bits, code=code, budget=budget, center_inputs=center_inputs,
-                  rectified_activations=rectified_activations, norm_exponents=norm_exponents)
+                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method, **options)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)

@@ -202,3 +202,21 @@ def test_slurm_launcher_config_composes_with_the_pinned_submitit_plugin(compose_
     cfg = compose_app("hydra/launcher=slurm", "hydra.launcher.partition=cpu", config="convert")
     assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert cfg.hydra.launcher.partition == "cpu" and cfg.hydra.launcher.cpus_per_task == 2
+
+
+def test_a_jobs_operator_options_are_converts_keywords_at_its_defaults_and_overrides_reach_them(compose_app):
+    """``ConversionConfig.operator_options()``, what every entry point passes to ``convert``: each key a
+    keyword of ``spikingjelly_mbe.convert`` with the same default there, and a Hydra override arrives."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    from spikingjelly_mbe import convert
+    params = inspect.signature(convert).parameters
+    default = OmegaConf.to_object(compose_app(config="convert").conversion).operator_options()
+    assert set(default) == {"split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents"}
+    assert {k: params[k].default for k in default} == default
+    chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",
+                                             "conversion.norm_exponents=false", config="convert").conversion)
+    assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,
+                                         "norm_exponents": False}
