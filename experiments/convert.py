@@ -88,9 +88,7 @@ def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_secon
     return {"entry": "convert", "model": model_label(c), "data": c.data.source.value,
             "method": c.conversion.method.value + ("+exact_act" if c.conversion.exact_activations else ""),
             "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
-            "split_bits": c.conversion.split_bits, "code": c.conversion.code.value, "budget": c.conversion.budget,
-            "center_inputs": c.conversion.center_inputs, "rectified_activations": c.conversion.rectified_activations,
-            "norm_exponents": c.conversion.norm_exponents,
+            **c.conversion.operator_options(),
             "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
             else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
             **result.row(), "fully_spiking": fully_spiking, "status": status,
