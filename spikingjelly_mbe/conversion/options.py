@@ -7,9 +7,11 @@ import torch.nn as nn
 from spikingjelly.activation_based import base
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
+from ..ops.base import set_checks
 from ..ops.ecmt_settings import ECMTSettings
 from ..ops.precision import Budget
 from .calibration import Batch, Calibration, as_calibration
+from .checkpoint import attach_settings
 from .ecmt import ECMTMethod
 from .report import ConversionReport
 from .settings import OpSettings
@@ -60,11 +62,14 @@ class MBERecipeOptions:
             raise ValueError(f"allow_float_fallback must be a bool, got {self.allow_float_fallback!r}")
 
     def finish(self, model: nn.Module) -> nn.Module:
-        """Attach the metadata (the state reset before every forward is installed before calibration)."""
+        """Attach the metadata and the settings (in the ``state_dict``); checks are deferred, so a
+        forward never waits for the device (the state reset before every forward is installed before
+        calibration)."""
         model.ann2snn_recipe = self.recipe_name
         model.time_steps = self.settings.T
         model.mbe_report = self.report
-        return model
+        attach_settings(model, "ecmt" if self.recipe_name == "ecmt_transformer" else "mbe", self.settings)
+        return set_checks(model, "deferred")
 
 
 def reset_states(module: nn.Module, args: tuple) -> None:

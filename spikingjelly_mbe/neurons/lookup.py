@@ -158,8 +158,8 @@ class NeuronTable:
     def index(self, x: torch.Tensor) -> torch.Tensor:
         """The interval of every ``x`` in ``[lo, hi]``, flattened (int32)."""
         flat = x.flatten()
-        bucket = (flat - self.lo).mul_(self.scale).floor_().clamp_(0, len(self.first) - 1)
-        position = self.first.index_select(0, bucket.to(torch.int32))
+        bucket = (flat - self.lo).mul_(self.scale).floor_().to(torch.int32).clamp_(0, len(self.first) - 1)  # NaN: 0
+        position = self.first.index_select(0, bucket)
         for jump in self.jumps:
             candidate = position + jump
             position = torch.where(self.padded_edges.index_select(0, candidate) <= flat, candidate, position)

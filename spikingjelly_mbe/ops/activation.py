@@ -1,7 +1,7 @@
 """Element-wise spiking activations from fitted MBE/FS neurons (Eq. 8)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +33,8 @@ class SpikingActivation(SpikingOp):
     registered target of the fit (a fit of an unregistered callable needs it under autograd).
     """
 
+    settings_names = ("T",)
+
     def __init__(self, fitted: FittedNeuron, mode: str = "fast", reference: Optional[TensorFn] = None) -> None:
         super().__init__(mode)
         if not isinstance(fitted, FittedNeuron):
@@ -57,6 +59,15 @@ class SpikingActivation(SpikingOp):
         if stamp != self._stamp:
             self._stamp, self._key = stamp, fingerprint(self.node)
         return self._key
+
+    def calibrated_state(self) -> Dict[str, Any]:
+        """The fitted neuron (conversion fits some activations on the input range calibration saw)."""
+        return {"fitted": self.fitted.to_dict()}
+
+    def restore_calibrated(self, state: Dict[str, Any]) -> None:
+        if state["fitted"] != self.fitted.to_dict():
+            self.fitted = FittedNeuron.from_dict(state["fitted"], "the state_dict's fitted neuron")
+            self.node = self.fitted.node(clamp=False).to(self.state_device())
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         reference = self.reference or (TARGETS[self.fitted.target].fn if self.fitted.target in TARGETS else None)
@@ -94,19 +105,17 @@ class SpikingActivation(SpikingOp):
             table = neuron_table(self.node, self.fitted.domain, x.dtype, x.device, self.node_key)
             value, (fired, outside, nonfinite) = kernels.rowwise("sjmbe_lookup_f32", x, 1, 3, *table.kernel_args())
             if nonfinite:
-                self.check_input(x, "input")  # raises, naming the count
+                self.reject_nonfinite(x, "input")  # raises, naming the count
             self.note_clamped(outside, outside_note)
         else:
-            low, high = self.check_input(x, "input")
+            self.check_input(x, "input")
             xs = x.to(working_dtype(x))
-            if low < lo or high > hi:
-                self.note_clamped(int(((xs < lo) | (xs > hi)).sum()), outside_note)
-                xs = xs.clamp(lo, hi)
-            value, fired = self.evaluate(xs)
+            self.note_clamped(((xs < lo) | (xs > hi)).sum(), outside_note)
+            value, fired = self.evaluate(xs.clamp(lo, hi))
         self.record(spikes=fired, neurons=x.numel(), sops=fired, ann_flops=flops.ACTIVATION * x.numel())
         return value.to(x.dtype)
 
-    def evaluate(self, xs: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    def evaluate(self, xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(f_hat, spikes fired)`` for inputs within the domain, in PyTorch: the step-by-step
         simulation, or the :class:`~spikingjelly_mbe.neurons.NeuronTable` in fast mode."""
         if self.simulating:

@@ -1,12 +1,14 @@
-"""What every spiking operator shares: evaluation mode, input checks, clamp warnings, statistics."""
+"""What every spiking operator shares: evaluation mode, input checks, clamp warnings, statistics, and
+its calibrated state in the ``state_dict``."""
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import fields
-from typing import List, Tuple
+from typing import Any, Dict, Tuple, Union
 
 import torch
+import torch.nn as nn
 from spikingjelly.activation_based import base
 
 from .coding import FLOAT32_MAX_T
@@ -15,7 +17,12 @@ from .stats import OpStats
 log = logging.getLogger("spikingjelly_mbe.ops")
 
 MODES = ("fast", "simulate")
+# when fast mode checks its inputs for NaN/Inf and reports clamps: "eager" reads them on the host in every
+# forward (a ValueError before computing, a warning after it); "deferred" counts them on the device and reads
+# them at the next flush (op_stats(), flush_checks(model)), so a forward never waits for the device
+CHECKS = ("eager", "deferred")
 STAT_FIELDS = tuple(f.name for f in fields(OpStats))
+Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
 
 
 def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
@@ -44,15 +51,26 @@ class SpikingOp(base.MemoryModule):
     reconstructed sums. Counts live in SpikingJelly memories, so ``functional.reset_net`` zeroes
     them; :meth:`op_stats` reads them. The ``T`` steps are internal: the operator maps float
     tensors to float tensors whatever ``step_mode`` SpikingJelly sets. Subclasses implement
-    ``compute(*inputs)``; :meth:`forward` wraps it with the once-per-forward clamp warning.
+    ``compute(*inputs)``; :meth:`forward` wraps it with the clamp warning.
+
+    Counts that depend on the data (spikes, clamps, NaN/Inf inputs) may be device tensors: fast mode
+    never reads them in a forward under ``checks='deferred'`` (:data:`CHECKS`; conversion sets it),
+    only :meth:`op_stats` and :meth:`flush` do. Calibrated state lives in buffers and in
+    :meth:`get_extra_state` (``calibrated_state``/``restore_calibrated``), so ``load_state_dict``
+    restores a calibration; a state saved with other settings (``T``, ``code``) raises naming them.
     """
+
+    calibrated_buffers: Tuple[str, ...] = ()  # buffers calibration sets (None until then)
+    settings_names: Tuple[str, ...] = ("T", "code")  # settings a saved state must share (those it has)
 
     def __init__(self, mode: str) -> None:
         super().__init__()
         self.mode = mode
+        self.checks = "eager"
         for name in STAT_FIELDS:
             self.register_memory(f"stat_{name}", 0)
-        self._clamped_now: List[str] = []
+        self._clamps: Dict[str, Count] = {}  # clamp notes not yet reported: what -> count
+        self._nonfinite: Dict[str, Tuple[int, Count]] = {}  # input -> (elements checked, finite ones)
 
     @property
     def mode(self) -> str:
@@ -65,24 +83,57 @@ class SpikingOp(base.MemoryModule):
         self._mode = value
 
     @property
+    def checks(self) -> str:
+        return self._checks
+
+    @checks.setter
+    def checks(self, value: str) -> None:
+        if value not in CHECKS:
+            raise ValueError(f"{type(self).__name__}: checks must be one of {CHECKS}, got {value!r}")
+        self._checks = value
+
+    @property
     def simulating(self) -> bool:
         return self._mode == "simulate"
 
+    @property
+    def deferring(self) -> bool:
+        """Fast mode under deferred checks: nothing of the data is read on the host in a forward."""
+        return self._checks == "deferred" and not self.simulating
+
     def op_stats(self) -> OpStats:
-        """Spikes, neuron inputs, SOPs, replaced FLOPs and clamps since the last reset."""
+        """Spikes, neuron inputs, SOPs, replaced FLOPs and clamps since the last reset (after :meth:`flush`)."""
+        self.flush()
         return OpStats(**{name: int(getattr(self, f"stat_{name}")) for name in STAT_FIELDS})
 
-    def record(self, **counts: int) -> None:
-        """Add to the statistics (keywords are :class:`OpStats` fields)."""
+    def record(self, **counts: Count) -> None:
+        """Add to the statistics (keywords are :class:`OpStats` fields; host ints or device tensors)."""
         for name, value in counts.items():
-            key = f"stat_{name}"
-            setattr(self, key, getattr(self, key) + int(value))
+            if isinstance(value, torch.Tensor) or value:
+                key = f"stat_{name}"
+                setattr(self, key, getattr(self, key) + value)
 
-    def note_clamped(self, count: int, what: str) -> None:
-        """Count inputs clamped to a neuron's domain; :meth:`forward` warns once with the total."""
-        if count:
+    def note_clamped(self, count: Count, what: str) -> None:
+        """Count inputs clamped to a neuron's domain; the next :meth:`flush` warns with the total."""
+        if isinstance(count, torch.Tensor) or count:
             self.record(clamped=count)
-            self._clamped_now.append(f"{count} {what}")
+            self._clamps[what] = self._clamps.get(what, 0) + count
+
+    def flush(self, span: str = "since the last check") -> None:
+        """Report what the forwards counted: NaN/Inf inputs raise a ``ValueError``, clamps log one
+        warning. Reads device counts (a host synchronisation): :meth:`forward` calls it under eager
+        checks, :meth:`op_stats` and :func:`flush_checks` under deferred ones."""
+        clamps, self._clamps = self._clamps, {}
+        nonfinite, self._nonfinite = self._nonfinite, {}
+        bad = [(name, checked - int(finite)) for name, (checked, finite) in nonfinite.items()]
+        bad = [(name, count) for name, count in bad if count]
+        if bad:
+            counts = ", ".join(f"{name} contains {count} NaN/Inf value(s)" for name, count in bad)
+            raise ValueError(f"{type(self).__name__}: {counts} {span}; spiking neurons need finite membrane "
+                             "potentials (the outputs at those positions are undefined)")
+        notes = [f"{int(count)} {what}" for what, count in clamps.items() if int(count)]
+        if notes:
+            log.warning("%s: clamped %s %s", type(self).__name__, ", ".join(notes), span)
 
     def check_floating(self, x: torch.Tensor, name: str) -> None:
         """``x`` must be a floating point tensor."""
@@ -90,16 +141,25 @@ class SpikingOp(base.MemoryModule):
             raise TypeError(f"{type(self).__name__}: {name} must be a floating point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
 
-    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> Tuple[float, float]:
-        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked'); returns
-        ``(min, max)`` of ``x`` (``(0, 0)`` when empty). The fused kernels count NaN/Inf themselves
-        and call this only to raise."""
+    def check_input(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
+        """Floating point, and no NaN/Inf (``-inf`` allowed where it means 'masked'): checked now
+        (:meth:`reject_nonfinite`), or under deferred checks counted on the device for :meth:`flush`."""
         self.check_floating(x, name)
+        if not self.deferring:
+            self.reject_nonfinite(x, name, allow_neg_inf)
+        elif x.numel():
+            finite = (x.detach() < math.inf) if allow_neg_inf else (x.detach().abs() < math.inf)
+            checked, count = self._nonfinite.get(name, (0, 0))
+            self._nonfinite[name] = (checked + x.numel(), count + finite.sum())
+
+    def reject_nonfinite(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
+        """Raise if ``x`` holds NaN/Inf (``-inf`` allowed where it means 'masked'), naming the count;
+        reads ``x`` on the host. The fused kernels count NaN/Inf themselves and call this only to raise."""
         if x.numel() == 0:
-            return 0.0, 0.0
+            return
         lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates to both
         if not math.isnan(lo) and hi != float("inf") and (lo != float("-inf") or allow_neg_inf):
-            return lo, hi
+            return
         bad = x.isnan() | (x == float("inf")) | ((x == float("-inf")) if not allow_neg_inf else False)
         allowed = " (-inf is allowed: it marks masked positions)" if allow_neg_inf else ""
         raise ValueError(f"{type(self).__name__}: {name} contains {int(bad.sum())} NaN/Inf value(s){allowed}; "
@@ -110,7 +170,6 @@ class SpikingOp(base.MemoryModule):
         raise NotImplementedError
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        self._clamped_now = []
         if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters())
                                            if isinstance(t, torch.Tensor)):
             with torch.no_grad():
@@ -118,13 +177,74 @@ class SpikingOp(base.MemoryModule):
             out = StraightThrough.apply(out, self.float_reference(*inputs))
         else:
             out = self.compute(*inputs)
-        if self._clamped_now:
-            log.warning("%s: clamped %s in this forward",
-                        type(self).__name__, ", ".join(self._clamped_now))
+        if not self.deferring:
+            self.flush("in this forward")
         return out
+
+    # ---- calibrated state in the state_dict ------------------------------------------------------
+    def settings_state(self) -> Dict[str, Any]:
+        """The settings a saved state must share with this operator (:attr:`settings_names`)."""
+        return {name: getattr(self, name) for name in self.settings_names if hasattr(self, name)}
+
+    def calibrated_state(self) -> Dict[str, Any]:
+        """What calibration set besides :attr:`calibrated_buffers` (plain numbers and CPU tensors)."""
+        return {}
+
+    def restore_calibrated(self, state: Dict[str, Any]) -> None:
+        """Take back :meth:`calibrated_state` (before the children load theirs)."""
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        unset = [name for name in self.calibrated_buffers if self._buffers.get(name) is None]
+        return {"settings": self.settings_state(), "calibrated": self.calibrated_state(), "unset": unset}
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.restore_calibrated(state["calibrated"])
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+        """Check the saved settings first (a mismatch raises, naming it), and give every calibrated
+        buffer the saved shape (or ``None``), so a calibration on other data loads exactly."""
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict):
+            settings = self.settings_state()
+            differ = {k: (v, settings.get(k)) for k, v in extra.get("settings", {}).items() if settings.get(k) != v}
+            if differ:
+                said = ", ".join(f"{k}={saved!r} (this operator: {own!r})" for k, (saved, own) in differ.items())
+                raise ValueError(f"{type(self).__name__} at '{prefix[:-1]}': the state_dict was saved with {said}; "
+                                 "load it into a model converted with the same settings")
+            for name in self.calibrated_buffers:
+                saved, own = state_dict.get(prefix + name), self._buffers.get(name)
+                if name in extra.get("unset", ()):
+                    self._buffers[name] = None
+                elif saved is not None and (own is None or own.shape != saved.shape):
+                    self._buffers[name] = torch.empty(saved.shape, dtype=saved.dtype, device=self.state_device())
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def state_device(self) -> torch.device:
+        """Where this operator's tensors live (its first buffer or parameter; the CPU without any)."""
+        tensor = next(self.buffers(), None)
+        tensor = next(self.parameters(), None) if tensor is None else tensor
+        return torch.device("cpu") if tensor is None else tensor.device
 
     def extra_repr(self) -> str:
         return f"mode={self._mode!r}"
+
+
+def set_checks(model: nn.Module, checks: str) -> nn.Module:
+    """Every spiking operator of ``model`` checks its inputs ``'eager'``-ly or ``'deferred'`` (:data:`CHECKS`)."""
+    if checks not in CHECKS:
+        raise ValueError(f"checks must be one of {CHECKS}, got {checks!r}")
+    for module in model.modules():
+        if isinstance(module, SpikingOp):
+            module.checks = checks
+    return model
+
+
+def flush_checks(model: nn.Module) -> None:
+    """Report what ``model``'s spiking operators counted since the last check (:meth:`SpikingOp.flush`):
+    NaN/Inf inputs raise, clamps warn. Under deferred checks this is where they surface."""
+    for module in model.modules():
+        if isinstance(module, SpikingOp):
+            module.flush()
 
 
 def broadcast_shape(a: torch.Tensor, b: torch.Tensor, op: str) -> Tuple[int, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -25,12 +25,13 @@ MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fi
 # of T-digit codes round at 2^-24, which can flip a digit of the next stage's code once T nears 24
 FLOAT32_MAX_T = 16
 MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
+Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
 
 def popcount(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Number of set bits of the integers ``0 <= q < 2^bits`` (``bits <= 32``) held in a float tensor."""
-    table = _POPCOUNT16.to(device=q.device, dtype=q.dtype)
+    table = _table(_POPCOUNT16, q)
     if bits <= 16:
         return lookup(table, q)
     v = q.to(torch.int64)
@@ -39,7 +40,17 @@ def popcount(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 def signed_digit_count(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Nonzero digits :class:`~spikingjelly_mbe.neurons.SignedDigitNode` fires for the integers
-    ``0 <= q < 2^bits`` (``bits <= 32``) held in a float tensor, in closed form.
+    ``0 <= q < 2^bits`` (``bits <= 32``) held in a float tensor: :func:`naf_digit_count`, looked up
+    in its table of all ``2^bits`` patterns up to 16 bits (one gather)."""
+    if bits > 16:
+        return naf_digit_count(q, bits)
+    if bits not in _SIGNED_COUNTS:
+        _SIGNED_COUNTS[bits] = naf_digit_count(torch.arange(1 << bits, dtype=torch.float32), bits)
+    return lookup(_table(_SIGNED_COUNTS[bits], q), q)
+
+
+def naf_digit_count(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`signed_digit_count` in closed form.
 
     ``D = ((3q) ^ q) >> 1`` marks the digits of the non-adjacent form of ``q`` (bit ``bits`` set when
     its top digit is ``2^bits``). Below ``2^bits`` the count is ``popcount(D)``; otherwise the
@@ -55,6 +66,20 @@ def signed_digit_count(q: torch.Tensor, bits: int) -> torch.Tensor:
         smear = smear | (smear >> shift)
     fill = ((digits >> bits) * top) & ~(smear >> 1)
     return popcount((low | fill).to(q.dtype), bits)
+
+
+_SIGNED_COUNTS: Dict[int, torch.Tensor] = {}  # bits -> signed digit count of every pattern (float32, CPU)
+_TABLE_COPIES: Dict[Tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _table(table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``table`` in ``like``'s dtype and device, copied once per process."""
+    if table.dtype == like.dtype and table.device == like.device:
+        return table
+    key = (id(table), like.dtype, like.device)
+    if key not in _TABLE_COPIES:
+        _TABLE_COPIES[key] = table.to(device=like.device, dtype=like.dtype)
+    return _TABLE_COPIES[key]
 
 
 @dataclass(frozen=True)
@@ -77,17 +102,17 @@ def check_code(code: str) -> str:
     return code
 
 
-def total(counts: torch.Tensor) -> int:
-    """Exact sum of integer-valued counts: float32 sums along the last dimension (exact while a
-    row sums to less than 2^24), then a float64 sum of the rows."""
-    if counts.dim() == 0 or counts.shape[-1] > 1 << 16:
-        return int(counts.sum(dtype=torch.float64))
-    return int(counts.sum(-1).sum(dtype=torch.float64))
+def total(counts: torch.Tensor) -> torch.Tensor:
+    """Exact sum of integer-valued counts, a float64 tensor on their device (read it only when needed:
+    that waits for the device)."""
+    return counts.sum(dtype=torch.float64)
 
 
 def lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` (rows of ``table``) for integer-valued ``index`` of any dtype and shape."""
-    return table.index_select(0, index.to(torch.int32).flatten()).view(*index.shape, *table.shape[1:])
+    """``table[index]`` (rows of ``table``) for integer-valued ``index`` of any dtype and shape; an
+    index outside the table (from a NaN input, reported by the operator's checks) reads its nearest row."""
+    rows = index.to(torch.int32).flatten().clamp_(0, table.shape[0] - 1)
+    return table.index_select(0, rows).view(*index.shape, *table.shape[1:])
 
 
 def decode(node: MultiBasisNode, spikes: torch.Tensor) -> torch.Tensor:
@@ -143,8 +168,8 @@ def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
     """``2^e`` per element of ``x``, ``e >= 0`` the smallest exponent with ``|x| <= 2^e A`` (1 within
     ``[-A, A]``), at most the largest power of two of ``x``'s dtype (an element beyond even that, from
     a range calibrated on zeros, is clamped and counted by the coder). The quotient is taken in
-    float64, so a float32 ``|x| / A`` cannot overflow."""
-    mantissa, exponent = torch.frexp(x.detach().double() / A)
+    float64, so a float32 ``|x| / A`` cannot overflow (``A = 1``: no quotient)."""
+    mantissa, exponent = torch.frexp(x.detach() if A == 1.0 else x.detach().double() / A)
     exponent = exponent - (mantissa.abs() == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
     top = math.frexp(torch.finfo(x.dtype).max)[1] - 1  # the largest finite power of two: 2^127 in float32
     return torch.exp2(exponent.clamp_(min=0, max=top).to(x.dtype))
@@ -188,14 +213,33 @@ class IdentityCoder(nn.Module):
 
     def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
         super().__init__()
-        self.node = identity_node(T, float(A))
-        self.T, self.A, self.code, self.shift_overflow = T, float(A), check_code(code), bool(shift_overflow)
+        self.T, self.code, self.shift_overflow = T, check_code(code), bool(shift_overflow)
         digit_code = CODES[self.code]
         self.count = digit_code.count
         self.digits = None if digit_code.neuron is None else digit_code.neuron(T)
-        # the node's float32 parameters as Python numbers (fast mode uses them as scalars)
+        self.set_range(A)
+
+    def set_range(self, A: float) -> None:
+        """Code ``[-A, A]``: a new :func:`identity_node`, whose float32 parameters fast mode uses as
+        Python numbers (scalars, never read from the device)."""
+        device = self.node.gain.device if "node" in self._modules else None
+        self.node = identity_node(self.T, float(A)).to(device)
+        self.A = float(A)
         self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
         self._params: Dict[Tuple[torch.dtype, bool], Tuple[float, ...]] = {}
+
+    def get_extra_state(self) -> Dict[str, object]:
+        """The range ``A`` and the settings a saved coder must share (``T``, ``code``, ``shift_overflow``)."""
+        return {"T": self.T, "code": self.code, "shift_overflow": self.shift_overflow, "A": self.A}
+
+    def set_extra_state(self, state: Dict[str, object]) -> None:
+        own = self.get_extra_state()
+        differ = [f"{k}={state[k]!r} (this coder: {own[k]!r})" for k in ("T", "code", "shift_overflow") if state[k] != own[k]]
+        if differ:
+            raise ValueError(f"IdentityCoder: the state_dict was saved with {', '.join(differ)}; load it into a model "
+                             "converted with the same settings")
+        if state["A"] != self.A:
+            self.set_range(state["A"])
 
     def kernel_params(self, dtype: torch.dtype, clamp: bool) -> Tuple[float, ...]:
         """The neuron as six numbers, each used as a ``dtype`` scalar: input gain ``2^T g``, offset
@@ -215,32 +259,44 @@ class IdentityCoder(nn.Module):
         (clamped to ``A`` when ``clamp``): ``q = min(floor(2^T u[0]), 2^T - 1)``, exactly what the
         greedy spike sequence encodes, computed in place on one new tensor from :meth:`kernel_params`
         (``|x g| = |x| g``)."""
+        return self.digits_of(x, clamp, count=False)[0]
+
+    def digits_of(self, x: torch.Tensor, clamp: bool, count: bool) -> Tuple[torch.Tensor, Count]:
+        """:meth:`quantize`, and with ``count`` the number of elements beyond ``A`` (a device count)."""
         gain, offset, limit, _, top, _ = self.kernel_params(x.dtype, clamp)
         u = (x * gain).abs_()
+        beyond = (u > limit).sum() if count else 0
         if clamp:
             u.clamp_(max=limit)
-        return u.add_(offset).floor_().clamp_(max=top)
+        return u.add_(offset).floor_().clamp_(max=top), beyond
 
     def encode(self, x: torch.Tensor, simulate: bool,
-               bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
+               bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
         """``(code, number of elements clamped to A)``. ``bounds`` are ``(min x, max x)`` when the
-        caller knows them (e.g. by construction); a non-negative ``x`` skips the sign."""
-        if bounds is None:
+        caller knows them by construction (an infinite end: unknown); a non-negative ``x`` skips the
+        sign. Fast mode never reads ``x`` on the host: without known bounds it shifts (with
+        ``shift_overflow``; the shift is 1 within ``[-A, A]``) and counts clamps on the device.
+        Simulate mode measures the bounds it does not know."""
+        if simulate and not (bounds is not None and math.isfinite(bounds[0] - bounds[1])):
+            low = -math.inf if bounds is None else bounds[0]
             bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
-        if self.shift_overflow and max(-bounds[0], bounds[1]) > self.A and math.isfinite(bounds[0] - bounds[1]):
+            bounds = (max(bounds[0], low), bounds[1])
+        known = bounds is not None and math.isfinite(bounds[0] - bounds[1])
+        if self.shift_overflow and (not known or max(-bounds[0], bounds[1]) > self.A) \
+                and (not simulate or math.isfinite(bounds[0] - bounds[1])):
             shift = overflow_shift(x, self.A)
-            code, clamped = self.code_within(x / shift, simulate)
+            code, clamped = self.code_within(x / shift, simulate, bounds if not known else (bounds[0], math.inf))
             return code.shifted(shift), clamped
         return self.code_within(x, simulate, bounds)
 
     def code_within(self, x: torch.Tensor, simulate: bool,
-                    bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, int]:
-        """:meth:`encode` without the overflow shift: ``|x| > A`` is clamped and counted."""
-        if bounds is None:
-            bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
-        signed = bounds[0] < 0
-        clamped = int((x.abs() > self.A).sum()) if max(-bounds[0], bounds[1]) > self.A else 0
+                    bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
+        """:meth:`encode` without the overflow shift: ``|x| > A`` is clamped and counted (unless the
+        ``bounds`` keep ``x`` within ``[-A, A]``)."""
+        signed = bounds is None or bounds[0] < 0
+        within = bounds is not None and max(-bounds[0], bounds[1]) <= self.A
         if simulate:
+            clamped = 0 if within else int((x.abs() > self.A).sum())
             magnitude = x.abs() if signed else x
             spikes, value, counts = self.simulate(magnitude.clamp(max=self.A) if clamped else magnitude)
             if signed:
@@ -248,8 +304,9 @@ class IdentityCoder(nn.Module):
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
         if self.T <= FLOAT32_MAX_T and kernels.usable(x):
-            return self.fused(x, shift=False)[0], clamped
-        q = self.quantize(x, clamp=bool(clamped))
+            code, stats = self.fused(x, shift=False)
+            return code, stats[1]
+        q, clamped = self.digits_of(x, clamp=not within, count=not within)
         counts = self.count(q, self.T)
         value = q.mul_(self.kernel_params(x.dtype, False)[3])  # = (q 2^-T) w, both scalings exact
         return SpikeCode(value.copysign_(x) if signed else value, counts), clamped

@@ -77,6 +77,8 @@ class MTCodedOp(SpikingOp):
     sign). ``thresholds`` (flat ``(lambda_p, lambda_n)`` per neuron) skips calibration.
     Subclasses keep a step counter ``steps`` (a memory) for charging ``ann_flops`` once per run."""
 
+    settings_names = ()  # the thresholds are buffers of the MT neurons
+
     def __init__(self, operands: int, n: int, percentile: float, thresholds: Optional[Sequence[float]],
                  mode: str) -> None:
         super().__init__(mode)

@@ -105,7 +105,7 @@ class _SpikingNorm(SpikingOp):
                 and kernels.usable(x, *(p for p in affine if p is not None), row=n)):
             out, (spikes, sops, nonfinite) = self.fused(x, n, *affine)
             if nonfinite:
-                self.check_input(x, "input")  # raises, naming the count
+                self.reject_nonfinite(x, "input")  # raises, naming the count
         else:
             self.check_input(x, "input")
             out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
@@ -118,7 +118,7 @@ class _SpikingNorm(SpikingOp):
                     ann_flops=self.element_flops * x.numel() + self.row_flops * rows)
         return out.to(x.dtype)
 
-    def stages(self, xs: torch.Tensor, dims: Tuple[int, ...], n: int) -> Tuple[torch.Tensor, int, int]:
+    def stages(self, xs: torch.Tensor, dims: Tuple[int, ...], n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages 1-4 in PyTorch (both modes), before the affine map: ``(output, spikes, SOPs)``."""
         simulate = self.simulating
         c = xs - (xs.sum(dims, keepdim=True, dtype=torch.float64) / n).to(xs.dtype) if self.centered else xs

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import kernels
 from . import flops
-from .base import SpikingOp, broadcast_shape, working_dtype
+from .base import Count, SpikingOp, broadcast_shape, working_dtype
 from .observer import RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
                         resolve_budget)
@@ -39,7 +39,7 @@ def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: Union[float
     return out.mul_(scale) if scale != 1.0 else out
 
 
-def product_sops(a: SpikeCode, b: SpikeCode) -> int:
+def product_sops(a: SpikeCode, b: SpikeCode) -> torch.Tensor:
     """Spike coincidences ``S_ij != 0`` of an element-wise product: ``sum c1 * c2`` over the
     broadcast shape, computed by first summing each operand over the dimensions the other
     broadcasts along (no tensor of the full shape is formed)."""
@@ -74,7 +74,7 @@ def spike_matmul(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
     return out
 
 
-def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
+def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
     """Spike coincidences of a matrix product: ``sum_{m,k,n} c1[m,k] c2[k,n]``.
 
     Simulate mode sums the product of the count matrices; fast mode uses the equal
@@ -82,7 +82,7 @@ def matmul_sops(a: SpikeCode, b: SpikeCode, simulate: bool) -> int:
     """
     if simulate:
         return total(a.counts.double() @ b.counts.double())
-    return total(a.counts.sum(-2).double() * b.counts.sum(-1).double())
+    return total(a.counts.sum(-2, dtype=torch.float64) * b.counts.sum(-1, dtype=torch.float64))
 
 
 def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
@@ -113,6 +113,7 @@ class _TwoOperandOp(SpikingOp):
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     operands = 2  # ranges (A1, A2)
     per_channel = False
+    calibrated_buffers = ("channel_ranges_a", "channel_ranges_b")
 
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
                  budget: Budget) -> None:
@@ -152,6 +153,19 @@ class _TwoOperandOp(SpikingOp):
         self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A, self.code, shift_overflow=True) for A in (A1, A2)])
         self.calibrating = False
 
+    def settings_state(self) -> Dict[str, Any]:
+        return {**super().settings_state(), "budget": self.budget}
+
+    def calibrated_state(self) -> Dict[str, Any]:
+        return {"steps": self.steps, "shares": self.shares, "calibrating": self.calibrating,
+                "coded": self.coders is not None}
+
+    def restore_calibrated(self, state: Dict[str, Any]) -> None:
+        self.steps, self.shares, self.calibrating = state["steps"], state["shares"], state["calibrating"]
+        if state["coded"] and self.coders is None:  # the coders load their ranges next
+            self.coders = torch.nn.ModuleList([IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)
+                                               for _ in range(2)]).to(self.state_device())
+
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
         """Ranges from the observed ``max |operand|`` (or its ``percentile``), and the budget's steps
         from the observed RMS; returns the observed ranges (:attr:`ranges` holds them widened)."""
@@ -177,7 +191,7 @@ class _TwoOperandOp(SpikingOp):
         self.check_shapes(a, b)
         if self.calibrating:
             for name, observer, peaks, x in zip(("operand a", "operand b"), self.observers, self.peaks, (a, b)):
-                self.check_input(x, name)
+                self.reject_nonfinite(x, name)
                 observer.observe(x)
                 if self.per_channel:
                     peaks.observe(x)
@@ -209,7 +223,8 @@ class _TwoOperandOp(SpikingOp):
         dtype = working_dtype(a, self.T)
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
-            code, clamped = coder.encode(x.to(dtype), self.simulating, self.check_input(x, f"operand {name}"))
+            self.check_input(x, f"operand {name}")
+            code, clamped = coder.encode(x.to(dtype), self.simulating)
             self.count_operand(name, x, total(code.counts), clamped)
             codes.append(code)
         return self.combine(*codes)
@@ -220,12 +235,12 @@ class _TwoOperandOp(SpikingOp):
         for name, coder, x in zip("ab", self.coders, (a, b)):
             code, (spikes, clamped, nonfinite) = coder.fused(x)
             if nonfinite:
-                self.check_input(x, f"operand {name}")  # raises, naming the count
+                self.reject_nonfinite(x, f"operand {name}")  # raises, naming the count
             self.count_operand(name, x, spikes, clamped)
             codes.append(code)
         return self.combine(*codes)
 
-    def count_operand(self, name: str, x: torch.Tensor, spikes: int, clamped: int) -> None:
+    def count_operand(self, name: str, x: torch.Tensor, spikes: Count, clamped: Count) -> None:
         """Record one operand's spikes and neurons; count (and warn about) elements that even the
         overflow shift could not hold."""
         self.note_clamped(clamped, f"of operand {name} {BEYOND_SHIFT}")
@@ -269,8 +284,8 @@ class SpikingProduct(_TwoOperandOp):
         if (clamped_a or clamped_b) and not nonfinite:  # operands beyond their ranges: shifted codes
             return super().fused(a, b)
         if nonfinite:
-            self.check_input(a, "operand a")
-            self.check_input(b, "operand b")  # one of them raises, naming the count
+            self.reject_nonfinite(a, "operand a")
+            self.reject_nonfinite(b, "operand b")  # one of them raises, naming the count
         self.count_operand("a", a, spikes_a, 0)
         self.count_operand("b", b, spikes_b, 0)
         self.record(sops=sops)

@@ -9,7 +9,7 @@ hardtanh, clamp), and ``max(a, b) = a + relu(b - a)`` folds a pooling window.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,7 @@ class SpikingReLU(SpikingOp):
 
     operands = 1  # ranges (A,)
     ann_flops_per_element = flops.RELU
+    calibrated_buffers = ("channel_ranges",)
 
     def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE,
                  per_channel: bool = False) -> None:
@@ -68,6 +69,12 @@ class SpikingReLU(SpikingOp):
         self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, self.T)
         self.calibrating = False
 
+    def calibrated_state(self) -> Dict[str, Any]:
+        return {"shares": self.shares, "calibrating": self.calibrating}
+
+    def restore_calibrated(self, state: Dict[str, Any]) -> None:
+        self.shares, self.calibrating = state["shares"], state["calibrating"]
+
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
         """``A`` from the observed ``max relu(x)`` (or its ``percentile``); with ``per_channel`` and no
         ``percentile``, each channel's share from its observed maximum."""
@@ -84,7 +91,7 @@ class SpikingReLU(SpikingOp):
         return F.relu(x)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = self.check_input(x, "input")
+        self.check_input(x, "input")
         if self.calibrating:
             self.observer.observe(F.relu(x))
             if self.per_channel:
@@ -94,10 +101,8 @@ class SpikingReLU(SpikingOp):
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
         positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
         scales = along(self.channel_ranges, positive, -1)
-        unit = positive / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        bound = max(high, 0.0) / float(self.channel_ranges.min())  # of unit
-        code, clamped = self.coder.encode(finite(unit) if bound > torch.finfo(unit.dtype).max else unit,
-                                          self.simulating, (0.0, bound))
+        unit = finite(positive / scales)  # the input of the unit-range neuron of each channel (gain 1 / A_k)
+        code, clamped = self.coder.encode(unit, self.simulating, (0.0, math.inf))
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         spikes = total(code.counts)
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())

@@ -73,7 +73,7 @@ class SpikingSoftmax(SpikingOp):
                 and self.exp2.packed_table is not None):
             out, (spikes, live_count, sops, nonfinite) = self.fused(x, self.exp2.packed_table)
             if nonfinite:
-                self.check_input(x, "input", allow_neg_inf=True)  # raises, naming the count
+                self.reject_nonfinite(x, "input", allow_neg_inf=True)  # raises, naming the count
         else:
             self.check_input(x, "input", allow_neg_inf=True)
             out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
@@ -83,7 +83,7 @@ class SpikingSoftmax(SpikingOp):
                     sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())
         return out.to(x.dtype)
 
-    def stages(self, xs: torch.Tensor) -> Tuple[torch.Tensor, int, int, int]:
+    def stages(self, xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages 0-3 in PyTorch (both modes): ``(output, spikes, unmasked elements, product SOPs)``."""
         simulate = self.simulating
         row_max = xs.amax(self.dim, keepdim=True)
@@ -103,7 +103,7 @@ class SpikingSoftmax(SpikingOp):
         out = spike_product(e_code, r_code, simulate, torch.exp2(1.0 - exponent.to(xs.dtype)))  # 1/S = 2^(1-exponent) / M
         out = out.clamp_(max=1.0)  # a probability: the fits' error must not lift it above 1
         spikes = total(exp2_spikes * live) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
-        return out, spikes, int(live.sum()), product_sops(e_code, r_code)
+        return out, spikes, live.sum(), product_sops(e_code, r_code)
 
     def fused(self, x: torch.Tensor, packed: Tuple[torch.Tensor, int]) -> Tuple[torch.Tensor, List[int]]:
         """Fast mode's stages in one compiled pass per row (:mod:`spikingjelly_mbe.kernels`), the

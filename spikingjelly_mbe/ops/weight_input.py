@@ -2,7 +2,7 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,7 @@ class SpikingWeightInput(SpikingOp):
     """
 
     operands = 1  # ranges (A,)
+    calibrated_buffers = ("channel_ranges", "channel_centers")
 
     def __init__(self, layer: nn.Module, T: int = 16, mode: str = "fast", A: Optional[float] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET, centered: bool = True) -> None:
@@ -110,6 +111,15 @@ class SpikingWeightInput(SpikingOp):
         self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, self.step, self.T)
         self.calibrating = False
 
+    def settings_state(self) -> Dict[str, Any]:
+        return {**super().settings_state(), "budget": self.budget, "centered": self.centered}
+
+    def calibrated_state(self) -> Dict[str, Any]:
+        return {"step": self.step, "shares": self.shares, "calibrating": self.calibrating}
+
+    def restore_calibrated(self, state: Dict[str, Any]) -> None:
+        self.step, self.shares, self.calibrating = state["step"], state["shares"], state["calibrating"]
+
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float]:
         """The channels' centers, the layer's ``A`` from the observed ``max |x - c|`` (or the
         ``percentile`` of ``|x|``), the channels' shares and the budget's step from the typical
@@ -139,7 +149,7 @@ class SpikingWeightInput(SpikingOp):
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
         if self.calibrating:
-            self.check_input(x, "input")
+            self.reject_nonfinite(x, "input")
             self.observer.observe(x)
             self.stats.observe(x)
             return self.layer.forward(x)
@@ -154,10 +164,10 @@ class SpikingWeightInput(SpikingOp):
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
             code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
             if nonfinite:
-                self.check_input(x, "input")  # raises, naming the count; else x / A_k overflowed:
+                self.reject_nonfinite(x, "input")  # raises, naming the count; else x / A_k overflowed:
                 code, (spikes, clamped, _) = self.coder.fused(finite(unit))
         else:
-            self.check_input(x, "input")  # NaN/Inf raise; the code's bounds are the unit input's (x - c may be signed)
+            self.check_input(x, "input")
             code, clamped = self.coder.encode(finite(unit), self.simulating)
             spikes = total(code.counts)
         if self.simulating:
