@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import fields
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,37 @@ def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
     """Spiking arithmetic runs in float64 for float64 input or for MBE_Id codes of ``T`` beyond
     :data:`~.coding.FLOAT32_MAX_T` steps, else in float32."""
     return torch.float64 if x.dtype == torch.float64 or T > FLOAT32_MAX_T else torch.float32
+
+
+class Tally:
+    """Named counts, each a host int plus the device tensors added to it, summed only when read
+    (adding a device count is a list append, not a device operation); folded every
+    :attr:`FOLD` entries, so it stays small however many forwards run between reads."""
+
+    FOLD = 256
+
+    def __init__(self) -> None:
+        self.host: Dict[str, int] = {}
+        self.device: List[Tuple[str, torch.Tensor]] = []
+
+    def add(self, name: str, value: Count) -> None:
+        if isinstance(value, torch.Tensor):
+            self.device.append((name, value))
+            if len(self.device) >= self.FOLD:
+                names = dict.fromkeys(n for n, _ in self.device)
+                self.device = [(n, torch.stack([v.double() for m, v in self.device if m == n]).sum()) for n in names]
+        elif value:
+            self.host[name] = self.host.get(name, 0) + int(value)
+
+    def totals(self) -> Dict[str, int]:
+        """Every count as an int (reads the device tensors: a host synchronisation)."""
+        out = dict(self.host)
+        for name, value in self.device:
+            out[name] = out.get(name, 0) + int(value)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.host) or bool(self.device)
 
 
 class StraightThrough(torch.autograd.Function):
@@ -67,10 +98,9 @@ class SpikingOp(base.MemoryModule):
         super().__init__()
         self.mode = mode
         self.checks = "eager"
-        for name in STAT_FIELDS:
-            self.register_memory(f"stat_{name}", 0)
-        self._clamps: Dict[str, Count] = {}  # clamp notes not yet reported: what -> count
-        self._nonfinite: Dict[str, Tuple[int, Count]] = {}  # input -> (elements checked, finite ones)
+        self.register_memory("tally", Tally())  # OpStats fields since the last reset
+        self._clamps = Tally()  # clamp notes not yet reported: what -> count
+        self._nonfinite = Tally()  # input -> elements checked, and "<input>/finite" -> finite ones
 
     @property
     def mode(self) -> str:
@@ -104,34 +134,33 @@ class SpikingOp(base.MemoryModule):
     def op_stats(self) -> OpStats:
         """Spikes, neuron inputs, SOPs, replaced FLOPs and clamps since the last reset (after :meth:`flush`)."""
         self.flush()
-        return OpStats(**{name: int(getattr(self, f"stat_{name}")) for name in STAT_FIELDS})
+        totals = self.tally.totals()
+        return OpStats(**{name: totals.get(name, 0) for name in STAT_FIELDS})
 
     def record(self, **counts: Count) -> None:
         """Add to the statistics (keywords are :class:`OpStats` fields; host ints or device tensors)."""
         for name, value in counts.items():
-            if isinstance(value, torch.Tensor) or value:
-                key = f"stat_{name}"
-                setattr(self, key, getattr(self, key) + value)
+            self.tally.add(name, value)
 
     def note_clamped(self, count: Count, what: str) -> None:
         """Count inputs clamped to a neuron's domain; the next :meth:`flush` warns with the total."""
-        if isinstance(count, torch.Tensor) or count:
-            self.record(clamped=count)
-            self._clamps[what] = self._clamps.get(what, 0) + count
+        self.record(clamped=count)
+        self._clamps.add(what, count)
 
     def flush(self, span: str = "since the last check") -> None:
         """Report what the forwards counted: NaN/Inf inputs raise a ``ValueError``, clamps log one
         warning. Reads device counts (a host synchronisation): :meth:`forward` calls it under eager
         checks, :meth:`op_stats` and :func:`flush_checks` under deferred ones."""
-        clamps, self._clamps = self._clamps, {}
-        nonfinite, self._nonfinite = self._nonfinite, {}
-        bad = [(name, checked - int(finite)) for name, (checked, finite) in nonfinite.items()]
+        clamps, self._clamps = self._clamps.totals(), Tally()
+        checked, self._nonfinite = self._nonfinite.totals(), Tally()
+        bad = [(name, count - checked.get(f"{name}/finite", 0)) for name, count in checked.items()
+               if not name.endswith("/finite")]
         bad = [(name, count) for name, count in bad if count]
         if bad:
             counts = ", ".join(f"{name} contains {count} NaN/Inf value(s)" for name, count in bad)
             raise ValueError(f"{type(self).__name__}: {counts} {span}; spiking neurons need finite membrane "
                              "potentials (the outputs at those positions are undefined)")
-        notes = [f"{int(count)} {what}" for what, count in clamps.items() if int(count)]
+        notes = [f"{count} {what}" for what, count in clamps.items() if count]
         if notes:
             log.warning("%s: clamped %s %s", type(self).__name__, ", ".join(notes), span)
 
@@ -149,8 +178,8 @@ class SpikingOp(base.MemoryModule):
             self.reject_nonfinite(x, name, allow_neg_inf)
         elif x.numel():
             finite = (x.detach() < math.inf) if allow_neg_inf else (x.detach().abs() < math.inf)
-            checked, count = self._nonfinite.get(name, (0, 0))
-            self._nonfinite[name] = (checked + x.numel(), count + finite.sum())
+            self._nonfinite.add(name, x.numel())
+            self._nonfinite.add(f"{name}/finite", finite.sum())
 
     def reject_nonfinite(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
         """Raise if ``x`` holds NaN/Inf (``-inf`` allowed where it means 'masked'), naming the count;

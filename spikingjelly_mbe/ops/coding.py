@@ -169,8 +169,10 @@ def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
     ``[-A, A]``), at most the largest power of two of ``x``'s dtype (an element beyond even that, from
     a range calibrated on zeros, is clamped and counted by the coder). The quotient is taken in
     float64, so a float32 ``|x| / A`` cannot overflow (``A = 1``: no quotient)."""
-    mantissa, exponent = torch.frexp(x.detach() if A == 1.0 else x.detach().double() / A)
-    exponent = exponent - (mantissa.abs() == 0.5).to(exponent.dtype)  # 2^j itself fits at e = j
+    quotient = x.detach() if A == 1.0 else x.detach().double() / A
+    # |q| (1 - eps/2) rounds below 2^j exactly when |q| <= 2^j (an exact 2^j fits at e = j), and stays
+    # above 2^(j-1) otherwise, so its frexp exponent is e
+    _, exponent = torch.frexp(quotient * (1.0 - torch.finfo(quotient.dtype).eps / 2))
     top = math.frexp(torch.finfo(x.dtype).max)[1] - 1  # the largest finite power of two: 2^127 in float32
     return torch.exp2(exponent.clamp_(min=0, max=top).to(x.dtype))
 

@@ -1,0 +1,107 @@
+"""A forward of a converted model never waits for the device: no host synchronisation (``.item()``,
+``.tolist()``, ``nonzero``, tensor truth tests) on the eager PyTorch fast path, the one a GPU takes.
+Data-dependent counts (spikes, clamps, NaN/Inf inputs) stay device tensors until someone reads them."""
+import logging
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from spikingjelly_mbe import convert, kernels
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.ops import SpikingReLU, collect_stats
+from spikingjelly_mbe.ops.base import SpikingOp, flush_checks, set_checks
+
+# aten operations that copy a device value to the host (or need its data to size their output)
+SYNCS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default",
+         "aten.masked_select.default", "aten.unique_consecutive.default", "aten._unique2.default",
+         "aten.repeat_interleave.Tensor", "aten.item.default", "aten._assert_async.default"}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts every aten operation that synchronises with the host, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in SYNCS:
+            self.syncs[str(func)] = self.syncs.get(str(func), 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def forward(model, batch):
+    return model(**batch) if isinstance(batch, dict) else model(batch)
+
+
+@pytest.fixture(scope="module")
+def converted():
+    models = {}
+    for family in ("llama_lm", "bert"):
+        ann = build(family, layers=1)
+        models[family] = (ann, convert(ann, T=8, calib_data=[make_batch(family, 2, seed=s) for s in (1, 2)]))
+    return models
+
+
+@pytest.mark.parametrize("family", ["llama_lm", "bert"])
+def test_a_converted_forward_on_the_torch_path_never_synchronises(family, converted):
+    ann, snn = converted[family]
+    x = make_batch(family, 2, seed=3)
+    counter = SyncCounter()
+    with kernels.disabled(), torch.no_grad():
+        expected = main_output(forward(snn, x))
+        with counter:
+            out = main_output(forward(snn, x))
+    assert counter.syncs == {}
+    assert torch.equal(out, expected)  # the counted forward computed what an uncounted one does
+    with torch.no_grad():
+        reference = main_output(forward(ann, x))
+    cosine = torch.nn.functional.cosine_similarity(out.flatten(1), reference.flatten(1))
+    assert float(cosine.min()) > 0.99
+    stats = collect_stats(snn)  # read after the forward: real counts
+    assert sum(s.spikes for s in stats.values()) > 0
+
+
+def test_the_counter_sees_a_synchronisation():
+    counter = SyncCounter()
+    with counter:
+        float(torch.ones(3).sum())
+        bool((torch.ones(2) > 0).any())
+    assert counter.syncs == {"aten._local_scalar_dense.default": 2}
+
+
+def test_deferred_checks_report_nan_and_clamps_when_read(caplog):
+    """Under deferred checks (what conversion sets) a NaN input does not stop the forward; the next
+    flush raises naming the input and the count. Clamps warn there too, with their total."""
+    relu = SpikingReLU(T=8, A=1.0)
+    set_checks(relu, "deferred")
+    x = torch.tensor([0.5, float("nan"), 2.0 ** 130, 1.0])  # 2^130 > 2^127 * 1 (the largest shift): clamped
+    with kernels.disabled(), caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
+        relu(x[:1])  # the first forward per dtype rounds the coder's constants (on the host, once)
+        counter = SyncCounter()
+        with counter:
+            relu(x)
+        assert counter.syncs == {} and not caplog.records
+        with pytest.raises(ValueError, match="input contains 1 NaN/Inf value"):
+            relu.op_stats()
+        relu(x[[0, 2, 3]].double())
+        relu(x[[0, 2, 3]].double())
+        assert relu.op_stats().clamped == 2  # since the last reset: two forwards
+        assert len(caplog.records) == 1 and "clamped 2 inputs beyond the largest power-of-two shift" in caplog.text
+        flush_checks(relu)  # reported once
+        assert len(caplog.records) == 1
+
+
+def test_eager_checks_raise_before_computing():
+    relu = SpikingReLU(T=8, A=1.0)
+    assert relu.checks == "eager"
+    with kernels.disabled(), pytest.raises(ValueError, match="input contains 1 NaN/Inf value"):
+        relu(torch.tensor([0.5, float("nan")]))
+    with pytest.raises(ValueError, match="checks must be one of"):
+        relu.checks = "never"
+
+
+def test_conversion_defers_the_checks_of_every_operator(converted):
+    ops = [m for m in converted["llama_lm"][1].modules() if isinstance(m, SpikingOp)]
+    assert ops and all(op.checks == "deferred" for op in ops)
