@@ -12,7 +12,7 @@ from ..fitting.targets import RECTIFIED
 from ..ops import (PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul,
                    SpikingMaxPool2d, SpikingProduct, SpikingReLU, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
-from ..ops.base import MODES, SpikingOp
+from ..ops.base import MODES, set_on_ops
 from ..ops.coding import DEFAULT_CODE, check_code
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 
@@ -148,9 +148,4 @@ class OpSettings:
 
 def set_mode(model: nn.Module, mode: str) -> nn.Module:
     """Switch every spiking operator of ``model`` to ``'fast'`` or ``'simulate'`` (same semantics)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for module in model.modules():
-        if isinstance(module, SpikingOp):
-            module.mode = mode
-    return model
+    return set_on_ops(model, "mode", mode, MODES)

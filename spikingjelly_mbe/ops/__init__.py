@@ -7,6 +7,7 @@ step-wise operators (Multi-Threshold neurons, Expectation Compensation) and its 
 runner sit beside them.
 """
 from .stats import OpStats, collect_stats
+from .base import CHECKS, flush_checks, set_checks
 from .activation import RectifiedActivation, SpikingActivation
 from .coding import IdentityCoder, identity_node
 from .ecmt_settings import ECMTSettings
@@ -20,7 +21,7 @@ from .split import SplitFunction
 from .stepping import run_steps
 from .weight_input import SpikingWeightInput
 
-__all__ = ["ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
+__all__ = ["CHECKS", "ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
            "ProductCompensation", "RectifiedActivation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
            "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
-           "identity_node", "run_steps"]
+           "flush_checks", "identity_node", "run_steps", "set_checks"]

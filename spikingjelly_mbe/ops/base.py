@@ -153,6 +153,9 @@ class SpikingOp(base.MemoryModule):
         checks, :meth:`op_stats` and :func:`flush_checks` under deferred ones."""
         clamps, self._clamps = self._clamps.totals(), Tally()
         checked, self._nonfinite = self._nonfinite.totals(), Tally()
+        notes = [f"{count} {what}" for what, count in clamps.items() if count]
+        if notes:
+            log.warning("%s: clamped %s %s", type(self).__name__, ", ".join(notes), span)
         bad = [(name, count - checked.get(f"{name}/finite", 0)) for name, count in checked.items()
                if not name.endswith("/finite")]
         bad = [(name, count) for name, count in bad if count]
@@ -160,9 +163,6 @@ class SpikingOp(base.MemoryModule):
             counts = ", ".join(f"{name} contains {count} NaN/Inf value(s)" for name, count in bad)
             raise ValueError(f"{type(self).__name__}: {counts} {span}; spiking neurons need finite membrane "
                              "potentials (the outputs at those positions are undefined)")
-        notes = [f"{count} {what}" for what, count in clamps.items() if count]
-        if notes:
-            log.warning("%s: clamped %s %s", type(self).__name__, ", ".join(notes), span)
 
     def check_floating(self, x: torch.Tensor, name: str) -> None:
         """``x`` must be a floating point tensor."""
@@ -258,14 +258,19 @@ class SpikingOp(base.MemoryModule):
         return f"mode={self._mode!r}"
 
 
-def set_checks(model: nn.Module, checks: str) -> nn.Module:
-    """Every spiking operator of ``model`` checks its inputs ``'eager'``-ly or ``'deferred'`` (:data:`CHECKS`)."""
-    if checks not in CHECKS:
-        raise ValueError(f"checks must be one of {CHECKS}, got {checks!r}")
+def set_on_ops(model: nn.Module, name: str, value: str, allowed: Tuple[str, ...]) -> nn.Module:
+    """Set attribute ``name`` (one of ``allowed``) on every spiking operator of ``model``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     for module in model.modules():
         if isinstance(module, SpikingOp):
-            module.checks = checks
+            setattr(module, name, value)
     return model
+
+
+def set_checks(model: nn.Module, checks: str) -> nn.Module:
+    """Every spiking operator of ``model`` checks its inputs ``'eager'``-ly or ``'deferred'`` (:data:`CHECKS`)."""
+    return set_on_ops(model, "checks", checks, CHECKS)
 
 
 def flush_checks(model: nn.Module) -> None:
