@@ -35,7 +35,7 @@ def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
     if peak == 0.0:
         return 0
     coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE), code)
-    return total(coder.count(coder.quantize(x.detach().to(working_dtype(x, T))), T))
+    return int(total(coder.count(coder.quantize(x.detach().to(working_dtype(x, T))), T)))
 
 
 def model_code(model: nn.Module) -> str:

@@ -170,8 +170,8 @@ def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
     a range calibrated on zeros, is clamped and counted by the coder). The quotient is taken in
     float64, so a float32 ``|x| / A`` cannot overflow (``A = 1``: no quotient)."""
     quotient = x.detach() if A == 1.0 else x.detach().double() / A
-    # |q| (1 - eps/2) rounds below 2^j exactly when |q| <= 2^j (an exact 2^j fits at e = j), and stays
-    # above 2^(j-1) otherwise, so its frexp exponent is e
+    # |q| (1 - eps/2), rounded, lies below 2^j exactly when |q| <= 2^j and never falls below 2^(j-1) when
+    # |q| > 2^(j-1): its frexp exponent is the smallest e with |q| <= 2^e (an exact 2^j fits at e = j)
     _, exponent = torch.frexp(quotient * (1.0 - torch.finfo(quotient.dtype).eps / 2))
     top = math.frexp(torch.finfo(x.dtype).max)[1] - 1  # the largest finite power of two: 2^127 in float32
     return torch.exp2(exponent.clamp_(min=0, max=top).to(x.dtype))
