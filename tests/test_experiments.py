@@ -106,6 +106,7 @@ def app(monkeypatch):
     return run
 
 
+@pytest.mark.slow  # runs a two-job fitting sweep first
 def test_report_entry_point_gathers_a_sweep_folder(sweep, app, capsys):
     (sweep / "report" / "report.md").unlink()
     app("experiments.report", f"sweep_dir={sweep}", "logger=disabled")

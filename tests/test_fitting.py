@@ -27,11 +27,13 @@ def test_gelu_mbe_beats_paper_bar_on_paper_protocol(gelu_paper_fit):
     assert independent_mse(gelu_paper_fit, F.gelu, -120, 10) <= 1e-4
 
 
+@pytest.mark.slow  # a full-budget fit
 def test_gelu_mbe_beats_bar_where_curvature_dominates():
     fitted = fit_neuron("gelu", N=4, T=16, domain=(-8, 8), samples=4000, budget=3000, seed=0)
     assert independent_mse(fitted, F.gelu, -8, 8) <= 3e-4
 
 
+@pytest.mark.slow  # a second full-budget fit
 def test_same_seed_gives_identical_parameters(gelu_paper_fit):
     again = fit_neuron("gelu", N=4, T=16, domain=(-120, 10), samples=4000, budget=3000, seed=0)
     assert again.params == gelu_paper_fit.params

@@ -527,6 +527,7 @@ def replace_file(path: Path, content: bytes) -> None:
 
 
 class TestKernelCache:
+    @pytest.mark.slow  # compiles the kernels twice in a fresh interpreter
     def test_k3_truncated_library_is_rebuilt_or_skipped_never_loaded(self, tmp_path):
         environment = {**os.environ, "SPIKINGJELLY_MBE_CACHE": str(tmp_path)}
         result = subprocess.run([sys.executable, "-c", KERNEL_RUN], cwd=REPO, env=environment, capture_output=True,
