@@ -106,3 +106,16 @@ def test_eager_checks_raise_before_computing():
 def test_conversion_defers_the_checks_of_every_operator(converted):
     ops = [m for m in converted["llama_lm"][1].modules() if isinstance(m, SpikingOp)]
     assert ops and all(op.checks == "deferred" for op in ops)
+
+
+def test_torch_compile_captures_a_converted_encoder_in_one_graph(converted):
+    """No graph break inside the spiking operators: ``fullgraph=True`` raises at the first one."""
+    _, snn = converted["bert"]
+    x = make_batch("bert", 2, seed=3)
+    with kernels.disabled(), torch.no_grad():
+        expected = main_output(forward(snn, x))
+        try:
+            compiled = torch.compile(snn, backend="eager", fullgraph=True)
+            assert torch.equal(main_output(compiled(**x)), expected)
+        finally:
+            torch._dynamo.reset()

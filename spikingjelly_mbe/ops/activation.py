@@ -54,7 +54,10 @@ class SpikingActivation(SpikingOp):
     @property
     def node_key(self) -> str:
         """The neuron's :func:`fingerprint`, recomputed whenever one of its buffers was replaced or
-        edited in place (so fast mode never serves a stale table)."""
+        edited in place (so fast mode never serves a stale table); a compiled forward keeps the key of
+        the eager forward before it (buffers edited in between need a recompile anyway)."""
+        if self._key and torch.compiler.is_compiling():
+            return self._key
         stamp = tuple((t.data_ptr(), t._version) for t in self.node.buffers())
         if stamp != self._stamp:
             self._stamp, self._key = stamp, fingerprint(self.node)

@@ -77,7 +77,7 @@ class SpikingSoftmax(SpikingOp):
         else:
             self.check_input(x, "input", allow_neg_inf=True)
             out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
-        rows = math.prod(size for d, size in enumerate(x.shape) if d != self.dim % x.dim())
+        rows = x.numel() // x.shape[self.dim]
         neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
         self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
                     sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())
