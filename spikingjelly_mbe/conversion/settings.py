@@ -9,8 +9,9 @@ import torch.nn as nn
 
 from ..fitting import load_fitted, load_fitted_on
 from ..fitting.targets import RECTIFIED
-from ..ops import (PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul,
-                   SpikingMaxPool2d, SpikingProduct, SpikingReLU, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
+from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingEinsum,
+                   SpikingGroupNorm, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d, SpikingProduct, SpikingReLU,
+                   SpikingRMSNorm, SpikingRoot, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, set_on_ops
 from ..ops.coding import DEFAULT_CODE, check_code
@@ -125,6 +126,25 @@ class OpSettings:
     def matmul(self) -> SpikingMatmul:
         """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
         return SpikingMatmul(T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+
+    def einsum(self, equation: str) -> SpikingEinsum:
+        """``torch.einsum`` of two spike-coded operands, any subscripts (Eqs. 9-12 summed over the contraction)."""
+        return SpikingEinsum(equation, T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+
+    def root(self, power: float) -> SpikingRoot:
+        """``x^power`` for ``power`` in ``{-1, -1/2, 1/2}``: the IEEE-754 split with a range-reduced mantissa neuron."""
+        return SpikingRoot(power, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+
+    def on_demand(self, fn: Any, name: str) -> FittedOnDemand:
+        """An element-wise function no catalog entry covers, on a neuron fitted to its calibrated input
+        range (rectified when it has linear tails and ``rectified_activations``)."""
+        return FittedOnDemand(fn, name, self.T, self.activation_bases, self.mode, self.code, self.rectified_activations)
+
+    def group_norm(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor],
+                   bias: Optional[torch.Tensor], eps: float) -> SpikingGroupNorm:
+        """GroupNorm (``groups=C``: InstanceNorm; ``None``: BatchNorm on the batch's statistics) from the norm stages."""
+        return SpikingGroupNorm(channels, groups, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
+                                split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
 
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""

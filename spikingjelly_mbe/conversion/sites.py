@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..fitting import TARGETS
-from .blocks import SpikingAttention, multi_head_attention
+from ..ops.on_demand import BoundCall
+from .blocks import Power, Quotient, SpikingAttention, VectorNorm, is_power, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM, activation_calls, activation_of_call
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
@@ -38,6 +39,7 @@ class SiteKind:
     build: Callable[[OpSettings, Call], nn.Module]
     invoke: Callable[[nn.Module, Call], Any]
     note: str
+    needs: str = ""  # the settings' builder the kind calls (a method lacking it leaves the call unsupported)
 
 
 def _softmax_input(call: Call) -> torch.Tensor:
@@ -75,6 +77,63 @@ SITE_KINDS: Dict[str, SiteKind] = {
     "mha": SiteKind(lambda s, c: SpikingAttention(s), lambda m, c: multi_head_attention(m, *c[0], **c[1]),
                     "multi-head attention: projections reused, spiking Q K^T, softmax, A V (Eqs. 9-13)"),
 }
+
+def _add_product(m: nn.Module, call: Call, batched_sum: bool = False) -> torch.Tensor:
+    """``beta * input + alpha * (m1 @ m2)`` (``addmm``, ``baddbmm``; ``addbmm`` sums the batch)."""
+    product = m(arg(call, 1, "mat1" if "mat1" in call[1] else "batch1"), arg(call, 2, "mat2" if "mat2" in call[1] else "batch2"))
+    product = product.sum(0) if batched_sum else product
+    beta, alpha = arg(call, 3, "beta", 1), arg(call, 4, "alpha", 1)
+    product = product if alpha == 1 else product * alpha
+    return product if beta == 0 else product + (arg(call, 0, "input") if beta == 1 else beta * arg(call, 0, "input"))
+
+
+def einsum_operands(call: Call) -> Tuple[str, list]:
+    """``(equation, operands)`` of ``torch.einsum(eq, a, b)`` or ``torch.einsum(eq, [a, b])``."""
+    args = call[0]
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    return args[0], operands
+
+
+def _norm_dims(call: Call) -> Any:
+    dim = arg(call, 2, "dim")
+    return None if dim is None else (dim if isinstance(dim, int) else tuple(dim))
+
+
+ROOTS = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5}  # the IEEE-754 split's element-wise powers, by call name
+
+
+SITE_KINDS.update({
+    "add_matmul": SiteKind(lambda s, c: s.matmul(), _add_product,
+                           "addmm / baddbmm: beta * input + alpha * a spiking matrix product (Eqs. 9-12)"),
+    "add_batched_matmul": SiteKind(lambda s, c: s.matmul(), lambda m, c: _add_product(m, c, True),
+                                   "addbmm: beta * input + alpha * the batch sum of spiking matrix products"),
+    "einsum": SiteKind(lambda s, c: s.einsum(einsum_operands(c)[0]), lambda m, c: m(*einsum_operands(c)[1]),
+                       "einsum of two activations as weighted spike coincidences (Eqs. 10-12)", "einsum"),
+    **{name: SiteKind(lambda s, c, p=p: s.root(p), lambda m, c: m(arg(c, 0, "input")),
+                      f"{name} from the IEEE-754 split: a range-reduced mantissa neuron and an exponent shift", "root")
+       for name, p in ROOTS.items()},
+    "divide": SiteKind(lambda s, c: s.root(-1.0), lambda m, c: arg(c, 0, "input") * m(arg(c, 1, "other")),
+                       "constant / activation: the reciprocal from the IEEE-754 split times a synaptic weight", "root"),
+    "rdivide": SiteKind(lambda s, c: s.root(-1.0), lambda m, c: arg(c, 1, "other") * m(arg(c, 0, "input")),
+                        "constant / activation: the reciprocal from the IEEE-754 split times a synaptic weight", "root"),
+    "quotient": SiteKind(lambda s, c: Quotient(s), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
+                         "activation / activation: the spiking product with the reciprocal of the IEEE-754 split", "root"),
+    "power": SiteKind(lambda s, c: Power(s, arg(c, 1, "exponent")), lambda m, c: m(arg(c, 0, "input")),
+                      "x ** p (integer or half-integer p): spiking products, reciprocal and square root", "root"),
+    "vector_norm": SiteKind(lambda s, c: VectorNorm(s, _norm_dims(c), arg(c, 3, "keepdim", False)),
+                            lambda m, c: m(arg(c, 0, "input")),
+                            "2-norm: spiking squares, a synaptic sum and the IEEE-754 split's square root", "root"),
+    "group_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], arg(c, 1, "num_groups"),
+                                                     arg(c, 2, "weight"), arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
+                           lambda m, c: m(arg(c, 0, "input")), "GroupNorm per group from x^2, rsqrt and products", "group_norm"),
+    "instance_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], arg(c, 0, "input").shape[1],
+                                                        arg(c, 3, "weight"), arg(c, 4, "bias"), arg(c, 7, "eps", 1e-5)),
+                              lambda m, c: m(arg(c, 0, "input")), "InstanceNorm per channel from x^2, rsqrt and products", "group_norm"),
+    "batch_statistics_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], None, arg(c, 3, "weight"),
+                                                                arg(c, 4, "bias"), arg(c, 7, "eps", 1e-5)),
+                                      lambda m, c: m(arg(c, 0, "input")),
+                                      "BatchNorm on the batch's statistics from x^2, rsqrt and products", "group_norm"),
+})
 ACTIVATION_CALLS = activation_calls()
 SIMPLE_SITES = {"softmax": "softmax", "layer_norm": "layer_norm", "rms_norm": "rms_norm",
                 "scaled_dot_product_attention": "attention", "multi_head_attention_forward": "mha"}
@@ -88,6 +147,9 @@ def classify(session: Session, name: str, call: Call) -> str:
     if name in ("where", "masked_fill"):
         condition = arg(call, 0 if name == "where" else 1, "condition" if name == "where" else "mask")
         return "unsupported" if session.tag_of(condition) == CTRL else "linear"
+    if name == "batch_norm":  # linear on running statistics; the batch's own are a norm
+        statistics = arg(call, 5, "training", False) or arg(call, 1, "running_mean") is None
+        return "batch_statistics_norm" if statistics else "linear"
     if name in LINEAR:
         return "linear"
     if name in COMPARISONS:
@@ -95,17 +157,49 @@ def classify(session: Session, name: str, call: Call) -> str:
     if name in ("mul", "multiply", "matmul", "bmm", "mm"):
         both = sum(act) >= 2 and all(isinstance(arg(call, i, n), torch.Tensor) for i, n in ((0, "input"), (1, "other")))
         return ("product" if name in ("mul", "multiply") else "matmul") if both else "linear"
-    if name in MULTILINEAR:
-        return "unsupported" if sum(act) >= 2 else "linear"
     if name in ("div", "true_divide", "divide"):
-        return "unsupported" if session.tag_of(arg(call, 1, "other")) == ACT else "linear"
+        if session.tag_of(arg(call, 1, "other")) != ACT:
+            return "linear"
+        if arg(call, 2, "rounding_mode") is not None:
+            return "unsupported"
+        return "quotient" if session.tag_of(arg(call, 0, "input")) == ACT else "divide"
+    if name == "rdiv":
+        return "rdivide"
+    if name in ROOTS:
+        return name
     if name in ("pow", "square"):
         exponent = 2 if name == "square" else arg(call, 1, "exponent")
-        if isinstance(exponent, (int, float)) and exponent in (1, 2) and session.tag_of(arg(call, 0, "input")) == ACT:
-            return "linear" if exponent == 1 else "square"
+        if isinstance(exponent, (int, float)) and session.tag_of(arg(call, 0, "input")) == ACT:
+            if exponent in (1, 2):
+                return "linear" if exponent == 1 else "square"
+            if exponent in ROOTS.values():
+                return next(n for n, p in ROOTS.items() if p == exponent)
+            if is_power(exponent):
+                return "power"
+            return "elementwise"
         return "unsupported"
+    if name in ("linalg_vector_norm", "norm"):
+        order = arg(call, 1, "ord" if name == "linalg_vector_norm" else "p", 2 if name == "linalg_vector_norm" else "fro")
+        return "vector_norm" if order in (2, 2.0, "fro") and call[1].get("dtype") is None else "unsupported"
+    if name in ("addmm", "baddbmm", "addbmm"):
+        operands = [arg(call, i, n) for i, n in ((1, "mat1" if name == "addmm" else "batch1"),
+                                                 (2, "mat2" if name == "addmm" else "batch2"))]
+        if sum(session.tag_of(v) == ACT for v in operands) < 2:
+            return "linear"
+        return "add_batched_matmul" if name == "addbmm" else "add_matmul"
+    if name == "einsum":
+        equation, operands = einsum_operands(call)
+        acts = sum(session.tag_of(v) == ACT for v in operands)
+        return "linear" if acts < 2 else "einsum" if len(operands) == 2 and isinstance(equation, str) else "unsupported"
+    if name == "group_norm":
+        return "unsupported" if any(session.tag_of(arg(call, i, n)) == ACT for i, n in ((2, "weight"), (3, "bias"))) \
+            else "group_norm"
+    if name == "instance_norm":
+        return "instance_norm" if arg(call, 5, "use_input_stats", True) else "linear"
     if name in ACTIVATION_CALLS:
         return "activation" if activation_of_call(name, args, kwargs) is not None else "unsupported"
+    if name in MULTILINEAR and name not in ("addmm", "baddbmm", "addbmm", "einsum"):
+        return "unsupported" if sum(act) >= 2 else "linear"
     if name == "max_pool2d":
         plain = arg(call, 4, "dilation", 1) in (1, (1, 1)) and not arg(call, 5, "ceil_mode", False) \
             and not arg(call, 6, "return_indices", False)
@@ -116,6 +210,9 @@ def classify(session: Session, name: str, call: Call) -> str:
                                                       for i, n in ((2, "weight"), (3, "bias"))):
             return "unsupported"  # data-dependent affine parameters (adaptive norms)
         return kind
+    tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+    if len(tensors) == 1 and tensors[0].is_floating_point() and name not in MULTILINEAR:
+        return "elementwise"  # confirmed element-wise by the site table on its first run (is_elementwise)
     return "unsupported"
 
 
@@ -130,10 +227,14 @@ class SiteTable:
         self.unsupported: Dict[Tuple[str, str], int] = {}
         # fitted activation sites: key -> (target, owner module, attribute, largest |input| seen calibrating)
         self.fitted: Dict[Tuple[str, str, int], list] = {}
+        self.elementwise_calls: Dict[Tuple[str, str], bool] = {}  # (path, name) -> is element-wise
 
     def __call__(self, session: Session, name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
         call = (args, kwargs)
         kind = classify(session, name, call)
+        if kind in SITE_KINDS and SITE_KINDS[kind].needs and not hasattr(self.settings, SITE_KINDS[kind].needs) \
+                or kind == "elementwise" and not self.elementwise(session.owner.path, name, func, call):
+            kind = "unsupported"  # the method builds no operator of this kind, or the call is not element-wise
         if kind == "linear":
             out = func(*args, **kwargs)
             if name in DESTINATION and args and isinstance(args[0], torch.Tensor):
@@ -148,6 +249,15 @@ class SiteTable:
             out = self.run_site(session, kind, name, func, call)
         session.mark(out, ACT)
         return out
+
+    def elementwise(self, path: str, name: str, func: Callable, call: Call) -> bool:
+        """Whether the single-tensor call ``name`` at ``path`` is element-wise (and the method fits
+        functions on demand): decided on its first run while calibrating (:func:`is_elementwise`)."""
+        key = (path, name)
+        if key not in self.elementwise_calls:
+            self.elementwise_calls[key] = (self.calibrating and hasattr(self.settings, "on_demand")
+                                           and is_elementwise(func, call))
+        return self.elementwise_calls[key]
 
     def float_fallback(self, path: str, name: str, func: Callable, call: Call) -> Any:
         key = (path, name)
@@ -178,13 +288,19 @@ class SiteTable:
                 self.fitted[key][3] = max(self.fitted[key][3], float(x.detach().abs().max()))
         if self.calibrating and not needs_calibration(op):
             return func(*call[0], **call[1])
-        return (SITE_KINDS[kind].invoke if kind != "activation" else _call_module)(op, call)
+        out = (SITE_KINDS[kind].invoke if kind not in ("activation", "elementwise") else _call_module)(op, call)
+        if self.calibrating and getattr(op, "outside_domain", 0):
+            self.unsupported[(frame.path, f"{name} (inputs outside its domain)")] = 1
+        return out
 
     def build(self, frame: Any, kind: str, name: str, call: Call) -> nn.Module:
         entry = None
         if kind == "activation":
             entry, params = activation_of_call(name, *call)
             op, note = self.settings.activation(entry, params), entry.note
+        elif kind == "elementwise":
+            fn = bound_call(func, call)
+            op, note = self.settings.on_demand(fn, fn.name(name)), ON_DEMAND_NOTE
         else:
             op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
         device = next((v.device for v in call[0] if isinstance(v, torch.Tensor)), None)
@@ -221,7 +337,35 @@ class SiteTable:
 
 
 def _call_module(module: nn.Module, call: Call) -> Any:
-    return module(arg(call, 0, "input"))
+    return module(next(v for v in (*call[0], *call[1].values()) if isinstance(v, torch.Tensor)))
+
+
+ON_DEMAND_NOTE = "element-wise function on an MBE neuron fitted to its calibrated input range (Eq. 8)"
+
+
+def bound_call(func: Callable, call: Call) -> BoundCall:
+    """The call as a function of its one tensor operand."""
+    args, kwargs = call
+    index = next((i for i, v in enumerate(args) if isinstance(v, torch.Tensor)), None)
+    if index is None:
+        index = next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+    return BoundCall(func, tuple(args), tuple(kwargs.items()), index)
+
+
+def is_elementwise(func: Callable, call: Call) -> bool:
+    """A run-time check that the call maps its one floating tensor operand element by element: the
+    output has the input's shape and dtype class, and permuting the input's elements permutes the
+    output's alike (a fixed permutation of the calibration values themselves)."""
+    fn = bound_call(func, call)
+    x = fn.args[fn.index] if isinstance(fn.index, int) else dict(fn.kwargs)[fn.index]
+    with torch.no_grad():
+        y = fn(x)
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape or not y.is_floating_point() or x.numel() < 2:
+            return False
+        order = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0)).to(x.device)
+        permuted = fn(x.detach().flatten()[order].reshape(x.shape))
+    return bool(torch.equal(permuted.flatten(), y.detach().flatten()[order]) or
+                torch.allclose(permuted.flatten(), y.detach().flatten()[order], equal_nan=True))
 
 
 def needs_calibration(module: nn.Module) -> bool:

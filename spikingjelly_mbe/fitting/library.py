@@ -19,7 +19,7 @@ from ..neurons.multibasis import positive_int
 from .fitted import FittedNeuron, FittedNeuronError, fit_key
 from .kinds import get_kind
 from .routine import fit_neuron
-from .targets import SPLIT_TARGETS, TARGETS
+from .targets import SPLIT_TARGETS, TARGETS, Target
 
 LIBRARY_DIR = Path(__file__).with_name("library")
 MAX_FIT_T = 32  # the longest spike trains fitted on first use
@@ -93,6 +93,24 @@ def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
     return copy.deepcopy(cached_fit(fit_key(target, kind, N, T, span=span),
                                     lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
                                                        progress=True), expect))
+
+
+ON_DEMAND_BUDGET = 1500  # candidate evaluations of a fit on demand (one CMA-ES run): seconds, not minutes
+
+
+def load_fitted_function(target: Target, N: int, T: int) -> FittedNeuron:
+    """An MBE fit of an unregistered function (``target.name`` names it and its parameters, e.g.
+    ``erf`` or ``elu_1f2e``) on ``target.domain``: fitted on first use with a small budget
+    (:data:`ON_DEMAND_BUDGET`, seed 0; deterministic) and cached like any unshipped fit, keyed by
+    the name, ``N``, ``T`` and the domain."""
+    if not NAME.fullmatch(target.name):
+        raise ValueError(f"target name must be letters, digits and '_', got {target.name!r}")
+    N, T = positive_int("N", N), positive_int("T", T)
+    lo, hi = target.domain
+    key = f"{fit_key(target.name, 'mbe', N, T)}-on{lo:g}_{hi:g}"
+    expect = {"target": target.name, "kind": "mbe", "T": T, "N": N, "domain": target.domain}
+    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind="mbe", N=N, T=T, seed=0, restarts=1,
+                                                            budget=ON_DEMAND_BUDGET), expect))
 
 
 def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 0) -> Tuple[str, int, int, int]:

@@ -13,15 +13,18 @@ from .coding import IdentityCoder, identity_node
 from .ecmt_settings import ECMTSettings
 from .expectation import ExpectationCompensation, ProductCompensation
 from .multi_threshold import MTLinearInput
-from .norm import SpikingLayerNorm, SpikingRMSNorm
-from .products import SpikingMatmul, SpikingProduct
+from .norm import SpikingGroupNorm, SpikingLayerNorm, SpikingRMSNorm
+from .on_demand import FittedOnDemand
+from .products import SpikingEinsum, SpikingMatmul, SpikingProduct
 from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
+from .roots import SpikingRoot
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
 from .stepping import run_steps
 from .weight_input import SpikingWeightInput
 
-__all__ = ["CHECKS", "ECMTSettings", "ExpectationCompensation", "IdentityCoder", "MTLinearInput", "OpStats", "PiecewiseLinear",
-           "ProductCompensation", "RectifiedActivation", "SpikingActivation", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d",
-           "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
+__all__ = ["CHECKS", "ECMTSettings", "ExpectationCompensation", "FittedOnDemand", "IdentityCoder", "MTLinearInput",
+           "OpStats", "PiecewiseLinear", "ProductCompensation", "RectifiedActivation", "SpikingActivation", "SpikingEinsum",
+           "SpikingGroupNorm", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d", "SpikingProduct", "SpikingReLU",
+           "SpikingRMSNorm", "SpikingRoot", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
            "flush_checks", "identity_node", "run_steps", "set_checks"]

@@ -101,22 +101,28 @@ class _SpikingNorm(SpikingOp):
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
         affine = [None if p is None else p.detach().to(working_dtype(x, self.T)) for p in (self.weight, self.bias)]
+        return self.normalize(x, dims, n, *affine).to(x.dtype)
+
+    def normalize(self, x: torch.Tensor, dims: Tuple[int, ...], n: int, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """Stages 1-4 over the ``n`` elements of ``dims`` (one row each), then ``weight`` and ``bias``
+        (broadcast against the rows); records the statistics."""
         if (not self.simulating and x.numel() and self.rsqrt.tabulated
-                and kernels.usable(x, *(p for p in affine if p is not None), row=n)):
-            out, (spikes, sops, nonfinite) = self.fused(x, n, *affine)
+                and kernels.usable(x, *(p for p in (weight, bias) if p is not None), row=n)):
+            out, (spikes, sops, nonfinite) = self.fused(x, n, weight, bias)
             if nonfinite:
                 self.reject_nonfinite(x, "input")  # raises, naming the count
         else:
             self.check_input(x, "input")
             out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
-            if affine[0] is not None:
-                out = out.mul_(affine[0])
-            if affine[1] is not None:
-                out = out.add_(affine[1])
+            if weight is not None:
+                out = out.mul_(weight)
+            if bias is not None:
+                out = out.add_(bias)
         rows = x.numel() // n
         self.record(spikes=spikes, neurons=x.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows, sops=sops,
                     ann_flops=self.element_flops * x.numel() + self.row_flops * rows)
-        return out.to(x.dtype)
+        return out
 
     def stages(self, xs: torch.Tensor, dims: Tuple[int, ...], n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stages 1-4 in PyTorch (both modes), before the affine map: ``(output, spikes, SOPs)``."""
@@ -202,3 +208,48 @@ class SpikingRMSNorm(_SpikingNorm):
         weight = getattr(m, "weight", None)
         shape = getattr(m, "normalized_shape", None) or tuple(weight.shape)
         return cls(shape, weight, eps, T, mode, **kwargs)
+
+
+class SpikingGroupNorm(_SpikingNorm):
+    """Spiking ``group_norm``: the stages of :class:`_SpikingNorm` over each of ``groups`` groups of the
+    channels (dimension 1) and everything after them, then the per-channel ``weight``, ``bias``.
+    ``groups = C`` is InstanceNorm; ``groups=None`` normalises each channel over the batch and the
+    positions (BatchNorm with the statistics of the batch, its training form)."""
+
+    centered, element_flops, row_flops = True, flops.LAYERNORM, flops.LAYERNORM_ROW
+
+    def __init__(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor] = None,
+                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
+                 N: int = 4, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
+                 element_exponents: bool = True) -> None:
+        super().__init__(channels, weight, bias, eps, T, mode, N, split_bits, code, element_exponents)
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1
+                                   or channels % groups):
+            raise ValueError(f"groups must be None or a positive divisor of channels={channels}, got {groups!r}")
+        self.channels, self.groups = channels, groups
+
+    def float_reference(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups is None:
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return F.group_norm(x, self.groups, self.weight, self.bias, self.eps)
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_floating(x, "input")
+        if x.dim() < 2 or x.shape[1] != self.channels:
+            raise ValueError(f"SpikingGroupNorm expects input of shape [B, C={self.channels}, ...], got {tuple(x.shape)}")
+        dtype = working_dtype(x, self.T)
+        if self.groups is None:
+            rows = x.movedim(1, 0).reshape(self.channels, -1).contiguous()
+        else:
+            rows = x.reshape(x.shape[0], self.groups, -1)
+        out = self.normalize(rows, (-1,), rows.shape[-1], None, None)
+        out = out.reshape(x.movedim(1, 0).shape).movedim(0, 1) if self.groups is None else out.reshape(x.shape)
+        shape = (1, self.channels) + (1,) * (x.dim() - 2)
+        if self.weight is not None:
+            out = out * self.weight.detach().to(dtype).reshape(shape)
+        if self.bias is not None:
+            out = out + self.bias.detach().to(dtype).reshape(shape)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, " + super().extra_repr()

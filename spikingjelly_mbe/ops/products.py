@@ -196,7 +196,7 @@ class _TwoOperandOp(SpikingOp):
                 if self.per_channel:
                     peaks.observe(x)
             self.calibration_forwards += 1
-            return type(self).float_op(a, b)
+            return self.float_op(a, b)
         if self.coders is None:
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
@@ -216,7 +216,7 @@ class _TwoOperandOp(SpikingOp):
         return out.to(torch.promote_types(a.dtype, b.dtype))
 
     def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return type(self).float_op(a, b)
+        return self.float_op(a, b)
 
     def stages(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Both operands' MBE_Id codes, then :meth:`combine`, in PyTorch (both modes)."""
@@ -329,3 +329,62 @@ class SpikingMatmul(_TwoOperandOp):
     def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
         batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         return flops.matmul(batch * a.shape[-2], a.shape[-1], b.shape[-1])
+
+
+def einsum_steps(equation: str) -> Tuple[str, str]:
+    """``(a's step letter, b's step letter)``: two letters the ``equation`` does not use."""
+    free = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation]
+    return free[0], free[1]
+
+
+class SpikingEinsum(_TwoOperandOp):
+    """``torch.einsum(equation, a, b)`` for any two-operand subscript pattern, as spike
+    coincidences weighted by ``D_ij`` (Eqs. 10-12) and summed over the contracted indices.
+
+    Simulate mode contracts the ternary spike trains with ``D``: ``a[..., i] D[i, j] b[..., j]``
+    inside the same ``equation`` (two extra step indices); fast mode contracts the decoded operands.
+    Operands are coded like :class:`SpikingProduct`'s. SOPs: ``einsum(equation, c1, c2)`` summed, the
+    coincidences of every term; ``ann_flops``: one multiply-accumulate per term.
+    """
+
+    def __init__(self, equation: str, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
+        if not isinstance(equation, str) or equation.partition("->")[0].count(",") != 1:
+            raise ValueError(f"SpikingEinsum needs a two-operand equation such as 'bij,bjk->bik', got {equation!r}")
+        self.equation = equation.replace(" ", "")
+        super().__init__(T, mode, ranges, code, budget)
+
+    def float_op(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.einsum(self.equation, a, b)
+
+    def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        try:
+            torch.einsum(self.equation, a.new_empty(a.shape, device="meta"), b.new_empty(b.shape, device="meta"))
+        except RuntimeError as error:
+            raise ValueError(f"SpikingEinsum({self.equation!r}): operands {tuple(a.shape)} and {tuple(b.shape)} do "
+                             f"not fit the equation ({error})") from None
+
+    def combine(self, a: SpikeCode, b: SpikeCode) -> torch.Tensor:
+        inputs, _, output = self.equation.partition("->")
+        left, right = inputs.split(",")
+        self.record(sops=total(torch.einsum(self.equation, a.counts.double(), b.counts.double())))
+        if not self.simulating:
+            return torch.einsum(self.equation, a.value, b.value)
+        i, j = einsum_steps(self.equation)
+        if not output and "->" not in self.equation:  # implicit output: the letters used once, sorted
+            letters = left + right
+            output = "".join(sorted(c for c in set(letters) if c.isalpha() and letters.count(c) == 1))
+            output = ("..." if "..." in letters else "") + output
+        stepped = f"{left}{i},{i}{j},{right}{j}->{output}"
+        return torch.einsum(stepped, a.spikes, intensity_matrix(a, b), b.spikes)
+
+    def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
+        inputs, _, _ = self.equation.partition("->")
+        sizes = {}
+        for letters, x in zip(inputs.split(","), (a, b)):
+            if "..." not in letters:
+                sizes.update(zip(letters, x.shape))
+        return math.prod(sizes.values()) if sizes else max(a.numel(), b.numel())
+
+    def extra_repr(self) -> str:
+        return f"{self.equation!r}, " + super().extra_repr()

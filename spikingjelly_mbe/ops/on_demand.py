@@ -1,0 +1,233 @@
+"""Any element-wise function on an MBE neuron fitted on demand to its calibrated input range (Eq. 8).
+
+A call such as ``torch.erf(x)`` or ``F.elu(x, 0.5)`` that no catalog entry covers runs in float
+while the calibration batches pass, recording the interval its inputs cover. Calibration then fixes
+a domain around that interval and fits one MBE neuron to the function on it (deterministic, cached:
+:func:`~spikingjelly_mbe.fitting.load_fitted_function`). A function with a linear tail on each side
+(``elu``, ``softplus``, ``mish``, ``hardswish``, ``abs``...) is range-reduced like GELU and SiLU:
+the piecewise-linear function of its two end tangents, exact on rectifier neurons, plus a fitted
+residual that vanishes at the domain's edges.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..fitting import Target, load_fitted_function
+from .activation import SpikingActivation
+from .coding import DEFAULT_CODE
+from .rectifier import PiecewiseLinear
+
+GRID = 4097  # points on which a domain is checked and tangents are measured
+RECTIFY_SLOPES = 0.25  # end slopes this far apart make a knot worth a rectifier
+RECTIFY_SHARE = 0.5  # ... when the residual spans at most this share of the function's range
+MAX_FIT_ERROR = 0.05  # a fit whose largest error exceeds this share of the function's range is refused
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """``func(*args, **kwargs)`` with the tensor operand at ``index`` (position, or keyword name)
+    replaced by the argument: a picklable function of one tensor."""
+
+    func: Callable
+    args: tuple
+    kwargs: tuple
+    index: Any
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        args, kwargs = list(self.args), dict(self.kwargs)
+        if isinstance(self.index, int):
+            args[self.index] = x
+        else:
+            kwargs[self.index] = x
+        return self.func(*args, **kwargs)
+
+    def name(self, op: str) -> str:
+        """``op``, and a digest of the other arguments when there are any (``elu_3f9a1c2b``)."""
+        rest = [a for i, a in enumerate(self.args) if i != self.index] + \
+            [(k, v) for k, v in self.kwargs if k != self.index]
+        return op if not rest else f"{op}_{hashlib.sha1(repr(rest).encode()).hexdigest()[:8]}"
+
+
+def power_of_two_above(value: float) -> float:
+    return 2.0 ** math.ceil(math.log2(value)) if value > 0 else 1.0
+
+
+def finite_on(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> bool:
+    with torch.no_grad():
+        return bool(torch.isfinite(fn(torch.linspace(lo, hi, GRID, dtype=torch.float64))).all())
+
+
+def fit_domain(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Optional[Tuple[float, float]]:
+    """The domain of a fit for inputs seen in ``[lo, hi]``: ``[-s, s]`` with ``s`` the power of two at
+    or above 1.5 times the largest ``|x|`` (shared by sites of similar ranges); where the function is
+    not finite there, the one-signed ``[0, s]`` (or ``[-s, 0]``), then the seen interval with half
+    its distance to 0 as margin; ``None`` when it is not finite even on ``[lo, hi]``."""
+    s = power_of_two_above(1.5 * max(abs(lo), abs(hi)))
+    candidates = [(-s, s)]
+    if lo >= 0:
+        candidates += [(0.0, s), (lo / 2, s)]
+    elif hi <= 0:
+        candidates += [(-s, 0.0), (-s, hi / 2)]
+    candidates.append((lo, hi) if lo < hi else (lo - 1e-3, hi + 1e-3))
+    return next((c for c in candidates if finite_on(fn, *c)), None)
+
+
+def end_tangents(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Tuple[Tuple[float, float], ...]:
+    """``((f(lo), f'(lo)), (f(hi), f'(hi)))``, the slopes one-sided over 1/1024 of the domain."""
+    h = (hi - lo) / 1024
+    x = torch.tensor([lo, lo + h, hi - h, hi], dtype=torch.float64)
+    with torch.no_grad():
+        y = fn(x).to(torch.float64).tolist()
+    return (y[0], (y[1] - y[0]) / h), (y[3], (y[3] - y[2]) / h)
+
+
+@dataclass(frozen=True)
+class LinearTails:
+    """``c0 + c1 x + w relu(x - t)``: the lines tangent to ``f`` at both ends of its domain, joined
+    at their intersection ``t``."""
+
+    c0: float
+    c1: float
+    w: float
+    t: float
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c0 + self.c1 * x + self.w * torch.relu(x - self.t)
+
+
+def linear_tails(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Optional[LinearTails]:
+    """The :class:`LinearTails` of ``f`` on ``[lo, hi]`` when its end slopes differ by at least
+    :data:`RECTIFY_SLOPES`, the tangents meet inside the domain and the residual spans at most
+    :data:`RECTIFY_SHARE` of ``f``'s range; ``None`` otherwise."""
+    (f_lo, s_lo), (f_hi, s_hi) = end_tangents(fn, lo, hi)
+    if abs(s_hi - s_lo) < RECTIFY_SLOPES:
+        return None
+    c_lo, c_hi = f_lo - s_lo * lo, f_hi - s_hi * hi
+    t = (c_lo - c_hi) / (s_hi - s_lo)
+    if not lo < t < hi:
+        return None
+    tails = LinearTails(c_lo, s_lo, s_hi - s_lo, t)
+    x = torch.linspace(lo, hi, GRID, dtype=torch.float64)
+    with torch.no_grad():
+        y = fn(x).to(torch.float64)
+        residual = y - tails(x)
+    spread = float(y.max() - y.min())
+    return tails if float(residual.max() - residual.min()) <= RECTIFY_SHARE * spread else None
+
+
+@dataclass(frozen=True)
+class Residual:
+    """``f - tails``, the part of a rectified function a neuron carries."""
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    tails: LinearTails
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x) - self.tails(x)
+
+
+class TailedActivation(nn.Module):
+    """``tails(x) + g(x)``: the piecewise-linear tails on rectifier neurons (exact up to their code),
+    the residual ``g`` on a fitted neuron (inputs beyond its domain take the edge's value, where ``g``
+    is 0 by construction: the tails extend the function linearly)."""
+
+    mbe_opaque = True
+
+    def __init__(self, tails: PiecewiseLinear, residual: Optional[SpikingActivation]) -> None:
+        super().__init__()
+        self.tails, self.residual = tails, residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.residual is None:
+            return self.tails(x)
+        lo, hi = self.residual.fitted.domain
+        return self.tails(x) + self.residual(x.clamp(lo, hi))
+
+
+class FittedOnDemand(nn.Module):
+    """An element-wise function ``fn`` (``name`` keys its fits) on a neuron fitted after calibration.
+
+    While ``calibrating`` it computes ``fn`` in float and records the interval of its inputs and
+    whether ``fn`` left its domain (a non-finite output for a finite input: :attr:`outside_domain`,
+    which conversion reports as an unsupported call). :meth:`finish_calibration` returns that
+    interval and :meth:`set_ranges` fits on a domain around it (:func:`fit_domain`), rectified
+    (:func:`linear_tails`) when ``rectify``. The spiking module is :attr:`spiking`.
+    """
+
+    mbe_opaque = True
+    operands = 2  # ranges: the input interval (lo, hi)
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str, T: int, N: int, mode: str = "fast",
+                 code: str = DEFAULT_CODE, rectify: bool = True) -> None:
+        super().__init__()
+        self.fn, self.name, self.T, self.N, self.mode, self.code, self.rectify = fn, name, T, N, mode, code, rectify
+        self.calibrating = True
+        self.seen: Optional[Tuple[float, float]] = None
+        self.outside_domain = 0
+        self.spiking: Optional[nn.Module] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating or self.spiking is None:
+            return self.observe(x) if self.calibrating else self.fn(x)
+        return self.spiking(x)
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fn(x)
+        finite = torch.isfinite(x)
+        self.outside_domain += int((finite & ~torch.isfinite(y)).sum())
+        if bool(finite.any()):
+            lo, hi = (float(v) for v in torch.aminmax(x.detach()[finite]))
+            self.seen = (lo, hi) if self.seen is None else (min(lo, self.seen[0]), max(hi, self.seen[1]))
+        return y
+
+    def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
+        if self.seen is None:
+            raise RuntimeError(f"{self.name}: no finite input was observed while calibrating")
+        return self.seen
+
+    def set_ranges(self, ranges: Sequence[float]) -> None:
+        """Fit the neuron on a domain around the input interval ``ranges = (lo, hi)`` and stop calibrating
+        (nothing is fitted for a function that left its domain: conversion refuses it)."""
+        self.calibrating = False
+        if self.outside_domain:
+            return
+        lo, hi = (float(v) for v in ranges)
+        domain = fit_domain(self.fn, lo, hi)
+        if domain is None:
+            self.outside_domain = 1
+            return
+        tails = linear_tails(self.fn, *domain) if self.rectify else None
+        if tails is None:
+            self.spiking = SpikingActivation(self.fit(self.name, self.fn, domain), self.mode, reference=self.fn)
+            return
+        knots = PiecewiseLinear([(tails.t, tails.w)], self.T, self.mode, tails.c0, tails.c1, self.code)
+        knots.rectifiers[0].set_ranges((max(domain[1] - tails.t, abs(hi - tails.t), 1e-6),))
+        residual_fn = Residual(self.fn, tails)
+        x = torch.linspace(*domain, GRID, dtype=torch.float64)
+        with torch.no_grad():
+            spread = float(residual_fn(x).abs().max())
+        residual = None if spread < 1e-9 * max(1.0, float(self.fn(x).abs().max())) else \
+            SpikingActivation(self.fit(f"{self.name}_residual", residual_fn, domain), self.mode, reference=residual_fn)
+        self.spiking = TailedActivation(knots, residual)
+
+    def fit(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], domain: Tuple[float, float]):
+        fitted = load_fitted_function(Target(name, fn, domain, "fitted on demand"), self.N, self.T)
+        x = torch.linspace(*domain, GRID, dtype=torch.float64)
+        with torch.no_grad():
+            y = fn(x)
+        spread = float(y.max() - y.min())
+        if fitted.errors["max_abs"] > MAX_FIT_ERROR * max(spread, 1e-12):
+            raise ValueError(f"{self.name}: an MBE neuron (N={self.N}, T={self.T}) fitted on {domain} errs by up to "
+                             f"{fitted.errors['max_abs']:.3g}, over {MAX_FIT_ERROR:.0%} of the function's range "
+                             f"{spread:.3g}: it is not smooth enough to fit (a step or rounding function?); keep it "
+                             "in float with allow_float_fallback=True")
+        return fitted
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, seen={self.seen}, calibrating={self.calibrating}"
