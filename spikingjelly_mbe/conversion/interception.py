@@ -75,7 +75,7 @@ DESTINATION = frozenset({"setitem", "copy", "index_put", "masked_scatter", "scat
 
 _DUNDERS = {"add": "add", "radd": "add", "iadd": "add", "sub": "sub", "isub": "sub", "rsub": "rsub",
             "mul": "mul", "rmul": "mul", "imul": "mul", "matmul": "matmul", "imatmul": "matmul",
-            "truediv": "div", "itruediv": "div", "rtruediv": "rdiv", "floordiv": "floor_divide",
+            "truediv": "div", "itruediv": "div", "rtruediv": "rdiv", "rdiv": "rdiv", "floordiv": "floor_divide",
             "rfloordiv": "rfloor_divide", "pow": "pow", "ipow": "pow", "rpow": "rpow", "neg": "neg",
             "pos": "positive", "abs": "abs", "getitem": "getitem", "setitem": "setitem", "eq": "eq", "ne": "ne",
             "gt": "gt", "ge": "ge", "lt": "lt", "le": "le", "invert": "logical_not", "and": "logical_and",
@@ -118,6 +118,7 @@ class Session(TorchFunctionMode):
         self.paths = {id(m): p for p, m in root.named_modules(remove_duplicate=False)}
         self.tags = WeakIdKeyDictionary()
         self.stack: List[Frame] = []
+        self.root_frame = Frame("", root, False)  # calls in the root's own forward (its hook ran before this session)
         self.opaque_depth = 0
         self._handles: list = []
 
@@ -182,7 +183,7 @@ class Session(TorchFunctionMode):
 
     @property
     def owner(self) -> Frame:
-        return self.stack[-1] if self.stack else Frame("", self.root, False)
+        return self.stack[-1] if self.stack else self.root_frame
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}

@@ -281,7 +281,7 @@ class SiteTable:
                 raise RuntimeError(f"{name} at {frame.path or '<root>'} did not run on the calibration batches, so it "
                                    "has no spiking operator: convert with calibration batches that exercise this path "
                                    "(the same kind of inputs, e.g. padded batches or generation steps)")
-            op = self.build(frame, kind, name, call)
+            op = self.build(frame, kind, name, call, func)
         if self.calibrating and key in self.fitted:
             x = arg(call, 0, "input")
             if x.numel():
@@ -293,7 +293,7 @@ class SiteTable:
             self.unsupported[(frame.path, f"{name} (inputs outside its domain)")] = 1
         return out
 
-    def build(self, frame: Any, kind: str, name: str, call: Call) -> nn.Module:
+    def build(self, frame: Any, kind: str, name: str, call: Call, func: Callable) -> nn.Module:
         entry = None
         if kind == "activation":
             entry, params = activation_of_call(name, *call)

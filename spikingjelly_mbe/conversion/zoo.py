@@ -19,14 +19,14 @@ from transformers.pytorch_utils import Conv1D
 
 from .calibration import Batch
 
-VOCAB, IMAGE, PATCH, LABELS, MELS = 96, 32, 8, 10, 16
+VOCAB, IMAGE, PATCH, LABELS, MELS, AUDIO = 96, 32, 8, 10, 16, 800
 
 
 @dataclass(frozen=True)
 class Family:
     """``make(layers, hidden, heads)`` builds the model; ``inputs`` is one of ``tokens``,
     ``tokens_roberta`` (ids 0-2 reserved), ``image`` (a tensor), ``pixel_values``,
-    ``input_features`` (audio) or ``embeddings`` (a float ``[B, S, hidden]`` tensor)."""
+    ``input_features`` (log-mel audio), ``input_values`` (a raw waveform) or ``embeddings`` (a float ``[B, S, hidden]`` tensor)."""
 
     make: Callable[[int, int, int], nn.Module]
     inputs: str
@@ -150,6 +150,22 @@ ZOO: Dict[str, Family] = {
     "convnext_timm": Family(_timm("convnext_atto", depths=(1, 1, 1, 1), dims=lambda l, h, n: (h // 2, h, h, h)),
                             "image", source="timm"),
     "resnet18_timm": Family(_timm("resnet18"), "image", source="timm"),
+    # arithmetic of activations, on-demand fits and per-group norms
+    "bloom": Family(_hf(hf.BloomForCausalLM, hf.BloomConfig, vocab_size=VOCAB, n_layer=lambda l, h, n: l,
+                        hidden_size=lambda l, h, n: h, n_head=lambda l, h, n: n), "tokens", causal=True),
+    "esm": Family(_encoder(hf.EsmForSequenceClassification, hf.EsmConfig, pad_token_id=1, mask_token_id=2,
+                           position_embedding_type="rotary"), "tokens_roberta"),
+    "levit": Family(_hf(hf.LevitForImageClassification, hf.LevitConfig, image_size=IMAGE, num_labels=LABELS,
+                        hidden_sizes=lambda l, h, n: [h, h + h // 2, 2 * h], num_attention_heads=lambda l, h, n: [n] * 3,
+                        depths=lambda l, h, n: [1] * 3, key_dim=lambda l, h, n: [h // (2 * n)] * 3), "pixel_values"),
+    "convnextv2": Family(_hf(hf.ConvNextV2ForImageClassification, hf.ConvNextV2Config, image_size=IMAGE,
+                             num_labels=LABELS, hidden_sizes=lambda l, h, n: [h // 2, h, h, h], depths=[1, 1, 1, 1]),
+                         "pixel_values"),
+    "wav2vec2": Family(_hf(hf.Wav2Vec2Model, hf.Wav2Vec2Config, num_hidden_layers=lambda l, h, n: l,
+                           hidden_size=lambda l, h, n: h, num_attention_heads=lambda l, h, n: n,
+                           intermediate_size=lambda l, h, n: 2 * h, conv_dim=(16, 16), conv_stride=(5, 2),
+                           conv_kernel=(10, 3), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
+                           feat_extract_norm="group"), "input_values"),
     # torch
     "torch_encoder": Family(_torch_encoder, "embeddings", source="torch"),
     "gelu_mlp": Family(_gelu_mlp, "embeddings", source="torch"),
@@ -177,7 +193,7 @@ def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: 
 
 def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0, hidden: int = 32) -> Batch:
     """Random inputs of the family's kind: token ids (``{'input_ids': ...}``), images (a tensor for
-    timm, ``pixel_values`` for Hugging Face), log-mel features, or embeddings ``[size, seq_len, hidden]``."""
+    timm, ``pixel_values`` for Hugging Face), log-mel features, waveforms of ``AUDIO`` samples, or embeddings ``[size, seq_len, hidden]``."""
     g = torch.Generator().manual_seed(seed)
     kind = ZOO[family].inputs if family in ZOO else "tokens"
     if kind in ("image", "pixel_values"):
@@ -185,6 +201,8 @@ def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0, hidden:
         return images if kind == "image" else {"pixel_values": images}
     if kind == "input_features":
         return {"input_features": torch.randn(size, MELS, 16, generator=g)}
+    if kind == "input_values":
+        return {"input_values": torch.randn(size, AUDIO, generator=g)}
     if kind == "embeddings":
         return torch.randn(size, seq_len, hidden, generator=g)
     low = 3 if kind == "tokens_roberta" else 0  # keep RoBERTa's pad/bos/eos ids out of the random tokens

@@ -83,16 +83,16 @@ def _load(target: str, kind: str, N: int, T: int, split_bits: int) -> FittedNeur
 
 def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
     """An MBE fit of ``target`` on ``[-span, span]`` instead of its registered domain: a range
-    reduction for inputs known (from calibration) to stay well inside it. Fitted on first use
-    (seed 0) and cached like any unshipped fit; an independent copy."""
+    reduction for inputs known (from calibration) to stay well inside it. Shipped (the zoo's), else
+    fitted on first use (seed 0) and cached like any unshipped fit; an independent copy."""
     kind, N, T, _ = check_fit_request(target, "mbe", N, T)
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not 0 < span < float("inf"):
         raise ValueError(f"span must be a positive finite number, got {span!r}")
     span = float(span)
     expect = {"target": target, "kind": kind, "T": T, "N": N, "domain": (-span, span)}
-    return copy.deepcopy(cached_fit(fit_key(target, kind, N, T, span=span),
-                                    lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
-                                                       progress=True), expect))
+    key = fit_key(target, kind, N, T, span=span)
+    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
+                                                            progress=True), expect, LIBRARY_DIR / f"{key}.json"))
 
 
 ON_DEMAND_BUDGET = 1500  # candidate evaluations of a fit on demand (one CMA-ES run): seconds, not minutes
@@ -100,9 +100,9 @@ ON_DEMAND_BUDGET = 1500  # candidate evaluations of a fit on demand (one CMA-ES 
 
 def load_fitted_function(target: Target, N: int, T: int) -> FittedNeuron:
     """An MBE fit of an unregistered function (``target.name`` names it and its parameters, e.g.
-    ``erf`` or ``elu_1f2e``) on ``target.domain``: fitted on first use with a small budget
-    (:data:`ON_DEMAND_BUDGET`, seed 0; deterministic) and cached like any unshipped fit, keyed by
-    the name, ``N``, ``T`` and the domain."""
+    ``erf`` or ``elu_1f2e``) on ``target.domain``: shipped (the zoo's), else fitted on first use with
+    a small budget (:data:`ON_DEMAND_BUDGET`, seed 0; deterministic) and cached like any unshipped
+    fit, keyed by the name, ``N``, ``T`` and the domain."""
     if not NAME.fullmatch(target.name):
         raise ValueError(f"target name must be letters, digits and '_', got {target.name!r}")
     N, T = positive_int("N", N), positive_int("T", T)
@@ -110,7 +110,7 @@ def load_fitted_function(target: Target, N: int, T: int) -> FittedNeuron:
     key = f"{fit_key(target.name, 'mbe', N, T)}-on{lo:g}_{hi:g}"
     expect = {"target": target.name, "kind": "mbe", "T": T, "N": N, "domain": target.domain}
     return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind="mbe", N=N, T=T, seed=0, restarts=1,
-                                                            budget=ON_DEMAND_BUDGET), expect))
+                                                            budget=ON_DEMAND_BUDGET), expect, LIBRARY_DIR / f"{key}.json"))
 
 
 def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 0) -> Tuple[str, int, int, int]:

@@ -121,6 +121,38 @@ def linear_tails(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: floa
     return tails if float(residual.max() - residual.min()) <= RECTIFY_SHARE * spread else None
 
 
+LINEAR_SHARE = 1e-6  # a function within this share of its range of its chord is linear on the domain
+
+
+def chord(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Optional[Tuple[float, float]]:
+    """``(c0, c1)`` of the line through ``f``'s values at ``lo`` and ``hi`` when ``f`` stays within
+    :data:`LINEAR_SHARE` of its range of it on ``[lo, hi]`` (e.g. a smooth function on a span its
+    curvature does not reach); ``None`` otherwise."""
+    x = torch.linspace(lo, hi, GRID, dtype=torch.float64)
+    with torch.no_grad():
+        y = fn(x).to(torch.float64)
+    c1 = float(y[-1] - y[0]) / (hi - lo)
+    c0 = float(y[0]) - c1 * lo
+    spread = float(y.max() - y.min())
+    return (c0, c1) if float((y - (c0 + c1 * x)).abs().max()) <= LINEAR_SHARE * spread else None
+
+
+class Affine(nn.Module):
+    """``c0 + c1 x``: synaptic weight and bias (a function that is linear where its inputs lie)."""
+
+    mbe_opaque = True
+
+    def __init__(self, c0: float, c1: float) -> None:
+        super().__init__()
+        self.c0, self.c1 = c0, c1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.c1 + self.c0
+
+    def extra_repr(self) -> str:
+        return f"c0={self.c0:g}, c1={self.c1:g}"
+
+
 @dataclass(frozen=True)
 class Residual:
     """``f - tails``, the part of a rectified function a neuron carries."""
@@ -201,6 +233,10 @@ class FittedOnDemand(nn.Module):
         domain = fit_domain(self.fn, lo, hi)
         if domain is None:
             self.outside_domain = 1
+            return
+        line = chord(self.fn, *domain)
+        if line is not None:  # linear on the inputs it sees: a synaptic weight and bias, no neuron
+            self.spiking = Affine(*line)
             return
         tails = linear_tails(self.fn, *domain) if self.rectify else None
         if tails is None:

@@ -1,0 +1,227 @@
+"""Arithmetic of activations (division, roots, powers, vector norms, addmm/baddbmm, einsum), per-group
+norms and element-wise functions fitted on demand: each operator against its float op and its own
+simulation, and small models calling them converted strictly."""
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion.report import UnsupportedNonlinearityError
+from spikingjelly_mbe.fitting import library
+from spikingjelly_mbe.ops import (FittedOnDemand, SpikingActivation, SpikingEinsum, SpikingGroupNorm, SpikingMatmul,
+                                  SpikingRoot, collect_stats)
+from spikingjelly_mbe.ops.on_demand import TailedActivation, linear_tails
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    logger = logging.getLogger("spikingjelly_mbe")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+def both_modes(op, *inputs):
+    op.mode = "fast"
+    fast = op(*inputs)
+    op.mode = "simulate"
+    slow = op(*inputs)
+    op.mode = "fast"
+    return fast, slow
+
+
+@pytest.mark.parametrize("power, reference", [(-1.0, torch.reciprocal), (-0.5, torch.rsqrt), (0.5, torch.sqrt)])
+def test_roots_match_torch_and_their_simulation(power, reference):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 16, generator=g) * torch.exp2(torch.randint(-6, 7, (40, 16), generator=g).float())
+    x = x if power == -1.0 else x.abs()
+    op = SpikingRoot(power, T=16)
+    fast, slow = both_modes(op, x)
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=0)
+    relative = ((fast - reference(x)) / reference(x)).abs().max()
+    assert relative < 2e-3  # the mantissa's 16 digits and its N=4 neuron, whatever the exponent
+    stats = op.op_stats()
+    assert stats.spikes > 0 and stats.sops >= stats.spikes and stats.ann_flops == 2 * 70 * x.numel()
+    zeros = torch.tensor([0.0, 4.0])
+    assert op(zeros)[0] == reference(zeros)[0]  # inf for 1/0 and 1/sqrt(0), 0 for sqrt(0), as torch
+
+
+def test_square_root_of_negative_inputs_is_a_counted_clamp():
+    op = SpikingRoot(0.5, T=12)
+    out = op(torch.tensor([-1.0, 4.0]))
+    assert out[0] == 0 and abs(float(out[1]) - 2.0) < 1e-2 and op.op_stats().clamped == 1
+
+
+@pytest.mark.parametrize("equation, a, b", [("bhid,bhjd->bhij", (2, 2, 5, 4), (2, 2, 6, 4)),
+                                            ("bij,bjk", (2, 3, 4), (2, 4, 5)), ("i,j->ij", (4,), (5,)),
+                                            ("...d,...d->...", (3, 4), (3, 4))])
+def test_einsum_matches_torch_and_its_simulation(equation, a, b):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(a, generator=g), torch.randn(b, generator=g)
+    op = SpikingEinsum(equation, T=16, ranges=(4.0, 4.0), budget=None)
+    fast, slow = both_modes(op, a, b)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    terms = math.prod(dict(zip("".join(s for s in equation.partition("->")[0].split(",")), [*a.shape, *b.shape])).values()) \
+        if "..." not in equation else a.numel()
+    # each product term carries at most both operands' coding errors (range 4, T = 16 digits)
+    error = 4 * 2.0 ** -16 * (a.abs().max() + b.abs().max() + 4 * 2.0 ** -16)
+    assert (fast - torch.einsum(equation, a, b)).abs().max() <= terms * error
+
+
+def test_einsum_counts_what_the_matrix_product_counts():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(3, 5, 7, generator=g), torch.randn(3, 7, 4, generator=g)
+    einsum, matmul = SpikingEinsum("bij,bjk->bik", T=12, ranges=(4.0, 4.0)), SpikingMatmul(T=12, ranges=(4.0, 4.0))
+    for mode in ("fast", "simulate"):
+        einsum.mode = matmul.mode = mode
+        torch.testing.assert_close(einsum(a, b), matmul(a, b), rtol=1e-5, atol=1e-5)
+    assert einsum.op_stats() == matmul.op_stats()
+
+
+@pytest.mark.parametrize("groups", [2, 8, None])
+def test_group_norm_matches_torch_and_its_simulation(groups):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 5, 3, generator=g) * 2 + 1
+    weight, bias = torch.randn(8, generator=g), torch.randn(8, generator=g)
+    op = SpikingGroupNorm(8, groups, weight, bias, 1e-5, T=16)
+    fast, slow = both_modes(op, x)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    reference = F.batch_norm(x, None, None, weight, bias, True, 0.0, 1e-5) if groups is None else \
+        F.group_norm(x, groups, weight, bias, 1e-5)
+    assert (fast - reference).abs().max() < 3e-3
+    assert op.op_stats().spikes > 0
+
+
+class Arithmetic(nn.Module):
+    """Every arithmetic call of activations item 2 lists, once."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.gn, self.inorm = nn.GroupNorm(2, 8), nn.InstanceNorm1d(8, affine=True)
+        self.bn = nn.BatchNorm1d(8, track_running_stats=False)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        positive = b * b + 0.5
+        out = a / positive + 2.0 / positive + torch.sqrt(positive) + torch.rsqrt(positive) + positive.reciprocal()
+        out = out + a ** 3 * 0.1 + positive ** 1.5 * 0.1 + positive ** -2
+        out = out + torch.linalg.vector_norm(a, dim=-1, keepdim=True) + a.norm(dim=-1, keepdim=True)
+        scores = torch.baddbmm(torch.ones(1, 1, 1), a, b.transpose(1, 2), beta=0.5, alpha=0.25)
+        out = out + scores @ a * 0.1 + torch.einsum("bik,bjk->bij", a, b) @ b * 0.1
+        out = out + torch.addmm(torch.zeros(8), a[0], b[0].t())[None, :, :8] * 0.1
+        channels = out.transpose(1, 2)
+        return (self.gn(channels) + self.inorm(channels) + self.bn(channels)).transpose(1, 2)
+
+
+def test_arithmetic_of_activations_converts_strictly_and_spikes():
+    g = torch.Generator().manual_seed(4)
+    torch.manual_seed(0)
+    ann = Arithmetic().eval()
+    batches = [torch.randn(2, 8, 8, generator=g) for _ in range(2)]
+    snn = convert(ann, T=16, calib_data=batches)
+    assert snn.mbe_report.fully_spiking
+    sites = {e.path.rpartition(".")[2].rstrip("0123456789") for e in snn.mbe_report.replaced}
+    assert {"mbe_quotient", "mbe_divide", "mbe_sqrt", "mbe_rsqrt", "mbe_reciprocal", "mbe_power", "mbe_vector_norm",
+            "mbe_add_matmul", "mbe_einsum", "mbe_group_norm", "mbe_instance_norm", "mbe_batch_statistics_norm"} <= sites
+    x = torch.randn(2, 8, 8, generator=g)
+    with torch.no_grad():
+        reference, out = ann(x), snn(x)
+    cosine = F.cosine_similarity(reference.flatten(), out.flatten(), dim=0)
+    assert cosine > 0.999
+    silent = [path for path, stats in collect_stats(snn).items() if stats.spikes == 0]
+    assert not silent, f"operators that did not spike: {silent}"
+
+
+def test_a_constant_over_an_activation_is_a_spiking_reciprocal():
+    class Inverse(nn.Module):
+        def forward(self, x):
+            return 1.0 / (x * x + 1.0)
+
+    g = torch.Generator().manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 4), Inverse()).eval()
+    snn = convert(model, T=16, calib_data=[torch.randn(8, 4, generator=g)])
+    x = torch.randn(8, 4, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x), model(x), rtol=2e-3, atol=2e-3)
+    assert any(e.path.endswith("mbe_rdivide0") for e in snn.mbe_report.replaced)
+
+
+# ---- element-wise functions fitted on demand --------------------------------------------------
+
+class SinTimesX(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return torch.sin(h) * h
+
+
+class UserMish(nn.Module):
+    """A user's own Mish: a class no table lists, written with functional calls."""
+
+    def forward(self, x):
+        return x * torch.tanh(F.softplus(x))
+
+
+def test_user_functions_convert_with_no_table_entry_and_their_fits_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
+    fits = []
+    original = library.fit_neuron
+    monkeypatch.setattr(library, "fit_neuron", lambda *a, **k: fits.append(a[0].name) or original(*a, **k))
+    g = torch.Generator().manual_seed(6)
+    torch.manual_seed(0)
+    model = nn.Sequential(SinTimesX(), nn.Linear(8, 8), UserMish()).eval()
+    batches = [torch.randn(16, 8, generator=g) for _ in range(2)]
+    snn = convert(model, T=16, calib_data=batches)
+    assert snn.mbe_report.fully_spiking
+    fitted = [m for m in snn.modules() if isinstance(m, FittedOnDemand)]
+    assert sorted(m.name.split("_")[0] for m in fitted) == ["sin", "softplus"]
+    softplus = next(m for m in fitted if m.name.startswith("softplus"))
+    assert isinstance(softplus.spiking, TailedActivation)  # a linear tail: rectifier plus fitted residual
+    assert isinstance(next(m for m in fitted if m.name == "sin").spiking, SpikingActivation)
+    x = torch.randn(16, 8, generator=g)
+    with torch.no_grad():
+        reference, out = model(x), snn(x)
+    assert F.cosine_similarity(reference.flatten(), out.flatten(), dim=0) > 0.999
+    first = list(fits)
+    assert len(first) == 2  # sin, and softplus's residual
+    convert(model, T=16, calib_data=batches)
+    assert fits == first, "the second conversion refitted instead of loading the cached fits"
+
+
+def test_linear_tails_are_found_where_the_function_has_them():
+    assert linear_tails(F.softplus, -8.0, 8.0) is not None and linear_tails(F.hardswish, -4.0, 4.0) is not None
+    tails = linear_tails(torch.abs, -2.0, 2.0)
+    assert tails is not None and abs(tails.t) < 1e-6 and abs(tails.w - 2.0) < 1e-6
+    assert linear_tails(torch.erf, -4.0, 4.0) is None and linear_tails(torch.sin, -4.0, 4.0) is None
+
+
+def test_a_function_outside_its_domain_and_a_call_that_is_not_elementwise_are_refused():
+    class LogOf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.log(self.fc(x))
+
+    class Running(nn.Module):
+        def forward(self, x):
+            return torch.logcumsumexp(x, dim=-1)
+
+    g = torch.Generator().manual_seed(7)
+    batches = [torch.randn(8, 4, generator=g)]
+    with pytest.raises(UnsupportedNonlinearityError, match=r"0: log \(inputs outside its domain\)"):
+        convert(nn.Sequential(LogOf()).eval(), T=8, calib_data=batches)
+    with pytest.raises(UnsupportedNonlinearityError, match=r"1: logcumsumexp"):
+        convert(nn.Sequential(nn.Linear(4, 4), Running()).eval(), T=8, calib_data=batches)
