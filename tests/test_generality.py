@@ -116,22 +116,25 @@ class Arithmetic(nn.Module):
         out = out + torch.linalg.vector_norm(a, dim=-1, keepdim=True) + a.norm(dim=-1, keepdim=True)
         scores = torch.baddbmm(torch.ones(1, 1, 1), a, b.transpose(1, 2), beta=0.5, alpha=0.25)
         out = out + scores @ a * 0.1 + torch.einsum("bik,bjk->bij", a, b) @ b * 0.1
-        out = out + torch.addmm(torch.zeros(8), a[0], b[0].t())[None, :, :8] * 0.1
+        out = out + torch.addmm(torch.zeros(6), a[0], b[0].t()) @ b[0] * 0.1
         channels = out.transpose(1, 2)
-        return (self.gn(channels) + self.inorm(channels) + self.bn(channels)).transpose(1, 2)
+        return (self.gn(channels) + self.inorm(channels) + self.bn(channels)
+                + F.group_norm(channels, 4) + F.instance_norm(channels)).transpose(1, 2)
 
 
 def test_arithmetic_of_activations_converts_strictly_and_spikes():
     g = torch.Generator().manual_seed(4)
     torch.manual_seed(0)
     ann = Arithmetic().eval()
-    batches = [torch.randn(2, 8, 8, generator=g) for _ in range(2)]
+    batches = [torch.randn(2, 6, 8, generator=g) for _ in range(2)]
     snn = convert(ann, T=16, calib_data=batches)
     assert snn.mbe_report.fully_spiking
     sites = {e.path.rpartition(".")[2].rstrip("0123456789") for e in snn.mbe_report.replaced}
-    assert {"mbe_quotient", "mbe_divide", "mbe_sqrt", "mbe_rsqrt", "mbe_reciprocal", "mbe_power", "mbe_vector_norm",
-            "mbe_add_matmul", "mbe_einsum", "mbe_group_norm", "mbe_instance_norm", "mbe_batch_statistics_norm"} <= sites
-    x = torch.randn(2, 8, 8, generator=g)
+    assert {"mbe_quotient", "mbe_rdivide", "mbe_sqrt", "mbe_rsqrt", "mbe_reciprocal", "mbe_power", "mbe_vector_norm",
+            "mbe_add_matmul", "mbe_einsum", "mbe_group_norm", "mbe_instance_norm"} <= sites
+    replaced = {e.path: e.target for e in snn.mbe_report.replaced}
+    assert replaced["gn"] == replaced["inorm"] == replaced["bn"] == "SpikingGroupNorm"  # module catalog entries
+    x = torch.randn(2, 6, 8, generator=g)
     with torch.no_grad():
         reference, out = ann(x), snn(x)
     cosine = F.cosine_similarity(reference.flatten(), out.flatten(), dim=0)
@@ -197,6 +200,23 @@ def test_user_functions_convert_with_no_table_entry_and_their_fits_are_cached(tm
     assert len(first) == 2  # sin, and softplus's residual
     convert(model, T=16, calib_data=batches)
     assert fits == first, "the second conversion refitted instead of loading the cached fits"
+
+
+def test_a_function_with_linear_tails_is_a_rectifier_plus_a_fitted_residual():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(64, 8, generator=g) * 2
+    op = FittedOnDemand(F.hardswish, "hardswish", T=16, N=8)
+    torch.testing.assert_close(op(x), F.hardswish(x))  # calibrating: the float function
+    op.set_ranges(op.finish_calibration())
+    assert isinstance(op.spiking, TailedActivation)
+    tails, residual = op.spiking.tails, op.spiking.residual
+    assert tails.knots == [(0.0, 1.0)] and residual.fitted.domain == (-3.0, 3.0)  # hardswish - relu lives on [-3, 3]
+    fast, slow = both_modes(op.spiking, x)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    coding = 4.0 * 2.0 ** -16  # the rectifier's range (at most 4 here) over 2^T
+    assert (fast - F.hardswish(x)).abs().max() <= residual.fitted.errors["max_abs"] + coding
+    wide = torch.tensor([-40.0, 40.0])  # beyond the domain: the tails continue linearly (40 takes the overflow shift)
+    assert (op(wide) - F.hardswish(wide)).abs().max() <= residual.fitted.errors["max_abs"] + 40 * 2.0 ** -15
 
 
 def test_linear_tails_are_found_where_the_function_has_them():

@@ -198,3 +198,19 @@ def norm_module_parts(module: nn.Module) -> Tuple[Optional[torch.Tensor], Option
     if isinstance(module, nn.RMSNorm) and module.eps is None:
         eps = torch.finfo(torch.float32).eps
     return getattr(module, "weight", None), getattr(module, "bias", None), eps
+
+
+def _batch_statistics(module: nn.Module) -> bool:
+    """A batch or instance norm that normalises with the statistics of its input (no running ones in use)."""
+    return module.training or module.running_mean is None
+
+
+# per-group norms: class -> (channels, groups; None: BatchNorm over batch and positions) when it uses its
+# input's statistics, else None (a BatchNorm or InstanceNorm on running statistics is linear)
+GROUP_NORM_CLASSES: Dict[type, Callable[[nn.Module], Optional[Tuple[int, Optional[int]]]]] = {
+    nn.GroupNorm: lambda m: (m.num_channels, m.num_groups),
+    **{cls: (lambda m: (m.num_features, m.num_features) if _batch_statistics(m) else None)
+       for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    **{cls: (lambda m: (m.num_features, None) if _batch_statistics(m) else None)
+       for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+}

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from .catalog import ACTIVATIONS, NORM_CLASSES, NORMS, Norm, activation_of_module, norm_module_parts
+from .catalog import (ACTIVATIONS, GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module,
+                      norm_module_parts)
 from .interception import is_opaque
 from .settings import OpSettings
 
@@ -47,6 +48,12 @@ def by_class(module: nn.Module) -> Optional[Replacement]:
     norm = NORM_CLASSES.get(type(module))
     if norm is not None:
         return _norm(norm, module, norm_module_parts(module)[2], None)
+    grouping = GROUP_NORM_CLASSES[type(module)](module) if type(module) in GROUP_NORM_CLASSES else None
+    if grouping is not None:
+        channels, groups = grouping
+        what = "BatchNorm on the batch's statistics" if groups is None else f"GroupNorm ({groups} groups)"
+        return Replacement(lambda s: group_norm(s, module, channels, groups), f"{what} from x^2, rsqrt and products",
+                           "class")
     if type(module) is nn.Softmax:
         return Replacement(lambda s: s.softmax(module.dim), "softmax from exp2-frac, reciprocal, products (Eq. 13)",
                            "class")
@@ -55,6 +62,14 @@ def by_class(module: nn.Module) -> Optional[Replacement]:
         return Replacement(lambda s: s.max_pool(module.kernel_size, module.stride, module.padding),
                            "max pooling as m + relu(v - m) on rectifier neurons", "class")
     return None
+
+
+def group_norm(settings: OpSettings, module: nn.Module, channels: int, groups: Optional[int]) -> nn.Module:
+    """The method's per-group norm for ``module``, or an error naming it when the method has none."""
+    if not hasattr(settings, "group_norm"):
+        raise TypeError(f"{type(settings).__name__} builds no per-group norm, so {type(module).__name__} (normalising "
+                        "with its input's statistics) cannot convert with this method; use method='mbe'")
+    return settings.group_norm(channels, groups, module.weight, module.bias, module.eps)
 
 
 def _norm(norm: Norm, module: nn.Module, eps: float, shape: Optional[Tuple[int, ...]]) -> Replacement:

@@ -107,7 +107,7 @@ def load_fitted_function(target: Target, N: int, T: int) -> FittedNeuron:
         raise ValueError(f"target name must be letters, digits and '_', got {target.name!r}")
     N, T = positive_int("N", N), positive_int("T", T)
     lo, hi = target.domain
-    key = f"{fit_key(target.name, 'mbe', N, T)}-on{lo:g}_{hi:g}"
+    key = f"{fit_key(target.name, 'mbe', N, T)}-on{lo:.17g}_{hi:.17g}"  # exact: domains differ in low bits
     expect = {"target": target.name, "kind": "mbe", "T": T, "N": N, "domain": target.domain}
     return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind="mbe", N=N, T=T, seed=0, restarts=1,
                                                             budget=ON_DEMAND_BUDGET), expect, LIBRARY_DIR / f"{key}.json"))

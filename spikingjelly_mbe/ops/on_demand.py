@@ -26,7 +26,7 @@ from .rectifier import PiecewiseLinear
 GRID = 4097  # points on which a domain is checked and tangents are measured
 RECTIFY_SLOPES = 0.25  # end slopes this far apart make a knot worth a rectifier
 RECTIFY_SHARE = 0.5  # ... when the residual spans at most this share of the function's range
-MAX_FIT_ERROR = 0.05  # a fit whose largest error exceeds this share of the function's range is refused
+MAX_FIT_ERROR = 0.15  # a fit whose largest error exceeds this share of the function's range is refused (a step: 0.5)
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,23 @@ def linear_tails(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: floa
 
 
 LINEAR_SHARE = 1e-6  # a function within this share of its range of its chord is linear on the domain
+FLAT_SHARE = 1e-5  # an end of the domain where a function stays this close to its edge value is cut off
+
+
+def trim_flat_ends(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Tuple[float, float]:
+    """``[a, b]`` within ``[lo, hi]`` outside which ``f`` stays within :data:`FLAT_SHARE` of its range of
+    ``f(lo)`` (left) and ``f(hi)`` (right): a neuron clamping its input to ``[a, b]`` reproduces those
+    flat ends (erf's, a residual's), and its fit spends its bases where the function changes."""
+    x = torch.linspace(lo, hi, GRID, dtype=torch.float64)
+    with torch.no_grad():
+        y = fn(x).to(torch.float64)
+    tolerance = FLAT_SHARE * float(y.max() - y.min())
+    moved_left = ((y - y[0]).abs() > tolerance).nonzero()
+    moved_right = ((y - y[-1]).abs() > tolerance).nonzero()
+    if not len(moved_left) or not len(moved_right):
+        return lo, hi
+    a, b = max(int(moved_left[0]) - 1, 0), min(int(moved_right[-1]) + 1, GRID - 1)
+    return (float(x[a]), float(x[b])) if a < b else (lo, hi)
 
 
 def chord(fn: Callable[[torch.Tensor], torch.Tensor], lo: float, hi: float) -> Optional[Tuple[float, float]]:
@@ -238,9 +255,10 @@ class FittedOnDemand(nn.Module):
         if line is not None:  # linear on the inputs it sees: a synaptic weight and bias, no neuron
             self.spiking = Affine(*line)
             return
-        tails = linear_tails(self.fn, *domain) if self.rectify else None
+        tails = linear_tails(self.fn, *domain) if self.rectify else None  # before trimming: the tails' slopes
         if tails is None:
-            self.spiking = SpikingActivation(self.fit(self.name, self.fn, domain), self.mode, reference=self.fn)
+            self.spiking = SpikingActivation(self.fit(self.name, self.fn, trim_flat_ends(self.fn, *domain)), self.mode,
+                                             reference=self.fn)
             return
         knots = PiecewiseLinear([(tails.t, tails.w)], self.T, self.mode, tails.c0, tails.c1, self.code)
         knots.rectifiers[0].set_ranges((max(domain[1] - tails.t, abs(hi - tails.t), 1e-6),))
@@ -249,7 +267,8 @@ class FittedOnDemand(nn.Module):
         with torch.no_grad():
             spread = float(residual_fn(x).abs().max())
         residual = None if spread < 1e-9 * max(1.0, float(self.fn(x).abs().max())) else \
-            SpikingActivation(self.fit(f"{self.name}_residual", residual_fn, domain), self.mode, reference=residual_fn)
+            SpikingActivation(self.fit(f"{self.name}_residual", residual_fn, trim_flat_ends(residual_fn, *domain)),
+                              self.mode, reference=residual_fn)
         self.spiking = TailedActivation(knots, residual)
 
     def fit(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], domain: Tuple[float, float]):
