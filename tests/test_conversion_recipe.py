@@ -119,23 +119,25 @@ def test_bare_rule_verbs_are_deprecated_aliases_of_the_named_ones(old, new, phas
         conversion.unspike
 
 
-class ErfActivation(nn.Module):
+class RunningActivation(nn.Module):
+    """Not element-wise (each output depends on the row's earlier elements): no operator, not even a fit."""
+
     def forward(self, x):
-        return x * torch.erf(x)
+        return x * torch.logcumsumexp(x, dim=-1)
 
 
 def test_unsupported_nonlinearity_named_by_path_and_operation():
     ann = build("bert")
     for layer in ann.bert.encoder.layer:
-        layer.intermediate.intermediate_act_fn = ErfActivation()
+        layer.intermediate.intermediate_act_fn = RunningActivation()
     with pytest.raises(UnsupportedNonlinearityError) as err:
         convert(ann, calib_data=[make_batch("bert", 2)])
-    assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: erf" in str(err.value)
+    assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: logcumsumexp" in str(err.value)
     snn = convert(ann, calib_data=[make_batch("bert", 2)], allow_float_fallback=True)
     fallback = {(e.path, e.source) for e in snn.mbe_report.fallback}
-    assert fallback == {(f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn", "erf") for i in range(2)}
+    assert fallback == {(f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn", "logcumsumexp") for i in range(2)}
     assert not snn.mbe_report.fully_spiking
-    # x * erf(x) is also a product of two activations: that part is spiked
+    # x * logcumsumexp(x) is also a product of two activations: that part is spiked
     assert isinstance(snn.bert.encoder.layer[0].intermediate.intermediate_act_fn.mbe_product0, SpikingProduct)
 
 
@@ -146,13 +148,13 @@ def test_unsupported_functional_call_in_a_plain_module():
             self.fc = nn.Linear(8, 8)
 
         def forward(self, x):
-            return torch.exp(self.fc(x))
+            return torch.logcumsumexp(self.fc(x), dim=-1)
 
     model = nn.Sequential(nn.Linear(8, 8), Gate())
-    with pytest.raises(UnsupportedNonlinearityError, match=r"1: exp"):
+    with pytest.raises(UnsupportedNonlinearityError, match=r"1: logcumsumexp"):
         convert(model, calib_data=[torch.randn(2, 8)])
     snn = convert(model, calib_data=[torch.randn(2, 8)], allow_float_fallback=True)
-    assert [(e.path, e.source) for e in snn.mbe_report.fallback] == [("1", "exp")]
+    assert [(e.path, e.source) for e in snn.mbe_report.fallback] == [("1", "logcumsumexp")]
 
 
 def test_any_module_tree_converts_without_rules():

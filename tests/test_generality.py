@@ -20,12 +20,9 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def quiet():
-    logger = logging.getLogger("spikingjelly_mbe")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+def quiet(caplog):
+    """Random tiny models clamp a few operands, and fits on first use say so: captured, not printed."""
+    caplog.set_level(logging.ERROR, logger="spikingjelly_mbe")
 
 
 def both_modes(op, *inputs):
@@ -227,13 +224,9 @@ def test_linear_tails_are_found_where_the_function_has_them():
 
 
 def test_a_function_outside_its_domain_and_a_call_that_is_not_elementwise_are_refused():
-    class LogOf(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-
+    class Log(nn.Module):
         def forward(self, x):
-            return torch.log(self.fc(x))
+            return torch.log(x)
 
     class Running(nn.Module):
         def forward(self, x):
@@ -241,7 +234,7 @@ def test_a_function_outside_its_domain_and_a_call_that_is_not_elementwise_are_re
 
     g = torch.Generator().manual_seed(7)
     batches = [torch.randn(8, 4, generator=g)]
-    with pytest.raises(UnsupportedNonlinearityError, match=r"0: log \(inputs outside its domain\)"):
-        convert(nn.Sequential(LogOf()).eval(), T=8, calib_data=batches)
+    with pytest.raises(UnsupportedNonlinearityError, match=r"1: log \(inputs outside its domain\)"):
+        convert(nn.Sequential(nn.Linear(4, 4), Log()).eval(), T=8, calib_data=batches)
     with pytest.raises(UnsupportedNonlinearityError, match=r"1: logcumsumexp"):
         convert(nn.Sequential(nn.Linear(4, 4), Running()).eval(), T=8, calib_data=batches)
