@@ -51,7 +51,7 @@ class SpikingRoot(SpikingOp):
         xs = x.to(working_dtype(x, self.T))
         if self.power != -1.0:
             negative = xs < 0
-            self.note_clamped(int(negative.sum()), "negative inputs of a square root to 0")
+            self.note_clamped(negative.sum(), "negative inputs of a square root to 0")
             xs = xs.clamp(min=0.0)
         out, spikes, sops = self.stages(xs)
         self.record(spikes=spikes, neurons=(SplitFunction.NEURONS_PER_ELEMENT + (self.power == 0.5)) * x.numel(),
