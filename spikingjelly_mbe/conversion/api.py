@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import numbers
 import warnings
-from typing import Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -14,6 +16,31 @@ from ..ops.precision import Budget
 from .calibration import Batch, Calibration, as_calibration
 from .options import DEFAULTS
 from .recipe import MBETransformerRecipe
+
+log = logging.getLogger("spikingjelly_mbe.conversion")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """``model`` checked to be a module; a ``torch.compile`` wrapper gives its original module (the
+    conversion runs the model's own forward; compile the converted model if wanted)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (the ANN to convert), got {type(model).__name__}")
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module) and type(model).__name__ == "OptimizedModule":
+        log.info("convert: model is a torch.compile wrapper; converting its original module (model._orig_mod). "
+                 "Compile the converted model if wanted: torch.compile(convert(...))")
+        return original
+    return model
+
+
+def integer_like(value: Any) -> Any:
+    """A NumPy or torch integer scalar as a Python ``int``; anything else unchanged (checked later)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point() \
+            and not value.is_complex() and value.dtype != torch.bool:
+        return int(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable[Batch]] = None,
@@ -51,6 +78,8 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     same sites with ECMT's operators (Multi-Threshold neurons, Expectation Compensation; not fully
     spike-driven, run ``T`` times per input; ``ecmt`` sets its ``n``/``percentile``).
     """
+    model = unwrap_model(model)
+    T, N, activation_N, split_bits = (integer_like(v) for v in (T, N, activation_N, split_bits))
     if isinstance(calib_data, (torch.Tensor, Mapping)):
         raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
                         f"(got one {type(calib_data).__name__})")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
@@ -10,7 +12,13 @@ import torch
 import torch.nn as nn
 
 Batch = Union[torch.Tensor, Mapping[str, Any]]
+# the targets of a model's loss (a Hugging Face dataset batch carries them): the loss is not part of the function
+# that is converted, so calibration runs the model without them; the converted model takes them at run time
+LOSS_KEYS = frozenset({"labels"})
+# fewer calibration positions (tokens, or rows of a dense input) than this leave channels' spreads unmeasured
+MIN_POSITIONS = 8
 METHODS = ("max", "percentile")
+log = logging.getLogger("spikingjelly_mbe.conversion")
 NEED_DATA = ("convert needs calib_data: a few unlabeled batches (tensors or dicts of forward kwargs) on which the "
              "model runs, so that conversion sees what it computes and the products get their identity ranges "
              "(explicit ranges may still be given with Calibration(ranges=...))")
@@ -72,14 +80,24 @@ def as_calibration(value: Union[Calibration, Iterable[Batch], None]) -> Calibrat
 
 
 def run_batch(model: nn.Module, batch: Batch, device: Optional[torch.device] = None) -> Any:
-    """``model(batch)`` for a tensor, ``model(**batch)`` for a dict; tensors moved to ``device``."""
+    """``model(batch)`` for a tensor, ``model(**batch)`` for a dict without its :data:`LOSS_KEYS`;
+    tensors moved to ``device``."""
     def move(x: Any) -> Any:
         return x.to(device) if device is not None and isinstance(x, torch.Tensor) else x
     if isinstance(batch, torch.Tensor):
         return model(move(batch))
     if isinstance(batch, Mapping):
-        return model(**{k: move(v) for k, v in batch.items()})
+        return model(**{k: move(v) for k, v in batch.items() if k not in LOSS_KEYS})
     raise TypeError(f"a calibration batch must be a tensor or a dict of forward kwargs, got {type(batch).__name__}")
+
+
+def positions_of(batch: Batch) -> int:
+    """The positions a batch holds: an integer tensor's elements (token ids), a floating tensor's
+    elements over its last dimension (rows of features); the largest among a dict's tensors."""
+    tensors = [batch] if isinstance(batch, torch.Tensor) else \
+        [v for v in batch.values() if isinstance(v, torch.Tensor)] if isinstance(batch, Mapping) else []
+    return max((t.numel() // (t.shape[-1] or 1) if t.is_floating_point() and t.dim() > 1 else t.numel()
+                for t in tensors), default=0)
 
 
 def pending(model: nn.Module) -> Dict[str, nn.Module]:
@@ -96,13 +114,23 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     """
     if calibration.data is None:
         raise ValueError(NEED_DATA)
-    used = 0
+    used = positions = labelled = 0
     with torch.no_grad():
         for batch in itertools.islice(calibration.data, calibration.num_batches):
             run_batch(model, batch, device)
             used += 1
+            positions += positions_of(batch)
+            labelled += isinstance(batch, Mapping) and not LOSS_KEYS.isdisjoint(batch)
     if used == 0:
         raise ValueError("calibration data yielded no batch")
+    if labelled:
+        log.info("calibration: ran %d of %d batch(es) without their %s (the loss is not converted; pass them to the "
+                 "converted model to get the loss)", labelled, used, sorted(LOSS_KEYS))
+    if positions < MIN_POSITIONS:
+        warnings.warn(f"calibration ran on {positions} position(s) (tokens, or rows of the input) in {used} batch(es): "
+                      "too few to measure how each channel spreads, so other inputs fall far beyond the calibrated "
+                      f"ranges; give at least {MIN_POSITIONS} (e.g. a few sequences of 16 tokens, or a few samples)",
+                      stacklevel=3)
     percentile = None if calibration.method == "max" else calibration.percentile
     observed = set()
     for path, op in pending(model).items():

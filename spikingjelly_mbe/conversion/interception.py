@@ -20,6 +20,7 @@ replacement) are not looked into.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -124,6 +125,7 @@ class Session(TorchFunctionMode):
 
     # ---- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Session":
+        self.thread = threading.get_ident()
         self._handles = [nn.modules.module.register_module_forward_pre_hook(self._push),
                          nn.modules.module.register_module_forward_hook(self._pop, always_call=True)]
         return super().__enter__()
@@ -135,6 +137,8 @@ class Session(TorchFunctionMode):
         super().__exit__(*exc)
 
     def _push(self, module: nn.Module, args: tuple) -> None:
+        if threading.get_ident() != self.thread:
+            return  # the module hooks are global: another thread's forward is that thread's session's
         path = self.paths.get(id(module))
         opaque = is_opaque(module) or id(module) in self.opaque_ids
         if path is None and not opaque:
@@ -143,7 +147,7 @@ class Session(TorchFunctionMode):
         self.opaque_depth += opaque
 
     def _pop(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.stack and self.stack[-1].module is module:
+        if threading.get_ident() == self.thread and self.stack and self.stack[-1].module is module:
             frame = self.stack.pop()
             if frame.opaque:
                 self.opaque_depth -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import threading
 from typing import Any, Iterable, List, Optional, Union
 
 import torch.nn as nn
@@ -20,7 +21,8 @@ from .options import ECMT_PERCENTILE, MBERecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
 from .sites import SiteTable, needs_calibration
-from .structure import WEIGHT_LAYERS, Replacement, apply, fingerprint_candidates, plan, record_inputs
+from .structure import (WEIGHT_LAYERS, Replacement, apply, fingerprint_candidates, move_hooks, plan,
+                        record_inputs)
 
 
 class Intercepted:
@@ -29,7 +31,14 @@ class Intercepted:
 
     def __init__(self, table: SiteTable, opaque_ids: frozenset = frozenset()) -> None:
         self.table, self.opaque_ids = table, opaque_ids
-        self._sessions: List[Session] = []
+        self._local = threading.local()
+
+    @property
+    def sessions(self) -> List[Session]:
+        """The calling thread's open sessions (each thread's forwards are intercepted on their own)."""
+        if not hasattr(self._local, "sessions"):
+            self._local.sessions = []
+        return self._local.sessions
 
     def attach(self, model: nn.Module) -> list:
         return [model.register_forward_pre_hook(self.begin, with_kwargs=True),
@@ -39,14 +48,18 @@ class Intercepted:
         session = Session(module, self.table, self.opaque_ids)
         session.__enter__()
         session.mark_inputs(args, kwargs)
-        self._sessions.append(session)
+        self.sessions.append(session)
 
     def end(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self._sessions:
-            self._sessions.pop().__exit__(None, None, None)
+        if self.sessions:
+            self.sessions.pop().__exit__(None, None, None)
 
     def __getstate__(self) -> dict:
-        return {"table": self.table, "opaque_ids": frozenset(), "_sessions": []}
+        return {"table": self.table, "opaque_ids": frozenset()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
 
 def replayable(data: Iterable[Batch], limit: Optional[int]) -> Iterable[Batch]:
@@ -157,6 +170,7 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         for path, m in list(model.named_modules()):
             if getattr(m, "idle", False):
                 parent, _, child = path.rpartition(".")
+                move_hooks(m, m.layer)
                 setattr(model.get_submodule(parent), child, m.layer)
                 self.report.replaced = [e for e in self.report.replaced if e.path != path]
                 self.report.kept.append(Entry(path, type(m.layer).__name__, type(m.layer).__name__,

@@ -27,6 +27,7 @@ LINEAR_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d
                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten,
                   nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.PixelShuffle, Conv1D)
 WEIGHT_LAYERS = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)
+HALF = (torch.float16, torch.bfloat16)
 PROBE_SPAN = 6.0  # activations are told apart on a ramp over [-6, 6] (where GELU's two forms differ by 3e-4)
 
 
@@ -115,10 +116,18 @@ def record_inputs(model: nn.Module, modules: Dict[str, nn.Module], run: Callable
 
 
 def _close(y: torch.Tensor, ref: torch.Tensor) -> bool:
+    """``y`` (the module's output, in its dtype) equals ``ref`` (the float32 reference) to the
+    resolution of ``y``'s dtype: ``1e-5`` in float32, four rounding steps in half precision."""
     if not isinstance(y, torch.Tensor) or y.shape != ref.shape:
         return False
+    rtol = max(1e-5, 4 * torch.finfo(y.dtype).eps)
     y, ref = y.double(), ref.double()
-    return bool(torch.allclose(y, ref, rtol=1e-5, atol=1e-6 * max(1.0, float(ref.abs().max()))))
+    return bool(torch.allclose(y, ref, rtol=rtol, atol=rtol / 10 * max(1.0, float(ref.abs().max()))))
+
+
+def _float32(value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A half-precision tensor in float32 (references are computed there), others as they are."""
+    return value.float() if isinstance(value, torch.Tensor) and value.dtype in HALF else value
 
 
 def fingerprint(module: nn.Module, x: torch.Tensor) -> Optional[Replacement]:
@@ -132,7 +141,7 @@ def fingerprint(module: nn.Module, x: torch.Tensor) -> Optional[Replacement]:
             if _close(y, ramp):
                 return None  # identity: linear
             for entry in ACTIVATIONS:
-                if entry.fingerprint and _close(y, entry.reference(ramp)):
+                if entry.fingerprint and _close(y, entry.reference(_float32(ramp))):
                     return Replacement(lambda s, e=entry: s.activation(e, {}), f"{entry.note}; recognised by what it computes",
                                        "fingerprint")
         probes = [x, torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype).to(x.device) * 3]
@@ -142,7 +151,8 @@ def fingerprint(module: nn.Module, x: torch.Tensor) -> Optional[Replacement]:
             if weight is not None and weight.numel() != channels or norm.channels_first and x.dim() < 3:
                 continue
             for candidate in dict.fromkeys((eps, 1e-5, 1e-6, 1e-12)):
-                if all(_close(y, norm.reference(p, weight, bias, candidate)) for p, y in zip(probes, outputs)):
+                if all(_close(y, norm.reference(_float32(p), _float32(weight), _float32(bias), candidate))
+                       for p, y in zip(probes, outputs)):
                     shape = (channels,)
                     built = _norm(norm, module, candidate, shape)
                     return Replacement(built.build, built.note + "; recognised by what it computes", "fingerprint")
@@ -164,6 +174,21 @@ def plan(model: nn.Module, inputs: Dict[str, torch.Tensor],
     return out
 
 
+CALL_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks", "_forward_hooks_with_kwargs",
+              "_forward_hooks_always_called", "_backward_pre_hooks", "_backward_hooks")
+
+
+def move_hooks(old: nn.Module, new: nn.Module) -> None:
+    """The forward, pre-forward and backward hooks of ``old`` run on ``new`` instead (in their order,
+    after any ``new`` had): the module that replaces or wraps ``old`` computes its function, so a
+    hook that reads or edits its inputs or output keeps its meaning (it receives ``new``)."""
+    for name in CALL_HOOKS:
+        getattr(new, name).update(getattr(old, name))
+        getattr(old, name).clear()
+    if old._is_full_backward_hook is not None:
+        new._is_full_backward_hook = old._is_full_backward_hook
+
+
 def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: OpSettings,
           only: Callable[[nn.Module, Replacement], bool] = lambda m, how: True) -> List[Tuple[str, nn.Module, nn.Module, Replacement]]:
     """Put each built replacement (for which ``only(new, how)``) in place; returns ``(path, old, new, how)``.
@@ -177,6 +202,7 @@ def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: OpSe
             continue
         param = next(old.parameters(), None)
         new = new.to(param.device) if param is not None else new
+        move_hooks(old, new)
         model.set_submodule(path, new)
         done.append((path, old, new, how))
         del replacements[path]

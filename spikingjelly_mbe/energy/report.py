@@ -27,7 +27,9 @@ charged to neither side.
 """
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple, Union
@@ -160,7 +162,16 @@ class EnergyMeter:
         ``weight_layers=False`` keeps only the replaced operators; ``precision`` ``'fp32'`` or
         ``'int8'`` (SpikingJelly's Horowitz 2014 costs for both sides)."""
         events, ops, floats = self.charged(self._paths(weight_layers), convention)
-        return cost_ratio(events, ops, precision, floats)
+        return cost_ratio(events, ops, precision, floats) if self.metered() else math.nan
+
+    def metered(self) -> bool:
+        """Some operation was counted; otherwise warns (no forward ran inside the meter, so there is no
+        ratio: :meth:`ratio` and the ratio columns of :meth:`rows` are NaN, not 0)."""
+        if any(s.ann_flops or s.sops or s.spikes for s in self.counts.values()):
+            return True
+        warnings.warn("EnergyMeter metered nothing: no forward of the model ran inside `with meter:`, so there is no "
+                      "energy ratio (NaN); run the model inside the meter", stacklevel=3)
+        return False
 
     def rows(self, by: str) -> List[Row]:
         """One row per group: ``by='operator'`` (class name), ``'block'`` or ``'path'``, with
@@ -172,14 +183,15 @@ class EnergyMeter:
         for path in self.counts:
             groups[key[by](path)].append(path)
         groups["total"] = list(self.counts)
-        return [self._row(by, name, paths) for name, paths in groups.items()]
+        metered = self.metered()
+        return [self._row(by, name, paths, metered) for name, paths in groups.items()]
 
-    def _row(self, by: str, name: str, paths: List[str]) -> Row:
+    def _row(self, by: str, name: str, paths: List[str], metered: bool) -> Row:
         stats = sum((self.counts[p] for p in paths), OpStats())
         row: Row = {by: name, "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
                     "ann_ops": stats.ann_flops, "float_ops": stats.float_flops}
         for column, convention, precision in RATIO_COLUMNS:
             events, ops, floats = self.charged(paths, convention)
-            row[column] = round(cost_ratio(events, ops, precision, floats), 4)
+            row[column] = round(cost_ratio(events, ops, precision, floats), 4) if metered else math.nan
         row["clamped"] = stats.clamped
         return row

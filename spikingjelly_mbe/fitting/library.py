@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..cache import check_writable
 from ..data.assets import cache_dir
 from ..neurons.multibasis import positive_int
 from .fitted import FittedNeuron, FittedNeuronError, fit_key
@@ -52,6 +53,7 @@ def cached_fit(key: str, fit: Callable[[], FittedNeuron], expect: Dict[str, Any]
                         revision, cached.kind, current)
         except FittedNeuronError as error:
             log.warning("refitting %s: the cached file is unusable (%s)", key, error)
+    check_writable(path)
     began = time.perf_counter()
     log.warning("fitting %s on first use (not shipped; deterministic, cached in %s)", key, path.parent)
     threads = torch.get_num_threads()

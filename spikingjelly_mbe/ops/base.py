@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import fields
 from typing import Any, Dict, List, Tuple, Union
 
@@ -21,6 +22,11 @@ MODES = ("fast", "simulate")
 # forward (a ValueError before computing, a warning after it); "deferred" counts them on the device and reads
 # them at the next flush (op_stats(), flush_checks(model)), so a forward never waits for the device
 CHECKS = ("eager", "deferred")
+TRACE_FIXES_CHOICES = (
+    "torch.jit.trace does not record a spiking operator faithfully: its data-dependent choices (which inputs take a "
+    "power-of-two overflow shift beyond their calibrated range, and which shift) are fixed to the example input's, "
+    "and its compiled CPU kernels run outside the traced graph; the trace computes wrong values. Run the model "
+    "eagerly, or with torch.compile")
 STAT_FIELDS = tuple(f.name for f in fields(OpStats))
 Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
 
@@ -199,6 +205,8 @@ class SpikingOp(base.MemoryModule):
         raise NotImplementedError
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing():
+            warnings.warn(TRACE_FIXES_CHOICES, stacklevel=2)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters())
                                            if isinstance(t, torch.Tensor)):
             with torch.no_grad():

@@ -201,7 +201,7 @@ class _TwoOperandOp(SpikingOp):
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
-        scale = None
+        scale, dtype_out = None, torch.promote_types(a.dtype, b.dtype)
         if self.channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
             dtype = working_dtype(a, self.T)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
@@ -213,7 +213,7 @@ class _TwoOperandOp(SpikingOp):
         if scale is not None:
             out = out * scale
         self.record(ann_flops=self.float_flops(a, b))
-        return out.to(torch.promote_types(a.dtype, b.dtype))
+        return out.to(dtype_out)
 
     def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.float_op(a, b)
