@@ -8,6 +8,7 @@ is one entry here (plus its test).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -38,14 +39,20 @@ def _plain(args: tuple, kwargs: dict) -> Params:
     return {}
 
 
-def _clamp_bounds(lo: Optional[float], hi: Optional[float]) -> Optional[Params]:
+def _clamp_bounds(lo: Optional[float], hi: Optional[float], x: Any = None) -> Optional[Params]:
+    """The bounds of a clamp of ``x``; a bound beyond half the largest finite value of ``x``'s dtype is
+    an overflow guard (Whisper's and T5's half-precision ``clamp(h, -(max - 1000), max - 1000)``), no knot."""
     if any(v is not None and not isinstance(v, (int, float)) for v in (lo, hi)):
         return None  # tensor bounds: not a fixed piecewise-linear function
-    return {"lo": lo, "hi": hi}
+    guard = torch.finfo(x.dtype).max / 2 if isinstance(x, torch.Tensor) and x.is_floating_point() else math.inf
+    return {"lo": None if lo is not None and lo <= -guard else lo, "hi": None if hi is not None and hi >= guard else hi}
 
 
 def _clamp_knots(s: OpSettings, lo: Optional[float], hi: Optional[float]) -> nn.Module:
-    """``clamp(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)`` (one-sided forms drop a knot)."""
+    """``clamp(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)`` (one-sided forms drop a knot; no bound
+    at all is the identity)."""
+    if lo is None and hi is None:
+        return nn.Identity()
     if lo is None:
         return s.piecewise([(hi, -1.0)], c1=1.0)
     return s.piecewise([(lo, 1.0)] + ([(hi, -1.0)] if hi is not None else []), c0=lo)
@@ -113,10 +120,11 @@ ACTIVATIONS: Tuple[Activation, ...] = (
                 nn.ReLU6: lambda m: {"lo": 0.0, "hi": 6.0}},
                {"hardtanh": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min_val", -1.0), _arg(a, k, 2, "max_val", 1.0)),
                 "relu6": lambda a, k: {"lo": 0.0, "hi": 6.0},
-                "clamp": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None)),
-                "clip": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None)),
-                "clamp_min": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), None),
-                "clamp_max": lambda a, k: _clamp_bounds(None, _arg(a, k, 1, "max", None))}, fingerprint=False),
+                "clamp": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None), a[0]),
+                "clip": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None), a[0]),
+                "clamp_min": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), None, a[0]),
+                "clamp_max": lambda a, k: _clamp_bounds(None, _arg(a, k, 1, "max", None), a[0])},
+               fingerprint=False),
 )
 
 
