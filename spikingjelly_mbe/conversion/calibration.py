@@ -6,10 +6,12 @@ import itertools
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from ..ops.observer import CALIBRATION_BATCH, ISOLATED, Extreme
 
 Batch = Union[torch.Tensor, Mapping[str, Any]]
 # the targets of a model's loss (a Hugging Face dataset batch carries them): the loss is not part of the function
@@ -91,6 +93,32 @@ def run_batch(model: nn.Module, batch: Batch, device: Optional[torch.device] = N
     raise TypeError(f"a calibration batch must be a tensor or a dict of forward kwargs, got {type(batch).__name__}")
 
 
+def calibration_pass(model: nn.Module, data: Iterable[Batch], limit: Optional[int],
+                     device: Optional[torch.device]) -> Iterator[Batch]:
+    """Run the model on each calibration batch (no gradients), the batch's index in
+    :data:`~spikingjelly_mbe.ops.observer.CALIBRATION_BATCH`; yields each batch after its run."""
+    with torch.no_grad():
+        for index, batch in enumerate(itertools.islice(data, limit)):
+            token = CALIBRATION_BATCH.set(index)
+            try:
+                run_batch(model, batch, device)
+            finally:
+                CALIBRATION_BATCH.reset(token)
+            yield batch
+
+
+def isolated_message(extremes: Dict[str, Dict[str, List[Extreme]]], shown: int = 5) -> str:
+    """The warning for calibration samples standing far beyond the rest, by operator path and operand."""
+    lines = [f"{path} {operand}: batch {e.batch} sample {e.sample} peaks at {e.peak:.3g}, the median sample at "
+             f"{e.typical:.3g}" for path, found in extremes.items() for operand, items in found.items()
+             for e in items]
+    more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
+    return (f"calibration: {len(lines)} sample(s) stand far (over {ISOLATED:g}x) beyond the median sample of an "
+            "operand; each range is set by the other samples (values beyond a range take its power-of-two overflow "
+            "shift). Check those batches (an input left un-normalised? a corrupted row?): " + "; ".join(lines[:shown])
+            + more)
+
+
 def positions_of(batch: Batch) -> int:
     """The positions a batch holds: an integer tensor's elements (token ids), a floating tensor's
     elements over its last dimension (rows of features); the largest among a dict's tensors."""
@@ -114,13 +142,14 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     """
     if calibration.data is None:
         raise ValueError(NEED_DATA)
+    data = calibration.data
+    if iter(data) is data:  # one pass only: kept, so isolated extremes can be left out in a second pass
+        data = list(itertools.islice(data, calibration.num_batches))
     used = positions = labelled = 0
-    with torch.no_grad():
-        for batch in itertools.islice(calibration.data, calibration.num_batches):
-            run_batch(model, batch, device)
-            used += 1
-            positions += positions_of(batch)
-            labelled += isinstance(batch, Mapping) and not LOSS_KEYS.isdisjoint(batch)
+    for batch in calibration_pass(model, data, calibration.num_batches, device):
+        used += 1
+        positions += positions_of(batch)
+        labelled += isinstance(batch, Mapping) and not LOSS_KEYS.isdisjoint(batch)
     if used == 0:
         raise ValueError("calibration data yielded no batch")
     if labelled:
@@ -131,6 +160,12 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
                       "too few to measure how each channel spreads, so other inputs fall far beyond the calibrated "
                       f"ranges; give at least {MIN_POSITIONS} (e.g. a few sequences of 16 tokens, or a few samples)",
                       stacklevel=3)
+    extremes = {path: found for path, op in pending(model).items()
+                if callable(getattr(op, "isolated_extremes", None)) for found in (op.isolated_extremes(),) if found}
+    if extremes:
+        warnings.warn(isolated_message(extremes), stacklevel=3)
+        for _ in calibration_pass(model, data, calibration.num_batches, device):
+            pass
     percentile = None if calibration.method == "max" else calibration.percentile
     observed = set()
     for path, op in pending(model).items():

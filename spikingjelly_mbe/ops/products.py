@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import kernels
 from . import flops
 from .base import Count, SpikingOp, broadcast_shape, working_dtype
-from .observer import RangeObserver
+from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
                         resolve_budget)
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode,
@@ -185,6 +185,15 @@ class _TwoOperandOp(SpikingOp):
         self.calibration_forwards = 0
         return observed
 
+    def isolated_extremes(self) -> Dict[str, List[Extreme]]:
+        """Per operand, the calibration samples standing far beyond the rest
+        (:meth:`.RangeObserver.isolated`); an operand with any restarts its statistics for a second
+        pass that leaves them out."""
+        found = {name: observer.isolated() for name, observer in zip(("operand a", "operand b"), self.observers)}
+        self.peaks = tuple(ChannelPeaks(-1) if found[name] else peaks
+                           for name, peaks in zip(("operand a", "operand b"), self.peaks))
+        return {name: extremes for name, extremes in found.items() if extremes}
+
     def compute(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.check_floating(a, "operand a")
         self.check_floating(b, "operand b")
@@ -192,9 +201,11 @@ class _TwoOperandOp(SpikingOp):
         if self.calibrating:
             for name, observer, peaks, x in zip(("operand a", "operand b"), self.observers, self.peaks, (a, b)):
                 self.reject_nonfinite(x, name)
-                observer.observe(x)
-                if self.per_channel:
-                    peaks.observe(x)
+                kept = observer.admit(x)
+                if kept is not None:
+                    observer.observe(kept)
+                    if self.per_channel:
+                        peaks.observe(kept)
             self.calibration_forwards += 1
             return self.float_op(a, b)
         if self.coders is None:

@@ -9,7 +9,7 @@ hardtanh, clamp), and ``max(a, b) = a + relu(b - a)`` folds a pooling window.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import flops
 from .base import SpikingOp, working_dtype
-from .observer import RangeObserver
+from .observer import Extreme, RangeObserver
 from .precision import ChannelPeaks, along, channel_ranges
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, finite,
                      total)
@@ -87,15 +87,25 @@ class SpikingReLU(SpikingOp):
         self.observer, self.peaks = RangeObserver(), ChannelPeaks(-1)
         return self.ranges
 
+    def isolated_extremes(self) -> Dict[str, List[Extreme]]:
+        """Calibration samples standing far beyond the rest (:meth:`.RangeObserver.isolated`); when
+        any, the statistics restart for a second pass that leaves them out."""
+        found = self.observer.isolated()
+        if found:
+            self.peaks = ChannelPeaks(-1)
+        return {"input": found} if found else {}
+
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x, "input")
         if self.calibrating:
-            self.observer.observe(F.relu(x))
-            if self.per_channel:
-                self.peaks.observe(F.relu(x))
+            kept = self.observer.admit(F.relu(x))
+            if kept is not None:
+                self.observer.observe(kept)
+                if self.per_channel:
+                    self.peaks.observe(kept)
             return F.relu(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")

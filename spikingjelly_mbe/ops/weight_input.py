@@ -2,7 +2,7 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from . import flops
 from .base import SpikingOp, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
-from .observer import RangeObserver
+from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
                         resolve_budget)
 
@@ -143,6 +143,14 @@ class SpikingWeightInput(SpikingOp):
         self.observer, self.stats = RangeObserver(), ChannelCenters(self.channel_dim)
         return observed
 
+    def isolated_extremes(self) -> Dict[str, List[Extreme]]:
+        """Calibration samples standing far beyond the rest (:meth:`.RangeObserver.isolated`); when
+        any, the statistics restart for a second pass that leaves them out."""
+        found = self.observer.isolated()
+        if found:
+            self.stats = ChannelCenters(self.channel_dim)
+        return {"input": found} if found else {}
+
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer.forward(x)
 
@@ -150,8 +158,10 @@ class SpikingWeightInput(SpikingOp):
         self.check_floating(x, "input")
         if self.calibrating:
             self.reject_nonfinite(x, "input")
-            self.observer.observe(x)
-            self.stats.observe(x)
+            kept = self.observer.admit(x)
+            if kept is not None:
+                self.observer.observe(kept)
+                self.stats.observe(kept)
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
