@@ -198,3 +198,81 @@ def test_tracing_a_converted_model_warns_that_the_trace_is_wrong():
     with pytest.warns(UserWarning, match=r"torch.jit.trace does not record a spiking operator faithfully: .*overflow "
                                          r"shift.*Run the model eagerly, or with torch.compile"), torch.no_grad():
         torch.jit.trace(snn, x, check_trace=False)
+
+
+# ---------------------------------------------------------------- robust calibration
+def with_outlier(batch: torch.Tensor, where: tuple, value: float) -> torch.Tensor:
+    bad = batch.clone()
+    bad[where] = value
+    return bad
+
+
+OUTLIERS = {  # family, where in the first calibration batch, value
+    "one_element_of_1e5_in_an_mlp": ("gelu_mlp", (0, 0, 0), 1e5),
+    "one_element_of_1e6_in_an_mlp": ("gelu_mlp", (2, 3, 5), 1e6),
+    "one_token_row_of_1e6_in_an_mlp": ("gelu_mlp", (0, 0), 1e6),
+    "one_token_row_of_1e6_in_an_encoder": ("torch_encoder", (1, 4), 1e6),
+    "one_element_of_1e4_in_an_encoder": ("torch_encoder", (0, 7, 3), -1e4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTLIERS))
+def test_one_outlier_in_the_calibration_data_is_left_out_of_the_ranges_with_a_warning(name):
+    family, where, value = OUTLIERS[name]
+    ann = zoo.build(family)
+    clean = [zoo.make_batch(family, 4, 8, seed=s) for s in (0, 1)]
+    y = zoo.make_batch(family, 4, 8, seed=9)
+    clean_cosine = cosine(run(convert(ann, T=T, calib_data=clean), y), run(ann, y))
+    with pytest.warns(UserWarning, match=rf"calibration: \d+ sample\(s\) stand far \(over 64x\) beyond the median sample "
+                                         rf"of an operand;.*: batch 0 sample {where[0]} peaks at "):
+        snn = convert(ann, T=T, calib_data=[with_outlier(clean[0], where, value), clean[1]])
+    assert cosine(run(snn, y), run(ann, y)) >= clean_cosine - 1e-4 > 0.9998
+
+
+def test_a_vit_calibrated_on_eight_images_one_of_them_unnormalised_keeps_the_clean_accuracy():
+    ann = zoo.build("vit")
+    good, other = zoo.make_batch("vit", 4, seed=0), zoo.make_batch("vit", 4, seed=1)
+    y = zoo.make_batch("vit", 8, seed=2)
+    clean = zoo.agreement(run(ann, y), run(convert(ann, T=T, calib_data=[good, other]), y))
+    bad = other.clone()
+    bad[0] *= 255
+    with pytest.warns(UserWarning, match=r"patch_embed.proj input: batch 1 sample 0 peaks at"):
+        snn = convert(ann, T=T, calib_data=[good, bad])
+    result = zoo.agreement(run(ann, y), run(snn, y))
+    assert result["cosine"] >= clean["cosine"] - 1e-4 and result["argmax"] >= clean["argmax"]
+
+
+@pytest.mark.parametrize("family", ["bert", "llama_lm", "vit", "torch_encoder"])
+def test_clean_calibration_finds_no_isolated_sample_so_it_makes_one_pass(family, monkeypatch):
+    from spikingjelly_mbe.conversion import calibration
+    passes = []
+    original = calibration.calibration_pass
+    monkeypatch.setattr(calibration, "calibration_pass", lambda *a: passes.append(1) or original(*a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        convert(zoo.build(family), T=T, calib_data=[zoo.make_batch(family, 4, 8, seed=s) for s in (0, 1)])
+    assert passes == [1]
+
+
+def test_range_observer_finds_only_samples_far_beyond_the_median_sample():
+    from spikingjelly_mbe.ops.observer import CALIBRATION_BATCH, RangeObserver
+
+    def observed(*batches: torch.Tensor) -> RangeObserver:
+        observer = RangeObserver()
+        for index, x in enumerate(batches):
+            token = CALIBRATION_BATCH.set(index)
+            observer.observe(observer.admit(x))
+            CALIBRATION_BATCH.reset(token)
+        return observer
+
+    spread = torch.tensor([[1.0, -2.0], [60.0, 3.0], [0.5, 0.0]])  # peaks 2, 60, 0.5: within 64x of the median 2
+    observer = observed(spread)
+    assert observer.isolated() == [] and observer.admit(spread) is None and observer.max == 60.0
+    observer = observed(spread, torch.tensor([[0.0, 129.0]]))  # median sample 2: 129 stands beyond 128
+    (extreme,) = observer.isolated()
+    assert (extreme.batch, extreme.sample, extreme.peak, extreme.typical) == (1, 0, 129.0, 2.0)
+    assert observer.max == 0.0 and torch.equal(observer.admit(spread), spread) and observer.admit(torch.ones(1, 2)) is None
+    two = observed(torch.tensor([[1.0], [1e6]]))  # two samples: the larger stands beyond the smaller
+    assert [e.sample for e in two.isolated()] == [1]
+    silent = observed(torch.zeros(3, 2), torch.ones(1, 2))  # the median sample is zero: no scale to stand beyond
+    assert silent.isolated() == []
