@@ -40,6 +40,14 @@ class Metric(Enum):
     cosine = "cosine"
 
 
+class Device(Enum):
+    """Where a job converts, calibrates and evaluates: ``auto`` is CUDA when present, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
 class OpMode(Enum):
     fast = "fast"
     simulate = "simulate"
@@ -261,6 +269,7 @@ class ConvertJob(JobConfig):
     """``experiments.convert``: convert one model and compare it with its ANN."""
 
     name: str = "convert"
+    device: Device = Device.auto
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     conversion: ConversionConfig = field(default_factory=ConversionConfig)

@@ -24,7 +24,7 @@ from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_s
 
 from . import plots
 from .config import ConvertJob, DataSource, ModelSource
-from .evaluation import Result, convert_for, evaluate, init_shard
+from .evaluation import Result, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
@@ -117,7 +117,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
     shard = init_shard()
     job = start(cfg)
     c: ConvertJob = job.cfg
-    task = build_task(c)
+    task = on_device(build_task(c), resolve_device(c.device.value))
     k = c.conversion
     conversion = convert_for(task, k.method.value, k.T, k.N, k.activation_N, k.mode.value, k.fx,
                              k.allow_float_fallback, Calibration(method=k.calibration.method.value,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -56,6 +56,28 @@ def init_shard() -> Shard:
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else the CPU; ``cpu``; ``cuda`` (an error naming the fix when absent)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda, but torch sees no CUDA device: pass device=cpu or device=auto")
+    return torch.device(name)
+
+
+def on_device(task: EvalTask, device: torch.device) -> EvalTask:
+    """``task`` with its model, head, calibration and held-out batches on ``device`` (conversion,
+    calibration and evaluation then run there)."""
+    def move(batch: Any) -> Any:
+        if isinstance(batch, dict):
+            return {k: move(v) for k, v in batch.items()}
+        return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+    batches = [replace(b, inputs=move(b.inputs), labels=move(b.labels)) for b in task.batches]
+    head = None if task.head is None else task.head.to(device)
+    return replace(task, model=task.model.to(device), head=head, calib=[move(b) for b in task.calib], batches=batches)
 
 
 @dataclass

@@ -1,11 +1,16 @@
 """Shared test helpers."""
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
 import pytest
+
+# the Triton kernels run on CPU tensors in the Triton interpreter, which must be on before triton is
+# first imported (its own library functions are compiled or interpreted as of that import)
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

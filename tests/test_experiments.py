@@ -170,6 +170,7 @@ def compose_app(monkeypatch):
     ("convert", "model=gpt3", "gpt3"),
     ("convert", "model.task=translation", "translation"),
     ("convert", "data=imagenet", "imagenet"),
+    ("convert", "device=gpu", "gpu"),
     ("report", "sweep_dirr=x", "sweep_dirr"),
 ])
 def test_wrong_value_fails_composition_naming_it(compose_app, app, override, named):
@@ -221,3 +222,24 @@ def test_a_jobs_operator_options_are_converts_keywords_at_its_defaults_and_overr
                                              "conversion.norm_exponents=false", config="convert").conversion)
     assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,
                                          "norm_exponents": False}
+
+
+def test_a_convert_job_runs_where_device_says(compose_app, monkeypatch):
+    """``device=auto`` is CUDA when present, else the CPU; ``device=cuda`` without CUDA names the fix;
+    the task's model, calibration and held-out batches move to the device."""
+    import torch
+    from experiments.evaluation import on_device, resolve_device
+    from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask
+    assert compose_app(config="convert").device.name == "auto"
+    assert compose_app("device=cpu", config="convert").device.name == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="device=cpu or device=auto"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    task = EvalTask("t", torch.nn.Linear(2, 2).double(), "agreement", [{"x": torch.ones(2)}],
+                    [EvalBatch(torch.ones(1, 2), torch.zeros(1))], lambda out, batch: out)
+    moved = on_device(task, torch.device("meta"))
+    assert moved.model.weight.is_meta and moved.calib[0]["x"].is_meta
+    assert moved.batches[0].inputs.is_meta and moved.batches[0].labels.is_meta

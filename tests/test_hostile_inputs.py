@@ -74,11 +74,16 @@ class TestNeurons:
         assert count == node.last_spike_count
         assert float((y.float() - reference).abs().max()) <= float(reference.abs().max()) * 2 ** -8
 
-    def test_n12_requires_grad_input_is_a_clear_error_naming_the_fix(self):
-        with pytest.raises(ValueError, match=r"requires grad.*SpikingActivation.*no_grad"):
-            gelu_node()(torch.randn(4, requires_grad=True))
+    def test_n12_requires_grad_input_without_a_surrogate_is_a_clear_error_naming_the_fix(self):
+        node = gelu_node()
+        node.surrogate_function = None
+        with pytest.raises(ValueError, match=r"requires grad.*surrogate_function=.*no_grad"):
+            node(torch.randn(4, requires_grad=True))
         with torch.no_grad():
-            gelu_node()(torch.randn(4, requires_grad=True))
+            node(torch.randn(4, requires_grad=True))
+        x = torch.randn(4, requires_grad=True)  # a fitted node's default: the target's gradient (straight-through)
+        gelu_node()(x).sum().backward()
+        assert torch.allclose(x.grad, torch.func.grad(lambda v: torch.nn.functional.gelu(v).sum())(x.detach()))
 
     def test_n16_multi_step_sum_overflow_is_named(self):
         node = gelu_node()

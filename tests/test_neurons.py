@@ -8,6 +8,7 @@ from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.neuron import FewSpikeNode, FewSpikeTable
 
 from spikingjelly_mbe import FSNode, MBENode
+from spikingjelly_mbe.fitting import load_fitted
 from spikingjelly_mbe.fitting.routine import _layout
 from spikingjelly_mbe.fitting.targets import get_target
 
@@ -156,3 +157,42 @@ def test_scaled_node_serves_other_ranges():
     big = node.scaled(in_scale=8.0, out_scale=3.0)
     x = torch.randn(50) * 8
     torch.testing.assert_close(big(x), 3.0 * node(x / 8.0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mbe", "fs"])
+def test_fitted_nodes_train_in_a_multi_step_network_with_the_targets_gradient(kind):
+    """The straight-through gradient of the fitted target by default: the network's gradients are
+    those of the same network with the node replaced by ``f(sum_t x[t]) / T`` at every step."""
+    from spikingjelly.activation_based import layer
+    from spikingjelly_mbe.fitting import TARGETS
+    fit = load_fitted("gelu", kind)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(layer.Linear(8, 16), fit.node(), layer.Linear(16, 4))
+    functional.set_step_mode(net, "m")
+    x = torch.randn(fit.T, 3, 8, requires_grad=True)
+    net(x).square().sum().backward()
+    spiking = [p.grad.clone() for p in (net[0].weight, net[2].weight)] + [x.grad.clone()]
+    with torch.no_grad():
+        y_spiking = net[1](net[0](x))
+    net.zero_grad()
+    x.grad = None
+    h = net[0](x).sum(0)
+    y = (TARGETS["gelu"].fn(h) / fit.T).expand(fit.T, *h.shape)
+    y = y + (y_spiking - y).detach()  # the spiking forward, the target's gradient
+    net[2](y).square().sum().backward()
+    for got, want in zip(spiking, [net[0].weight.grad, net[2].weight.grad, x.grad]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert spiking[0].abs().sum() > 0
+
+
+def test_a_node_without_a_surrogate_still_refuses_an_input_that_requires_grad():
+    node = load_fitted("gelu").node(surrogate_function=None)
+    node.surrogate_function = None
+    with pytest.raises(ValueError, match="surrogate_function="):
+        node(torch.randn(3, requires_grad=True))
+    custom = load_fitted("gelu").node(surrogate_function=torch.sin)
+    x = torch.randn(5, requires_grad=True)
+    custom(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.cos(x.detach()))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_fitted("gelu").node(backend="cupy")

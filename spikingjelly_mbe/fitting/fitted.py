@@ -6,14 +6,14 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
 from ..neurons import MultiBasisNode
 from .checks import FittedNeuronError, check_vector, is_count, is_number, is_parameter
 from .kinds import get_kind
-from .targets import Target, get_target
+from .targets import TARGETS, Target, get_target
 
 FORMAT = "spikingjelly_mbe.fitted_neuron"
 FORMAT_VERSION = 1
@@ -32,6 +32,20 @@ def fit_key(target: str, kind: str, N: int, T: int, split_bits: int = 0, span: O
     parts = [target, *([f"split{split_bits}"] if split_bits else []), kind,
              *([] if get_kind(kind).single_basis else [f"N{N}"]), f"T{T}", *([] if span is None else [f"pm{span:g}"])]
     return "-".join(parts)
+
+
+class TargetFunction:
+    """A registered target's float function by name (what a node pickles, the function is looked up
+    in :data:`~.targets.TARGETS` when called): a fitted node's default straight-through gradient."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return TARGETS[self.name].fn(x)
+
+    def __repr__(self) -> str:
+        return f"TargetFunction({self.name!r})"
 
 
 @dataclass
@@ -80,9 +94,16 @@ class FittedNeuron:
             raise FittedNeuronError(f"{where}: params.bias must be a finite number")
         kind.check_params(p, kind.bases(self.N), self.T, where)
 
-    def node(self, step_mode: str = "s", clamp: bool = True) -> MultiBasisNode:
-        """Build the SpikingJelly neuron; with ``clamp`` inputs outside the domain are clamped."""
-        return get_kind(self.kind).node(self.params, self.N, self.T, self.domain if clamp else None, step_mode)
+    def node(self, step_mode: str = "s", clamp: bool = True, backend: str = "torch",
+             surrogate_function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> MultiBasisNode:
+        """Build the SpikingJelly neuron; with ``clamp`` inputs outside the domain are clamped.
+        ``backend`` as SpikingJelly's neurons (``'torch'`` | ``'triton'``); ``surrogate_function``,
+        whose gradient the backward pass uses, defaults to the fitted target's function
+        (straight-through), when the target is registered."""
+        node = get_kind(self.kind).node(self.params, self.N, self.T, self.domain if clamp else None, step_mode)
+        node.backend = backend
+        node.surrogate_function = surrogate_function or (TargetFunction(self.target) if self.target in TARGETS else None)
+        return node
 
     @property
     def key(self) -> str:

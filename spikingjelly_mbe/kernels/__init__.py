@@ -7,7 +7,8 @@ and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
 tensors or for float64 the operators keep their eager fast path, which
-returns the same numbers. ``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` switches the kernels off.
+returns the same numbers. They are the ``c`` backend of :mod:`.backend` (``SPIKINGJELLY_MBE_BACKEND``;
+``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` choose the ``torch`` backend).
 Rows are split across ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 """
 from __future__ import annotations
@@ -24,23 +25,22 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..cache import cache_dir
+from . import backend
 
 log = logging.getLogger("spikingjelly_mbe.kernels")
 
 SOURCE = Path(__file__).with_name("spike_kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
-ENV_SWITCH = "SPIKINGJELLY_MBE_KERNELS"
 MIN_CHUNK = 1 << 13  # elements per thread, at least
 MAX_ROW = 1 << 21  # the kernels count spikes per row in int32
 
 _library: Optional[ctypes.CDLL] = None
 _tried = False
-_enabled = os.environ.get(ENV_SWITCH, "1") != "0"
 _pointer, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {
     "sjmbe_encode_f32": [_pointer, _i64, _pointer, _f64, _pointer, _pointer, _pointer],
@@ -126,21 +126,16 @@ def library() -> Optional[ctypes.CDLL]:
     return lib
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run the eager fast path inside the block (to compare the two, or to time them)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+def disabled() -> contextlib.AbstractContextManager:
+    """Run the eager fast path inside the block (to compare the two, or to time them): the ``torch`` backend."""
+    return backend.use("torch")
 
 
 def usable(*tensors: torch.Tensor, row: int = 0) -> bool:
-    """Whether the kernels can take these tensors (rows of length ``row``): enabled and built,
-    float32 on the CPU, no autograd, rows of at most :data:`MAX_ROW` elements."""
-    if not _enabled or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+    """Whether the kernels can take these tensors (rows of length ``row``): the ``c`` backend chosen
+    (:func:`.backend.select`) and built, float32 on the CPU, no autograd, rows of at most
+    :data:`MAX_ROW` elements."""
+    if backend.select(*tensors) != "c" or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
@@ -248,3 +243,15 @@ def _chunked(run: Callable[[int, int, ctypes.Array], None], items: int, item_siz
     else:
         list(_pool(chunks).map(run, bounds[:-1], bounds[1:], stats))
     return [sum(s[k] for s in stats) for k in range(stat_count)]
+
+
+def triton_usable(*tensors: torch.Tensor, row: int = 0) -> bool:
+    """Whether the Triton kernels (:mod:`.triton_ops`, the ``triton`` backend) take these tensors
+    (rows of length ``row``)."""
+    return backend.select(*tensors) == "triton" and load_triton().usable(*tensors, row=row)
+
+
+def load_triton():
+    """:mod:`.triton_ops`, imported on first use (it imports Triton)."""
+    from . import triton_ops as module
+    return module

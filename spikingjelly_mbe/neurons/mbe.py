@@ -1,7 +1,7 @@
 """Multi-basis Exponential Decay neuron (paper Eqs. 4-8)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -27,14 +27,16 @@ class MBENode(MultiBasisNode):
     ``alpha`` and step ``dt``; the outputs are mixed by the basis weights ``w`` (Eq. 8). Beyond
     the paper, each basis has an input gain and offset (``u_n[0] = gain_n * x + offset_n``; a
     negative gain covers negative lobes with positive thresholds) and the neuron has an output
-    bias; see :mod:`spikingjelly_mbe.neurons.multibasis`.
+    bias; see :mod:`spikingjelly_mbe.neurons.multibasis` (also for ``backend`` and
+    ``surrogate_function``).
     """
 
     def __init__(self, tau_v: Sequence[float], tau_r: Sequence[float], tau_d: Sequence[float],
                  weight: Sequence[float], T: int, alpha: float = 1.0, dt: float = 1.0,
                  gain: Sequence[float] | None = None, offset: Sequence[float] | None = None,
                  bias: float = 0.0, decay: bool = True, domain: Domain = None,
-                 step_mode: str = "s") -> None:
+                 step_mode: str = "s", backend: str = "torch",
+                 surrogate_function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> None:
         taus = [torch.as_tensor(v, dtype=torch.get_default_dtype()).flatten()
                 for v in (tau_v, tau_r, tau_d)]
         n = taus[0].numel()
@@ -49,7 +51,7 @@ class MBENode(MultiBasisNode):
         super().__init__(vth, reset, intensity,
                          [1.0] * n if gain is None else gain,
                          [0.0] * n if offset is None else offset,
-                         weight, bias, domain, step_mode)
+                         weight, bias, domain, step_mode, backend, surrogate_function)
         self.register_buffer("tau", torch.stack(taus))
         self.alpha, self.dt, self.decay = float(alpha), float(dt), bool(decay)
 

@@ -21,10 +21,12 @@ import copy
 import logging
 import math
 import numbers
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from spikingjelly.activation_based import base
+
+from ..kernels import backend as backends
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,28 @@ class MultiBasisNode(base.MemoryModule):
     simulated by that forward) and adds to the memories ``spike_count`` / ``num_inputs``, which
     ``functional.reset_net`` zeroes. Inputs outside ``domain`` are clamped to it; the count is
     logged once per forward and accumulated in the memory ``clamp_count``. NaN/Inf raise.
+
+    ``backend`` (``'torch'`` | ``'triton'``, as SpikingJelly's neurons): ``'triton'`` runs a multi-step
+    call's whole ``T``-step loop in one kernel with the membranes in registers
+    (:func:`~spikingjelly_mbe.kernels.triton_ops.bases`; CUDA tensors, or CPU tensors under
+    ``TRITON_INTERPRET=1``). ``surrogate_function`` is the differentiable function whose gradient the
+    backward pass uses in place of ``f_hat``'s (straight-through; a multi-step output spreads it
+    evenly over the ``T`` steps, whose sum is ``f_hat``); without one, an input that requires grad
+    is an error. :meth:`~spikingjelly_mbe.fitting.FittedNeuron.node` sets it to the fitted target.
     """
+
+    supported_backends = ("torch", "triton")
 
     def __init__(
         self, vth, reset, intensity, gain, offset, weight, bias: float = 0.0,
-        domain: Domain = None, step_mode: str = "s",
+        domain: Domain = None, step_mode: str = "s", backend: str = "torch",
+        surrogate_function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     ) -> None:
         super().__init__()
+        if surrogate_function is not None and not callable(surrogate_function):
+            raise TypeError(f"surrogate_function must be a tensor function such as torch.tanh, got {surrogate_function!r}")
+        self.backend = backend
+        self.surrogate_function = surrogate_function
         gain = _vector("gain", gain)
         n = gain.numel()
         for name, value in (("offset", offset), ("weight", weight)):
@@ -151,6 +168,16 @@ class MultiBasisNode(base.MemoryModule):
         self.register_memory("clamp_count", 0)
         self.last_spike_count = 0
         self.last_num_inputs = 0
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in self.supported_backends:
+            raise ValueError(f"{type(self).__name__}: backend must be one of {self.supported_backends}, got {value!r}")
+        self._backend = value
 
     @property
     def N(self) -> int:
@@ -177,10 +204,10 @@ class MultiBasisNode(base.MemoryModule):
         if not isinstance(x, torch.Tensor) or not torch.is_floating_point(x):
             raise TypeError(f"{type(self).__name__} expects a floating point tensor, got "
                             f"{getattr(x, 'dtype', type(x).__name__)}")
-        if x.requires_grad and torch.is_grad_enabled():
+        if x.requires_grad and torch.is_grad_enabled() and self.surrogate_function is None:
             raise ValueError(f"{type(self).__name__}: the input requires grad, but binary spikes have no gradient. "
-                             "Use spikingjelly_mbe.ops.SpikingActivation (straight-through: the target function's "
-                             "gradient), or pass x.detach() / run under torch.no_grad()")
+                             "Pass surrogate_function=<the function whose gradient to use> (FittedNeuron.node() sets "
+                             "the fitted target), or pass x.detach() / run under torch.no_grad()")
         if not torch.isfinite(x).all():
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"{type(self).__name__} received {bad} NaN/Inf input value(s); "
@@ -200,16 +227,26 @@ class MultiBasisNode(base.MemoryModule):
 
         float16 and bfloat16 inputs are simulated in float32 (their mantissas would miscount
         spikes) and the results returned in the input's dtype; counts are summed in int64."""
-        x = self.check_input(x)
+        x = self.check_input(x).detach()
         half = x.dtype in HALF_DTYPES
         s, value, per_element = self.simulate(x.float() if half else x, keep_spikes)
         if half:
             s, value = (None if s is None else s.to(x.dtype)), value.to(x.dtype)
-        fired = int(per_element.sum(dtype=torch.int64))
-        self.last_spike_count, self.last_num_inputs = fired, x.numel()
-        self.spike_count = self.spike_count + fired
-        self.num_inputs = self.num_inputs + x.numel()
+        self.count(int(per_element.sum(dtype=torch.int64)), x.numel())
         return s, value, per_element
+
+    def count(self, fired: int, inputs: int) -> None:
+        """Add a forward's spikes and neuron inputs to the counters."""
+        self.last_spike_count, self.last_num_inputs = fired, inputs
+        self.spike_count = self.spike_count + fired
+        self.num_inputs = self.num_inputs + inputs
+
+    def straight_through(self, out: torch.Tensor, x: torch.Tensor, share: float = 1.0) -> torch.Tensor:
+        """``out`` forward; backward ``share`` times the gradient of :attr:`surrogate_function` at ``x``."""
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return out
+        surrogate = self.surrogate_function(x)
+        return out + (surrogate - surrogate.detach()).to(out.dtype) * share
 
     def simulate(self, x: torch.Tensor, keep_spikes: bool) -> Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
         """:meth:`run` without input checks or counters (Eqs. 5-8 in ``x``'s dtype)."""
@@ -237,7 +274,7 @@ class MultiBasisNode(base.MemoryModule):
         return torch.cat([y[:1] + self.bias.to(s.dtype), y[1:]], 0)
 
     def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x, keep_spikes=False)[1]
+        return self.straight_through(self.run(x, keep_spikes=False)[1], x)
 
     def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 1 or x_seq.shape[0] != self.T:
@@ -246,7 +283,23 @@ class MultiBasisNode(base.MemoryModule):
         if not torch.isfinite(x).all() and torch.isfinite(x_seq).all():
             raise ValueError(f"{type(self).__name__}: the multi-step input is finite but its sum over T overflows "
                              f"{x_seq.dtype} in {int((~torch.isfinite(x)).sum())} element(s); scale the input down")
-        return self.decode(self.spikes(x))
+        y = self.fused_sequence(x) if self.backend == "triton" else self.decode(self.spikes(x))
+        return self.straight_through(y, x, 1.0 / self.T)
+
+    def fused_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """The weighted spike sequence ``[T, ...]`` of :meth:`decode` from one Triton kernel running
+        the whole time loop (:func:`~spikingjelly_mbe.kernels.triton_ops.bases`), in ``x``'s dtype."""
+        x = self.check_input(x).detach()
+        if not (x.device.type == "cuda" or backends.interpreting()) or x.dtype == torch.float64:
+            raise ValueError(f"{type(self).__name__}(backend='triton') takes float32/float16/bfloat16 CUDA tensors "
+                             f"(or CPU tensors under TRITON_INTERPRET=1), got {x.dtype} on {x.device}; use "
+                             "backend='torch'")
+        from ..kernels import triton_ops
+
+        y, stats = triton_ops.bases(x, self.gain, self.offset, self.vth, self.reset_value, self.decode_weights(),
+                                    float(self.bias))
+        self.count(int(stats[0]), x.numel())
+        return y.to(x.dtype)
 
     def scaled(self, in_scale: float = 1.0, out_scale: float = 1.0) -> "MultiBasisNode":
         """A copy computing ``out_scale * f_hat(x / in_scale)`` (``in_scale > 0``): how an identity
@@ -263,4 +316,4 @@ class MultiBasisNode(base.MemoryModule):
         return node
 
     def extra_repr(self) -> str:
-        return f"N={self.N}, T={self.T}, domain={self.domain}, step_mode={self.step_mode}"
+        return f"N={self.N}, T={self.T}, domain={self.domain}, step_mode={self.step_mode}, backend={self.backend}"

@@ -1,7 +1,7 @@
 """Element-wise spiking activations from fitted MBE/FS neurons (Eq. 8)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,7 @@ from ..fitting import TARGETS, FittedNeuron, load_fitted
 from ..fitting.targets import TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import Count, SpikingOp, working_dtype
 from .coding import decode, total
 from .rectifier import SpikingReLU
 
@@ -104,11 +104,9 @@ class SpikingActivation(SpikingOp):
         self.check_floating(x, "input")
         lo, hi = self.fitted.domain
         outside_note = f"inputs outside [{lo:g}, {hi:g}] to the fitted neuron's domain"
-        if not self.simulating and x.numel() and kernels.usable(x):
-            table = neuron_table(self.node, self.fitted.domain, x.dtype, x.device, self.node_key)
-            value, (fired, outside, nonfinite) = kernels.rowwise("sjmbe_lookup_f32", x, 1, 3, *table.kernel_args())
-            if nonfinite:
-                self.reject_nonfinite(x, "input")  # raises, naming the count
+        if not self.simulating and x.numel() and (kernels.usable(x) or kernels.triton_usable(x)):
+            value, (fired, outside, nonfinite) = self.looked_up(x)
+            self.counted_nonfinite(x, "input", nonfinite)
             self.note_clamped(outside, outside_note)
         else:
             self.check_input(x, "input")
@@ -117,6 +115,16 @@ class SpikingActivation(SpikingOp):
             value, fired = self.evaluate(xs.clamp(lo, hi))
         self.record(spikes=fired, neurons=x.numel(), sops=fired, ann_flops=flops.ACTIVATION * x.numel())
         return value.to(x.dtype)
+
+    def looked_up(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[Count]]:
+        """Fast mode's table lookup in one fused kernel (the ``c`` or ``triton`` backend):
+        ``(f_hat, [spikes, inputs outside the domain, NaN/Inf])``."""
+        table = neuron_table(self.node, self.fitted.domain, torch.float32, x.device, self.node_key)
+        if kernels.triton_usable(x):
+            triton_ops = kernels.load_triton()
+            value, stats = triton_ops.lookup(x, *triton_ops.table_tensors(table))
+            return value, [stats[0], stats[1], stats[2]]
+        return kernels.rowwise("sjmbe_lookup_f32", x, 1, 3, *table.kernel_args())
 
     def evaluate(self, xs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(f_hat, spikes fired)`` for inputs within the domain, in PyTorch: the step-by-step

@@ -200,6 +200,14 @@ class SpikingOp(base.MemoryModule):
         raise ValueError(f"{type(self).__name__}: {name} contains {int(bad.sum())} NaN/Inf value(s){allowed}; "
                          "spiking neurons need finite membrane potentials")
 
+    def counted_nonfinite(self, x: torch.Tensor, name: str, count: Count, allow_neg_inf: bool = False) -> None:
+        """A fused kernel's count of NaN/Inf in ``x``: a device count under deferred checks is left
+        for :meth:`flush`; otherwise a nonzero count raises now (:meth:`reject_nonfinite`)."""
+        if self.deferring and isinstance(count, torch.Tensor):
+            self._nonfinite.add(name, count)  # no "/finite" entry: flush reads the count itself as the bad ones
+        elif count:
+            self.reject_nonfinite(x, name, allow_neg_inf)
+
     def float_reference(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The float operation this operator replaces; its gradient is the backward pass."""
         raise NotImplementedError

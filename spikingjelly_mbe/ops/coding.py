@@ -305,7 +305,7 @@ class IdentityCoder(nn.Module):
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
-        if self.T <= FLOAT32_MAX_T and kernels.usable(x):
+        if self.T <= FLOAT32_MAX_T and (kernels.usable(x) or kernels.triton_usable(x)):
             code, stats = self.fused(x, shift=False)
             return code, stats[1]
         q, clamped = self.digits_of(x, clamp=not within, count=not within)
@@ -323,13 +323,18 @@ class IdentityCoder(nn.Module):
         s, q, counts = self.digits.run(self.quantize(magnitude), keep_spikes=True)
         return s.movedim(0, -1), q.mul_(self.kernel_params(magnitude.dtype, False)[3]), counts
 
-    def fused(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[int]]:
-        """Fast mode in one compiled pass (float32 on the CPU, :mod:`spikingjelly_mbe.kernels`): the
+    def fused(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[Count]]:
+        """Fast mode in one compiled pass (the ``c`` or ``triton`` backend, :mod:`spikingjelly_mbe.kernels`): the
         code and ``[spikes, inputs with |x| > A, NaN/Inf]``. It always clamps, which changes nothing
         for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
         zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (and ``shift``) inputs beyond
         ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
         clamped and counted."""
+        if kernels.triton_usable(x):
+            params = list(self.kernel_params(torch.float32, True))
+            value, counts, stats = kernels.load_triton().code(x, None, None, 1, params, self.A,
+                                                             shift and self.shift_overflow, True)
+            return SpikeCode(value, counts), [stats[0], stats[1], stats[2]]
         value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
         if shift and self.shift_overflow and stats[1] and not stats[2]:
             shifts = overflow_shift(x, self.A)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
@@ -107,11 +107,11 @@ class _SpikingNorm(SpikingOp):
                   bias: Optional[torch.Tensor]) -> torch.Tensor:
         """Stages 1-4 over the ``n`` elements of ``dims`` (one row each), then ``weight`` and ``bias``
         (broadcast against the rows); records the statistics."""
+        given = [p for p in (weight, bias) if p is not None]
         if (not self.simulating and x.numel() and self.rsqrt.tabulated
-                and kernels.usable(x, *(p for p in (weight, bias) if p is not None), row=n)):
+                and (kernels.usable(x, *given, row=n) or kernels.triton_usable(x, *given, row=n))):
             out, (spikes, sops, nonfinite) = self.fused(x, n, weight, bias)
-            if nonfinite:
-                self.reject_nonfinite(x, "input")  # raises, naming the count
+            self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
             out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
@@ -156,6 +156,16 @@ class _SpikingNorm(SpikingOp):
         (:mod:`spikingjelly_mbe.kernels`), the same float32 operations as :meth:`stages`:
         ``(output, (spikes, SOPs, NaN/Inf inputs))``."""
         weight, bias = (None if p is None else p.contiguous() for p in (weight, bias))
+        if kernels.triton_usable(xs):
+            params = kernels.load_triton().coder_rows(  # the 1/sqrt split function, the z and rho coders
+                xs.device, self.rsqrt.coder.kernel_params(torch.float32, False) + (self.rsqrt.target.lo,),
+                *(c.kernel_params(torch.float32, False) for c in (self.z_coder, self.rho_coder)))
+            out, stats = kernels.load_triton().norm(
+                xs, n, weight, bias, params, torch.view_as_real(self.rsqrt.table(torch.float32, xs.device)),
+                self.centered, self.eps, MIN_ROW_EXPONENT, 2 * self.T if self.element_exponents else -1,
+                int(self.z_coder.kernel_params(torch.float32, False)[4]), list(CODES).index(self.code))
+            spikes, coincidences, nonfinite = stats[0], stats[1], stats[2]
+            return out, (spikes, spikes + coincidences, nonfinite)
         rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(xs.dtype)
         z_params, rho_params = (kernels.doubles(c.kernel_params(xs.dtype, False)) for c in (self.z_coder, self.rho_coder))
         out, (spikes, coincidences, nonfinite) = kernels.rowwise(

@@ -217,7 +217,8 @@ class _TwoOperandOp(SpikingOp):
             dtype = working_dtype(a, self.T)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
             a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
-        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(a, b):
+        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and (
+                kernels.usable(a, b) or kernels.triton_usable(a, b)):
             out = self.fused(a, b)
         else:
             out = self.stages(a, b)
@@ -245,8 +246,7 @@ class _TwoOperandOp(SpikingOp):
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
             code, (spikes, clamped, nonfinite) = coder.fused(x)
-            if nonfinite:
-                self.reject_nonfinite(x, f"operand {name}")  # raises, naming the count
+            self.counted_nonfinite(x, f"operand {name}", nonfinite)
             self.count_operand(name, x, spikes, clamped)
             codes.append(code)
         return self.combine(*codes)
@@ -287,7 +287,7 @@ class SpikingProduct(_TwoOperandOp):
 
     def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Same-shape operands: codes, product and coincidences in one compiled pass."""
-        if a.shape != b.shape:
+        if a.shape != b.shape or not kernels.usable(a, b):
             return super().fused(a, b)
         coders = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(

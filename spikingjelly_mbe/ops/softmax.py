@@ -9,7 +9,7 @@ import torch
 from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
@@ -69,11 +69,10 @@ class SpikingSoftmax(SpikingOp):
                              f"got shape {tuple(x.shape)}")
         if x.numel() == 0:  # no rows, or rows of length 0: nothing to normalise, like torch.softmax
             return x.new_empty(x.shape)
-        if (not self.simulating and x.numel() and kernels.usable(x, row=x.shape[self.dim])
-                and self.exp2.packed_table is not None):
+        if (not self.simulating and x.numel() and self.exp2.packed_table is not None
+                and (kernels.usable(x, row=x.shape[self.dim]) or kernels.triton_usable(x, row=x.shape[self.dim]))):
             out, (spikes, live_count, sops, nonfinite) = self.fused(x, self.exp2.packed_table)
-            if nonfinite:
-                self.reject_nonfinite(x, "input", allow_neg_inf=True)  # raises, naming the count
+            self.counted_nonfinite(x, "input", nonfinite, allow_neg_inf=True)
         else:
             self.check_input(x, "input", allow_neg_inf=True)
             out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
@@ -110,6 +109,15 @@ class SpikingSoftmax(SpikingOp):
         same float32 operations as :meth:`stages`: ``(output, [spikes, unmasked elements, product
         SOPs, NaN/+inf inputs])``."""
         rows_last = x.movedim(self.dim, -1)
+        if kernels.triton_usable(x):
+            tables = (torch.view_as_real(f.table(torch.float32, x.device)) for f in (self.exp2, self.reciprocal))
+            params = kernels.load_triton().coder_rows(  # exp2 and 1/M split functions, the e and 1/M coders
+                x.device, *(f.coder.kernel_params(torch.float32, False) + (f.target.lo,) for f in (self.exp2, self.reciprocal)),
+                *(c.kernel_params(torch.float32, False) for c in (self.e_coder, self.r_coder)))
+            out, stats = kernels.load_triton().softmax(rows_last, params, *tables, LOG2E, MIN_EXPONENT,
+                                                       int(self.e_coder.kernel_params(torch.float32, False)[4]),
+                                                       list(CODES).index(self.code))
+            return out.movedim(-1, self.dim), [stats[0], stats[1], stats[2], stats[3]]
         recip_params, recip_table = self.reciprocal.kernel_args(x.dtype)
         exp2_params = self.exp2.kernel_args(x.dtype)[0]
         e_params, r_params = (kernels.doubles(c.kernel_params(x.dtype, False)) for c in (self.e_coder, self.r_coder))

@@ -2,6 +2,7 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn as nn
 
 from .. import kernels
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import Count, SpikingOp, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
 from .observer import Extreme, RangeObserver
@@ -165,6 +166,9 @@ class SpikingWeightInput(SpikingOp):
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
+        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.triton_usable(x):
+            decoded, spikes, clamped = self.decoded_by_triton(x)
+            return self.finish(x, self.layer.forward(decoded.to(x.dtype)), spikes, clamped)
         xs = x.to(working_dtype(x, self.T))
         centers = self.centers_for(xs)
         if centers is not None:
@@ -185,11 +189,30 @@ class SpikingWeightInput(SpikingOp):
         else:
             value = code.value * scales
             out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
+        return self.finish(x, out, spikes, clamped)
+
+    def finish(self, x: torch.Tensor, out: torch.Tensor, spikes: Count, clamped: Count) -> torch.Tensor:
+        """Count the forward's spikes, SOPs, MACs and clamps; ``out`` in ``x``'s dtype."""
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
                     ann_flops=macs)
         return out.to(x.dtype)
+
+    def decoded_by_triton(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fast mode's decoded input ``x_hat = c + code(x - c)`` in float32 in one Triton kernel
+        (:func:`~spikingjelly_mbe.kernels.triton_ops.code`: each channel's center, range and overflow
+        shift), with its spikes and clamps (device counts); the same bits as the eager path."""
+        matched = x.dim() > 0 and x.shape[self.channel_dim] == self.channel_ranges.numel()
+        scale = (self.channel_ranges if matched else self.channel_ranges.max().reshape(1)).float()
+        center = self.channel_centers.float() if matched and self.channel_centers is not None else None
+        inner = math.prod(x.shape[self.channel_dim % x.dim() + 1:]) if matched else 1
+        decoded, _, stats = kernels.load_triton().code(x, scale, center, inner,
+                                                      list(self.coder.kernel_params(torch.float32, True)),
+                                                      self.coder.A, True, False)
+        spikes, clamped, nonfinite = stats[0], stats[1], stats[2]
+        self.counted_nonfinite(x, "input", nonfinite)
+        return decoded, spikes, clamped
 
     def centers_for(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The channel centers shaped to broadcast against ``x``, or ``None`` (no centers, or ``x``
