@@ -11,8 +11,9 @@ from spikingjelly.activation_based import functional
 
 from spikingjelly_mbe import kernels
 from spikingjelly_mbe.neurons.lookup import neuron_table
-from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
-                                  SpikingSoftmax)
+from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingReLU,
+                                  SpikingRMSNorm, SpikingSoftmax)
+from spikingjelly_mbe.ops.weight_input import SpikingWeightInput
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -128,6 +129,68 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
         logging.disable(logging.NOTSET)
 
 
+def calibrated_channel_op(kind, T, code, g):
+    """A calibrated SpikingWeightInput (Linear or Conv1d: channels last or in dim 1) or per-channel
+    SpikingReLU on 12 channels whose spreads span 30x and whose centres span [-2, 2]."""
+    spread, offset = torch.linspace(0.1, 3.0, 12), torch.linspace(-2.0, 2.0, 12)
+    if kind == "relu":
+        op, dim = SpikingReLU(T, code=code, per_channel=True), -1
+    elif kind == "conv":
+        op, dim = SpikingWeightInput(torch.nn.Conv1d(12, 5, 3), T, code=code), 1
+    else:
+        op, dim = SpikingWeightInput(torch.nn.Linear(12, 5), T, code=code, centered=kind == "linear, centred"), -1
+    shape = (2, 12, 9) if dim == 1 else (2, 9, 12)
+    view = (1, 12, 1) if dim == 1 else (12,)
+    with torch.no_grad():
+        for _ in range(2):
+            op(torch.randn(*shape, generator=g) * spread.view(view) + offset.view(view))
+    op.finish_calibration()
+    return op, shape, view
+
+
+CHANNEL_KINDS = ["linear, centred", "linear", "conv", "relu"]
+
+
+@SETTINGS
+@given(kind=st.sampled_from(CHANNEL_KINDS), T=st.sampled_from([4, 8, 16]), code=st.sampled_from(["signed", "binary"]),
+       scale=st.sampled_from([0.0, 0.5, 1.0, 4.0, 1e3]), seed=st.integers(0, 2 ** 16))
+def test_channel_code_kernel_is_the_eager_path_bit_for_bit(kind, T, code, scale, seed):
+    """Weight-layer inputs and rectifiers: per-channel ranges, centred or not, within the ranges and
+    beyond them (the overflow shift), zeros and negatives, in both digit codes; the kernel runs."""
+    g = torch.Generator().manual_seed(seed)
+    op, shape, view = calibrated_channel_op(kind, T, code, g)
+    x = torch.randn(*shape, generator=g) * scale + torch.linspace(-2.0, 2.0, 12).view(view)
+    x.view(-1)[:5] = torch.tensor([0.0, -0.0, 1e30, -1e30, 3.0])
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "channel_code", lambda *a, real=kernels.channel_code: calls.append(1) or real(*a))
+        assert_kernel_equals_eager(op, x)
+    assert calls
+
+
+@pytest.mark.parametrize("kind", CHANNEL_KINDS)
+def test_channel_code_kernel_clamps_and_counts_like_the_eager_path(kind):
+    """Inputs whose quotient by a tiny range overflows float32 and inputs beyond even the largest
+    shift (a range calibrated on zeros): clamped and counted alike; and, for a rectifier on 7 channels
+    or an unbatched convolution input, another channel count than calibration saw (one range for all)."""
+    g = torch.Generator().manual_seed(3)
+    op, shape, view = calibrated_channel_op(kind, 8, "signed", g)
+    ranges = op.channel_ranges
+    op.channel_ranges = torch.full_like(ranges, 2.0 ** -126)
+    x = torch.randn(*shape, generator=g)
+    x.view(-1)[:4] = torch.tensor([3e38, -3e38, 1e-38, 2.0 ** -100])
+    logging.disable(logging.WARNING)
+    try:
+        _, stats = assert_kernel_equals_eager(op, x)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert stats.clamped > 0
+    op.channel_ranges = ranges
+    other = {"relu": (3, 7), "conv": (12, 9)}.get(kind)
+    if other is not None:
+        assert_kernel_equals_eager(op, torch.randn(*other, generator=g) * 5)
+
+
 ACTIVATIONS = {"gelu N=8 T=16": lambda: SpikingActivation.gelu(T=16, N=8),
                "gelu_tanh N=4 T=10": lambda: SpikingActivation.gelu(T=10, N=4, approximate="tanh"),
                "silu N=8 T=8": lambda: SpikingActivation.silu(T=8, N=8), "tanh N=4 T=12": lambda: SpikingActivation.tanh(T=12, N=4)}
@@ -155,7 +218,8 @@ def test_activation_kernel_is_the_eager_table_bit_for_bit(name, shape, scale, se
 
 @pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingLayerNorm(32),
                                   lambda: SpikingActivation.gelu(T=16, N=8),
-                                  lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5)])
+                                  lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5),
+                                  lambda: SpikingReLU(16, A=2.0), lambda: SpikingWeightInput(torch.nn.Linear(32, 4), 16, A=3.0)])
 def test_kernels_agree_with_the_simulation(make):
     g = torch.Generator().manual_seed(11)
     x = torch.randn(6, 9, 32, generator=g) * 4

@@ -1,6 +1,7 @@
 """Fused CPU kernels for fast mode: the eager fast path's float32 arithmetic in one compiled pass.
 
-Kernels: MBE_Id operand coding (products, matmuls), Softmax and LayerNorm/RMSNorm row by row, the
+Kernels: MBE_Id operand coding (products, matmuls), the per-channel input codes of weight layers and
+rectifiers (centres, ranges and overflow shifts included), Softmax and LayerNorm/RMSNorm row by row, the
 :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations, and a step of ECMT's
 :class:`~spikingjelly_mbe.neurons.MTNode`; each returns the bits
 and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
@@ -35,7 +36,7 @@ from . import backend
 log = logging.getLogger("spikingjelly_mbe.kernels")
 
 SOURCE = Path(__file__).with_name("spike_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
 MIN_CHUNK = 1 << 13  # elements per thread, at least
 MAX_ROW = 1 << 21  # the kernels count spikes per row in int32
 
@@ -44,6 +45,8 @@ _tried = False
 _pointer, _i64, _f64, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
 SIGNATURES = {
     "sjmbe_encode_f32": [_pointer, _i64, _pointer, _f64, _pointer, _pointer, _pointer],
+    "sjmbe_channel_code_f32": [_pointer, _i64, _i64, _i64, _i64, ctypes.c_int32, _pointer, _pointer, _pointer, _pointer,
+                               _pointer],
     "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64, _int] + [_pointer] * 8,
@@ -181,6 +184,24 @@ def encode(x: torch.Tensor, coder: Sequence[float], limit: float) -> Tuple[torch
            counts.data_ptr() + 4 * start, stats)
 
     return value, counts, _chunked(run, x.numel(), 1, 3)
+
+
+def channel_code(x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, centres: Optional[torch.Tensor],
+                 rectify: bool, coder: Sequence[float]) -> Tuple[torch.Tensor, List[int]]:
+    """``(x_hat, [spikes, clamped beyond the largest shift, NaN/Inf])``: float32 ``x`` viewed as
+    ``[outer, channels, inner]``, each element's ``relu`` (``rectify``) less its channel's centre, over
+    its channel's range, coded by a unit-range MBE_Id ``coder`` (``IdentityCoder.kernel_params``) at its
+    overflow shift and decoded back (``SpikingWeightInput``'s and ``SpikingReLU``'s fast path).
+    ``ranges`` and ``centres`` (or ``None``) hold one float32 per channel."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    params, fn = doubles(coder), library().sjmbe_channel_code_f32
+
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr(), start, stop, channels, inner, int(rectify), ranges.data_ptr(), address(centres), params,
+           out.data_ptr(), stats)
+
+    return out, _chunked(run, x.numel(), 1, 3)
 
 
 def product(a: torch.Tensor, b: torch.Tensor, coders: Sequence[Sequence[float]],

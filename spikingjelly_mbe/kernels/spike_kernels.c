@@ -55,10 +55,10 @@ static inline int32_t bits_set(uint32_t v) {
  * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count): the NAF
  * digits d = ((3q) ^ q) >> 1 below 2^T, and when the NAF's top digit is 2^T the positions from its
  * highest lower digit up to 2^(T-1) filled. */
-static inline int32_t spike_count(float q, coder_t c) {
+static inline int32_t spike_count(float q, float top_pattern, int32_t code) {
     const uint32_t v = (uint32_t)(int32_t)q;
-    if (c.code == 0) return bits_set(v);
-    const uint32_t top = (uint32_t)(int32_t)c.top, digits = ((3u * v) ^ v) >> 1, low = digits & top;
+    if (code == 0) return bits_set(v);
+    const uint32_t top = (uint32_t)(int32_t)top_pattern, digits = ((3u * v) ^ v) >> 1, low = digits & top;
     uint32_t smear = low;
     smear |= smear >> 1;
     smear |= smear >> 2;
@@ -82,15 +82,51 @@ static inline float pow2(float n) {
 }
 
 
+/* Loops whose body depends on the digit code take it as a constant argument of an always-inlined
+ * helper, called once per code: each copy has no branch on the code, so it vectorizes. */
+#define INLINE static inline __attribute__((always_inline))
+#define BY_CODE(code, call) ((code) ? (call(1)) : (call(0)))
+
 /* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count. */
-static inline float code_value(float x, coder_t c, int32_t *count) {
+INLINE float code_value(float x, coder_t c, int32_t code, int32_t *count) {
     const float q = quantize(x, c);
-    *count = spike_count(q, c);
+    *count = spike_count(q, c.top, code);
     return copysignf(q * c.step, x);
+}
+
+/* The overflow shift of a unit-range code (ops.coding.overflow_shift with A = 1): e >= 0 the smallest
+ * exponent with |u| <= 2^e, at most 127, read from the bits of finite u (frexp's exponent, less one at an
+ * exact power of two). Returns 2^e and sets *reduced = u / 2^e, exact: e > 0 only for |u| > 1, whose
+ * quotient is a normal number, so lowering the exponent field by e is the division. */
+INLINE float unit_overflow_shift(float u, float *reduced) {
+    int32_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    const int32_t magnitude = bits & 0x7FFFFFFF;
+    int32_t e = (magnitude >> 23) - 127 + ((magnitude & 0x7FFFFF) != 0);
+    e = e > 0 ? e : 0;
+    e = e < 127 ? e : 127;
+    *reduced = bits_to_float(bits - (e << 23));
+    return bits_to_float((e + 127) << 23);
 }
 
 /* Operand codes counted in blocks (per-block counts are int32; at most 24 spikes per element). */
 #define CODE_BLOCK 4096
+
+INLINE void encode_block(const float *restrict x, int64_t n, coder_t c, float A, int32_t code, float *restrict value,
+                         float *restrict counts, int64_t *stats) {
+    int32_t spikes = 0, clamped = 0, bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        int32_t count;
+        value[i] = code_value(x[i], c, code, &count);
+        counts[i] = (float)count;
+        spikes += count;
+        clamped += fabsf(x[i]) > A;
+        bad += !(fabsf(x[i]) <= FLT_MAX);
+    }
+    stats[0] += spikes;
+    stats[1] += clamped;
+    stats[2] += bad;
+}
 
 /* An operand's MBE_Id code (IdentityCoder.encode, fast mode): value and spikes per element; the
  * coder clamps |x| to A, which changes nothing below A. stats += (spikes, |x| > A, NaN/Inf). */
@@ -99,20 +135,93 @@ void sjmbe_encode_f32(const float *restrict x, int64_t n, const double *coder, d
     const coder_t c = coder_of(coder);
     const float A = (float)limit;
     for (int64_t start = 0; start < n; start += CODE_BLOCK) {
-        const int64_t stop = n - start < CODE_BLOCK ? n : start + CODE_BLOCK;
-        int32_t spikes = 0, clamped = 0, bad = 0;
-        for (int64_t i = start; i < stop; ++i) {
-            int32_t count;
-            value[i] = code_value(x[i], c, &count);
-            counts[i] = (float)count;
-            spikes += count;
-            clamped += fabsf(x[i]) > A;
-            bad += !(fabsf(x[i]) <= FLT_MAX);
-        }
-        stats[0] += spikes;
-        stats[1] += clamped;
-        stats[2] += bad;
+        const int64_t m = n - start < CODE_BLOCK ? n - start : CODE_BLOCK;
+#define ENCODE(code) encode_block(x + start, m, c, A, code, value + start, counts + start, stats)
+        BY_CODE(c.code, ENCODE);
+#undef ENCODE
     }
+}
+
+/* SpikingWeightInput's and SpikingReLU's input code on n elements: element i is
+ * u = (relu?(x[i]) - centre) / range (range and centre scalars, or per element when per_element),
+ * held at +-FLT_MAX (ops.coding.finite), coded at its overflow shift s as the unit-range MBE_Id code of
+ * u / s, and decoded as ((sign(u) q w 2^-T) s) range + centre, the operations of the eager path in its
+ * order. stats += (spikes, |u / s| > 1: beyond even the largest shift, NaN/Inf inputs). */
+INLINE void channel_block(const float *restrict x, int64_t n, const float *restrict range,
+                          const float *restrict centre, int per_element, int rectify, coder_t c, int32_t code,
+                          float *restrict out, int64_t *stats) {
+    int32_t spikes = 0, clamped = 0, bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t k = per_element ? i : 0;
+        float v = x[i];
+        bad += !(fabsf(v) <= FLT_MAX);
+        if (rectify) v = v > 0.0f ? v : 0.0f;
+        if (centre) v = v - centre[k];
+        float u = v / range[k];
+        u = u < FLT_MAX ? u : FLT_MAX;
+        u = u > -FLT_MAX ? u : -FLT_MAX;
+        float w;
+        const float shift = unit_overflow_shift(u, &w), q = quantize(w, c);
+        spikes += spike_count(q, c.top, code);
+        clamped += fabsf(w) > 1.0f;
+        float value = (copysignf(q * c.step, w) * shift) * range[k];
+        if (centre) value = value + centre[k];
+        out[i] = value;
+    }
+    stats[0] += spikes;
+    stats[1] += clamped;
+    stats[2] += bad;
+}
+
+INLINE void channel_span(const float *restrict x, int64_t n, const float *restrict range,
+                         const float *restrict centre, int per_element, int rectify, coder_t c, float *restrict out,
+                         int64_t *stats) {
+#define SPAN(code) channel_block(x, n, range, centre, per_element, rectify, c, code, out, stats)
+    if (centre) BY_CODE(c.code, SPAN); /* two copies: with a centre and without (known NULL) */
+    else BY_CODE(c.code, SPAN);
+#undef SPAN
+}
+
+/* Elements [start, stop) of a unit-range operand viewed as [outer, channels, inner] (channels = 1: one
+ * range for all), channel k with range ranges[k] and centre centres[k] (centres may be NULL), coded by
+ * channel_block; rectify: relu first (SpikingReLU). stats += (spikes, clamped, NaN/Inf). */
+void sjmbe_channel_code_f32(const float *restrict x, int64_t start, int64_t stop, int64_t channels, int64_t inner,
+                            int32_t rectify, const float *ranges, const float *centres, const double *coder,
+                            float *restrict out, int64_t *stats) {
+    const coder_t c = coder_of(coder);
+    for (int64_t i = start; i < stop;) {
+        const int64_t k = (i / inner) % channels, left = stop - i < CODE_BLOCK ? stop - i : CODE_BLOCK;
+        const float *centre = centres ? centres + k : NULL;
+        if (inner == 1) { /* a row of channels: each element its own */
+            const int64_t n = channels - k < left ? channels - k : left;
+            if (rectify) channel_span(x + i, n, ranges + k, centre, 1, 1, c, out + i, stats);
+            else channel_span(x + i, n, ranges + k, centre, 1, 0, c, out + i, stats);
+            i += n;
+        } else { /* a run of one channel */
+            const int64_t n = inner - i % inner < left ? inner - i % inner : left;
+            if (rectify) channel_span(x + i, n, ranges + k, centre, 0, 1, c, out + i, stats);
+            else channel_span(x + i, n, ranges + k, centre, 0, 0, c, out + i, stats);
+            i += n;
+        }
+    }
+}
+
+INLINE void product_block(const float *restrict a, const float *restrict b, int64_t n, coder_t ca, float A_a,
+                          int32_t code_a, coder_t cb, float A_b, int32_t code_b, float *restrict out,
+                          int64_t *stats) {
+    int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        int32_t count_a, count_b;
+        out[i] = code_value(a[i], ca, code_a, &count_a) * code_value(b[i], cb, code_b, &count_b);
+        spikes_a += count_a;
+        spikes_b += count_b;
+        coincidences += count_a * count_b;
+        clamped_a += fabsf(a[i]) > A_a;
+        clamped_b += fabsf(b[i]) > A_b;
+        bad += !(fabsf(a[i]) <= FLT_MAX) + !(fabsf(b[i]) <= FLT_MAX);
+    }
+    int32_t totals[6] = {spikes_a, spikes_b, coincidences, clamped_a, clamped_b, bad};
+    for (int k = 0; k < 6; ++k) stats[k] += totals[k];
 }
 
 /* SpikingProduct of same-shape operands (Eqs. 9-12, the sum over spike coincidences regrouped as
@@ -123,20 +232,12 @@ void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t
     const coder_t ca = coder_of(coder_a), cb = coder_of(coder_b);
     const float A_a = (float)limit_a, A_b = (float)limit_b;
     for (int64_t start = 0; start < n; start += CODE_BLOCK) {
-        const int64_t stop = n - start < CODE_BLOCK ? n : start + CODE_BLOCK;
-        int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0;
-        for (int64_t i = start; i < stop; ++i) {
-            int32_t count_a, count_b;
-            out[i] = code_value(a[i], ca, &count_a) * code_value(b[i], cb, &count_b);
-            spikes_a += count_a;
-            spikes_b += count_b;
-            coincidences += count_a * count_b;
-            clamped_a += fabsf(a[i]) > A_a;
-            clamped_b += fabsf(b[i]) > A_b;
-            bad += !(fabsf(a[i]) <= FLT_MAX) + !(fabsf(b[i]) <= FLT_MAX);
-        }
-        int32_t totals[6] = {spikes_a, spikes_b, coincidences, clamped_a, clamped_b, bad};
-        for (int k = 0; k < 6; ++k) stats[k] += totals[k];
+        const int64_t m = n - start < CODE_BLOCK ? n - start : CODE_BLOCK;
+#define PRODUCT(code_a, code_b) \
+    product_block(a + start, b + start, m, ca, A_a, code_a, cb, A_b, code_b, out + start, stats)
+        if (ca.code) cb.code ? PRODUCT(1, 1) : PRODUCT(1, 0);
+        else cb.code ? PRODUCT(0, 1) : PRODUCT(0, 0);
+#undef PRODUCT
     }
 }
 
@@ -158,6 +259,18 @@ static inline double sum_f64(const float *restrict x, int64_t n, int square, flo
         for (int k = 0; k < 8; ++k) part[k] += square ? (x[i + k] * x[i + k]) * scale : x[i + k];
     for (; i < n; ++i) part[i % 8] += square ? (x[i] * x[i]) * scale : x[i];
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+/* The row's probabilities p = min(code(e) * scaled, 1) in place of e; returns the spikes of e's codes. */
+INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t code, float scaled) {
+    int32_t spikes = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const float q = quantize(o[i], ce);
+        spikes += spike_count(q, ce.top, code);
+        const float p = (q * ce.step) * scaled;
+        o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
+    }
+    return spikes;
 }
 
 /* SpikingSoftmax (Eq. 13 for 2^frac, the IEEE-754 split for 1/sum, Eqs. 9-12 for the product) on
@@ -197,19 +310,49 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
         /* a fully masked row (total 0): its reciprocal would only scale zeros, so it does not fire */
         const float recip = total > 0.0f ? split_value(2.0f * mantissa, recip_coder, recip_table, &spikes) : 0.0f;
         const float rq = quantize(recip, cr);
-        const int32_t r_spikes = spike_count(rq, cr);
+        const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
         const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponent);
-        for (int64_t i = 0; i < n; ++i) {
-            const float q = quantize(o[i], ce);
-            e_spikes += spike_count(q, ce);
-            const float p = (q * ce.step) * scaled;
-            o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
-        }
+#define PROBABILITIES(code) probabilities(o, n, ce, code, scaled)
+        e_spikes = BY_CODE(ce.code, PROBABILITIES);
+#undef PROBABILITIES
         stats[0] += spikes + e_spikes + r_spikes;
         stats[1] += live;
         stats[2] += (int64_t)e_spikes * r_spikes;
         stats[3] += bad;
     }
+}
+
+/* frexp's exponent of finite z, from its bits: e with |z| = m 2^e, m in [1/2, 1), 0 for z = 0; -126 for
+ * every subnormal z (at most -126 too, so the same once clamped to [-span, 0], span <= 126). */
+INLINE int32_t exponent_of(float z) {
+    uint32_t bits;
+    memcpy(&bits, &z, sizeof bits);
+    bits &= 0x7FFFFFFFu;
+    return bits ? (int32_t)(bits >> 23) - 126 : 0;
+}
+
+/* A norm row's codes of z = (x - mean) scale (each element at its own exponent 2^e, e in [-span, 0]
+ * when span >= 0: element_exponent): o = sign(z) q w 2^-T 2^e; adds the codes' spikes and squares. */
+INLINE void z_codes(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
+                    int32_t code, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
+    int32_t spikes = 0, squares = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        float z = (xr[i] - mean) * scale, shift = 1.0f;
+        if (element_span >= 0) {
+            int32_t e = exponent_of(z);
+            e = e < 0 ? e : 0;
+            e = e > -element_span ? e : -element_span;
+            shift = bits_to_float((e + 127) << 23);
+            z = z / shift;
+        }
+        const float q = quantize(z, cz);
+        const int32_t c = spike_count(q, cz.top, code);
+        spikes += c;
+        squares += c * c;
+        o[i] = copysignf(q * cz.step, z) * shift;
+    }
+    *z_spikes += spikes;
+    *z_squares += squares;
 }
 
 /* SpikingLayerNorm (centered) / SpikingRMSNorm (squares and products by Eqs. 9-12, 1/sqrt(M) by an MBE
@@ -242,22 +385,9 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
         const float scale = pow2((float)-k);
         int32_t z_spikes = 0, z_squares = 0, spikes = 0;
-        for (int64_t i = 0; i < n; ++i) {
-            float z = (xr[i] - mean) * scale, shift = 1.0f;
-            if (element_span >= 0) { /* z = 2^e u, |u| in [1/2, 1), e in [-span, 0] (element_exponent) */
-                int e;
-                frexpf(z, &e);
-                e = e < 0 ? e : 0;
-                shift = pow2((float)(e > -element_span ? e : -element_span));
-                z = z / shift;
-            }
-            const float q = quantize(z, cz);
-            const float v = copysignf(q * cz.step, z) * shift;
-            const int32_t c = spike_count(q, cz);
-            z_spikes += c;
-            z_squares += c * c;
-            o[i] = v;
-        }
+#define CODES(code) z_codes(xr, n, mean, scale, element_span, cz, code, o, &z_spikes, &z_squares)
+        BY_CODE(cz.code, CODES);
+#undef CODES
         int exponent;
         const float variance = (float)sum_f64(o, n, 1, inv_n);
         const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
@@ -267,7 +397,7 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
                               ? split_value(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder, rsqrt_table, &spikes)
                               : 0.0f;
         const float rq = quantize(rho, cr);
-        const int32_t rho_spikes = spike_count(rq, cr);
+        const int32_t rho_spikes = spike_count(rq, cr.top, cr.code);
         const float scaled = (rq * cr.step) * pow2((float)-((exponent - 1 - odd) / 2));
         for (int64_t i = 0; i < n; ++i) {
             float v = o[i] * scaled;

@@ -30,7 +30,7 @@ unit range.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -197,3 +197,13 @@ def along(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:
     shape = [1] * x.dim()
     shape[dim % x.dim()] = -1
     return ranges.view(shape)
+
+
+def channel_layout(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> Tuple[int, int, torch.Tensor]:
+    """``(channels, inner, ranges)``: ``x`` viewed as ``[outer, channels, inner]`` with its channels
+    along ``dim`` and their float32 ``ranges``, the layout of :func:`along` for the fused kernels (one
+    channel holding every element, at the largest range, where :func:`along` broadcasts that)."""
+    if x.dim() == 0 or x.shape[dim] != ranges.numel():
+        return 1, max(x.numel(), 1), ranges.max().reshape(1).float()
+    inner = math.prod(x.shape[dim % x.dim() + 1:])
+    return ranges.numel(), inner, ranges.float().contiguous()

@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import kernels
 from . import flops
 from .base import SpikingOp, working_dtype
 from .observer import Extreme, RangeObserver
-from .precision import ChannelPeaks, along, channel_ranges
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, finite,
-                     total)
+from .precision import ChannelPeaks, along, channel_layout, channel_ranges
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code,
+                     check_steps, finite, total)
 
 
 class SpikingReLU(SpikingOp):
@@ -99,8 +100,9 @@ class SpikingReLU(SpikingOp):
         return F.relu(x)
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x, "input")
+        self.check_floating(x, "input")
         if self.calibrating:
+            self.check_input(x, "input")
             kept = self.observer.admit(F.relu(x))
             if kept is not None:
                 self.observer.observe(kept)
@@ -109,14 +111,23 @@ class SpikingReLU(SpikingOp):
             return F.relu(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
-        positive = x.to(working_dtype(x, self.T)).clamp(min=0.0)  # below threshold: no spike
-        scales = along(self.channel_ranges, positive, -1)
-        unit = finite(positive / scales)  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        code, clamped = self.coder.encode(unit, self.simulating, (0.0, math.inf))
+        xs = x.to(working_dtype(x, self.T))
+        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
+            channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)
+            value, (spikes, clamped, nonfinite) = kernels.channel_code(
+                xs, channels, inner, ranges, None, True, self.coder.kernel_params(xs.dtype, True))
+            if nonfinite:
+                self.reject_nonfinite(x, "input")  # raises, naming the count
+        else:
+            self.check_input(x, "input")
+            positive = xs.clamp(min=0.0)  # below threshold: no spike
+            scales = along(self.channel_ranges, positive, -1)
+            unit = finite(positive / scales)  # the input of the unit-range neuron of each channel (gain 1 / A_k)
+            code, clamped = self.coder.encode(unit, self.simulating, (0.0, math.inf))
+            spikes, value = total(code.counts), code.value * scales
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
-        spikes = total(code.counts)
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
-        return (code.value * scales).to(x.dtype)
+        return value.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, range={self.ranges}, code={self.code!r}, calibrating={self.calibrating}, "

@@ -14,8 +14,8 @@ from .base import Count, SpikingOp, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
 from .observer import Extreme, RangeObserver
-from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_ranges, channel_shares,
-                        resolve_budget)
+from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
+                        channel_shares, resolve_budget)
 
 
 class SpikingWeightInput(SpikingOp):
@@ -171,24 +171,27 @@ class SpikingWeightInput(SpikingOp):
             return self.finish(x, self.layer.forward(decoded.to(x.dtype)), spikes, clamped)
         xs = x.to(working_dtype(x, self.T))
         centers = self.centers_for(xs)
-        if centers is not None:
-            xs = xs - centers
-        scales = along(self.channel_ranges, xs, self.channel_dim)
-        unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(unit):
-            code, (spikes, clamped, nonfinite) = self.coder.fused(unit)
+        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
+            channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
+            value, (spikes, clamped, nonfinite) = kernels.channel_code(
+                xs, channels, inner, ranges, None if centers is None else self.channel_centers, False,
+                self.coder.kernel_params(xs.dtype, True))
             if nonfinite:
-                self.reject_nonfinite(x, "input")  # raises, naming the count; else x / A_k overflowed:
-                code, (spikes, clamped, _) = self.coder.fused(finite(unit))
+                self.reject_nonfinite(x, "input")  # raises, naming the count
+            out = self.layer.forward(value.to(x.dtype))
         else:
+            if centers is not None:
+                xs = xs - centers
+            scales = along(self.channel_ranges, xs, self.channel_dim)
+            unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
             self.check_input(x, "input")
             code, clamped = self.coder.encode(finite(unit), self.simulating)
             spikes = total(code.counts)
-        if self.simulating:
-            out = self.synapses(code, scales, centers, x.dtype)
-        else:
-            value = code.value * scales
-            out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
+            if self.simulating:
+                out = self.synapses(code, scales, centers, x.dtype)
+            else:
+                value = code.value * scales
+                out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
         return self.finish(x, out, spikes, clamped)
 
     def finish(self, x: torch.Tensor, out: torch.Tensor, spikes: Count, clamped: Count) -> torch.Tensor:
