@@ -110,6 +110,8 @@ OPERANDS = {  # (a, b) from a [3, 7, 9] and b [3, 9, 7] draw
     "product": lambda a, b: (a, b.transpose(-1, -2)),  # same shape (one fused pass), b not contiguous
     "product, broadcast": lambda a, b: (a, b[:1, :, :1].transpose(-1, -2)),  # codes fused, product in PyTorch
     "matmul": lambda a, b: (a, b),
+    "matmul, transposed views": lambda a, b: (b.transpose(-1, -2), a.transpose(-1, -2)),  # coded in place
+    "matmul, a slice": lambda a, b: (torch.cat([a, a], -1)[..., 3:12], b),  # not dense: coded from a copy
 }
 
 
@@ -121,7 +123,7 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
     g = torch.Generator().manual_seed(seed)
     a, b = OPERANDS[kind](torch.randn(3, 7, 9, generator=g) * scale, torch.randn(3, 9, 7, generator=g) * scale)
     a[0, 0, 0] = -0.0 * a[0, 0, 0]  # a signed zero
-    op = SpikingMatmul(T, ranges=ranges) if kind == "matmul" else SpikingProduct(T, ranges=ranges)
+    op = SpikingMatmul(T, ranges=ranges) if kind.startswith("matmul") else SpikingProduct(T, ranges=ranges)
     logging.disable(logging.WARNING)  # large scales clamp (counted in the stats compared here)
     try:
         assert_kernel_equals_eager(op, a, b)

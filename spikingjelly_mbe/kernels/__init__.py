@@ -172,10 +172,23 @@ def pack(values: torch.Tensor, spikes: torch.Tensor) -> Optional[Tuple[torch.Ten
     return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32), base
 
 
+def dense(x: torch.Tensor) -> bool:
+    """Whether ``x``'s elements fill the block of memory from its first one, in some order (a
+    permutation of a contiguous tensor): an element-wise kernel can run on that block, and
+    ``torch.empty_like(x)`` has the same layout."""
+    expected = 1
+    for stride, size in sorted((s, n) for s, n in zip(x.stride(), x.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def encode(x: torch.Tensor, coder: Sequence[float], limit: float) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """``(value, counts, [spikes, |x| > limit, NaN/Inf])``: the sign-magnitude MBE_Id code of float32
-    ``x`` (``IdentityCoder.encode``'s fast path; ``coder`` from ``IdentityCoder.kernel_params``)."""
-    x = x.contiguous()
+    ``x`` (``IdentityCoder.encode``'s fast path; ``coder`` from ``IdentityCoder.kernel_params``), in
+    ``x``'s memory layout when that is dense (a transposed operand is not copied)."""
+    x = x if dense(x) else x.contiguous()
     value, counts = torch.empty_like(x), torch.empty_like(x)
     params, fn = doubles(coder), library().sjmbe_encode_f32
 
