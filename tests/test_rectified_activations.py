@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spikingjelly_mbe import convert
+from spikingjelly_mbe import convert, kernels
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.fitting import TARGETS, load_fitted
 from spikingjelly_mbe.fitting.targets import RECTIFIED
@@ -111,6 +111,29 @@ def test_calibrated_rectifier_codes_each_channel_at_its_own_range():
     one_range = (rounded_relu(x, torch.tensor(A, dtype=torch.float64), T) - F.relu(x.double())).abs()
     small = scales < A / 300  # channels below one step of the shared range
     assert float(one_range[:, small].max()) > 10 * float((fast.double() - F.relu(x.double()))[:, small].abs().max())
+
+
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_residual_saturates_beyond_its_domain_and_counts_no_clamp(mode):
+    """The residual of a rectified activation takes its domain edge's value beyond the domain (what
+    a plain activation gives for the clamped input), on the kernel and the PyTorch path alike, and
+    counts no clamp; a plain activation counts each such input."""
+    op = rectified("gelu", 8, 2.0, mode)
+    lo, hi = op.residual.fitted.domain
+    x = torch.cat([torch.tensor([lo - 50.0, lo - 0.5, lo, 0.0, hi, hi + 0.5, hi + 50.0]),
+                   torch.randn(40, generator=torch.Generator().manual_seed(2)) * 8])
+    outside = int(((x < lo) | (x > hi)).sum())
+    plain = SpikingActivation(op.residual.fitted, mode)
+    with torch.no_grad():
+        expected = plain(x.clamp(lo, hi))
+        assert plain.op_stats().clamped == 0
+        plain(x)
+        assert plain.op_stats().clamped == outside > 0
+        with kernels.disabled():
+            eager = op.residual(x)
+        assert op.residual.op_stats().clamped == 0
+        assert torch.equal(op.residual(x), expected) and torch.equal(eager, expected)
+    assert op.residual.op_stats().clamped == 0
 
 
 def test_rectified_activation_gradient_is_the_functions():

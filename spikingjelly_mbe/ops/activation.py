@@ -31,9 +31,13 @@ class SpikingActivation(SpikingOp):
 
     ``reference`` is the float function for the straight-through gradient; it defaults to the
     registered target of the fit (a fit of an unregistered callable needs it under autograd).
+    ``saturating`` (set by :class:`RectifiedActivation`): the target is flat beyond the domain, so
+    an input there takes the domain edge's value exactly, is not counted as a clamp, and the float
+    function is the target at the edge.
     """
 
     settings_names = ("T",)
+    saturating = False
 
     def __init__(self, fitted: FittedNeuron, mode: str = "fast", reference: Optional[TensorFn] = None) -> None:
         super().__init__(mode)
@@ -79,7 +83,7 @@ class SpikingActivation(SpikingOp):
                              f"{self.fitted.target!r} is not registered, so there is no float function for the "
                              "straight-through gradient; pass reference=<the tensor function>, or run under "
                              "torch.no_grad()")
-        return reference(x)
+        return reference(x.clamp(*self.fitted.domain) if self.saturating else x)
 
     @classmethod
     def gelu(cls, T: int = 16, N: int = ACTIVATION_N, approximate: str = "none",
@@ -107,11 +111,12 @@ class SpikingActivation(SpikingOp):
         if not self.simulating and x.numel() and (kernels.usable(x) or kernels.triton_usable(x)):
             value, (fired, outside, nonfinite) = self.looked_up(x)
             self.counted_nonfinite(x, "input", nonfinite)
-            self.note_clamped(outside, outside_note)
+            self.note_clamped(0 if self.saturating else outside, outside_note)
         else:
             self.check_input(x, "input")
             xs = x.to(working_dtype(x))
-            self.note_clamped(((xs < lo) | (xs > hi)).sum(), outside_note)
+            if not self.saturating:
+                self.note_clamped(((xs < lo) | (xs > hi)).sum(), outside_note)
             value, fired = self.evaluate(xs.clamp(lo, hi))
         self.record(spikes=fired, neurons=x.numel(), sops=fired, ann_flops=flops.ACTIVATION * x.numel())
         return value.to(x.dtype)
@@ -162,7 +167,7 @@ class RectifiedActivation(nn.Module):
                             f"{type(rectifier).__name__} and {type(residual).__name__}")
         self.rectifier, self.residual = rectifier, residual
         self.rectifier.ann_flops_per_element = 0  # the residual charges the activation's operations
+        self.residual.saturating = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.residual.fitted.domain
-        return self.rectifier(x) + self.residual(x.clamp(lo, hi))
+        return self.rectifier(x) + self.residual(x)
