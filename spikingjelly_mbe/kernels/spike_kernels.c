@@ -51,21 +51,22 @@ static inline int32_t bits_set(uint32_t v) {
     return (int32_t)((v * 0x01010101u) >> 24);
 }
 
-/* Spikes of the digit pattern q < 2^16 in the coder's code (ops.coding.CODES): binary, popcount(q);
+/* Spikes of the digit pattern q < 2^16 in the digit code (ops.coding.CODES): binary, popcount(q);
  * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count): the NAF
  * digits d = ((3q) ^ q) >> 1 below 2^T, and when the NAF's top digit is 2^T the positions from its
- * highest lower digit up to 2^(T-1) filled. */
+ * highest lower digit 2^j up to 2^(T-1) filled: T - 1 - j spikes more than the lower digits (j = -1
+ * when there is none). j is the exponent of the lower digits as a float (exact below 2^24; 0 reads
+ * as -127, held at -1), a conversion that vectorizes. */
 static inline int32_t spike_count(float q, float top_pattern, int32_t code) {
     const uint32_t v = (uint32_t)(int32_t)q;
     if (code == 0) return bits_set(v);
     const uint32_t top = (uint32_t)(int32_t)top_pattern, digits = ((3u * v) ^ v) >> 1, low = digits & top;
-    uint32_t smear = low;
-    smear |= smear >> 1;
-    smear |= smear >> 2;
-    smear |= smear >> 4;
-    smear |= smear >> 8;
-    smear |= smear >> 16;
-    return bits_set(low | ((digits > top ? top : 0u) & ~(smear >> 1)));
+    const float as_float = (float)(int32_t)low;
+    int32_t j;
+    memcpy(&j, &as_float, sizeof j);
+    j = (j >> 23) - 127;
+    j = j > -1 ? j : -1;
+    return bits_set(low) + (int32_t)(digits > top) * (bits_set(top) - 1 - j);
 }
 
 static inline float bits_to_float(int32_t bits) {
