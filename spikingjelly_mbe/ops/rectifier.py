@@ -116,8 +116,7 @@ class SpikingReLU(SpikingOp):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)
             value, (spikes, clamped, nonfinite) = kernels.channel_code(
                 xs, channels, inner, ranges, None, True, self.coder.kernel_params(xs.dtype, True))
-            if nonfinite:
-                self.reject_nonfinite(x, "input")  # raises, naming the count
+            self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
             positive = xs.clamp(min=0.0)  # below threshold: no spike

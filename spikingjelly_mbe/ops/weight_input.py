@@ -176,8 +176,7 @@ class SpikingWeightInput(SpikingOp):
             value, (spikes, clamped, nonfinite) = kernels.channel_code(
                 xs, channels, inner, ranges, None if centers is None else self.channel_centers, False,
                 self.coder.kernel_params(xs.dtype, True))
-            if nonfinite:
-                self.reject_nonfinite(x, "input")  # raises, naming the count
+            self.counted_nonfinite(x, "input", nonfinite)
             out = self.layer.forward(value.to(x.dtype))
         else:
             if centers is not None:
