@@ -1,5 +1,6 @@
 """Shared test helpers."""
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,3 +36,13 @@ def load_benchmark(name: str) -> ModuleType:
 def benchmark_script() -> Callable[[str], ModuleType]:
     """``benchmark_script("ops_bench")``: a script of ``benchmarks/`` as a module."""
     return load_benchmark
+
+
+@pytest.fixture(scope="module")
+def quiet_clamp_warnings():
+    """Random tiny models clamp a few operands beyond the calibrated ranges: counted, not printed."""
+    logger = logging.getLogger("spikingjelly_mbe")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)

@@ -1,7 +1,6 @@
 """Conversion by structure over the zoo (Hugging Face, timm and torch families, tiny random configs):
 strict conversion, no float nonlinearity left (checked by an independent run-time audit, not by
 reading the report), agreement with the ANN, causality, and generate() with and without KV cache."""
-import logging
 import pytest
 import torch
 import torch.nn as nn
@@ -14,14 +13,7 @@ from spikingjelly_mbe.conversion.zoo import VOCAB, ZOO, agreement, build, main_o
 torch.set_num_threads(1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quiet_clamp_warnings():
-    """Random tiny models clamp a few operands beyond the calibrated ranges: counted, not printed."""
-    logger = logging.getLogger("spikingjelly_mbe")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+pytestmark = pytest.mark.usefixtures("quiet_clamp_warnings")
 
 
 NONLINEAR = {"gelu", "silu", "relu", "tanh", "sigmoid", "softmax", "log_softmax", "layer_norm", "rms_norm",
@@ -146,7 +138,7 @@ def test_causal_models_stay_causal(family, converted):
     torch.testing.assert_close(run(snn, {"input_ids": changed})[:, :6], base[:, :6], rtol=0, atol=1e-6)
 
 
-GENERATE = ["gpt2", "llama_lm", "qwen2", "gemma", "phi3", "opt"]
+GENERATE = ["gpt2", "llama_lm", "qwen2", "gemma", "phi3", "opt", "qwen2_moe"]
 
 
 @pytest.mark.slow
@@ -160,17 +152,37 @@ def test_generate_with_and_without_kv_cache(family, converted):
         uncached = snn.generate(prompt, use_cache=False, **kwargs)
         ann_tokens = ann.generate(prompt, use_cache=True, **kwargs)
     assert torch.equal(cached, uncached)
-    # along the ANN's greedy path, the SNN picks the same token wherever the ANN's top-2 gap exceeds
-    # twice the largest logit error of the conversion at that step
+    assert_greedy_where_clear(ann, snn, ann_tokens, prompt.shape[1])
+
+
+def assert_greedy_where_clear(ann, snn, ann_tokens, start, encoder=None):
+    """Along the ANN's greedy path (``encoder``: the encoder-decoder's source ids) the SNN picks the
+    same token wherever the ANN's top-2 gap exceeds twice the largest logit error at that step."""
     checked = 0
-    for step in range(prompt.shape[1], ann_tokens.shape[1]):
+    for step in range(start, ann_tokens.shape[1]):
         prefix = ann_tokens[:, :step]
-        a, s = run(ann, {"input_ids": prefix})[:, -1], run(snn, {"input_ids": prefix})[:, -1]
+        batch = {"input_ids": prefix} if encoder is None else {"input_ids": encoder, "decoder_input_ids": prefix}
+        a, s = run(ann, batch)[:, -1], run(snn, batch)[:, -1]
         top2 = a.topk(2, dim=-1).values
         clear = (top2[:, 0] - top2[:, 1]) > 2 * (a - s).abs().max(-1).values
         assert torch.equal(a.argmax(-1)[clear], s.argmax(-1)[clear])
         checked += int(clear.sum())
     assert checked > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_encoder_decoder_generate_with_and_without_kv_cache(family, converted):
+    """Cross-attention over the encoder's output and the decoder's self-attention cache."""
+    ann, snn = converted(family)
+    source = make_batch(family, 2, seq_len=8, seed=5)["input_ids"]
+    kwargs = dict(max_new_tokens=5, do_sample=False)
+    with torch.no_grad():
+        cached = snn.generate(source, use_cache=True, **kwargs)
+        uncached = snn.generate(source, use_cache=False, **kwargs)
+        ann_tokens = ann.generate(source, use_cache=True, **kwargs)
+    assert torch.equal(cached, uncached)
+    assert_greedy_where_clear(ann, snn, ann_tokens, 1, encoder=source)
 
 
 @pytest.mark.slow

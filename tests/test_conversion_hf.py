@@ -7,7 +7,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from spikingjelly_mbe.conversion import convert
 from spikingjelly_mbe.conversion.hf_attention import IMPLEMENTATION, spiking_attention
 from spikingjelly_mbe.conversion.zoo import VOCAB, agreement, build, main_output, make_batch
-from spikingjelly_mbe.ops import RectifiedActivation, SpikingProduct
+from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation, SpikingProduct
 
 torch.set_num_threads(1)
 
@@ -90,7 +90,9 @@ def test_dinov2_swiglu_and_layerscale():
     batch = make_batch("dinov2", 4)
     snn = convert(ann, calib_data=[batch])
     mlp = snn.encoder.layer[0].mlp
-    assert isinstance(mlp.mbe_product0, SpikingProduct) and isinstance(mlp.act_fn, RectifiedActivation)
+    assert isinstance(mlp.mbe_product0, SpikingProduct)
+    # HF's N(0, 0.02) initialisation keeps the SiLU inputs small: refitted on their range (test_fidelity.py)
+    assert isinstance(mlp.act_fn, SpikingActivation) and mlp.act_fn.fitted.target == "silu"
     # LayerScale multiplies by a parameter: linear, not a site
     assert not [p for p, _ in snn.named_modules() if "layer_scale" in p and "mbe_" in p]
     assert agreement(logits(ann, **batch), logits(snn, **batch))["cosine"] >= 0.999

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -58,16 +58,25 @@ def spiking_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
 
 
 def _build_core(module: nn.Module, device: torch.device) -> SpikingAttention:
+    return attach_core(module, device, CORE, SpikingAttention,
+                       "core via AttentionInterface['mbe_spiking']: spiking Q K^T, softmax, A V")
+
+
+def attach_core(module: nn.Module, device: torch.device, attribute: str, make: Callable[..., nn.Module],
+                note: str, *args: Any) -> nn.Module:
+    """``make(*args, settings)`` attached to ``module`` as ``attribute`` and reported, on its first call
+    while a conversion calibrates (a module that never ran then has none: an error naming it)."""
     building = BUILDING.get()
     if building is None:
-        raise RuntimeError(f"{type(module).__name__} has no spiking attention core: it did not run on the "
-                           "calibration batches; convert with spikingjelly_mbe.convert and batches that reach it")
+        raise RuntimeError(f"{type(module).__name__} has no spiking {attribute.removeprefix('mbe_')} core: it did not "
+                           "run on the calibration batches; convert with spikingjelly_mbe.convert and batches that "
+                           "reach it")
     settings, report, paths = building
-    core = SpikingAttention(settings).to(device)
-    module.add_module(CORE, core)
+    core = make(*args, settings).to(device)
+    module.add_module(attribute, core)
     path = paths.get(id(module), type(module).__name__)
-    report.replaced.append(Entry(f"{path}.{CORE}" if path else CORE, type(module).__name__, "SpikingAttention",
-                                 "core via AttentionInterface['mbe_spiking']: spiking Q K^T, softmax, A V"))
+    report.replaced.append(Entry(f"{path}.{attribute}" if path else attribute, type(module).__name__,
+                                 type(core).__name__, note))
     return core
 
 

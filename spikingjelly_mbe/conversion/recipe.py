@@ -8,6 +8,7 @@ import itertools
 import threading
 from typing import Any, Iterable, List, Optional, Union
 
+import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
@@ -15,8 +16,10 @@ from ..ops.ecmt_settings import ECMTSettings
 from .blocks import SpikingAttention
 from .calibration import NEED_DATA, Batch, Calibration, calibrate, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
+from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
 from .ecmt import TimeStepped
+from .fidelity import fitted_target, refit_span, site_errors
 from .options import ECMT_PERCENTILE, MBERecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
@@ -134,6 +137,7 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
                                          "class") for p, m in model.named_modules()
                           if isinstance(m, WEIGHT_LAYERS) and not any(p.startswith(q + ".") for q in self.plan)})
         use_spiking_attention(model)
+        use_spiking_experts(model)
         self.record(apply(model, self.plan, self.settings, lambda new, how: how.how == EXPOSE or needs_calibration(new)))
         for path, m in kept.items():
             self.report.kept.append(Entry(path, type(m).__name__, type(m).__name__, self.rule.modules[type(m)].note))
@@ -193,11 +197,50 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
                 self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", "SpikingSoftmax",
                                                   "attention softmax from exp2-frac, reciprocal, products (Eq. 13)"))
 
+    def measure_sites(self, model: nn.Module, converter: ModuleConverter) -> list:
+        """Every replaced site's own error on the calibration batches, worst first (:mod:`.fidelity`)."""
+        modules = dict(model.named_modules())
+        sites = {e.path: type(modules[e.path]).__name__ for e in self.report.replaced if e.path in modules}
+
+        def run() -> None:
+            with torch.no_grad():
+                for batch in itertools.islice(self.batches, self.calibration.num_batches):
+                    run_batch(model, batch, converter.device)
+        return site_errors(model, sites, run)
+
+    def refit_coarse_activations(self, model: nn.Module) -> bool:
+        """Fitted activation sites whose own error on the calibration batches says their fit is too
+        coarse for the inputs they get (:func:`.fidelity.refit_span`) become one neuron fitted on
+        ``[-s, s]`` around those inputs (beyond it clamped and counted); whether any did."""
+        refitted = False
+        for row in self.report.site_errors:
+            old = model.get_submodule(row.path)
+            span = refit_span(row, old)
+            if span is None:
+                continue
+            param = next(old.parameters(), next(old.buffers(), None))
+            new = self.settings.fitted(fitted_target(old), span)
+            new = new.to(param.device) if param is not None else new
+            parent, _, name = row.path.rpartition(".")
+            setattr(model.get_submodule(parent), name, new)
+            self.table.swap(old, new)
+            index = next(i for i, e in enumerate(self.report.replaced) if e.path == row.path)
+            entry = self.report.replaced[index]
+            self.report.replaced[index] = Entry(entry.path, entry.source, type(new).__name__,
+                                                f"{entry.note}; refitted on [-{span:g}, {span:g}] (its own error "
+                                                f"{row.relative_rms:.1e} on the calibration batches)")
+            refitted = True
+        return refitted
+
     def finalize(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
         if not self.table.sites and not self.table.unsupported:
             for handle in self.handles:
                 handle.remove()  # nothing is decided per call: plain forwards, no interception cost
         self.report.float_operations = list(self.settings.float_ops)
+        if self.settings.fully_spiking:
+            self.report.site_errors = self.measure_sites(model, converter)
+            if self.refit_coarse_activations(model):
+                self.report.site_errors = self.measure_sites(model, converter)
         del self.batches, self.plan, self.handles
         if self.settings.fully_spiking:
             return self.finish(model)

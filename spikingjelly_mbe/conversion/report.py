@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, List, Tuple
 
+from .fidelity import SiteError
+
+SHOWN_SITES = 10  # the worst sites the report's text lists
+
 
 class UnsupportedNonlinearityError(TypeError):
     """Nonlinear operations (or activation x activation products) no building block covers, each
@@ -31,12 +35,15 @@ class Entry:
 @dataclass
 class ConversionReport:
     """``replaced``: every nonlinear module or call that ran during calibration and its spiking
-    operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float."""
+    operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float;
+    ``site_errors``: every site's own output error against its float reference on the calibration
+    batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
     fallback: List[Entry] = field(default_factory=list)
     float_operations: List[str] = field(default_factory=list)  # what the method itself keeps float (ECMT)
+    site_errors: List[SiteError] = field(default_factory=list)
 
     @property
     def fully_spiking(self) -> bool:
@@ -54,4 +61,8 @@ class ConversionReport:
                          + block("left in float (fallback allowed)", self.fallback)
                          + [f"float by the method ({len(self.float_operations)})"]
                          + [f"  {op}" for op in self.float_operations]
-                         + [f"fully spike-driven: {self.fully_spiking}"])
+                         + [f"fully spike-driven: {self.fully_spiking}"]
+                         + [f"site errors against the float reference on the calibration batches, worst "
+                            f"{min(SHOWN_SITES, len(self.site_errors))} of {len(self.site_errors)}"]
+                         + [f"  {row}" for row in self.site_errors[:SHOWN_SITES]]
+                         + [f"routing: {row}" for row in self.site_errors if row.selection_agreement is not None])

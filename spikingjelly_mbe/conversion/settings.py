@@ -16,6 +16,7 @@ from ..ops.activation import ACTIVATION_N, GELU_TARGETS
 from ..ops.base import MODES, set_on_ops
 from ..ops.coding import DEFAULT_CODE, check_code
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
+from ..ops.routing import SpikingTopK
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,10 @@ class OpSettings:
         """GroupNorm (``groups=C``: InstanceNorm; ``None``: BatchNorm on the batch's statistics) from the norm stages."""
         return SpikingGroupNorm(channels, groups, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
                                 split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
+
+    def topk(self, k: int, dim: int = -1) -> SpikingTopK:
+        """The ``k`` largest along ``dim``, selected from the scores' spike trains (a counting winner-take-all)."""
+        return SpikingTopK(k, dim, T=self.T, mode=self.mode)
 
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""

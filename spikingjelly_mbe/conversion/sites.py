@@ -74,6 +74,9 @@ SITE_KINDS: Dict[str, SiteKind] = {
                          lambda m, c: m(arg(c, 0, "input")), "max pooling as m + relu(v - m) on rectifier neurons"),
     "attention": SiteKind(lambda s, c: SpikingAttention(s), _sdpa,
                           "scaled_dot_product_attention: spiking Q K^T, softmax, A V (Eqs. 9-13)"),
+    "topk": SiteKind(lambda s, c: s.topk(arg(c, 1, "k"), arg(c, 2, "dim", -1)),
+                     lambda m, c: torch.return_types.topk(m(arg(c, 0, "input"))),
+                     "top-k selection by counting the scores' spikes (a winner-take-all), the winners' scores routed"),
     "mha": SiteKind(lambda s, c: SpikingAttention(s), lambda m, c: multi_head_attention(m, *c[0], **c[1]),
                     "multi-head attention: projections reused, spiking Q K^T, softmax, A V (Eqs. 9-13)"),
 }
@@ -198,6 +201,9 @@ def classify(session: Session, name: str, call: Call) -> str:
         return "instance_norm" if arg(call, 5, "use_input_stats", True) else "linear"
     if name in ACTIVATION_CALLS:
         return "activation" if activation_of_call(name, args, kwargs) is not None else "unsupported"
+    if name == "topk":
+        plain = arg(call, 3, "largest", True) and arg(call, 4, "sorted", True)
+        return "topk" if plain and isinstance(arg(call, 1, "k"), int) else "unsupported"
     if name in MULTILINEAR and name not in ("addmm", "baddbmm", "addbmm", "einsum"):
         return "unsupported" if sum(act) >= 2 else "linear"
     if name == "max_pool2d":
@@ -331,6 +337,12 @@ class SiteTable:
             self.sites[key] = op
             done.append(f"{key[0]}.{attribute}" if key[0] else attribute)
         return done
+
+    def swap(self, old: nn.Module, new: nn.Module) -> None:
+        """Call-level sites that ran ``old`` run ``new`` from now on."""
+        for key, op in self.sites.items():
+            if op is old:
+                self.sites[key] = new
 
     def unsupported_calls(self) -> List[Tuple[str, str]]:
         return sorted(self.unsupported)

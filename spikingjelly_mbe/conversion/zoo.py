@@ -20,13 +20,15 @@ from transformers.pytorch_utils import Conv1D
 from .calibration import Batch
 
 VOCAB, IMAGE, PATCH, LABELS, MELS, AUDIO = 96, 32, 8, 10, 16, 800
+EXPERT_WEIGHTS = ("gate_up_proj", "down_proj", "up_proj")
 
 
 @dataclass(frozen=True)
 class Family:
     """``make(layers, hidden, heads)`` builds the model; ``inputs`` is one of ``tokens``,
-    ``tokens_roberta`` (ids 0-2 reserved), ``image`` (a tensor), ``pixel_values``,
-    ``input_features`` (log-mel audio), ``input_values`` (a raw waveform) or ``embeddings`` (a float ``[B, S, hidden]`` tensor)."""
+    ``tokens_roberta`` (ids 0-2 reserved), ``seq2seq`` (encoder and decoder token ids), ``image`` (a
+    tensor), ``pixel_values``, ``input_features`` (log-mel audio), ``input_values`` (a raw waveform) or
+    ``embeddings`` (a float ``[B, S, hidden]`` tensor)."""
 
     make: Callable[[int, int, int], nn.Module]
     inputs: str
@@ -106,6 +108,18 @@ ZOO: Dict[str, Family] = {
     "phi": Family(_lm(hf.PhiForCausalLM, hf.PhiConfig), "tokens", causal=True),
     "phi3": Family(_lm(hf.Phi3ForCausalLM, hf.Phi3Config, pad_token_id=0, bos_token_id=0, eos_token_id=0), "tokens", causal=True),
     "gpt_neox": Family(_lm(hf.GPTNeoXForCausalLM, hf.GPTNeoXConfig), "tokens", causal=True),
+    "gptj": Family(_hf(hf.GPTJForCausalLM, hf.GPTJConfig, vocab_size=VOCAB, n_layer=lambda l, h, n: l,
+                       n_embd=lambda l, h, n: h, n_head=lambda l, h, n: n, rotary_dim=lambda l, h, n: h // n // 2,
+                       n_positions=64, bos_token_id=0, eos_token_id=0), "tokens", causal=True),
+    "qwen2_moe": Family(_lm(hf.Qwen2MoeForCausalLM, hf.Qwen2MoeConfig, num_key_value_heads=lambda l, h, n: max(1, n // 2),
+                            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=lambda l, h, n: h,
+                            shared_expert_intermediate_size=lambda l, h, n: 2 * h, norm_topk_prob=False),
+                        "tokens", causal=True),
+    "qwen3_moe": Family(_lm(hf.Qwen3MoeForCausalLM, hf.Qwen3MoeConfig, num_key_value_heads=1,
+                            head_dim=lambda l, h, n: h // n, num_experts=4, num_experts_per_tok=2,
+                            moe_intermediate_size=lambda l, h, n: h, norm_topk_prob=False), "tokens", causal=True),
+    "olmoe": Family(_lm(hf.OlmoeForCausalLM, hf.OlmoeConfig, num_key_value_heads=1, num_experts=4, num_experts_per_tok=2,
+                        norm_topk_prob=False), "tokens", causal=True),
     "opt": Family(_hf(hf.OPTForCausalLM, hf.OPTConfig, vocab_size=VOCAB, num_hidden_layers=lambda l, h, n: l,
                       hidden_size=lambda l, h, n: h, word_embed_proj_dim=lambda l, h, n: h,
                       num_attention_heads=lambda l, h, n: n, ffn_dim=lambda l, h, n: 4 * h), "tokens", causal=True),
@@ -113,6 +127,7 @@ ZOO: Dict[str, Family] = {
     "distilbert": Family(_hf(hf.DistilBertForSequenceClassification, hf.DistilBertConfig, vocab_size=VOCAB,
                              n_layers=lambda l, h, n: l, dim=lambda l, h, n: h, n_heads=lambda l, h, n: n,
                              hidden_dim=lambda l, h, n: 4 * h, num_labels=LABELS), "tokens"),
+    "deberta_v2": Family(_encoder(hf.DebertaV2ForSequenceClassification, hf.DebertaV2Config), "tokens"),
     "albert": Family(_encoder(hf.AlbertForSequenceClassification, hf.AlbertConfig, embedding_size=16), "tokens"),
     "electra": Family(_encoder(hf.ElectraForSequenceClassification, hf.ElectraConfig, embedding_size=16), "tokens"),
     "xlm_roberta": Family(_encoder(hf.XLMRobertaForSequenceClassification, hf.XLMRobertaConfig, pad_token_id=1,
@@ -123,6 +138,16 @@ ZOO: Dict[str, Family] = {
     "t5_encoder": Family(_hf(hf.T5EncoderModel, hf.T5Config, vocab_size=VOCAB, num_layers=lambda l, h, n: l,
                              d_model=lambda l, h, n: h, num_heads=lambda l, h, n: n, d_kv=lambda l, h, n: h // n,
                              d_ff=lambda l, h, n: 4 * h), "tokens"),
+    "t5": Family(_hf(hf.T5ForConditionalGeneration, hf.T5Config, vocab_size=VOCAB, num_layers=lambda l, h, n: l,
+                     d_model=lambda l, h, n: h, num_heads=lambda l, h, n: n, d_kv=lambda l, h, n: h // n,
+                     d_ff=lambda l, h, n: 4 * h, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1),
+                 "seq2seq"),
+    "bart": Family(_hf(hf.BartForConditionalGeneration, hf.BartConfig, vocab_size=VOCAB,
+                       encoder_layers=lambda l, h, n: l, decoder_layers=lambda l, h, n: l, d_model=lambda l, h, n: h,
+                       encoder_attention_heads=lambda l, h, n: n, decoder_attention_heads=lambda l, h, n: n,
+                       encoder_ffn_dim=lambda l, h, n: 4 * h, decoder_ffn_dim=lambda l, h, n: 4 * h,
+                       max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                       decoder_start_token_id=2, forced_eos_token_id=None), "seq2seq"),
     "whisper_encoder": Family(_hf(WhisperEncoder, hf.WhisperConfig, num_mel_bins=MELS,
                                   encoder_layers=lambda l, h, n: l, d_model=lambda l, h, n: h,
                                   encoder_attention_heads=lambda l, h, n: n, encoder_ffn_dim=lambda l, h, n: 4 * h,
@@ -173,12 +198,16 @@ ZOO: Dict[str, Family] = {
 FAMILIES = ("vit", "bert", "roberta", "gpt2", "llama", "dinov2")  # the conf/model toys
 
 
-def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0) -> nn.Module:
-    """A fresh eval-mode model of ``family`` (each with its own config object)."""
+def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: int = 0,
+          own_init: bool = False) -> nn.Module:
+    """A fresh eval-mode model of ``family`` (each with its own config object); ``own_init`` keeps the
+    library's own initialisation (Hugging Face's: weights ``N(0, 0.02)``) instead of fan-in scaling."""
     if family not in ZOO:
         raise ValueError(f"unknown family {family!r}; known: {sorted(ZOO)}")
     torch.manual_seed(seed)
     model = ZOO[family].make(layers, hidden, heads)
+    if own_init:
+        return model.eval()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)):
@@ -188,12 +217,17 @@ def build(family: str, layers: int = 2, hidden: int = 32, heads: int = 2, seed: 
                     m.bias.normal_(0.0, 0.1)
             elif isinstance(m, nn.Embedding):
                 m.weight.normal_(0.0, 1.0)
+            else:  # a router's weight [experts, hidden]; stacked expert weights [experts, out, in]
+                for name, p in m.named_parameters(recurse=False):
+                    if (name == "weight" and p.dim() == 2) or (name in EXPERT_WEIGHTS and p.dim() == 3):
+                        p.normal_(0.0, p.shape[-1] ** -0.5)
     return model.eval()
 
 
 def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0, hidden: int = 32) -> Batch:
-    """Random inputs of the family's kind: token ids (``{'input_ids': ...}``), images (a tensor for
-    timm, ``pixel_values`` for Hugging Face), log-mel features, waveforms of ``AUDIO`` samples, or embeddings ``[size, seq_len, hidden]``."""
+    """Random inputs of the family's kind: token ids (``{'input_ids': ...}``, and ``decoder_input_ids``
+    of half the length for an encoder-decoder), images (a tensor for timm, ``pixel_values`` for
+    Hugging Face), log-mel features, waveforms of ``AUDIO`` samples, or embeddings ``[size, seq_len, hidden]``."""
     g = torch.Generator().manual_seed(seed)
     kind = ZOO[family].inputs if family in ZOO else "tokens"
     if kind in ("image", "pixel_values"):
@@ -205,8 +239,11 @@ def make_batch(family: str, size: int, seq_len: int = 16, seed: int = 0, hidden:
         return {"input_values": torch.randn(size, AUDIO, generator=g)}
     if kind == "embeddings":
         return torch.randn(size, seq_len, hidden, generator=g)
-    low = 3 if kind == "tokens_roberta" else 0  # keep RoBERTa's pad/bos/eos ids out of the random tokens
-    return {"input_ids": torch.randint(low, VOCAB, (size, seq_len), generator=g)}
+    low = 3 if kind in ("tokens_roberta", "seq2seq") else 0  # keep pad/bos/eos ids out of the random tokens
+    ids = {"input_ids": torch.randint(low, VOCAB, (size, seq_len), generator=g)}
+    if kind == "seq2seq":
+        ids["decoder_input_ids"] = torch.randint(low, VOCAB, (size, seq_len // 2), generator=g)
+    return ids
 
 
 def main_output(result: Any) -> torch.Tensor:

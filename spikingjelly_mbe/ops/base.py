@@ -2,11 +2,13 @@
 its calibrated state in the ``state_dict``."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import warnings
 from dataclasses import fields
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -29,6 +31,22 @@ TRACE_FIXES_CHOICES = (
     "eagerly, or with torch.compile")
 STAT_FIELDS = tuple(f.name for f in fields(OpStats))
 Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
+_FLOAT_REFERENCE = contextvars.ContextVar("mbe_float_reference", default=False)
+
+
+@contextlib.contextmanager
+def float_reference_mode() -> Iterator[None]:
+    """Within it, every :class:`SpikingOp` returns its :meth:`~SpikingOp.float_reference` (no spikes,
+    no statistics): a module built of operators computes the float function it stands for."""
+    token = _FLOAT_REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _FLOAT_REFERENCE.reset(token)
+
+
+def in_float_reference_mode() -> bool:
+    return _FLOAT_REFERENCE.get()
 
 
 def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
@@ -213,6 +231,8 @@ class SpikingOp(base.MemoryModule):
         raise NotImplementedError
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if _FLOAT_REFERENCE.get():
+            return self.float_reference(*inputs)
         if torch.jit.is_tracing():
             warnings.warn(TRACE_FIXES_CHOICES, stacklevel=2)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *self.parameters())
