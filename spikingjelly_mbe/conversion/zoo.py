@@ -115,6 +115,8 @@ ZOO: Dict[str, Family] = {
                             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=lambda l, h, n: h,
                             shared_expert_intermediate_size=lambda l, h, n: 2 * h, norm_topk_prob=False),
                         "tokens", causal=True),
+    "mixtral": Family(_lm(hf.MixtralForCausalLM, hf.MixtralConfig, num_key_value_heads=1, num_local_experts=4,
+                          num_experts_per_tok=2), "tokens", causal=True),
     "qwen3_moe": Family(_lm(hf.Qwen3MoeForCausalLM, hf.Qwen3MoeConfig, num_key_value_heads=1,
                             head_dim=lambda l, h, n: h // n, num_experts=4, num_experts_per_tok=2,
                             moe_intermediate_size=lambda l, h, n: h, norm_topk_prob=False), "tokens", causal=True),
