@@ -186,6 +186,7 @@ def test_user_functions_convert_with_no_table_entry_and_their_fits_are_cached(tm
     assert snn.mbe_report.fully_spiking
     fitted = [m for m in snn.modules() if isinstance(m, FittedOnDemand)]
     assert sorted(m.name.split("_")[0] for m in fitted) == ["sin", "softplus"]
+    assert not any(isinstance(v, torch.Tensor) for m in fitted for v in (*m.fn.args, *dict(m.fn.kwargs).values()))
     softplus = next(m for m in fitted if m.name.startswith("softplus"))
     assert isinstance(softplus.spiking, TailedActivation)  # a linear tail: rectifier plus fitted residual
     assert isinstance(next(m for m in fitted if m.name == "sin").spiking, SpikingActivation)

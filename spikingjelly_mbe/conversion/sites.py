@@ -305,7 +305,7 @@ class SiteTable:
             entry, params = activation_of_call(name, *call)
             op, note = self.settings.activation(entry, params), entry.note
         elif kind == "elementwise":
-            fn = bound_call(func, call)
+            fn, _ = bound_call(func, call)
             op, note = self.settings.on_demand(fn, fn.name(name)), ON_DEMAND_NOTE
         else:
             op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
@@ -355,21 +355,23 @@ def _call_module(module: nn.Module, call: Call) -> Any:
 ON_DEMAND_NOTE = "element-wise function on an MBE neuron fitted to its calibrated input range (Eq. 8)"
 
 
-def bound_call(func: Callable, call: Call) -> BoundCall:
-    """The call as a function of its one tensor operand."""
+def bound_call(func: Callable, call: Call) -> Tuple[BoundCall, torch.Tensor]:
+    """The call as a function of its one tensor operand (the operand itself not kept), and the operand."""
     args, kwargs = call
     index = next((i for i, v in enumerate(args) if isinstance(v, torch.Tensor)), None)
     if index is None:
         index = next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
-    return BoundCall(func, tuple(args), tuple(kwargs.items()), index)
+    x = args[index] if isinstance(index, int) else kwargs[index]
+    args = tuple(None if i == index else v for i, v in enumerate(args))
+    kwargs = tuple((k, None if k == index else v) for k, v in kwargs.items())
+    return BoundCall(func, args, kwargs, index), x
 
 
 def is_elementwise(func: Callable, call: Call) -> bool:
     """A run-time check that the call maps its one floating tensor operand element by element: the
     output has the input's shape and dtype class, and permuting the input's elements permutes the
     output's alike (a fixed permutation of the calibration values themselves)."""
-    fn = bound_call(func, call)
-    x = fn.args[fn.index] if isinstance(fn.index, int) else dict(fn.kwargs)[fn.index]
+    fn, x = bound_call(func, call)
     with torch.no_grad():
         y = fn(x)
         if not isinstance(y, torch.Tensor) or y.shape != x.shape or not y.is_floating_point() or x.numel() < 2:
