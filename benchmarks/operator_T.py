@@ -13,12 +13,10 @@ Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 from typing import List, Sequence
 
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,19 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from real_models import CONF_MODELS, job_config  # noqa: E402
 from experiments import plots  # noqa: E402
 from experiments.convert import build_task  # noqa: E402
-from experiments.evaluation import Conversion, convert_for, evaluate  # noqa: E402
+from experiments.evaluation import Conversion, convert_for, evaluate, with_low_T  # noqa: E402
 from experiments.tables import Row, markdown, write_csv  # noqa: E402
 from spikingjelly_mbe.ops.base import SpikingOp  # noqa: E402
-
-
-def with_low_T(high: nn.Module, low: nn.Module, kind: str) -> nn.Module:
-    """A copy of ``high`` whose ``kind`` operators carry the state of ``low``'s at the same paths."""
-    mixed = copy.deepcopy(high)
-    donors = dict(low.named_modules())
-    for path, m in mixed.named_modules():
-        if type(m).__name__ == kind and type(donors.get(path)).__name__ == kind:
-            m.__dict__.update(copy.deepcopy(donors[path]).__dict__)
-    return mixed
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

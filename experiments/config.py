@@ -231,7 +231,6 @@ class ConversionConfig:
     rectified_activations: bool = OP_SETTINGS.rectified_activations  # GELU/SiLU = rectifier + fitted residual
     norm_exponents: bool = OP_SETTINGS.norm_exponents  # each element a norm codes carries its own exponent
     mode: OpMode = OpMode(OP_SETTINGS.mode)
-    fx: bool = False
     allow_float_fallback: bool = False
     exact_activations: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

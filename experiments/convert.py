@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
     c: ConvertJob = job.cfg
     task = on_device(build_task(c), resolve_device(c.device.value))
     k = c.conversion
-    conversion = convert_for(task, k.method.value, k.T, k.N, k.activation_N, k.mode.value, k.fx,
+    conversion = convert_for(task, k.method.value, k.T, k.N, k.activation_N, k.mode.value,
                              k.allow_float_fallback, Calibration(method=k.calibration.method.value,
                                                                  percentile=k.calibration.percentile,
                                                                  headroom=k.calibration.headroom),

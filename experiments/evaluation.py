@@ -10,6 +10,7 @@ the very numbers of one process; spike and operation counts are integers and add
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -123,7 +124,7 @@ def exact_activations(snn: nn.Module) -> int:
 
 
 def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
-                fx: bool = False, allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
+                allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, **options: Any) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
@@ -141,7 +142,7 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         return Conversion(snn, a.T, a.status, a.seconds, False)
     if method not in MBE_METHODS:
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
-    snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode, fx=fx,
+    snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode,
                   allow_float_fallback=allow_float_fallback, calibration=calibration, method=method, **options)
     status = "converted"
     if exact:
@@ -230,3 +231,13 @@ def evaluate(task: EvalTask, conversion: Conversion, shard: Shard = Shard()) -> 
     ann = metric_value(task.metric, ann_sums, {})
     value = None if snn is None else metric_value(task.metric, snn_sums, comparison)
     return Result(task.metric, ann, value, comparison, meter, time.perf_counter() - began, task.samples, shard.world)
+
+
+def with_low_T(high: nn.Module, low: nn.Module, kind: str) -> nn.Module:
+    """A copy of ``high`` whose ``kind`` operators carry the state of ``low``'s at the same paths."""
+    mixed = copy.deepcopy(high)
+    donors = dict(low.named_modules())
+    for path, m in mixed.named_modules():
+        if type(m).__name__ == kind and type(donors.get(path)).__name__ == kind:
+            m.__dict__.update(copy.deepcopy(donors[path]).__dict__)
+    return mixed

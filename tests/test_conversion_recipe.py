@@ -91,32 +91,13 @@ def test_function_stored_as_attribute_is_spiked():
     assert agreement(run(ann, batch), run(snn, batch))["cosine"] >= 0.999
 
 
-def test_fx_flag_is_deprecated_and_takes_the_default_path():
-    ann = build("vit")
-    batches = (make_batch("vit", 2, seed=s) for s in range(2))
-    with pytest.warns(DeprecationWarning, match="fx"):
-        snn = convert(ann, calib_data=batches, fx=True)
-    assert run(snn, make_batch("vit", 2)).shape == (2, 10)
-    with pytest.warns(DeprecationWarning):
-        from spikingjelly_mbe.conversion import MBETransformerFXRecipe
-    assert MBETransformerFXRecipe is MBETransformerRecipe
-
-
-@pytest.mark.parametrize("old, new, phase", [("expose", "rebuild_before_calibration", "expose"),
-                                             ("spike", "replace_after_calibration", "spike"),
-                                             ("keep", "keep_as_linear", "keep")])
-def test_bare_rule_verbs_are_deprecated_aliases_of_the_named_ones(old, new, phase):
+def test_removed_names_are_gone():
+    """The 0.1 aliases are removed: ``fx=`` is an unknown keyword, the old recipe and verb names do not exist."""
     import spikingjelly_mbe.conversion as conversion
-    from spikingjelly_mbe.conversion import registry
-    for module in (conversion, registry):
-        with pytest.warns(DeprecationWarning, match=f"{old} is deprecated: use {new}") as caught:
-            verb = getattr(module, old)
-        assert caught[0].filename == __file__  # the warning points at the caller
-        assert verb is getattr(conversion, new)
-    rule = getattr(conversion, new)(nn.Identity, "note") if phase != "keep" else conversion.keep_as_linear("note")
-    assert (rule.phase, rule.note) == (phase, "note")
-    with pytest.raises(AttributeError, match="no attribute 'unspike'"):
-        conversion.unspike
+    with pytest.raises(TypeError, match="fx"):
+        convert(build("vit"), calib_data=[make_batch("vit", 2)], fx=True)
+    for name in ("MBETransformerFXRecipe", "expose", "spike", "keep"):
+        assert not hasattr(conversion, name)
 
 
 class RunningActivation(nn.Module):

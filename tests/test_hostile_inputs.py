@@ -38,6 +38,7 @@ from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMa
 from spikingjelly_mbe.ops.rectifier import SpikingReLU
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -55,7 +56,7 @@ def binary_identity_fit(T: int) -> FittedNeuron:
 
 # ---------------------------------------------------------------- 1. neurons (MBENode / FSNode)
 class TestNeurons:
-    def test_n3_n4_float16_counts_exactly_like_float32_on_the_same_values(self):
+    def test_float16_counts_exactly_like_float32_on_the_same_values(self):
         node = gelu_node()
         for size in (512, 2048, 4096):  # 4096 raised OverflowError, the others miscounted
             x = (torch.randn(size, generator=torch.Generator().manual_seed(size)) * 4).half()
@@ -65,7 +66,7 @@ class TestNeurons:
             assert y.dtype == torch.float16 and count == node.last_spike_count
             torch.testing.assert_close(y, reference.half(), rtol=0, atol=0)
 
-    def test_n5_bfloat16_output_within_bfloat16_rounding_of_float32(self):
+    def test_bfloat16_output_within_bfloat16_rounding_of_float32(self):
         node = gelu_node()
         x = (torch.randn(2048, generator=torch.Generator().manual_seed(5)) * 4).bfloat16()
         y = node(x)
@@ -74,7 +75,7 @@ class TestNeurons:
         assert count == node.last_spike_count
         assert float((y.float() - reference).abs().max()) <= float(reference.abs().max()) * 2 ** -8
 
-    def test_n12_requires_grad_input_without_a_surrogate_is_a_clear_error_naming_the_fix(self):
+    def test_requires_grad_input_without_a_surrogate_is_a_clear_error_naming_the_fix(self):
         node = gelu_node()
         node.surrogate_function = None
         with pytest.raises(ValueError, match=r"requires grad.*surrogate_function=.*no_grad"):
@@ -85,13 +86,13 @@ class TestNeurons:
         gelu_node()(x).sum().backward()
         assert torch.allclose(x.grad, torch.func.grad(lambda v: torch.nn.functional.gelu(v).sum())(x.detach()))
 
-    def test_n16_multi_step_sum_overflow_is_named(self):
+    def test_multi_step_sum_overflow_is_named(self):
         node = gelu_node()
         node.step_mode = "m"
         with pytest.raises(ValueError, match="sum over T overflows"):
             node(torch.full((16, 2), 3e38))
 
-    def test_n20_state_dict_carries_domain_and_alpha(self):
+    def test_state_dict_carries_domain_and_alpha(self):
         gelu, tanh = gelu_node(), load_fitted("tanh", "mbe", 4, 16).node()
         tanh.load_state_dict(gelu.state_dict())
         assert tanh.domain == (-16.0, 16.0) and tanh.alpha == gelu.alpha and "alpha=16" in repr(tanh)
@@ -99,14 +100,14 @@ class TestNeurons:
         torch.testing.assert_close(tanh(x), gelu(x), rtol=0, atol=0)
         assert tanh.clamp_count == 0
 
-    def test_n22_fractional_T_is_rejected(self):
+    def test_fractional_T_is_rejected(self):
         with pytest.raises(ValueError, match="T must be a whole number"):
             MBENode([1.0], [1.0], [1.0], weight=[1.0], T=2.5)
         with pytest.raises(TypeError, match="T must be an integer"):
             MBENode([1.0], [1.0], [1.0], weight=[1.0], T="4")
 
     @pytest.mark.parametrize("bias", [float("nan"), float("inf")])
-    def test_n23_non_finite_bias_is_rejected(self, bias):
+    def test_non_finite_bias_is_rejected(self, bias):
         with pytest.raises(ValueError, match="bias must be finite"):
             MBENode([1.0], [1.0], [1.0], weight=[1.0], T=4, bias=bias)
         with pytest.raises(ValueError, match="bias must be finite"):
@@ -114,7 +115,7 @@ class TestNeurons:
 
     @pytest.mark.parametrize("kw", [{"out_scale": float("nan")}, {"out_scale": float("inf")},
                                     {"in_scale": float("inf")}])
-    def test_n24_non_finite_scales_are_rejected(self, kw):
+    def test_non_finite_scales_are_rejected(self, kw):
         with pytest.raises(ValueError, match=f"{next(iter(kw))} must be finite"):
             gelu_node().scaled(**kw)
 
@@ -155,7 +156,7 @@ class TestFitNeuron:
             raise AssertionError("the search started: the bad argument was not caught up front")
         monkeypatch.setattr(routine, "_Search", refuse)
 
-    def test_f1_nan_hitting_a_sample_but_not_the_probe_grid(self):
+    def test_nan_hitting_a_sample_but_not_the_probe_grid(self):
         hit = 100 / 299  # sample 100 of linspace(0, 1, 300)
 
         def spiky(x):
@@ -165,37 +166,37 @@ class TestFitNeuron:
 
     @pytest.mark.parametrize("fn", [lambda x: x.sum(), lambda x: x.sum() + 5, lambda x: x[:, None],
                                     lambda x: x[:10]], ids=["F3 scalar", "F4 scalar+5", "F5 [n,1]", "F6 x[:10]"])
-    def test_f3_f6_wrong_output_shape(self, fn):
+    def test_wrong_output_shape(self, fn):
         with pytest.raises(ValueError, match="must be element-wise.*same shape"):
             fit_neuron(fn, domain=(0, 1), samples=300, budget=40)
 
     @pytest.mark.parametrize("fn", [lambda x: x.numpy(), lambda x: x.tolist()], ids=["numpy", "list"])
-    def test_f7_non_tensor_output(self, fn):
+    def test_non_tensor_output(self, fn):
         with pytest.raises(TypeError, match="must return a torch.Tensor"):
             fit_neuron(fn, domain=(0, 1), samples=300, budget=40)
 
     @pytest.mark.parametrize("domain", [(0, 1, 2), (0,)])
-    def test_f11_domain_of_wrong_length(self, domain):
+    def test_domain_of_wrong_length(self, domain):
         with pytest.raises(ValueError, match="domain must be a pair"):
             fit_neuron(torch.sin, domain=domain, samples=300, budget=40)
 
     @pytest.mark.parametrize("name", ["N", "T", "budget", "restarts"])
     @pytest.mark.parametrize("value, error", [(2.5, ValueError), ("4", TypeError), (True, TypeError)])
-    def test_f15_f16_counts_of_the_wrong_type(self, name, value, error):
+    def test_counts_of_the_wrong_type(self, name, value, error):
         with pytest.raises(error, match=f"{name} must be"):
             fit_neuron("gelu", samples=300, **{"budget": 40, name: value})
 
-    def test_f18_fractional_samples(self):
+    def test_fractional_samples(self):
         with pytest.raises(TypeError, match="samples must be an integer"):
             fit_neuron("gelu", samples=2.5, budget=40)
 
     @pytest.mark.parametrize("dt", [0.0, -1.0, float("nan"), float("inf")])
-    def test_f20_f21_bad_dt(self, dt):
+    def test_bad_dt(self, dt):
         with pytest.raises(ValueError, match="dt must be"):
             fit_neuron("gelu", samples=300, budget=40, dt=dt)
 
     @pytest.mark.parametrize("seed", [-1, 2.0, 10 ** 9])
-    def test_f22_bad_seed(self, seed):
+    def test_bad_seed(self, seed):
         with pytest.raises(ValueError, match="seed must be an integer"):
             fit_neuron("gelu", kind="fs", samples=300, budget=40, seed=seed)
 
@@ -232,7 +233,7 @@ def edited(path: Path, edit) -> Path:
 
 
 class TestFiles:
-    def test_l2_deeply_nested_json(self, tmp_path):
+    def test_deeply_nested_json(self, tmp_path):
         path = tmp_path / "deep.json"
         path.write_text("[" * 100_000 + "]" * 100_000)
         with pytest.raises(FittedNeuronError, match="nested too deeply"):
@@ -242,18 +243,18 @@ class TestFiles:
         lambda d: d.update(format_version=True), lambda d: d.update(N=True), lambda d: d.update(T=True),
         lambda d: d["domain"].__setitem__(0, True), lambda d: d["params"]["gain"].__setitem__(0, True),
         lambda d: d.update(N=4.0)], ids=["format_version", "N", "T", "bound", "gain", "N float"])
-    def test_l4_booleans_are_not_numbers(self, good_file, edit):
+    def test_booleans_are_not_numbers(self, good_file, edit):
         with pytest.raises(FittedNeuronError):
             FittedNeuron.load(edited(good_file, edit))
 
     @pytest.mark.parametrize("key", ["alpha", "dt"])
-    def test_l6_infinite_constants_are_rejected_at_load_naming_the_file(self, good_file, key):
+    def test_infinite_constants_are_rejected_at_load_naming_the_file(self, good_file, key):
         path = good_file.with_name("inf.json")
         path.write_text(good_file.read_text().replace(f'"{key}": ', f'"{key}": Infinity, "x{key}": '))
         with pytest.raises(FittedNeuronError, match=rf"inf.json: .*params.{key} must be a positive finite"):
             FittedNeuron.load(path)
 
-    def test_l7_time_constants_of_the_wrong_type_without_decay(self, good_file):
+    def test_time_constants_of_the_wrong_type_without_decay(self, good_file):
         def edit(d):
             d["params"].update(decay=False, tau_v="abc")
         with pytest.raises(FittedNeuronError, match="params.tau_v must be a list of 4 finite numbers"):
@@ -261,20 +262,20 @@ class TestFiles:
 
     @pytest.mark.parametrize("key, value", [("fit", [1, 2]), ("errors", "abc"), ("errors", None),
                                             ("errors", {"mse": "x"})])
-    def test_l10_fit_and_errors_of_the_wrong_type(self, good_file, key, value):
+    def test_fit_and_errors_of_the_wrong_type(self, good_file, key, value):
         with pytest.raises(FittedNeuronError, match=rf"edited.json: .*{key} must map"):
             FittedNeuron.load(edited(good_file, lambda d: d.update({key: value})))
 
-    def test_l15_unknown_expect_key(self, good_file):
+    def test_unknown_expect_key(self, good_file):
         with pytest.raises(FittedNeuronError, match="expect: unknown field 'color'"):
             FittedNeuron.load(good_file, expect={"color": 1})
 
     @pytest.mark.parametrize("target", ["../../../../x/evil", "gelu/../tanh", "..", "/etc/passwd"])
-    def test_l19_path_traversal(self, target):
+    def test_path_traversal(self, target):
         with pytest.raises(ValueError, match="target must be a plain name"):
             load_fitted(target)
 
-    def test_l20_load_fitted_returns_independent_copies(self):
+    def test_load_fitted_returns_independent_copies(self):
         first = load_fitted("tanh", "mbe", 4, 16)
         first.params["bias"] += 1
         first.params["weight"][0] = 99.0
@@ -283,14 +284,14 @@ class TestFiles:
         y = float(SpikingActivation.tanh(N=4, mode="simulate")(torch.tensor([0.5])))
         assert abs(y - math.tanh(0.5)) <= again.errors["max_abs"]
 
-    def test_l23_save_revalidates_edited_fields(self, tmp_path):
+    def test_save_revalidates_edited_fields(self, tmp_path):
         fitted = load_fitted("gelu", "mbe", 4, 16)
         fitted.N = 3
         with pytest.raises(FittedNeuronError, match="params.gain must be a list of 3"):
             fitted.save(tmp_path / "bad.json")
         assert not list(tmp_path.iterdir())
 
-    def test_l24_failed_write_keeps_the_old_file(self, good_file):
+    def test_failed_write_keeps_the_old_file(self, good_file):
         before = good_file.read_bytes()
         fitted = load_fitted("gelu", "mbe", 8, 16)  # a larger file than the limit below
         old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -352,7 +353,7 @@ def shared_op(cls, mode: str, *args):
 
 
 class TestOperators:
-    def test_o6_activation_gradient_is_the_targets(self):
+    def test_activation_gradient_is_the_targets(self):
         x = torch.randn(6, 7, generator=torch.Generator().manual_seed(6)) * 3
         op = SpikingActivation.gelu(T=8, N=2)
         y, (g,) = grads(op, x)
@@ -360,7 +361,7 @@ class TestOperators:
         torch.testing.assert_close(g, reference)
         assert torch.equal(y.detach(), op(x))  # forward values are the spiking ones
 
-    def test_o6_unregistered_target_needs_a_reference(self):
+    def test_unregistered_target_needs_a_reference(self):
         fitted = copy.deepcopy(load_fitted("tanh", "mbe", 2, 8))
         fitted.target = "my_tanh"
         with pytest.raises(ValueError, match="pass reference="):
@@ -368,14 +369,14 @@ class TestOperators:
         _, (g,) = grads(SpikingActivation(fitted, reference=torch.tanh), torch.zeros(3))
         torch.testing.assert_close(g, torch.arange(3.0).sin())  # tanh'(0) = 1
 
-    def test_o8_very_large_T_in_fast_mode(self):
+    def test_very_large_T_in_fast_mode(self):
         fitted = binary_identity_fit(70)
         with pytest.raises(ValueError, match="T=70; use mode='simulate'"):
             SpikingActivation(fitted)(torch.tensor([0.25]))
         y = SpikingActivation(fitted, mode="simulate")(torch.tensor([0.25, 0.7]))
         torch.testing.assert_close(y, torch.tensor([0.25, 0.7]), rtol=0, atol=2 ** -23)
 
-    def test_o9_edited_neuron_is_not_served_from_a_stale_table(self):
+    def test_edited_neuron_is_not_served_from_a_stale_table(self):
         op = SpikingActivation.gelu(T=8, N=2)
         x = torch.linspace(-5, 5, 101)
         before = op(x)
@@ -386,7 +387,7 @@ class TestOperators:
         torch.testing.assert_close(fast - float(op.node.bias), 2 * (before - float(op.node.bias)), rtol=0, atol=1e-5)
 
     @pytest.mark.parametrize("mode", ["fast", "simulate"])
-    def test_o15_o22_product_and_matmul_gradients_are_the_float_ops(self, mode):
+    def test_product_and_matmul_gradients_are_the_float_ops(self, mode):
         g = torch.Generator().manual_seed(15)
         a, b, m = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(4, 5, generator=g)
         for op, ref, args in ((SpikingProduct(mode=mode, ranges=(4, 4)), torch.mul, (a, b)),
@@ -400,7 +401,7 @@ class TestOperators:
             with torch.no_grad():
                 assert torch.equal(y.detach(), op(*args))
 
-    def test_o33_norm_and_softmax_gradients_include_the_affine_parameters(self):
+    def test_norm_and_softmax_gradients_include_the_affine_parameters(self):
         g = torch.Generator().manual_seed(33)
         ln = nn.LayerNorm(8)
         with torch.no_grad():
@@ -426,11 +427,11 @@ class TestOperators:
         torch.testing.assert_close(gs[[0, 2]], rs[[0, 2]])
 
     @pytest.mark.parametrize("ranges", [(1e-45, 1.0), (1.0, 1e39), (1.0, 2.0 ** 127)])
-    def test_o17_ranges_outside_float32(self, ranges):
+    def test_ranges_outside_float32(self, ranges):
         with pytest.raises(ValueError, match=r"ranges .* must lie in \[2\^-126, 2\^126\]"):
             SpikingProduct(ranges=ranges)
 
-    def test_o18_calibrating_on_empty_batches_only(self):
+    def test_calibrating_on_empty_batches_only(self):
         op = SpikingMatmul()
         op(torch.zeros(0, 3), torch.zeros(3, 2))
         with pytest.raises(RuntimeError, match="saw only empty operands, so no data was observed"):
@@ -438,13 +439,13 @@ class TestOperators:
 
     @pytest.mark.parametrize("mode", ["fast", "simulate"])
     @pytest.mark.parametrize("shape", [(2, 0), (0, 5), (0,)])
-    def test_o24_empty_softmax_rows(self, mode, shape):
+    def test_empty_softmax_rows(self, mode, shape):
         op = shared_op(SpikingSoftmax, mode)
         functional.reset_net(op)
         y = op(torch.zeros(shape))
         assert y.shape == torch.softmax(torch.zeros(shape), -1).shape and op.op_stats().spikes == 0
 
-    def test_o26_c27_softmax_never_exceeds_one(self):
+    def test_softmax_never_exceeds_one(self):
         x = torch.full((4, 64), -30.0)
         x[:, 0] = 30.0  # one-hot rows gave 1.000039
         outputs = [shared_op(SpikingSoftmax, "fast")(x), shared_op(SpikingSoftmax, "simulate")(x)]
@@ -533,7 +534,7 @@ def replace_file(path: Path, content: bytes) -> None:
 
 class TestKernelCache:
     @pytest.mark.slow  # compiles the kernels twice in a fresh interpreter
-    def test_k3_truncated_library_is_rebuilt_or_skipped_never_loaded(self, tmp_path):
+    def test_truncated_library_is_rebuilt_or_skipped_never_loaded(self, tmp_path):
         environment = {**os.environ, "SPIKINGJELLY_MBE_CACHE": str(tmp_path)}
         result = subprocess.run([sys.executable, "-c", KERNEL_RUN], cwd=REPO, env=environment, capture_output=True,
                                 text=True, timeout=600)
@@ -544,7 +545,7 @@ class TestKernelCache:
         assert result.stderr.count("do not match the sha256") == 2 and "eager PyTorch path" in result.stderr
 
     @pytest.mark.parametrize("replacement", ["other file", "fast-math build"])
-    def test_k6_k11_replaced_library_is_detected_and_rebuilt(self, fresh_kernels, tmp_path, replacement, caplog,
+    def test_replaced_library_is_detected_and_rebuilt(self, fresh_kernels, tmp_path, replacement, caplog,
                                                              monkeypatch):
         with monkeypatch.context() as unloaded:  # build without mapping the file into this process
             unloaded.setattr(kernels.ctypes, "CDLL", lambda path: types.SimpleNamespace(
@@ -568,7 +569,7 @@ class TestKernelCache:
         assert len(library.read_bytes()) == len(good)
 
     @pytest.mark.parametrize("blocker", ["kernels is a file", "cache root is a file"])
-    def test_k8_k9_unusable_cache_folder_warns_and_runs_eager(self, fresh_kernels, tmp_path, blocker, monkeypatch,
+    def test_unusable_cache_folder_warns_and_runs_eager(self, fresh_kernels, tmp_path, blocker, monkeypatch,
                                                              caplog):
         root = tmp_path / "cache"
         if blocker == "kernels is a file":
@@ -586,7 +587,7 @@ class TestKernelCache:
         torch.testing.assert_close(y, a * a, rtol=0, atol=1e-4)
 
     @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-    def test_k8_read_only_cache_root(self, fresh_kernels, tmp_path, caplog):
+    def test_read_only_cache_root(self, fresh_kernels, tmp_path, caplog):
         tmp_path.chmod(0o555)
         try:
             with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.kernels"):
@@ -599,7 +600,7 @@ class TestKernelCache:
 # ---------------------------------------------------------------- 5. converted models (ops-side rows C23, C27)
 @pytest.mark.slow
 class TestConvertedModels:
-    def test_c23_converted_bert_gets_straight_through_gradients(self):
+    def test_converted_bert_gets_straight_through_gradients(self):
         from spikingjelly_mbe import convert
         from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
         from spikingjelly_mbe.ops import SpikingWeightInput
@@ -627,7 +628,7 @@ class TestConvertedModels:
                 checked += 1
         assert checked >= 10
 
-    def test_c27_gpt2_forward_has_no_spurious_clamp(self, caplog):
+    def test_gpt2_forward_has_no_spurious_clamp(self, caplog):
         from spikingjelly_mbe import convert
         from spikingjelly_mbe.conversion.zoo import build, make_batch
         ann = build("gpt2", layers=1, hidden=32, heads=4, seed=0)
@@ -649,26 +650,24 @@ class TestConvertedModels:
         ({"input_ids": torch.zeros(2, 4, dtype=torch.long)}, "not a single batch: pass \\[batch\\]"),
         (5, "calib_data must be an iterable of batches"),
     ])
-    def test_c8_c10_calib_data_of_the_wrong_kind(self, calib_data, message):
+    def test_calib_data_of_the_wrong_kind(self, calib_data, message):
         from spikingjelly_mbe import convert
         with pytest.raises(TypeError, match=message):
             convert(nn.Sequential(nn.Linear(8, 8), nn.GELU()), calib_data=calib_data)
 
     @pytest.mark.parametrize("fallback", [False, True])
-    def test_c19_c20_converting_a_converted_model(self, fallback):
+    def test_converting_a_converted_model(self, fallback):
         from spikingjelly_mbe import convert
         model = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
         snn = convert(model, calib_data=[torch.randn(4, 8)])
         with pytest.raises(ValueError, match="already"):
             convert(snn, calib_data=[torch.randn(4, 8)], allow_float_fallback=fallback)
 
-    def test_c3_c7_fx_flag_converts_what_fx_cannot_trace(self):
-        """fx=True used to fail inside torch.fx (CNNs, GPT-2); it is deprecated and takes the default path."""
+    def test_gpt2_that_torch_fx_cannot_trace_converts_fully(self):
         from spikingjelly_mbe import convert
         from spikingjelly_mbe.conversion.zoo import build, make_batch
         ann = build("gpt2", layers=1, hidden=16, heads=2)
-        with pytest.warns(DeprecationWarning, match=r"fx=True\) is deprecated"):
-            snn = convert(ann, calib_data=[make_batch("gpt2", 2, 8)], fx=True)
+        snn = convert(ann, calib_data=[make_batch("gpt2", 2, 8)])
         assert snn.mbe_report.fully_spiking
 
 
@@ -677,11 +676,11 @@ class TestEnergyMeter:
     def model(self, T: int) -> nn.Module:
         return nn.Sequential(nn.Linear(4, 4), SpikingActivation.gelu(T=T, N=4), SpikingProduct(T=T, ranges=(8, 8)))
 
-    def test_r5_meter_at_another_T(self):
+    def test_meter_at_another_T(self):
         with pytest.raises(ValueError, match=r"T=8, but the model's spiking operators run at T=\[16\]"):
             EnergyMeter(self.model(16), 8)
 
-    def test_r6_meter_on_an_unconverted_model(self):
+    def test_meter_on_an_unconverted_model(self):
         with pytest.raises(ValueError, match="no spiking operators.*convert it first"):
             EnergyMeter(nn.Sequential(nn.Linear(4, 4), nn.GELU()), 16)
 
@@ -697,8 +696,8 @@ class TestEnergyMeter:
             model(torch.ones(2, 4))
         assert meter.total().neurons == 8 + 8  # the linear layer's inputs and the activation's
 
-    def test_ops_bench_out_creates_missing_folders(self, tmp_path, benchmark_script):
-        ops_bench = benchmark_script("ops_bench")
+    def test_ops_bench_out_creates_missing_folders(self, tmp_path):
         out = tmp_path / "new" / "deeper"
-        ops_bench.save([], [{"operator": "softmax", "path": "kernel", "ratio": 2.5}], out)
-        assert (out / "speed.md").read_text().count("softmax") == 1 and (out / "speed.png").stat().st_size > 0
+        subprocess.run([sys.executable, str(BENCHMARKS / "ops_bench.py"), "--part", "errors", "--T", "8",
+                        "--split-bits", "3", "--out", str(out)], check=True, capture_output=True)
+        assert "softmax" in (out / "errors.md").read_text() and (out / "errors.png").stat().st_size > 0

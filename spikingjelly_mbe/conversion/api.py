@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import numbers
-import warnings
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
@@ -45,7 +44,7 @@ def integer_like(value: Any) -> Any:
 
 def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable[Batch]] = None,
             mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
-            calibration: Optional[Calibration] = None, fx: bool = False,
+            calibration: Optional[Calibration] = None,
             activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
             ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
             code: str = DEFAULTS.code, budget: Budget = DEFAULTS.budget,
@@ -73,8 +72,7 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     ``True``; :class:`~spikingjelly_mbe.ops.SpikingLayerNorm`).
     Strict by default: a nonlinear operation with
     no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
-    float and lists it. The report is ``converted.mbe_report``. ``fx`` is deprecated (the default
-    path sees through every forward, traceable or not) and ignored. ``method="ecmt"`` converts the
+    float and lists it. The report is ``converted.mbe_report``. ``method="ecmt"`` converts the
     same sites with ECMT's operators (Multi-Threshold neurons, Expectation Compensation; not fully
     spike-driven, run ``T`` times per input; ``ecmt`` sets its ``n``/``percentile``).
     """
@@ -86,9 +84,6 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     if calib_data is not None and not isinstance(calib_data, Iterable):
         raise TypeError(f"calib_data must be an iterable of batches (a list of tensors or of dicts of forward "
                         f"kwargs), got {type(calib_data).__name__}")
-    if fx:
-        warnings.warn("convert(fx=True) is deprecated: conversion intercepts what runs, which needs no torch.fx "
-                      "trace; the default path is used", DeprecationWarning, stacklevel=2)
     calibration = as_calibration(calibration)
     if calib_data is not None:
         calibration = dataclasses.replace(calibration, data=calib_data)

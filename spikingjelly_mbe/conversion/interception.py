@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -206,10 +206,3 @@ class Session(TorchFunctionMode):
             self.mark(out, tag)
         return out
 
-    def operands(self, *values: Any) -> Tuple[int, ...]:
-        return tuple(self.tag_of(v) if isinstance(v, torch.Tensor) else CONST for v in values)
-
-
-def activation_of(value: Any, session: Session) -> bool:
-    """``value`` is a floating tensor carrying activations."""
-    return isinstance(value, torch.Tensor) and value.is_floating_point() and session.tag_of(value) == ACT

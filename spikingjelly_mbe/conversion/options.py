@@ -18,7 +18,7 @@ from .settings import OpSettings
 
 DEFAULTS = OpSettings()
 METHODS = ("mbe", "ecmt")
-ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds; the paper's 99 saturates too little (MiniLM T=8 cosine 0.94)
+ECMT_PERCENTILE = 90.0  # ECMT's MT thresholds (the paper's 99 saturates fewer inputs)
 
 
 class MBERecipeOptions:

@@ -1,13 +1,10 @@
 """Rule overrides by model class: conversion does not need them (it decides by what runs), but a rule
 can say, for module classes of one model family, to rebuild a module before calibration
 (:func:`rebuild_before_calibration`), to replace it after (:func:`replace_after_calibration`), or to
-keep it as it is because its computation is linear (:func:`keep_as_linear`). Public modules of
-``rules/`` (and user code) register them."""
+keep it as it is because its computation is linear (:func:`keep_as_linear`). User code registers
+them with :func:`register`."""
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -48,23 +45,6 @@ def keep_as_linear(note: str = "") -> ModuleRule:
     return ModuleRule(KEEP, None, note)
 
 
-DEPRECATED_VERBS = {"expose": rebuild_before_calibration, "spike": replace_after_calibration, "keep": keep_as_linear}
-
-
-def deprecated_verb(name: str) -> Callable[..., ModuleRule]:
-    """The verb that replaced the bare ``name`` (``expose``/``spike``/``keep``), with a
-    :class:`DeprecationWarning` pointing at the caller's import (called from a module ``__getattr__``)."""
-    new = DEPRECATED_VERBS[name]
-    warnings.warn(f"{name} is deprecated: use {new.__name__} (same arguments)", DeprecationWarning, stacklevel=3)
-    return new
-
-
-def __getattr__(name: str) -> Callable[..., ModuleRule]:
-    if name in DEPRECATED_VERBS:
-        return deprecated_verb(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass(frozen=True)
 class ArchitectureRule:
     """Overrides for a model family: its top-level classes, rules for some of the module classes it
@@ -77,7 +57,6 @@ class ArchitectureRule:
 
 
 _REGISTRY: Dict[type, ArchitectureRule] = {}
-_discovered = False
 
 
 def register(rule: ArchitectureRule) -> ArchitectureRule:
@@ -87,25 +66,13 @@ def register(rule: ArchitectureRule) -> ArchitectureRule:
     return rule
 
 
-def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        from . import rules
-        for info in pkgutil.iter_modules(rules.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{rules.__name__}.{info.name}")
-        _discovered = True
-
-
 def registered() -> List[str]:
     """Names of the model classes that have override rules."""
-    _discover()
     return sorted(cls.__name__ for cls in _REGISTRY)
 
 
 def rule_for(model: nn.Module) -> Optional[ArchitectureRule]:
     """The overrides of the nearest registered class in ``type(model)``'s MRO (``None``: no overrides)."""
-    _discover()
     for cls in type(model).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]

@@ -2,7 +2,7 @@
 weight layers they feed, under the strict and the paper's convention."""
 from .report import (CONVENTIONS, COSTS, E_AC, E_MAC, RATIO_COLUMNS, EnergyMeter, block_of, cost_ratio, energy_ratio,
                      snn_events)
-from .stats import OpStats, collect_stats
+from ..ops.stats import OpStats, collect_stats
 from .synapses import SynapseCounter, ann_macs, input_spikes
 
 __all__ = ["CONVENTIONS", "COSTS", "E_AC", "E_MAC", "EnergyMeter", "OpStats", "RATIO_COLUMNS", "SynapseCounter",

@@ -38,7 +38,7 @@ import torch.nn as nn
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
 from ..ops import MTLinearInput, SpikingWeightInput
-from .stats import OpStats, collect_stats
+from ..ops.stats import OpStats, collect_stats
 from .synapses import WEIGHT_LAYERS, SynapseCounter
 
 COSTS: Dict[str, SimpleEnergyCostConfig] = {"fp32": SimpleEnergyCostConfig.fp32(),

@@ -23,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 from ..ops import flops
 from ..ops.base import working_dtype
 from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
-from .stats import OpStats
+from ..ops.stats import OpStats
 
 WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
 

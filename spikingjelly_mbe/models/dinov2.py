@@ -25,7 +25,7 @@ ONNX_REQUIREMENT = "onnx==1.23.2"
 PREFIX = "backbone."
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# MNIST probe accuracy (seed 0) by input size: 56 -> 91.7 %, 84 -> 94.0 %, 112 -> 95.0 % (17/37/65 tokens).
+# the input side in pixels: 36 tokens of 14x14 patches plus [CLS]
 IMAGE_SIZE = 84
 
 

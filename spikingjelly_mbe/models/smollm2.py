@@ -33,7 +33,7 @@ def _build(folder: Path) -> None:
     model = LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
                                              dtype=torch.float32)
     config = model.config.to_dict()
-    config.pop("quantization_config")  # the weights below are plain float32, no longer GGUF blocks
+    config.pop("quantization_config")  # the weights below are plain float32
     LlamaConfig.from_dict(config).save_pretrained(folder)
     save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
     AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True).save_pretrained(folder)

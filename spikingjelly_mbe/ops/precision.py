@@ -38,13 +38,8 @@ from .coding import MAX_RANGE, MIN_RANGE
 
 AUTO = "auto"
 # the default (``budget='auto'``) relative RMS rounding noise of each kind of calibrated code at T time
-# steps. Measured on the four real models' full held-out sets (python -m experiments.convert
-# experiment=real_table): against 2^-9 of the whole operand's RMS for every code, the weight inputs'
-# schedule (on the typical channel's RMS) takes the whole-model strict energy at T=8 from 0.33-0.42
-# to 0.32-0.37 and keeps T=16's at 0.52-0.56; the language models move closer to their ANNs (SmolLM2
-# +1.55 % -> +1.16 % at T=8, +0.43 % -> +0.05 % at T=16), the encoders by at most 0.3 point (MiniLM
-# T=8 75.6 -> 75.9 against the ANN's 74.4); the operands' 2^-6 at T=8 cost DINOv2 0.6 points, so
-# they keep 2^-9
+# steps: a weight layer's input against its typical channel's RMS, a product's operand against its own
+# RMS (the figures behind the schedule: docs, ``python -m experiments.convert experiment=real_table``)
 AUTO_BUDGETS: Dict[str, Callable[[int], float]] = {
     "weight_input": lambda T: 2.0 ** -(3.5 + 5 * T / 16),
     "operand": lambda T: 2.0 ** -9,
@@ -83,9 +78,8 @@ def covering_range(A: float, step: Optional[float], T: int) -> float:
 
 
 # A channel's range: this multiple of its calibrated maximum (one digit of room). An input beyond its
-# range is coded at a power-of-two shift of it (coding.overflow_shift), so more room only coarsens
-# every step: with two digits (4x), MiniLM's [CLS]/[SEP] rows (alike in every sentence) kept the same
-# rounding error in every sentence at T=8, which attention mixed into every token: a systematic shift.
+# range is coded at a power-of-two shift of it (coding.overflow_shift), so more room would only coarsen
+# every step.
 CHANNEL_HEADROOM = 2.0
 CHANNEL_FLOOR = 2.0 ** -8  # ... and at least this fraction of the operand's range (channels never seen)
 
