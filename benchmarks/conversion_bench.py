@@ -15,7 +15,7 @@ import time
 import torch
 
 from spikingjelly_mbe.conversion import convert
-from spikingjelly_mbe.conversion.settings import OpSettings
+from spikingjelly_mbe.mbe import OpSettings
 from spikingjelly_mbe.ops.base import SpikingOp
 from spikingjelly_mbe.conversion.zoo import FAMILIES, agreement, build, main_output, make_batch
 

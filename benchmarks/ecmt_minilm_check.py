@@ -25,7 +25,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from spikingjelly_mbe.data.reviews import load_reviews
 from spikingjelly_mbe.models.minilm import load_minilm, mean_pool
-from spikingjelly_mbe.ops import ECMTSettings, collect_stats, run_steps
+from spikingjelly_mbe.ecmt import ECMTSettings, run_steps
+from spikingjelly_mbe.ops import collect_stats
 
 NAME = "ecmt_check"
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import plots, sj_recipes  # noqa: E402
-from experiments.config import ConvertJob  # noqa: E402
+from experiments.config import OPERATOR_OPTIONS, ConvertJob  # noqa: E402
 from experiments.convert import build_task  # noqa: E402
 from experiments.evaluation import SJ_METHODS, Conversion, convert_for, evaluate  # noqa: E402
 from experiments.job import CONF_DIR  # noqa: E402
@@ -48,7 +48,7 @@ CONF_MODELS = {"minilm": "minilm", "dinov2": "dinov2", "gpt2-small": "gpt2_small
 QUICK_SAMPLES = {"minilm": 100, "dinov2": 50, "gpt2-small": 512, "smollm2": 512}
 ACCURACY_BAR, PERPLEXITY_BAR = 1.0, 5.0  # points lost, percent increase, at T=16
 ENERGY_COLUMNS = ("energy_strict", "energy_paper", "energy_strict_int8", "energy_strict_ops", "energy_paper_ops")
-TABLE_COLUMNS = ("model", "metric", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents", "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
+TABLE_COLUMNS = ("model", "metric", *OPERATOR_OPTIONS, "T", "ann", "snn", "loss", "meets_bar", *ENERGY_COLUMNS, "firing_rate",
                  "convert_s", "eval_s")
 SJ_COLUMNS = ("model", "method", "route", "T", "ann", "snn", "status", "convert_s", "eval_s")
 
@@ -78,9 +78,7 @@ def measure(name: str, task: EvalTask, c: ConvertJob, Ts: Sequence[int], energy_
         bar = ACCURACY_BAR if task.metric == "accuracy" else PERPLEXITY_BAR
         r = result.row()
         energy = energy_report(name, result.meter, T, out) if T == energy_T and result.meter is not None else {}
-        rows.append({"model": name, "metric": task.metric, "code": k.code.value, "budget": k.budget,
-                     "center_inputs": k.center_inputs, "rectified_activations": k.rectified_activations,
-                     "norm_exponents": k.norm_exponents, "T": T, "ann": round(result.ann, 3),
+        rows.append({"model": name, "metric": task.metric, **k.operator_options(), "T": T, "ann": round(result.ann, 3),
                      "snn": round(result.snn, 3), "loss": round(r["loss"], 3),
                      "meets_bar": r["loss"] <= bar if T == 16 else "", **energy,
                      "convert_s": round(conversion.seconds, 1), "eval_s": round(result.seconds, 1)})

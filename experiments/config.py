@@ -7,6 +7,7 @@ fails at start-up with Hydra's own error naming it. The ``target`` group gets on
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
@@ -14,12 +15,13 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from spikingjelly_mbe.conversion import Calibration, OpSettings
+from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration, ConversionConfig as Options
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
+from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
 from spikingjelly_mbe.ops.coding import CODES
 
-OP_SETTINGS, CALIBRATION = OpSettings(), Calibration()  # the one source of the conversion defaults
+CALIBRATION = Calibration()
 
 
 NeuronKind = Enum("NeuronKind", {name: name for name in KINDS})  # the registered neuron kinds (fitting.KINDS)
@@ -92,15 +94,9 @@ class DataSource(Enum):
     image_folder = "image_folder"
 
 
-class Method(Enum):
-    """How the model is converted: MBE (this package), the ECMT baseline (``convert(method='ecmt')``),
-    or SpikingJelly 2.0's TD-equivalent, STA and SpikeZIP-TF recipes."""
-
-    mbe = "mbe"
-    ecmt = "ecmt"
-    sj_td = "sj_td"
-    sj_sta = "sj_sta"
-    spikezip = "spikezip"
+# How the model is converted: a registered method of ``convert`` (MBE, the ECMT baseline), or
+# SpikingJelly 2.0's TD-equivalent, STA and SpikeZIP-TF recipes.
+Method = Enum("Method", {name: name for name in (*METHODS, "sj_td", "sj_sta", "spikezip")}, module=__name__)
 
 
 class CalibrationMethod(Enum):
@@ -117,8 +113,8 @@ class NeuronConfig:
     """Neuron kind and size; FS ignores ``N``, ``dt`` and ``decay``."""
 
     kind: NeuronKind = NeuronKind.mbe
-    N: int = 4
-    T: int = 16
+    N: int = DEFAULT_N
+    T: int = DEFAULT_T
     dt: float = 1.0
     decay: bool = True
 
@@ -215,32 +211,50 @@ class CalibrationConfig:
     headroom: float = CALIBRATION.headroom
 
 
-@dataclass
-class ConversionConfig:
-    """Arguments of :func:`spikingjelly_mbe.convert`; ``method`` picks the converter (SpikingJelly's
-    recipes use their own T), ``exact_activations`` the ablation with float activations."""
+# the options of ``convert`` whose values Hydra checks against a closed set
+CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode}
+# the operator options every entry point passes beside T, N and activation_N (the result tables' columns)
+OPERATOR_OPTIONS = tuple(f.name for f in dataclasses.fields(METHODS["mbe"]) if f.name not in ("T", "N", "mode",
+                                                                                                 "activation_N"))
 
-    method: Method = Method.mbe
-    T: int = OP_SETTINGS.T
-    N: int = OP_SETTINGS.N
-    activation_N: Optional[int] = OP_SETTINGS.activation_N
-    split_bits: Optional[int] = OP_SETTINGS.split_bits
-    code: OperandCode = OperandCode(OP_SETTINGS.code)
-    budget: Any = OP_SETTINGS.budget  # precision of the calibrated codes: 'auto', a float, or None (T digits of the max)
-    center_inputs: bool = OP_SETTINGS.center_inputs  # weight-layer inputs coded around their channel medians
-    rectified_activations: bool = OP_SETTINGS.rectified_activations  # GELU/SiLU = rectifier + fitted residual
-    norm_exponents: bool = OP_SETTINGS.norm_exponents  # each element a norm codes carries its own exponent
-    mode: OpMode = OpMode(OP_SETTINGS.mode)
-    allow_float_fallback: bool = False
-    exact_activations: bool = False
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
-    def operator_options(self) -> Dict[str, Any]:
-        """The operator options of :func:`spikingjelly_mbe.convert` this config sets, the one list
-        every entry point passes on."""
-        return dict(split_bits=self.split_bits, code=self.code.value, budget=self.budget,
-                    center_inputs=self.center_inputs, rectified_activations=self.rectified_activations,
-                    norm_exponents=self.norm_exponents)
+def _schema_field(f: dataclasses.Field) -> tuple:
+    """``convert``'s option ``f`` as a Hydra schema field: an Enum for a closed set, ``Any`` for the budget."""
+    if f.name in CHOICES:
+        return f.name, CHOICES[f.name], field(default=CHOICES[f.name](f.default))
+    kind = {"budget": Any}.get(f.name, f.type)
+    return f.name, kind, field(default=f.default)
+
+
+def _operator_options(self) -> Dict[str, Any]:
+    """The operator options of :func:`spikingjelly_mbe.convert` this config sets, the one list
+    every entry point passes on."""
+    return {name: _plain(getattr(self, name)) for name in OPERATOR_OPTIONS}
+
+
+def _method_options(self) -> Dict[str, Any]:
+    """``n`` and ``percentile`` and every other option of a method other than MBE (ECMT's), as
+    :func:`spikingjelly_mbe.convert` takes them."""
+    mbe = {f.name for f in dataclasses.fields(METHODS["mbe"])}
+    return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(Options)
+            if f.name not in mbe and f.name not in ("method", "allow_float_fallback")}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+# Arguments of :func:`spikingjelly_mbe.convert`, derived from its ConversionConfig (every option and
+# default written once there); ``method`` may also pick a SpikingJelly recipe (its own T),
+# ``exact_activations`` the ablation with float activations.
+ConversionConfig = dataclasses.make_dataclass(
+    "ConversionConfig", [_schema_field(f) for f in dataclasses.fields(DEFAULTS)] + [
+        ("exact_activations", bool, field(default=False)),
+        ("calibration", CalibrationConfig, field(default_factory=CalibrationConfig))],
+    namespace={"operator_options": _operator_options, "method_options": _method_options,
+               "__doc__": "Arguments of spikingjelly_mbe.convert (its ConversionConfig's fields and defaults), "
+                          "a SpikingJelly recipe by method, and the exact-activations ablation."})
+ConversionConfig.__module__ = __name__
 
 
 @dataclass

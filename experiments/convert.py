@@ -23,14 +23,13 @@ from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_source, make_task
 
 from . import plots
-from .config import ConvertJob, DataSource, ModelSource
+from .config import OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
 from .evaluation import Result, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", "code", "budget", "center_inputs",
-                 "rectified_activations", "norm_exponents", "metric",
+TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", *OPERATOR_OPTIONS, "metric",
                  "ann", "snn", "loss",
                  "agreement", "cosine", "cosine_mean", "fully_spiking", "firing_rate", "energy_strict",
                  "energy_strict_ops", "energy_paper", "energy_paper_ops",
@@ -123,7 +122,7 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
                              k.allow_float_fallback, Calibration(method=k.calibration.method.value,
                                                                  percentile=k.calibration.percentile,
                                                                  headroom=k.calibration.headroom),
-                             k.exact_activations, **k.operator_options())
+                             k.exact_activations, **k.operator_options(), **k.method_options())
     result = evaluate(task, conversion, shard)
     row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group,
                      conversion.fully_spiking)

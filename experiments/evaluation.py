@@ -22,7 +22,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion import Calibration
+from spikingjelly_mbe.conversion import DEFAULTS, Calibration
+from spikingjelly_mbe.conversion.config import method_fields
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
@@ -85,7 +86,7 @@ def on_device(task: EvalTask, device: torch.device) -> EvalTask:
 class Conversion:
     """What ``convert_for`` made: the model to evaluate (``None`` when the recipe failed), its
     timesteps, a status line, whether its spiking operators are metered and whether every
-    operation between the weight layers is spike-driven (``mbe_report.fully_spiking``; ``False``
+    operation between the weight layers is spike-driven (``spiking_report.fully_spiking``; ``False``
     for SpikingJelly's recipes here, which keep float nonlinearities or float values)."""
 
     snn: Optional[nn.Module]
@@ -130,8 +131,9 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
     then swap the activations for their exact targets), ``ecmt`` (the ECMT baseline,
     ``convert(method='ecmt')``) or a SpikingJelly recipe of :data:`SJ_METHODS` at its usual T (failures
     are recorded, not raised). ``options``: the operator options of ``convert`` (``code``, ``budget``,
-    ``split_bits``...; a Hydra job's are ``ConversionConfig.operator_options()``), their defaults when
-    left out."""
+    ``split_bits``...; a Hydra job's are ``ConversionConfig.operator_options()`` and
+    ``method_options()``), their defaults when left out; options at their defaults that ``method``
+    does not use are not passed."""
     began = time.perf_counter()
     if method in SJ_METHODS:
         a = sj_recipes.attempt(SJ_METHODS[method], task.model, task.calib[:1], "model as loaded")
@@ -142,16 +144,19 @@ def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optio
         return Conversion(snn, a.T, a.status, a.seconds, False)
     if method not in MBE_METHODS:
         raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
-    snn = convert(task.model, T=T, N=N, activation_N=activation_N, calib_data=task.calib, mode=mode,
-                  allow_float_fallback=allow_float_fallback, calibration=calibration, method=method, **options)
+    options = dict(T=T, N=N, activation_N=activation_N, mode=mode, **options)
+    own = method_fields(method)
+    options = {k: v for k, v in options.items() if k in own or v != getattr(DEFAULTS, k)}
+    snn = convert(task.model, task.calib, allow_float_fallback=allow_float_fallback, calibration=calibration,
+                  method=method, **options)
     status = "converted"
     if exact:
         replaced = exact_activations(snn)
         if not replaced:
             raise RuntimeError(f"{task.name}: conversion.exact_activations found no spiking activation to replace")
         status = f"converted, {replaced} activations exact (ablation)"
-    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.mbe_report),
-                      snn.mbe_report.fully_spiking and not exact)
+    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.spiking_report),
+                      snn.spiking_report.fully_spiking and not exact)
 
 
 def _fold(records: Sequence[Sums]) -> Sums:

@@ -3,10 +3,14 @@ with Multi-basis Exponential Decay (MBE) neurons, as a SpikingJelly plugin."""
 __version__ = "0.1.0"
 
 from .fitting import FittedNeuron, FittedNeuronError, available, fit_neuron, load_fitted  # noqa: E402
+from .fitting.library import fit_on_first_use  # noqa: E402
 from .neurons import FSNode, MBENode, MultiBasisNode  # noqa: E402
 
 __all__ = ["FSNode", "FittedNeuron", "FittedNeuronError", "MBENode", "MultiBasisNode", "__version__",
            "available", "convert", "fit_neuron", "load_fitted"]
+
+
+fit_on_first_use(fit_neuron)  # loading a fit that is neither shipped nor cached fits it (the top injects the optimiser)
 
 
 def __getattr__(name: str):

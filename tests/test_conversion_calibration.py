@@ -35,9 +35,9 @@ def test_attention_probabilities_get_range_one():
     snn = convert(build("bert"), calibration=Calibration(data=[make_batch("bert", 4)],
                                                          ranges={"*.layer.0.*.context": (2.0, 3.0)}), budget=None)
     ranges = {p: op.ranges for p, op in products(snn).items()}
-    assert ranges["bert.encoder.layer.0.attention.self.mbe_attention.context"] == (2.0, 3.0)
-    assert ranges["bert.encoder.layer.1.attention.self.mbe_attention.context"][0] == 1.0
-    assert ranges["bert.encoder.layer.1.attention.self.mbe_attention.scores"][0] != 1.0
+    assert ranges["bert.encoder.layer.0.attention.self.spiking_attention.context"] == (2.0, 3.0)
+    assert ranges["bert.encoder.layer.1.attention.self.spiking_attention.context"][0] == 1.0
+    assert ranges["bert.encoder.layer.1.attention.self.spiking_attention.scores"][0] != 1.0
 
 
 def test_num_batches_caps_the_data_read():

@@ -3,11 +3,13 @@ import pytest
 import torch
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion.ecmt import TimeStepped
+from spikingjelly_mbe.conversion.method import GENERAL_BUILDERS, GeneralMethod
+from spikingjelly_mbe.conversion.report import UnsupportedNonlinearityError
+from spikingjelly_mbe.conversion.sites import SITE_KINDS
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
-from spikingjelly_mbe.ops.expectation import ExpectationCompensation, ProductCompensation
-from spikingjelly_mbe.ops.multi_threshold import MTLinearInput
+from spikingjelly_mbe.ecmt import ECMTSettings, ExpectationCompensation, MTLinearInput, ProductCompensation, TimeStepped
+from spikingjelly_mbe.mbe import OpSettings
 
 torch.set_num_threads(1)
 
@@ -37,7 +39,8 @@ def test_ecmt_builds_its_operators_at_every_site(bert):
 
 def test_ecmt_report_says_it_is_not_fully_spiking(bert):
     _, snns = bert
-    report = snns[8].mbe_report
+    report = snns[8].spiking_report
+    assert snns[8].mbe_report is report  # the 0.1 name
     assert not report.fully_spiking and report.fallback == []
     assert any("Softmax" in op for op in report.float_operations)
     assert "float by the method" in str(report)
@@ -51,11 +54,16 @@ def test_ecmt_converges_to_the_ann_as_T_grows(bert):
     assert cosines[8] > cosines[2] and cosines[8] >= 0.98
 
 
-def test_ecmt_refuses_the_kv_cache():
+def test_ecmt_cached_forward_equals_the_whole_sequence():
+    """One KV cache per time step: the last token's logits from a cached call equal the uncached ones."""
     ann = build("llama_lm")
-    snn = convert(ann, T=2, calib_data=[make_batch("llama_lm", 2)], method="ecmt")
-    with pytest.raises(ValueError, match="use_cache"):
-        snn(**make_batch("llama_lm", 2), use_cache=True)
+    snn = convert(ann, T=3, calib_data=[make_batch("llama_lm", 2)], method="ecmt")
+    ids = make_batch("llama_lm", 2)["input_ids"][:, :7]
+    with torch.no_grad():
+        whole = snn(input_ids=ids, use_cache=False).logits[:, -1]
+        prefix = snn(input_ids=ids[:, :6], use_cache=True)
+        cached = snn(input_ids=ids[:, 6:], past_key_values=prefix.past_key_values, use_cache=True).logits[:, -1]
+    torch.testing.assert_close(cached, whole, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_method_is_an_error():
@@ -97,3 +105,22 @@ def test_ecmt_recipe_is_convert_with_method_ecmt(bert):
     assert torch.equal(run(snn, batch), run(snns[8], batch))
     with pytest.raises(ValueError, match="percentile"):
         ECMTRecipe(T=8, calibration=calib, percentile=100.0)
+
+
+def test_the_general_site_kinds_are_the_declared_builders_mbe_has_them_and_ecmt_leaves_them_unsupported():
+    assert {kind.needs for kind in SITE_KINDS.values()} - {""} == set(GENERAL_BUILDERS) - {"on_demand"}
+    assert isinstance(OpSettings(), GeneralMethod) and not isinstance(ECMTSettings(), GeneralMethod)
+
+    class Ratio(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.a(x) / (self.b(x).abs() + 1)
+
+    batches = [torch.randn(4, 4, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    with pytest.raises(UnsupportedNonlinearityError, match="div"):
+        convert(Ratio(), calib_data=batches, method="ecmt", T=4)
+    snn = convert(Ratio(), calib_data=batches, method="ecmt", T=4, allow_float_fallback=True)
+    assert any(e.source == "div" for e in snn.spiking_report.fallback)

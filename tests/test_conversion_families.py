@@ -119,7 +119,7 @@ def test_family_converts_strictly_and_matches_the_ann(family, converted):
     out, snn_found = audited(snn, batch)
     assert ann_found, "the audit sees the ANN's nonlinear operations"
     assert snn_found == [], f"float nonlinear operations ran in the converted model: {sorted(set(snn_found))}"
-    assert snn.mbe_report.fully_spiking and snn.mbe_report.replaced
+    assert snn.spiking_report.fully_spiking and snn.spiking_report.replaced
     assert agreement(reference, out)["cosine"] >= 0.999
 
 
@@ -203,10 +203,10 @@ def test_softcap_tanh_is_fitted_on_its_calibrated_range(converted):
     """Gemma 2's final c tanh(x / c) sees |x / c| << 8: its tanh neuron is refitted on a narrow span,
     which is what brings the family above 0.999 (the [-8, 8] fit's error near 0 times c = 30: 0.996)."""
     _, snn = converted("gemma2")
-    softcap = snn.mbe_activation0
+    softcap = snn.spiking_activation0
     lo, hi = softcap.fitted.domain
     assert softcap.fitted.target == "tanh" and -lo == hi <= 2.0
-    note = {e.path: e.note for e in snn.mbe_report.replaced}["mbe_activation0"]
+    note = {e.path: e.note for e in snn.spiking_report.replaced}["spiking_activation0"]
     assert "calibrated input range" in note
 
 
@@ -220,4 +220,4 @@ def test_the_audit_sees_a_float_fallback():
     x = torch.randn(4, 8)
     snn = convert(model, calib_data=[x], allow_float_fallback=True)
     assert audited(snn, torch.randn(4, 8))[1] == ["logcumsumexp"]
-    assert [(e.path, e.source) for e in snn.mbe_report.fallback] == [("3", "logcumsumexp")]
+    assert [(e.path, e.source) for e in snn.spiking_report.fallback] == [("3", "logcumsumexp")]

@@ -76,10 +76,10 @@ def test_llama_grouped_query_attention_and_swiglu():
     batch = make_batch("llama", 4, seq_len=10)
     snn = convert(ann, calib_data=[batch])
     mlp = snn.layers[0].mlp
-    assert isinstance(mlp.mbe_product0, SpikingProduct)  # act(gate(x)) * up(x), a call in LlamaMLP.forward
+    assert isinstance(mlp.spiking_product0, SpikingProduct)  # act(gate(x)) * up(x), a call in LlamaMLP.forward
     assert isinstance(mlp.act_fn, RectifiedActivation)  # SiLU: rectifier + fitted residual
     # RoPE multiplies q and k by cos/sin tables computed from positions alone: constants, no product
-    assert not [p for p, _ in snn.named_modules() if "self_attn.mbe_product" in p]
+    assert not [p for p, _ in snn.named_modules() if "self_attn.spiking_product" in p]
     assert agreement(logits(ann, **batch), logits(snn, **batch))["cosine"] >= 0.999
 
 
@@ -90,11 +90,11 @@ def test_dinov2_swiglu_and_layerscale():
     batch = make_batch("dinov2", 4)
     snn = convert(ann, calib_data=[batch])
     mlp = snn.encoder.layer[0].mlp
-    assert isinstance(mlp.mbe_product0, SpikingProduct)
+    assert isinstance(mlp.spiking_product0, SpikingProduct)
     # HF's N(0, 0.02) initialisation keeps the SiLU inputs small: refitted on their range (test_fidelity.py)
     assert isinstance(mlp.act_fn, SpikingActivation) and mlp.act_fn.fitted.target == "silu"
     # LayerScale multiplies by a parameter: linear, not a site
-    assert not [p for p, _ in snn.named_modules() if "layer_scale" in p and "mbe_" in p]
+    assert not [p for p, _ in snn.named_modules() if "layer_scale" in p and "spiking_" in p]
     assert agreement(logits(ann, **batch), logits(snn, **batch))["cosine"] >= 0.999
 
 

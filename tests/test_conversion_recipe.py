@@ -50,14 +50,14 @@ def test_module_converter_lifecycle_and_report():
     ann = build("bert")
     recipe = MBETransformerRecipe(T=16, N=4, calibration=[make_batch("bert", 4)])
     snn = ModuleConverter(recipe).convert(ann)
-    report = snn.mbe_report
+    report = snn.spiking_report
     assert report is recipe.report and snn.ann2snn_recipe == "mbe_transformer" and snn.time_steps == 16
     replaced = {e.path: e.target for e in report.replaced}
     assert replaced["bert.encoder.layer.0.intermediate.intermediate_act_fn"] == "RectifiedActivation"  # GELU
     assert replaced["bert.encoder.layer.1.output.LayerNorm"] == "SpikingLayerNorm"
     assert replaced["bert.pooler.activation"] == "SpikingActivation"  # pooler tanh
-    assert replaced["bert.encoder.layer.0.attention.self.mbe_attention"] == "SpikingAttention"
-    core = snn.get_submodule("bert.encoder.layer.0.attention.self.mbe_attention")
+    assert replaced["bert.encoder.layer.0.attention.self.spiking_attention"] == "SpikingAttention"
+    core = snn.get_submodule("bert.encoder.layer.0.attention.self.spiking_attention")
     assert isinstance(core.scores, SpikingMatmul) and isinstance(core.context, SpikingMatmul)
     assert isinstance(core.softmax, SpikingSoftmax)
     assert report.fallback == [] and report.fully_spiking
@@ -72,8 +72,8 @@ def test_module_converter_lifecycle_and_report():
 def test_roberta_head_tanh_call_is_spiked():
     """RobertaClassificationHead calls torch.tanh inside its forward: a call-level site."""
     snn = convert(build("roberta"), calib_data=[make_batch("roberta", 4)])
-    assert isinstance(snn.classifier.mbe_activation0, SpikingActivation)
-    assert {e.path: e.source for e in snn.mbe_report.replaced}["classifier.mbe_activation0"] == "tanh"
+    assert isinstance(snn.classifier.spiking_activation0, SpikingActivation)
+    assert {e.path: e.source for e in snn.spiking_report.replaced}["classifier.spiking_activation0"] == "tanh"
 
 
 def test_function_stored_as_attribute_is_spiked():
@@ -84,10 +84,10 @@ def test_function_stored_as_attribute_is_spiked():
         layer.intermediate.intermediate_act_fn = torch.nn.functional.relu
     batch = make_batch("bert", 4)
     snn = convert(ann, calib_data=[batch])
-    relu = snn.bert.encoder.layer[0].intermediate.mbe_activation0
-    assert isinstance(relu, PiecewiseLinear) and snn.mbe_report.fully_spiking
-    assert {e.source for e in snn.mbe_report.replaced if "intermediate" in e.path} == {"relu", "Linear"}
-    assert {e.target for e in snn.mbe_report.replaced if e.source == "Linear"} == {"SpikingWeightInput"}
+    relu = snn.bert.encoder.layer[0].intermediate.spiking_activation0
+    assert isinstance(relu, PiecewiseLinear) and snn.spiking_report.fully_spiking
+    assert {e.source for e in snn.spiking_report.replaced if "intermediate" in e.path} == {"relu", "Linear"}
+    assert {e.target for e in snn.spiking_report.replaced if e.source == "Linear"} == {"SpikingWeightInput"}
     assert agreement(run(ann, batch), run(snn, batch))["cosine"] >= 0.999
 
 
@@ -115,11 +115,11 @@ def test_unsupported_nonlinearity_named_by_path_and_operation():
         convert(ann, calib_data=[make_batch("bert", 2)])
     assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: logcumsumexp" in str(err.value)
     snn = convert(ann, calib_data=[make_batch("bert", 2)], allow_float_fallback=True)
-    fallback = {(e.path, e.source) for e in snn.mbe_report.fallback}
+    fallback = {(e.path, e.source) for e in snn.spiking_report.fallback}
     assert fallback == {(f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn", "logcumsumexp") for i in range(2)}
-    assert not snn.mbe_report.fully_spiking
+    assert not snn.spiking_report.fully_spiking
     # x * logcumsumexp(x) is also a product of two activations: that part is spiked
-    assert isinstance(snn.bert.encoder.layer[0].intermediate.intermediate_act_fn.mbe_product0, SpikingProduct)
+    assert isinstance(snn.bert.encoder.layer[0].intermediate.intermediate_act_fn.spiking_product0, SpikingProduct)
 
 
 def test_unsupported_functional_call_in_a_plain_module():
@@ -135,7 +135,7 @@ def test_unsupported_functional_call_in_a_plain_module():
     with pytest.raises(UnsupportedNonlinearityError, match=r"1: logcumsumexp"):
         convert(model, calib_data=[torch.randn(2, 8)])
     snn = convert(model, calib_data=[torch.randn(2, 8)], allow_float_fallback=True)
-    assert [(e.path, e.source) for e in snn.mbe_report.fallback] == [("1", "logcumsumexp")]
+    assert [(e.path, e.source) for e in snn.spiking_report.fallback] == [("1", "logcumsumexp")]
 
 
 def test_any_module_tree_converts_without_rules():
@@ -167,7 +167,7 @@ def test_base_models_without_heads(family, part):
     ann = getattr(build(family), part)
     batch = make_batch(family, 4)
     snn = convert(ann, calib_data=[batch])
-    assert snn.mbe_report.fallback == [] and type(snn) is type(ann)
+    assert snn.spiking_report.fallback == [] and type(snn) is type(ann)
     assert run(snn, batch).shape == run(ann, batch).shape
 
 
@@ -182,5 +182,5 @@ def test_llm_and_dinov2_heads(cls, config):
     ann = model_cls(model_cls.config_class(**config)).eval()
     batch = make_batch("llama" if "Llama" in cls else "dinov2", 2)
     snn = convert(ann, calib_data=[batch])
-    assert snn.mbe_report.fallback == []
+    assert snn.spiking_report.fallback == []
     assert run(snn, batch).shape == run(ann, batch).shape

@@ -16,9 +16,8 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from spikingjelly_mbe import kernels
 from spikingjelly_mbe.energy.synapses import SynapseCounter
-from spikingjelly_mbe.neurons import MTNode
-from spikingjelly_mbe.ops import ECMTSettings, MTLinearInput, ProductCompensation, run_steps
-from spikingjelly_mbe.ops.ecmt_settings import ACTIVATIONS
+from spikingjelly_mbe.activations import ACTIVATIONS
+from spikingjelly_mbe.ecmt import ECMTSettings, MTLinearInput, MTNode, ProductCompensation, run_steps
 
 torch.set_num_threads(1)
 
@@ -132,10 +131,12 @@ def rms_norm():
 
 
 FUNCTIONS = {  # builder, float reference
-    **{name: (lambda s, name=name: s.activation(name), fn) for name, fn in [
-        ("gelu", lambda x: F.gelu(x)), ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")),
-        ("silu", F.silu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid), ("relu", F.relu),
-        ("quick_gelu", lambda x: x * torch.sigmoid(1.702 * x))]},
+    **{name: (lambda s, name=name, params=params: s.activation(name, params), fn) for name, params, fn in [
+        ("gelu", {}, lambda x: F.gelu(x)), ("gelu_tanh", {}, lambda x: F.gelu(x, approximate="tanh")),
+        ("silu", {}, F.silu), ("tanh", {}, torch.tanh), ("sigmoid", {}, torch.sigmoid), ("relu", {}, F.relu),
+        ("quick_gelu", {}, lambda x: x * torch.sigmoid(1.702 * x)),
+        ("leaky_relu", {"slope": 0.1}, lambda x: torch.where(x > 0, x, 0.1 * x)),
+        ("clamp", {"lo": -1.0, "hi": 2.0}, lambda x: torch.minimum(torch.maximum(x, torch.tensor(-1.0)), torch.tensor(2.0)))]},
     "softmax": (lambda s: s.softmax(-1), lambda x: torch.softmax(x, -1)),
     "layer_norm": (lambda s: s.layer_norm(layer_norm()), lambda x: F.layer_norm(
         x, (8,), layer_norm().weight, layer_norm().bias)),
@@ -329,8 +330,6 @@ def test_run_steps_averages_every_container():
 
 def test_run_steps_refuses_what_it_cannot_average():
     m = Outputs()
-    with pytest.raises(ValueError, match="use_cache=False"):
-        run_steps(m, torch.zeros(2), T=2, use_cache=True)
     with pytest.raises(ValueError, match="differs between steps"):
         run_steps(m, torch.zeros(2), as_="changing_ids", T=2)
     with pytest.raises(TypeError, match="only tensors"):

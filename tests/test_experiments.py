@@ -206,18 +206,22 @@ def test_slurm_launcher_config_composes_with_the_pinned_submitit_plugin(compose_
     assert cfg.hydra.launcher.partition == "cpu" and cfg.hydra.launcher.cpus_per_task == 2
 
 
-def test_a_jobs_operator_options_are_converts_keywords_at_its_defaults_and_overrides_reach_them(compose_app):
-    """``ConversionConfig.operator_options()``, what every entry point passes to ``convert``: each key a
-    keyword of ``spikingjelly_mbe.convert`` with the same default there, and a Hydra override arrives."""
-    import inspect
+def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_reach_them(compose_app):
+    """The Hydra schema of ``conversion`` is ``convert``'s ConversionConfig: every option with the same
+    default; ``operator_options()`` and ``method_options()``, what every entry point passes to ``convert``,
+    carry the options beside T, N and activation_N, and a Hydra override arrives."""
+    import dataclasses
 
     from omegaconf import OmegaConf
 
-    from spikingjelly_mbe import convert
-    params = inspect.signature(convert).parameters
-    default = OmegaConf.to_object(compose_app(config="convert").conversion).operator_options()
+    from spikingjelly_mbe.conversion import DEFAULTS
+    job = OmegaConf.to_object(compose_app(config="convert").conversion)
+    for f in dataclasses.fields(DEFAULTS):
+        value = getattr(job, f.name)
+        assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
+    default = job.operator_options()
     assert set(default) == {"split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents"}
-    assert {k: params[k].default for k in default} == default
+    assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",
                                              "conversion.norm_exponents=false", config="convert").conversion)
     assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,

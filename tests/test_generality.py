@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion.report import UnsupportedNonlinearityError
 from spikingjelly_mbe.fitting import library
+from spikingjelly_mbe.fitting.routine import fit_neuron
 from spikingjelly_mbe.ops import (FittedOnDemand, SpikingActivation, SpikingEinsum, SpikingGroupNorm, SpikingMatmul,
                                   SpikingRoot, collect_stats)
 from spikingjelly_mbe.ops.on_demand import TailedActivation, linear_tails
@@ -127,8 +128,8 @@ def test_arithmetic_of_activations_converts_strictly_and_spikes():
     snn = convert(ann, T=16, calib_data=batches)
     assert snn.mbe_report.fully_spiking
     sites = {e.path.rpartition(".")[2].rstrip("0123456789") for e in snn.mbe_report.replaced}
-    assert {"mbe_quotient", "mbe_rdivide", "mbe_sqrt", "mbe_rsqrt", "mbe_reciprocal", "mbe_power", "mbe_vector_norm",
-            "mbe_add_matmul", "mbe_einsum", "mbe_group_norm", "mbe_instance_norm"} <= sites
+    assert {"spiking_quotient", "spiking_rdivide", "spiking_sqrt", "spiking_rsqrt", "spiking_reciprocal", "spiking_power", "spiking_vector_norm",
+            "spiking_add_matmul", "spiking_einsum", "spiking_group_norm", "spiking_instance_norm"} <= sites
     replaced = {e.path: e.target for e in snn.mbe_report.replaced}
     assert replaced["gn"] == replaced["inorm"] == replaced["bn"] == "SpikingGroupNorm"  # module catalog entries
     x = torch.randn(2, 6, 8, generator=g)
@@ -151,7 +152,7 @@ def test_a_constant_over_an_activation_is_a_spiking_reciprocal():
     x = torch.randn(8, 4, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(snn(x), model(x), rtol=2e-3, atol=2e-3)
-    assert any(e.path.endswith("mbe_rdivide0") for e in snn.mbe_report.replaced)
+    assert any(e.path.endswith("spiking_rdivide0") for e in snn.mbe_report.replaced)
 
 
 # ---- element-wise functions fitted on demand --------------------------------------------------
@@ -176,8 +177,7 @@ class UserMish(nn.Module):
 def test_user_functions_convert_with_no_table_entry_and_their_fits_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
     fits = []
-    original = library.fit_neuron
-    monkeypatch.setattr(library, "fit_neuron", lambda *a, **k: fits.append(a[0].name) or original(*a, **k))
+    monkeypatch.setattr(library, "_fitter", [lambda *a, **k: fits.append(a[0].name) or fit_neuron(*a, **k)])
     g = torch.Generator().manual_seed(6)
     torch.manual_seed(0)
     model = nn.Sequential(SinTimesX(), nn.Linear(8, 8), UserMish()).eval()

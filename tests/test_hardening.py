@@ -169,7 +169,7 @@ def test_a_fit_cache_entry_that_cannot_be_written_is_refused_before_fitting(tmp_
     monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
     (tmp_path / "fits" / "tanh-mbe-N1-T9.json").mkdir(parents=True)
     library._load.cache_clear()
-    monkeypatch.setattr(library, "fit_neuron", lambda *a, **k: pytest.fail("fitted although the result cannot be saved"))
+    monkeypatch.setattr(library, "_fitter", [lambda *a, **k: pytest.fail("fitted although the result cannot be saved")])
     with pytest.raises(CacheDirError, match=r"cache entry .*tanh-mbe-N1-T9.json exists and is not a file \(a folder\?\): "
                                             r"remove it, or set \$SPIKINGJELLY_MBE_CACHE"):
         library.load_fitted("tanh", N=1, T=9)

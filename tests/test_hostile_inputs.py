@@ -668,7 +668,7 @@ class TestConvertedModels:
         from spikingjelly_mbe.conversion.zoo import build, make_batch
         ann = build("gpt2", layers=1, hidden=16, heads=2)
         snn = convert(ann, calib_data=[make_batch("gpt2", 2, 8)])
-        assert snn.mbe_report.fully_spiking
+        assert snn.spiking_report.fully_spiking
 
 
 # ---------------------------------------------------------------- 6. EnergyMeter and the benchmark's --out
@@ -701,3 +701,66 @@ class TestEnergyMeter:
         subprocess.run([sys.executable, str(BENCHMARKS / "ops_bench.py"), "--part", "errors", "--T", "8",
                         "--split-bits", "3", "--out", str(out)], check=True, capture_output=True)
         assert "softmax" in (out / "errors.md").read_text() and (out / "errors.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------- 7. ECMT conversions
+class TestECMTConversion:
+    @staticmethod
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8)), [torch.randn(4, 8)]
+
+    def test_T_given_twice_differently_is_an_error_naming_T(self):
+        from spikingjelly_mbe import convert
+        from spikingjelly_mbe.ecmt import ECMTSettings
+        ann, calib = self.mlp()
+        with pytest.raises(ValueError, match="T is given twice"):
+            convert(ann, calib, T=16, method="ecmt", ecmt=ECMTSettings(T=4))
+        assert convert(ann, calib, ecmt=ECMTSettings(T=4)).T == 4  # one source: the settings' T
+        assert convert(ann, calib, T=4, ecmt=ECMTSettings(T=4)).T == 4
+        with pytest.raises(ValueError, match="method='mbe'"):
+            convert(ann, calib, method="mbe", ecmt=ECMTSettings(T=4))
+
+    @pytest.mark.parametrize("option, value", [("code", "ternary"), ("N", 0), ("budget", -1.0), ("split_bits", 2),
+                                               ("center_inputs", False), ("activation_N", 4)])
+    def test_an_option_ecmt_does_not_use_raises_naming_it(self, option, value):
+        from spikingjelly_mbe import convert
+        ann, calib = self.mlp()
+        with pytest.raises(ValueError, match=f"method='ecmt' does not use {option}"):
+            convert(ann, calib, method="ecmt", **{option: value})
+
+    @pytest.mark.parametrize("option, value", [("n", 4), ("percentile", 99.0)])
+    def test_an_option_mbe_does_not_use_raises_naming_it(self, option, value):
+        from spikingjelly_mbe import convert
+        ann, calib = self.mlp()
+        with pytest.raises(ValueError, match=f"method='mbe' does not use {option}"):
+            convert(ann, calib, **{option: value})
+
+    def test_generate_on_an_ecmt_causal_lm_works_with_and_without_the_kv_cache(self):
+        """Greedy generation gives the tokens of a loop over the whole sequence, cached or not."""
+        from spikingjelly_mbe import convert
+        from spikingjelly_mbe.conversion.zoo import build, make_batch
+        ann = build("llama_lm", layers=1, hidden=16, heads=2)
+        snn = convert(ann, [make_batch("llama_lm", 2, 8)], T=2, method="ecmt")
+        ids = make_batch("llama_lm", 2, 6, seed=3)["input_ids"]
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            loop = ids
+            for _ in range(3):
+                logits = snn(input_ids=loop, attention_mask=torch.ones_like(loop)).logits
+                loop = torch.cat([loop, logits[:, -1].argmax(-1, keepdim=True)], 1)
+            for use_cache in (False, True):
+                out = snn.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, use_cache=use_cache,
+                                   pad_token_id=0)
+                assert torch.equal(out, loop), use_cache
+
+    def test_a_cache_filled_outside_the_stepped_network_is_refused_naming_the_fix(self):
+        from spikingjelly_mbe import convert
+        from spikingjelly_mbe.conversion.zoo import build, make_batch
+        ann = build("llama_lm", layers=1, hidden=16, heads=2)
+        snn = convert(ann, [make_batch("llama_lm", 2, 8)], T=2, method="ecmt")
+        ids = make_batch("llama_lm", 2, 6, seed=3)["input_ids"]
+        with torch.no_grad():
+            cache = ann(input_ids=ids, use_cache=True).past_key_values
+            with pytest.raises(NotImplementedError, match="use_cache=False"):
+                snn(input_ids=ids[:, :1], past_key_values=cache, use_cache=True)

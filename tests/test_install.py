@@ -30,7 +30,7 @@ model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Li
 x = torch.randn(32, 8)
 snn = convert(model, T=16, calib_data=[x])
 with torch.no_grad():
-    print(snn.mbe_report.fully_spiking, float((snn(x) - model(x)).abs().max() / model(x).abs().max()))
+    print(snn.spiking_report.fully_spiking, float((snn(x) - model(x)).abs().max() / model(x).abs().max()))
 """
 
 

@@ -6,9 +6,13 @@ from pathlib import Path
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spikingjelly_mbe"
-# lower number = lower layer; a module may import its own layer and the layers below it
-LAYERS = {"cache": 0, "neurons": 0, "kernels": 0, "data": 0, "fitting": 1, "models": 1, "ops": 2, "energy": 3,
-          "conversion": 4}
+# lower number = lower layer; a module may import its own layer and the layers below it. The methods
+# (mbe, ecmt: each its settings and operator factory, ECMT its neuron and operators too) sit below the
+# method-neutral conversion engine, which names them in one registration (conversion/method.py).
+LAYERS = {"cache": 0, "neurons": 0, "kernels": 0, "data": 0, "activations": 0, "fitting": 1, "models": 1, "ops": 2,
+          "energy": 3, "mbe": 4, "ecmt": 4, "conversion": 5}
+METHODS = ("mbe", "ecmt")
+REGISTRATION = PACKAGE / "conversion" / "method.py"
 
 
 def layer_of(module: str) -> str:
@@ -17,12 +21,25 @@ def layer_of(module: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+def runtime_nodes(tree: ast.AST) -> list:
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for annotations only)."""
+    nodes, stack = [], [tree]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
 def imports(path: Path) -> list:
     """Absolute names of the spikingjelly_mbe modules a source file imports (relative imports resolved)."""
     module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in runtime_nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -55,9 +72,36 @@ def test_no_import_from_a_higher_layer():
     assert violations == []
 
 
+def test_methods_are_apart_and_the_engine_names_them_once():
+    """No method imports another, and in the conversion engine only the registration imports a method."""
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = layer_of(".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts))
+        for name in imports(path):
+            there = layer_of(name)
+            if there in METHODS and here != there and (here in METHODS or here == "conversion" and path != REGISTRATION):
+                violations.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert violations == []
+
+
+def test_loading_fits_never_imports_the_fitting_optimiser():
+    """Operators, methods and conversion load fits (``fitting.library``) without importing the optimiser
+    (``fitting.routine``, re-exported by the ``fitting`` package); the package root injects it for fits
+    on first use. The loader takes the cache folder from the bottom layer, not from ``data``."""
+    optimiser = {"spikingjelly_mbe.fitting", "spikingjelly_mbe.fitting.routine"}
+    allowed = {PACKAGE / "__init__.py", PACKAGE / "fitting" / "__init__.py", PACKAGE / "fitting" / "build_library.py"}
+    violations = [f"{path.relative_to(PACKAGE)} imports {name}" for path in sorted(PACKAGE.rglob("*.py"))
+                  if path not in allowed for name in imports(path) if name in optimiser]
+    violations += [f"fitting/{path.name} imports {name}" for path in sorted((PACKAGE / "fitting").glob("*.py"))
+                   for name in imports(path) if layer_of(name) == "data"]
+    assert violations == []
+
+
 def test_low_layers_do_not_load_heavy_packages():
-    """``import spikingjelly_mbe.ops`` (and the layers below) loads neither transformers nor timm."""
-    code = ("import sys, spikingjelly_mbe.neurons, spikingjelly_mbe.fitting, spikingjelly_mbe.ops; "
+    """``import spikingjelly_mbe.ops`` (and the layers below), the energy report and the methods load
+    neither transformers nor timm."""
+    code = ("import sys, spikingjelly_mbe.neurons, spikingjelly_mbe.fitting, spikingjelly_mbe.ops, "
+            "spikingjelly_mbe.energy, spikingjelly_mbe.mbe, spikingjelly_mbe.ecmt; "
             "print(sorted(m for m in ('transformers', 'timm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", f"the low layers load {out}"

@@ -56,7 +56,7 @@ def test_moe_lm_routes_tokens_to_the_anns_experts_and_charges_per_routed_token()
     snn = convert(ann, T=16, calib_data=[make_batch("qwen2_moe", 4, seed=s) for s in (1, 2)])
     routing = [r for r in snn.mbe_report.site_errors if r.selection_agreement is not None]
     assert len(routing) == 2 and all(r.selection_agreement == 1.0 for r in routing)
-    assert "routing: model.layers.0.mlp.gate.mbe_topk0: SpikingTopK" in str(snn.mbe_report)
+    assert "routing: model.layers.0.mlp.gate.spiking_topk0: SpikingTopK" in str(snn.mbe_report)
 
     batch = make_batch("qwen2_moe", 4, seed=9)
     seen = {}
@@ -77,7 +77,7 @@ def test_moe_lm_routes_tokens_to_the_anns_experts_and_charges_per_routed_token()
     assert clear.sum() > 0
     assert torch.equal(ann_index.sort(-1).values[clear], snn_index.sort(-1).values[clear])
 
-    core = snn.model.layers[0].mlp.experts.mbe_experts
+    core = snn.model.layers[0].mlp.experts.spiking_experts
     assert isinstance(core, SpikingExperts)
     routed = snn_index.numel()  # tokens x k of the same batch: each (token, expert) pair codes the token once
     hidden = ann.config.hidden_size

@@ -16,7 +16,7 @@ from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.energy.report import E_AC, E_MAC
 from spikingjelly_mbe.ops import PiecewiseLinear, SpikingMatmul, SpikingProduct, SpikingWeightInput
 from spikingjelly_mbe.ops.coding import CODES
-from spikingjelly_mbe.conversion.settings import OpSettings
+from spikingjelly_mbe.mbe import OpSettings
 from spikingjelly_mbe.ops.precision import AUTO, budget_step, check_budget, covering_range, resolve_budget
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""One-call conversion: ``spikingjelly_mbe.convert(model, T=16, calib_data=...)``."""
+"""One-call conversion: ``spikingjelly_mbe.convert(model, calib_data, T=16, ...)``."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConverter
 
-from ..ops.ecmt_settings import ECMTSettings
-from ..ops.precision import Budget
+from ..ops.base import MODES, set_on_ops
 from .calibration import Batch, Calibration, as_calibration
-from .options import DEFAULTS
-from .recipe import MBETransformerRecipe
+from .config import ConversionConfig
+from .method import SpikingMethod
+from .recipe import SpikingRecipe
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
+INTEGER_OPTIONS = ("T", "N", "activation_N", "split_bits", "n")  # a NumPy or torch integer scalar becomes an int
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -42,42 +43,33 @@ def integer_like(value: Any) -> Any:
     return value
 
 
-def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable[Batch]] = None,
-            mode: str = DEFAULTS.mode, allow_float_fallback: bool = False, *, N: int = DEFAULTS.N,
-            calibration: Optional[Calibration] = None,
-            activation_N: Optional[int] = DEFAULTS.activation_N, method: str = "mbe",
-            ecmt: Optional[ECMTSettings] = None, split_bits: Optional[int] = DEFAULTS.split_bits,
-            code: str = DEFAULTS.code, budget: Budget = DEFAULTS.budget,
-            center_inputs: bool = DEFAULTS.center_inputs,
-            rectified_activations: bool = DEFAULTS.rectified_activations,
-            norm_exponents: bool = DEFAULTS.norm_exponents) -> nn.Module:
-    """A new spiking model computing ``model``'s function with MBE operators; ``model`` is untouched.
+def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, config: Optional[ConversionConfig] = None,
+            *, calibration: Optional[Calibration] = None, ecmt: Optional[SpikingMethod] = None,
+            **overrides: Any) -> nn.Module:
+    """A new spiking model computing ``model``'s function with spiking operators; ``model`` is untouched.
 
     ``calib_data``: a few unlabeled batches (tensors or dicts of forward kwargs): the model runs on
     them so conversion sees every nonlinear operation it computes, and they set the product ranges
     (Eq. 9); ``calibration`` sets method/percentile/explicit ranges (its ``data`` is replaced by
-    ``calib_data`` when given). ``activation_N``: bases of the fitted activations (default 8,
-    ``None`` means ``N``; see :class:`OpSettings`); ``split_bits``: Softmax/norm digits moved into a
-    table (default ``min(3, T - 1)``); ``code``: the digit code of every spike-coded operand,
-    ``'binary'`` (MBE_Id, Eq. 9) or ``'signed'`` (signed digits: the same values, fewer spikes; see
-    :data:`~spikingjelly_mbe.ops.coding.CODES`); ``budget``: the precision of every calibrated code
-    (the weight layers' inputs and the products' operands), whose rounding noise is ``budget`` of
-    the operand's RMS on the calibration batches (default ``'auto'``: ``2**-(3.5 + 5T/16)`` of a weight
-    layer's typical input channel, ``2**-9`` of a product's operand; ``None``: ``T`` digits of
-    its maximum; :mod:`~spikingjelly_mbe.ops.precision`); ``center_inputs``: code each weight layer's
-    input channels around their calibrated medians, carried by the bias (default ``True``;
-    :class:`~spikingjelly_mbe.ops.SpikingWeightInput`); ``rectified_activations``: GELU and SiLU as an
-    exact rectifier plus a fitted residual (default ``True``; :class:`~spikingjelly_mbe.ops.RectifiedActivation`);
-    ``norm_exponents``: every element a LayerNorm/RMSNorm codes carries its own exponent (default
-    ``True``; :class:`~spikingjelly_mbe.ops.SpikingLayerNorm`).
-    Strict by default: a nonlinear operation with
-    no spiking operator raises, naming its module path; ``allow_float_fallback=True`` keeps it in
-    float and lists it. The report is ``converted.mbe_report``. ``method="ecmt"`` converts the
-    same sites with ECMT's operators (Multi-Threshold neurons, Expectation Compensation; not fully
-    spike-driven, run ``T`` times per input; ``ecmt`` sets its ``n``/``percentile``).
+    ``calib_data`` when given). ``config``: a :data:`~spikingjelly_mbe.conversion.ConversionConfig`
+    (default: every option at its default); ``overrides``: any of its options by name, e.g.
+    ``T=8``, ``code='binary'``, ``method='ecmt'``. The options and their meaning:
+
+    * ``method``: ``'mbe'`` (this project's fully spike-driven operators,
+      :class:`~spikingjelly_mbe.mbe.OpSettings`) or ``'ecmt'`` (the peer method: Multi-Threshold
+      neurons and Expectation Compensation, not fully spike-driven, run ``T`` times per input;
+      :class:`~spikingjelly_mbe.ecmt.ECMTSettings`, which ``ecmt=`` may give whole);
+    * ``T``, ``mode`` (``'fast'`` or ``'simulate'``, the same semantics), ``allow_float_fallback``:
+      strict by default, a nonlinear operation with no spiking operator raises naming its module
+      path; ``True`` keeps it in float and lists it;
+    * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``budget``, ``center_inputs``,
+      ``rectified_activations``, ``norm_exponents`` (see :class:`~spikingjelly_mbe.mbe.OpSettings`);
+      ECMT's ``n`` and ``percentile``. An option the chosen method does not use raises.
+
+    The report is ``converted.spiking_report`` (also ``converted.mbe_report``).
     """
     model = unwrap_model(model)
-    T, N, activation_N, split_bits = (integer_like(v) for v in (T, N, activation_N, split_bits))
+    overrides = {k: integer_like(v) if k in INTEGER_OPTIONS else v for k, v in overrides.items()}
     if isinstance(calib_data, (torch.Tensor, Mapping)):
         raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
                         f"(got one {type(calib_data).__name__})")
@@ -87,9 +79,10 @@ def convert(model: nn.Module, T: int = DEFAULTS.T, calib_data: Optional[Iterable
     calibration = as_calibration(calibration)
     if calib_data is not None:
         calibration = dataclasses.replace(calibration, data=calib_data)
-    recipe = MBETransformerRecipe(T=T, N=N, calibration=calibration, mode=mode,
-                                  allow_float_fallback=allow_float_fallback, activation_N=activation_N,
-                                  method=method, ecmt=ecmt, split_bits=split_bits, code=code, budget=budget,
-                                  center_inputs=center_inputs, rectified_activations=rectified_activations,
-                                  norm_exponents=norm_exponents)
+    recipe = SpikingRecipe(calibration, config, method_settings=ecmt, **overrides)
     return ModuleConverter(recipe).convert(model)
+
+
+def set_mode(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every spiking operator of ``model`` to ``'fast'`` or ``'simulate'`` (same semantics)."""
+    return set_on_ops(model, "mode", mode, MODES)

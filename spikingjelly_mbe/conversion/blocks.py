@@ -1,5 +1,5 @@
-"""Spiking building blocks assembled from the operators: attention core, multi-head attention,
-rescaled activations and channels-first norms. Each is opaque to the run-time interception (its
+"""Spiking building blocks assembled from a method's operators: the attention core and multi-head
+attention. Each is opaque to the run-time interception (its
 internal float calls are the operators' own arithmetic, not the model's)."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..activations import ACTIVATIONS
 from ..ops import SpikingMatmul
-from .settings import OpSettings
+from .method import SpikingMethod
 
 
 def attention_bias(mask: Optional[torch.Tensor], is_causal: bool, scores: torch.Tensor) -> Optional[torch.Tensor]:
@@ -45,7 +46,7 @@ class SpikingAttention(nn.Module):
 
     mbe_opaque = True
 
-    def __init__(self, settings: OpSettings) -> None:
+    def __init__(self, settings: SpikingMethod) -> None:
         super().__init__()
         self.settings = settings
         self.scores = settings.matmul()
@@ -74,7 +75,7 @@ class SpikingAttention(nn.Module):
         scores = self.scores(query * scale, key.transpose(-2, -1))
         if softcap:
             if self.softcap is None:
-                self.softcap = self.settings.tanh().to(scores.device)
+                self.softcap = self.settings.activation(ACTIVATIONS["tanh"], {}).to(scores.device)
             scores = self.softcap(scores / softcap) * softcap
         if bias is not None:
             scores = scores + bias
@@ -138,108 +139,3 @@ def _merge_masks(attn_mask: Optional[torch.Tensor], key_padding_mask: Optional[t
         pad = additive(key_padding_mask).reshape(B, 1, 1, S)
         bias = pad if bias is None else bias + pad
     return bias
-
-
-class Rescaled(nn.Module):
-    """``op(g x) / g``: an activation with an input gain and its inverse as the output weight
-    (QuickGELU ``x sigmoid(1.702 x)`` is ``silu(1.702 x) / 1.702``)."""
-
-    mbe_opaque = True
-
-    def __init__(self, op: nn.Module, gain: float) -> None:
-        super().__init__()
-        self.op, self.gain = op, float(gain)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x * self.gain) / self.gain
-
-    def extra_repr(self) -> str:
-        return f"gain={self.gain:g}"
-
-
-class ChannelsLast(nn.Module):
-    """A trailing-dimension operator applied over dimension 1 (channels-first ``LayerNorm2d``)."""
-
-    mbe_opaque = True
-
-    def __init__(self, op: nn.Module) -> None:
-        super().__init__()
-        self.op = op
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x.movedim(1, -1)).movedim(-1, 1)
-
-
-class Quotient(nn.Module):
-    """``a / b`` of two activations: the spiking product of ``a`` and ``1/b`` (the IEEE-754 split's
-    reciprocal neuron, :class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
-
-    mbe_opaque = True
-
-    def __init__(self, settings: OpSettings) -> None:
-        super().__init__()
-        self.reciprocal, self.product = settings.root(-1.0), settings.product()
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.product(a, self.reciprocal(b))
-
-
-class Power(nn.Module):
-    """``x^p`` for an integer or half-integer ``p`` (``|p| <= MAX_POWER``): ``y = 1/x`` for ``p < 0``
-    (else ``x``), then ``y^n`` for the integer part by spiking products and, for a half, one more
-    product with ``sqrt(y)`` (the IEEE-754 split, :class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
-
-    mbe_opaque = True
-    MAX_POWER = 8
-
-    def __init__(self, settings: OpSettings, power: float) -> None:
-        super().__init__()
-        if not is_power(power):
-            raise ValueError(f"Power: p must be an integer or half-integer in [-{self.MAX_POWER}, {self.MAX_POWER}] "
-                             f"other than 0, 1, got {power!r}")
-        self.power = float(power)
-        magnitude = abs(self.power)
-        self.whole, self.half = int(magnitude), magnitude % 1 == 0.5
-        self.reciprocal = settings.root(-1.0) if self.power < 0 else None
-        self.root = settings.root(0.5) if self.half else None
-        factors = self.whole + self.half
-        self.products = nn.ModuleList(settings.product() for _ in range(factors - 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.reciprocal(x) if self.reciprocal is not None else x
-        factors = [y] * self.whole + ([self.root(y)] if self.root is not None else [])
-        out = factors[0]
-        for product, factor in zip(self.products, factors[1:]):
-            out = product(out, factor)
-        return out
-
-    def extra_repr(self) -> str:
-        return f"power={self.power:g}"
-
-
-def is_power(p: object) -> bool:
-    """``p`` is an integer or half-integer exponent :class:`Power` builds (not 0 or 1: constant, linear)."""
-    return isinstance(p, (int, float)) and not isinstance(p, bool) and float(2 * p).is_integer() \
-        and abs(p) <= Power.MAX_POWER and p not in (0, 1)
-
-
-class VectorNorm(nn.Module):
-    """``sqrt(sum x^2)`` over ``dim``: the square by the spiking product, the sum a synaptic
-    accumulation, the square root from the IEEE-754 split (:class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
-
-    mbe_opaque = True
-
-    def __init__(self, settings: OpSettings, dim: Optional[Tuple[int, ...]], keepdim: bool) -> None:
-        super().__init__()
-        self.dim, self.keepdim = dim, bool(keepdim)
-        self.square, self.root = settings.product(), settings.root(0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squares = self.square(x, x)
-        total = squares.sum() if self.dim is None else squares.sum(self.dim, keepdim=self.keepdim)
-        if self.dim is None and self.keepdim:
-            total = total.reshape((1,) * x.dim())
-        return self.root(total)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, keepdim={self.keepdim}"

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.observer import CALIBRATION_BATCH, ISOLATED, Extreme
+from ..ops.base import Calibrated
 
 Batch = Union[torch.Tensor, Mapping[str, Any]]
 # the targets of a model's loss (a Hugging Face dataset batch carries them): the loss is not part of the function
@@ -35,7 +36,7 @@ class Calibration:
     ``headroom`` multiplies the observed range, leaving room for values beyond what the batches
     reached (coded at a coarser power-of-two step otherwise) at the cost of ``log2(headroom)`` of the ``T`` bits. ``num_batches``
     caps how many batches are used. ``ranges`` maps glob patterns over operator paths
-    (``'*.mbe_attention.scores'``, ``'*'``) to explicit ``(A1, A2)`` (a rectifier takes ``A1``);
+    (``'*.spiking_attention.scores'``, ``'*'``) to explicit ``(A1, A2)`` (a rectifier takes ``A1``);
     those replace the observed ranges. Conversion runs the model on the batches to see what it
     computes, so at least one batch is needed even when every range is explicit.
     """
@@ -130,7 +131,7 @@ def positions_of(batch: Batch) -> int:
 
 def pending(model: nn.Module) -> Dict[str, nn.Module]:
     """Operators still calibrating (recording operand ranges, computing in float), by path."""
-    return {path: m for path, m in model.named_modules() if getattr(m, "calibrating", False)}
+    return {path: m for path, m in model.named_modules() if isinstance(m, Calibrated) and m.calibrating}
 
 
 def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch.device] = None) -> int:
@@ -169,11 +170,11 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     percentile = None if calibration.method == "max" else calibration.percentile
     observed = set()
     for path, op in pending(model).items():
-        if getattr(op, "idle", False):
+        if op.idle:
             continue  # a weight layer its parent never called (it reads the weights): the recipe restores it
         pair = calibration.explicit_range(path)
         if pair is not None:
-            wanted = getattr(op, "operands", len(pair))
+            wanted = op.operands
             op.set_ranges(pair[:wanted] if len(pair) >= wanted else pair)
             continue
         try:

@@ -1,156 +1,54 @@
-"""The building blocks conversion recognises: one table of element-wise activations and one of norms.
+"""The building blocks conversion recognises: the activations of the one activation table
+(:data:`~spikingjelly_mbe.activations.ACTIVATIONS`, their module classes resolved here) and one
+table of norms.
 
-Each entry lists, once, the float function it computes (the reference used to recognise unknown
-modules by what they compute), the module classes of torch, transformers and timm that compute it,
-the functional calls that do (as seen at run time), and the spiking module that replaces it. Rules,
-run-time interception and fingerprinting are all derived from these tables; adding an activation
-is one entry here (plus its test).
+Each norm lists its float function (the reference used to recognise unknown modules by what they
+compute) and the module classes that compute it. Run-time interception and fingerprinting are
+derived from these tables; each method builds its own operator for an entry.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+import functools
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import activations as timm_act
 from timm.layers import norm as timm_norm
-from transformers import activations as hf_act
 
-from .blocks import ChannelsLast, Rescaled
-from .settings import OpSettings
-
-Params = Dict[str, Any]
-CallResolver = Callable[[tuple, dict], Optional[Params]]
-QUICK_GELU = 1.702
+from ..activations import ACTIVATIONS, Activation, ModuleResolver, Params
 
 
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name, default)
+def _resolve(qualified: str) -> Optional[type]:
+    """The class ``'module:Class'`` names, or ``None`` when its package is not installed."""
+    module, _, name = qualified.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
 
 
-def _gelu_form(form: str) -> CallResolver:
-    return lambda args, kwargs: {} if _arg(args, kwargs, 1, "approximate", "none") == form else None
+def activation_classes() -> Tuple[Tuple[type, Activation, ModuleResolver], ...]:
+    """``(class, entry, resolver)`` for every module class an activation entry names, in table order
+    (the table as it is now)."""
+    return _classes(tuple(map(id, ACTIVATIONS.values())))
 
 
-def _plain(args: tuple, kwargs: dict) -> Params:
-    return {}
-
-
-def _clamp_bounds(lo: Optional[float], hi: Optional[float], x: Any = None) -> Optional[Params]:
-    """The bounds of a clamp of ``x``; a bound beyond half the largest finite value of ``x``'s dtype is
-    an overflow guard (Whisper's and T5's half-precision ``clamp(h, -(max - 1000), max - 1000)``), no knot."""
-    if any(v is not None and not isinstance(v, (int, float)) for v in (lo, hi)):
-        return None  # tensor bounds: not a fixed piecewise-linear function
-    guard = torch.finfo(x.dtype).max / 2 if isinstance(x, torch.Tensor) and x.is_floating_point() else math.inf
-    return {"lo": None if lo is not None and lo <= -guard else lo, "hi": None if hi is not None and hi >= guard else hi}
-
-
-def _clamp_knots(s: OpSettings, lo: Optional[float], hi: Optional[float]) -> nn.Module:
-    """``clamp(x, lo, hi) = lo + relu(x - lo) - relu(x - hi)`` (one-sided forms drop a knot; no bound
-    at all is the identity)."""
-    if lo is None and hi is None:
-        return nn.Identity()
-    if lo is None:
-        return s.piecewise([(hi, -1.0)], c1=1.0)
-    return s.piecewise([(lo, 1.0)] + ([(hi, -1.0)] if hi is not None else []), c0=lo)
-
-
-def _clamp_reference(x: torch.Tensor, lo: Optional[float], hi: Optional[float]) -> torch.Tensor:
-    return torch.clamp(x, lo, hi)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """An element-wise nonlinearity: ``reference(x, **params)`` in float, ``build(settings, **params)``
-    spiking; ``classes`` maps each module class computing it to its params (``None``: another
-    entry's), ``calls`` maps run-time op names to resolvers of their params from ``(args, kwargs)``."""
-
-    name: str
-    reference: Callable[..., torch.Tensor]
-    build: Callable[..., nn.Module]
-    note: str
-    classes: Mapping[type, Callable[[nn.Module], Optional[Params]]] = field(default_factory=dict)
-    calls: Mapping[str, CallResolver] = field(default_factory=dict)
-    fingerprint: bool = True  # ``reference(x)`` alone identifies it (no params to guess)
-    fitted_target: Optional[str] = None  # a fitted neuron's target: the domain may narrow to the calibrated inputs
-
-
-def _fitted(target: str) -> Callable[..., nn.Module]:
-    return lambda s: s.fitted(target)
-
-
-_none = lambda m: {} if getattr(m, "approximate", "none") == "none" else None  # noqa: E731
-_tanh = lambda m: {} if getattr(m, "approximate", "none") == "tanh" else None  # noqa: E731
-_always = lambda m: {}  # noqa: E731
-
-ACTIVATIONS: Tuple[Activation, ...] = (
-    Activation("gelu", F.gelu, _fitted("gelu"), "GELU (erf) on MBE neurons (Eq. 8)",
-               {nn.GELU: _none, hf_act.GELUActivation: _always, timm_act.GELU: _none},
-               {"gelu": _gelu_form("none")}, fitted_target="gelu"),
-    Activation("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), _fitted("gelu_tanh"),
-               "GELU (tanh form) on MBE neurons (Eq. 8)",
-               {nn.GELU: _tanh, hf_act.NewGELUActivation: _always, hf_act.GELUTanh: _always,
-                hf_act.FastGELUActivation: _always, hf_act.AccurateGELUActivation: _always, timm_act.GELUTanh: _always},
-               {"gelu": _gelu_form("tanh")}, fitted_target="gelu_tanh"),
-    Activation("silu", F.silu, _fitted("silu"), "SiLU on MBE neurons (Eq. 8)",
-               {nn.SiLU: _always, hf_act.SiLUActivation: _always, timm_act.Swish: _always}, {"silu": _plain},
-               fitted_target="silu"),
-    Activation("quick_gelu", lambda x: x * torch.sigmoid(QUICK_GELU * x),
-               lambda s: Rescaled(s.fitted("silu"), QUICK_GELU),
-               "QuickGELU x sigmoid(1.702 x) = silu(1.702 x) / 1.702: the SiLU neuron with an input gain",
-               {hf_act.QuickGELUActivation: _always, timm_act.QuickGELU: _always}),
-    Activation("tanh", torch.tanh, _fitted("tanh"), "tanh on MBE neurons (Eq. 8)",
-               {nn.Tanh: _always, timm_act.Tanh: _always}, {"tanh": _plain}, fitted_target="tanh"),
-    Activation("sigmoid", torch.sigmoid, _fitted("sigmoid"), "sigmoid on MBE neurons (Eq. 8)",
-               {nn.Sigmoid: _always, timm_act.Sigmoid: _always}, {"sigmoid": _plain}, fitted_target="sigmoid"),
-    Activation("relu", F.relu, lambda s: s.piecewise([(0.0, 1.0)]),
-               "ReLU: an identity neuron with a positive gain, exact up to the operand coding (Eq. 9)",
-               {nn.ReLU: _always}, {"relu": _plain}),
-    Activation("leaky_relu", lambda x, slope: F.leaky_relu(x, slope),
-               lambda s, slope: s.piecewise([(0.0, 1.0 - slope)], c1=slope),
-               "leaky ReLU = s x + (1 - s) relu(x) on a rectifier neuron",
-               {nn.LeakyReLU: lambda m: {"slope": m.negative_slope}},
-               {"leaky_relu": lambda a, k: {"slope": _arg(a, k, 1, "negative_slope", 0.01)}}, fingerprint=False),
-    Activation("clamp", _clamp_reference, _clamp_knots,
-               "hardtanh / ReLU6 / clamp = lo + relu(x - lo) - relu(x - hi) on rectifier neurons",
-               {nn.Hardtanh: lambda m: {"lo": m.min_val, "hi": m.max_val},
-                nn.ReLU6: lambda m: {"lo": 0.0, "hi": 6.0}},
-               {"hardtanh": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min_val", -1.0), _arg(a, k, 2, "max_val", 1.0)),
-                "relu6": lambda a, k: {"lo": 0.0, "hi": 6.0},
-                "clamp": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None), a[0]),
-                "clip": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), _arg(a, k, 2, "max", None), a[0]),
-                "clamp_min": lambda a, k: _clamp_bounds(_arg(a, k, 1, "min", None), None, a[0]),
-                "clamp_max": lambda a, k: _clamp_bounds(None, _arg(a, k, 1, "max", None), a[0])},
-               fingerprint=False),
-)
+@functools.lru_cache(maxsize=8)
+def _classes(entries: Tuple[int, ...]) -> Tuple[Tuple[type, Activation, ModuleResolver], ...]:
+    return tuple((cls, entry, resolve) for entry in ACTIVATIONS.values() for qualified, resolve in entry.classes.items()
+                 if (cls := _resolve(qualified)) is not None)
 
 
 def activation_of_module(module: nn.Module) -> Optional[Tuple[Activation, Params]]:
     """The entry (and params) of a module whose exact class is listed."""
-    for entry in ACTIVATIONS:
-        resolve = entry.classes.get(type(module))
-        params = resolve(module) if resolve is not None else None
-        if params is not None:
-            return entry, params
+    for cls, entry, resolve in activation_classes():
+        if type(module) is cls:
+            params = resolve(module)
+            if params is not None:
+                return entry, params
     return None
-
-
-def activation_of_call(name: str, args: tuple, kwargs: dict) -> Optional[Tuple[Activation, Params]]:
-    """The entry (and params) of a run-time call ``name(*args, **kwargs)``."""
-    for entry in ACTIVATIONS:
-        resolve = entry.calls.get(name)
-        params = resolve(args, kwargs) if resolve is not None else None
-        if params is not None:
-            return entry, params
-    return None
-
-
-def activation_calls() -> frozenset:
-    """Every run-time op name some activation entry resolves."""
-    return frozenset(name for entry in ACTIVATIONS for name in entry.calls)
 
 
 # ---- norms -------------------------------------------------------------------------------------
@@ -184,13 +82,6 @@ class Norm:
         if bias is not None:
             h = h + bias
         return h.movedim(-1, 1) if self.channels_first else h
-
-    def build(self, s: OpSettings, shape: Sequence[int], weight: Optional[torch.Tensor],
-              bias: Optional[torch.Tensor], eps: float) -> nn.Module:
-        if weight is not None and self.weight_offset:
-            weight = weight.detach() + self.weight_offset
-        op = s.layer_norm(shape, weight, bias, eps) if self.centered else s.rms_norm(shape, weight, eps)
-        return ChannelsLast(op) if self.channels_first else op
 
 
 LAYER_NORM, RMS_NORM = Norm("LayerNorm", True), Norm("RMSNorm", False)

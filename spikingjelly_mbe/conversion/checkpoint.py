@@ -17,9 +17,9 @@ EVALUATION = ("mode",)  # settings an evaluation may switch (set_mode): not part
 
 
 def settings_of(method: str, settings: Any) -> Dict[str, Any]:
-    """The method and the fields of its settings dataclass (``OpSettings``, or ECMT's ``ecmt``), less
+    """The method and the fields of its settings dataclass (``OpSettings``, ``ECMTSettings``), less
     :data:`EVALUATION`."""
-    fields = dataclasses.asdict(getattr(settings, "ecmt", settings))
+    fields = dataclasses.asdict(settings)
     return {"method": method, **{k: v for k, v in fields.items() if k not in EVALUATION}}
 
 

@@ -17,8 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import torch
 import torch.nn as nn
 
-from ..fitting import TARGETS
-from ..fitting.targets import RECTIFIED
+from ..fitting.targets import RECTIFIED, TARGETS
 from ..ops import RectifiedActivation, SpikingActivation
 from ..ops.base import float_reference_mode, in_float_reference_mode
 

@@ -21,13 +21,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .blocks import SpikingAttention
 from .report import ConversionReport, Entry
-from .settings import OpSettings
+from .method import SpikingMethod
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
 IMPLEMENTATION = "mbe_spiking"
-CORE = "mbe_attention"
+CORE = "spiking_attention"
 # (settings, report, paths of the model's modules) while a conversion calibrates: cores are built then
-BUILDING: contextvars.ContextVar[Optional[Tuple[OpSettings, ConversionReport, dict]]] = \
+BUILDING: contextvars.ContextVar[Optional[Tuple[SpikingMethod, ConversionReport, dict]]] = \
     contextvars.ContextVar("mbe_attention_building", default=None)
 
 
@@ -36,7 +36,7 @@ def spiking_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       dropout: float = 0.0, softcap: Optional[float] = None,
                       position_bias: Optional[torch.Tensor] = None, is_causal: Optional[bool] = None,
                       **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``AttentionInterface`` entry: run ``module.mbe_attention`` (Eqs. 9-13); output ``[B, S, H, hd]``.
+    """``AttentionInterface`` entry: run ``module.spiking_attention`` (Eqs. 9-13); output ``[B, S, H, hd]``.
 
     Takes what the eager functions of transformers take: ``scaling``, ``softcap`` (Gemma 2),
     ``position_bias`` (T5's additive relative-position bias), the mask (``sliding_window`` is
@@ -68,7 +68,7 @@ def attach_core(module: nn.Module, device: torch.device, attribute: str, make: C
     while a conversion calibrates (a module that never ran then has none: an error naming it)."""
     building = BUILDING.get()
     if building is None:
-        raise RuntimeError(f"{type(module).__name__} has no spiking {attribute.removeprefix('mbe_')} core: it did not "
+        raise RuntimeError(f"{type(module).__name__} has no spiking {attribute.removeprefix('spiking_')} core: it did not "
                            "run on the calibration batches; convert with spikingjelly_mbe.convert and batches that "
                            "reach it")
     settings, report, paths = building

@@ -18,10 +18,10 @@ from transformers import PreTrainedModel
 from transformers.integrations.moe import ExpertsInterface
 
 from .hf_attention import attach_core
-from .settings import OpSettings
+from .method import SpikingMethod
 
 IMPLEMENTATION = "mbe_spiking"
-CORE = "mbe_experts"
+CORE = "spiking_experts"
 
 
 class ExpertWeight(nn.Module):
@@ -57,7 +57,7 @@ class SpikingExperts(nn.Module):
 
     mbe_opaque = True
 
-    def __init__(self, experts: nn.Module, settings: OpSettings) -> None:
+    def __init__(self, experts: nn.Module, settings: SpikingMethod) -> None:
         super().__init__()
         name = type(experts).__name__
         unsupported = [flag for flag, wanted in (("has_gate", True), ("has_bias", False), ("is_transposed", False),

@@ -1,31 +1,31 @@
-"""``MBETransformerRecipe``: training-free MBE conversion of any module tree (SpikingJelly ``ModuleConverter``),
-deciding by what the model computes rather than by its class."""
+"""``SpikingRecipe``: training-free conversion of any module tree (SpikingJelly ``ModuleConverter``),
+deciding by what the model computes rather than by its class, with the operators of a registered
+method (:data:`~.method.METHODS`); ``MBETransformerRecipe`` and ``ECMTRecipe`` fix the method."""
 from __future__ import annotations
 
 import copy
 import dataclasses
 import itertools
 import threading
-from typing import Any, Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Optional
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
-from ..ops.ecmt_settings import ECMTSettings
 from .blocks import SpikingAttention
-from .calibration import NEED_DATA, Batch, Calibration, calibrate, run_batch
+from .calibration import NEED_DATA, Batch, calibrate, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
-from .ecmt import TimeStepped
 from .fidelity import fitted_target, refit_span, site_errors
-from .options import ECMT_PERCENTILE, MBERecipeOptions, reset_states
+from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
 from .sites import SiteTable, needs_calibration
-from .structure import (WEIGHT_LAYERS, Replacement, apply, fingerprint_candidates, move_hooks, plan,
-                        record_inputs)
+from ..ops.base import Calibrated
+from ..ops.layers import is_weight_layer
+from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
 
 
 class Intercepted:
@@ -73,8 +73,8 @@ def replayable(data: Iterable[Batch], limit: Optional[int]) -> Iterable[Batch]:
 
 
 def refuse_converted(ann: nn.Module) -> None:
-    if getattr(ann, "mbe_report", None) is not None:
-        raise ValueError("this model is already a converted spiking model (it has .mbe_report); convert the "
+    if getattr(ann, "spiking_report", None) is not None:
+        raise ValueError("this model is already a converted spiking model (it has .spiking_report); convert the "
                          "original ANN instead")
     for path, m in ann.named_modules():
         if is_opaque(m):
@@ -82,8 +82,9 @@ def refuse_converted(ann: nn.Module) -> None:
                              f"{type(m).__name__}); convert the original ANN instead")
 
 
-class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
-    """Replace every nonlinear operation of a model by MBE spiking operators, weights untouched.
+class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
+    """Replace every nonlinear operation of a model by spiking operators of the configured method,
+    weights untouched.
 
     ``ModuleConverter(recipe).convert(model)`` returns a new model; ``model`` keeps working as the
     ANN. The steps follow SpikingJelly's lifecycle:
@@ -132,10 +133,10 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             first = next(iter(self.batches), None)
             inputs = record_inputs(model, candidates, lambda: run_batch(model, first, converter.device))
         self.plan = plan(model, inputs, self.override)
-        # a spiking input neuron in front of every weight layer (MBE_Id codes; ECMT's MT neurons)
+        # a spiking input neuron in front of every weight layer
         self.plan.update({p: Replacement(lambda s, m=m: s.linear_input(m), self.settings.linear_input_note,
                                          "class") for p, m in model.named_modules()
-                          if isinstance(m, WEIGHT_LAYERS) and not any(p.startswith(q + ".") for q in self.plan)})
+                          if is_weight_layer(m) and not any(p.startswith(q + ".") for q in self.plan)})
         use_spiking_attention(model)
         use_spiking_experts(model)
         self.record(apply(model, self.plan, self.settings, lambda new, how: how.how == EXPOSE or needs_calibration(new)))
@@ -172,7 +173,7 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         """Weight layers wrapped before calibration that no batch called (their parent reads the
         weights itself, e.g. ``nn.MultiheadAttention``'s ``out_proj``) go back as they were."""
         for path, m in list(model.named_modules()):
-            if getattr(m, "idle", False):
+            if isinstance(m, Calibrated) and m.idle:
                 parent, _, child = path.rpartition(".")
                 move_hooks(m, m.layer)
                 setattr(model.get_submodule(parent), child, m.layer)
@@ -194,7 +195,7 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
         for path, m in model.named_modules():
             if isinstance(m, SpikingAttention) and type(m.softmax) is nn.Softmax:
                 m.softmax = self.settings.softmax(-1).to(device)
-                self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", "SpikingSoftmax",
+                self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__,
                                                   "attention softmax from exp2-frac, reciprocal, products (Eq. 13)"))
 
     def measure_sites(self, model: nn.Module, converter: ModuleConverter) -> list:
@@ -242,25 +243,22 @@ class MBETransformerRecipe(MBERecipeOptions, ModuleConversionRecipe):
             if self.refit_coarse_activations(model):
                 self.report.site_errors = self.measure_sites(model, converter)
         del self.batches, self.plan, self.handles
-        if self.settings.fully_spiking:
-            return self.finish(model)
-        self.reset_handle.remove()  # time-stepped: the state lives across the T steps of one input
-        return self.finish(TimeStepped(model, self.settings.T))
+        if not self.settings.fully_spiking:
+            self.reset_handle.remove()  # stepped from outside: the state lives across the T steps of one input
+        return self.finish(self.settings.network(model))
 
 
-class ECMTRecipe(MBETransformerRecipe):
-    """The ECMT baseline (Huang et al., ACM MM 2024) as a SpikingJelly recipe: the lifecycle and the
-    structural site detection of :class:`MBETransformerRecipe`, with ECMT's operators built at the
-    sites (Multi-Threshold neurons in front of the weight layers and of both operands of every
-    product, Expectation Compensation around every nonlinearity, Theorems 1-2) and the converted
-    network run ``T`` times per input (:class:`~spikingjelly_mbe.conversion.ecmt.TimeStepped`).
-    ``ModuleConverter(ECMTRecipe(T=8, calibration=batches)).convert(model)`` is
-    ``convert(model, T=8, calib_data=batches, method="ecmt")``; ``n`` thresholds per sign and the
-    threshold ``percentile`` (this project's default 90, the paper's 99) go to :class:`ECMTSettings`."""
+class MBETransformerRecipe(SpikingRecipe):
+    """:class:`SpikingRecipe` with MBE's operators (:class:`~spikingjelly_mbe.mbe.OpSettings`):
+    ``ModuleConverter(MBETransformerRecipe(calibration=batches, T=16)).convert(model)`` is
+    ``convert(model, batches, T=16)``."""
 
-    def __init__(self, T: int = 8, calibration: Union[Calibration, Iterable[Batch], None] = None, n: int = 8, percentile: Optional[float] = None,
-                 mode: str = "fast", allow_float_fallback: bool = False) -> None:
-        settings = ECMTSettings(T=T, n=n, percentile=ECMT_PERCENTILE if percentile is None else percentile,
-                                mode=mode)
-        super().__init__(T=T, calibration=calibration, mode=mode, allow_float_fallback=allow_float_fallback,
-                         method="ecmt", ecmt=settings)
+    method = "mbe"
+
+
+class ECMTRecipe(SpikingRecipe):
+    """:class:`SpikingRecipe` with ECMT's operators (:class:`~spikingjelly_mbe.ecmt.ECMTSettings`):
+    ``ModuleConverter(ECMTRecipe(calibration=batches, T=8)).convert(model)`` is
+    ``convert(model, batches, T=8, method="ecmt")``."""
+
+    method = "ecmt"

@@ -10,9 +10,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
-from .settings import OpSettings
+from .method import SpikingMethod
 
-Builder = Callable[[nn.Module, OpSettings], nn.Module]
+Builder = Callable[[nn.Module, SpikingMethod], nn.Module]
 EXPOSE, SPIKE, KEEP = "expose", "spike", "keep"
 
 

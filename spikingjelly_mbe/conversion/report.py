@@ -19,7 +19,7 @@ class UnsupportedNonlinearityError(TypeError):
         lines = "\n".join(f"  {path or '<root>'}: {kind}" for path, kind in self.items)
         super().__init__(f"no spiking operator for {len(self.items)} nonlinear operation(s) of the model:\n{lines}\n"
                          "Register a building block for them (README, 'How conversion decides'), or pass "
-                         "allow_float_fallback=True to keep them in float (listed in snn.mbe_report.fallback).")
+                         "allow_float_fallback=True to keep them in float (listed in snn.spiking_report.fallback).")
 
 
 @dataclass(frozen=True)

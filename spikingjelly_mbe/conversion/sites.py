@@ -3,7 +3,7 @@ replaced by a spiking operator attached to the module it runs in.
 
 A site is keyed by ``(owner module path, kind, ordinal of that kind within the owner's forward)``.
 During calibration the first run of a site builds its operator (attached to the owner as
-``mbe_<kind><ordinal>``); operators that need operand ranges compute in float while recording them,
+``spiking_<kind><ordinal>``); operators that need operand ranges compute in float while recording them,
 the others let the float call run. After calibration every site runs its spiking operator. One
 table, :data:`SITE_KINDS`, says how each kind is built from the call and how the call is routed.
 """
@@ -16,13 +16,15 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
-from ..fitting import TARGETS
+from ..activations import activation_calls, activation_of_call
+from ..ops.base import Calibrated
 from ..ops.on_demand import BoundCall
-from .blocks import Power, Quotient, SpikingAttention, VectorNorm, is_power, multi_head_attention
-from .catalog import LAYER_NORM, RMS_NORM, activation_calls, activation_of_call
+from ..ops.roots import is_power
+from .blocks import SpikingAttention, multi_head_attention
+from .catalog import LAYER_NORM, RMS_NORM
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
+from .method import SpikingMethod
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
-from .settings import OpSettings
 
 Call = Tuple[tuple, dict]
 
@@ -36,10 +38,10 @@ def arg(call: Call, index: int, name: str, default: Any = None) -> Any:
 class SiteKind:
     """``build(settings, call) -> module``; ``invoke(module, call) -> output``; the report's note."""
 
-    build: Callable[[OpSettings, Call], nn.Module]
+    build: Callable[[SpikingMethod, Call], nn.Module]
     invoke: Callable[[nn.Module, Call], Any]
     note: str
-    needs: str = ""  # the settings' builder the kind calls (a method lacking it leaves the call unsupported)
+    needs: str = ""  # the :class:`GeneralMethod` builder the kind calls (a method lacking it leaves the call unsupported)
 
 
 def _softmax_input(call: Call) -> torch.Tensor:
@@ -76,10 +78,11 @@ SITE_KINDS: Dict[str, SiteKind] = {
                           "scaled_dot_product_attention: spiking Q K^T, softmax, A V (Eqs. 9-13)"),
     "topk": SiteKind(lambda s, c: s.topk(arg(c, 1, "k"), arg(c, 2, "dim", -1)),
                      lambda m, c: torch.return_types.topk(m(arg(c, 0, "input"))),
-                     "top-k selection by counting the scores' spikes (a winner-take-all), the winners' scores routed"),
+                     "top-k selection by counting the scores' spikes (a winner-take-all), the winners' scores routed", "topk"),
     "mha": SiteKind(lambda s, c: SpikingAttention(s), lambda m, c: multi_head_attention(m, *c[0], **c[1]),
                     "multi-head attention: projections reused, spiking Q K^T, softmax, A V (Eqs. 9-13)"),
 }
+
 
 def _add_product(m: nn.Module, call: Call, batched_sum: bool = False) -> torch.Tensor:
     """``beta * input + alpha * (m1 @ m2)`` (``addmm``, ``baddbmm``; ``addbmm`` sums the batch)."""
@@ -119,13 +122,13 @@ SITE_KINDS.update({
                        "constant / activation: the reciprocal from the IEEE-754 split times a synaptic weight", "root"),
     "rdivide": SiteKind(lambda s, c: s.root(-1.0), lambda m, c: arg(c, 1, "other") * m(arg(c, 0, "input")),
                         "constant / activation: the reciprocal from the IEEE-754 split times a synaptic weight", "root"),
-    "quotient": SiteKind(lambda s, c: Quotient(s), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
-                         "activation / activation: the spiking product with the reciprocal of the IEEE-754 split", "root"),
-    "power": SiteKind(lambda s, c: Power(s, arg(c, 1, "exponent")), lambda m, c: m(arg(c, 0, "input")),
-                      "x ** p (integer or half-integer p): spiking products, reciprocal and square root", "root"),
-    "vector_norm": SiteKind(lambda s, c: VectorNorm(s, _norm_dims(c), arg(c, 3, "keepdim", False)),
+    "quotient": SiteKind(lambda s, c: s.quotient(), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
+                         "activation / activation: the spiking product with the reciprocal of the IEEE-754 split", "quotient"),
+    "power": SiteKind(lambda s, c: s.power(arg(c, 1, "exponent")), lambda m, c: m(arg(c, 0, "input")),
+                      "x ** p (integer or half-integer p): spiking products, reciprocal and square root", "power"),
+    "vector_norm": SiteKind(lambda s, c: s.vector_norm(_norm_dims(c), arg(c, 3, "keepdim", False)),
                             lambda m, c: m(arg(c, 0, "input")),
-                            "2-norm: spiking squares, a synaptic sum and the IEEE-754 split's square root", "root"),
+                            "2-norm: spiking squares, a synaptic sum and the IEEE-754 split's square root", "vector_norm"),
     "group_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], arg(c, 1, "num_groups"),
                                                      arg(c, 2, "weight"), arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
                            lambda m, c: m(arg(c, 0, "input")), "GroupNorm per group from x^2, rsqrt and products", "group_norm"),
@@ -137,7 +140,6 @@ SITE_KINDS.update({
                                       lambda m, c: m(arg(c, 0, "input")),
                                       "BatchNorm on the batch's statistics from x^2, rsqrt and products", "group_norm"),
 })
-ACTIVATION_CALLS = activation_calls()
 SIMPLE_SITES = {"softmax": "softmax", "layer_norm": "layer_norm", "rms_norm": "rms_norm",
                 "scaled_dot_product_attention": "attention", "multi_head_attention_forward": "mha"}
 
@@ -199,7 +201,7 @@ def classify(session: Session, name: str, call: Call) -> str:
             else "group_norm"
     if name == "instance_norm":
         return "instance_norm" if arg(call, 5, "use_input_stats", True) else "linear"
-    if name in ACTIVATION_CALLS:
+    if name in activation_calls():
         return "activation" if activation_of_call(name, args, kwargs) is not None else "unsupported"
     if name == "topk":
         plain = arg(call, 3, "largest", True) and arg(call, 4, "sorted", True)
@@ -226,12 +228,12 @@ class SiteTable:
     """The dispatch of a :class:`Session`: routes every call with an activation operand, builds the
     sites while ``calibrating`` and runs their spiking operators afterwards; records what ran."""
 
-    def __init__(self, settings: OpSettings, report: ConversionReport, allow_float_fallback: bool) -> None:
+    def __init__(self, settings: SpikingMethod, report: ConversionReport, allow_float_fallback: bool) -> None:
         self.settings, self.report, self.allow_float_fallback = settings, report, allow_float_fallback
         self.sites: Dict[Tuple[str, str, int], nn.Module] = {}
         self.calibrating = True
         self.unsupported: Dict[Tuple[str, str], int] = {}
-        # fitted activation sites: key -> (target, owner module, attribute, largest |input| seen calibrating)
+        # fitted activation sites: key -> (entry, params, owner module, attribute, largest |input| seen calibrating)
         self.fitted: Dict[Tuple[str, str, int], list] = {}
         self.elementwise_calls: Dict[Tuple[str, str], bool] = {}  # (path, name) -> is element-wise
 
@@ -291,7 +293,7 @@ class SiteTable:
         if self.calibrating and key in self.fitted:
             x = arg(call, 0, "input")
             if x.numel():
-                self.fitted[key][3] = max(self.fitted[key][3], float(x.detach().abs().max()))
+                self.fitted[key][4] = max(self.fitted[key][4], float(x.detach().abs().max()))
         if self.calibrating and not needs_calibration(op):
             return func(*call[0], **call[1])
         out = (SITE_KINDS[kind].invoke if kind not in ("activation", "elementwise") else _call_module)(op, call)
@@ -300,7 +302,7 @@ class SiteTable:
         return out
 
     def build(self, frame: Any, kind: str, name: str, call: Call, func: Callable) -> nn.Module:
-        entry = None
+        entry, params = None, {}
         if kind == "activation":
             entry, params = activation_of_call(name, *call)
             op, note = self.settings.activation(entry, params), entry.note
@@ -311,28 +313,32 @@ class SiteTable:
             op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
         device = next((v.device for v in call[0] if isinstance(v, torch.Tensor)), None)
         op = op.to(device) if device is not None else op
-        attached = f"mbe_{kind}{frame.counters[kind] - 1}"
+        attached = f"spiking_{kind}{frame.counters[kind] - 1}"
         frame.module.add_module(attached, op)
         key = (frame.path, kind, frame.counters[kind] - 1)
         self.sites[key] = op
-        if kind == "activation" and entry.fitted_target is not None and hasattr(self.settings, "fitted"):
-            self.fitted[key] = [entry.fitted_target, frame.module, attached, 0.0]
+        if kind == "activation" and entry.fitted_target is not None:
+            self.fitted[key] = [entry, params, frame.module, attached, 0.0]
         path = f"{frame.path}.{attached}" if frame.path else attached
         self.report.replaced.append(Entry(path, name, type(op).__name__, note))
         return op
 
     def narrow_fitted_activations(self) -> List[str]:
         """Range reduction: a fitted activation site whose calibrated inputs stay within a quarter of
-        its target's domain gets a neuron fitted on ``[-s, s]``, ``s`` the power of two at or above 4x
-        the largest input seen (inputs beyond it are clamped and counted); returns their paths."""
+        its fit domain gets the method's operator for ``[-s, s]`` (:meth:`SpikingMethod.narrowed`), ``s``
+        the power of two at or above 4x the largest input seen (inputs beyond it are clamped and
+        counted); returns their paths."""
         done = []
-        for key, (target, owner, attribute, peak) in self.fitted.items():
-            lo, hi = TARGETS[target].domain
+        for key, (entry, params, owner, attribute, peak) in self.fitted.items():
+            lo, hi = entry.domain
             span = 2.0 ** math.ceil(math.log2(4 * peak)) if peak > 0 else None
             if span is None or span > min(-lo, hi) / 4:
                 continue
+            op = self.settings.narrowed(entry, params, span)
+            if op is None:
+                continue
             param = next(owner.parameters(), None)
-            op = self.settings.fitted(target, span).to(param.device if param is not None else "cpu")
+            op = op.to(param.device if param is not None else "cpu")
             setattr(owner, attribute, op)
             self.sites[key] = op
             done.append(f"{key[0]}.{attribute}" if key[0] else attribute)
@@ -384,4 +390,4 @@ def is_elementwise(func: Callable, call: Call) -> bool:
 
 def needs_calibration(module: nn.Module) -> bool:
     """The operator (or one of its parts) still records operand ranges."""
-    return any(getattr(m, "calibrating", False) for m in module.modules())
+    return any(isinstance(m, Calibrated) and m.calibrating for m in module.modules())

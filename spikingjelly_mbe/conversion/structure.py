@@ -16,17 +16,16 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from .catalog import (ACTIVATIONS, GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module,
-                      norm_module_parts)
+from ..activations import ACTIVATIONS
+from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module, norm_module_parts
 from .interception import is_opaque
-from .settings import OpSettings
+from .method import SpikingMethod
 
 LINEAR_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d, nn.Embedding, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
                   nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                   nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten,
                   nn.ZeroPad2d, nn.ConstantPad2d, nn.Upsample, nn.PixelShuffle, Conv1D)
-WEIGHT_LAYERS = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d)
 HALF = (torch.float16, torch.bfloat16)
 PROBE_SPAN = 6.0  # activations are told apart on a ramp over [-6, 6] (where GELU's two forms differ by 3e-4)
 
@@ -35,7 +34,7 @@ PROBE_SPAN = 6.0  # activations are told apart on a ramp over [-6, 6] (where GEL
 class Replacement:
     """Build the spiking module for one ANN module, with the report's note."""
 
-    build: Callable[[OpSettings], nn.Module]
+    build: Callable[[SpikingMethod], nn.Module]
     note: str
     how: str  # 'class' or 'fingerprint'
 
@@ -140,7 +139,7 @@ def fingerprint(module: nn.Module, x: torch.Tensor) -> Optional[Replacement]:
             y = module(ramp)
             if _close(y, ramp):
                 return None  # identity: linear
-            for entry in ACTIVATIONS:
+            for entry in ACTIVATIONS.values():
                 if entry.fingerprint and _close(y, entry.reference(_float32(ramp))):
                     return Replacement(lambda s, e=entry: s.activation(e, {}), f"{entry.note}; recognised by what it computes",
                                        "fingerprint")
@@ -189,7 +188,7 @@ def move_hooks(old: nn.Module, new: nn.Module) -> None:
         new._is_full_backward_hook = old._is_full_backward_hook
 
 
-def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: OpSettings,
+def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: SpikingMethod,
           only: Callable[[nn.Module, Replacement], bool] = lambda m, how: True) -> List[Tuple[str, nn.Module, nn.Module, Replacement]]:
     """Put each built replacement (for which ``only(new, how)``) in place; returns ``(path, old, new, how)``.
     A replacement left for later keeps the module built here, so nothing is built twice."""

@@ -32,14 +32,15 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Tuple, Union
+from typing import Dict, Iterable, List, Set, Tuple, Union
 
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
-from ..ops import MTLinearInput, SpikingWeightInput
+from ..ops.base import SpikingOp
+from ..ops.layers import is_weight_layer
 from ..ops.stats import OpStats, collect_stats
-from .synapses import WEIGHT_LAYERS, SynapseCounter
+from .synapses import SynapseCounter
 
 COSTS: Dict[str, SimpleEnergyCostConfig] = {"fp32": SimpleEnergyCostConfig.fp32(),
                                             "int8": SimpleEnergyCostConfig.int8()}
@@ -49,8 +50,6 @@ CONVENTIONS = ("strict", "paper")
 RATIO_COLUMNS: Tuple[Tuple[str, str, str], ...] = (
     ("energy_strict", "strict", "fp32"), ("energy_paper", "paper", "fp32"), ("energy_strict_int8", "strict", "int8"))
 BLOCK_PATTERN = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks)\.(\d+)(?:\.|$)")
-# weight layers: those SynapseCounter meters, and the spike-driven ones of MBE and ECMT, which meter themselves
-WEIGHT_LAYER_NAMES = frozenset(cls.__name__ for cls in (*WEIGHT_LAYERS, MTLinearInput, SpikingWeightInput))
 Row = Dict[str, Union[str, int, float]]
 
 
@@ -100,6 +99,7 @@ class EnergyMeter:
     T: int
     counts: Dict[str, OpStats] = field(default_factory=dict)
     kinds: Dict[str, str] = field(default_factory=dict)
+    weight_layers: Set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._synapses = SynapseCounter(self.model, self.T)
@@ -122,7 +122,11 @@ class EnergyMeter:
 
     def _add(self, path: str, stats: OpStats) -> None:
         self.counts[path] = self.counts.get(path, OpStats()) + stats
-        self.kinds[path] = type(self.model.get_submodule(path)).__name__
+        module = self.model.get_submodule(path)
+        self.kinds[path] = type(module).__name__
+        # weight layers: those SynapseCounter meters, and the operators driving one, which meter themselves
+        if is_weight_layer(module) or isinstance(module, SpikingOp) and module.drives_weight_layer:
+            self.weight_layers.add(path)
 
     def __enter__(self) -> "EnergyMeter":
         self._synapses.__enter__()
@@ -137,7 +141,7 @@ class EnergyMeter:
         self._synapses.stats = {}
 
     def is_weight_layer(self, path: str) -> bool:
-        return self.kinds[path] in WEIGHT_LAYER_NAMES
+        return path in self.weight_layers
 
     def _paths(self, weight_layers: bool) -> List[str]:
         return [p for p in self.counts if weight_layers or not self.is_weight_layer(p)]

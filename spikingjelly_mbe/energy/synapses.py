@@ -1,5 +1,5 @@
-"""Synaptic operations of the weight layers a conversion keeps (``nn.Linear``, GPT-2's ``Conv1D``,
-the patch-embedding ``nn.Conv2d``), counted with forward hooks.
+"""Synaptic operations of the weight layers a conversion keeps (:mod:`~spikingjelly_mbe.ops.layers`:
+``nn.Linear``, GPT-2's ``Conv1D``, convolutions), counted with forward hooks.
 
 The converted model evaluates those layers on the decoded spike sums (the same numbers, Eq. 12 with
 one dense operand), so their spikes are not materialised. :class:`SynapseCounter` charges each
@@ -13,20 +13,17 @@ The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJel
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter
-from transformers.pytorch_utils import Conv1D
 
 from ..ops import flops
 from ..ops.base import working_dtype
+from ..ops.layers import is_weight_layer
 from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 from ..ops.stats import OpStats
-
-WEIGHT_LAYERS: Tuple[type, ...] = (nn.Linear, Conv1D, nn.Conv2d)
-
 
 def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
     """Spikes of ``x`` coded by a sign-magnitude MBE_Id over ``[-max|x|, max|x|]`` (Eq. 9) in the
@@ -61,7 +58,7 @@ class SynapseCounter:
     def __init__(self, model: nn.Module, T: int, code: Optional[str] = None) -> None:
         self.T = check_steps(T)
         self.code = model_code(model) if code is None else check_code(code)
-        self.layers = {path: m for path, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)}
+        self.layers = {path: m for path, m in model.named_modules() if is_weight_layer(m)}
         self.stats: Dict[str, OpStats] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
 

@@ -11,8 +11,8 @@ range-reduced functions of Softmax and the norms instead (each on its remainder 
 :meth:`~spikingjelly_mbe.fitting.targets.SplitTarget.remainder_domain`; ``exp2-split3-mbe-N4-T16.json``).
 
 Seeds: 0, except for the 8-basis activation neurons that conversion uses by default
-(:data:`BEST_OF_SEEDS`): their fit MSE varies up to 3.5x across seeds (GELU T=12: 3.9e-5 to
-1.4e-4), so they keep the lowest-MSE fit of seeds 0-4. The choice uses only the fit's own
+(:data:`BEST_OF_SEEDS`, from each activation's ``library_seeds``): their fit MSE varies across
+seeds, so they keep the lowest-MSE fit of the first ``library_seeds`` seeds. The choice uses only the fit's own
 objective on the target function, no model or data.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Tuple
 import torch
 from tqdm.auto import tqdm
 
+from ..activations import fitted_activations
 from .fitted import fit_key
 from .kinds import KINDS
 from .library import LIBRARY_DIR, remainder_domain
@@ -37,8 +38,7 @@ LIBRARY_N = (1, 2, 4, 8)
 RESIDUAL_N = (4, 8)  # a rectified activation's residual: OpSettings' N and activation_N defaults
 
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "tanh")
-BEST_OF_SEEDS = {(target, "mbe", 8): 5 for target in ACTIVATIONS}
+BEST_OF_SEEDS = {(a.name, "mbe", 8): a.library_seeds for a in fitted_activations() if a.library_seeds > 1}
 
 
 def _fit_one(job: Tuple[str, str, int, int, int, str]) -> str:

@@ -10,22 +10,36 @@ import re
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..cache import check_writable
-from ..data.assets import cache_dir
-from ..neurons.multibasis import positive_int
+from ..cache import cache_dir, check_writable
+from ..neurons.multibasis import DEFAULT_N, DEFAULT_T, positive_int
 from .fitted import FittedNeuron, FittedNeuronError, fit_key
 from .kinds import get_kind
-from .routine import fit_neuron
 from .targets import SPLIT_TARGETS, TARGETS, Target
 
 LIBRARY_DIR = Path(__file__).with_name("library")
 MAX_FIT_T = 32  # the longest spike trains fitted on first use
 NAME = re.compile(r"[A-Za-z0-9_]+")  # a target name: no path separators, no dots
 log = logging.getLogger(__name__)
+Fitter = Callable[..., FittedNeuron]  # fit_neuron's signature
+_fitter: List[Optional[Fitter]] = [None]
+
+
+def fit_on_first_use(fitter: Optional[Fitter]) -> None:
+    """Fit what is neither shipped nor cached with ``fitter`` (``fit_neuron``; the package sets it on
+    import, so loading fits never imports the optimiser itself); ``None``: such a load raises."""
+    _fitter[0] = fitter
+
+
+def _fit(target: Union[str, Target], **kwargs: Any) -> FittedNeuron:
+    if _fitter[0] is None:
+        raise LookupError(f"no fit of {target!r} with {kwargs} is shipped or cached, and fitting on first use is off; "
+                          "fit it with spikingjelly_mbe.fit_neuron or turn it on with "
+                          "spikingjelly_mbe.fitting.library.fit_on_first_use(spikingjelly_mbe.fit_neuron)")
+    return _fitter[0](target, **kwargs)
 
 
 def available() -> List[str]:
@@ -79,7 +93,7 @@ def _load(target: str, kind: str, N: int, T: int, split_bits: int) -> FittedNeur
     domain = remainder_domain(target, split_bits)
     expect = {"target": target, "kind": kind, "T": T, **({} if get_kind(kind).single_basis else {"N": N}),
               **({} if domain is None else {"domain": domain})}
-    return cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=domain, seed=0, progress=True),
+    return cached_fit(key, lambda: _fit(target, kind=kind, N=N, T=T, domain=domain, seed=0, progress=True),
                       expect, LIBRARY_DIR / f"{key}.json")
 
 
@@ -93,8 +107,8 @@ def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
     span = float(span)
     expect = {"target": target, "kind": kind, "T": T, "N": N, "domain": (-span, span)}
     key = fit_key(target, kind, N, T, span=span)
-    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
-                                                            progress=True), expect, LIBRARY_DIR / f"{key}.json"))
+    return copy.deepcopy(cached_fit(key, lambda: _fit(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
+                                                      progress=True), expect, LIBRARY_DIR / f"{key}.json"))
 
 
 ON_DEMAND_BUDGET = 1500  # candidate evaluations of a fit on demand (one CMA-ES run): seconds, not minutes
@@ -111,8 +125,8 @@ def load_fitted_function(target: Target, N: int, T: int) -> FittedNeuron:
     lo, hi = target.domain
     key = f"{fit_key(target.name, 'mbe', N, T)}-on{lo:.17g}_{hi:.17g}"  # exact: domains differ in low bits
     expect = {"target": target.name, "kind": "mbe", "T": T, "N": N, "domain": target.domain}
-    return copy.deepcopy(cached_fit(key, lambda: fit_neuron(target, kind="mbe", N=N, T=T, seed=0, restarts=1,
-                                                            budget=ON_DEMAND_BUDGET), expect, LIBRARY_DIR / f"{key}.json"))
+    return copy.deepcopy(cached_fit(key, lambda: _fit(target, kind="mbe", N=N, T=T, seed=0, restarts=1,
+                                                      budget=ON_DEMAND_BUDGET), expect, LIBRARY_DIR / f"{key}.json"))
 
 
 def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 0) -> Tuple[str, int, int, int]:
@@ -136,7 +150,7 @@ def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 
     return neuron_kind.name, neuron_kind.bases(N), T, split_bits
 
 
-def load_fitted(target: str, kind: str = "mbe", N: int = 4, T: int = 16, split_bits: int = 0) -> FittedNeuron:
+def load_fitted(target: str, kind: str = "mbe", N: int = DEFAULT_N, T: int = DEFAULT_T, split_bits: int = 0) -> FittedNeuron:
     """The fit of ``target`` on its registered domain (a single-basis kind such as FS ignores ``N``):
     shipped for T in {8, 10, 12, 16} and N in {1, 2, 4, 8}; any other ``N``, ``T <= 32`` is fitted
     on first use (seed 0, a few seconds) and cached in the project cache. ``split_bits >= 1``: the

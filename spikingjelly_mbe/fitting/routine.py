@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..neurons.multibasis import finite_number, positive_int, simulate_bases
+from ..neurons.multibasis import DEFAULT_N, DEFAULT_T, finite_number, positive_int, simulate_bases
 from .fitted import FittedNeuron, error_figures
 from .kinds import NeuronKind, get_kind
 from .targets import Target, TensorFn, get_target
@@ -170,7 +170,7 @@ class _Search:
         return self.best_theta
 
 
-def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind] = "mbe", N: int = 4, T: int = 16,
+def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind] = "mbe", N: int = DEFAULT_N, T: int = DEFAULT_T,
                domain: Optional[Tuple[float, float]] = None, samples: int = 10_000, seed: int = 0,
                dt: float = 1.0, decay: bool = True, budget: Optional[int] = None, restarts: int = 3,
                progress: bool = False, multistart: bool = False) -> FittedNeuron:

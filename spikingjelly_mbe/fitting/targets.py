@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
+from ..activations import fitted_activations
 from ..neurons.multibasis import check_domain
 
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -53,31 +53,23 @@ class Target:
         return y
 
 
-TARGETS: Dict[str, Target] = {t.name: t for t in [
-    Target("gelu", F.gelu, (-16.0, 16.0), "GELU, erf form (ViT, BERT, RoBERTa MLPs)"),
-    Target("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), (-16.0, 16.0),
-           "GELU, tanh form (GPT-2's NewGELUActivation)"),
-    Target("silu", F.silu, (-16.0, 16.0), "SiLU / swish (Llama's SwiGLU gate)"),
-    Target("tanh", torch.tanh, (-8.0, 8.0), "tanh (BERT pooler)"),
-    Target("sigmoid", torch.sigmoid, (-12.0, 12.0), "logistic sigmoid"),
+OPERATOR_TARGETS = [
     Target("exp2", torch.exp2, (0.0, 1.0), "2^f for the fractional part f in [0, 1) (Eq. 13, Softmax)"),
     Target("reciprocal", torch.reciprocal, (1.0, 2.0), "1/M for an IEEE-754 mantissa M in [1, 2) (Softmax)"),
     Target("rsqrt", torch.rsqrt, (1.0, 4.0),
            "1/sqrt(M) for a parity-adjusted mantissa M in [1, 4) (LayerNorm, RMSNorm)"),
     Target("identity", lambda x: x, (0.0, 1.0),
            "identity on [0, 1]; MBE_Id of Eq. 9, rescaled to [0, A] by the operators"),
-    Target("gelu_residual", lambda x: F.gelu(x) - F.relu(x), (-8.0, 8.0),
-           "GELU - ReLU = -|x| Phi(-|x|): GELU's curvature without its linear tail (|g| < 1e-14 beyond 8)"),
-    Target("gelu_tanh_residual", lambda x: F.gelu(x, approximate="tanh") - F.relu(x), (-8.0, 8.0),
-           "tanh-form GELU - ReLU (|g| < 1e-13 beyond 8)"),
-    Target("silu_residual", lambda x: F.silu(x) - F.relu(x), (-16.0, 16.0),
-           "SiLU - ReLU = -|x| sigmoid(-|x|) (|g| < 2e-6 beyond 16)"),
+]
+# the fitted activations of the one activation table, the operators' own functions, then the residuals
+# g = f - relu of the activations with a linear tail (range reduction: f = relu + g, the rectifier exact)
+TARGETS: Dict[str, Target] = {t.name: t for t in [
+    *(Target(a.name, a.reference, a.domain, a.note) for a in fitted_activations()),
+    *OPERATOR_TARGETS,
+    *(Target(a.residual_target, a.residual, a.residual_domain, f"{a.name} - ReLU: its curvature without its linear tail")
+      for a in fitted_activations() if a.residual_target is not None),
 ]}
-
-# range reduction of the activations with a linear tail: f = relu + (f - relu), the rectifier exact
-# (an identity neuron), the residual a bump that vanishes outside a short domain and spans a few
-# hundredths of f's range, so fewer time steps fit it as closely
-RECTIFIED: Dict[str, str] = {"gelu": "gelu_residual", "gelu_tanh": "gelu_tanh_residual", "silu": "silu_residual"}
+RECTIFIED: Dict[str, str] = {a.name: a.residual_target for a in fitted_activations() if a.residual_target is not None}
 
 
 def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[float, float]] = None) -> Target:

@@ -59,6 +59,8 @@ def simulate_bases(
     return (torch.stack(spikes, 0) if keep_spikes else None), out, count
 
 
+DEFAULT_T = 16  # time steps of every neuron, fit, operator and conversion unless told otherwise
+DEFAULT_N = 4  # bases of an MBE neuron unless told otherwise (the paper's N)
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # simulated in float32: their 11/8-bit mantissas miscount spikes
 
 

@@ -3,16 +3,12 @@
 Every operator is a SpikingJelly ``MemoryModule`` with ``mode='simulate'`` (step-by-step spikes,
 the reference) or ``mode='fast'`` (the same numbers from the decoded sums), reports its counts
 through :meth:`op_stats` (an :class:`OpStats`) and is reset by ``functional.reset_net``. ECMT's
-step-wise operators (Multi-Threshold neurons, Expectation Compensation) and its time-stepped
-runner sit beside them.
+operators live in :mod:`spikingjelly_mbe.ecmt`.
 """
 from .stats import OpStats, collect_stats
 from .base import CHECKS, flush_checks, set_checks
 from .activation import RectifiedActivation, SpikingActivation
 from .coding import IdentityCoder, identity_node
-from .ecmt_settings import ECMTSettings
-from .expectation import ExpectationCompensation, ProductCompensation
-from .multi_threshold import MTLinearInput
 from .norm import SpikingGroupNorm, SpikingLayerNorm, SpikingRMSNorm
 from .on_demand import FittedOnDemand
 from .products import SpikingEinsum, SpikingMatmul, SpikingProduct
@@ -20,11 +16,9 @@ from .rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from .roots import SpikingRoot
 from .softmax import SpikingSoftmax
 from .split import SplitFunction
-from .stepping import run_steps
 from .weight_input import SpikingWeightInput
 
-__all__ = ["CHECKS", "ECMTSettings", "ExpectationCompensation", "FittedOnDemand", "IdentityCoder", "MTLinearInput",
-           "OpStats", "PiecewiseLinear", "ProductCompensation", "RectifiedActivation", "SpikingActivation", "SpikingEinsum",
-           "SpikingGroupNorm", "SpikingLayerNorm", "SpikingMatmul", "SpikingMaxPool2d", "SpikingProduct", "SpikingReLU",
-           "SpikingRMSNorm", "SpikingRoot", "SpikingSoftmax", "SpikingWeightInput", "SplitFunction", "collect_stats",
-           "flush_checks", "identity_node", "run_steps", "set_checks"]
+__all__ = ["CHECKS", "FittedOnDemand", "IdentityCoder", "OpStats", "PiecewiseLinear", "RectifiedActivation",
+           "SpikingActivation", "SpikingEinsum", "SpikingGroupNorm", "SpikingLayerNorm", "SpikingMatmul",
+           "SpikingMaxPool2d", "SpikingProduct", "SpikingReLU", "SpikingRMSNorm", "SpikingRoot", "SpikingSoftmax",
+           "SpikingWeightInput", "SplitFunction", "collect_stats", "flush_checks", "identity_node", "set_checks"]

@@ -7,15 +7,19 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..fitting import TARGETS, FittedNeuron, load_fitted
-from ..fitting.targets import TensorFn
+from ..activations import ACTIVATIONS
+from ..fitting.fitted import FittedNeuron
+from ..fitting.library import load_fitted
+from ..fitting.targets import TARGETS, TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
 from . import flops
-from .base import Count, SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, working_dtype
 from .coding import decode, total
 from .rectifier import SpikingReLU
 
-GELU_TARGETS = {"none": "gelu", "tanh": "gelu_tanh"}
+# F.gelu's approximate= forms and the activations computing them (from the one activation table)
+GELU_TARGETS = {form: a.name for form in ("none", "tanh") for a in ACTIVATIONS.values()
+                if "gelu" in a.calls and a.calls["gelu"]((), {"approximate": form}) is not None}
 ACTIVATION_N = 8  # bases of a fitted activation neuron: the default here and in conversion (OpSettings.activation_N)
 
 
@@ -39,7 +43,7 @@ class SpikingActivation(SpikingOp):
     settings_names = ("T",)
     saturating = False
 
-    def __init__(self, fitted: FittedNeuron, mode: str = "fast", reference: Optional[TensorFn] = None) -> None:
+    def __init__(self, fitted: FittedNeuron, mode: str = DEFAULT_MODE, reference: Optional[TensorFn] = None) -> None:
         super().__init__(mode)
         if not isinstance(fitted, FittedNeuron):
             raise TypeError(f"SpikingActivation needs a FittedNeuron, got {type(fitted).__name__}")
@@ -86,8 +90,8 @@ class SpikingActivation(SpikingOp):
         return reference(x.clamp(*self.fitted.domain) if self.saturating else x)
 
     @classmethod
-    def gelu(cls, T: int = 16, N: int = ACTIVATION_N, approximate: str = "none",
-             mode: str = "fast") -> "SpikingActivation":
+    def gelu(cls, T: int = DEFAULT_T, N: int = ACTIVATION_N, approximate: str = "none",
+             mode: str = DEFAULT_MODE) -> "SpikingActivation":
         """GELU from the shipped fit: erf form (``'none'``) or GPT-2's tanh form (``'tanh'``);
         ``N`` bases (:data:`ACTIVATION_N`, conversion's default, unless given)."""
         if approximate not in GELU_TARGETS:
@@ -95,12 +99,12 @@ class SpikingActivation(SpikingOp):
         return cls(load_fitted(GELU_TARGETS[approximate], "mbe", N, T), mode)
 
     @classmethod
-    def silu(cls, T: int = 16, N: int = ACTIVATION_N, mode: str = "fast") -> "SpikingActivation":
+    def silu(cls, T: int = DEFAULT_T, N: int = ACTIVATION_N, mode: str = DEFAULT_MODE) -> "SpikingActivation":
         """SiLU from the shipped fit (``N`` as in :meth:`gelu`)."""
         return cls(load_fitted("silu", "mbe", N, T), mode)
 
     @classmethod
-    def tanh(cls, T: int = 16, N: int = ACTIVATION_N, mode: str = "fast") -> "SpikingActivation":
+    def tanh(cls, T: int = DEFAULT_T, N: int = ACTIVATION_N, mode: str = DEFAULT_MODE) -> "SpikingActivation":
         """tanh from the shipped fit (``N`` as in :meth:`gelu`)."""
         return cls(load_fitted("tanh", "mbe", N, T), mode)
 

@@ -8,12 +8,13 @@ import logging
 import math
 import warnings
 from dataclasses import fields
-from typing import Any, Dict, Iterator, List, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base
 
+from ..neurons.multibasis import DEFAULT_N, DEFAULT_T  # noqa: F401  (the operators' defaults)
 from .coding import FLOAT32_MAX_T
 from .stats import OpStats
 
@@ -29,6 +30,7 @@ TRACE_FIXES_CHOICES = (
     "power-of-two overflow shift beyond their calibrated range, and which shift) are fixed to the example input's, "
     "and its compiled CPU kernels run outside the traced graph; the trace computes wrong values. Run the model "
     "eagerly, or with torch.compile")
+DEFAULT_MODE = "fast"
 STAT_FIELDS = tuple(f.name for f in fields(OpStats))
 Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
 _FLOAT_REFERENCE = contextvars.ContextVar("mbe_float_reference", default=False)
@@ -117,6 +119,7 @@ class SpikingOp(base.MemoryModule):
 
     calibrated_buffers: Tuple[str, ...] = ()  # buffers calibration sets (None until then)
     settings_names: Tuple[str, ...] = ("T", "code")  # settings a saved state must share (those it has)
+    drives_weight_layer: ClassVar[bool] = False  # the input of a weight layer: charged spikes x fan-out
 
     def __init__(self, mode: str) -> None:
         super().__init__()
@@ -324,3 +327,34 @@ def broadcast_shape(a: torch.Tensor, b: torch.Tensor, op: str) -> Tuple[int, ...
     except RuntimeError:
         raise ValueError(f"{op}: operands of shapes {tuple(a.shape)} and {tuple(b.shape)} are not broadcastable; "
                          f"b must be broadcastable to a's shape {tuple(a.shape)}") from None
+
+
+class Calibrated:
+    """A module whose ranges come from calibration, in the style of torch.ao's observers.
+
+    Built without ranges, it starts ``calibrating``: its forwards compute in float while it observes
+    its ``operands`` inputs; :meth:`finish_calibration` turns the observations into ranges (at a
+    ``percentile`` of the magnitudes, or their maximum), which :meth:`set_ranges` fixes (ending
+    calibration). ``idle``: calibrating and never called.
+    """
+
+    operands: ClassVar[int] = 1
+    calibrating: bool = False
+
+    def set_ranges(self, ranges: Sequence[float]) -> None:
+        raise NotImplementedError
+
+    def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, ...]:
+        raise NotImplementedError
+
+    @property
+    def idle(self) -> bool:
+        return False
+
+
+class CalibratedOp(SpikingOp, Calibrated):
+    """A spiking operator that calibrates (:class:`Calibrated`); :attr:`ranges` reads its ranges back flat."""
+
+    @property
+    def ranges(self) -> Optional[Tuple[float, ...]]:
+        raise NotImplementedError

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
@@ -185,13 +185,13 @@ class SpikingLayerNorm(_SpikingNorm):
     centered, element_flops, row_flops = True, flops.LAYERNORM, flops.LAYERNORM_ROW
 
     def __init__(self, normalized_shape: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
-                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
-                 N: int = 4, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
+                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, *,
+                 N: int = DEFAULT_N, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
                  element_exponents: bool = True) -> None:
         super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits, code, element_exponents)
 
     @classmethod
-    def from_module(cls, ln: nn.LayerNorm, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingLayerNorm":
+    def from_module(cls, ln: nn.LayerNorm, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, **kwargs) -> "SpikingLayerNorm":
         """Same ``normalized_shape``, ``eps`` and the very same ``weight``/``bias`` parameters."""
         return cls(ln.normalized_shape, ln.weight, ln.bias, ln.eps, T, mode, **kwargs)
 
@@ -203,12 +203,12 @@ class SpikingRMSNorm(_SpikingNorm):
     centered, element_flops, row_flops = False, flops.RMSNORM, flops.RMSNORM_ROW
 
     def __init__(self, hidden_size: Union[int, Sequence[int]], weight: Optional[torch.Tensor] = None,
-                 eps: float = 1e-6, T: int = 16, mode: str = "fast", *, N: int = 4,
+                 eps: float = 1e-6, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, *, N: int = DEFAULT_N,
                  split_bits: Optional[int] = None, code: str = DEFAULT_CODE, element_exponents: bool = True) -> None:
         super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits, code, element_exponents)
 
     @classmethod
-    def from_module(cls, m: nn.Module, T: int = 16, mode: str = "fast", **kwargs) -> "SpikingRMSNorm":
+    def from_module(cls, m: nn.Module, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, **kwargs) -> "SpikingRMSNorm":
         """From HF ``LlamaRMSNorm`` (``variance_epsilon``) or ``torch.nn.RMSNorm`` (``eps``, None = machine eps)."""
         eps = getattr(m, "variance_epsilon", None)
         if eps is None:
@@ -229,8 +229,8 @@ class SpikingGroupNorm(_SpikingNorm):
     centered, element_flops, row_flops = True, flops.LAYERNORM, flops.LAYERNORM_ROW
 
     def __init__(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor] = None,
-                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = 16, mode: str = "fast", *,
-                 N: int = 4, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
+                 bias: Optional[torch.Tensor] = None, eps: float = 1e-5, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, *,
+                 N: int = DEFAULT_N, split_bits: Optional[int] = None, code: str = DEFAULT_CODE,
                  element_exponents: bool = True) -> None:
         super().__init__(channels, weight, bias, eps, T, mode, N, split_bits, code, element_exponents)
         if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1

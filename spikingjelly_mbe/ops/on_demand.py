@@ -18,8 +18,10 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..fitting import Target, load_fitted_function
+from ..fitting.library import load_fitted_function
+from ..fitting.targets import Target
 from .activation import SpikingActivation
+from .base import DEFAULT_MODE, Calibrated
 from .coding import DEFAULT_CODE
 from .rectifier import PiecewiseLinear
 
@@ -199,7 +201,7 @@ class TailedActivation(nn.Module):
         return self.tails(x) + self.residual(x.clamp(lo, hi))
 
 
-class FittedOnDemand(nn.Module):
+class FittedOnDemand(nn.Module, Calibrated):
     """An element-wise function ``fn`` (``name`` keys its fits) on a neuron fitted after calibration.
 
     While ``calibrating`` it computes ``fn`` in float and records the interval of its inputs and
@@ -212,7 +214,7 @@ class FittedOnDemand(nn.Module):
     mbe_opaque = True
     operands = 2  # ranges: the input interval (lo, hi)
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str, T: int, N: int, mode: str = "fast",
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str, T: int, N: int, mode: str = DEFAULT_MODE,
                  code: str = DEFAULT_CODE, rectify: bool = True) -> None:
         super().__init__()
         self.fn, self.name, self.T, self.N, self.mode, self.code, self.rectify = fn, name, T, N, mode, code, rectify

@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels
 from . import flops
-from .base import Count, SpikingOp, broadcast_shape, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, broadcast_shape, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
                         resolve_budget)
@@ -95,7 +95,7 @@ def _check_ranges(ranges: Sequence[float]) -> Tuple[float, float]:
     return float(ranges[0]), float(ranges[1])
 
 
-class _TwoOperandOp(SpikingOp):
+class _TwoOperandOp(CalibratedOp):
     """Both operands pass through sign-magnitude MBE_Id neurons of ranges ``(A1, A2)`` (Eq. 9) in the
     digit ``code`` (:data:`~.coding.CODES`; the coincidences are the products of the operands'
     nonzero-digit counts in every code).
@@ -274,7 +274,7 @@ class SpikingProduct(_TwoOperandOp):
     float_op = staticmethod(torch.mul)
     per_channel = True
 
-    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+    def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
 
@@ -315,7 +315,7 @@ class SpikingMatmul(_TwoOperandOp):
 
     float_op = staticmethod(torch.matmul)
 
-    def __init__(self, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+    def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
 
@@ -358,7 +358,7 @@ class SpikingEinsum(_TwoOperandOp):
     coincidences of every term; ``ann_flops``: one multiply-accumulate per term.
     """
 
-    def __init__(self, equation: str, T: int = 16, mode: str = "fast", ranges: Optional[Sequence[float]] = None,
+    def __init__(self, equation: str, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         if not isinstance(equation, str) or equation.partition("->")[0].count(",") != 1:
             raise ValueError(f"SpikingEinsum needs a two-operand equation such as 'bij,bjk->bik', got {equation!r}")

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 
 from .. import kernels
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import ChannelPeaks, along, channel_layout, channel_ranges
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code,
                      check_steps, finite, total)
 
 
-class SpikingReLU(SpikingOp):
+class SpikingReLU(CalibratedOp):
     """``relu(x)`` as the spikes of one MBE_Id neuron of range ``[0, A]`` (Eq. 9, positive gain).
 
     With ``A=None`` the operator starts ``calibrating`` (float ReLU, ``max relu(x)`` observed), like
@@ -43,7 +43,7 @@ class SpikingReLU(SpikingOp):
     ann_flops_per_element = flops.RELU
     calibrated_buffers = ("channel_ranges",)
 
-    def __init__(self, T: int = 16, mode: str = "fast", A: Optional[float] = None, code: str = DEFAULT_CODE,
+    def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, A: Optional[float] = None, code: str = DEFAULT_CODE,
                  per_channel: bool = False) -> None:
         super().__init__(mode)
         self.T, self.code, self.per_channel = check_steps(T), check_code(code), bool(per_channel)
@@ -143,7 +143,7 @@ class PiecewiseLinear(nn.Module):
 
     mbe_opaque = True
 
-    def __init__(self, knots: Sequence[Tuple[float, float]], T: int = 16, mode: str = "fast",
+    def __init__(self, knots: Sequence[Tuple[float, float]], T: int = DEFAULT_T, mode: str = DEFAULT_MODE,
                  c0: float = 0.0, c1: float = 0.0, code: str = DEFAULT_CODE) -> None:
         super().__init__()
         for name, v in (("c0", c0), ("c1", c1), *((f"knot {i}", v) for i, k in enumerate(knots) for v in k)):
@@ -178,7 +178,7 @@ class SpikingMaxPool2d(nn.Module):
 
     mbe_opaque = True
 
-    def __init__(self, kernel_size, stride=None, padding=0, T: int = 16, mode: str = "fast",
+    def __init__(self, kernel_size, stride=None, padding=0, T: int = DEFAULT_T, mode: str = DEFAULT_MODE,
                  code: str = DEFAULT_CODE) -> None:
         super().__init__()
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731

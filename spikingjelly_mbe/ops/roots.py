@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
 from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
@@ -32,7 +32,7 @@ class SpikingRoot(SpikingOp):
     :data:`flops.ACTIVATION` per element (a fitted scalar function's convention).
     """
 
-    def __init__(self, power: float, T: int = 16, mode: str = "fast", *, N: int = 4,
+    def __init__(self, power: float, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, *, N: int = DEFAULT_N,
                  split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> None:
         super().__init__(mode)
         if power not in POWERS:
@@ -87,3 +87,12 @@ class SpikingRoot(SpikingOp):
 
     def extra_repr(self) -> str:
         return f"power={self.power:g}, T={self.T}, split_bits={self.split.split_bits}, " + super().extra_repr()
+
+
+MAX_POWER = 8  # the largest |p| of x ** p built from spiking products
+
+
+def is_power(p: object) -> bool:
+    """``p`` is an integer or half-integer exponent the spiking power builds (not 0 or 1: constant, linear)."""
+    return isinstance(p, (int, float)) and not isinstance(p, bool) and float(2 * p).is_integer() \
+        and abs(p) <= MAX_POWER and p not in (0, 1)

@@ -16,12 +16,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from .base import SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, working_dtype
 from .coding import IdentityCoder, check_steps, total
 from .observer import RangeObserver
 
 
-class SpikingTopK(SpikingOp):
+class SpikingTopK(CalibratedOp):
     """``torch.topk(x, k, dim)`` (largest, sorted) with the selection made by spiking neurons.
 
     With ``lo``/``hi`` unset the operator starts ``calibrating`` (float topk, the score range
@@ -35,7 +35,7 @@ class SpikingTopK(SpikingOp):
 
     operands = 2  # ranges (lo, hi)
 
-    def __init__(self, k: int, dim: int = -1, T: int = 16, mode: str = "fast") -> None:
+    def __init__(self, k: int, dim: int = -1, T: int = DEFAULT_T, mode: str = DEFAULT_MODE) -> None:
         super().__init__(mode)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"SpikingTopK: k must be a positive integer, got {k!r}")

@@ -8,7 +8,7 @@ import torch
 
 from .. import kernels
 from . import flops
-from .base import SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
@@ -44,7 +44,7 @@ class SpikingSoftmax(SpikingOp):
     product's coincidences.
     """
 
-    def __init__(self, dim: int = -1, T: int = 16, mode: str = "fast", *, N: int = 4,
+    def __init__(self, dim: int = -1, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, *, N: int = DEFAULT_N,
                  split_bits: Optional[int] = None, code: str = DEFAULT_CODE) -> None:
         super().__init__(mode)
         if isinstance(dim, bool) or not isinstance(dim, int):

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..fitting import load_fitted
+from ..fitting.library import load_fitted
 from ..fitting.targets import SPLIT_TARGETS
 from ..neurons.lookup import fingerprint, neuron_table
 from .coding import DEFAULT_CODE, IdentityCoder, check_steps, lookup

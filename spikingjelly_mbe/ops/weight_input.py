@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .. import kernels
 from . import flops
-from .base import Count, SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
 from .observer import Extreme, RangeObserver
@@ -18,7 +18,7 @@ from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_st
                         channel_shares, resolve_budget)
 
 
-class SpikingWeightInput(SpikingOp):
+class SpikingWeightInput(CalibratedOp):
     """``layer`` (``nn.Linear``, GPT-2's ``Conv1D``, a convolution) on the MBE_Id code of its input.
 
     Every input channel ``k`` is coded like a product's operand (sign-magnitude, ``T`` digits of
@@ -53,10 +53,12 @@ class SpikingWeightInput(SpikingOp):
     hooks: this operator charges it itself).
     """
 
+    drives_weight_layer = True
+
     operands = 1  # ranges (A,)
     calibrated_buffers = ("channel_ranges", "channel_centers")
 
-    def __init__(self, layer: nn.Module, T: int = 16, mode: str = "fast", A: Optional[float] = None,
+    def __init__(self, layer: nn.Module, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, A: Optional[float] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET, centered: bool = True) -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise TypeError(f"SpikingWeightInput wraps a weight layer (nn.Linear, Conv1D, a convolution), got "

@@ -1,33 +1,33 @@
-"""The settings every spiking operator of a conversion is built from (T, N, mode), and the builders."""
+"""MBE's settings and the spiking operator it builds for each site kind conversion finds: fitted MBE
+neurons (Eq. 8), MBE_Id-coded operands and products (Eqs. 9-12), Softmax and the norms from range-reduced
+neurons (Eq. 13). Every operator runs its ``T`` steps inside each forward (fully spike-driven)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ..fitting import load_fitted, load_fitted_on
-from ..fitting.targets import RECTIFIED
+from ..activations import ACTIVATIONS, Activation, Params
+from ..fitting.library import load_fitted, load_fitted_on
 from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingEinsum,
                    SpikingGroupNorm, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d, SpikingProduct, SpikingReLU,
                    SpikingRMSNorm, SpikingRoot, SpikingSoftmax, SpikingWeightInput)
-from ..ops.activation import ACTIVATION_N, GELU_TARGETS
-from ..ops.base import MODES, set_on_ops
+from ..ops.activation import ACTIVATION_N
+from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 from ..ops.routing import SpikingTopK
-
+from .blocks import ChannelsLast, Power, Quotient, Rescaled, VectorNorm
 
 @dataclass(frozen=True)
 class OpSettings:
     """``T`` timesteps, ``N`` bases per MBE neuron (Eq. 8) and the evaluation ``mode`` of every operator.
 
     ``activation_N`` sets the bases of the element-wise fitted activations (GELU, SiLU, tanh,
-    sigmoid) alone: they cover [-16, 16] with all their curvature, and their N=4 fit error (GELU
-    MSE 8e-5) is what keeps a converted model from matching its ANN (min cosine 0.996-0.999, argmax
-    97.7-98.4 % on the zoo); N=8 (MSE 6e-6) passes 0.999 / 99 % on every family.
-    ``activation_N=None`` uses ``N`` (the paper's setting with ``N=4``). Softmax and norms keep
+    sigmoid) alone: they cover [-16, 16] with all their curvature, so they get more bases than the
+    range-reduced neurons; ``activation_N=None`` uses ``N`` (the paper's setting with ``N=4``). Softmax and norms keep
     ``N``: their range-reduced neurons are already near exact. ``code`` is the digit code of every
     spike-coded operand (:data:`~spikingjelly_mbe.ops.coding.CODES`): ``'binary'`` (MBE_Id, Eq. 9)
     or ``'signed'`` (signed digits, the same values with fewer spikes). ``budget`` sets the precision
@@ -40,13 +40,12 @@ class OpSettings:
     SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
     a range reduction; ``False``: one fitted neuron of the whole function). ``norm_exponents`` gives
     every element a norm codes its own exponent (:class:`~spikingjelly_mbe.ops.SpikingLayerNorm`;
-    ``False``: the row's exponent alone). This dataclass is the one
-    source of the conversion defaults: ``convert()``'s signature and the Hydra schema read them from here.
+    ``False``: the row's exponent alone).
     """
 
-    T: int = 16
-    N: int = 4
-    mode: str = "fast"
+    T: int = DEFAULT_T
+    N: int = DEFAULT_N
+    mode: str = DEFAULT_MODE
     activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
     code: str = DEFAULT_CODE
@@ -78,39 +77,41 @@ class OpSettings:
     float_ops: ClassVar[Tuple[str, ...]] = ()
     linear_input_note: ClassVar[str] = "weight layer driven by MBE_Id-coded input spikes (Eqs. 9, 12)"
 
-    def activation(self, entry: Any, params: Dict[str, Any]) -> nn.Module:
-        """The spiking module of a catalog activation entry (its own builder)."""
-        return entry.build(self, **params)
+    def activation(self, entry: Activation, params: Params) -> nn.Module:
+        """The spiking module of an activation entry: its exact rectifier form, its own fitted neuron,
+        or another entry's neuron with an input gain."""
+        if entry.knots is not None:
+            knots, c0, c1 = entry.knots(**params)
+            return self.piecewise(knots, c0, c1) if knots else nn.Identity()
+        if entry.fit is not None:
+            return Rescaled(self.fitted(entry.fit), entry.gain)
+        return self.fitted(entry.name)
+
+    def narrowed(self, entry: Activation, params: Params, span: float) -> Optional[nn.Module]:
+        """The entry's own fitted neuron refitted on ``[-span, span]`` (``None``: it has none)."""
+        return self.fitted(entry.fitted_target, span) if entry.fitted_target is not None else None
 
     def norm(self, norm: Any, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
              eps: float) -> nn.Module:
-        """The spiking module of a catalog norm (its own builder)."""
-        return norm.build(self, shape, weight, bias, eps)
+        """LayerNorm or RMSNorm on the trailing (or, ``norm.channels_first``, the channel) dimension."""
+        if weight is not None and norm.weight_offset:
+            weight = weight.detach() + norm.weight_offset
+        op = self.layer_norm(shape, weight, bias, eps) if norm.centered else self.rms_norm(shape, weight, eps)
+        return ChannelsLast(op) if norm.channels_first else op
 
     def fitted(self, target: str, span: Optional[float] = None) -> Union[SpikingActivation, RectifiedActivation]:
         """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element
         (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain. A target
-        with a linear tail (:data:`~spikingjelly_mbe.fitting.targets.RECTIFIED`) on its own domain is,
+        with a linear tail (an activation with a ``residual_domain``) on its own domain is,
         with ``rectified_activations``, a rectifier plus the fitted residual."""
-        if span is None and self.rectified_activations and target in RECTIFIED:
-            residual = load_fitted(RECTIFIED[target], "mbe", self.activation_bases, self.T)
+        residual_target = ACTIVATIONS[target].residual_target if target in ACTIVATIONS else None
+        if span is None and self.rectified_activations and residual_target is not None:
+            residual = load_fitted(residual_target, "mbe", self.activation_bases, self.T)
             return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, per_channel=True),
                                        SpikingActivation(residual, self.mode))
         fit = load_fitted(target, "mbe", self.activation_bases, self.T) if span is None else \
             load_fitted_on(target, self.activation_bases, self.T, span)
         return SpikingActivation(fit, self.mode)
-
-    def gelu(self, approximate: str = "none") -> Union[SpikingActivation, RectifiedActivation]:
-        """GELU, erf form or GPT-2's tanh form."""
-        if approximate not in GELU_TARGETS:
-            raise ValueError(f"approximate must be one of {sorted(GELU_TARGETS)}, got {approximate!r}")
-        return self.fitted(GELU_TARGETS[approximate])
-
-    def silu(self) -> Union[SpikingActivation, RectifiedActivation]:
-        return self.fitted("silu")
-
-    def tanh(self) -> SpikingActivation:
-        return self.fitted("tanh")
 
     def piecewise(self, knots: Sequence[Tuple[float, float]], c0: float = 0.0, c1: float = 0.0) -> PiecewiseLinear:
         """``c0 + c1 x + sum w relu(x - t)`` on exact identity-neuron rectifiers (ReLU, ReLU6, hardtanh)."""
@@ -119,6 +120,10 @@ class OpSettings:
     def max_pool(self, kernel_size, stride=None, padding=0) -> SpikingMaxPool2d:
         """``max_pool2d`` as a fold of ``m + relu(v - m)`` on rectifier neurons."""
         return SpikingMaxPool2d(kernel_size, stride, padding, self.T, self.mode, self.code)
+
+    def network(self, model: nn.Module) -> nn.Module:
+        """The converted model itself: every operator runs its ``T`` steps inside a forward."""
+        return model
 
     def product(self) -> SpikingProduct:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
@@ -135,6 +140,18 @@ class OpSettings:
     def root(self, power: float) -> SpikingRoot:
         """``x^power`` for ``power`` in ``{-1, -1/2, 1/2}``: the IEEE-754 split with a range-reduced mantissa neuron."""
         return SpikingRoot(power, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+
+    def quotient(self) -> Quotient:
+        """``a / b`` of two activations: the spiking product of ``a`` and the reciprocal of ``b``."""
+        return Quotient(self)
+
+    def power(self, exponent: float) -> Power:
+        """``x ** exponent`` (integer or half-integer): spiking products, reciprocal and square root."""
+        return Power(self, exponent)
+
+    def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool) -> VectorNorm:
+        """The 2-norm over ``dim``: spiking squares, a synaptic sum and the IEEE-754 split's square root."""
+        return VectorNorm(self, dim, keepdim)
 
     def on_demand(self, fn: Any, name: str) -> FittedOnDemand:
         """An element-wise function no catalog entry covers, on a neuron fitted to its calibrated input
@@ -169,8 +186,3 @@ class OpSettings:
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
         return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,
                               code=self.code, element_exponents=self.norm_exponents)
-
-
-def set_mode(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every spiking operator of ``model`` to ``'fast'`` or ``'simulate'`` (same semantics)."""
-    return set_on_ops(model, "mode", mode, MODES)

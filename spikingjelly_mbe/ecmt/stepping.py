@@ -6,11 +6,14 @@ the mean of its ``T`` step outputs (the running sum divided by ``T``).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import copy
+from typing import Any, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import base
+
+STEP_CACHES = "ecmt_step_caches"  # the attribute of a KV cache holding the other time steps' caches
 
 
 def _add(acc: Any, out: Any, path: str) -> Any:
@@ -71,28 +74,80 @@ def _mean(acc: Any, template: Any, T: int) -> Any:
     return acc
 
 
+def _step_caches(cache: Any, T: int) -> List[Any]:
+    """One KV cache per time step: ``cache`` (what the caller holds) and the ``T - 1`` others it carries."""
+    steps = getattr(cache, STEP_CACHES, None)
+    if steps is not None and len(steps) == T - 1:
+        return [cache, *steps]
+    if cache.get_seq_length() != 0:
+        raise NotImplementedError(
+            "run_steps: this KV cache was filled outside the time-stepped network, so it holds one set of keys and "
+            "values, while an ECMT network needs one per time step (each step sees its own spike increments): "
+            "start generation with an empty cache, or pass use_cache=False")
+    return [cache] + [copy.deepcopy(cache) for _ in range(T - 1)]
+
+
 def run_steps(module: nn.Module, *args: Any, T: int, **kwargs: Any) -> Any:
     """Reset ``module``'s state, call ``module(*args, **kwargs)`` ``T`` times and return the mean
     output (same structure: tensor, tuple, list, dict or HF ``ModelOutput``; non-float entries
     must not change between steps). State and operator counts stay readable afterwards; the next
     call resets them.
 
-    There is no KV cache: ``use_cache=True`` raises, and an HF model whose config enables the cache
-    is called with ``use_cache=False`` unless the caller passes ``use_cache`` itself.
+    An HF model whose config enables the cache is called with ``use_cache=False`` unless the caller
+    passes ``use_cache``. A KV cache (``past_key_values``, or ``use_cache=True``) is kept per time step: step ``t`` reads
+    and extends the keys and values of step ``t`` of the earlier calls, so a cached forward gives
+    what the whole sequence would. The returned cache carries the other steps' caches; pass it back.
     """
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T (time steps) must be a positive integer, got {T!r}")
-    if kwargs.get("use_cache"):
-        raise ValueError("run_steps: use_cache=True is not supported: ECMT re-runs the whole input at every step "
-                         "and keeps no KV cache; pass use_cache=False")
     if "use_cache" not in kwargs and getattr(getattr(module, "config", None), "use_cache", False):
-        kwargs["use_cache"] = False
+        kwargs["use_cache"] = False  # a plain forward keeps no cache unless asked to
+    cache = kwargs.get("past_key_values")
+    caches = _step_caches(cache, T) if cache is not None else [None] * T
     for m in module.modules():  # SpikingJelly memories only: a model's own modules may have another reset()
         if isinstance(m, base.MemoryModule):
             m.reset()
     acc: Optional[Any] = None
     out: Any = None
     for step in range(T):
+        if cache is not None:
+            kwargs["past_key_values"] = caches[step]
         out = module(*args, **kwargs)
+        if isinstance(out, Mapping) and out.get("past_key_values") is not None:
+            caches[step] = out["past_key_values"]
+            out["past_key_values"] = caches[0]  # one cache in the averaged output, carrying the others
         acc = _start(out) if step == 0 else _add(acc, out, "output")
+    if caches[0] is not None:
+        setattr(caches[0], STEP_CACHES, caches[1:])
     return _mean(acc, out, T)
+
+
+class TimeStepped(nn.Module):
+    """The converted network run ``T`` times on the repeated input; the output is the mean over the
+    steps (:func:`run_steps`). ``generate`` (a causal LM's) runs every forward so, with or without
+    the KV cache."""
+
+    def __init__(self, network: nn.Module, T: int) -> None:
+        super().__init__()
+        self.network, self.T = network, T
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return run_steps(self.network, *args, T=self.T, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The network's own ``generate`` with every forward time-stepped: it runs on a view of the
+        network (the same modules and state) whose calls are :func:`run_steps`."""
+        network = self.network
+        if not callable(getattr(network, "generate", None)):
+            raise AttributeError(f"{type(network).__name__} has no generate(): it is not a generative model")
+        stepped = type(f"TimeStepped{type(network).__name__}", (type(network),),
+                       {"__call__": lambda view, *a, **k: self(*a, **k)})
+        view = object.__new__(stepped)
+        view.__dict__ = network.__dict__
+        return view.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("network"), name)  # config, spiking_report, ... of the network

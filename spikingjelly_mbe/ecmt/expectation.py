@@ -17,9 +17,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import flops
-from .base import SpikingOp, broadcast_shape, working_dtype
-from .multi_threshold import MTCodedOp
+from ..ops import flops
+from ..ops.base import DEFAULT_MODE, SpikingOp, broadcast_shape, working_dtype
+from .multi_threshold import PERCENTILE, THRESHOLDS, MTCodedOp
 
 Flops = Callable[[torch.Tensor], int]
 
@@ -36,7 +36,7 @@ class ExpectationCompensation(SpikingOp):
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], flops_of: Flops, allow_neg_inf: bool = False,
-                 mode: str = "fast") -> None:
+                 mode: str = DEFAULT_MODE) -> None:
         super().__init__(mode)
         self.fn = fn
         self.flops_of = flops_of
@@ -100,8 +100,8 @@ class ProductCompensation(MTCodedOp):
 
     KINDS = ("product", "matmul")
 
-    def __init__(self, kind: str, n: int = 8, percentile: float = 99.0,
-                 thresholds: Optional[Sequence[float]] = None, mode: str = "fast") -> None:
+    def __init__(self, kind: str, n: int = THRESHOLDS, percentile: float = PERCENTILE,
+                 thresholds: Optional[Sequence[float]] = None, mode: str = DEFAULT_MODE) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
         super().__init__(2, n, percentile, thresholds, mode)

@@ -2,7 +2,7 @@
 calibrated from data (Huang et al., ACM MM 2024; MT neuron Fig. 3, Parallel Parameter
 normalisation Fig. 4).
 
-Calibration follows the project's protocol (:mod:`.products`): a module built without thresholds
+Calibration follows the project's protocol (:mod:`spikingjelly_mbe.ops.products`): a module built without thresholds
 starts ``calibrating`` (forwards compute in float and record the operands); ``finish_calibration``
 fixes the base thresholds from the recorded data and returns them as a flat tuple
 ``(lambda_p, lambda_n, ...)`` (one pair per MT neuron), which ``set_ranges`` accepts back. ECMT's
@@ -18,17 +18,19 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..neurons.multi_threshold import MTNode
-from . import flops
-from .base import SpikingOp
-from .observer import SAMPLES_PER_BATCH
+from ..ops import flops
+from ..ops.base import DEFAULT_MODE, CalibratedOp
+from ..ops.observer import SAMPLES_PER_BATCH
+from .neuron import MTNode
 
 log = logging.getLogger("spikingjelly_mbe.ops")
+THRESHOLDS = 8  # MT thresholds per sign (ECMT's n)
+PERCENTILE = 90.0  # of the calibration inputs, where the base thresholds sit (the paper uses 99)
 
 
 def check_percentile(percentile: float) -> float:
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 50.0 < percentile < 100.0:
-        raise ValueError(f"percentile must lie in (50, 100) (ECMT uses 99), got {percentile!r}")
+        raise ValueError(f"percentile must lie in (50, 100) (the ECMT paper uses 99), got {percentile!r}")
     return float(percentile)
 
 
@@ -72,7 +74,7 @@ def _check_thresholds(values: Sequence[float], count: int) -> Tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-class MTCodedOp(SpikingOp):
+class MTCodedOp(CalibratedOp):
     """Base of the operators whose ``operands`` inputs pass through MT neurons (``n`` thresholds per
     sign). ``thresholds`` (flat ``(lambda_p, lambda_n)`` per neuron) skips calibration.
     Subclasses keep a step counter ``steps`` (a memory) for charging ``ann_flops`` once per run."""
@@ -105,8 +107,7 @@ class MTCodedOp(SpikingOp):
         self.calibrating = False
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, ...]:
-        """Thresholds from the observed inputs at ``percentile`` (``None``: this operator's own,
-        ECMT's 99 by default); returns them flat, as :meth:`set_ranges` takes them."""
+        """Thresholds from the observed inputs at ``percentile`` (``None``: this operator's own); returns them flat, as :meth:`set_ranges` takes them."""
         if not self.observers[0].batches:
             raise RuntimeError(f"{type(self).__name__}: finish_calibration() before any calibration forward; run "
                                "a few batches while calibrating, or call set_ranges((lambda_p, lambda_n, ...))")
@@ -151,8 +152,10 @@ class MTLinearInput(MTCodedOp):
     layer's MACs once per run (at step 1). The computation has one form, so ``mode`` changes nothing.
     """
 
-    def __init__(self, layer: nn.Module, n: int = 8, percentile: float = 99.0,
-                 thresholds: Optional[Sequence[float]] = None, mode: str = "fast") -> None:
+    drives_weight_layer = True
+
+    def __init__(self, layer: nn.Module, n: int = THRESHOLDS, percentile: float = PERCENTILE,
+                 thresholds: Optional[Sequence[float]] = None, mode: str = DEFAULT_MODE) -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise TypeError("MTLinearInput wraps a weight layer (nn.Linear, nn.Conv2d, Conv1D), got "
                             f"{type(layer).__name__}")

@@ -1,0 +1,108 @@
+"""Wrappers MBE's factory builds around its operators: an input gain on an activation, a trailing-dimension
+operator over the channel dimension, a quotient, a power and a vector norm of activations. All are opaque to conversion's run-time interception."""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..ops.roots import MAX_POWER, is_power
+
+
+class Rescaled(nn.Module):
+    """``op(g x) / g``: an activation with an input gain and its inverse as the output weight
+    (QuickGELU ``x sigmoid(1.702 x)`` is ``silu(1.702 x) / 1.702``)."""
+
+    mbe_opaque = True
+
+    def __init__(self, op: nn.Module, gain: float) -> None:
+        super().__init__()
+        self.op, self.gain = op, float(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x * self.gain) / self.gain
+
+    def extra_repr(self) -> str:
+        return f"gain={self.gain:g}"
+
+
+class ChannelsLast(nn.Module):
+    """A trailing-dimension operator applied over dimension 1 (channels-first ``LayerNorm2d``)."""
+
+    mbe_opaque = True
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class Quotient(nn.Module):
+    """``a / b`` of two activations: the spiking product of ``a`` and ``1/b`` (the IEEE-754 split's
+    reciprocal neuron, :class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.reciprocal, self.product = settings.root(-1.0), settings.product()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.product(a, self.reciprocal(b))
+
+
+class Power(nn.Module):
+    """``x^p`` for an integer or half-integer ``p`` (``|p| <= MAX_POWER``): ``y = 1/x`` for ``p < 0``
+    (else ``x``), then ``y^n`` for the integer part by spiking products and, for a half, one more
+    product with ``sqrt(y)`` (the IEEE-754 split, :class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any, power: float) -> None:
+        super().__init__()
+        if not is_power(power):
+            raise ValueError(f"Power: p must be an integer or half-integer in [-{MAX_POWER}, {MAX_POWER}] "
+                             f"other than 0, 1, got {power!r}")
+        self.power = float(power)
+        magnitude = abs(self.power)
+        self.whole, self.half = int(magnitude), magnitude % 1 == 0.5
+        self.reciprocal = settings.root(-1.0) if self.power < 0 else None
+        self.root = settings.root(0.5) if self.half else None
+        factors = self.whole + self.half
+        self.products = nn.ModuleList(settings.product() for _ in range(factors - 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.reciprocal(x) if self.reciprocal is not None else x
+        factors = [y] * self.whole + ([self.root(y)] if self.root is not None else [])
+        out = factors[0]
+        for product, factor in zip(self.products, factors[1:]):
+            out = product(out, factor)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"power={self.power:g}"
+
+
+class VectorNorm(nn.Module):
+    """``sqrt(sum x^2)`` over ``dim``: the square by the spiking product, the sum a synaptic
+    accumulation, the square root from the IEEE-754 split (:class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any, dim: Optional[Tuple[int, ...]], keepdim: bool) -> None:
+        super().__init__()
+        self.dim, self.keepdim = dim, bool(keepdim)
+        self.square, self.root = settings.product(), settings.root(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squares = self.square(x, x)
+        total = squares.sum() if self.dim is None else squares.sum(self.dim, keepdim=self.keepdim)
+        if self.dim is None and self.keepdim:
+            total = total.reshape((1,) * x.dim())
+        return self.root(total)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"

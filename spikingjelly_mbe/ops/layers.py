@@ -1,0 +1,13 @@
+"""The weight layers a method drives with spikes (``nn.Linear``, GPT-2's ``Conv1D``, 1-D and 2-D
+convolutions), named ``'module:Class'`` so that recognising one loads neither transformers nor timm."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+WEIGHT_LAYER_NAMES = frozenset({"torch.nn.modules.linear:Linear", "transformers.pytorch_utils:Conv1D",
+                                "torch.nn.modules.conv:Conv1d", "torch.nn.modules.conv:Conv2d"})
+
+
+def is_weight_layer(module: nn.Module) -> bool:
+    """``module`` is (a subclass of) one of the weight layers."""
+    return any(f"{cls.__module__}:{cls.__qualname__}" in WEIGHT_LAYER_NAMES for cls in type(module).__mro__)
