@@ -100,6 +100,24 @@ class StraightThrough(torch.autograd.Function):
         return None, grad
 
 
+class OneOf:
+    """A setting that takes one of ``options``: setting another value raises naming the setting and the options."""
+
+    def __init__(self, options: Sequence[str]) -> None:
+        self.options = options
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        return self if obj is None else getattr(obj, self.slot)
+
+    def __set__(self, obj: Any, value: str) -> None:
+        if value not in self.options:
+            raise ValueError(f"{type(obj).__name__}: {self.name} must be one of {self.options}, got {value!r}")
+        setattr(obj, self.slot, value)
+
+
 class SpikingOp(base.MemoryModule):
     """Base of the spiking operators.
 
@@ -129,25 +147,8 @@ class SpikingOp(base.MemoryModule):
         self._clamps = Tally()  # clamp notes not yet reported: what -> count
         self._nonfinite = Tally()  # input -> elements checked, and "<input>/finite" -> finite ones
 
-    @property
-    def mode(self) -> str:
-        return self._mode
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in MODES:
-            raise ValueError(f"{type(self).__name__}: mode must be one of {MODES}, got {value!r}")
-        self._mode = value
-
-    @property
-    def checks(self) -> str:
-        return self._checks
-
-    @checks.setter
-    def checks(self, value: str) -> None:
-        if value not in CHECKS:
-            raise ValueError(f"{type(self).__name__}: checks must be one of {CHECKS}, got {value!r}")
-        self._checks = value
+    mode = OneOf(MODES)
+    checks = OneOf(CHECKS)
 
     @property
     def simulating(self) -> bool:
