@@ -2,7 +2,6 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -207,10 +206,8 @@ class SpikingWeightInput(CalibratedOp):
         """Fast mode's decoded input ``x_hat = c + code(x - c)`` in float32 in one Triton kernel
         (:func:`~spikingjelly_mbe.kernels.triton_ops.code`: each channel's center, range and overflow
         shift), with its spikes and clamps (device counts); the same bits as the eager path."""
-        matched = x.dim() > 0 and x.shape[self.channel_dim] == self.channel_ranges.numel()
-        scale = (self.channel_ranges if matched else self.channel_ranges.max().reshape(1)).float()
-        center = self.channel_centers.float() if matched and self.channel_centers is not None else None
-        inner = math.prod(x.shape[self.channel_dim % x.dim() + 1:]) if matched else 1
+        _, inner, scale = channel_layout(self.channel_ranges, x, self.channel_dim)
+        center = None if self.centers_for(x) is None else self.channel_centers.float()
         decoded, _, stats = kernels.load_triton().code(x, scale, center, inner,
                                                       list(self.coder.kernel_params(torch.float32, True)),
                                                       self.coder.A, True, False)
