@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion.fidelity import REFIT_ABOVE
+from spikingjelly_mbe.conversion.fidelity import FIDELITY_POSITIONS, REFIT_ABOVE
 from spikingjelly_mbe.conversion.zoo import agreement, build, main_output, make_batch
 from spikingjelly_mbe.ops import SpikingActivation
 
@@ -64,6 +64,19 @@ def test_site_errors_are_each_sites_own_error_on_the_calibration_batches():
     text = str(snn.mbe_report)
     assert "site errors against the float reference on the calibration batches, worst 3 of 3" in text
     assert f"{rows[0].path}: {rows[0].operator} relative RMS {rows[0].relative_rms:.2e}" in text
+
+
+def test_site_errors_are_measured_on_the_first_batches_holding_the_capped_positions():
+    """Batches of 3000 rows against a cap of 4096: the first two are measured (6000 rows >= the
+    cap after the second), the third is not; the errors equal a plain re-measurement on those two."""
+    ann = mlp()
+    batches = [torch.randn(3000, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3)]
+    assert 3000 < FIDELITY_POSITIONS <= 6000
+    snn = convert(ann, T=8, calib_data=batches)
+    rows = {r.path: r for r in snn.mbe_report.site_errors}
+    assert rows["1"].elements == 2 * 3000 * 16
+    expected = measured(snn, batches[:2], {"1": F.gelu})
+    assert rows["1"].relative_rms == pytest.approx(expected["1"], rel=1e-6)
 
 
 def test_an_activation_whose_own_error_is_too_large_is_refitted_on_its_inputs_range():

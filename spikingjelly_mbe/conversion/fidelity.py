@@ -1,10 +1,11 @@
 """Per-site fidelity: every spiking site's output against its float reference on the same inputs.
 
-After conversion the calibration batches run once more through the converted model. At each site
+After conversion the first calibration batches (up to :data:`FIDELITY_POSITIONS` token positions or
+rows) run once more through the converted model. At each site
 (an entry of the report's ``replaced`` list) the spiking output ``y`` is compared with what the
 same module computes when every operator in it returns its float reference
 (:func:`~spikingjelly_mbe.ops.base.float_reference_mode`), on the inputs the site received. The
-relative RMS ``sqrt(sum (y - r)^2 / sum r^2)`` over all batches is the site's own error, not the
+relative RMS ``sqrt(sum (y - r)^2 / sum r^2)`` over those batches is the site's own error, not the
 error it inherits from the sites before it: the operator to give more precision is the one at the
 top of the ranking.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -21,6 +22,7 @@ from ..fitting.targets import RECTIFIED, TARGETS
 from ..ops import RectifiedActivation, SpikingActivation
 from ..ops.base import float_reference_mode, in_float_reference_mode
 
+FIDELITY_POSITIONS = 4096  # the site errors are measured on the first calibration batches holding this many positions
 REFIT_ABOVE = 2e-2  # a fitted activation site whose own error exceeds this is refitted on its inputs' range,
 SMALL_INPUTS = 8  # when that range is at most this fraction of its target's domain (and narrower than its fit)
 UNRECTIFIED = {residual: target for target, residual in RECTIFIED.items()}
@@ -51,6 +53,20 @@ def _first_tensor(value: Any) -> Any:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def _squared_sums(out: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
+    """``sum (out - ref)^2`` and ``sum ref^2`` over the elements where both are finite, summed in at
+    least float32 (the finite mask, in float64, is built only when a sum is not finite)."""
+    dtype = torch.promote_types(ref.dtype, torch.float32)
+    error = (out - ref).square().sum(dtype=dtype)
+    reference = ref.square().sum(dtype=dtype)
+    if math.isfinite(float(error)) and math.isfinite(float(reference)):
+        return float(error), float(reference)
+    out, ref = out.double(), ref.double()
+    finite = torch.isfinite(ref) & torch.isfinite(out)
+    return (float(torch.where(finite, out - ref, 0.0).square().sum()),
+            float(torch.where(finite, ref, 0.0).square().sum()))
+
+
 class _Tally:
     """Sums of squared error and squared reference for one site, kept on the device."""
 
@@ -73,14 +89,13 @@ class _Tally:
         ref = _first_tensor(full)
         if isinstance(output, tuple) and len(output) == 2 and not output[1].is_floating_point():
             self.count_selections(output[1], full[1], getattr(module, "dim", -1))
-        out = _first_tensor(output)
-        out, ref = out.detach().double(), ref.detach().double()
-        finite = torch.isfinite(ref) & torch.isfinite(out)
-        self.error = self.error + torch.where(finite, out - ref, 0.0).square().sum()
-        self.reference = self.reference + torch.where(finite, ref, 0.0).square().sum()
+        out, ref = _first_tensor(output).detach(), ref.detach()
+        error, reference = _squared_sums(out, ref)
+        self.error, self.reference = self.error + error, self.reference + reference
         self.elements += out.numel()
         if args and isinstance(args[0], torch.Tensor) and args[0].numel():
-            self.peak = max(self.peak, float(args[0].detach().abs().max()))
+            low, high = torch.aminmax(args[0].detach())
+            self.peak = max(self.peak, float(high), -float(low))
 
     def count_selections(self, chosen: torch.Tensor, reference: torch.Tensor, dim: int) -> None:
         """Rows whose chosen index set is the reference's (order aside)."""
@@ -109,6 +124,11 @@ def site_errors(model: nn.Module, sites: Dict[str, str], run: Callable[[], Itera
     rows = [SiteError(path, sites[path], tally.relative_rms(), tally.elements, tally.peak,
                       tally.same_rows / tally.rows if tally.rows else None)
             for path, tally in tallies.items() if tally.elements]
+    return ranked(rows)
+
+
+def ranked(rows: Iterable[SiteError]) -> List[SiteError]:
+    """Sites worst first (ties by path)."""
     return sorted(rows, key=lambda row: (-row.relative_rms, row.path))
 
 

@@ -7,18 +7,18 @@ import copy
 import dataclasses
 import itertools
 import threading
-from typing import Any, Iterable, List, Optional
+from typing import Any, Iterable, List, Optional, Set
 
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
 from .blocks import SpikingAttention
-from .calibration import NEED_DATA, Batch, calibrate, run_batch
+from .calibration import NEED_DATA, Batch, calibrate, positions_of, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
-from .fidelity import fitted_target, refit_span, site_errors
+from .fidelity import FIDELITY_POSITIONS, fitted_target, ranked, refit_span, site_errors
 from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError
@@ -198,22 +198,29 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__,
                                                   "attention softmax from exp2-frac, reciprocal, products (Eq. 13)"))
 
-    def measure_sites(self, model: nn.Module, converter: ModuleConverter) -> list:
-        """Every replaced site's own error on the calibration batches, worst first (:mod:`.fidelity`)."""
+    def measure_sites(self, model: nn.Module, converter: ModuleConverter, paths: Optional[Set[str]] = None) -> list:
+        """Every replaced site's own error on the first calibration batches, until
+        :data:`~.fidelity.FIDELITY_POSITIONS` positions (``paths``: those sites alone), worst first
+        (:mod:`.fidelity`)."""
         modules = dict(model.named_modules())
-        sites = {e.path: type(modules[e.path]).__name__ for e in self.report.replaced if e.path in modules}
+        sites = {e.path: type(modules[e.path]).__name__ for e in self.report.replaced
+                 if e.path in modules and (paths is None or e.path in paths)}
 
         def run() -> None:
+            measured = 0
             with torch.no_grad():
                 for batch in itertools.islice(self.batches, self.calibration.num_batches):
+                    if measured >= FIDELITY_POSITIONS:
+                        break
                     run_batch(model, batch, converter.device)
+                    measured += positions_of(batch)
         return site_errors(model, sites, run)
 
-    def refit_coarse_activations(self, model: nn.Module) -> bool:
+    def refit_coarse_activations(self, model: nn.Module) -> Set[str]:
         """Fitted activation sites whose own error on the calibration batches says their fit is too
         coarse for the inputs they get (:func:`.fidelity.refit_span`) become one neuron fitted on
-        ``[-s, s]`` around those inputs (beyond it clamped and counted); whether any did."""
-        refitted = False
+        ``[-s, s]`` around those inputs (beyond it clamped and counted); the paths of those that did."""
+        refitted: Set[str] = set()
         for row in self.report.site_errors:
             old = model.get_submodule(row.path)
             span = refit_span(row, old)
@@ -230,7 +237,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
             self.report.replaced[index] = Entry(entry.path, entry.source, type(new).__name__,
                                                 f"{entry.note}; refitted on [-{span:g}, {span:g}] (its own error "
                                                 f"{row.relative_rms:.1e} on the calibration batches)")
-            refitted = True
+            refitted.add(row.path)
         return refitted
 
     def finalize(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
@@ -240,8 +247,11 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         self.report.float_operations = list(self.settings.float_ops)
         if self.settings.fully_spiking:
             self.report.site_errors = self.measure_sites(model, converter)
-            if self.refit_coarse_activations(model):
-                self.report.site_errors = self.measure_sites(model, converter)
+            refitted = self.refit_coarse_activations(model)
+            if refitted:  # a site's own error depends on its operator alone: measure the new ones only
+                rows = [row for row in self.report.site_errors if row.path not in refitted]
+                rows += self.measure_sites(model, converter, refitted)
+                self.report.site_errors = ranked(rows)
         del self.batches, self.plan, self.handles
         if not self.settings.fully_spiking:
             self.reset_handle.remove()  # stepped from outside: the state lives across the T steps of one input
