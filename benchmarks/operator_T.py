@@ -8,7 +8,9 @@ the rows ``T=high`` and ``T=low`` are the two whole conversions. ``--reverse`` a
 question, which type restores the metric: the low-T model with one type at a time at the high T.
 An operator is swapped in place (its state replaced by the other conversion's), so call-level sites
 that hold the module see the change too.
-Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``.
+Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``, and
+the low-T conversion's own per-site errors on its calibration batches (``spiking_report.site_errors``)
+by operator type (``operator_T_<model>_sites.md``) and by type and layer (``..._layers.png``).
 """
 from __future__ import annotations
 
@@ -23,10 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from real_models import CONF_MODELS, job_config  # noqa: E402
 from experiments import plots  # noqa: E402
+from experiments.site_breakdown import by_layer, by_type  # noqa: E402
 from experiments.convert import build_task  # noqa: E402
 from experiments.evaluation import Conversion, convert_for, evaluate, with_low_T  # noqa: E402
 from experiments.tables import Row, markdown, write_csv  # noqa: E402
 from spikingjelly_mbe.ops.base import SpikingOp  # noqa: E402
+
+
+SITE_COLUMNS = ("operator", "sites", "median_error", "worst_error", "worst_site")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -54,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         rows.append({"model": args.model, ("at_high_T" if args.reverse else "at_low_T"): name, "metric": task.metric, "ann": round(result.ann, 4),
                      "snn": round(result.snn, 4), "loss": round(result.row()["loss"], 4)})
         tqdm.write(markdown(rows[-1:], tuple(rows[-1])).splitlines()[-1])
+    sites = models[args.low].spiking_report.site_errors
+    site_stem = args.out / f"operator_T_{args.model}_T{args.low}"
+    types = markdown(by_type(sites), SITE_COLUMNS)
+    (site_stem.parent / f"{site_stem.name}_sites.md").write_text(types)
+    kinds, layers, matrix = by_layer(sites)
+    plots.heatmap(matrix, kinds, layers, site_stem.parent / f"{site_stem.name}_layers.png",
+                  f"{args.model} at T={args.low}: each site's own error, median per type and layer")
+    print(types)
     stem = args.out / f"operator_T_{args.model}{'_reverse' if args.reverse else ''}"
     (stem.with_suffix(".md")).write_text(markdown(rows, tuple(rows[0])))
     write_csv(rows, stem.with_suffix(".csv"))

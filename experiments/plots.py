@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -140,5 +140,19 @@ def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str
     ax.set_ylabel(f"{y} (accuracy points / perplexity %)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[Any], path: Path, title: str,
+            label: str = "relative RMS error (log10)") -> Path:
+    """``matrix`` (rows x cols) as a log10 colour map, blank where ``nan``."""
+    values = np.log10(np.asarray(matrix, dtype=float).clip(min=1e-12))
+    fig, ax = plt.subplots(figsize=(0.35 * len(cols) + 3, 0.35 * len(rows) + 1.8))
+    image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
+    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], fontsize=7)
+    ax.set_yticks(np.arange(len(rows)), list(rows), fontsize=7)
+    ax.set_xlabel("layer")
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_title(title)
     return _save(fig, path)
