@@ -648,7 +648,8 @@ class TestConvertedModels:
     @pytest.mark.parametrize("calib_data, message", [
         (torch.randn(2, 8), "not a single batch: pass \\[batch\\]"),
         ({"input_ids": torch.zeros(2, 4, dtype=torch.long)}, "not a single batch: pass \\[batch\\]"),
-        (5, "calib_data must be an iterable of batches"),
+        (5, "calib_data must be an iterable of batches .* \\(T is a keyword: convert\\(model, calib_data, T=5\\)\\)"),
+        (object(), "calib_data must be an iterable of batches .* got object$"),
     ])
     def test_calib_data_of_the_wrong_kind(self, calib_data, message):
         from spikingjelly_mbe import convert

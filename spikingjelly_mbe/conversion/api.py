@@ -74,8 +74,9 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
         raise TypeError("calib_data must be an iterable of batches, not a single batch: pass [batch] "
                         f"(got one {type(calib_data).__name__})")
     if calib_data is not None and not isinstance(calib_data, Iterable):
+        hint = f" (T is a keyword: convert(model, calib_data, T={calib_data}))" if isinstance(calib_data, int) else ""
         raise TypeError(f"calib_data must be an iterable of batches (a list of tensors or of dicts of forward "
-                        f"kwargs), got {type(calib_data).__name__}")
+                        f"kwargs), got {type(calib_data).__name__}{hint}")
     calibration = as_calibration(calibration)
     if calib_data is not None:
         calibration = dataclasses.replace(calibration, data=calib_data)
