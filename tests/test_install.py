@@ -1,5 +1,6 @@
-"""The install: the core package works without the `experiments` extra, and CI runs README command 2
-only after the offline assets installed."""
+"""The install: the core package works without the `experiments` extra, its console scripts say how to
+install the extra, and CI runs README command 2 only after the offline assets installed."""
+import configparser
 import os
 import re
 import shlex
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from experiments.cli import EXTRA_MODULES, INSTALL
+
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT_PACKAGES = ("hydra", "omegaconf", "wandb", "matplotlib")
+EXPERIMENT_PACKAGES = tuple(EXTRA_MODULES)
 
 # Runs in a fresh interpreter where the experiment packages cannot be imported (a None entry in
 # sys.modules is what Python itself reads as "not installed", for `import` and importlib.util.find_spec).
@@ -40,6 +43,56 @@ def test_the_core_package_imports_and_converts_without_the_experiment_packages()
     assert done.returncode == 0, done.stderr[-3000:]
     fully_spiking, error = done.stdout.split()
     assert fully_spiking == "True" and float(error) < 0.02
+
+
+def setup_cfg() -> configparser.ConfigParser:
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    return config
+
+
+def console_scripts() -> dict:
+    lines = setup_cfg()["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=")) for line in lines)
+
+
+def test_the_console_scripts_go_through_the_extras_check_and_it_names_the_extras_distributions():
+    assert console_scripts() == {f"sjmbe-{job}": f"experiments.cli:{job}" for job in ("fit", "convert", "report")}
+    extra = {line.split("==")[0].strip() for line in setup_cfg()["options.extras_require"]["experiments"].split("\n")
+             if line.strip()}
+    assert set(EXTRA_MODULES.values()) <= extra
+
+
+# a console script, as pip writes it, run where ``missing`` cannot be imported (None in sys.modules)
+SCRIPT = """
+import sys
+for name in {missing!r}:
+    sys.modules[name] = None
+from experiments.cli import {job}
+sys.argv = ["sjmbe-{job}", "--help"]
+sys.exit({job}())
+"""
+
+
+def run_script(job: str, missing: tuple) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT.format(missing=missing, job=job)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("job, missing, named", [("convert", ("hydra",), "hydra-core"),
+                                                 ("fit", ("wandb", "matplotlib"), "matplotlib, wandb"),
+                                                 ("report", ("omegaconf",), "hydra-core")])
+def test_a_console_script_without_the_experiments_extra_exits_naming_the_extra_and_its_install(job, missing, named):
+    done = run_script(job, missing)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"sjmbe-{job} needs the 'experiments' extra" in done.stderr
+    assert f"(missing: {named})" in done.stderr and INSTALL in done.stderr
+
+
+def test_a_console_script_with_the_extra_runs_its_hydra_entry_point():
+    done = run_script("report", ())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "report is powered by Hydra" in done.stdout and "sweep_dir" in done.stdout
 
 
 def readme_command(number: int) -> list:
