@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration, ConversionConfig as Options
+from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
 from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
@@ -216,6 +216,11 @@ CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMod
 # the operator options every entry point passes beside T, N and activation_N (the result tables' columns)
 OPERATOR_OPTIONS = tuple(f.name for f in dataclasses.fields(METHODS["mbe"]) if f.name not in ("T", "N", "mode",
                                                                                                  "activation_N"))
+# the options of the other methods (ECMT's n and percentile) as result columns, ``<method>_<option>``
+# (``ecmt_percentile`` is not the calibration's ``percentile``)
+METHOD_COLUMNS: Dict[str, str] = {f"{method}_{f.name}": f.name for method, settings in METHODS.items() if method != "mbe"
+                                  for f in dataclasses.fields(settings)
+                                  if f.name not in {g.name for g in dataclasses.fields(METHODS["mbe"])}}
 
 
 def _schema_field(f: dataclasses.Field) -> tuple:
@@ -235,9 +240,12 @@ def _operator_options(self) -> Dict[str, Any]:
 def _method_options(self) -> Dict[str, Any]:
     """``n`` and ``percentile`` and every other option of a method other than MBE (ECMT's), as
     :func:`spikingjelly_mbe.convert` takes them."""
-    mbe = {f.name for f in dataclasses.fields(METHODS["mbe"])}
-    return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(Options)
-            if f.name not in mbe and f.name not in ("method", "allow_float_fallback")}
+    return {name: _plain(getattr(self, name)) for name in dict.fromkeys(METHOD_COLUMNS.values())}
+
+
+def _method_columns(self) -> Dict[str, Any]:
+    """:data:`METHOD_COLUMNS` with this config's values (``{'ecmt_n': 2, 'ecmt_percentile': 90.0}``)."""
+    return {column: _plain(getattr(self, name)) for column, name in METHOD_COLUMNS.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -252,6 +260,7 @@ ConversionConfig = dataclasses.make_dataclass(
         ("exact_activations", bool, field(default=False)),
         ("calibration", CalibrationConfig, field(default_factory=CalibrationConfig))],
     namespace={"operator_options": _operator_options, "method_options": _method_options,
+               "method_columns": _method_columns,
                "__doc__": "Arguments of spikingjelly_mbe.convert (its ConversionConfig's fields and defaults), "
                           "a SpikingJelly recipe by method, and the exact-activations ablation."})
 ConversionConfig.__module__ = __name__

@@ -23,13 +23,13 @@ from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_source, make_task
 
 from . import plots
-from .config import OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
+from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
 from .evaluation import Result, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", *OPERATOR_OPTIONS, "metric",
+TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS, "metric",
                  "ann", "snn", "loss",
                  "agreement", "cosine", "cosine_mean", "fully_spiking", "firing_rate", "energy_strict",
                  "energy_strict_ops", "energy_paper", "energy_paper_ops",
@@ -87,7 +87,7 @@ def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_secon
     return {"entry": "convert", "model": model_label(c), "data": c.data.source.value,
             "method": c.conversion.method.value + ("+exact_act" if c.conversion.exact_activations else ""),
             "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
-            **c.conversion.operator_options(),
+            **c.conversion.operator_options(), **c.conversion.method_columns(),
             "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
             else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
             **result.row(), "fully_spiking": fully_spiking, "status": status,

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from spikingjelly_mbe.fitting import get_kind
 
 from . import plots
-from .config import OPERATOR_OPTIONS, LoggerConfig
+from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, LoggerConfig
 from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
 from .fit import TABLE_COLUMNS as FIT_COLUMNS
 from .job import CONF_DIR, METRICS_FILE, start
@@ -59,7 +59,7 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
 
 
 # what a convert sweep may vary besides T
-SETTINGS = ("method", "N", "activation_N", *OPERATOR_OPTIONS, "percentile", "headroom")
+SETTINGS = ("method", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS, "percentile", "headroom")
 OBJECTIVES = ("energy_strict", "loss")  # both minimised: the Pareto front of a convert sweep
 
 

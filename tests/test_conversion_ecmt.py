@@ -46,6 +46,24 @@ def test_ecmt_report_says_it_is_not_fully_spiking(bert):
     assert "float by the method" in str(report)
 
 
+def test_ecmt_report_describes_ecmts_operators_not_mbes():
+    """Every site of an ECMT model (weight layers, SiLU, RMSNorm, the SwiGLU product, attention) is
+    described as ECMT computes it: Expectation Compensation (Theorem 1), MT-coded products (Theorem 2),
+    MT neurons; no note names MBE's neurons or its equations."""
+    snn = convert(build("llama_lm"), T=3, calib_data=[make_batch("llama_lm", 2)], method="ecmt")
+    modules = dict(snn.network.named_modules())
+    notes = {e.path: e.note for e in snn.spiking_report.replaced}
+    assert not [n for n in notes.values() if "MBE" in n or "(Eq" in n], notes
+    theorem = {ExpectationCompensation: "in float inside Expectation Compensation (Theorem 1)",
+               ProductCompensation: "MT-coded activations: S_A(t) S_B(t) / t less the earlier outputs (Theorem 2)",
+               MTLinearInput: "driven by an MT neuron"}
+    kinds = {type(modules[p]) for p in notes}
+    assert set(theorem) <= kinds
+    for path, note in notes.items():
+        assert theorem.get(type(modules[path]), "") in note, (path, note)
+    assert any(n.startswith("silu: ") for n in notes.values()) and any(n.startswith("RMSNorm: ") for n in notes.values())
+
+
 def test_ecmt_converges_to_the_ann_as_T_grows(bert):
     ann, snns = bert
     batch = make_batch("bert", 4, seed=9)

@@ -222,10 +222,31 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
     default = job.operator_options()
     assert set(default) == {"split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
+    assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",
                                              "conversion.norm_exponents=false", config="convert").conversion)
     assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,
                                          "norm_exponents": False}
+
+
+def test_an_ecmt_jobs_n_and_percentile_are_result_columns_apart_from_the_calibration_percentile(compose_app):
+    """ECMT's ``n`` and ``percentile`` are columns of a convert job's row and table (``ecmt_n``,
+    ``ecmt_percentile``), beside the calibration's ``percentile``, and a sweep may vary them."""
+    from omegaconf import OmegaConf, open_dict
+
+    from experiments.convert import TABLE_COLUMNS, result_row
+    from experiments.evaluation import Result
+    from experiments.report import SETTINGS
+    cfg = compose_app("conversion.method=ecmt", "conversion.n=3", "conversion.percentile=95",
+                      "conversion.calibration.method=percentile", "conversion.calibration.percentile=99.5",
+                      config="convert")
+    with open_dict(cfg):
+        del cfg["hydra"]
+    job = OmegaConf.to_object(cfg)
+    row = result_row(job, None, 8, "ok", 1.0, Result("cosine", 1.0, 0.9, {}, None, 1.0, 4, 1), "g")
+    assert (row["method"], row["ecmt_n"], row["ecmt_percentile"], row["percentile"]) == ("ecmt", 3, 95.0, 99.5)
+    assert {"ecmt_n", "ecmt_percentile"} <= set(TABLE_COLUMNS) & set(SETTINGS)
+    assert job.conversion.method_options() == {"n": 3, "percentile": 95.0}
 
 
 def test_a_convert_job_runs_where_device_says(compose_app, monkeypatch):

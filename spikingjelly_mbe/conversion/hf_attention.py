@@ -20,7 +20,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .blocks import SpikingAttention
-from .report import ConversionReport, Entry
+from .report import ConversionReport, Entry, note_of
 from .method import SpikingMethod
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
@@ -76,7 +76,7 @@ def attach_core(module: nn.Module, device: torch.device, attribute: str, make: C
     module.add_module(attribute, core)
     path = paths.get(id(module), type(module).__name__)
     report.replaced.append(Entry(f"{path}.{attribute}" if path else attribute, type(module).__name__,
-                                 type(core).__name__, note))
+                                 type(core).__name__, note_of(core, note)))
     return core
 
 

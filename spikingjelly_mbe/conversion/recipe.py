@@ -21,7 +21,7 @@ from .interception import Session, is_opaque
 from .fidelity import FIDELITY_POSITIONS, fitted_target, ranked, refit_span, site_errors
 from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
-from .report import ConversionReport, Entry, UnsupportedNonlinearityError
+from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
 from .sites import SiteTable, needs_calibration
 from ..ops.base import Calibrated
 from ..ops.layers import is_weight_layer
@@ -153,7 +153,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
 
     def record(self, done: list) -> None:
         for path, old, new, how in done:
-            self.report.replaced.append(Entry(path, type(old).__name__, type(new).__name__, how.note))
+            self.report.replaced.append(Entry(path, type(old).__name__, type(new).__name__, note_of(new, how.note)))
 
     def calibrate(self, converter: ModuleConverter, model: nn.Module) -> None:
         paths = {id(m): p for p, m in model.named_modules()}
@@ -195,8 +195,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         for path, m in model.named_modules():
             if isinstance(m, SpikingAttention) and type(m.softmax) is nn.Softmax:
                 m.softmax = self.settings.softmax(-1).to(device)
-                self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__,
-                                                  "attention softmax from exp2-frac, reciprocal, products (Eq. 13)"))
+                self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__, note_of(
+                    m.softmax, "attention softmax from exp2-frac, reciprocal, products (Eq. 13)")))
 
     def measure_sites(self, model: nn.Module, converter: ModuleConverter, paths: Optional[Set[str]] = None) -> list:
         """Every replaced site's own error on the first calibration batches, until

@@ -3,7 +3,7 @@ and what stayed float and why."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 from .fidelity import SiteError
 
@@ -20,6 +20,12 @@ class UnsupportedNonlinearityError(TypeError):
         super().__init__(f"no spiking operator for {len(self.items)} nonlinear operation(s) of the model:\n{lines}\n"
                          "Register a building block for them (README, 'How conversion decides'), or pass "
                          "allow_float_fallback=True to keep them in float (listed in snn.spiking_report.fallback).")
+
+
+def note_of(op: Any, note: str) -> str:
+    """The report's note for the operator ``op``: its own ``report_note`` when its method's operator
+    describes itself, else the engine's ``note`` (which describes MBE's operator of that site)."""
+    return getattr(op, "report_note", None) or note
 
 
 @dataclass(frozen=True)

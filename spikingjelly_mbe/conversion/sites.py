@@ -24,7 +24,7 @@ from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
 from .method import SpikingMethod
-from .report import ConversionReport, Entry, UnsupportedNonlinearityError
+from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
 
 Call = Tuple[tuple, dict]
 
@@ -75,12 +75,12 @@ SITE_KINDS: Dict[str, SiteKind] = {
     "max_pool": SiteKind(lambda s, c: s.max_pool(arg(c, 1, "kernel_size"), arg(c, 2, "stride"), arg(c, 3, "padding", 0)),
                          lambda m, c: m(arg(c, 0, "input")), "max pooling as m + relu(v - m) on rectifier neurons"),
     "attention": SiteKind(lambda s, c: SpikingAttention(s), _sdpa,
-                          "scaled_dot_product_attention: spiking Q K^T, softmax, A V (Eqs. 9-13)"),
+                          "scaled_dot_product_attention: spiking Q K^T, softmax, A V"),
     "topk": SiteKind(lambda s, c: s.topk(arg(c, 1, "k"), arg(c, 2, "dim", -1)),
                      lambda m, c: torch.return_types.topk(m(arg(c, 0, "input"))),
                      "top-k selection by counting the scores' spikes (a winner-take-all), the winners' scores routed", "topk"),
     "mha": SiteKind(lambda s, c: SpikingAttention(s), lambda m, c: multi_head_attention(m, *c[0], **c[1]),
-                    "multi-head attention: projections reused, spiking Q K^T, softmax, A V (Eqs. 9-13)"),
+                    "multi-head attention: projections reused, spiking Q K^T, softmax, A V"),
 }
 
 
@@ -320,7 +320,7 @@ class SiteTable:
         if kind == "activation" and entry.fitted_target is not None:
             self.fitted[key] = [entry, params, frame.module, attached, 0.0]
         path = f"{frame.path}.{attached}" if frame.path else attached
-        self.report.replaced.append(Entry(path, name, type(op).__name__, note))
+        self.report.replaced.append(Entry(path, name, type(op).__name__, note_of(op, note)))
         return op
 
     def narrow_fitted_activations(self) -> List[str]:

@@ -32,13 +32,14 @@ class ExpectationCompensation(SpikingOp):
     ``float_flops``. ``allow_neg_inf`` accepts ``-inf`` (masked Softmax positions) and keeps ``S``
     and the output sum in float64, so additive masks of ``finfo.min`` summed over the steps do not
     overflow; otherwise they are kept in float32 (float64 for float64 input). The computation has
-    one form, so ``mode`` changes nothing.
+    one form, so ``mode`` changes nothing. ``what`` names ``F`` in the conversion report's note.
     """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], flops_of: Flops, allow_neg_inf: bool = False,
-                 mode: str = DEFAULT_MODE) -> None:
+                 mode: str = DEFAULT_MODE, what: str = "F") -> None:
         super().__init__(mode)
         self.fn = fn
+        self.report_note = f"{what}: F(S(t)/t) in float inside Expectation Compensation (Theorem 1)"
         self.flops_of = flops_of
         self.allow_neg_inf = allow_neg_inf
         self.register_memory("steps", 0)
@@ -112,6 +113,10 @@ class ProductCompensation(MTCodedOp):
     @property
     def matmul(self) -> bool:
         return self.kind == "matmul"
+
+    @property
+    def report_note(self) -> str:
+        return f"{self.kind} of two MT-coded activations: S_A(t) S_B(t) / t less the earlier outputs (Theorem 2)"
 
     def float_op(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a @ b if self.matmul else a * b

@@ -54,6 +54,10 @@ def _norm_flops(centered: bool, width: int) -> ElementFlops:
         ElementFlops(flops.RMSNORM, flops.RMSNORM_ROW, width)
 
 
+def _norm_name(centered: bool) -> str:
+    return "LayerNorm" if centered else "RMSNorm"
+
+
 @dataclass(frozen=True)
 class ECMTSettings:
     """``T`` time steps, ``n`` MT thresholds per sign, thresholds at the ``percentile`` of the
@@ -86,39 +90,39 @@ class ECMTSettings:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
 
-    def _compensated(self, fn: Any, cost: ElementFlops, allow_neg_inf: bool = False) -> nn.Module:
-        return ExpectationCompensation(fn, cost, allow_neg_inf=allow_neg_inf, mode=self.mode)
+    def _compensated(self, fn: Any, cost: ElementFlops, what: str, allow_neg_inf: bool = False) -> nn.Module:
+        return ExpectationCompensation(fn, cost, allow_neg_inf=allow_neg_inf, mode=self.mode, what=what)
 
     def activation(self, entry: Union[Activation, str], params: Optional[Params] = None) -> nn.Module:
         """Expectation Compensation around the activation's float reference (Theorem 1); ``entry``
         is an :data:`~spikingjelly_mbe.activations.ACTIVATIONS` entry or its name."""
         entry = get_activation(entry) if isinstance(entry, str) else entry
         fn = functools.partial(entry.reference, **params) if params else entry.reference
-        return self._compensated(fn, ElementFlops(flops.ACTIVATION))
+        return self._compensated(fn, ElementFlops(flops.ACTIVATION), entry.name)
 
     def norm(self, norm: Any, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
              eps: float) -> nn.Module:
         """``norm.reference`` with these affine tensors inside Expectation Compensation."""
         width = math.prod((shape,) if isinstance(shape, int) else shape)
         return self._compensated(functools.partial(norm.reference, weight=weight, bias=bias, eps=eps),
-                                 _norm_flops(norm.centered, width))
+                                 _norm_flops(norm.centered, width), _norm_name(norm.centered))
 
     def layer_norm(self, source: nn.Module) -> nn.Module:
         """``source`` (a LayerNorm module, its affine parameters included) inside Expectation Compensation."""
-        return self._compensated(source, _norm_flops(True, norm_width(source)))
+        return self._compensated(source, _norm_flops(True, norm_width(source)), _norm_name(True))
 
     def rms_norm(self, source: nn.Module) -> nn.Module:
         """``source`` (an RMSNorm module) inside Expectation Compensation."""
-        return self._compensated(source, _norm_flops(False, norm_width(source)))
+        return self._compensated(source, _norm_flops(False, norm_width(source)), _norm_name(False))
 
     def max_pool(self, kernel_size, stride=None, padding=0) -> nn.Module:
         fn = functools.partial(F.max_pool2d, kernel_size=kernel_size, stride=stride, padding=padding)
         k = kernel_size if isinstance(kernel_size, int) else math.prod(kernel_size)
-        return self._compensated(fn, ElementFlops(k * k if isinstance(kernel_size, int) else k))
+        return self._compensated(fn, ElementFlops(k * k if isinstance(kernel_size, int) else k), "max pooling")
 
     def softmax(self, dim: int = -1) -> nn.Module:
         """Softmax in float inside Expectation Compensation; ``-inf`` (masked) inputs allowed."""
-        return self._compensated(nn.Softmax(dim=dim), ElementFlops(flops.SOFTMAX), allow_neg_inf=True)
+        return self._compensated(nn.Softmax(dim=dim), ElementFlops(flops.SOFTMAX), "softmax", allow_neg_inf=True)
 
     def product(self) -> nn.Module:
         """Element-wise product of two activations, MT-coded operands (Theorem 2)."""
