@@ -212,7 +212,7 @@ class CalibrationConfig:
 
 
 # the options of ``convert`` whose values Hydra checks against a closed set
-CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode}
+CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode, "neuron": NeuronKind}
 # the operator options every entry point passes beside T, N and activation_N (the result tables' columns)
 OPERATOR_OPTIONS = tuple(f.name for f in dataclasses.fields(METHODS["mbe"]) if f.name not in ("T", "N", "mode",
                                                                                                  "activation_N"))

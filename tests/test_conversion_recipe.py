@@ -184,3 +184,24 @@ def test_llm_and_dinov2_heads(cls, config):
     snn = convert(ann, calib_data=[batch])
     assert snn.spiking_report.fallback == []
     assert run(snn, batch).shape == run(ann, batch).shape
+
+
+def test_neuron_picks_the_kind_of_the_fitted_activations_and_is_checked():
+    """``neuron='fs'`` runs the fitted activations on the shipped FS fits (GELU's whole function and
+    tanh; one basis), each within its fit's own error of the float function on the inputs it gets;
+    ``'mbe'`` is the default; an unknown kind, or ``neuron`` with ECMT, raises naming it."""
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    x = torch.randn(64, 8)
+    fs = convert(ann, [x], neuron="fs", rectified_activations=False)
+    assert [m.fitted.key for m in (fs[1], fs[3])] == ["gelu-fs-T16", "tanh-fs-T16"]
+    with torch.no_grad():
+        h1 = ann[0](x)
+        h3 = ann[2](ann[1](h1))
+        for site, h, fn in ((fs[1], h1, torch.nn.functional.gelu), (fs[3], h3, torch.tanh)):
+            assert 0 < float((site(h) - fn(h)).abs().max()) <= site.fitted.errors["max_abs"] * 1.05
+    assert convert(ann, [x], rectified_activations=False)[3].fitted.kind == "mbe"
+    with pytest.raises(ValueError, match="neuron must be one of \\['fs', 'mbe'\\].*got 'lif'"):
+        convert(ann, [x], neuron="lif")
+    with pytest.raises(ValueError, match="method='ecmt' does not use neuron"):
+        convert(ann, [x], neuron="fs", method="ecmt")

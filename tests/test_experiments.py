@@ -167,6 +167,7 @@ def compose_app(monkeypatch):
     ("convert", "conversion.mode=slow", "slow"),
     ("convert", "conversion.calibration.method=mean", "mean"),
     ("convert", "conversion.method=snn_magic", "snn_magic"),
+    ("convert", "conversion.neuron=lif", "lif"),
     ("convert", "model=gpt3", "gpt3"),
     ("convert", "model.task=translation", "translation"),
     ("convert", "data=imagenet", "imagenet"),
@@ -220,13 +221,15 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
         value = getattr(job, f.name)
         assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
     default = job.operator_options()
-    assert set(default) == {"split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents"}
+    assert set(default) == {"split_bits", "code", "budget", "center_inputs", "rectified_activations", "norm_exponents",
+                            "neuron"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",
-                                             "conversion.norm_exponents=false", config="convert").conversion)
+                                             "conversion.norm_exponents=false", "conversion.neuron=fs",
+                                             config="convert").conversion)
     assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,
-                                         "norm_exponents": False}
+                                         "norm_exponents": False, "neuron": "fs"}
 
 
 def test_an_ecmt_jobs_n_and_percentile_are_result_columns_apart_from_the_calibration_percentile(compose_app):

@@ -63,7 +63,8 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
       strict by default, a nonlinear operation with no spiking operator raises naming its module
       path; ``True`` keeps it in float and lists it;
     * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``budget``, ``center_inputs``,
-      ``rectified_activations``, ``norm_exponents`` (see :class:`~spikingjelly_mbe.mbe.OpSettings`);
+      ``rectified_activations``, ``norm_exponents``, ``neuron`` (the neuron kind of the fitted
+      activations, ``'mbe'`` or ``'fs'``; see :class:`~spikingjelly_mbe.mbe.OpSettings`);
       ECMT's ``n`` and ``percentile``. An option the chosen method does not use raises.
 
     The report is ``converted.spiking_report`` (also ``converted.mbe_report``).

@@ -97,15 +97,16 @@ def _load(target: str, kind: str, N: int, T: int, split_bits: int) -> FittedNeur
                       expect, LIBRARY_DIR / f"{key}.json")
 
 
-def load_fitted_on(target: str, N: int, T: int, span: float) -> FittedNeuron:
-    """An MBE fit of ``target`` on ``[-span, span]`` instead of its registered domain: a range
-    reduction for inputs known (from calibration) to stay well inside it. Shipped (the zoo's), else
-    fitted on first use (seed 0) and cached like any unshipped fit; an independent copy."""
-    kind, N, T, _ = check_fit_request(target, "mbe", N, T)
+def load_fitted_on(target: str, N: int, T: int, span: float, kind: str = "mbe") -> FittedNeuron:
+    """A fit of ``target`` (a ``kind`` neuron) on ``[-span, span]`` instead of its registered domain:
+    a range reduction for inputs known (from calibration) to stay well inside it. Shipped (the zoo's),
+    else fitted on first use (seed 0) and cached like any unshipped fit; an independent copy."""
+    kind, N, T, _ = check_fit_request(target, kind, N, T)
     if isinstance(span, bool) or not isinstance(span, (int, float)) or not 0 < span < float("inf"):
         raise ValueError(f"span must be a positive finite number, got {span!r}")
     span = float(span)
-    expect = {"target": target, "kind": kind, "T": T, "N": N, "domain": (-span, span)}
+    expect = {"target": target, "kind": kind, "T": T, **({} if get_kind(kind).single_basis else {"N": N}),
+              "domain": (-span, span)}
     key = fit_key(target, kind, N, T, span=span)
     return copy.deepcopy(cached_fit(key, lambda: _fit(target, kind=kind, N=N, T=T, domain=(-span, span), seed=0,
                                                       progress=True), expect, LIBRARY_DIR / f"{key}.json"))

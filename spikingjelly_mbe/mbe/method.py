@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..activations import ACTIVATIONS, Activation, Params
+from ..fitting.kinds import get_kind
 from ..fitting.library import load_fitted, load_fitted_on
 from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingEinsum,
                    SpikingGroupNorm, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d, SpikingProduct, SpikingReLU,
@@ -40,7 +41,10 @@ class OpSettings:
     SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
     a range reduction; ``False``: one fitted neuron of the whole function). ``norm_exponents`` gives
     every element a norm codes its own exponent (:class:`~spikingjelly_mbe.ops.SpikingLayerNorm`;
-    ``False``: the row's exponent alone).
+    ``False``: the row's exponent alone). ``neuron`` is the neuron kind of the fitted activations
+    (:data:`~spikingjelly_mbe.fitting.kinds.KINDS`: ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which
+    ignores ``activation_N``); the range-reduced neurons of Softmax and the norms and the functions
+    fitted on demand stay MBE.
     """
 
     T: int = DEFAULT_T
@@ -53,6 +57,7 @@ class OpSettings:
     center_inputs: bool = True
     rectified_activations: bool = True
     norm_exponents: bool = True
+    neuron: str = "mbe"
 
     @property
     def activation_bases(self) -> int:
@@ -65,6 +70,7 @@ class OpSettings:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
+        get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents"):
             if not isinstance(getattr(self, name), bool):
@@ -100,17 +106,17 @@ class OpSettings:
         return ChannelsLast(op) if norm.channels_first else op
 
     def fitted(self, target: str, span: Optional[float] = None) -> Union[SpikingActivation, RectifiedActivation]:
-        """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one MBE neuron per element
+        """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one ``neuron`` per element
         (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain. A target
         with a linear tail (an activation with a ``residual_domain``) on its own domain is,
         with ``rectified_activations``, a rectifier plus the fitted residual."""
         residual_target = ACTIVATIONS[target].residual_target if target in ACTIVATIONS else None
         if span is None and self.rectified_activations and residual_target is not None:
-            residual = load_fitted(residual_target, "mbe", self.activation_bases, self.T)
+            residual = load_fitted(residual_target, self.neuron, self.activation_bases, self.T)
             return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, per_channel=True),
                                        SpikingActivation(residual, self.mode))
-        fit = load_fitted(target, "mbe", self.activation_bases, self.T) if span is None else \
-            load_fitted_on(target, self.activation_bases, self.T, span)
+        fit = load_fitted(target, self.neuron, self.activation_bases, self.T) if span is None else \
+            load_fitted_on(target, self.activation_bases, self.T, span, self.neuron)
         return SpikingActivation(fit, self.mode)
 
     def piecewise(self, knots: Sequence[Tuple[float, float]], c0: float = 0.0, c1: float = 0.0) -> PiecewiseLinear:
