@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,32 @@ def activation_of_call(name: str, args: tuple, kwargs: dict) -> Optional[Tuple[A
         if params is not None:
             return entry, params
     return None
+
+
+def activation_of(float_op: Any) -> Optional[Tuple[Activation, Params]]:
+    """The entry (and params) computing ``float_op``: a module whose exact class an entry lists (its
+    params read from it), or a function an entry's ``calls`` name (``F.gelu``, ``torch.tanh``, ...;
+    its defaults). Classes are looked up among the modules already imported (an instance's are)."""
+    if callable(float_op) and not isinstance(float_op, type) and not hasattr(float_op, "forward"):
+        return activation_of_call(getattr(float_op, "__name__", ""), (), {})
+    for entry in ACTIVATIONS.values():
+        for qualified, resolve in entry.classes.items():
+            module, _, name = qualified.partition(":")
+            if type(float_op) is getattr(sys.modules.get(module), name, None):
+                params = resolve(float_op)
+                if params is not None:
+                    return entry, params
+    return None
+
+
+def activation_entry(op: type, float_op: Any) -> Tuple[Activation, Params]:
+    """:func:`activation_of` for ``op.from_float``: a ``TypeError`` naming ``float_op`` when no entry computes it."""
+    found = activation_of(float_op)
+    if found is None:
+        raise TypeError(f"{op.__name__}.from_float takes an activation module or function of the activation "
+                        f"table (spikingjelly_mbe.activations.ACTIVATIONS), got "
+                        f"{getattr(float_op, '__name__', None) or type(float_op).__name__}")
+    return found
 
 
 def activation_calls() -> frozenset:

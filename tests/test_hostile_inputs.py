@@ -408,7 +408,7 @@ class TestOperators:
             ln.weight.normal_(generator=g)
             ln.bias.normal_(generator=g)
         x = torch.randn(3, 8, generator=g) * 2
-        spiking = SpikingLayerNorm.from_module(ln)
+        spiking = SpikingLayerNorm.from_float(ln)
         _, (gx,) = grads(spiking, x)
         spiking_w = ln.weight.grad.clone()
         ln.zero_grad()

@@ -154,7 +154,7 @@ def test_layernorm_matches_torch_with_outlier_channels():
         ln.weight.normal_(generator=g)
         ln.bias.normal_(generator=g)
     before = [p.detach().clone() for p in ln.parameters()]
-    spiking = SpikingLayerNorm.from_module(ln, T=16)
+    spiking = SpikingLayerNorm.from_float(ln, T=16)
     assert spiking.weight is ln.weight and spiking.bias is ln.bias
     for h in (torch.randn(4, 20, 96, generator=g) * 3 + 1, outlier_input(g, (4, 20, 96))):
         with torch.no_grad():
@@ -177,7 +177,7 @@ class HFRMSNorm(torch.nn.Module):
 @pytest.mark.parametrize("source", [HFRMSNorm(64, 1e-6), torch.nn.RMSNorm(64, eps=1e-5)])
 def test_rmsnorm_matches_its_source(source):
     g = torch.Generator().manual_seed(6)
-    spiking = SpikingRMSNorm.from_module(source, T=16)
+    spiking = SpikingRMSNorm.from_float(source, T=16)
     assert spiking.weight is source.weight
     h = outlier_input(g, (3, 10, 64))
     with torch.no_grad():

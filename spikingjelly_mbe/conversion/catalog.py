@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from timm.layers import norm as timm_norm
 
-from ..activations import ACTIVATIONS, Activation, ModuleResolver, Params
+from ..activations import ACTIVATIONS, Activation, ModuleResolver, Params, activation_of
 
 
 def _resolve(qualified: str) -> Optional[type]:
@@ -42,24 +42,11 @@ def _classes(entries: Tuple[int, ...]) -> Tuple[Tuple[type, Activation, ModuleRe
 
 
 def activation_of_module(module: nn.Module) -> Optional[Tuple[Activation, Params]]:
-    """The entry (and params) of a module whose exact class is listed."""
-    for cls, entry, resolve in activation_classes():
-        if type(module) is cls:
-            params = resolve(module)
-            if params is not None:
-                return entry, params
-    return None
+    """The entry (and params) of a module whose exact class is listed (as ``from_float`` finds it)."""
+    return activation_of(module)
 
 
 # ---- norms -------------------------------------------------------------------------------------
-
-def _eps_of(module: nn.Module, default: float) -> float:
-    for name in ("eps", "variance_epsilon", "epsilon", "layer_norm_eps"):
-        value = getattr(module, name, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return default
-
 
 @dataclass(frozen=True)
 class Norm:
@@ -89,14 +76,6 @@ NORMS: Tuple[Norm, ...] = (LAYER_NORM, RMS_NORM, Norm("RMSNorm(1+w)", False, 1.0
                           Norm("LayerNorm2d", True, channels_first=True))
 NORM_CLASSES: Dict[type, Norm] = {nn.LayerNorm: LAYER_NORM, timm_norm.LayerNorm: LAYER_NORM,
                                   timm_norm.LayerNorm2d: NORMS[3], nn.RMSNorm: RMS_NORM}
-
-
-def norm_module_parts(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], float]:
-    """``(weight, bias, eps)`` of a norm module (``eps`` defaults to 1e-6)."""
-    eps = _eps_of(module, 1e-6)
-    if isinstance(module, nn.RMSNorm) and module.eps is None:
-        eps = torch.finfo(torch.float32).eps
-    return getattr(module, "weight", None), getattr(module, "bias", None), eps
 
 
 def _batch_statistics(module: nn.Module) -> bool:

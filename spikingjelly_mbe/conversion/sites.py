@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..activations import activation_calls, activation_of_call
 from ..ops.base import Calibrated
 from ..ops.on_demand import BoundCall
-from ..ops.roots import is_power
+from ..ops.roots import ROOT_FUNCTIONS, is_power
 from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
@@ -105,7 +105,7 @@ def _norm_dims(call: Call) -> Any:
     return None if dim is None else (dim if isinstance(dim, int) else tuple(dim))
 
 
-ROOTS = {"reciprocal": -1.0, "rsqrt": -0.5, "sqrt": 0.5}  # the IEEE-754 split's element-wise powers, by call name
+ROOTS = {fn.__name__: power for fn, power in ROOT_FUNCTIONS.items()}  # the IEEE-754 split's powers, by call name
 
 
 SITE_KINDS.update({

@@ -17,7 +17,8 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..activations import ACTIVATIONS
-from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module, norm_module_parts
+from ..ops.norm import norm_module_parts
+from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module
 from .interception import is_opaque
 from .method import SpikingMethod
 

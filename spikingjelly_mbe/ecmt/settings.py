@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..activations import Activation, Params, get_activation
 from ..ops import flops
 from ..ops.base import DEFAULT_MODE, DEFAULT_T, MODES
+from ..ops.norm import norm_shape
 from .expectation import ExpectationCompensation, ProductCompensation
 from .multi_threshold import PERCENTILE, THRESHOLDS, MTLinearInput, check_percentile
 from .stepping import TimeStepped
@@ -40,13 +41,7 @@ class ElementFlops:
 
 def norm_width(source: nn.Module) -> int:
     """Elements per normalised row of a LayerNorm/RMSNorm module (``normalized_shape`` or its weight)."""
-    shape = getattr(source, "normalized_shape", None)
-    if shape is None and isinstance(getattr(source, "weight", None), torch.Tensor):
-        shape = tuple(source.weight.shape)
-    if shape is None:
-        raise ValueError(f"cannot tell the normalised width of {type(source).__name__}: it has neither "
-                         "normalized_shape nor a weight")
-    return math.prod((shape,) if isinstance(shape, int) else shape)
+    return math.prod(norm_shape(source))
 
 
 def _norm_flops(centered: bool, width: int) -> ElementFlops:

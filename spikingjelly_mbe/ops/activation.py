@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
-from ..activations import ACTIVATIONS
+from ..activations import ACTIVATIONS, activation_entry
 from ..fitting.fitted import FittedNeuron
 from ..fitting.library import load_fitted
 from ..fitting.targets import TARGETS, TensorFn
@@ -54,6 +54,19 @@ class SpikingActivation(SpikingOp):
         self.node = fitted.node(clamp=False)
         self._stamp: Tuple = ()
         self._key = ""
+
+    @classmethod
+    def from_float(cls, float_op: object, T: int = DEFAULT_T, N: int = ACTIVATION_N, mode: str = DEFAULT_MODE,
+                   kind: str = "mbe") -> "SpikingActivation":
+        """One fitted ``kind`` neuron (``N`` bases, ``T`` steps; shipped, cached or fitted on first
+        use) of an activation of :data:`~spikingjelly_mbe.activations.ACTIVATIONS` with a fit of its
+        own: a module of a class it lists (``nn.GELU()``, ``nn.SiLU()``, Hugging Face's
+        ``GELUActivation()``, ...) or its function (``F.gelu``, ``torch.tanh``, ...)."""
+        entry, params = activation_entry(cls, float_op)
+        if entry.fitted_target is None or params:
+            raise TypeError(f"SpikingActivation.from_float: {entry.name} has no fitted neuron of its own; use "
+                            "PiecewiseLinear.from_float for a piecewise-linear activation")
+        return cls(load_fitted(entry.fitted_target, kind, N, T), mode)
 
     @property
     def T(self) -> int:

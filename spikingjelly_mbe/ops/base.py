@@ -321,6 +321,18 @@ def flush_checks(model: nn.Module) -> None:
             module.flush()
 
 
+def float_function(op: type, float_op: Any, functions: Tuple[Any, ...] = (), modules: Tuple[type, ...] = (),
+                   takes: str = "") -> bool:
+    """Whether ``float_op``, what ``op.from_float`` got, is one of the float ``functions`` (``True``)
+    or a module of one of the ``modules`` classes (``False``); a ``TypeError`` saying what it takes
+    (``takes``) otherwise."""
+    if any(float_op is f for f in functions):
+        return True
+    if isinstance(float_op, modules) if modules else False:
+        return False
+    raise TypeError(f"{op.__name__}.from_float takes {takes}, got {getattr(float_op, '__name__', None) or type(float_op).__name__}")
+
+
 def broadcast_shape(a: torch.Tensor, b: torch.Tensor, op: str) -> Tuple[int, ...]:
     """The broadcast shape of ``a`` and ``b``, or an error naming both shapes."""
     try:

@@ -10,12 +10,49 @@ import torch.nn.functional as F
 
 from .. import kernels
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
 MIN_ROW_EXPONENT = -40  # rows with max |c| < 2^-40 scale as if it were 2^-40: eps 2^80 stays finite
+EPS_NAMES = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps")  # where norm modules keep their eps
+
+
+def norm_module_parts(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], float]:
+    """``(weight, bias, eps)`` of a norm module: its ``eps`` under any of :data:`EPS_NAMES` (1e-6 when
+    it has none; ``nn.RMSNorm``'s ``None`` is float32's machine epsilon), the very same tensors."""
+    eps = next((float(v) for v in (getattr(module, n, None) for n in EPS_NAMES)
+                if isinstance(v, (int, float)) and not isinstance(v, bool)), 1e-6)
+    if isinstance(module, nn.RMSNorm) and module.eps is None:
+        eps = torch.finfo(torch.float32).eps
+    return getattr(module, "weight", None), getattr(module, "bias", None), eps
+
+
+def norm_shape(module: nn.Module) -> Tuple[int, ...]:
+    """The normalised shape of a norm module (``normalized_shape``, else its weight's shape)."""
+    shape = getattr(module, "normalized_shape", None)
+    if shape is None and isinstance(getattr(module, "weight", None), torch.Tensor):
+        shape = module.weight.shape
+    if shape is None:
+        raise ValueError(f"cannot tell the normalised shape of {type(module).__name__}: it has neither "
+                         "normalized_shape nor a weight")
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
+def check_twin(op: SpikingOp, module: nn.Module, shape: Sequence[int]) -> SpikingOp:
+    """``op``, once its float reference equals ``module`` on a random input of ``shape``; a
+    ``ValueError`` naming the module otherwise (its class is not the norm ``from_float`` was asked for)."""
+    param = next(module.parameters(), None)
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(0))
+    x = x.to(param) if param is not None else x
+    with torch.no_grad():
+        expected, got = module(x), op.float_reference(x)
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape or \
+            not torch.allclose(expected.double(), got.double(), rtol=1e-3, atol=1e-4):
+        raise ValueError(f"{type(op).__name__}.from_float: {type(module).__name__} does not compute a "
+                         f"{type(op).__name__.removeprefix('Spiking')} with its own weight, bias and eps")
+    return op
 
 
 def element_exponent(z: torch.Tensor, span: int) -> torch.Tensor:
@@ -191,9 +228,17 @@ class SpikingLayerNorm(_SpikingNorm):
         super().__init__(normalized_shape, weight, bias, eps, T, mode, N, split_bits, code, element_exponents)
 
     @classmethod
-    def from_module(cls, ln: nn.LayerNorm, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, **kwargs) -> "SpikingLayerNorm":
-        """Same ``normalized_shape``, ``eps`` and the very same ``weight``/``bias`` parameters."""
-        return cls(ln.normalized_shape, ln.weight, ln.bias, ln.eps, T, mode, **kwargs)
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingLayerNorm":
+        """The spiking twin of ``float_op``: a LayerNorm module (``nn.LayerNorm``, timm's, Hugging
+        Face's, ...; its shape, ``eps`` and the very same ``weight``/``bias``, checked to compute a
+        LayerNorm) or ``F.layer_norm`` with the arguments it takes after its input
+        (``normalized_shape, weight, bias, eps``). ``options``: ``T``, ``mode``, ``N``,
+        ``split_bits``, ``code``, ``element_exponents``."""
+        if float_function(cls, float_op, (F.layer_norm,), (nn.Module,), "a LayerNorm module or F.layer_norm"):
+            return cls(*args, **options)
+        weight, bias, eps = norm_module_parts(float_op)
+        shape = norm_shape(float_op)
+        return check_twin(cls(shape, weight, bias, eps, **options), float_op, shape)
 
 
 class SpikingRMSNorm(_SpikingNorm):
@@ -208,16 +253,18 @@ class SpikingRMSNorm(_SpikingNorm):
         super().__init__(hidden_size, weight, None, eps, T, mode, N, split_bits, code, element_exponents)
 
     @classmethod
-    def from_module(cls, m: nn.Module, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, **kwargs) -> "SpikingRMSNorm":
-        """From HF ``LlamaRMSNorm`` (``variance_epsilon``) or ``torch.nn.RMSNorm`` (``eps``, None = machine eps)."""
-        eps = getattr(m, "variance_epsilon", None)
-        if eps is None:
-            eps = getattr(m, "eps", None)
-        if eps is None:
-            eps = torch.finfo(m.weight.dtype if getattr(m, "weight", None) is not None else torch.float32).eps
-        weight = getattr(m, "weight", None)
-        shape = getattr(m, "normalized_shape", None) or tuple(weight.shape)
-        return cls(shape, weight, eps, T, mode, **kwargs)
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingRMSNorm":
+        """The spiking twin of ``float_op``: an RMSNorm module (``nn.RMSNorm``, Hugging Face's
+        ``LlamaRMSNorm`` with its ``variance_epsilon``, ...; checked to compute an RMSNorm) or
+        ``F.rms_norm`` with the arguments it takes after its input (``normalized_shape, weight,
+        eps``; ``eps=None`` is float32's machine epsilon, as ``F.rms_norm``'s). ``options`` as
+        :meth:`SpikingLayerNorm.from_float`'s."""
+        if float_function(cls, float_op, (F.rms_norm,), (nn.Module,), "an RMSNorm module or F.rms_norm"):
+            shape, weight, eps = (list(args) + [None, None])[:3]
+            return cls(shape, weight, torch.finfo(torch.float32).eps if eps is None else eps, **options)
+        weight, _, eps = norm_module_parts(float_op)
+        shape = norm_shape(float_op)
+        return check_twin(cls(shape, weight, eps, **options), float_op, shape)
 
 
 class SpikingGroupNorm(_SpikingNorm):

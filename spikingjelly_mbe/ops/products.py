@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .. import kernels
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, broadcast_shape, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, broadcast_shape, float_function, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
                         resolve_budget)
@@ -278,6 +279,13 @@ class SpikingProduct(_TwoOperandOp):
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
 
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "SpikingProduct":
+        """The spiking twin of ``torch.mul`` / ``torch.multiply`` / ``operator.mul`` (a product of two
+        activations). ``options``: ``T``, ``mode``, ``ranges`` (else calibrated), ``code``, ``budget``."""
+        float_function(cls, float_op, (torch.mul, torch.multiply, operator.mul), takes="torch.mul or operator.mul")
+        return cls(**options)
+
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         broadcast_shape(a, b, type(self).__name__)
 
@@ -318,6 +326,14 @@ class SpikingMatmul(_TwoOperandOp):
     def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
                  code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
         super().__init__(T, mode, ranges, code, budget)
+
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "SpikingMatmul":
+        """The spiking twin of ``torch.matmul`` / ``torch.mm`` / ``torch.bmm`` / ``operator.matmul`` (a
+        matrix product of two activations). ``options`` as :meth:`SpikingProduct.from_float`'s."""
+        float_function(cls, float_op, (torch.matmul, torch.mm, torch.bmm, operator.matmul),
+                       takes="torch.matmul, torch.mm, torch.bmm or operator.matmul")
+        return cls(**options)
 
     def check_shapes(self, a: torch.Tensor, b: torch.Tensor) -> None:
         if a.dim() < 2 or b.dim() < 2:
@@ -364,6 +380,13 @@ class SpikingEinsum(_TwoOperandOp):
             raise ValueError(f"SpikingEinsum needs a two-operand equation such as 'bij,bjk->bik', got {equation!r}")
         self.equation = equation.replace(" ", "")
         super().__init__(T, mode, ranges, code, budget)
+
+    @classmethod
+    def from_float(cls, float_op: object, equation: str, **options: object) -> "SpikingEinsum":
+        """The spiking twin of ``torch.einsum`` with ``equation`` (two operands). ``options`` as
+        :meth:`SpikingProduct.from_float`'s."""
+        float_function(cls, float_op, (torch.einsum,), takes="torch.einsum and its equation")
+        return cls(equation, **options)
 
     def float_op(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.einsum(self.equation, a, b)

@@ -16,8 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..activations import activation_entry
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, float_function, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import ChannelPeaks, along, channel_layout, channel_ranges
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code,
@@ -54,6 +55,13 @@ class SpikingReLU(CalibratedOp):
         self.calibrating = A is None
         if A is not None:
             self.set_ranges((A,))
+
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "SpikingReLU":
+        """The spiking twin of an ``nn.ReLU`` module or of ``torch.relu`` / ``F.relu``. ``options``:
+        ``T``, ``mode``, ``A`` (else calibrated), ``code``, ``per_channel``."""
+        float_function(cls, float_op, (torch.relu, F.relu), (nn.ReLU,), "an nn.ReLU module or torch.relu / F.relu")
+        return cls(**options)
 
     @property
     def ranges(self) -> Optional[Tuple[float]]:
@@ -155,6 +163,19 @@ class PiecewiseLinear(nn.Module):
         self.c0, self.c1 = float(c0), float(c1)
         self.rectifiers = nn.ModuleList(SpikingReLU(T, mode, code=code) for _ in self.knots)
 
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "PiecewiseLinear":
+        """The exact rectifier form of a piecewise-linear activation of
+        :data:`~spikingjelly_mbe.activations.ACTIVATIONS` (its ``knots``): a module of a class it
+        lists (``nn.LeakyReLU(0.1)``, ``nn.ReLU6``, ``nn.Hardtanh``, ...; its parameters) or its
+        function (``F.relu6``, ...). ``options``: ``T``, ``mode``, ``code``."""
+        entry, params = activation_entry(cls, float_op)
+        if entry.knots is None:
+            raise TypeError(f"PiecewiseLinear.from_float: {entry.name} is not piecewise linear; use "
+                            "SpikingActivation.from_float for a fitted activation")
+        knots, c0, c1 = entry.knots(**params)
+        return cls(knots, c0=c0, c1=c1, **options)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
         for (t, w), rect in zip(self.knots, self.rectifiers):
@@ -188,6 +209,18 @@ class SpikingMaxPool2d(nn.Module):
             raise ValueError(f"SpikingMaxPool2d: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (as torch requires)")
         self.rectifier = SpikingReLU(T, mode, code=code)
+
+    @classmethod
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingMaxPool2d":
+        """The spiking twin of an ``nn.MaxPool2d`` module (its kernel size, stride and padding; no
+        dilation, ``ceil_mode`` or ``return_indices``) or of ``F.max_pool2d`` with the arguments it
+        takes after its input (``kernel_size, stride, padding``). ``options``: ``T``, ``mode``, ``code``."""
+        if float_function(cls, float_op, (F.max_pool2d,), (nn.MaxPool2d,), "an nn.MaxPool2d module or F.max_pool2d"):
+            return cls(*args, **options)
+        if float_op.dilation not in (1, (1, 1)) or float_op.ceil_mode or float_op.return_indices:
+            raise ValueError("SpikingMaxPool2d.from_float: the max pooling must have dilation 1, ceil_mode=False and "
+                             f"return_indices=False, got {float_op}")
+        return cls(float_op.kernel_size, float_op.stride, float_op.padding, **options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4):

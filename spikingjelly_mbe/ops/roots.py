@@ -7,12 +7,13 @@ from typing import Optional, Tuple
 import torch
 
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
 
 POWERS = {-1.0: "reciprocal", -0.5: "rsqrt", 0.5: "rsqrt"}  # the split function each power's mantissa drives
+ROOT_FUNCTIONS = {torch.reciprocal: -1.0, torch.rsqrt: -0.5, torch.sqrt: 0.5}  # the float functions, by power
 
 
 class SpikingRoot(SpikingOp):
@@ -42,6 +43,13 @@ class SpikingRoot(SpikingOp):
         self.split = SplitFunction(POWERS[self.power], T, N, split_bits, code)
         self.m_coder = IdentityCoder(T, 4.0, code)
         self.rho_coder = IdentityCoder(T, self.split.max_output, code)
+
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "SpikingRoot":
+        """The spiking twin of ``torch.reciprocal``, ``torch.rsqrt`` or ``torch.sqrt`` (:data:`ROOT_FUNCTIONS`).
+        ``options``: ``T``, ``mode``, ``N``, ``split_bits``, ``code``."""
+        float_function(cls, float_op, tuple(ROOT_FUNCTIONS), takes="torch.reciprocal, torch.rsqrt or torch.sqrt")
+        return cls(ROOT_FUNCTIONS[float_op], **options)
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         return torch.reciprocal(x) if self.power == -1 else torch.rsqrt(x) if self.power == -0.5 else torch.sqrt(x)

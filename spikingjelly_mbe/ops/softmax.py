@@ -5,10 +5,12 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import kernels
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction, default_split_bits
@@ -56,6 +58,19 @@ class SpikingSoftmax(SpikingOp):
         # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0), otherwise n <= -1
         self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2), code)
         self.r_coder = IdentityCoder(T, self.reciprocal.max_output, code)
+
+    @classmethod
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingSoftmax":
+        """The spiking twin of ``float_op``: an ``nn.Softmax`` module (its ``dim``) or ``torch.softmax`` /
+        ``F.softmax`` with the ``dim`` it takes after its input. ``options``: ``T``, ``mode``, ``N``,
+        ``split_bits``, ``code``."""
+        if float_function(cls, float_op, (torch.softmax, F.softmax), (nn.Softmax,),
+                          "an nn.Softmax module or torch.softmax / F.softmax and its dim"):
+            return cls(*args, **options)
+        if float_op.dim is None:
+            raise ValueError("SpikingSoftmax.from_float: nn.Softmax(dim=None) picks its dimension from the input's "
+                             "rank; give the module a dim")
+        return cls(float_op.dim, **options)
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         """``torch.softmax``, with fully masked rows (all ``-inf``) fixed at 0 like the spiking output."""

@@ -12,6 +12,7 @@ from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
+from .layers import is_weight_layer
 from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
                         channel_shares, resolve_budget)
@@ -79,6 +80,16 @@ class SpikingWeightInput(CalibratedOp):
         self.calibrating = A is None
         if A is not None:
             self.set_ranges((A,))
+
+    @classmethod
+    def from_float(cls, float_op: nn.Module, **options: object) -> "SpikingWeightInput":
+        """``float_op`` (a weight layer: ``nn.Linear``, GPT-2's ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``;
+        its weights untouched) driven by the code of its input. ``options``: ``T``, ``mode``, ``A``
+        (else calibrated), ``code``, ``budget``, ``centered``."""
+        if not is_weight_layer(float_op):
+            raise TypeError("SpikingWeightInput.from_float takes a weight layer (nn.Linear, Conv1D, nn.Conv1d, "
+                            f"nn.Conv2d), got {type(float_op).__name__}")
+        return cls(float_op, **options)
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped layer's attributes (``weight``, ``bias``, a convolution's ``stride``...), so model
