@@ -1,6 +1,6 @@
-"""The building blocks conversion recognises: the activations of the one activation table
-(:data:`~spikingjelly_mbe.activations.ACTIVATIONS`, their module classes resolved here) and one
-table of norms.
+"""The building blocks conversion recognises beside the one activation table
+(:data:`~spikingjelly_mbe.activations.ACTIVATIONS`, whose module classes
+:func:`~spikingjelly_mbe.activations.activation_of` looks up): one table of norms.
 
 Each norm lists its float function (the reference used to recognise unknown modules by what they
 compute) and the module classes that compute it. Run-time interception and fingerprinting are
@@ -8,8 +8,6 @@ derived from these tables; each method builds its own operator for an entry.
 """
 from __future__ import annotations
 
-import functools
-import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -17,36 +15,6 @@ import torch
 import torch.nn as nn
 from timm.layers import norm as timm_norm
 
-from ..activations import ACTIVATIONS, Activation, ModuleResolver, Params, activation_of
-
-
-def _resolve(qualified: str) -> Optional[type]:
-    """The class ``'module:Class'`` names, or ``None`` when its package is not installed."""
-    module, _, name = qualified.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def activation_classes() -> Tuple[Tuple[type, Activation, ModuleResolver], ...]:
-    """``(class, entry, resolver)`` for every module class an activation entry names, in table order
-    (the table as it is now)."""
-    return _classes(tuple(map(id, ACTIVATIONS.values())))
-
-
-@functools.lru_cache(maxsize=8)
-def _classes(entries: Tuple[int, ...]) -> Tuple[Tuple[type, Activation, ModuleResolver], ...]:
-    return tuple((cls, entry, resolve) for entry in ACTIVATIONS.values() for qualified, resolve in entry.classes.items()
-                 if (cls := _resolve(qualified)) is not None)
-
-
-def activation_of_module(module: nn.Module) -> Optional[Tuple[Activation, Params]]:
-    """The entry (and params) of a module whose exact class is listed (as ``from_float`` finds it)."""
-    return activation_of(module)
-
-
-# ---- norms -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Norm:

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from ..activations import ACTIVATIONS
+from ..activations import ACTIVATIONS, activation_of
 from ..ops.norm import norm_module_parts
-from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm, activation_of_module
+from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm
 from .interception import is_opaque
 from .method import SpikingMethod
 
@@ -42,7 +42,7 @@ class Replacement:
 
 def by_class(module: nn.Module) -> Optional[Replacement]:
     """The catalog's replacement for a module of a listed class (exact type)."""
-    found = activation_of_module(module)
+    found = activation_of(module)
     if found is not None:
         entry, params = found
         return Replacement(lambda s: s.activation(entry, params), entry.note, "class")
