@@ -16,6 +16,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration
+from spikingjelly_mbe.conversion.config import ENGINE_FIELDS
+from spikingjelly_mbe.conversion.rotation import MODES as ROTATIONS
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
 from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
@@ -56,6 +58,7 @@ class OpMode(Enum):
 
 
 OperandCode = Enum("OperandCode", {name: name for name in CODES})  # the digit codes of spike-coded operands
+Rotation = Enum("Rotation", {name: name for name in ROTATIONS})  # convert's rotate= (conversion/rotation.py)
 
 
 class ModelSource(Enum):
@@ -212,10 +215,12 @@ class CalibrationConfig:
 
 
 # the options of ``convert`` whose values Hydra checks against a closed set
-CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode, "neuron": NeuronKind}
-# the operator options every entry point passes beside T, N and activation_N (the result tables' columns)
-OPERATOR_OPTIONS = tuple(f.name for f in dataclasses.fields(METHODS["mbe"]) if f.name not in ("T", "N", "mode",
-                                                                                                 "activation_N"))
+CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode, "neuron": NeuronKind,
+                            "rotate": Rotation}
+# the options every entry point passes beside T, N and activation_N (the result tables' columns): the
+# engine's own beyond the method and the fallback (``rotate``), then MBE's operator options
+OPERATOR_OPTIONS = tuple(name for name, _, _ in ENGINE_FIELDS if name not in ("method", "allow_float_fallback")) + \
+    tuple(f.name for f in dataclasses.fields(METHODS["mbe"]) if f.name not in ("T", "N", "mode", "activation_N"))
 # the options of the other methods (ECMT's n and percentile) as result columns, ``<method>_<option>``
 # (``ecmt_percentile`` is not the calibration's ``percentile``)
 METHOD_COLUMNS: Dict[str, str] = {f"{method}_{f.name}": f.name for method, settings in METHODS.items() if method != "mbe"

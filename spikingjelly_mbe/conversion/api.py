@@ -62,6 +62,10 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
     * ``T``, ``mode`` (``'fast'`` or ``'simulate'``, the same semantics), ``allow_float_fallback``:
       strict by default, a nonlinear operation with no spiking operator raises naming its module
       path; ``True`` keeps it in float and lists it;
+    * ``rotate``: function-preserving orthogonal rotations of the copy's weights before calibration
+      (:mod:`~spikingjelly_mbe.conversion.rotation`): ``'off'``, ``'auto'`` (rotate a model of a
+      supported pre-norm family, leave any other as it is and say why in the report),
+      ``'hadamard'`` or ``'orthogonal'`` (the matrix; a model without a rotation layout raises);
     * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``budget``, ``center_inputs``,
       ``rectified_activations``, ``norm_exponents``, ``neuron`` (the neuron kind of the fitted
       activations, ``'mbe'`` or ``'fs'``; see :class:`~spikingjelly_mbe.mbe.OpSettings`);

@@ -1,6 +1,6 @@
 """One conversion config object: every option of :func:`~spikingjelly_mbe.convert` and its default, once.
 
-:data:`ConversionConfig`'s fields are the engine's own (``method``, ``allow_float_fallback``) followed
+:data:`ConversionConfig`'s fields are the engine's own (``method``, ``allow_float_fallback``, ``rotate``) followed
 by the fields of every registered method's settings dataclass (:data:`~.method.METHODS`), with the
 defaults those dataclasses declare; options two methods share (``T``, ``mode``) must agree. The
 recipes' options, the Hydra schema (``experiments/config.py``) and the result-table columns derive
@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .method import METHODS, SpikingMethod
 
-ENGINE_FIELDS: Tuple[Tuple[str, type, Any], ...] = (("method", str, "mbe"), ("allow_float_fallback", bool, False))
+ENGINE_FIELDS: Tuple[Tuple[str, type, Any], ...] = (("method", str, "mbe"), ("allow_float_fallback", bool, False),
+                                                    ("rotate", str, "off"))
 
 
 def method_fields(method: str) -> Tuple[str, ...]:
@@ -70,7 +71,7 @@ ConversionConfig = dataclasses.make_dataclass(
     "ConversionConfig", _fields(), frozen=True,
     namespace={"replace": _with, "given": _given, "settings": _settings, "options": _options, "__doc__": (
         "Every option of a conversion: ``method`` (a key of :data:`~.method.METHODS`), "
-        "``allow_float_fallback`` and the options of each method's settings, with their defaults "
+        "``allow_float_fallback``, ``rotate`` (:mod:`~.rotation`) and the options of each method's settings, with their defaults "
         "(:class:`~spikingjelly_mbe.mbe.OpSettings`, :class:`~spikingjelly_mbe.ecmt.ECMTSettings`). "
         "``config.replace(**overrides)`` copies it; ``config.settings()`` builds the method's "
         "factory, refusing options the method does not use.")})

@@ -13,6 +13,7 @@ from .checkpoint import attach_settings
 from .config import ConversionConfig, resolve
 from .method import SpikingMethod
 from .report import ConversionReport
+from .rotation import check_mode
 
 
 class RecipeOptions:
@@ -41,6 +42,7 @@ class RecipeOptions:
         self.calibration.validate()
         if not isinstance(self.allow_float_fallback, bool):
             raise ValueError(f"allow_float_fallback must be a bool, got {self.allow_float_fallback!r}")
+        check_mode(self.config.rotate)
 
     def finish(self, model: nn.Module) -> nn.Module:
         """Attach the metadata and the settings (in the ``state_dict``); checks are deferred, so a

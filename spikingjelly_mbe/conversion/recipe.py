@@ -22,6 +22,7 @@ from .fidelity import FIDELITY_POSITIONS, fitted_target, ranked, refit_span, sit
 from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
+from .rotation import rotate
 from .sites import SiteTable, needs_calibration
 from ..ops.base import Calibrated
 from ..ops.layers import is_weight_layer
@@ -89,7 +90,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
     ``ModuleConverter(recipe).convert(model)`` returns a new model; ``model`` keeps working as the
     ANN. The steps follow SpikingJelly's lifecycle:
 
-    * ``prepare``: checks, deep copy, eval;
+    * ``prepare``: checks, deep copy, eval, the ``rotate`` option's function-preserving rotation
+      (:mod:`.rotation`);
     * ``insert_observers``: modules computing a catalog building block are found by class or by a
       fingerprint on the first batch; those that need operand ranges (rectifiers) are replaced now,
       the others after calibration; Hugging Face attention switches to the spiking
@@ -115,7 +117,9 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
             raise ValueError(NEED_DATA)
         self.report = ConversionReport()
         self.rule: Optional[ArchitectureRule] = rule_for(ann)
-        return copy.deepcopy(ann).eval().to(converter.device)
+        model = copy.deepcopy(ann).eval().to(converter.device)
+        self.report.rotation = rotate(model, self.config.rotate)
+        return model
 
     def override(self, module: nn.Module) -> Optional[Replacement]:
         rule = self.rule.modules.get(type(module)) if self.rule is not None else None

@@ -43,13 +43,15 @@ class ConversionReport:
     """``replaced``: every nonlinear module or call that ran during calibration and its spiking
     operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float;
     ``site_errors``: every site's own output error against its float reference on the calibration
-    batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first."""
+    batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first; ``rotation``:
+    whether and how the weights were rotated before calibration (:mod:`~.rotation`)."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
     fallback: List[Entry] = field(default_factory=list)
     float_operations: List[str] = field(default_factory=list)  # what the method itself keeps float (ECMT)
     site_errors: List[SiteError] = field(default_factory=list)
+    rotation: str = "not rotated"
 
     @property
     def fully_spiking(self) -> bool:
@@ -62,7 +64,8 @@ class ConversionReport:
             rows += [f"  {e.path or '<root>'}: {e.source} -> {e.target}" + (f"  [{e.note}]" if e.note else "")
                      for e in entries]
             return rows
-        return "\n".join(block("replaced by spiking operators", self.replaced)
+        return "\n".join([f"rotation: {self.rotation}"]
+                         + block("replaced by spiking operators", self.replaced)
                          + block("kept (linear)", self.kept)
                          + block("left in float (fallback allowed)", self.fallback)
                          + [f"float by the method ({len(self.float_operations)})"]
