@@ -14,7 +14,7 @@ from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 torch.set_num_threads(1)
 pytestmark = pytest.mark.usefixtures("quiet_clamp_warnings")
 
-SUPPORTED = ("llama", "llama_lm", "qwen2", "mistral", "gpt2", "dinov2", "vit_hf", "vit_hf_cls")
+SUPPORTED = ("llama", "llama_lm", "qwen2", "mistral", "gpt2", "dinov2", "vit_hf", "vit_hf_cls", "vit")
 
 
 def run(model, batch, **kw):
@@ -23,6 +23,8 @@ def run(model, batch, **kw):
 
 
 def as_double(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.double()
     return {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
 
 
@@ -120,6 +122,15 @@ def test_auto_leaves_a_post_norm_model_unrotated_and_says_why(caplog):
         snn = convert(ann, [batch], T=8, rotate="auto")
     assert snn.spiking_report.rotation.startswith("not rotated (rotate='auto'): BertForSequenceClassification")
     assert "post-norm" in caplog.text
+
+
+def test_a_variant_its_layout_does_not_describe_is_refused_before_any_weight_changes():
+    ann = build("vit_timm_qknorm_reg_avg", layers=1, hidden=32, heads=2)  # average pooling: a LayerNorm after the pool
+    copied = copy.deepcopy(ann)
+    assert rotate(copied, "auto").startswith("not rotated (rotate='auto'): VisionTransformer.fc_norm is not an identity")
+    assert all(torch.equal(a, b) for a, b in zip(ann.state_dict().values(), copied.state_dict().values()))
+    with pytest.raises(ValueError, match="rotate='orthogonal': VisionTransformer.fc_norm is not an identity"):
+        rotate(copied, "orthogonal")
 
 
 def test_an_explicit_rotation_of_an_unsupported_model_raises_naming_the_fix():

@@ -79,7 +79,9 @@ class Values:
 class Layout:
     """A pre-norm Transformer's residual stream, paths relative to its base model: what writes
     into it before the blocks (``embeddings``: modules or parameters; absent ones are skipped), the
-    blocks, their branches, the final norm, the heads' values, and whether the norms are LayerNorm."""
+    blocks, their branches, the final norm, the heads' values, and whether the norms are LayerNorm;
+    ``head``: a weight layer of the base itself reading the final norm (timm's classifier);
+    ``identities``: modules that must be ``nn.Identity`` for the layout to hold."""
 
     embeddings: Tuple[str, ...]
     blocks: str
@@ -87,6 +89,8 @@ class Layout:
     final_norm: str
     values: Values
     centered: bool
+    head: Optional[str] = None
+    identities: Tuple[str, ...] = ()
 
 
 LLAMA = Layout(("embed_tokens",), "layers", (
@@ -106,12 +110,17 @@ DINOV2 = Layout(VIT_EMBEDDINGS, "encoder.layer", (
 VIT = Layout(VIT_EMBEDDINGS, "layers", (Branch("layernorm_before", ATTENTION_READERS, "attention.o_proj"),
                                         Branch("layernorm_after", ("mlp.fc1",), "mlp.fc2")),
              "layernorm", Values("attention.v_proj", "attention.o_proj"), centered=True)
+TIMM_VIT = Layout(("cls_token", "reg_token", "pos_embed", "patch_embed.proj"), "blocks", (
+    Branch("norm1", ("attn.qkv",), "attn.proj", "ls1"), Branch("norm2", ("mlp.fc1",), "mlp.fc2", "ls2")),
+    "norm", Values("attn.qkv", "attn.proj", fused=2), centered=True, head="head",
+    identities=("norm_pre", "fc_norm", "patch_embed.norm"))
 
 _HF = "transformers.models"
 LAYOUTS: Dict[str, Layout] = {
     f"{_HF}.llama.modeling_llama:LlamaModel": LLAMA, f"{_HF}.qwen2.modeling_qwen2:Qwen2Model": LLAMA,
     f"{_HF}.mistral.modeling_mistral:MistralModel": LLAMA, f"{_HF}.gpt2.modeling_gpt2:GPT2Model": GPT2,
-    f"{_HF}.dinov2.modeling_dinov2:Dinov2Model": DINOV2, f"{_HF}.vit.modeling_vit:ViTModel": VIT}
+    f"{_HF}.dinov2.modeling_dinov2:Dinov2Model": DINOV2, f"{_HF}.vit.modeling_vit:ViTModel": VIT,
+    "timm.models.vision_transformer:VisionTransformer": TIMM_VIT}
 # a model holding a base model of :data:`LAYOUTS` and a head reading the final norm: (base, head)
 HEADED: Dict[str, Tuple[str, str]] = {
     f"{_HF}.llama.modeling_llama:LlamaForCausalLM": ("model", "lm_head"),
@@ -153,7 +162,8 @@ def find(model: nn.Module) -> Found:
         if base is not None and qualified(base) in LAYOUTS and type(head) in INPUT_AXIS:
             return Found(base, LAYOUTS[qualified(base)], head)
     elif key in LAYOUTS:
-        return Found(model, LAYOUTS[key], None)
+        head = LAYOUTS[key].head and getattr(model, LAYOUTS[key].head, None)
+        return Found(model, LAYOUTS[key], head if type(head) in INPUT_AXIS else None)
     raise Unsupported(f"{type(model).__name__} has no rotation layout: rotating the residual stream needs a "
                       f"pre-norm Transformer whose norms read the stream ({', '.join(supported())}); a post-norm "
                       "model such as BERT/MiniLM normalises the stream itself, which no rotation commutes with")
@@ -174,17 +184,17 @@ def rotate(model: nn.Module, mode: str) -> str:
     check_mode(mode)
     if mode == "off":
         return "not rotated (rotate='off')"
+    kind = AUTO_KIND if mode == "auto" else mode
     try:
-        found = find(model)
+        rotator = Rotator(find(model), kind)
     except Unsupported as e:
         if mode != "auto":
             raise ValueError(f"rotate={mode!r}: {e}. Pass rotate='off' (or 'auto', which leaves such models "
                              "unrotated)") from None
         log.info("convert: rotate='auto' leaves the model unrotated: %s", e)
         return f"not rotated (rotate='auto'): {e}"
-    kind = AUTO_KIND if mode == "auto" else mode
     with torch.no_grad():
-        return Rotator(found, kind).run()
+        return rotator.run()
 
 
 def along(tensor: torch.Tensor, axis: int, matrix: torch.Tensor, start: int = 0) -> None:
@@ -232,7 +242,6 @@ class Rotator:
     def __init__(self, found: Found, kind: str) -> None:
         self.found, self.layout, self.kind = found, found.layout, kind
         self.base = found.base
-        self.width = int(self.base.config.hidden_size)
         self.generator = torch.Generator().manual_seed(SEED)
         self.blocks = list(self.part(self.base, self.layout.blocks))
         self.writers: List[Site] = [site for path in self.layout.embeddings
@@ -241,6 +250,30 @@ class Rotator:
         self.writers += [site for block in self.blocks for b in self.layout.branches
                          for site in output_sites(self.part(block, b.writer))]
         self.readers: List[nn.Module] = []
+        self.width = int(self.writers[0][0].shape[self.writers[0][1]])
+        self.check()
+
+    def check(self) -> None:
+        """Everything the rotation touches is what the layout says, before anything changes (so a
+        variant the layout does not describe is refused whole, never half rotated)."""
+        for path in self.layout.identities:
+            if type(self.part(self.base, path, optional=True) or nn.Identity()) is not nn.Identity:
+                raise Unsupported(f"{type(self.base).__name__}.{path} is not an identity, which its family's "
+                                  "rotation layout needs")
+        norms = [(block, b.norm) for block in self.blocks for b in self.layout.branches]
+        for owner, path in [*norms, (self.base, self.layout.final_norm)]:
+            norm = self.part(owner, path)
+            if isinstance(norm, nn.LayerNorm) != self.layout.centered or not (
+                    isinstance(norm, nn.LayerNorm) or type(norm).__name__.endswith("RMSNorm")):
+                raise Unsupported(f"{type(norm).__name__} at {path!r} is not the "
+                                  f"{'LayerNorm' if self.layout.centered else 'RMSNorm'} its family's layout needs")
+        for block in self.blocks:
+            for branch in self.layout.branches:
+                for path in branch.readers:
+                    input_site(self.part(block, path))
+                if branch.scale is not None and len(list(self.part(block, branch.scale).parameters())) > 1:
+                    raise Unsupported(f"the layer scale {branch.scale!r} has more than one parameter")
+            input_site(self.part(block, self.layout.values.output))
 
     @staticmethod
     def part(owner: nn.Module, path: str, optional: bool = False) -> Optional[nn.Module]:
@@ -290,10 +323,9 @@ class Rotator:
             for branch in self.layout.branches:
                 if branch.scale is None:
                     continue
-                module = self.part(block, branch.scale)
-                (vector,) = list(module.parameters())
-                for tensor, axis in output_sites(self.part(block, branch.writer)):
-                    scale(tensor, axis, vector.detach())
+                for vector in self.part(block, branch.scale).parameters():
+                    for tensor, axis in output_sites(self.part(block, branch.writer)):
+                        scale(tensor, axis, vector.detach())
                 block.set_submodule(branch.scale, nn.Identity())
 
     def fold_norms(self) -> int:
@@ -341,11 +373,8 @@ class Rotator:
     def rotate_values(self) -> int:
         """Each key/value head's values by its own ``H``, the output projection's inputs of every
         query head reading it by ``H^T``; returns how many query heads."""
-        config = self.base.config
-        heads = config.num_attention_heads
-        kv = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         values = self.layout.values
+        heads, kv, head_dim = self.head_shape()
         for block in self.blocks:
             value, output = self.part(block, values.value), self.part(block, values.output)
             turns = [rotation(head_dim, self.kind, self.generator) for _ in range(kv)]
@@ -356,3 +385,14 @@ class Rotator:
             for h in range(heads):
                 along(tensor, axis, turns[h // (heads // kv)], h * head_dim)
         return heads * len(self.blocks)
+
+    def head_shape(self) -> Tuple[int, int, int]:
+        """``(query heads, key/value heads, head width)`` from a Hugging Face config, else from the
+        attention module's ``num_heads`` and ``head_dim`` (timm)."""
+        config = getattr(self.base, "config", None)
+        if config is not None:
+            heads = config.num_attention_heads
+            kv = getattr(config, "num_key_value_heads", None) or heads
+            return heads, kv, getattr(config, "head_dim", None) or self.width // heads
+        attention = self.part(self.blocks[0], self.layout.values.output.rpartition(".")[0])
+        return attention.num_heads, attention.num_heads, attention.head_dim
