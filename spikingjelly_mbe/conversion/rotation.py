@@ -16,7 +16,9 @@ With the stream ``h`` (a row vector of width ``d``) and an orthogonal ``Q``:
    commutes with ``Q`` (``||h Q|| = ||h||``), so every reader sees what it saw before;
 5. per attention head, the values are rotated by an orthogonal ``H`` (the value layer's output rows
    of the head) and the output projection's matching inputs by ``H^T``: attention weights mix
-   tokens, not channels, so ``softmax(.) V H H^T = softmax(.) V``.
+   tokens, not channels, so ``softmax(.) V H H^T = softmax(.) V``; where no rotary embedding sits
+   between the projections and the product, the queries and keys by one more orthogonal ``G``
+   (``q G (k G)^T = q k^T``).
 
 The final norm folds into an LM or classification head inside the model. When the model's output is
 the final norm's hidden state (an encoder read outside, ``last_hidden_state``), the final norm
@@ -66,13 +68,17 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class Values:
-    """Where each attention head's values are made (``value``, at ``fused`` thirds of a fused q/k/v
-    layer's outputs) and read back (``output``)."""
+class Heads:
+    """Where each attention head's values are made (``value``) and read back (``output``), and, in a
+    model whose positions are added to the stream (no rotary embedding between the projections and
+    the product), its queries and keys (``query``, ``key``); ``fused``: queries, keys and values are
+    the thirds of one layer's outputs."""
 
     value: str
     output: str
-    fused: int = 0
+    query: Optional[str] = None
+    key: Optional[str] = None
+    fused: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,39 +87,42 @@ class Layout:
     into it before the blocks (``embeddings``: modules or parameters; absent ones are skipped), the
     blocks, their branches, the final norm, the heads' values, and whether the norms are LayerNorm;
     ``head``: a weight layer of the base itself reading the final norm (timm's classifier);
-    ``identities``: modules that must be ``nn.Identity`` for the layout to hold."""
+    ``identities`` (of the base) and ``block_identities`` (of each block): modules that must be
+    ``nn.Identity`` (or absent) for the layout to hold."""
 
     embeddings: Tuple[str, ...]
     blocks: str
     branches: Tuple[Branch, ...]
     final_norm: str
-    values: Values
+    heads: Heads
     centered: bool
     head: Optional[str] = None
     identities: Tuple[str, ...] = ()
+    block_identities: Tuple[str, ...] = ()
 
 
 LLAMA = Layout(("embed_tokens",), "layers", (
     Branch("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.o_proj"),
     Branch("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj")),
-    "norm", Values("self_attn.v_proj", "self_attn.o_proj"), centered=False)
+    "norm", Heads("self_attn.v_proj", "self_attn.o_proj"), centered=False)
 GPT2 = Layout(("wte", "wpe"), "h", (Branch("ln_1", ("attn.c_attn",), "attn.c_proj"),
                                     Branch("ln_2", ("mlp.c_fc",), "mlp.c_proj")),
-              "ln_f", Values("attn.c_attn", "attn.c_proj", fused=2), centered=True)
+              "ln_f", Heads("attn.c_attn", "attn.c_proj", "attn.c_attn", "attn.c_attn", fused=True), centered=True)
 VIT_EMBEDDINGS = ("embeddings.cls_token", "embeddings.mask_token", "embeddings.register_tokens",
                   "embeddings.position_embeddings", "embeddings.patch_embeddings.projection")
 ATTENTION_READERS = ("attention.q_proj", "attention.k_proj", "attention.v_proj")
+VIT_HEADS = Heads("attention.v_proj", "attention.o_proj", "attention.q_proj", "attention.k_proj")
 DINOV2 = Layout(VIT_EMBEDDINGS, "encoder.layer", (
     Branch("norm1", ATTENTION_READERS, "attention.o_proj", "layer_scale1"),
     Branch("norm2", ("mlp.fc1",), "mlp.fc2", "layer_scale2")),
-    "layernorm", Values("attention.v_proj", "attention.o_proj"), centered=True)
+    "layernorm", VIT_HEADS, centered=True)
 VIT = Layout(VIT_EMBEDDINGS, "layers", (Branch("layernorm_before", ATTENTION_READERS, "attention.o_proj"),
                                         Branch("layernorm_after", ("mlp.fc1",), "mlp.fc2")),
-             "layernorm", Values("attention.v_proj", "attention.o_proj"), centered=True)
+             "layernorm", VIT_HEADS, centered=True)
 TIMM_VIT = Layout(("cls_token", "reg_token", "pos_embed", "patch_embed.proj"), "blocks", (
     Branch("norm1", ("attn.qkv",), "attn.proj", "ls1"), Branch("norm2", ("mlp.fc1",), "mlp.fc2", "ls2")),
-    "norm", Values("attn.qkv", "attn.proj", fused=2), centered=True, head="head",
-    identities=("norm_pre", "fc_norm", "patch_embed.norm"))
+    "norm", Heads("attn.qkv", "attn.proj", "attn.qkv", "attn.qkv", fused=True), centered=True, head="head",
+    identities=("norm_pre", "fc_norm", "patch_embed.norm"), block_identities=("attn.q_norm", "attn.k_norm", "attn.norm"))
 
 _HF = "transformers.models"
 LAYOUTS: Dict[str, Layout] = {
@@ -256,9 +265,11 @@ class Rotator:
     def check(self) -> None:
         """Everything the rotation touches is what the layout says, before anything changes (so a
         variant the layout does not describe is refused whole, never half rotated)."""
-        for path in self.layout.identities:
-            if type(self.part(self.base, path, optional=True) or nn.Identity()) is not nn.Identity:
-                raise Unsupported(f"{type(self.base).__name__}.{path} is not an identity, which its family's "
+        identities = [(self.base, path) for path in self.layout.identities]
+        identities += [(block, path) for block in self.blocks for path in self.layout.block_identities]
+        for owner, path in identities:
+            if type(self.part(owner, path, optional=True) or nn.Identity()) is not nn.Identity:
+                raise Unsupported(f"{type(owner).__name__}.{path} is not an identity, which its family's "
                                   "rotation layout needs")
         norms = [(block, b.norm) for block in self.blocks for b in self.layout.branches]
         for owner, path in [*norms, (self.base, self.layout.final_norm)]:
@@ -273,7 +284,7 @@ class Rotator:
                     input_site(self.part(block, path))
                 if branch.scale is not None and len(list(self.part(block, branch.scale).parameters())) > 1:
                     raise Unsupported(f"the layer scale {branch.scale!r} has more than one parameter")
-            input_site(self.part(block, self.layout.values.output))
+            input_site(self.part(block, self.layout.heads.output))
 
     @staticmethod
     def part(owner: nn.Module, path: str, optional: bool = False) -> Optional[nn.Module]:
@@ -301,12 +312,13 @@ class Rotator:
             along(tensor, axis, q)
         for reader in self.readers:
             along(*input_site(reader), q)
-        heads = self.rotate_values()
+        heads = self.rotate_heads()
         end = "into the head" if self.found.head is not None else "with one added weight layer undoing the rotation"
         return (f"rotated ({self.kind}, d={self.width}, seed {SEED}): residual stream of {len(self.blocks)} blocks; "
                 f"{norms} norms made weightless RMSNorm{' after mean-centring the stream' if self.layout.centered else ''}"
                 f", their scales folded into {len(self.readers)} weight layers, the final norm {end}; "
-                f"values and outputs of {heads} attention heads")
+                f"values and outputs{', queries and keys' if self.layout.heads.query else ''} of {heads} "
+                "attention heads")
 
     def untie(self) -> None:
         """A head sharing its weight with a stream writer (a tied LM head) gets its own copy."""
@@ -370,21 +382,31 @@ class Rotator:
             nn.RMSNorm(d, eps=eps, elementwise_affine=False), undo))
         self.readers.append(undo)
 
-    def rotate_values(self) -> int:
+    def rotate_heads(self) -> int:
         """Each key/value head's values by its own ``H``, the output projection's inputs of every
-        query head reading it by ``H^T``; returns how many query heads."""
-        values = self.layout.values
+        query head reading it by ``H^T``; with queries and keys, those of each head by one more
+        ``G``. Returns how many query heads."""
+        spec = self.layout.heads
         heads, kv, head_dim = self.head_shape()
+        group, width = heads // kv, heads * head_dim
         for block in self.blocks:
-            value, output = self.part(block, values.value), self.part(block, values.output)
             turns = [rotation(head_dim, self.kind, self.generator) for _ in range(kv)]
-            for tensor, axis in output_sites(value):
-                for j, turn in enumerate(turns):
-                    along(tensor, axis, turn, values.fused * heads * head_dim + j * head_dim)
-            tensor, axis = input_site(output)
+            self.turn_heads(self.part(block, spec.value), turns, 2 * width if spec.fused else 0, head_dim)
+            tensor, axis = input_site(self.part(block, spec.output))
             for h in range(heads):
-                along(tensor, axis, turns[h // (heads // kv)], h * head_dim)
+                along(tensor, axis, turns[h // group], h * head_dim)
+            if spec.query is not None:
+                turns = [rotation(head_dim, self.kind, self.generator) for _ in range(kv)]
+                self.turn_heads(self.part(block, spec.key), turns, width if spec.fused else 0, head_dim)
+                self.turn_heads(self.part(block, spec.query), [turns[h // group] for h in range(heads)], 0, head_dim)
         return heads * len(self.blocks)
+
+    @staticmethod
+    def turn_heads(layer: nn.Module, turns: List[torch.Tensor], start: int, head_dim: int) -> None:
+        """The outputs of head ``j`` of ``layer`` (from output ``start`` on) times ``turns[j]``."""
+        for tensor, axis in output_sites(layer):
+            for j, turn in enumerate(turns):
+                along(tensor, axis, turn, start + j * head_dim)
 
     def head_shape(self) -> Tuple[int, int, int]:
         """``(query heads, key/value heads, head width)`` from a Hugging Face config, else from the
@@ -394,5 +416,5 @@ class Rotator:
             heads = config.num_attention_heads
             kv = getattr(config, "num_key_value_heads", None) or heads
             return heads, kv, getattr(config, "head_dim", None) or self.width // heads
-        attention = self.part(self.blocks[0], self.layout.values.output.rpartition(".")[0])
+        attention = self.part(self.blocks[0], self.layout.heads.output.rpartition(".")[0])
         return attention.num_heads, attention.num_heads, attention.head_dim
