@@ -2,7 +2,8 @@
 part), applied to the conversion's deep copy before calibration so that the T-digit spike codes of
 the residual stream no longer spend their digits on a few outlier channels.
 
-With the stream ``h`` (a row vector of width ``d``) and an orthogonal ``Q``:
+With the stream ``h`` (a row vector of width ``d``), an orthogonal ``Q`` and a weight layer written
+``y = x W + b``, ``W`` of shape (in, out) (an ``nn.Linear``'s ``weight`` transposed):
 
 1. layer scales (DINOv2's ``lambda``) fold into the weight layer before them;
 2. LayerNorm models: every weight that writes into the stream (embeddings, position embeddings,
@@ -10,20 +11,20 @@ With the stream ``h`` (a row vector of width ``d``) and an orthogonal ``Q``:
    projection ``M = I - 11^T/d``, so the stream has zero mean and each LayerNorm equals a
    weightless RMSNorm with the same eps (``mean(h) = 0`` makes its variance ``mean(h^2)``);
 3. each norm's scale ``gamma`` and shift ``beta`` fold into the weight layers reading its output
-   (``W -> W diag(gamma)``, ``b -> b + W beta``); the norm becomes a weightless ``nn.RMSNorm``;
+   (``W -> diag(gamma) W``, ``b -> b + beta W``); the norm becomes a weightless ``nn.RMSNorm``;
 4. the stream is rotated, ``h -> h Q``: writers ``W -> W Q`` along their output channels, readers
    ``W -> Q^T W`` along their input channels, embedding tables ``E -> E Q``. A weightless RMSNorm
    commutes with ``Q`` (``||h Q|| = ||h||``), so every reader sees what it saw before;
-5. per attention head, the values are rotated by an orthogonal ``H`` (the value layer's output rows
-   of the head) and the output projection's matching inputs by ``H^T``: attention weights mix
+5. per attention head, the values are rotated by an orthogonal ``H`` (the value layer's output
+   channels of the head) and the output projection's matching inputs by ``H^T``: attention weights mix
    tokens, not channels, so ``softmax(.) V H H^T = softmax(.) V``; where no rotary embedding sits
    between the projections and the product, the queries and keys by one more orthogonal ``G``
    (``q G (k G)^T = q k^T``).
 
 The final norm folds into an LM or classification head inside the model. When the model's output is
 the final norm's hidden state (an encoder read outside, ``last_hidden_state``), the final norm
-becomes a weightless RMSNorm followed by one added ``nn.Linear(d, d)`` (``diag(gamma) Q`` with
-bias ``beta``) that undoes the rotation exactly. A tied LM head is untied first.
+becomes a weightless RMSNorm followed by one added ``nn.Linear(d, d)`` computing
+``x Q^T diag(gamma) + beta``, which undoes the rotation exactly. A tied LM head is untied first.
 
 Supported models are listed in one table, :data:`LAYOUTS` (and :data:`HEADED` for a base model
 inside a head). Post-norm models (BERT, MiniLM) normalise the stream itself, which no rotation of the
@@ -369,7 +370,8 @@ class Rotator:
 
     def undo_at_end(self) -> None:
         """The final norm's output leaves the model: a weightless RMSNorm then ``nn.Linear(d, d)``
-        computing ``diag(gamma)`` plus ``beta`` (made ``diag(gamma) Q`` by the rotation)."""
+        computing ``x diag(gamma) + beta``; a reader of the stream, it becomes ``x Q^T diag(gamma) + beta``
+        when the stream is rotated."""
         norm = self.part(self.base, self.layout.final_norm)
         weight, bias, eps = norm_module_parts(norm)
         d = self.width
