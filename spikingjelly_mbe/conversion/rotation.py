@@ -233,6 +233,7 @@ def output_sites(module: nn.Module) -> List[Site]:
 
 
 def input_site(module: nn.Module) -> Site:
+    """The weight by which a weight layer reads a norm's output, with its input-channel axis."""
     if type(module) not in INPUT_AXIS:
         raise Unsupported(f"{type(module).__name__} reads a norm's output; no rule for its weights")
     return module.weight, INPUT_AXIS[type(module)]
