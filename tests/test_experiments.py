@@ -23,7 +23,7 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "pareto": "convert", "methods": "convert", "ablation_code": "convert", "ablation_budget": "convert",
            "ablation_center": "convert",
            "ablation_rectified": "convert",
-           "ablation_norm_exponents": "convert"}
+           "ablation_norm_exponents": "convert", "ablation_bias_correction": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -222,7 +222,7 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
         assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
     default = job.operator_options()
     assert set(default) == {"rotate", "split_bits", "code", "budget", "center_inputs", "rectified_activations",
-                            "norm_exponents", "neuron"}
+                            "norm_exponents", "neuron", "bias_correction"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",

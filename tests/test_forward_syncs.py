@@ -63,6 +63,23 @@ def test_a_converted_forward_on_the_torch_path_never_synchronises(family, conver
     assert sum(s.spikes for s in stats.values()) > 0
 
 
+def test_a_bias_corrected_weight_layer_never_synchronises():
+    from spikingjelly_mbe.conversion.calibration import Calibration, calibrate
+    from spikingjelly_mbe.ops import SpikingWeightInput
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(3, 5, 8, generator=g).square() for _ in range(2)]
+    op = SpikingWeightInput(torch.nn.Linear(8, 4), T=4, bias_correction=True)
+    calibrate(op, Calibration(data=batches))
+    set_checks(op, "deferred")
+    assert op.rounding_bias is not None
+    with kernels.disabled(), torch.no_grad():
+        op(batches[0])
+        counter = SyncCounter()
+        with counter:
+            op(batches[1])
+    assert counter.syncs == {}
+
+
 def test_the_counter_sees_a_synchronisation():
     counter = SyncCounter()
     with counter:

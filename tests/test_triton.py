@@ -99,6 +99,16 @@ def test_weight_input_kernel_is_the_eager_path_bit_for_bit(dtype):
     assert_triton_equals_torch(op9, torch.randn(3, 9, generator=g))
 
 
+def test_weight_input_kernel_subtracts_the_rounding_bias_as_the_eager_path():
+    from spikingjelly_mbe.conversion.calibration import Calibration, calibrate
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(4, 7, 12, generator=g).square() + torch.linspace(-2, 2, 12) for _ in range(2)]
+    op = SpikingWeightInput(nn.Linear(12, 5), T=4, bias_correction=True)
+    calibrate(op, Calibration(data=batches))
+    assert op.rounding_bias is not None and float(op.rounding_bias.abs().max()) > 0
+    assert_triton_equals_torch(op, batches[0] * 3)
+
+
 def test_weight_input_kernel_on_a_convolution():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(2, 3, 5, 5, generator=g) * torch.tensor([1.0, 5.0, 0.1])[:, None, None]

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..ops.observer import CALIBRATION_BATCH, ISOLATED, Extreme
-from ..ops.base import Calibrated
+from ..ops.base import Calibrated, float_reference_mode
 
 Batch = Union[torch.Tensor, Mapping[str, Any]]
 # the targets of a model's loss (a Hugging Face dataset batch carries them): the loss is not part of the function
@@ -140,6 +140,9 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
 
     Modules with an ``after_calibration(observed)`` method (e.g. attention, whose probabilities lie
     in [0, 1]) refine the ranges that data gave their operators (``observed``: those operators' ids).
+    Then, when an operator asks for it (:meth:`~spikingjelly_mbe.ops.base.Calibrated.start_shift_pass`,
+    e.g. a weight layer's bias correction), a second pass over the batches in float measures what the
+    fixed ranges shift.
     """
     if calibration.data is None:
         raise ValueError(NEED_DATA)
@@ -188,4 +191,11 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     for module in model.modules():
         if hasattr(module, "after_calibration"):
             module.after_calibration(observed)
+    measuring = [m for m in model.modules() if isinstance(m, Calibrated) and m.start_shift_pass()]
+    if measuring:
+        with float_reference_mode():
+            for _ in calibration_pass(model, data, calibration.num_batches, device):
+                pass
+        for op in measuring:
+            op.finish_shift_pass()
     return used

@@ -44,7 +44,9 @@ class OpSettings:
     ``False``: the row's exponent alone). ``neuron`` is the neuron kind of the fitted activations
     (:data:`~spikingjelly_mbe.fitting.kinds.KINDS`: ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which
     ignores ``activation_N``); the range-reduced neurons of Softmax and the norms and the functions
-    fitted on demand stay MBE.
+    fitted on demand stay MBE. ``bias_correction`` subtracts each weight layer's expected
+    rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
+    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md).
     """
 
     T: int = DEFAULT_T
@@ -58,6 +60,7 @@ class OpSettings:
     rectified_activations: bool = True
     norm_exponents: bool = True
     neuron: str = "mbe"
+    bias_correction: bool = False
 
     @property
     def activation_bases(self) -> int:
@@ -72,7 +75,7 @@ class OpSettings:
         check_code(self.code)
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
-        for name in ("center_inputs", "rectified_activations", "norm_exponents"):
+        for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
@@ -177,7 +180,7 @@ class OpSettings:
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""
         return SpikingWeightInput(layer, T=self.T, mode=self.mode, code=self.code, budget=self.budget,
-                                  centered=self.center_inputs)
+                                  centered=self.center_inputs, bias_correction=self.bias_correction)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""

@@ -360,6 +360,15 @@ class Calibrated:
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, ...]:
         raise NotImplementedError
 
+    def start_shift_pass(self) -> bool:
+        """Start measuring, on a second pass over the calibration batches with the ranges fixed and
+        every operator computing its float reference, what those ranges shift (a weight layer's
+        expected rounding error); whether this module measures anything (by default nothing)."""
+        return False
+
+    def finish_shift_pass(self) -> None:
+        """Fix what :meth:`start_shift_pass` measured."""
+
     @property
     def idle(self) -> bool:
         return False

@@ -37,6 +37,29 @@ def sample_peaks(x: torch.Tensor) -> torch.Tensor:
     return magnitude.reshape(magnitude.shape[0], -1).amax(1)
 
 
+class ChannelMean:
+    """The mean of a tensor per channel (dimension ``dim``) over every other index and every call,
+    summed in float64 on the tensor's device (no host synchronisation)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.sums: Optional[torch.Tensor] = None
+        self.count = 0
+
+    def observe(self, x: torch.Tensor) -> None:
+        if x.numel() == 0:
+            return
+        dim = self.dim % x.dim() if x.dim() else 0
+        others = [d for d in range(x.dim()) if d != dim]
+        sums = x.detach().double().sum(others) if others else x.detach().double().reshape(-1)
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.count += x.numel() // sums.numel()
+
+    def mean(self) -> Optional[torch.Tensor]:
+        """The per-channel means, or ``None`` when nothing was observed."""
+        return None if self.sums is None else self.sums / self.count
+
+
 class RangeObserver:
     """Records ``max |x|`` exactly and a strided (deterministic) subsample of ``|x|`` per batch, and
     each sample's peak, from which :meth:`isolated` finds the samples standing far beyond the rest."""

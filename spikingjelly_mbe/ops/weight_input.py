@@ -13,7 +13,7 @@ from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
 from .layers import is_weight_layer
-from .observer import Extreme, RangeObserver
+from .observer import ChannelMean, Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
                         channel_shares, resolve_budget)
 
@@ -45,6 +45,14 @@ class SpikingWeightInput(CalibratedOp):
       channels), widening a channel's range to ``step (2^T - 1)`` where that is larger: quiet
       channels are not coded finer than the budget asks.
 
+    With ``bias_correction``, calibration then measures the layer's expected rounding shift on the
+    calibration batches, ``beta = E[layer(x_hat) - layer(x)]`` per output channel (``W E[x_hat - x]``
+    for ``nn.Linear``/``Conv1D``: the layer is linear in its input, so this is the mean shift its
+    rounding adds to every output), on a second pass with the ranges fixed and every operator in
+    float (:meth:`start_shift_pass`); the buffer ``rounding_bias`` holds it, and every forward
+    subtracts it from the layer's bias: its output's mean error on the calibration distribution is
+    then zero. A constant per output channel, no spikes; both modes subtract the same buffer.
+
     An input beyond its channel's range is coded at ``2^e A_k``, ``e >= 0`` the smallest exponent that
     holds ``|x - c|`` (:func:`~.coding.overflow_shift`: a comparison, and an exponent shift of that
     neuron's spike weights), for any layer (each spike still adds its weight column, scaled by its
@@ -56,10 +64,11 @@ class SpikingWeightInput(CalibratedOp):
     drives_weight_layer = True
 
     operands = 1  # ranges (A,)
-    calibrated_buffers = ("channel_ranges", "channel_centers")
+    calibrated_buffers = ("channel_ranges", "channel_centers", "rounding_bias")
 
     def __init__(self, layer: nn.Module, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, A: Optional[float] = None,
-                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET, centered: bool = True) -> None:
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET, centered: bool = True,
+                 bias_correction: bool = False) -> None:
         if not isinstance(getattr(layer, "weight", None), torch.Tensor):
             raise TypeError(f"SpikingWeightInput wraps a weight layer (nn.Linear, Conv1D, a convolution), got "
                             f"{type(layer).__name__}")
@@ -71,11 +80,16 @@ class SpikingWeightInput(CalibratedOp):
         padding = getattr(layer, "padding", 0)
         unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
         self.centered = bool(centered) and unpadded  # a padded convolution's border sees zeros, not c
+        if not isinstance(bias_correction, bool):
+            raise ValueError(f"SpikingWeightInput: bias_correction must be True or False, got {bias_correction!r}")
+        self.bias_correction = bias_correction
+        self.shift: Optional[ChannelMean] = None  # the rounding shift being measured (start_shift_pass)
         self.step: Optional[float] = None  # the budget's rounding step, set by calibration
         self.shares: Optional[torch.Tensor] = None  # each channel's share of the range, set by calibration
         self.coder = IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)  # on x / A_k
         self.register_buffer("channel_ranges", None)
         self.register_buffer("channel_centers", None)
+        self.register_buffer("rounding_bias", None)  # E[layer(x_hat) - layer(x)] per output channel
         self.observer, self.stats = RangeObserver(), ChannelCenters(self.channel_dim)
         self.calibrating = A is None
         if A is not None:
@@ -85,7 +99,7 @@ class SpikingWeightInput(CalibratedOp):
     def from_float(cls, float_op: nn.Module, **options: object) -> "SpikingWeightInput":
         """``float_op`` (a weight layer: ``nn.Linear``, GPT-2's ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``;
         its weights untouched) driven by the code of its input. ``options``: ``T``, ``mode``, ``A``
-        (else calibrated), ``code``, ``budget``, ``centered``."""
+        (else calibrated), ``code``, ``budget``, ``centered``, ``bias_correction``."""
         if not is_weight_layer(float_op):
             raise TypeError("SpikingWeightInput.from_float takes a weight layer (nn.Linear, Conv1D, nn.Conv1d, "
                             f"nn.Conv2d), got {type(float_op).__name__}")
@@ -125,7 +139,8 @@ class SpikingWeightInput(CalibratedOp):
         self.calibrating = False
 
     def settings_state(self) -> Dict[str, Any]:
-        return {**super().settings_state(), "budget": self.budget, "centered": self.centered}
+        return {**super().settings_state(), "budget": self.budget, "centered": self.centered,
+                "bias_correction": self.bias_correction}
 
     def calibrated_state(self) -> Dict[str, Any]:
         return {"step": self.step, "shares": self.shares, "calibrating": self.calibrating}
@@ -164,8 +179,28 @@ class SpikingWeightInput(CalibratedOp):
             self.stats = ChannelCenters(self.channel_dim)
         return {"input": found} if found else {}
 
+    def start_shift_pass(self) -> bool:
+        """With ``bias_correction`` and calibrated ranges: measure the rounding shift from now on."""
+        if not self.bias_correction or self.calibrating or self.channel_ranges is None:
+            return False
+        self.shift = ChannelMean(self.channel_dim)
+        return True
+
+    def finish_shift_pass(self) -> None:
+        """``rounding_bias``: the measured mean shift per output channel (none when never called)."""
+        mean = self.shift.mean()
+        self.rounding_bias = None if mean is None else mean.float()
+        self.shift = None
+
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer.forward(x)
+        out = self.layer.forward(x)
+        if self.shift is not None:  # the shift pass: how far the code of x moves the output
+            with torch.no_grad():
+                xs = x.detach().to(working_dtype(x, self.T))
+                centers = self.centers_for(xs)
+                code, scales, _ = self.unit_code(xs, centers, False)
+                self.shift.observe(self.layer.forward(self.decoded(code, scales, centers).to(x.dtype)) - out.detach())
+        return out
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
@@ -191,22 +226,36 @@ class SpikingWeightInput(CalibratedOp):
             self.counted_nonfinite(x, "input", nonfinite)
             out = self.layer.forward(value.to(x.dtype))
         else:
-            if centers is not None:
-                xs = xs - centers
-            scales = along(self.channel_ranges, xs, self.channel_dim)
-            unit = xs / scales  # the input of the unit-range neuron of each channel (gain 1 / A_k)
             self.check_input(x, "input")
-            code, clamped = self.coder.encode(finite(unit), self.simulating)
+            code, scales, clamped = self.unit_code(xs, centers, self.simulating)
             spikes = total(code.counts)
             if self.simulating:
                 out = self.synapses(code, scales, centers, x.dtype)
             else:
-                value = code.value * scales
-                out = self.layer.forward((value if centers is None else value + centers).to(x.dtype))
+                out = self.layer.forward(self.decoded(code, scales, centers).to(x.dtype))
         return self.finish(x, out, spikes, clamped)
 
+    def unit_code(self, xs: torch.Tensor, centers: Optional[torch.Tensor], simulating: bool,
+                  ) -> Tuple[SpikeCode, torch.Tensor, Count]:
+        """The code of ``(x - c) / A_k`` (the input of each channel's unit-range neuron, gain ``1 / A_k``),
+        the ranges ``A_k`` shaped like ``x`` and the clamp count."""
+        if centers is not None:
+            xs = xs - centers
+        scales = along(self.channel_ranges, xs, self.channel_dim)
+        code, clamped = self.coder.encode(finite(xs / scales), simulating)
+        return code, scales, clamped
+
+    @staticmethod
+    def decoded(code: SpikeCode, scales: torch.Tensor, centers: Optional[torch.Tensor]) -> torch.Tensor:
+        """``x_hat = c + A_k code((x - c) / A_k)``."""
+        value = code.value * scales
+        return value if centers is None else value + centers
+
     def finish(self, x: torch.Tensor, out: torch.Tensor, spikes: Count, clamped: Count) -> torch.Tensor:
-        """Count the forward's spikes, SOPs, MACs and clamps; ``out`` in ``x``'s dtype."""
+        """Subtract the rounding bias (with ``bias_correction``); count the forward's spikes, SOPs, MACs
+        and clamps; ``out`` in ``x``'s dtype."""
+        if self.rounding_bias is not None:
+            out = out - along(self.rounding_bias, out, self.channel_dim)
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
@@ -249,4 +298,5 @@ class SpikingWeightInput(CalibratedOp):
     def extra_repr(self) -> str:
         return (f"T={self.T}, ranges={self.ranges}, code={self.code!r}, budget={self.budget}, "
                 f"centered={self.channel_centers is not None if not self.calibrating else self.centered}, "
+                f"bias_correction={self.bias_correction}, "
                 f"calibrating={self.calibrating}, " + super().extra_repr())
