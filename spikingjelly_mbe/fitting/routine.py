@@ -74,11 +74,20 @@ class Layout:
 
     def features(self, theta: torch.Tensor, x: torch.Tensor, bases: Optional[Sequence[int]] = None) -> torch.Tensor:
         """Least-squares design ``[P, M, K]``: per-basis ``o_n[T]`` (MBE) or spikes ``s[t]`` (FS)."""
+        return self.simulate(theta, x, bases)[0]
+
+    def spikes_per_input(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``[P]``: the spikes each candidate fires per input, all bases together, averaged over ``x``."""
+        return self.simulate(theta, x)[1].sum(-1).mean(-1)
+
+    def simulate(self, theta: torch.Tensor, x: torch.Tensor, bases: Optional[Sequence[int]] = None,
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`features` and the spike counts ``[P, M, N]`` of each basis on each input."""
         gain, offset, vth, reset, intensity = self.tables(theta, bases)
         u0 = x[None, :, None] * gain[:, None, :] + offset[:, None, :]  # [P, M, N]
         keep = self.kind.spike_features
-        s, o, _ = simulate_bases(u0, vth[:, None], reset[:, None], intensity[:, None], keep)
-        return s[..., 0].permute(1, 2, 0) if keep else o
+        s, o, count = simulate_bases(u0, vth[:, None], reset[:, None], intensity[:, None], keep)
+        return (s[..., 0].permute(1, 2, 0) if keep else o), count
 
 
 def solve_linear(features: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -130,9 +139,11 @@ class _Search:
     the kind's :meth:`~spikingjelly_mbe.fitting.kinds.NeuronKind.search` spends the budget."""
 
     def __init__(self, layout: Layout, xs: torch.Tensor, ys: torch.Tensor, budget: int, desc: str,
-                 progress: bool) -> None:
+                 progress: bool, spike_tolerance: float = 0.0) -> None:
         self.layout, self.xs, self.ys, self.budget = layout, xs, ys, budget
         self.used = 0
+        self.spike_tolerance = spike_tolerance
+        self.tried: List[Tuple[np.ndarray, np.ndarray]] = []  # (thetas, losses) of every scored batch, when kept
         self.bar = tqdm(total=budget, desc=desc, disable=not progress, leave=False)
         self.best_theta, self.best_loss = layout.initial_point(), float("inf")
         self.score(self.best_theta[None])  # the binary-expansion point competes too
@@ -148,6 +159,8 @@ class _Search:
         losses = torch.nan_to_num(mse, nan=float("inf")).tolist()
         self.used += len(losses)
         self.bar.update(len(losses))
+        if self.spike_tolerance > 0:
+            self.tried.append((np.array(thetas, dtype=np.float64), np.array(losses)))
         i = int(np.argmin(losses))
         if losses[i] < self.best_loss:
             self.best_loss, self.best_theta = losses[i], np.array(thetas[i], dtype=np.float64)
@@ -167,13 +180,23 @@ class _Search:
     def run(self, seed: int, restarts: int) -> np.ndarray:
         self.layout.kind.search(self, seed, restarts)
         self.bar.close()
-        return self.best_theta
+        return self.frugal() if self.spike_tolerance > 0 else self.best_theta
+
+    def frugal(self, chunk: int = 256) -> np.ndarray:
+        """The spike-aware choice: of every candidate scored whose loss is within ``1 + spike_tolerance``
+        of the best, the one firing the fewest spikes per search input (the first scored among equals)."""
+        thetas = np.concatenate([t for t, _ in self.tried])
+        losses = np.concatenate([loss for _, loss in self.tried])
+        near = thetas[losses <= (1.0 + self.spike_tolerance) * self.best_loss]
+        spikes = torch.cat([self.layout.spikes_per_input(torch.as_tensor(near[i:i + chunk], dtype=torch.float32),
+                                                         self.xs) for i in range(0, len(near), chunk)])
+        return near[int(torch.argmin(spikes))]
 
 
 def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind] = "mbe", N: int = DEFAULT_N, T: int = DEFAULT_T,
                domain: Optional[Tuple[float, float]] = None, samples: int = 10_000, seed: int = 0,
                dt: float = 1.0, decay: bool = True, budget: Optional[int] = None, restarts: int = 3,
-               progress: bool = False, multistart: bool = False) -> FittedNeuron:
+               progress: bool = False, multistart: bool = False, spike_tolerance: float = 0.0) -> FittedNeuron:
     """Fit a neuron of ``kind`` (a name of :data:`~spikingjelly_mbe.fitting.kinds.KINDS`: ``'mbe'``,
     ``'fs'``) to ``target`` on ``domain`` (defaults to the target's own).
 
@@ -199,6 +222,10 @@ def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind
         raise TypeError(f"decay must be True or False, got {decay!r}")
     if not isinstance(multistart, bool):
         raise TypeError(f"multistart must be True or False, got {multistart!r}")
+    if isinstance(spike_tolerance, bool) or not isinstance(spike_tolerance, numbers.Real) \
+            or not 0.0 <= spike_tolerance < float("inf"):
+        raise ValueError(f"spike_tolerance must be a finite number >= 0 (the relative MSE a fit may give up for "
+                         f"fewer spikes, e.g. 0.1; 0: the plain objective), got {spike_tolerance!r}")
     tgt = get_target(target, domain)
     x = tgt.samples(samples)
     layout = _layout(kind, tgt, N, T, dt, decay)
@@ -210,11 +237,13 @@ def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind
     best, evals = None, 0
     for i, lay in enumerate(layouts):
         desc = f"fit {kind.name} {tgt.name} N={layout.N} T={T}" + (f" layout {i + 1}/{len(layouts)}" if multistart else "")
-        search = _Search(lay, xs32, ys, budget, desc, progress)
+        search = _Search(lay, xs32, ys, budget, desc, progress, float(spike_tolerance))
         theta = search.run(seed, restarts)
         evals += search.used
         coef, _ = solve_linear(lay.features(torch.as_tensor(theta)[None], x), y)
         fitted = _to_fitted(lay, theta, coef[0], tgt, seed, samples, search.used)
+        if spike_tolerance:
+            fitted.fit["spike_tolerance"] = float(spike_tolerance)
         if multistart:
             fitted.fit.update(layout=i, layouts=len(layouts))
         if best is None or fitted.errors["mse"] < best.errors["mse"]:

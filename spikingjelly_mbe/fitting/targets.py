@@ -90,6 +90,14 @@ def get_target(target: Union[str, Target, TensorFn], domain: Optional[Tuple[floa
     raise TypeError(f"target must be a name, a Target or a callable, got {type(target).__name__}")
 
 
+SPLIT_BITS = 3  # the default digits of Softmax and the norms moved into a table (fewer when T is shorter)
+
+
+def default_split_bits(T: int) -> int:
+    """:data:`SPLIT_BITS`, or ``T - 1`` for shorter trains (at least one digit drives the neuron)."""
+    return min(SPLIT_BITS, T - 1)
+
+
 @dataclass(frozen=True)
 class SplitTarget:
     """A function of ``v`` in ``[lo, lo + width]``: ``2^v`` (``power=None``) or ``v^power``."""

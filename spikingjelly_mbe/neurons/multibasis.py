@@ -61,6 +61,7 @@ def simulate_bases(
 
 DEFAULT_T = 16  # time steps of every neuron, fit, operator and conversion unless told otherwise
 DEFAULT_N = 4  # bases of an MBE neuron unless told otherwise (the paper's N)
+ACTIVATION_N = 8  # bases of a fitted activation neuron: the operators' and conversion's default (OpSettings.activation_N)
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # simulated in float32: their 11/8-bit mantissas miscount spikes
 
 

@@ -12,6 +12,7 @@ from ..fitting.fitted import FittedNeuron
 from ..fitting.library import load_fitted
 from ..fitting.targets import TARGETS, TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
+from ..neurons.multibasis import ACTIVATION_N
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, working_dtype
 from .coding import decode, total
@@ -20,7 +21,6 @@ from .rectifier import SpikingReLU
 # F.gelu's approximate= forms and the activations computing them (from the one activation table)
 GELU_TARGETS = {form: a.name for form in ("none", "tanh") for a in ACTIVATIONS.values()
                 if "gelu" in a.calls and a.calls["gelu"]((), {"approximate": form}) is not None}
-ACTIVATION_N = 8  # bases of a fitted activation neuron: the default here and in conversion (OpSettings.activation_N)
 
 
 class SpikingActivation(SpikingOp):

@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
-from .split import SplitFunction, default_split_bits
+from .split import SplitFunction
 
 MIN_ROW_EXPONENT = -40  # rows with max |c| < 2^-40 scale as if it were 2^-40: eps 2^80 stays finite
 EPS_NAMES = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps")  # where norm modules keep their eps

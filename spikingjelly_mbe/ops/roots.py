@@ -6,11 +6,12 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
-from .split import SplitFunction, default_split_bits
+from .split import SplitFunction
 
 POWERS = {-1.0: "reciprocal", -0.5: "rsqrt", 0.5: "rsqrt"}  # the split function each power's mantissa drives
 ROOT_FUNCTIONS = {torch.reciprocal: -1.0, torch.rsqrt: -0.5, torch.sqrt: 0.5}  # the float functions, by power

@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
-from .split import SplitFunction, default_split_bits
+from .split import SplitFunction
 
 LOG2E = 1.0 / math.log(2.0)
 MIN_EXPONENT = -2048.0  # 2^-2048 is 0 even in float64: such entries (and -inf) contribute exactly 0

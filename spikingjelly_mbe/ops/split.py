@@ -35,12 +35,7 @@ from .coding import DEFAULT_CODE, IdentityCoder, check_steps, lookup
 
 HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
 TABLE_MAX_T = 16  # up to here fast mode tabulates all 2^T digit patterns; beyond, a NeuronTable of the neuron
-SPLIT_BITS = 3  # the default of Softmax and the norms (fewer when T is shorter)
 
-
-def default_split_bits(T: int) -> int:
-    """:data:`SPLIT_BITS`, or ``T - 1`` for shorter trains (at least one digit drives the neuron)."""
-    return min(SPLIT_BITS, T - 1)
 
 
 # pattern tables by (target, T, split_bits, code, neuron fingerprint, dtype, device)
