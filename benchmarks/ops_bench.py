@@ -106,9 +106,9 @@ def split_cases(T: int, split_bits: int, g: torch.Generator) -> Dict[str, Callab
         h = layernorm_input(g, outliers)
         label = "outlier channels" if outliers else "N(0, 1)"
         cases[f"layernorm, {label}"] = lambda h=h: norm_error(
-            SpikingLayerNorm.from_module(ln, T=T, split_bits=split_bits)(h), ln(h))
+            SpikingLayerNorm.from_float(ln, T=T, split_bits=split_bits)(h), ln(h))
         cases[f"rmsnorm, {label}"] = lambda h=h: norm_error(
-            SpikingRMSNorm.from_module(rms, T=T, split_bits=split_bits)(h), rms(h))
+            SpikingRMSNorm.from_float(rms, T=T, split_bits=split_bits)(h), rms(h))
     return cases
 
 
@@ -168,8 +168,8 @@ def speed_table(T: int, repeats: int, simulate_repeats: int) -> List[Row]:
         ("matmul q k^T [8,6,128,64]@[8,6,64,128]", torch.matmul, SpikingMatmul(T, ranges=(5.0, 5.0)), (q, k)),
         ("matmul p v [8,6,128,128]@[8,6,128,64]", torch.matmul, SpikingMatmul(T, ranges=(1.0, 5.0)), (probs, v)),
         ("softmax [8,6,128,128]", lambda x: torch.softmax(x, -1), SpikingSoftmax(T=T), (logits,)),
-        ("layernorm [8,128,384]", ln, SpikingLayerNorm.from_module(ln, T=T), (hidden,)),
-        ("rmsnorm [8,128,384]", rms, SpikingRMSNorm.from_module(rms, T=T), (hidden,)),
+        ("layernorm [8,128,384]", ln, SpikingLayerNorm.from_float(ln, T=T), (hidden,)),
+        ("rmsnorm [8,128,384]", rms, SpikingRMSNorm.from_float(rms, T=T), (hidden,)),
         ("product [8,128,384]", torch.mul, SpikingProduct(T, ranges=(5.0, 5.0)), (hidden, hidden)),
         ("gelu [8,128,1536]", F.gelu, gelu(), (mlp,)),
     ]
