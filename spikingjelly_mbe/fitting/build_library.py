@@ -11,7 +11,7 @@ range-reduced functions of Softmax and the norms instead (each on its remainder 
 :meth:`~spikingjelly_mbe.fitting.targets.SplitTarget.remainder_domain`; ``exp2-split3-mbe-N4-T16.json``).
 
 ``--low-T`` fits, for T in :data:`LOW_T`, exactly the neurons a default conversion loads
-(:func:`low_t_jobs`): the rectified activations' residuals with ``ACTIVATION_N`` bases and the
+(:func:`low_t_jobs`): the rectified activations' residuals and tanh with ``ACTIVATION_N`` bases and the
 remainder neurons of Softmax and the norms with ``N=4`` and the default ``split_bits`` of that T, with
 the spike-aware objective (:data:`LOW_T_SPIKE_TOLERANCE`, ``fit_neuron(spike_tolerance=...)``).
 
@@ -43,6 +43,7 @@ LIBRARY_T = (8, 10, 12, 16)
 LIBRARY_N = (1, 2, 4, 8)
 RESIDUAL_N = (DEFAULT_N, ACTIVATION_N)  # a rectified activation's residual: OpSettings' N and activation_N defaults
 LOW_T = (3, 4, 5, 6)  # shipped for the neurons of a default conversion alone (low_t_jobs)
+LOW_T_WHOLE = ("tanh",)  # activations the real models' default conversions fit whole (MiniLM's pooler)
 LOW_T_SPIKE_TOLERANCE = 0.05  # the low-T fits' spike-aware objective: up to 5 % more search MSE for fewer spikes
 Job = Tuple[str, str, int, int, int, str, float]  # target, kind, N, T, split_bits, out folder, spike tolerance
 
@@ -51,10 +52,11 @@ BEST_OF_SEEDS = {(a.name, "mbe", 8): a.library_seeds for a in fitted_activations
 
 
 def low_t_jobs(out: str) -> List[Job]:
-    """For every T in :data:`LOW_T`: each rectified activation's residual on ``ACTIVATION_N`` bases
-    and each range-reduced function's remainder neuron on ``DEFAULT_N`` bases at the default split."""
-    return [*((residual, "mbe", ACTIVATION_N, T, 0, out, LOW_T_SPIKE_TOLERANCE)
-              for T in LOW_T for residual in RECTIFIED.values()),
+    """For every T in :data:`LOW_T`: each rectified activation's residual and each of
+    :data:`LOW_T_WHOLE` on ``ACTIVATION_N`` bases, and each range-reduced function's remainder neuron
+    on ``DEFAULT_N`` bases at the default split."""
+    return [*((target, "mbe", ACTIVATION_N, T, 0, out, LOW_T_SPIKE_TOLERANCE)
+              for T in LOW_T for target in (*RECTIFIED.values(), *LOW_T_WHOLE)),
             *((target, "mbe", DEFAULT_N, T, default_split_bits(T), out, LOW_T_SPIKE_TOLERANCE)
               for T in LOW_T for target in SPLIT_TARGETS)]
 

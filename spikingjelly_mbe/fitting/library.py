@@ -153,7 +153,8 @@ def check_fit_request(target: str, kind: str, N: int, T: int, split_bits: int = 
 
 def load_fitted(target: str, kind: str = "mbe", N: int = DEFAULT_N, T: int = DEFAULT_T, split_bits: int = 0) -> FittedNeuron:
     """The fit of ``target`` on its registered domain (a single-basis kind such as FS ignores ``N``):
-    shipped for T in {8, 10, 12, 16} and N in {1, 2, 4, 8}; any other ``N``, ``T <= 32`` is fitted
+    shipped for T in {8, 10, 12, 16} and N in {1, 2, 4, 8}, and for T in {3, 4, 5, 6} what a default
+    conversion loads (``build_library --low-T``); any other ``N``, ``T <= 32`` is fitted
     on first use (seed 0, a few seconds) and cached in the project cache. ``split_bits >= 1``: the
     remainder neuron of a range-reduced ``exp2``/``reciprocal``/``rsqrt`` (Softmax, the norms),
     shipped for ``split_bits=3``, ``N=4``. An independent copy: edits stay local."""
