@@ -138,7 +138,7 @@ def test_causal_models_stay_causal(family, converted):
     torch.testing.assert_close(run(snn, {"input_ids": changed})[:, :6], base[:, :6], rtol=0, atol=1e-6)
 
 
-GENERATE = ["gpt2", "llama_lm", "qwen2", "gemma", "phi3", "opt", "qwen2_moe"]
+GENERATE = ["gpt2", "llama_lm", "qwen2", "gemma", "phi3", "opt", "qwen2_moe", "phimoe"]
 
 
 @pytest.mark.slow

@@ -82,3 +82,98 @@ def test_moe_lm_routes_tokens_to_the_anns_experts_and_charges_per_routed_token()
     routed = snn_index.numel()  # tokens x k of the same batch: each (token, expert) pair codes the token once
     hidden = ann.config.hidden_size
     assert sum(int(op.op_stats().neurons) for op in core.gate_up) == routed * hidden
+
+
+@pytest.mark.parametrize("mode", ["fast", "simulate"])
+def test_masked_candidates_stay_silent_and_lose_to_every_finite_score(mode):
+    """-inf marks a masked candidate (a grouped router's excluded group): torch.topk's choice among
+    the finite scores, no clamp counted, no NaN/Inf error; rows with fewer finite scores than k
+    fill the last places with masked ones."""
+    x = scores(3, rows=40)
+    x[:, 4:] = -float("inf")
+    x[::5, 1:] = -float("inf")  # one finite score, k = 2
+    op = topk_op(2, 12, mode)
+    values, index = op(x)
+    op.flush()
+    assert int(op.op_stats().clamped) == 0
+    sparse = torch.isinf(x[:, 1])
+    expected = torch.topk(x[~sparse], 2).indices.sort(-1).values
+    assert torch.equal(index[~sparse].sort(-1).values, expected)
+    assert bool((index[sparse, 0] == 0).all()) and bool(torch.isinf(values[sparse, 1]).all())
+
+
+def deepseek(**extra):
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    torch.manual_seed(0)
+    return DeepseekV3ForCausalLM(DeepseekV3Config(
+        vocab_size=96, hidden_size=32, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, n_routed_experts=8, n_shared_experts=1, num_experts_per_tok=2,
+        n_group=4, topk_group=2, first_k_dense_replace=0, q_lora_rank=None, kv_lora_rank=16, qk_rope_head_dim=8,
+        qk_nope_head_dim=8, v_head_dim=16, **extra)).eval()
+
+
+def test_grouped_router_with_score_bias_and_shared_experts_is_spike_driven():
+    """DeepSeek-V3 routing: sigmoid scores plus a correction bias, the top-2 sum per group, the best
+    groups (a top-k whose indices mask the other groups' scores with -inf), the top-k experts
+    among the rest, renormalised and scaled; shared experts beside. The masking by a spiking
+    top-k's indices is routing, so the model converts strictly, and it routes each token to the
+    ANN's experts wherever the group and expert margins exceed the scores' error."""
+    ann = deepseek()
+    with torch.no_grad():
+        ann.model.layers[0].mlp.gate.e_score_correction_bias.copy_(torch.linspace(-0.05, 0.05, 8))
+    snn = convert(ann, T=16, calib_data=[torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(s))
+                                         for s in (1, 2)])
+    assert snn.spiking_report.fully_spiking and not snn.spiking_report.fallback
+    kinds = [e.target for e in snn.spiking_report.replaced if ".mlp.gate." in e.path]
+    assert kinds.count("SpikingTopK") == 3 and "SpikingActivation" in kinds and "Quotient" in kinds
+    seen = {}
+    for name, model in (("ann", ann), ("snn", snn)):
+        model.model.layers[0].mlp.gate.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
+    ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ann(ids)
+        snn(ids)
+    (ann_logits, ann_weights, ann_index), (snn_logits, snn_weights, snn_index) = seen["ann"], seen["snn"]
+    gate = ann.model.layers[0].mlp.gate
+    biased = ann_logits.sigmoid() + gate.e_score_correction_bias
+    error = 2 * 4.5e-3 + (snn_logits - ann_logits).abs().max()  # the fitted sigmoid's error on [-12, 12], and the logits'
+    groups = biased.view(-1, 4, 2).sum(-1)  # two experts a group: the top-2 sum is the group's sum
+    g = groups.sort(-1, descending=True).values
+    e = biased.sort(-1, descending=True).values
+    clear = (g[:, 1] - g[:, 2] > 2 * error) & (e[:, 1] - e[:, 2] > error) & (e[:, 0] - e[:, 1] > error)
+    same = (ann_index.sort(-1).values == snn_index.sort(-1).values).all(-1)
+    assert clear.sum() >= 8 and bool(same[clear].all()) and same.float().mean() >= 0.8
+    torch.testing.assert_close(snn_weights[same], ann_weights[same], rtol=0.05, atol=0.02)
+
+
+def test_phimoe_sparsemixer_router_is_spike_driven_and_routes_as_the_ann():
+    """Phi-MoE's router subclasses nn.Linear and returns (logits, weights, experts): it is not a weight
+    layer. Its sparsemixer (top-1 by max, a relative-gap threshold mask, a masked softmax, the second
+    expert after masking the first) converts strictly: max as the spiking top-1, the clamp with an
+    activation bound and the threshold on rectifier neurons, the mask routing spikes."""
+    from transformers import PhimoeConfig, PhimoeForCausalLM
+    from spikingjelly_mbe.ops.layers import is_weight_layer
+    torch.manual_seed(0)
+    ann = PhimoeForCausalLM(PhimoeConfig(vocab_size=96, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, num_local_experts=4,
+                                         num_experts_per_tok=2)).eval()
+    router = ann.model.layers[0].mlp.router
+    assert isinstance(router, torch.nn.Linear) and not is_weight_layer(router)
+    assert is_weight_layer(torch.nn.Linear(2, 2)) and is_weight_layer(torch.nn.modules.linear.NonDynamicallyQuantizableLinear(2, 2))
+    snn = convert(ann, [torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(s)) for s in (1, 2)], T=16)
+    assert snn.spiking_report.fully_spiking and not snn.spiking_report.fallback
+    targets = {e.target for e in snn.spiking_report.replaced if ".mlp.router." in e.path}
+    assert {"SpikingTopK", "Greater", "Clamp", "SpikingSoftmax"} <= targets
+    seen = {}
+    for name, model in (("ann", ann), ("snn", snn)):
+        model.model.layers[0].mlp.router.register_forward_hook(lambda m, a, out, name=name: seen.__setitem__(name, out))
+    ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ann_logits, snn_logits = ann(ids).logits, snn(ids).logits
+    (logits, _, ann_index), (_, _, snn_index) = seen["ann"], seen["snn"]
+    top = logits.sort(-1, descending=True).values
+    clear = (top[:, 0] - top[:, 1] > 0.05) & (top[:, 1] - top[:, 2] > 0.05)
+    assert clear.sum() >= 16
+    assert torch.equal(ann_index[clear], snn_index[clear])  # the first expert, then the second after masking it
+    cosine = torch.nn.functional.cosine_similarity(ann_logits.flatten(), snn_logits.flatten(), 0)
+    assert cosine >= 0.999

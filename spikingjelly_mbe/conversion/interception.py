@@ -9,6 +9,8 @@ module hooks keep the stack) and the provenance of its operands:
   continues it;
 * ``DYN``: data-dependent but not an activation (token ids, padding masks and what is built from
   them, position ids);
+* ``SEL``: an index or mask a spiking operator chose (a top-k's winners) and what is built from it:
+  selecting or masking activations by it routes spikes, which is linear;
 * ``CTRL``: a decision taken on activations (a comparison), which makes a later selection nonlinear;
 * constants: parameters, buffers and what is computed from them alone (RoPE tables, biases).
 
@@ -31,7 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..ops.base import SpikingOp
 
-CONST, DYN, CTRL, ACT = 0, 1, 2, 3
+CONST, DYN, SEL, CTRL, ACT = 0, 1, 2, 3, 4
 
 IGNORED = frozenset({
     "__get__", "size", "dim", "numel", "stride", "is_floating_point", "is_contiguous", "data_ptr", "element_size",
@@ -70,6 +72,9 @@ COMPARISONS = frozenset({
 MULTILINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                          "conv_transpose3d", "einsum", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "outer",
                          "tensordot", "bilinear", "addcmul", "addcdiv", "lerp", "kron", "inner", "vdot"})
+# new tensors that take only the shape, dtype and device of their operand: constants
+VALUE_FREE = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty",
+                        "new_full"})
 # in-place writes whose destination (the first operand) takes the written activations
 DESTINATION = frozenset({"setitem", "copy", "index_put", "masked_scatter", "scatter", "fill"})
 
@@ -168,16 +173,17 @@ class Session(TorchFunctionMode):
                 best = max(best, self.tag_of(item))
         return best
 
-    def mark(self, value: Any, tag: int) -> None:
-        """Tag every tensor in ``value``; floating ones with ``tag``, the others at most ``DYN``/``CTRL``."""
+    def mark(self, value: Any, tag: int, decided: int = CTRL) -> None:
+        """Tag every tensor in ``value``; floating ones with ``tag``, the others with ``decided`` where
+        ``tag`` is ``ACT`` (a decision on activations: ``CTRL``, or ``SEL`` when a spiking operator took it)."""
         if isinstance(value, torch.Tensor):
-            self.tags[value] = tag if value.is_floating_point() or tag != ACT else CTRL
+            self.tags[value] = tag if value.is_floating_point() or tag != ACT else decided
         elif isinstance(value, (list, tuple)):
             for item in value:
-                self.mark(item, tag)
+                self.mark(item, tag, decided)
         elif isinstance(value, dict):
             for item in value.values():
-                self.mark(item, tag)
+                self.mark(item, tag, decided)
 
     def mark_inputs(self, args: tuple, kwargs: dict) -> None:
         """Floating inputs are activations; integer and boolean inputs (ids, masks) are ``DYN``."""

@@ -95,6 +95,15 @@ class GeneralMethod(SpikingMethod, Protocol):
     def topk(self, k: int, dim: int = -1) -> nn.Module:
         """The ``k`` largest along ``dim`` (``torch.topk``'s values and indices)."""
 
+    def greater(self) -> nn.Module:
+        """``a > b`` of activations as a spike (a threshold neuron's decision)."""
+
+    def extremum(self, minimum: bool = False) -> nn.Module:
+        """``max(a, b)`` (``minimum``: ``min``) of two activations."""
+
+    def clamp(self, low: bool, high: bool) -> nn.Module:
+        """``clamp(x, lo, hi)`` whose present bounds are activations."""
+
     def on_demand(self, fn: Any, name: str) -> nn.Module:
         """An element-wise function no activation entry covers, fitted to its calibrated inputs."""
 

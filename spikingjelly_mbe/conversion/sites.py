@@ -22,7 +22,7 @@ from ..ops.on_demand import BoundCall
 from ..ops.roots import ROOT_FUNCTIONS, is_power
 from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM
-from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, Session
+from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, SEL, VALUE_FREE, Session
 from .method import SpikingMethod
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
 
@@ -106,6 +106,34 @@ def _norm_dims(call: Call) -> Any:
 
 
 ROOTS = {fn.__name__: power for fn, power in ROOT_FUNCTIONS.items()}  # the IEEE-754 split's powers, by call name
+# order comparisons: name -> (swap the operands, negate): a < b is b > a; a >= b is not b > a; a <= b is not a > b
+ORDER = {"gt": (False, False), "greater": (False, False), "lt": (True, False), "less": (True, False),
+         "ge": (True, True), "greater_equal": (True, True), "le": (False, True), "less_equal": (False, True)}
+EXTREMA = {"maximum": False, "fmax": False, "minimum": True, "fmin": True}  # name -> minimum
+CLAMPS = {"clamp": ("min", "max"), "clip": ("min", "max"), "clamp_min": ("min", None), "clamp_max": (None, "max")}
+
+
+def _compare(m: nn.Module, call: Call, swap: bool, negate: bool) -> torch.Tensor:
+    a, b = arg(call, 0, "input"), arg(call, 1, "other")
+    spike = m(b, a) if swap else m(a, b)
+    return ~spike if negate else spike
+
+
+def _reduce_extremum(m: nn.Module, call: Call, minimum: bool) -> Any:
+    """``max``/``min`` along a dimension: the spiking top-1 (of ``-x`` for the minimum)."""
+    x, dim, keepdim = arg(call, 0, "input"), arg(call, 1, "dim"), arg(call, 2, "keepdim", False)
+    values, index = m(-x if minimum else x)
+    values = -values if minimum else values
+    if not keepdim:
+        values, index = values.squeeze(dim), index.squeeze(dim)
+    return (torch.return_types.min if minimum else torch.return_types.max)((values, index))
+
+
+def _bounds(call: Call, name: str) -> Tuple[Any, Any]:
+    """``(lo, hi)`` of a clamp call (``None`` where absent)."""
+    low, high = CLAMPS[name]
+    return (arg(call, 1, "min") if low else None,
+            arg(call, 2 if low else 1, "max") if high else None)
 
 
 SITE_KINDS.update({
@@ -135,6 +163,19 @@ SITE_KINDS.update({
     "instance_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], arg(c, 0, "input").shape[1],
                                                         arg(c, 3, "weight"), arg(c, 4, "bias"), arg(c, 7, "eps", 1e-5)),
                               lambda m, c: m(arg(c, 0, "input")), "InstanceNorm per channel from x^2, rsqrt and products", "group_norm"),
+    **{name: SiteKind(lambda s, c: s.greater(), lambda m, c, o=order: _compare(m, c, *o),
+                      "an order comparison as the spike of a rectifier neuron driven by the difference", "greater")
+       for name, order in ORDER.items()},
+    **{f"{name}_dim": SiteKind(lambda s, c: s.topk(1, arg(c, 1, "dim")), lambda m, c, low=low: _reduce_extremum(m, c, low),
+                               f"{name} along a dimension: the spiking top-1 selection, its index routed", "topk")
+       for name, low in (("max", False), ("min", True))},
+    **{name: SiteKind(lambda s, c, low=low: s.extremum(low), lambda m, c: m(arg(c, 0, "input"), arg(c, 1, "other")),
+                      "max/min of two activations: one rectifier neuron on their difference", "extremum")
+       for name, low in (("maximum", False), ("minimum", True))},
+    **{f"{name}_bounds": SiteKind(lambda s, c, n=name: s.clamp(*(bound is not None for bound in _bounds(c, n))),
+                                  lambda m, c, n=name: m(arg(c, 0, "input"), *_bounds(c, n)),
+                                  "clamp with activation bounds: rectifier neurons on the differences", "clamp")
+       for name in CLAMPS},
     "batch_statistics_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], None, arg(c, 3, "weight"),
                                                                 arg(c, 4, "bias"), arg(c, 7, "eps", 1e-5)),
                                       lambda m, c: m(arg(c, 0, "input")),
@@ -157,8 +198,21 @@ def classify(session: Session, name: str, call: Call) -> str:
         return "batch_statistics_norm" if statistics else "linear"
     if name in LINEAR:
         return "linear"
+    if name in ORDER:
+        other = arg(call, 1, "other")
+        return name if isinstance(other, (int, float)) and not isinstance(other, bool) \
+            or isinstance(other, torch.Tensor) and other.is_floating_point() else "control"
     if name in COMPARISONS:
         return "control"
+    if name in ("max", "min"):
+        other = arg(call, 1, "dim" if not isinstance(arg(call, 1, "other"), torch.Tensor) else "other")
+        if isinstance(other, int) and not isinstance(other, bool):
+            return f"{name}_dim"
+        return ("minimum" if name == "min" else "maximum") if isinstance(other, torch.Tensor) else "unsupported"
+    if name in EXTREMA:
+        return "minimum" if EXTREMA[name] else "maximum"
+    if name in CLAMPS and any(session.tag_of(bound) == ACT for bound in _bounds(call, name)):
+        return f"{name}_bounds"
     if name in ("mul", "multiply", "matmul", "bmm", "mm"):
         both = sum(act) >= 2 and all(isinstance(arg(call, i, n), torch.Tensor) for i, n in ((0, "input"), (1, "other")))
         return ("product" if name in ("mul", "multiply") else "matmul") if both else "linear"
@@ -204,8 +258,8 @@ def classify(session: Session, name: str, call: Call) -> str:
     if name in activation_calls():
         return "activation" if activation_of_call(name, args, kwargs) is not None else "unsupported"
     if name == "topk":
-        plain = arg(call, 3, "largest", True) and arg(call, 4, "sorted", True)
-        return "topk" if plain and isinstance(arg(call, 1, "k"), int) else "unsupported"
+        largest = arg(call, 3, "largest", True)  # sorted or not: the operator's sorted output is both
+        return "topk" if largest and isinstance(arg(call, 1, "k"), int) else "unsupported"
     if name in MULTILINEAR and name not in ("addmm", "baddbmm", "addbmm", "einsum"):
         return "unsupported" if sum(act) >= 2 else "linear"
     if name == "max_pool2d":
@@ -245,6 +299,8 @@ class SiteTable:
             kind = "unsupported"  # the method builds no operator of this kind, or the call is not element-wise
         if kind == "linear":
             out = func(*args, **kwargs)
+            if name in VALUE_FREE:
+                return out
             if name in DESTINATION and args and isinstance(args[0], torch.Tensor):
                 session.mark(args[0], ACT)
         elif kind == "control":
@@ -255,6 +311,8 @@ class SiteTable:
             out = self.float_fallback(session.owner.path, name, func, call)
         else:
             out = self.run_site(session, kind, name, func, call)
+            session.mark(out, ACT, decided=SEL)
+            return out
         session.mark(out, ACT)
         return out
 

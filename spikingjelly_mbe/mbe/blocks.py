@@ -106,3 +106,52 @@ class VectorNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Greater(nn.Module):
+    """``a > b`` as a spike: one rectifier neuron driven by ``a - b`` (identity-coded, exact) fires at
+    least once exactly when ``a - b`` exceeds its code step, the comparison a threshold neuron makes.
+    The other comparisons follow by swapping the operands and negating (``a >= b`` is ``not b > a``)."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self.rectifier = settings.piecewise([(0.0, 1.0)])
+
+    def forward(self, a: Any, b: Any) -> torch.Tensor:
+        return self.rectifier(a - b) > 0
+
+
+class Extremum(nn.Module):
+    """``max(a, b) = b + relu(a - b)`` (``minimum``: ``a - relu(a - b)``) of two activations on one
+    rectifier neuron; ``clamp(x, lo, hi)`` with activation bounds is ``min(max(x, lo), hi)``."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any, minimum: bool = False) -> None:
+        super().__init__()
+        self.rectifier, self.minimum = settings.piecewise([(0.0, 1.0)]), bool(minimum)
+
+    def forward(self, a: torch.Tensor, b: Any) -> torch.Tensor:
+        excess = self.rectifier(a - b)
+        return a - excess if self.minimum else b + excess
+
+    def extra_repr(self) -> str:
+        return "minimum" if self.minimum else "maximum"
+
+
+class Clamp(nn.Module):
+    """``clamp(x, min=lo, max=hi)`` whose bounds are activations (either may be absent): the maximum
+    with ``lo``, then the minimum with ``hi`` (:class:`Extremum`)."""
+
+    mbe_opaque = True
+
+    def __init__(self, settings: Any, low: bool, high: bool) -> None:
+        super().__init__()
+        self.low = Extremum(settings) if low else None
+        self.high = Extremum(settings, minimum=True) if high else None
+
+    def forward(self, x: torch.Tensor, lo: Any = None, hi: Any = None) -> torch.Tensor:
+        x = self.low(x, lo) if self.low is not None else x
+        return self.high(x, hi) if self.high is not None else x

@@ -20,7 +20,7 @@ from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 from ..ops.routing import SpikingTopK
-from .blocks import ChannelsLast, Power, Quotient, Rescaled, VectorNorm
+from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Rescaled, VectorNorm
 
 @dataclass(frozen=True)
 class OpSettings:
@@ -161,6 +161,18 @@ class OpSettings:
     def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool) -> VectorNorm:
         """The 2-norm over ``dim``: spiking squares, a synaptic sum and the IEEE-754 split's square root."""
         return VectorNorm(self, dim, keepdim)
+
+    def greater(self) -> Greater:
+        """``a > b`` of activations as the spike of a rectifier neuron driven by ``a - b``."""
+        return Greater(self)
+
+    def extremum(self, minimum: bool = False) -> Extremum:
+        """``max(a, b)`` (``minimum``: ``min``) of two activations on one rectifier neuron."""
+        return Extremum(self, minimum)
+
+    def clamp(self, low: bool, high: bool) -> Clamp:
+        """``clamp`` whose bounds are activations: a maximum and a minimum on rectifier neurons."""
+        return Clamp(self, low, high)
 
     def on_demand(self, fn: Any, name: str) -> FittedOnDemand:
         """An element-wise function no catalog entry covers, on a neuron fitted to its calibrated input

@@ -9,5 +9,9 @@ WEIGHT_LAYER_NAMES = frozenset({"torch.nn.modules.linear:Linear", "transformers.
 
 
 def is_weight_layer(module: nn.Module) -> bool:
-    """``module`` is (a subclass of) one of the weight layers."""
-    return any(f"{cls.__module__}:{cls.__qualname__}" in WEIGHT_LAYER_NAMES for cls in type(module).__mro__)
+    """``module`` is (a subclass of) one of the weight layers and computes its ``forward`` (a subclass
+    with a forward of its own, e.g. a router returning scores and choices, is not one)."""
+    for cls in type(module).__mro__:
+        if f"{cls.__module__}:{cls.__qualname__}" in WEIGHT_LAYER_NAMES:
+            return type(module).forward is cls.forward
+    return False

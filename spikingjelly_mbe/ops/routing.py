@@ -8,10 +8,13 @@ of places fired, all of them win and the silent ones compete on; otherwise the s
 After ``T`` steps the candidates still competing have equal codes and the lowest indices take the
 places left. The selection is exactly the input's top ``k`` wherever the ``k``-th and ``k+1``-th
 scores differ by more than one code step (plus the error the scores carry); the values are the
-scores at the chosen places (routing the spikes of the winners, no new arithmetic).
+scores at the chosen places (routing the spikes of the winners, no new arithmetic). A ``-inf`` score
+marks a masked candidate (a router's excluded group): its neuron stays silent and it competes only for
+places no finite score takes.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -70,41 +73,45 @@ class SpikingTopK(CalibratedOp):
         return torch.topk(x, self.k, dim=self.dim)
 
     def compute(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        self.check_input(x, "input")
+        self.check_input(x, "input", allow_neg_inf=True)
         if x.dim() == 0 or x.shape[self.dim] < self.k:
             raise ValueError(f"SpikingTopK: k={self.k} needs at least {self.k} candidates along dim {self.dim}, got "
                              f"shape {tuple(x.shape)}")
         if self.calibrating:
-            flat = x.detach().amax(self.dim)
-            self.observer_hi.observe(flat.clamp(min=0)), self.observer_lo.observe(x.detach().amin(self.dim).clamp(max=0))
+            scores = x.detach()
+            self.observer_hi.observe(scores.amax(self.dim).clamp(min=0))
+            self.observer_lo.observe(scores.masked_fill(scores == -math.inf, 0.0).amin(self.dim).clamp(max=0))
             return torch.topk(x, self.k, dim=self.dim)
         rows = x.movedim(self.dim, -1)
         if self.score_range is None:
             raise RuntimeError("SpikingTopK has no score range: calibrate it or call set_ranges((lo, hi))")
         xs = rows.to(working_dtype(rows, self.T))
         lo, hi = self.score_range.to(xs)
+        masked = xs == -math.inf
         u = (xs - lo) / (hi - lo)
-        self.note_clamped(((u < 0) | (u > 1)).sum(), "scores outside the calibrated range to its ends")
+        self.note_clamped((((u < 0) & ~masked) | (u > 1)).sum(), "scores outside the calibrated range to its ends")
         u = u.clamp(0.0, 1.0)
         if self.simulating:
             spikes, _, counts = self.coder.simulate(u)
-            chosen = self.select(spikes)
+            chosen = self.select(spikes, ~masked)
             q = spikes @ (2.0 ** torch.arange(self.T - 1, -1, -1, dtype=u.dtype, device=u.device))
+            q = torch.where(masked, -0.5, q)
             order = torch.sort(torch.where(chosen, q, -1.0), dim=-1, descending=True, stable=True).indices
             index = order[..., :self.k]
         else:
             q = self.coder.quantize(u)
             counts = self.coder.count(q, self.T)
-            index = torch.sort(q, dim=-1, descending=True, stable=True).indices[..., :self.k]
+            index = torch.sort(torch.where(masked, -1.0, q), dim=-1, descending=True, stable=True).indices[..., :self.k]
         spikes_fired = total(counts)
         self.record(spikes=spikes_fired, neurons=rows.numel(), sops=spikes_fired, ann_flops=rows.numel())
         values = rows.gather(-1, index)
         return values.movedim(-1, self.dim), index.movedim(-1, self.dim)
 
-    def select(self, spikes: torch.Tensor) -> torch.Tensor:
-        """The counting selection on binary digit spikes ``[..., n, T]`` (most significant first):
-        a boolean mask of the ``k`` winners per row."""
-        alive = torch.ones(spikes.shape[:-1], dtype=torch.bool, device=spikes.device)
+    def select(self, spikes: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The counting selection on binary digit spikes ``[..., n, T]`` (most significant first)
+        among ``candidates`` (the unmasked places): a boolean mask of the ``k`` winners per row, the
+        masked places filling by index any place the candidates leave."""
+        alive = candidates.clone()
         chosen = torch.zeros_like(alive)
         need = torch.full(spikes.shape[:-2] + (1,), self.k, dtype=torch.long, device=spikes.device)
         for t in range(self.T):
@@ -114,7 +121,11 @@ class SpikingTopK(CalibratedOp):
             chosen |= firing & all_win
             need = need - torch.where(all_win, fired, 0)
             alive = torch.where(all_win, alive & ~firing, firing)
-        return chosen | (alive & (alive.long().cumsum(-1) <= need))
+        late = alive & (alive.long().cumsum(-1) <= need)
+        chosen |= late
+        need = need - late.sum(-1, keepdim=True)
+        rest = ~chosen
+        return chosen | (rest & (rest.long().cumsum(-1) <= need))
 
     def extra_repr(self) -> str:
         return f"k={self.k}, dim={self.dim}, T={self.T}, range={self.ranges}, " + super().extra_repr()
