@@ -162,7 +162,7 @@ def test_adding_an_activation_is_one_entry_of_the_activation_table(tmp_path):
 
 @pytest.mark.slow  # a fresh interpreter and conversions by both methods
 def test_adding_an_operator_is_its_module_a_site_kind_and_each_methods_builder(tmp_path):
-    """``torch.maximum`` of two activations: the operator, its SITE_KINDS entry and call name, the
+    """``torch.fmax`` of two activations: the operator, its SITE_KINDS entry and call name, the
     builder declared in the protocol and written for MBE and ECMT; a model calling it converts
     strictly with both methods (MBE fully spike-driven) and computes the maximum."""
     root = scratch_copy(tmp_path, "Adding an operator")
@@ -175,17 +175,17 @@ def test_adding_an_operator_is_its_module_a_site_kind_and_each_methods_builder(t
                 self.fc1, self.fc2, self.out = nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(16, 4)
 
             def forward(self, x):
-                return self.out(torch.maximum(self.fc1(x), self.fc2(x)))
+                return self.out(torch.fmax(self.fc1(x), self.fc2(x)))
 
         ann = nn.Sequential(Block())
-        out = {"declared": "maximum" in GENERAL_BUILDERS}
+        out = {"declared": "fmax" in GENERAL_BUILDERS}
         for method, T in (("mbe", 16), ("ecmt", 16)):
             snn = convert(ann, [x], method=method, T=T)
             report = snn.spiking_report
-            site = next(m for p, m in snn.named_modules() if p.endswith("spiking_maximum0"))
+            site = next(m for p, m in snn.named_modules() if p.endswith("spiking_fmax0"))
             with torch.no_grad():
                 out[method] = [type(site).__name__, type(site.rectifier).__name__, report.fully_spiking,
-                               [e.note for e in report.replaced if e.path.endswith("spiking_maximum0")],
+                               [e.note for e in report.replaced if e.path.endswith("spiking_fmax0")],
                                cosine(snn(x), ann(x))]
         print(json.dumps(out))
     """)
@@ -193,7 +193,7 @@ def test_adding_an_operator_is_its_module_a_site_kind_and_each_methods_builder(t
     for method, rectifier, fully_spiking, bar in (("mbe", "SpikingReLU", True, 0.999),
                                                   ("ecmt", "ExpectationCompensation", False, 0.99)):
         kind, inner, fully, notes, cos = out[method]
-        assert (kind, inner, fully) == ("Maximum", rectifier, fully_spiking) and len(notes) == 1, out[method]
+        assert (kind, inner, fully) == ("FMax", rectifier, fully_spiking) and len(notes) == 1, out[method]
         assert cos > bar, out[method]
 
 

@@ -109,7 +109,7 @@ ROOTS = {fn.__name__: power for fn, power in ROOT_FUNCTIONS.items()}  # the IEEE
 # order comparisons: name -> (swap the operands, negate): a < b is b > a; a >= b is not b > a; a <= b is not a > b
 ORDER = {"gt": (False, False), "greater": (False, False), "lt": (True, False), "less": (True, False),
          "ge": (True, True), "greater_equal": (True, True), "le": (False, True), "less_equal": (False, True)}
-EXTREMA = {"maximum": False, "fmax": False, "minimum": True, "fmin": True}  # name -> minimum
+EXTREMA = {"maximum": False, "minimum": True}  # name -> minimum
 CLAMPS = {"clamp": ("min", "max"), "clip": ("min", "max"), "clamp_min": ("min", None), "clamp_max": (None, "max")}
 
 
