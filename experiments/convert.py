@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Dict, Tuple
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from spikingjelly_mbe.conversion import Calibration
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_source, make_task
+from spikingjelly_mbe.ops.digits import Steps, check_T, default_steps, overrides
 
 from . import plots
 from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
@@ -29,13 +30,14 @@ from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv
 from .tracking import log_results, open_run
 
-TABLE_COLUMNS = ("model", "data", "method", "T", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS, "metric",
+TABLE_COLUMNS = ("model", "data", "method", "T", "T_ops", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS,
+                 "metric",
                  "ann", "snn", "loss",
-                 "agreement", "cosine", "cosine_mean", "fully_spiking", "firing_rate", "energy_strict",
+                 "agreement", "cosine", "cosine_mean", "fully_spiking", "T_mean", "firing_rate", "energy_strict",
                  "energy_strict_ops", "energy_paper", "energy_paper_ops",
                  "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
-METRICS = ("ann", "snn", "loss", "agreement", "cosine", "firing_rate", "energy_strict", "energy_strict_ops",
+METRICS = ("ann", "snn", "loss", "agreement", "cosine", "T_mean", "firing_rate", "energy_strict", "energy_strict_ops",
            "energy_paper", "energy_paper_ops", "energy_int8", "sops",
            "ann_ops", "eval_seconds")
 
@@ -82,16 +84,23 @@ def build_task(c: ConvertJob) -> EvalTask:
     return make_task(source, d.source.value, data, samples, d.batch_size, d.calib_batches, d.calib_size, d.context)
 
 
-def result_row(c: ConvertJob, task: EvalTask, T: int, status: str, convert_seconds: float, result: Result,
+def result_row(c: ConvertJob, task: EvalTask, T: Steps, status: str, convert_seconds: float, result: Result,
                group: str, fully_spiking: bool = False) -> Row:
+    """The job's row; a per-operator ``T`` is its default digits in ``T`` and the other keys in ``T_ops``
+    (``T_mean``: the digits per coded value the meter saw)."""
     return {"entry": "convert", "model": model_label(c), "data": c.data.source.value,
             "method": c.conversion.method.value + ("+exact_act" if c.conversion.exact_activations else ""),
-            "T": T, "N": c.conversion.N, "activation_N": c.conversion.activation_N,
+            "T": default_steps(T), "T_ops": overrides(T), "N": c.conversion.N, "activation_N": c.conversion.activation_N,
             **c.conversion.operator_options(), **c.conversion.method_columns(),
             "percentile": c.conversion.calibration.percentile if c.conversion.calibration.method.value == "percentile"
             else None, "headroom": c.conversion.calibration.headroom, "mode": c.conversion.mode.value,
             **result.row(), "fully_spiking": fully_spiking, "status": status,
             "convert_seconds": round(convert_seconds, 2), "group": group}
+
+
+def steps_label(row: Row) -> str:
+    """``'4'`` or, for a per-operator ``T``, ``'4 (softmax=6, norm=6)'``."""
+    return f"{row['T']} ({row['T_ops']})" if row.get("T_ops") else str(row["T"])
 
 
 def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[str, Path]:
@@ -103,16 +112,25 @@ def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[
     (out_dir / "conversion.txt").write_text(f"{report or row['status']}\n")
     images: Dict[str, Path] = {}
     if result.meter is not None:
-        for by, name in (("path", "layers"), ("operator", "energy_operator"), ("block", "energy_block")):
+        for by, name in (("path", "layers"), ("operator", "energy_operator"), ("type", "energy_type"),
+                         ("block", "energy_block")):
             rows = result.meter.rows(by)
             write_csv(rows, out_dir / f"{name}.csv")
             images[name] = plots.layer_bars(rows[:-1] if by == "path" else rows, by, out_dir / f"{name}.png",
-                                            f"{row['model']}, T={row['T']}: by {by}")
+                                            f"{row['model']}, T={steps_label(row)}: by {by}")
     return images
+
+
+def check_conversion(cfg: DictConfig) -> None:
+    """The option the schema types loosely, ``conversion.T`` (an int or a per-operator mapping), checked
+    before anything loads."""
+    T = cfg.conversion.T
+    check_T(OmegaConf.to_container(T) if isinstance(T, DictConfig) else T)
 
 
 def run(cfg: DictConfig) -> Tuple[float, float]:
     """One job; returns the objectives of the Optuna sweep: (loss, whole-model energy ratio)."""
+    check_conversion(cfg)
     shard = init_shard()
     job = start(cfg)
     c: ConvertJob = job.cfg
@@ -127,12 +145,13 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
     row = result_row(c, task, conversion.T, conversion.status, conversion.seconds, result, job.group,
                      conversion.fully_spiking)
     if shard.rank == 0:
-        run_ = open_run(c.logger, job.out_dir, f"{row['model']}-{row['method']}-T{row['T']}", job.group, "convert",
-                        job.config)
+        run_ = open_run(c.logger, job.out_dir, f"{row['model']}-{row['method']}-T{steps_label(row)}", job.group,
+                        "convert", job.config)
         images = write_outputs(job.out_dir, row, result, conversion.report)
         tables: Dict[str, Any] = {"convert_table": [row]}
         if result.meter is not None:
-            tables.update(energy_operator=result.meter.rows("operator"), energy_block=result.meter.rows("block"))
+            tables.update(energy_operator=result.meter.rows("operator"), energy_type=result.meter.rows("type"),
+                          energy_block=result.meter.rows("block"))
         log_results(run_, {k_: row[k_] for k_ in METRICS if row.get(k_) is not None}, tables, images)
         run_.finish()
         print(f"\n{markdown([row], TABLE_COLUMNS)}outputs: {job.out_dir} ({row['eval_seconds'] + row['convert_seconds']:.1f} s)")

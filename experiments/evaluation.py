@@ -29,6 +29,7 @@ from spikingjelly_mbe.fitting import get_target
 from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
 from spikingjelly_mbe.fitting.targets import RECTIFIED
 from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation
+from spikingjelly_mbe.ops.digits import Steps
 
 from . import sj_recipes
 
@@ -90,7 +91,7 @@ class Conversion:
     for SpikingJelly's recipes here, which keep float nonlinearities or float values)."""
 
     snn: Optional[nn.Module]
-    T: int
+    T: Steps
     status: str
     seconds: float
     metered: bool = True
@@ -124,7 +125,7 @@ def exact_activations(snn: nn.Module) -> int:
     return len(names)
 
 
-def convert_for(task: EvalTask, method: str, T: int, N: int, activation_N: Optional[int], mode: str = "fast",
+def convert_for(task: EvalTask, method: str, T: Steps, N: int, activation_N: Optional[int], mode: str = "fast",
                 allow_float_fallback: bool = False, calibration: Optional[Calibration] = None,
                 exact: bool = False, **options: Any) -> Conversion:
     """Convert ``task.model`` with ``method``: ``mbe`` (``spikingjelly_mbe.convert``, ``exact``:
@@ -199,7 +200,8 @@ class Result:
                                "cosine_mean": c["cosine_sum"] / c["samples"] if c.get("samples") else None}
         if self.meter is not None:
             total, ops = self.meter.total(), self.meter.total(weight_layers=False)
-            row.update(firing_rate=total.firing_rate, energy_strict=energy_ratio(total),
+            row.update(T_mean=self.meter.mean_steps(self.meter.counts), firing_rate=total.firing_rate,
+                       energy_strict=energy_ratio(total),
                        energy_strict_ops=energy_ratio(ops), energy_paper=self.meter.ratio("paper"),
                        energy_paper_ops=self.meter.ratio("paper", weight_layers=False),
                        energy_int8=self.meter.ratio(precision="int8"), spikes=total.spikes, sops=total.sops,

@@ -59,7 +59,7 @@ def fit_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
 
 
 # what a convert sweep may vary besides T
-SETTINGS = ("method", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS, "percentile", "headroom")
+SETTINGS = ("method", "T_ops", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS, "percentile", "headroom")
 OBJECTIVES = ("energy_strict", "loss")  # both minimised: the Pareto front of a convert sweep
 
 

@@ -132,13 +132,33 @@ def test_convert_multirun_compares_ann_and_snn_and_reports_vs_T(tmp_path):
 
 @pytest.mark.parametrize("module, override, message", [
     ("experiments.fit", "neuron.Nn=3", "Key 'Nn' not in 'NeuronConfig'"),
-    ("experiments.convert", "conversion.T=sixteen", "'sixteen'"),
+    ("experiments.convert", "conversion.N=sixteen", "'sixteen'"),
 ])
 def test_wrong_key_or_value_stops_the_entry_point_at_start_up(app, capsys, tmp_path, module, override, message):
     with pytest.raises(SystemExit) as stop:
         app(module, override, f"hydra.run.dir={tmp_path}")
     assert stop.value.code != 0 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("conversion.T=sixteen", "T must be a positive integer"),
+    ("conversion.T={default:4,sofmax:6}", "unknown key 'sofmax'"),
+])
+def test_a_bad_T_stops_the_job_before_anything_loads(app, capsys, tmp_path, override, message):
+    """``conversion.T`` is an int or a mapping (the schema takes any value): the job checks it first."""
+    with pytest.raises(SystemExit) as stop:
+        app("experiments.convert", override, f"hydra.run.dir={tmp_path}", "logger=disabled")
+    assert stop.value.code != 0 and message in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_conversion_T_takes_an_int_or_a_mapping(compose_app):
+    from omegaconf import OmegaConf
+    job = OmegaConf.to_object(compose_app("conversion.T={default:4,softmax:6,model.layers.0.*:8}",
+                                          config="convert").conversion)
+    assert job.T == {"default": 4, "softmax": 6, "model.layers.0.*": 8}
+    assert OmegaConf.to_object(compose_app("conversion.T=6", config="convert").conversion).T == 6
 
 
 @pytest.fixture

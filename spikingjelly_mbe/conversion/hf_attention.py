@@ -21,7 +21,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .blocks import SpikingAttention
 from .report import ConversionReport, Entry, note_of
-from .method import SpikingMethod
+from .method import SpikingMethod, settings_at
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
 IMPLEMENTATION = "mbe_spiking"
@@ -72,11 +72,11 @@ def attach_core(module: nn.Module, device: torch.device, attribute: str, make: C
                            "run on the calibration batches; convert with spikingjelly_mbe.convert and batches that "
                            "reach it")
     settings, report, paths = building
-    core = make(*args, settings).to(device)
-    module.add_module(attribute, core)
     path = paths.get(id(module), type(module).__name__)
-    report.replaced.append(Entry(f"{path}.{attribute}" if path else attribute, type(module).__name__,
-                                 type(core).__name__, note_of(core, note)))
+    path = f"{path}.{attribute}" if path else attribute
+    core = make(*args, settings_at(settings, path)).to(device)
+    module.add_module(attribute, core)
+    report.replaced.append(Entry(path, type(module).__name__, type(core).__name__, note_of(core, note)))
     return core
 
 

@@ -27,7 +27,7 @@ class SpikingMethod(Protocol):
     (the report lists it); ``linear_input_note``: the report's note for a weight layer's input.
     """
 
-    T: int
+    T: Any  # an int; MBE also takes a mapping per operator type and module path (ops.digits)
     mode: str
     fully_spiking: bool
     float_ops: Tuple[str, ...]
@@ -108,6 +108,13 @@ class GeneralMethod(SpikingMethod, Protocol):
         """An element-wise function no activation entry covers, fitted to its calibrated inputs."""
 
 
+def settings_at(settings: SpikingMethod, path: str) -> SpikingMethod:
+    """The settings of the operators a site builds at module ``path``: the method's ``at(path)`` where it
+    has options per layer (MBE's per-operator ``T``), else ``settings`` itself."""
+    at = getattr(settings, "at", None)
+    return settings if at is None else at(path)
+
+
 GENERAL_BUILDERS = tuple(name for name in vars(GeneralMethod) if not name.startswith("_")
                          and callable(vars(GeneralMethod)[name]))
 
@@ -115,4 +122,5 @@ GENERAL_BUILDERS = tuple(name for name in vars(GeneralMethod) if not name.starts
 # the registration: each method's settings dataclass, whose fields are its options (:mod:`.config`)
 METHODS: Dict[str, Callable[..., SpikingMethod]] = {"mbe": OpSettings, "ecmt": ECMTSettings}
 
-__all__ = ["ECMTSettings", "GENERAL_BUILDERS", "GeneralMethod", "METHODS", "OpSettings", "SpikingMethod"]
+__all__ = ["ECMTSettings", "GENERAL_BUILDERS", "GeneralMethod", "METHODS", "OpSettings", "SpikingMethod",
+           "settings_at"]

@@ -19,12 +19,14 @@ from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
 from .fidelity import FIDELITY_POSITIONS, fitted_target, ranked, refit_span, site_errors
+from .method import settings_at
 from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
 from .rotation import rotate
 from .sites import SiteTable, needs_calibration
 from ..ops.base import Calibrated
+from ..ops.digits import digits_by_type, unmatched_patterns
 from ..ops.layers import is_weight_layer
 from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
 
@@ -198,7 +200,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         device = param.device if param is not None else converter.device
         for path, m in model.named_modules():
             if isinstance(m, SpikingAttention) and type(m.softmax) is nn.Softmax:
-                m.softmax = self.settings.softmax(-1).to(device)
+                m.softmax = m.settings.softmax(-1).to(device)
                 self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__, note_of(
                     m.softmax, "attention softmax from exp2-frac, reciprocal, products (Eq. 13)")))
 
@@ -231,7 +233,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
             if span is None:
                 continue
             param = next(old.parameters(), next(old.buffers(), None))
-            new = self.settings.fitted(fitted_target(old), span)
+            new = settings_at(self.settings, row.path).fitted(fitted_target(old), span)
             new = new.to(param.device) if param is not None else new
             parent, _, name = row.path.rpartition(".")
             setattr(model.get_submodule(parent), name, new)
@@ -245,6 +247,11 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         return refitted
 
     def finalize(self, converter: ModuleConverter, model: nn.Module) -> nn.Module:
+        unmatched = unmatched_patterns(self.settings.T, (e.path for e in self.report.replaced))
+        if unmatched:
+            raise ValueError(f"T: the module-path key(s) {unmatched} match no operator this conversion built; "
+                             f"its operators' paths include {[e.path for e in self.report.replaced][:5]} "
+                             f"(fnmatch globs, e.g. 'model.layers.0.*')")
         if not self.table.sites and not self.table.unsupported:
             for handle in self.handles:
                 handle.remove()  # nothing is decided per call: plain forwards, no interception cost
@@ -257,6 +264,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 rows += self.measure_sites(model, converter, refitted)
                 self.report.site_errors = ranked(rows)
         del self.batches, self.plan, self.handles
+        self.report.digits = digits_by_type(model)
         if not self.settings.fully_spiking:
             self.reset_handle.remove()  # stepped from outside: the state lives across the T steps of one input
         return self.finish(self.settings.network(model))

@@ -3,7 +3,7 @@ and what stayed float and why."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from .fidelity import SiteError
 
@@ -44,7 +44,9 @@ class ConversionReport:
     operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float;
     ``site_errors``: every site's own output error against its float reference on the calibration
     batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first; ``rotation``:
-    whether and how the weights were rotated before calibration (:mod:`~.rotation`)."""
+    whether and how the weights were rotated before calibration (:mod:`~.rotation`); ``digits``: per
+    operator type (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`) how many operators run at each
+    ``T``."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
@@ -52,6 +54,12 @@ class ConversionReport:
     float_operations: List[str] = field(default_factory=list)  # what the method itself keeps float (ECMT)
     site_errors: List[SiteError] = field(default_factory=list)
     rotation: str = "not rotated"
+    digits: Dict[str, Dict[int, int]] = field(default_factory=dict)  # operator type -> {T: operators}
+
+    def mean_digits(self) -> Dict[str, float]:
+        """The mean ``T`` of each operator type's operators (where a per-operator ``T`` puts the digits)."""
+        return {kind: sum(t * n for t, n in counts.items()) / sum(counts.values())
+                for kind, counts in self.digits.items()}
 
     @property
     def fully_spiking(self) -> bool:
@@ -71,6 +79,9 @@ class ConversionReport:
                          + [f"float by the method ({len(self.float_operations)})"]
                          + [f"  {op}" for op in self.float_operations]
                          + [f"fully spike-driven: {self.fully_spiking}"]
+                         + ["digits per operator type: " + ", ".join(
+                             f"{kind} " + " ".join(f"T={t} x{n}" for t, n in sorted(counts.items()))
+                             for kind, counts in self.digits.items())]
                          + [f"site errors against the float reference on the calibration batches, worst "
                             f"{min(SHOWN_SITES, len(self.site_errors))} of {len(self.site_errors)}"]
                          + [f"  {row}" for row in self.site_errors[:SHOWN_SITES]]

@@ -23,7 +23,7 @@ from ..ops.roots import ROOT_FUNCTIONS, is_power
 from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, SEL, VALUE_FREE, Session
-from .method import SpikingMethod
+from .method import SpikingMethod, settings_at
 from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_of
 
 Call = Tuple[tuple, dict]
@@ -361,23 +361,24 @@ class SiteTable:
 
     def build(self, frame: Any, kind: str, name: str, call: Call, func: Callable) -> nn.Module:
         entry, params = None, {}
+        attached = f"spiking_{kind}{frame.counters[kind] - 1}"
+        path = f"{frame.path}.{attached}" if frame.path else attached
+        settings = settings_at(self.settings, path)
         if kind == "activation":
             entry, params = activation_of_call(name, *call)
-            op, note = self.settings.activation(entry, params), entry.note
+            op, note = settings.activation(entry, params), entry.note
         elif kind == "elementwise":
             fn, _ = bound_call(func, call)
-            op, note = self.settings.on_demand(fn, fn.name(name)), ON_DEMAND_NOTE
+            op, note = settings.on_demand(fn, fn.name(name)), ON_DEMAND_NOTE
         else:
-            op, note = SITE_KINDS[kind].build(self.settings, call), SITE_KINDS[kind].note
+            op, note = SITE_KINDS[kind].build(settings, call), SITE_KINDS[kind].note
         device = next((v.device for v in call[0] if isinstance(v, torch.Tensor)), None)
         op = op.to(device) if device is not None else op
-        attached = f"spiking_{kind}{frame.counters[kind] - 1}"
         frame.module.add_module(attached, op)
         key = (frame.path, kind, frame.counters[kind] - 1)
         self.sites[key] = op
         if kind == "activation" and entry.fitted_target is not None:
             self.fitted[key] = [entry, params, frame.module, attached, 0.0]
-        path = f"{frame.path}.{attached}" if frame.path else attached
         self.report.replaced.append(Entry(path, name, type(op).__name__, note_of(op, note)))
         return op
 
@@ -392,14 +393,15 @@ class SiteTable:
             span = 2.0 ** math.ceil(math.log2(4 * peak)) if peak > 0 else None
             if span is None or span > min(-lo, hi) / 4:
                 continue
-            op = self.settings.narrowed(entry, params, span)
+            path = f"{key[0]}.{attribute}" if key[0] else attribute
+            op = settings_at(self.settings, path).narrowed(entry, params, span)
             if op is None:
                 continue
             param = next(owner.parameters(), None)
             op = op.to(param.device if param is not None else "cpu")
             setattr(owner, attribute, op)
             self.sites[key] = op
-            done.append(f"{key[0]}.{attribute}" if key[0] else attribute)
+            done.append(path)
         return done
 
     def swap(self, old: nn.Module, new: nn.Module) -> None:

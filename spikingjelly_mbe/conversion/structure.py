@@ -20,7 +20,7 @@ from ..activations import ACTIVATIONS, activation_of
 from ..ops.norm import norm_module_parts
 from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm
 from .interception import is_opaque
-from .method import SpikingMethod
+from .method import SpikingMethod, settings_at
 
 LINEAR_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d, nn.Embedding, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
@@ -196,7 +196,7 @@ def apply(model: nn.Module, replacements: Dict[str, Replacement], settings: Spik
     done = []
     for path, how in list(replacements.items()):
         old = model.get_submodule(path)
-        new = how.build(settings)
+        new = how.build(settings_at(settings, path))
         if not only(new, how):
             replacements[path] = dataclasses.replace(how, build=lambda s, built=new: built)
             continue

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,10 @@ class ECMTSettings:
         self.validate()
 
     def validate(self) -> None:
+        if isinstance(self.T, Mapping):
+            raise ValueError(f"T: method='ecmt' runs the whole network T times, so T is one integer, got the "
+                             f"per-operator mapping {dict(self.T)!r}; digits per operator type or layer are "
+                             "MBE's (method='mbe'); give ECMT an int, e.g. T=8")
         if isinstance(self.T, bool) or not isinstance(self.T, int) or self.T < 1:
             raise ValueError(f"T (time steps) must be a positive integer, got {self.T!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= 30:

@@ -32,12 +32,13 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Set, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union
 
 import torch.nn as nn
 from spikingjelly.activation_based.op_counter.simple_energy import SimpleEnergyCostConfig
 
 from ..ops.base import SpikingOp
+from ..ops.digits import Steps, steps_of, type_of
 from ..ops.layers import is_weight_layer
 from ..ops.stats import OpStats, collect_stats
 from .synapses import SynapseCounter
@@ -92,11 +93,16 @@ class EnergyMeter:
     converted ``model`` run inside it (the model resets its neurons before each forward, so the
     operator counts are read after each one).
 
+    ``T``: the ``T`` the model was converted with. An ``int``: every operator must run at it. A
+    per-operator mapping (:mod:`~spikingjelly_mbe.ops.digits`): every operator counts its spikes at
+    its own ``T``; either way a weight layer no operator drives is charged its input's spikes at
+    ``T``'s ``weight_input`` digits for its path (:class:`~.synapses.SynapseCounter`).
+
     ``counts`` maps module paths to :class:`OpStats`; ``kinds`` maps them to the module's class name.
     """
 
     model: nn.Module
-    T: int
+    T: Steps
     counts: Dict[str, OpStats] = field(default_factory=dict)
     kinds: Dict[str, str] = field(default_factory=dict)
     weight_layers: Set[str] = field(default_factory=set)
@@ -105,11 +111,13 @@ class EnergyMeter:
         self._synapses = SynapseCounter(self.model, self.T)
         self._handle = None
         operators = [(path, m) for path, m in self.model.named_modules() if callable(getattr(m, "op_stats", None))]
-        # operators stepped from outside (ECMT's, run T times by TimeStepped) have no T of their own
-        steps = {path: getattr(m, "T", self.T) for path, m in operators}
-        if not steps:
+        if not operators:
             raise ValueError(f"EnergyMeter: model ({type(self.model).__name__}) has no spiking operators, so there is "
                              "no spiking energy to measure; convert it first: spikingjelly_mbe.convert(model, T=...)")
+        if isinstance(self.T, Mapping):
+            return
+        # operators stepped from outside (ECMT's, run T times by TimeStepped) have no T of their own
+        steps = {path: getattr(m, "T", self.T) for path, m in operators}
         other = sorted({t for t in steps.values() if t != self.T}, key=str)
         if other:
             raise ValueError(f"EnergyMeter: T={self.T}, but the model's spiking operators run at T={other} "
@@ -177,11 +185,35 @@ class EnergyMeter:
                       "energy ratio (NaN); run the model inside the meter", stacklevel=3)
         return False
 
+    def operator_type(self, path: str) -> str:
+        """The operator type of a metered path (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`;
+        an operator inside another has the outer one's; a weight layer the meter charges itself is
+        ``'weight_input'``), else its class name (ECMT's operators)."""
+        if path in self._synapses.layers:
+            return "weight_input"
+        ancestors = [".".join(path.split(".")[:i]) for i in range(1, path.count(".") + 2)] if path else [""]
+        kinds = (type_of(self.model.get_submodule(p)) for p in ancestors)
+        return next((k for k in kinds if k is not None), self.kinds[path])
+
+    def steps(self, path: str) -> Optional[int]:
+        """The ``T`` a metered path's spikes are counted at (``None``: stepped from outside, ECMT's)."""
+        if path in self._synapses.layers:
+            return self._synapses.steps[path]
+        return steps_of(self.model.get_submodule(path))
+
+    def mean_steps(self, paths: Iterable[str]) -> Optional[float]:
+        """The mean ``T`` of ``paths`` weighted by their neuron inputs: the digits per coded value."""
+        pairs = [(self.steps(p), self.counts[p].neurons) for p in paths]
+        pairs = [(t, n) for t, n in pairs if t is not None]
+        weight = sum(n for _, n in pairs)
+        return sum(t * n for t, n in pairs) / weight if weight else None
+
     def rows(self, by: str) -> List[Row]:
-        """One row per group: ``by='operator'`` (class name), ``'block'`` or ``'path'``, with
-        firing rate, spikes, SOPs (strict events), ANN ops and the energy ratio of every
-        :data:`RATIO_COLUMNS` entry; the last row is the total."""
-        key = {"operator": lambda p: self.kinds[p], "block": block_of, "path": lambda p: p}
+        """One row per group: ``by='operator'`` (class name), ``'type'`` (operator type: activation,
+        softmax, norm, ..., :meth:`operator_type`), ``'block'`` or ``'path'``, with the mean ``T``
+        (:meth:`mean_steps`), firing rate, spikes, SOPs (strict events), ANN ops and the energy ratio
+        of every :data:`RATIO_COLUMNS` entry; the last row is the total."""
+        key = {"operator": lambda p: self.kinds[p], "type": self.operator_type, "block": block_of, "path": lambda p: p}
         check_choice("by", by, sorted(key))
         groups: Dict[str, List[str]] = defaultdict(list)
         for path in self.counts:
@@ -192,7 +224,9 @@ class EnergyMeter:
 
     def _row(self, by: str, name: str, paths: List[str], metered: bool) -> Row:
         stats = sum((self.counts[p] for p in paths), OpStats())
-        row: Row = {by: name, "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
+        mean = self.mean_steps(paths)
+        row: Row = {by: name, "T": None if mean is None else round(mean, 3),
+                    "firing_rate": round(stats.firing_rate, 4), "spikes": stats.spikes, "sops": stats.sops,
                     "ann_ops": stats.ann_flops, "float_ops": stats.float_flops}
         for column, convention, precision in RATIO_COLUMNS:
             events, ops, floats = self.charged(paths, convention)

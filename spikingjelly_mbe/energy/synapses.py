@@ -13,7 +13,7 @@ The ANN side is the layer's MACs; :func:`ann_macs` measures them with SpikingJel
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCou
 from ..ops import flops
 from ..ops.base import working_dtype
 from ..ops.layers import is_weight_layer
+from ..ops.digits import Steps, check_T, steps_at
 from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
 from ..ops.stats import OpStats
 
@@ -47,18 +48,20 @@ def model_code(model: nn.Module) -> str:
 class SynapseCounter:
     """Context manager counting, per weight layer of ``model``, input spikes, SOPs and ANN MACs.
 
-    ``code``: the digit code of the inputs' trains; ``None`` takes the code of the model's own
-    spiking operands (:func:`model_code`).
+    ``T``: the digits of the inputs' trains, or a per-operator mapping (:mod:`~spikingjelly_mbe.ops.digits`:
+    each layer at its ``weight_input`` digits); ``code``: the digit code of the inputs' trains; ``None``
+    takes the code of the model's own spiking operands (:func:`model_code`).
 
     ``stats`` maps module paths to :class:`OpStats` (``spikes`` and ``neurons``: the input's
     spikes and elements; ``sops``: spikes x fan-out; ``ann_flops``: MACs), accumulated over every
     forward run inside the ``with`` block.
     """
 
-    def __init__(self, model: nn.Module, T: int, code: Optional[str] = None) -> None:
-        self.T = check_steps(T)
+    def __init__(self, model: nn.Module, T: Steps, code: Optional[str] = None) -> None:
+        self.T = check_T(T) if isinstance(T, Mapping) else check_steps(T)
         self.code = model_code(model) if code is None else check_code(code)
         self.layers = {path: m for path, m in model.named_modules() if is_weight_layer(m)}
+        self.steps = {path: steps_at(self.T, "weight_input", path) for path in self.layers}
         self.stats: Dict[str, OpStats] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
 
@@ -67,7 +70,7 @@ class SynapseCounter:
             x = args[0]
             macs = flops.weight_layer(layer, out)
             with torch._C.DisableTorchFunction():  # measuring, not the model's computation: never intercepted
-                spikes = input_spikes(x, self.T, self.code)
+                spikes = input_spikes(x, self.steps[path], self.code)
             fan_out = macs // x.numel() if x.numel() else 0
             self.stats[path] = self.stats.get(path, OpStats()) + OpStats(
                 spikes=spikes, neurons=x.numel(), sops=spikes * fan_out, ann_flops=macs)

@@ -3,8 +3,9 @@ neurons (Eq. 8), MBE_Id-coded operands and products (Eqs. 9-12), Softmax and the
 neurons (Eq. 13). Every operator runs its ``T`` steps inside each forward (fully spike-driven)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,13 +19,22 @@ from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, Spiking
 from ..ops.activation import ACTIVATION_N
 from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code
+from ..ops.digits import Steps, check_T, has_patterns, resolved_at, steps_at, values_for
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 from ..ops.routing import SpikingTopK
 from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Rescaled, VectorNorm
 
+SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_bits digits into a table
+
+
 @dataclass(frozen=True)
 class OpSettings:
     """``T`` timesteps, ``N`` bases per MBE neuron (Eq. 8) and the evaluation ``mode`` of every operator.
+
+    ``T`` is one integer, or a mapping of digits per operator type and module path
+    (``{"default": 4, "softmax": 6, "model.layers.0.*": 8}``, :mod:`~spikingjelly_mbe.ops.digits`):
+    the conversion asks :meth:`at` for the settings of each site, and every builder takes the digits
+    of its own operator type (:meth:`steps`).
 
     ``activation_N`` sets the bases of the element-wise fitted activations (GELU, SiLU, tanh,
     sigmoid) alone: they cover [-16, 16] with all their curvature, so they get more bases than the
@@ -49,7 +59,7 @@ class OpSettings:
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md).
     """
 
-    T: int = DEFAULT_T
+    T: Steps = DEFAULT_T
     N: int = DEFAULT_N
     mode: str = DEFAULT_MODE
     activation_N: Optional[int] = ACTIVATION_N
@@ -62,12 +72,30 @@ class OpSettings:
     neuron: str = "mbe"
     bias_correction: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.T, Mapping):
+            object.__setattr__(self, "T", check_T(self.T))
+
     @property
     def activation_bases(self) -> int:
         return self.N if self.activation_N is None else self.activation_N
 
+    def steps(self, kind: str) -> int:
+        """The digits of this site's operators of type ``kind`` (a key of
+        :data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`)."""
+        if has_patterns(self.T):
+            raise ValueError(f"T has module-path patterns ({self.T!r}): take the settings of one site first, "
+                             "settings.at(path)")
+        return steps_at(self.T, kind)
+
+    def at(self, path: str) -> "OpSettings":
+        """The settings of the operators built at module ``path``: ``T``'s path patterns applied."""
+        resolved = resolved_at(self.T, path)
+        return self if resolved == self.T else dataclasses.replace(self, T=resolved)
+
     def validate(self) -> None:
-        for name, value in (("T", self.T), ("N", self.N), ("activation_N", self.activation_bases)):
+        check_T(self.T)
+        for name, value in (("N", self.N), ("activation_N", self.activation_bases)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in MODES:
@@ -78,9 +106,12 @@ class OpSettings:
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.split_bits is not None and (isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int)
-                                            or not 0 <= self.split_bits < self.T):
-            raise ValueError(f"split_bits must be None or an integer in [0, T={self.T}), got {self.split_bits!r}")
+        if self.split_bits is not None:
+            lowest = min(values_for(self.T, SPLIT_TYPES))
+            if isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int) \
+                    or not 0 <= self.split_bits < lowest:
+                raise ValueError(f"split_bits must be None or an integer in [0, T={lowest}) (the fewest digits of "
+                                 f"a Softmax, norm or root), got {self.split_bits!r}")
 
     fully_spiking: ClassVar[bool] = True
     float_ops: ClassVar[Tuple[str, ...]] = ()
@@ -115,20 +146,21 @@ class OpSettings:
         with ``rectified_activations``, a rectifier plus the fitted residual."""
         residual_target = ACTIVATIONS[target].residual_target if target in ACTIVATIONS else None
         if span is None and self.rectified_activations and residual_target is not None:
-            residual = load_fitted(residual_target, self.neuron, self.activation_bases, self.T)
-            return RectifiedActivation(SpikingReLU(self.T, self.mode, code=self.code, per_channel=True),
+            residual = load_fitted(residual_target, self.neuron, self.activation_bases, self.steps("activation"))
+            return RectifiedActivation(SpikingReLU(self.steps("activation"), self.mode, code=self.code, per_channel=True),
                                        SpikingActivation(residual, self.mode))
-        fit = load_fitted(target, self.neuron, self.activation_bases, self.T) if span is None else \
-            load_fitted_on(target, self.activation_bases, self.T, span, self.neuron)
+        T = self.steps("activation")
+        fit = load_fitted(target, self.neuron, self.activation_bases, T) if span is None else \
+            load_fitted_on(target, self.activation_bases, T, span, self.neuron)
         return SpikingActivation(fit, self.mode)
 
     def piecewise(self, knots: Sequence[Tuple[float, float]], c0: float = 0.0, c1: float = 0.0) -> PiecewiseLinear:
         """``c0 + c1 x + sum w relu(x - t)`` on exact identity-neuron rectifiers (ReLU, ReLU6, hardtanh)."""
-        return PiecewiseLinear(knots, self.T, self.mode, c0, c1, self.code)
+        return PiecewiseLinear(knots, self.steps("activation"), self.mode, c0, c1, self.code)
 
     def max_pool(self, kernel_size, stride=None, padding=0) -> SpikingMaxPool2d:
         """``max_pool2d`` as a fold of ``m + relu(v - m)`` on rectifier neurons."""
-        return SpikingMaxPool2d(kernel_size, stride, padding, self.T, self.mode, self.code)
+        return SpikingMaxPool2d(kernel_size, stride, padding, self.steps("max_pool"), self.mode, self.code)
 
     def network(self, model: nn.Module) -> nn.Module:
         """The converted model itself: every operator runs its ``T`` steps inside a forward."""
@@ -136,19 +168,19 @@ class OpSettings:
 
     def product(self) -> SpikingProduct:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
-        return SpikingProduct(T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingProduct(T=self.steps("product"), mode=self.mode, code=self.code, budget=self.budget)
 
     def matmul(self) -> SpikingMatmul:
         """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
-        return SpikingMatmul(T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingMatmul(T=self.steps("matmul"), mode=self.mode, code=self.code, budget=self.budget)
 
     def einsum(self, equation: str) -> SpikingEinsum:
         """``torch.einsum`` of two spike-coded operands, any subscripts (Eqs. 9-12 summed over the contraction)."""
-        return SpikingEinsum(equation, T=self.T, mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingEinsum(equation, T=self.steps("matmul"), mode=self.mode, code=self.code, budget=self.budget)
 
     def root(self, power: float) -> SpikingRoot:
         """``x^power`` for ``power`` in ``{-1, -1/2, 1/2}``: the IEEE-754 split with a range-reduced mantissa neuron."""
-        return SpikingRoot(power, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+        return SpikingRoot(power, T=self.steps("root"), mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
 
     def quotient(self) -> Quotient:
         """``a / b`` of two activations: the spiking product of ``a`` and the reciprocal of ``b``."""
@@ -177,33 +209,33 @@ class OpSettings:
     def on_demand(self, fn: Any, name: str) -> FittedOnDemand:
         """An element-wise function no catalog entry covers, on a neuron fitted to its calibrated input
         range (rectified when it has linear tails and ``rectified_activations``)."""
-        return FittedOnDemand(fn, name, self.T, self.activation_bases, self.mode, self.code, self.rectified_activations)
+        return FittedOnDemand(fn, name, self.steps("activation"), self.activation_bases, self.mode, self.code, self.rectified_activations)
 
     def group_norm(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor], eps: float) -> SpikingGroupNorm:
         """GroupNorm (``groups=C``: InstanceNorm; ``None``: BatchNorm on the batch's statistics) from the norm stages."""
-        return SpikingGroupNorm(channels, groups, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
+        return SpikingGroupNorm(channels, groups, weight, bias, eps, T=self.steps("norm"), mode=self.mode, N=self.N,
                                 split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
 
     def topk(self, k: int, dim: int = -1) -> SpikingTopK:
         """The ``k`` largest along ``dim``, selected from the scores' spike trains (a counting winner-take-all)."""
-        return SpikingTopK(k, dim, T=self.T, mode=self.mode)
+        return SpikingTopK(k, dim, T=self.steps("topk"), mode=self.mode)
 
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""
-        return SpikingWeightInput(layer, T=self.T, mode=self.mode, code=self.code, budget=self.budget,
+        return SpikingWeightInput(layer, T=self.steps("weight_input"), mode=self.mode, code=self.code, budget=self.budget,
                                   centered=self.center_inputs, bias_correction=self.bias_correction)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax(dim=dim, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+        return SpikingSoftmax(dim=dim, T=self.steps("softmax"), mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
 
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
-        return SpikingLayerNorm(shape, weight, bias, eps, T=self.T, mode=self.mode, N=self.N,
+        return SpikingLayerNorm(shape, weight, bias, eps, T=self.steps("norm"), mode=self.mode, N=self.N,
                                 split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
-        return SpikingRMSNorm(shape, weight, eps, T=self.T, mode=self.mode, N=self.N, split_bits=self.split_bits,
+        return SpikingRMSNorm(shape, weight, eps, T=self.steps("norm"), mode=self.mode, N=self.N, split_bits=self.split_bits,
                               code=self.code, element_exponents=self.norm_exponents)
