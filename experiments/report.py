@@ -135,13 +135,45 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
+FRONTIER_COLUMNS = ("model", "point", "T", "T_ops", "T_mean", "loss", "energy_strict", "on_front", "job")
+
+
+def points_of(rows: Sequence[Row], model: str) -> List[Row]:
+    """``model``'s jobs with both objectives measured."""
+    return [r for r in rows if r["model"] == model and all(r.get(k) is not None for k in OBJECTIVES)]
+
+
+def frontier_table(rows: Sequence[Row]) -> List[Row]:
+    """Per model, every metered job as a point (its T and settings), loss and strict whole-model
+    energy, and whether it is on that model's Pareto front; sorted by model and energy."""
+    table: List[Row] = []
+    for name in sorted({r["model"] for r in rows}):
+        mine = points_of(rows, name)
+        front, label = {id(r) for r in pareto_front(mine)}, series_by(mine, ("T", *SETTINGS))
+        table += [{"model": name, "point": label(r), "T": r["T"], "T_ops": r.get("T_ops") or "",
+                   "T_mean": r.get("T_mean"), "loss": r["loss"], "energy_strict": r["energy_strict"],
+                   "on_front": id(r) in front, "job": r.get("job")}
+                  for r in sorted(mine, key=lambda r: [r[k] for k in OBJECTIVES])]
+    return table
+
+
 def frontiers(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
-    """When a sweep covers several models: per model, loss against strict energy for each of its
-    jobs (T and settings), the non-dominated ones joined (``frontier_<model>.png``)."""
+    """When a sweep covers several models, or varies more than T (``experiment=frontier``): per model,
+    loss against strict energy for each of its jobs (T and settings), the non-dominated ones joined
+    (``frontier_<model>.png``), and every point with its place on the front (``frontier.md/.csv``)."""
     figures: Dict[str, Path] = {}
     models = sorted({r["model"] for r in rows})
-    for name in models if len(models) > 1 else ():
-        mine = [r for r in rows if r["model"] == name and r.get("energy_strict") is not None]
+    if len(models) < 2 and len({series_by(rows, SETTINGS)(r) for r in rows}) < 2:
+        return figures
+    table = frontier_table(rows)
+    if not table:
+        return figures
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(table, out / "frontier.csv")
+    (out / "frontier.md").write_text("Loss vs strict whole-model E_SNN/E_ANN per model; on_front: no other "
+                                     "point is as good in both and better in one\n\n" + markdown(table, FRONTIER_COLUMNS))
+    for name in models:
+        mine = points_of(rows, name)
         front = pareto_front(mine)
         if len(mine) > 1 and front:
             figures[f"frontier_{name}"] = plots.pareto(mine, front, series_by(mine, ("T", *SETTINGS)), OBJECTIVES,
@@ -174,7 +206,7 @@ def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
     tables = {"report": rows}
     converted = [r for r in rows if r.get("entry") == "convert" and r.get("snn") is not None]
     if len(converted) > 1:
-        tables["pareto"] = pareto_front(converted)
+        tables.update(pareto=pareto_front(converted), frontier=frontier_table(converted))
     run = open_run(logger, out, "report", rows[0]["group"], "report", {"sweep_dir": str(sweep_dir)})
     log_results(run, {"jobs": len(rows)}, tables, images)
     run.finish()

@@ -23,7 +23,7 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "pareto": "convert", "methods": "convert", "ablation_code": "convert", "ablation_budget": "convert",
            "ablation_center": "convert",
            "ablation_rectified": "convert",
-           "ablation_norm_exponents": "convert", "ablation_bias_correction": "convert"}
+           "ablation_norm_exponents": "convert", "ablation_bias_correction": "convert", "frontier": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
