@@ -139,6 +139,8 @@ ACTIVATIONS: Dict[str, Activation] = {a.name: a for a in [
                classes={f"{NN}:Sigmoid": _always, f"{TIMM}:Sigmoid": _always}, calls={"sigmoid": _plain}),
     Activation("relu", F.relu, "ReLU: an identity neuron with a positive gain, exact up to the operand coding (Eq. 9)",
                knots=lambda: ([(0.0, 1.0)], 0.0, 0.0), classes={f"{NN}:ReLU": _always}, calls={"relu": _plain}),
+    Activation("abs", torch.abs, "|x| = 2 relu(x) - x on a rectifier neuron",
+               knots=lambda: ([(0.0, 2.0)], 0.0, -1.0), calls={"abs": _plain, "absolute": _plain}, fingerprint=False),
     Activation("leaky_relu", lambda x, slope: F.leaky_relu(x, slope),
                "leaky ReLU = s x + (1 - s) relu(x) on a rectifier neuron",
                knots=lambda slope: ([(0.0, 1.0 - slope)], 0.0, slope),

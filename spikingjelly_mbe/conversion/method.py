@@ -85,8 +85,8 @@ class GeneralMethod(SpikingMethod, Protocol):
     def power(self, exponent: float) -> nn.Module:
         """``x ** exponent``, ``exponent`` an integer or half-integer."""
 
-    def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool) -> nn.Module:
-        """The 2-norm over ``dim``."""
+    def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool, order: float = 2.0) -> nn.Module:
+        """The ``order``-norm (1, 2 or inf) over ``dim``."""
 
     def group_norm(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor], eps: float) -> nn.Module:

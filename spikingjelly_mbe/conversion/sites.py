@@ -19,7 +19,7 @@ import torch.nn as nn
 from ..activations import activation_calls, activation_of_call
 from ..ops.base import Calibrated
 from ..ops.on_demand import BoundCall
-from ..ops.roots import ROOT_FUNCTIONS, is_power
+from ..ops.roots import NORM_ORDERS, ROOT_FUNCTIONS, is_power
 from .blocks import SpikingAttention, multi_head_attention
 from .catalog import LAYER_NORM, RMS_NORM
 from .interception import ACT, COMPARISONS, CTRL, DESTINATION, LINEAR, MULTILINEAR, SEL, VALUE_FREE, Session
@@ -100,6 +100,15 @@ def einsum_operands(call: Call) -> Tuple[str, list]:
     return args[0], operands
 
 
+def _norm_order(call: Call) -> float:
+    """The order of a ``linalg_vector_norm`` (``ord``) or ``norm`` (``p``; ``'fro'``: 2) call; ``nan``
+    for an order that is not a number."""
+    args, kwargs = call
+    order = kwargs.get("ord", kwargs.get("p", args[1] if len(args) > 1 else 2))
+    order = 2 if order in ("fro", None) else order
+    return float(order) if isinstance(order, (int, float)) and not isinstance(order, bool) else math.nan
+
+
 def _norm_dims(call: Call) -> Any:
     dim = arg(call, 2, "dim")
     return None if dim is None else (dim if isinstance(dim, int) else tuple(dim))
@@ -154,9 +163,10 @@ SITE_KINDS.update({
                          "activation / activation: the spiking product with the reciprocal of the IEEE-754 split", "quotient"),
     "power": SiteKind(lambda s, c: s.power(arg(c, 1, "exponent")), lambda m, c: m(arg(c, 0, "input")),
                       "x ** p (integer or half-integer p): spiking products, reciprocal and square root", "power"),
-    "vector_norm": SiteKind(lambda s, c: s.vector_norm(_norm_dims(c), arg(c, 3, "keepdim", False)),
+    "vector_norm": SiteKind(lambda s, c: s.vector_norm(_norm_dims(c), arg(c, 3, "keepdim", False), _norm_order(c)),
                             lambda m, c: m(arg(c, 0, "input")),
-                            "2-norm: spiking squares, a synaptic sum and the IEEE-754 split's square root", "vector_norm"),
+                            "vector norm: 2 from spiking squares, a sum and the IEEE-754 split's square root; 1 and inf from |x| "
+                            "on rectifiers, a sum or the spiking top-1", "vector_norm"),
     "group_norm": SiteKind(lambda s, c: s.group_norm(arg(c, 0, "input").shape[1], arg(c, 1, "num_groups"),
                                                      arg(c, 2, "weight"), arg(c, 3, "bias"), arg(c, 4, "eps", 1e-5)),
                            lambda m, c: m(arg(c, 0, "input")), "GroupNorm per group from x^2, rsqrt and products", "group_norm"),
@@ -238,8 +248,7 @@ def classify(session: Session, name: str, call: Call) -> str:
             return "elementwise"
         return "unsupported"
     if name in ("linalg_vector_norm", "norm"):
-        order = arg(call, 1, "ord" if name == "linalg_vector_norm" else "p", 2 if name == "linalg_vector_norm" else "fro")
-        return "vector_norm" if order in (2, 2.0, "fro") and call[1].get("dtype") is None else "unsupported"
+        return "vector_norm" if _norm_order(call) in NORM_ORDERS and call[1].get("dtype") is None else "unsupported"
     if name in ("addmm", "baddbmm", "addbmm"):
         operands = [arg(call, i, n) for i, n in ((1, "mat1" if name == "addmm" else "batch1"),
                                                  (2, "mat2" if name == "addmm" else "batch2"))]

@@ -2,12 +2,13 @@
 operator over the channel dimension, a quotient, a power and a vector norm of activations. All are opaque to conversion's run-time interception."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..ops.roots import MAX_POWER, is_power
+from ..ops.roots import MAX_POWER, NORM_ORDERS, is_power
 
 
 class Rescaled(nn.Module):
@@ -87,25 +88,41 @@ class Power(nn.Module):
 
 
 class VectorNorm(nn.Module):
-    """``sqrt(sum x^2)`` over ``dim``: the square by the spiking product, the sum a synaptic
-    accumulation, the square root from the IEEE-754 split (:class:`~spikingjelly_mbe.ops.SpikingRoot`)."""
+    """The ``order``-norm over ``dim`` (``None``: every element). 2: ``sqrt(sum x^2)``, the square by
+    the spiking product, the sum a synaptic accumulation, the square root from the IEEE-754 split
+    (:class:`~spikingjelly_mbe.ops.SpikingRoot`); 1: ``sum |x|``, ``|x| = 2 relu(x) - x`` on one
+    rectifier neuron; ``inf``: ``max |x|``, the spiking top-1 of ``|x|``."""
 
     mbe_opaque = True
 
-    def __init__(self, settings: Any, dim: Optional[Tuple[int, ...]], keepdim: bool) -> None:
+    def __init__(self, settings: Any, dim: Optional[Tuple[int, ...]], keepdim: bool, order: float = 2.0) -> None:
         super().__init__()
-        self.dim, self.keepdim = dim, bool(keepdim)
-        self.square, self.root = settings.product(), settings.root(0.5)
+        if order not in NORM_ORDERS:
+            raise ValueError(f"VectorNorm: order must be one of {NORM_ORDERS}, got {order!r}")
+        self.dim, self.keepdim, self.order = dim, bool(keepdim), float(order)
+        if self.order == 2.0:
+            self.square, self.root = settings.product(), settings.root(0.5)
+        else:
+            self.abs = settings.piecewise([(0.0, 2.0)], 0.0, -1.0)
+            self.top = settings.topk(1, -1) if self.order == math.inf else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        squares = self.square(x, x)
-        total = squares.sum() if self.dim is None else squares.sum(self.dim, keepdim=self.keepdim)
-        if self.dim is None and self.keepdim:
-            total = total.reshape((1,) * x.dim())
-        return self.root(total)
+        dims = tuple(range(x.dim())) if self.dim is None else \
+            tuple(d % x.dim() for d in ((self.dim,) if isinstance(self.dim, int) else self.dim))
+        if self.order == 2.0:
+            return self.root(self.square(x, x).sum(dims, keepdim=self.keepdim))
+        magnitude = self.abs(x)
+        if self.order == 1.0:
+            return magnitude.sum(dims, keepdim=self.keepdim)
+        kept = [d for d in range(x.dim()) if d not in dims]
+        rows = magnitude.permute(*kept, *dims).reshape(*(x.shape[d] for d in kept), -1)
+        peak = self.top(rows)[0]  # [..., 1]
+        if self.keepdim:
+            return peak.reshape([1 if d in dims else x.shape[d] for d in range(x.dim())])
+        return peak.squeeze(-1)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, keepdim={self.keepdim}"
+        return f"order={self.order:g}, dim={self.dim}, keepdim={self.keepdim}"
 
 
 class Greater(nn.Module):

@@ -190,9 +190,10 @@ class OpSettings:
         """``x ** exponent`` (integer or half-integer): spiking products, reciprocal and square root."""
         return Power(self, exponent)
 
-    def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool) -> VectorNorm:
-        """The 2-norm over ``dim``: spiking squares, a synaptic sum and the IEEE-754 split's square root."""
-        return VectorNorm(self, dim, keepdim)
+    def vector_norm(self, dim: Optional[Tuple[int, ...]], keepdim: bool, order: float = 2.0) -> VectorNorm:
+        """The ``order``-norm (1, 2 or inf) over ``dim``: rectifiers, spiking squares, sums, the IEEE-754
+        split's square root or the spiking top-1."""
+        return VectorNorm(self, dim, keepdim, order)
 
     def greater(self) -> Greater:
         """``a > b`` of activations as the spike of a rectifier neuron driven by ``a - b``."""

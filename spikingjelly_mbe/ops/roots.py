@@ -2,6 +2,7 @@
 Softmax and the norms use inside (range-reduced neurons on the mantissa, an exponent shift)."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -99,6 +100,7 @@ class SpikingRoot(SpikingOp):
 
 
 MAX_POWER = 8  # the largest |p| of x ** p built from spiking products
+NORM_ORDERS = (1.0, 2.0, math.inf)  # the vector norms built from spiking pieces (|x| on rectifiers, squares, top-1)
 
 
 def is_power(p: object) -> bool:
