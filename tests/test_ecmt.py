@@ -134,6 +134,7 @@ FUNCTIONS = {  # builder, float reference
     **{name: (lambda s, name=name, params=params: s.activation(name, params), fn) for name, params, fn in [
         ("gelu", {}, lambda x: F.gelu(x)), ("gelu_tanh", {}, lambda x: F.gelu(x, approximate="tanh")),
         ("silu", {}, F.silu), ("tanh", {}, torch.tanh), ("sigmoid", {}, torch.sigmoid), ("relu", {}, F.relu),
+        ("abs", {}, torch.abs),
         ("quick_gelu", {}, lambda x: x * torch.sigmoid(1.702 * x)),
         ("leaky_relu", {"slope": 0.1}, lambda x: torch.where(x > 0, x, 0.1 * x)),
         ("clamp", {"lo": -1.0, "hi": 2.0}, lambda x: torch.minimum(torch.maximum(x, torch.tensor(-1.0)), torch.tensor(2.0)))]},
