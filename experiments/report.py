@@ -30,7 +30,8 @@ Figures = Callable[[Sequence[Row], Path], Dict[str, Path]]
 
 def gather(sweep_dir: Path) -> List[Row]:
     """Every job's result row, with ``job`` set to its folder relative to ``sweep_dir``."""
-    paths = sorted(sweep_dir.rglob(METRICS_FILE), key=lambda p: [int(s) if s.isdigit() else s for s in p.parts])
+    paths = sorted(sweep_dir.rglob(METRICS_FILE), key=lambda p: [(0, int(s), "") if s.isdigit() else (1, 0, s)
+                                                                   for s in p.relative_to(sweep_dir).parts])
     return [{"job": str(p.parent.relative_to(sweep_dir)), **json.loads(p.read_text())} for p in paths]
 
 

@@ -291,3 +291,13 @@ def test_a_convert_job_runs_where_device_says(compose_app, monkeypatch):
     moved = on_device(task, torch.device("meta"))
     assert moved.model.weight.is_meta and moved.calib[0]["x"].is_meta
     assert moved.batches[0].inputs.is_meta and moved.batches[0].labels.is_meta
+
+
+def test_gather_orders_jobs_by_number_beside_stray_named_folders(tmp_path):
+    """Job folders sort numerically (2 before 10), and a folder with a name among them (a copied
+    sweep, a report) neither breaks the sort nor comes first."""
+    from experiments.report import METRICS_FILE, gather
+    for job in ("10", "2", "extra/0"):
+        (tmp_path / job).mkdir(parents=True)
+        (tmp_path / job / METRICS_FILE).write_text(json.dumps({"value": job}))
+    assert [row["job"] for row in gather(tmp_path)] == ["2", "10", "extra/0"]
