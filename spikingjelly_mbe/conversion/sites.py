@@ -215,7 +215,7 @@ def classify(session: Session, name: str, call: Call) -> str:
     if name in COMPARISONS:
         return "control"
     if name in ("max", "min"):
-        other = arg(call, 1, "dim" if not isinstance(arg(call, 1, "other"), torch.Tensor) else "other")
+        other = arg(call, 1, "dim", call[1].get("other"))  # max(x, dim) or max(a, other)
         if isinstance(other, int) and not isinstance(other, bool):
             return f"{name}_dim"
         return ("minimum" if name == "min" else "maximum") if isinstance(other, torch.Tensor) else "unsupported"

@@ -8,6 +8,7 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..activations import get_activation
 from ..ops.roots import MAX_POWER, NORM_ORDERS, is_power
 
 
@@ -103,7 +104,7 @@ class VectorNorm(nn.Module):
         if self.order == 2.0:
             self.square, self.root = settings.product(), settings.root(0.5)
         else:
-            self.abs = settings.piecewise([(0.0, 2.0)], 0.0, -1.0)
+            self.abs = settings.activation(get_activation("abs"), {})
             self.top = settings.topk(1, -1) if self.order == math.inf else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
