@@ -201,7 +201,14 @@ def activation_of(float_op: Any) -> Optional[Tuple[Activation, Params]]:
 
 
 def activation_entry(op: type, float_op: Any) -> Tuple[Activation, Params]:
-    """:func:`activation_of` for ``op.from_float``: a ``TypeError`` naming ``float_op`` when no entry computes it."""
+    """:func:`activation_of` for ``op.from_float``, which also takes an entry itself (an
+    :class:`Activation`, or ``(entry, params)``: a call conversion resolved, such as
+    ``F.leaky_relu(x, 0.2)``); a ``TypeError`` naming ``float_op`` when no entry computes it."""
+    if isinstance(float_op, Activation):
+        return float_op, {}
+    if isinstance(float_op, tuple) and len(float_op) == 2 and isinstance(float_op[0], Activation) \
+            and isinstance(float_op[1], dict):
+        return float_op
     found = activation_of(float_op)
     if found is None:
         raise TypeError(f"{op.__name__}.from_float takes an activation module or function of the activation "

@@ -10,11 +10,17 @@ import torch.nn.functional as F
 import transformers.activations as hf
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm,
-                                  SpikingSoftmax, SpikingWeightInput)
+from spikingjelly_mbe.activations import get_activation
+from spikingjelly_mbe.ecmt.expectation import ProductCompensation
+from spikingjelly_mbe.ecmt.multi_threshold import MTLinearInput
+from spikingjelly_mbe.mbe import OpSettings
+from spikingjelly_mbe.ops import (FittedOnDemand, RectifiedActivation, SpikingActivation, SpikingGroupNorm,
+                                  SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingRMSNorm, SpikingSoftmax,
+                                  SpikingWeightInput)
 from spikingjelly_mbe.ops.products import SpikingEinsum
 from spikingjelly_mbe.ops.rectifier import PiecewiseLinear, SpikingMaxPool2d, SpikingReLU
 from spikingjelly_mbe.ops.roots import SpikingRoot
+from spikingjelly_mbe.ops.routing import SpikingTopK
 
 torch.set_num_threads(1)
 
@@ -118,6 +124,84 @@ def test_operators_of_two_activations_and_weight_layers_from_their_float_ops():
     assert isinstance(SpikingReLU.from_float(F.relu), SpikingReLU)
 
 
+def calibrated(op, x):
+    """``op`` after one calibration forward on ``x`` and the ranges it observed."""
+    with torch.no_grad():
+        op(x)
+    for m in op.modules():
+        if getattr(m, "calibrating", False):
+            m.set_ranges(m.finish_calibration())
+    return op
+
+
+@pytest.mark.parametrize("float_op, reference", [
+    (nn.GELU(), F.gelu), (get_activation("gelu"), F.gelu), (F.silu, F.silu),
+    (nn.GELU(approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
+])
+def test_a_rectified_activation_from_its_float_op_is_relu_plus_the_fitted_residual(float_op, reference):
+    """Within the residual's fit error plus one code step of the rectifier's widest channel."""
+    T = 8
+    op = RectifiedActivation.from_float(float_op, T=T, N=4)
+    x = x_of(512, 16)
+    calibrated(op, x)
+    with torch.no_grad():
+        error = float((op(x) - reference(x)).abs().max())
+    step = float(op.rectifier.channel_ranges.max()) / (2 ** T - 1)
+    assert op.residual.fitted.T == T and op.residual.fitted.N == 4
+    assert 0 < error <= op.residual.fitted.errors["max_abs"] * 1.05 + step
+
+
+def test_the_factorys_activation_is_the_one_from_float_builds():
+    """MBE's builder goes through ``from_float``: the same bits as the operator built from ``nn.GELU()``."""
+    x = x_of(256, 8)
+    built = calibrated(OpSettings(T=8).activation(get_activation("gelu"), {}), x)
+    twin = calibrated(RectifiedActivation.from_float(nn.GELU(), T=8, N=OpSettings().activation_bases), x)
+    with torch.no_grad():
+        torch.testing.assert_close(built(x), twin(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("module, reference", [
+    (nn.GroupNorm(2, 8), lambda m, x: F.group_norm(x, 2, m.weight, m.bias, m.eps)),
+    (nn.InstanceNorm2d(8, affine=True), lambda m, x: F.instance_norm(x, weight=m.weight, bias=m.bias, eps=m.eps)),
+    (nn.BatchNorm2d(8, track_running_stats=False),
+     lambda m, x: F.batch_norm(x, None, None, m.weight, m.bias, True, 0.0, m.eps)),
+])
+def test_a_group_norm_from_its_module_computes_it_and_equals_the_one_from_its_function(module, reference):
+    with torch.no_grad():
+        module.weight.normal_(generator=torch.Generator().manual_seed(4))
+        module.bias.normal_(generator=torch.Generator().manual_seed(5))
+    op = SpikingGroupNorm.from_float(module, T=16)
+    assert op.weight is module.weight and op.eps == module.eps
+    x = x_of(2, 8, 5, 3) + 1
+    with torch.no_grad():
+        out, ref = op(x), reference(module, x)
+        assert float((out - ref).abs().max()) <= 3e-3
+        function = (F.batch_norm, 8) if op.groups is None else (F.group_norm, 8, op.groups)
+        twin = SpikingGroupNorm.from_float(*function, module.weight, module.bias, module.eps, T=16)
+        torch.testing.assert_close(twin(x), out, rtol=0, atol=0)
+
+
+def test_topk_from_torch_topk_selects_what_torch_topk_selects():
+    x = torch.rand(200, 8, generator=torch.Generator().manual_seed(6))
+    op = SpikingTopK.from_float(torch.topk, 2, -1, T=12)
+    calibrated(op, x)
+    values, index = op(x)
+    ref_values, ref_index = torch.topk(x, 3, -1)
+    clear = (ref_values[:, 1] - ref_values[:, 2]) > 2.0 ** -10  # a margin of several code steps
+    assert clear.sum() > 150
+    assert torch.equal(index.sort(-1).values[clear], ref_index[:, :2].sort(-1).values[clear])
+    assert torch.equal(values, x.gather(-1, index))
+
+
+def test_a_function_fitted_on_demand_from_float_computes_it_after_calibration():
+    x = x_of(64, 8)
+    op = FittedOnDemand.from_float(F.hardswish, T=16, N=8)
+    assert op.name == "hardswish"
+    calibrated(op, x)
+    error = float((op(x) - F.hardswish(x)).abs().max())
+    assert 0 < error <= op.spiking.residual.fitted.errors["max_abs"] + float(x.abs().max()) * 2.0 ** -15
+
+
 @pytest.mark.parametrize("build, error, message", [
     (lambda: SpikingLayerNorm.from_float(nn.RMSNorm(16)), ValueError, "RMSNorm does not compute a LayerNorm"),
     (lambda: SpikingActivation.from_float(nn.ReLU()), TypeError, "relu has no fitted neuron.*PiecewiseLinear.from_float"),
@@ -127,7 +211,25 @@ def test_operators_of_two_activations_and_weight_layers_from_their_float_ops():
     (lambda: SpikingWeightInput.from_float(nn.ReLU()), TypeError, "takes a weight layer .* got ReLU"),
     (lambda: SpikingSoftmax.from_float(nn.Softmax()), ValueError, "dim=None"),
     (lambda: SpikingMaxPool2d.from_float(nn.MaxPool2d(2, ceil_mode=True)), ValueError, "ceil_mode=False"),
+    (lambda: RectifiedActivation.from_float(nn.Tanh()), TypeError, "tanh has no rectified form"),
+    (lambda: SpikingGroupNorm.from_float(nn.BatchNorm2d(4).eval()), ValueError, "running statistics"),
+    (lambda: SpikingGroupNorm.from_float(nn.LayerNorm(4)), TypeError, "GroupNorm, InstanceNorm or BatchNorm"),
+    (lambda: SpikingTopK.from_float(torch.sort, 2), TypeError, "torch.topk"),
+    (lambda: FittedOnDemand.from_float(nn.Module), TypeError, "element-wise tensor function"),
 ])
 def test_from_float_names_what_it_takes(build, error, message):
     with pytest.raises(error, match=message):
         build()
+
+
+def test_ecmts_products_and_weight_inputs_from_their_float_ops():
+    """ECMT's builders go through ``from_float`` too: the kind follows the float function, and an
+    MT-driven layer wraps the very layer."""
+    layer = nn.Linear(4, 3)
+    assert MTLinearInput.from_float(layer, n=4).layer is layer
+    assert [ProductCompensation.from_float(f).kind for f in (torch.mul, operator.mul, torch.matmul)] == \
+        ["product", "product", "matmul"]
+    with pytest.raises(TypeError, match="takes torch.mul, operator.mul, torch.matmul or operator.matmul, got add"):
+        ProductCompensation.from_float(torch.add)
+    with pytest.raises(TypeError, match="takes a weight layer .* got LayerNorm"):
+        MTLinearInput.from_float(nn.LayerNorm(4))

@@ -9,7 +9,7 @@ derived from these tables; each method builds its own operator for an entry.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,18 +45,3 @@ NORMS: Tuple[Norm, ...] = (LAYER_NORM, RMS_NORM, Norm("RMSNorm(1+w)", False, 1.0
 NORM_CLASSES: Dict[type, Norm] = {nn.LayerNorm: LAYER_NORM, timm_norm.LayerNorm: LAYER_NORM,
                                   timm_norm.LayerNorm2d: NORMS[3], nn.RMSNorm: RMS_NORM}
 
-
-def _batch_statistics(module: nn.Module) -> bool:
-    """A batch or instance norm that normalises with the statistics of its input (no running ones in use)."""
-    return module.training or module.running_mean is None
-
-
-# per-group norms: class -> (channels, groups; None: BatchNorm over batch and positions) when it uses its
-# input's statistics, else None (a BatchNorm or InstanceNorm on running statistics is linear)
-GROUP_NORM_CLASSES: Dict[type, Callable[[nn.Module], Optional[Tuple[int, Optional[int]]]]] = {
-    nn.GroupNorm: lambda m: (m.num_channels, m.num_groups),
-    **{cls: (lambda m: (m.num_features, m.num_features) if _batch_statistics(m) else None)
-       for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
-    **{cls: (lambda m: (m.num_features, None) if _batch_statistics(m) else None)
-       for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
-}

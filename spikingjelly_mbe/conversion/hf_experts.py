@@ -27,6 +27,8 @@ CORE = "spiking_experts"
 class ExpertWeight(nn.Module):
     """Expert ``index`` of a stacked ``[experts, out, in]`` weight as a weight layer (a view, no copy)."""
 
+    weight_layer = True  # what SpikingWeightInput.from_float takes
+
     def __init__(self, stacked: torch.Tensor, index: int) -> None:
         super().__init__()
         object.__setattr__(self, "stacked", stacked)  # the experts module owns the parameter

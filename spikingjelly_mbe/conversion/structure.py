@@ -17,8 +17,8 @@ import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
 from ..activations import ACTIVATIONS, activation_of
-from ..ops.norm import norm_module_parts
-from .catalog import GROUP_NORM_CLASSES, NORM_CLASSES, NORMS, Norm
+from ..ops.norm import GROUP_NORM_CLASSES, norm_module_parts
+from .catalog import NORM_CLASSES, NORMS, Norm
 from .interception import is_opaque
 from .method import SpikingMethod, settings_at
 

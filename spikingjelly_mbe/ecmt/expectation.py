@@ -13,12 +13,13 @@ terms ``A(t) S_B(t-1) + S_A(t-1) B(t) + A(t) B(t)`` (Theorem 2). So the mean of 
 """
 from __future__ import annotations
 
+import operator
 from typing import Callable, Optional, Sequence
 
 import torch
 
 from ..ops import flops
-from ..ops.base import DEFAULT_MODE, SpikingOp, broadcast_shape, working_dtype
+from ..ops.base import DEFAULT_MODE, SpikingOp, broadcast_shape, float_function, working_dtype
 from .multi_threshold import PERCENTILE, THRESHOLDS, MTCodedOp
 
 Flops = Callable[[torch.Tensor], int]
@@ -109,6 +110,16 @@ class ProductCompensation(MTCodedOp):
         self.kind = kind
         for name in ("sum_a", "sum_b", "product_sum", "output_sum"):
             self.register_memory(name, None)
+
+    @classmethod
+    def from_float(cls, float_op: object, **options: object) -> "ProductCompensation":
+        """Theorem 2 for ``torch.mul`` / ``operator.mul`` (``'product'``) or ``torch.matmul`` /
+        ``operator.matmul`` (``'matmul'``) of two activations. ``options``: ``n``, ``percentile``,
+        ``thresholds`` (else calibrated), ``mode``."""
+        products = (torch.mul, torch.multiply, operator.mul)
+        float_function(cls, float_op, (*products, torch.matmul, operator.matmul),
+                       takes="torch.mul, operator.mul, torch.matmul or operator.matmul")
+        return cls("product" if any(float_op is f for f in products) else "matmul", **options)
 
     @property
     def matmul(self) -> bool:

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from ..ops import flops
 from ..ops.base import DEFAULT_MODE, CalibratedOp
+from ..ops.layers import check_weight_layer
 from ..ops.observer import SAMPLES_PER_BATCH
 from .neuron import MTNode
 
@@ -161,6 +162,13 @@ class MTLinearInput(MTCodedOp):
                             f"{type(layer).__name__}")
         super().__init__(1, n, percentile, thresholds, mode)
         self.layer = layer
+
+    @classmethod
+    def from_float(cls, float_op: nn.Module, **options: object) -> "MTLinearInput":
+        """``float_op`` (a weight layer, as :meth:`~spikingjelly_mbe.ops.SpikingWeightInput.from_float`
+        takes; weights untouched) driven by an MT neuron. ``options``: ``n``, ``percentile``,
+        ``thresholds`` (else calibrated), ``mode``."""
+        return cls(check_weight_layer(cls, float_op), **options)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -125,15 +125,15 @@ class ECMTSettings:
 
     def product(self) -> nn.Module:
         """Element-wise product of two activations, MT-coded operands (Theorem 2)."""
-        return ProductCompensation("product", self.n, self.percentile, mode=self.mode)
+        return ProductCompensation.from_float(torch.mul, n=self.n, percentile=self.percentile, mode=self.mode)
 
     def matmul(self) -> nn.Module:
         """Matrix product of two activations, MT-coded operands (Theorem 2)."""
-        return ProductCompensation("matmul", self.n, self.percentile, mode=self.mode)
+        return ProductCompensation.from_float(torch.matmul, n=self.n, percentile=self.percentile, mode=self.mode)
 
     def linear_input(self, layer: nn.Module) -> nn.Module:
         """``layer`` driven by an MT neuron calibrated from data."""
-        return MTLinearInput(layer, self.n, self.percentile, mode=self.mode)
+        return MTLinearInput.from_float(layer, n=self.n, percentile=self.percentile, mode=self.mode)
 
     def narrowed(self, entry: Activation, params: Params, span: float) -> Optional[nn.Module]:
         """ECMT's activations keep the float function: nothing depends on the input range."""

@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from ..activations import ACTIVATIONS, Activation, Params
+from ..activations import Activation, Params, get_activation
 from ..fitting.kinds import get_kind
-from ..fitting.library import load_fitted, load_fitted_on
 from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, SpikingActivation, SpikingEinsum,
-                   SpikingGroupNorm, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d, SpikingProduct, SpikingReLU,
+                   SpikingGroupNorm, SpikingLayerNorm, SpikingMatmul, SpikingMaxPool2d, SpikingProduct,
                    SpikingRMSNorm, SpikingRoot, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N
 from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code
 from ..ops.digits import Steps, check_T, has_patterns, resolved_at, steps_at, values_for
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
+from ..ops.roots import root_function
 from ..ops.routing import SpikingTopK
 from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Rescaled, VectorNorm
 
@@ -117,12 +118,28 @@ class OpSettings:
     float_ops: ClassVar[Tuple[str, ...]] = ()
     linear_input_note: ClassVar[str] = "weight layer driven by MBE_Id-coded input spikes (Eqs. 9, 12)"
 
+    def coded_options(self, kind: str) -> Dict[str, Any]:
+        """The options every spike-coded operator of type ``kind`` takes from these settings."""
+        return dict(T=self.steps(kind), mode=self.mode, code=self.code)
+
+    def operand_options(self, kind: str) -> Dict[str, Any]:
+        """Options of an operator coding calibrated operands (products, weight-layer inputs)."""
+        return dict(self.coded_options(kind), budget=self.budget)
+
+    def split_options(self, kind: str) -> Dict[str, Any]:
+        """Options of an operator built on range-reduced neurons (Softmax, roots, norms)."""
+        return dict(self.coded_options(kind), N=self.N, split_bits=self.split_bits)
+
+    def norm_options(self) -> Dict[str, Any]:
+        return dict(self.split_options("norm"), element_exponents=self.norm_exponents)
+
     def activation(self, entry: Activation, params: Params) -> nn.Module:
         """The spiking module of an activation entry: its exact rectifier form, its own fitted neuron,
         or another entry's neuron with an input gain."""
         if entry.knots is not None:
-            knots, c0, c1 = entry.knots(**params)
-            return self.piecewise(knots, c0, c1) if knots else nn.Identity()
+            if not entry.knots(**params)[0]:
+                return nn.Identity()
+            return PiecewiseLinear.from_float((entry, params), **self.coded_options("activation"))
         if entry.fit is not None:
             return Rescaled(self.fitted(entry.fit), entry.gain)
         return self.fitted(entry.name)
@@ -140,27 +157,23 @@ class OpSettings:
         return ChannelsLast(op) if norm.channels_first else op
 
     def fitted(self, target: str, span: Optional[float] = None) -> Union[SpikingActivation, RectifiedActivation]:
-        """A registered target (``'gelu'``, ``'silu'``, ``'tanh'``, ...) on one ``neuron`` per element
-        (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of the target's own domain. A target
-        with a linear tail (an activation with a ``residual_domain``) on its own domain is,
-        with ``rectified_activations``, a rectifier plus the fitted residual."""
-        residual_target = ACTIVATIONS[target].residual_target if target in ACTIVATIONS else None
-        if span is None and self.rectified_activations and residual_target is not None:
-            residual = load_fitted(residual_target, self.neuron, self.activation_bases, self.steps("activation"))
-            return RectifiedActivation(SpikingReLU(self.steps("activation"), self.mode, code=self.code, per_channel=True),
-                                       SpikingActivation(residual, self.mode))
-        T = self.steps("activation")
-        fit = load_fitted(target, self.neuron, self.activation_bases, T) if span is None else \
-            load_fitted_on(target, self.activation_bases, T, span, self.neuron)
-        return SpikingActivation(fit, self.mode)
+        """The activation ``target`` of :data:`~spikingjelly_mbe.activations.ACTIVATIONS` on one
+        ``neuron`` per element (Eq. 8); ``span``: fitted on ``[-span, span]`` instead of its own domain.
+        An activation with a linear tail (a ``residual_domain``) on its own domain is, with
+        ``rectified_activations``, a rectifier plus the fitted residual."""
+        entry = get_activation(target)
+        options = dict(T=self.steps("activation"), N=self.activation_bases, mode=self.mode, kind=self.neuron)
+        if span is None and self.rectified_activations and entry.residual_target is not None:
+            return RectifiedActivation.from_float(entry, code=self.code, **options)
+        return SpikingActivation.from_float(entry, span=span, **options)
 
     def piecewise(self, knots: Sequence[Tuple[float, float]], c0: float = 0.0, c1: float = 0.0) -> PiecewiseLinear:
-        """``c0 + c1 x + sum w relu(x - t)`` on exact identity-neuron rectifiers (ReLU, ReLU6, hardtanh)."""
-        return PiecewiseLinear(knots, self.steps("activation"), self.mode, c0, c1, self.code)
+        """``c0 + c1 x + sum w relu(x - t)`` on exact identity-neuron rectifiers (the rectifiers of the blocks)."""
+        return PiecewiseLinear(knots, c0=c0, c1=c1, **self.coded_options("activation"))
 
     def max_pool(self, kernel_size, stride=None, padding=0) -> SpikingMaxPool2d:
         """``max_pool2d`` as a fold of ``m + relu(v - m)`` on rectifier neurons."""
-        return SpikingMaxPool2d(kernel_size, stride, padding, self.steps("max_pool"), self.mode, self.code)
+        return SpikingMaxPool2d.from_float(F.max_pool2d, kernel_size, stride, padding, **self.coded_options("max_pool"))
 
     def network(self, model: nn.Module) -> nn.Module:
         """The converted model itself: every operator runs its ``T`` steps inside a forward."""
@@ -168,19 +181,19 @@ class OpSettings:
 
     def product(self) -> SpikingProduct:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
-        return SpikingProduct(T=self.steps("product"), mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingProduct.from_float(torch.mul, **self.operand_options("product"))
 
     def matmul(self) -> SpikingMatmul:
         """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
-        return SpikingMatmul(T=self.steps("matmul"), mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingMatmul.from_float(torch.matmul, **self.operand_options("matmul"))
 
     def einsum(self, equation: str) -> SpikingEinsum:
         """``torch.einsum`` of two spike-coded operands, any subscripts (Eqs. 9-12 summed over the contraction)."""
-        return SpikingEinsum(equation, T=self.steps("matmul"), mode=self.mode, code=self.code, budget=self.budget)
+        return SpikingEinsum.from_float(torch.einsum, equation, **self.operand_options("matmul"))
 
     def root(self, power: float) -> SpikingRoot:
         """``x^power`` for ``power`` in ``{-1, -1/2, 1/2}``: the IEEE-754 split with a range-reduced mantissa neuron."""
-        return SpikingRoot(power, T=self.steps("root"), mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+        return SpikingRoot.from_float(root_function(power), **self.split_options("root"))
 
     def quotient(self) -> Quotient:
         """``a / b`` of two activations: the spiking product of ``a`` and the reciprocal of ``b``."""
@@ -210,33 +223,33 @@ class OpSettings:
     def on_demand(self, fn: Any, name: str) -> FittedOnDemand:
         """An element-wise function no catalog entry covers, on a neuron fitted to its calibrated input
         range (rectified when it has linear tails and ``rectified_activations``)."""
-        return FittedOnDemand(fn, name, self.steps("activation"), self.activation_bases, self.mode, self.code, self.rectified_activations)
+        return FittedOnDemand.from_float(fn, name, T=self.steps("activation"), N=self.activation_bases, mode=self.mode,
+                                         code=self.code, rectify=self.rectified_activations)
 
     def group_norm(self, channels: int, groups: Optional[int], weight: Optional[torch.Tensor],
                    bias: Optional[torch.Tensor], eps: float) -> SpikingGroupNorm:
         """GroupNorm (``groups=C``: InstanceNorm; ``None``: BatchNorm on the batch's statistics) from the norm stages."""
-        return SpikingGroupNorm(channels, groups, weight, bias, eps, T=self.steps("norm"), mode=self.mode, N=self.N,
-                                split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
+        if groups is None:
+            return SpikingGroupNorm.from_float(F.batch_norm, channels, weight, bias, eps, **self.norm_options())
+        return SpikingGroupNorm.from_float(F.group_norm, channels, groups, weight, bias, eps, **self.norm_options())
 
     def topk(self, k: int, dim: int = -1) -> SpikingTopK:
         """The ``k`` largest along ``dim``, selected from the scores' spike trains (a counting winner-take-all)."""
-        return SpikingTopK(k, dim, T=self.steps("topk"), mode=self.mode)
+        return SpikingTopK.from_float(torch.topk, k, dim, T=self.steps("topk"), mode=self.mode)
 
     def linear_input(self, layer: nn.Module) -> SpikingWeightInput:
         """``layer`` (a weight layer, weights untouched) driven by the MBE_Id code of its input (Eq. 9, 12)."""
-        return SpikingWeightInput(layer, T=self.steps("weight_input"), mode=self.mode, code=self.code, budget=self.budget,
-                                  centered=self.center_inputs, bias_correction=self.bias_correction)
+        return SpikingWeightInput.from_float(layer, **self.operand_options("weight_input"), centered=self.center_inputs,
+                                             bias_correction=self.bias_correction)
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax(dim=dim, T=self.steps("softmax"), mode=self.mode, N=self.N, split_bits=self.split_bits, code=self.code)
+        return SpikingSoftmax.from_float(torch.softmax, dim, **self.split_options("softmax"))
 
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:
         """LayerNorm from squares, an rsqrt of the mantissa and products; the same gamma/beta tensors."""
-        return SpikingLayerNorm(shape, weight, bias, eps, T=self.steps("norm"), mode=self.mode, N=self.N,
-                                split_bits=self.split_bits, code=self.code, element_exponents=self.norm_exponents)
+        return SpikingLayerNorm.from_float(F.layer_norm, shape, weight, bias, eps, **self.norm_options())
 
     def rms_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], eps: float) -> SpikingRMSNorm:
-        return SpikingRMSNorm(shape, weight, eps, T=self.steps("norm"), mode=self.mode, N=self.N, split_bits=self.split_bits,
-                              code=self.code, element_exponents=self.norm_exponents)
+        return SpikingRMSNorm.from_float(F.rms_norm, shape, weight, eps, **self.norm_options())

@@ -9,13 +9,13 @@ import torch.nn as nn
 from .. import kernels
 from ..activations import ACTIVATIONS, activation_entry
 from ..fitting.fitted import FittedNeuron
-from ..fitting.library import load_fitted
+from ..fitting.library import load_fitted, load_fitted_on
 from ..fitting.targets import TARGETS, TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
 from ..neurons.multibasis import ACTIVATION_N
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, working_dtype
-from .coding import decode, total
+from .coding import DEFAULT_CODE, decode, total
 from .rectifier import SpikingReLU
 
 # F.gelu's approximate= forms and the activations computing them (from the one activation table)
@@ -57,16 +57,19 @@ class SpikingActivation(SpikingOp):
 
     @classmethod
     def from_float(cls, float_op: object, T: int = DEFAULT_T, N: int = ACTIVATION_N, mode: str = DEFAULT_MODE,
-                   kind: str = "mbe") -> "SpikingActivation":
+                   kind: str = "mbe", span: Optional[float] = None) -> "SpikingActivation":
         """One fitted ``kind`` neuron (``N`` bases, ``T`` steps; shipped, cached or fitted on first
         use) of an activation of :data:`~spikingjelly_mbe.activations.ACTIVATIONS` with a fit of its
         own: a module of a class it lists (``nn.GELU()``, ``nn.SiLU()``, Hugging Face's
-        ``GELUActivation()``, ...) or its function (``F.gelu``, ``torch.tanh``, ...)."""
+        ``GELUActivation()``, ...), its function (``F.gelu``, ``torch.tanh``, ...) or its entry.
+        ``span``: fitted on ``[-span, span]`` instead of the entry's own domain."""
         entry, params = activation_entry(cls, float_op)
         if entry.fitted_target is None or params:
             raise TypeError(f"SpikingActivation.from_float: {entry.name} has no fitted neuron of its own; use "
                             "PiecewiseLinear.from_float for a piecewise-linear activation")
-        return cls(load_fitted(entry.fitted_target, kind, N, T), mode)
+        fitted = load_fitted(entry.fitted_target, kind, N, T) if span is None else \
+            load_fitted_on(entry.fitted_target, N, T, span, kind)
+        return cls(fitted, mode)
 
     @property
     def T(self) -> int:
@@ -185,6 +188,20 @@ class RectifiedActivation(nn.Module):
         self.rectifier, self.residual = rectifier, residual
         self.rectifier.ann_flops_per_element = 0  # the residual charges the activation's operations
         self.residual.saturating = True
+
+    @classmethod
+    def from_float(cls, float_op: object, T: int = DEFAULT_T, N: int = ACTIVATION_N, mode: str = DEFAULT_MODE,
+                   kind: str = "mbe", code: str = DEFAULT_CODE) -> "RectifiedActivation":
+        """The rectified form of an activation of :data:`~spikingjelly_mbe.activations.ACTIVATIONS`
+        with a linear tail (a ``residual_domain``: GELU, its tanh form, SiLU), from its module, its
+        function or its entry: a per-channel :class:`~.rectifier.SpikingReLU` (``code``; calibrated)
+        plus one fitted ``kind`` neuron of the residual (``N`` bases, ``T`` steps)."""
+        entry, params = activation_entry(cls, float_op)
+        if entry.residual_target is None or params:
+            raise TypeError(f"RectifiedActivation.from_float: {entry.name} has no rectified form (no linear tail); "
+                            "use SpikingActivation.from_float or PiecewiseLinear.from_float")
+        return cls(SpikingReLU(T, mode, code=code, per_channel=True),
+                   SpikingActivation(load_fitted(entry.residual_target, kind, N, T), mode))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rectifier(x) + self.residual(x)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,22 @@ from .split import SplitFunction
 
 MIN_ROW_EXPONENT = -40  # rows with max |c| < 2^-40 scale as if it were 2^-40: eps 2^80 stays finite
 EPS_NAMES = ("eps", "variance_epsilon", "epsilon", "layer_norm_eps")  # where norm modules keep their eps
+
+
+def _batch_statistics(module: nn.Module) -> bool:
+    """A batch or instance norm that normalises with the statistics of its input (no running ones in use)."""
+    return module.training or module.running_mean is None
+
+
+# per-group norms: class -> (channels, groups; None: BatchNorm over batch and positions) when it uses its
+# input's statistics, else None (a BatchNorm or InstanceNorm on running statistics is linear)
+GROUP_NORM_CLASSES: Dict[type, Callable[[nn.Module], Optional[Tuple[int, Optional[int]]]]] = {
+    nn.GroupNorm: lambda m: (m.num_channels, m.num_groups),
+    **{cls: (lambda m: (m.num_features, m.num_features) if _batch_statistics(m) else None)
+       for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)},
+    **{cls: (lambda m: (m.num_features, None) if _batch_statistics(m) else None)
+       for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)},
+}
 
 
 def norm_module_parts(module: nn.Module) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], float]:
@@ -285,6 +301,26 @@ class SpikingGroupNorm(_SpikingNorm):
                                    or channels % groups):
             raise ValueError(f"groups must be None or a positive divisor of channels={channels}, got {groups!r}")
         self.channels, self.groups = channels, groups
+
+    @classmethod
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingGroupNorm":
+        """The spiking twin of ``float_op``: a norm module normalising with its input's statistics
+        (:data:`GROUP_NORM_CLASSES`: ``nn.GroupNorm``; ``nn.InstanceNorm*d`` and ``nn.BatchNorm*d`` in
+        training or without running statistics; its ``eps`` and the very same ``weight``/``bias``), or
+        ``F.group_norm`` with the input's channel count and the arguments it takes after its input
+        (``channels, num_groups, weight, bias, eps``), or ``F.batch_norm`` on the batch's statistics
+        with ``channels, weight, bias, eps``. ``options`` as :meth:`SpikingLayerNorm.from_float`'s."""
+        if float_function(cls, float_op, (F.group_norm, F.batch_norm), tuple(GROUP_NORM_CLASSES),
+                          "a GroupNorm, InstanceNorm or BatchNorm module, F.group_norm or F.batch_norm"):
+            return cls(*args, **options) if float_op is F.group_norm else cls(args[0], None, *args[1:], **options)
+        read = GROUP_NORM_CLASSES.get(type(float_op))
+        grouping = read(float_op) if read is not None else None
+        if grouping is None:
+            raise ValueError(f"SpikingGroupNorm.from_float: {type(float_op).__name__} normalises with running "
+                             "statistics here (a linear map, not a norm of its input); give it training mode or "
+                             "track_running_stats=False, or leave it to conversion as a linear layer")
+        channels, groups = grouping
+        return cls(channels, groups, float_op.weight, float_op.bias, float_op.eps, **options)
 
     def float_reference(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups is None:

@@ -223,6 +223,18 @@ class FittedOnDemand(nn.Module, Calibrated):
         self.outside_domain = 0
         self.spiking: Optional[nn.Module] = None
 
+    @classmethod
+    def from_float(cls, float_op: Callable[[torch.Tensor], torch.Tensor], name: Optional[str] = None,
+                   **options: object) -> "FittedOnDemand":
+        """An element-wise tensor function (``torch.erf``, ``functools.partial(F.elu, alpha=0.5)``, a
+        call conversion bound, ...) on a neuron fitted on demand; ``name`` keys its fits (default: the
+        function's ``__name__``). ``options``: ``T``, ``N``, ``mode``, ``code``, ``rectify``."""
+        name = getattr(float_op, "__name__", None) if name is None else name
+        if not callable(float_op) or isinstance(float_op, type) or not isinstance(name, str) or not name:
+            raise TypeError("FittedOnDemand.from_float takes an element-wise tensor function and the name that keys "
+                            f"its fits, got {float_op!r} named {name!r}")
+        return cls(float_op, name, **options)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating or self.spiking is None:
             return self.observe(x) if self.calibrating else self.fn(x)

@@ -3,7 +3,7 @@ Softmax and the norms use inside (range-reduced neurons on the mantissa, an expo
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -16,6 +16,14 @@ from .split import SplitFunction
 
 POWERS = {-1.0: "reciprocal", -0.5: "rsqrt", 0.5: "rsqrt"}  # the split function each power's mantissa drives
 ROOT_FUNCTIONS = {torch.reciprocal: -1.0, torch.rsqrt: -0.5, torch.sqrt: 0.5}  # the float functions, by power
+
+
+def root_function(power: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The float function of :data:`ROOT_FUNCTIONS` computing ``x^power``; a ``ValueError`` naming the powers otherwise."""
+    found = next((fn for fn, p in ROOT_FUNCTIONS.items() if p == power), None)
+    if found is None:
+        raise ValueError(f"SpikingRoot: power must be one of {sorted(POWERS)}, got {power!r}")
+    return found
 
 
 class SpikingRoot(SpikingOp):

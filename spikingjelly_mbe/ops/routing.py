@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, float_function, working_dtype
 from .coding import IdentityCoder, check_steps, total
 from .observer import RangeObserver
 
@@ -47,6 +47,13 @@ class SpikingTopK(CalibratedOp):
         self.register_buffer("score_range", None)  # (lo, hi) of the code, set by calibration
         self.observer_lo, self.observer_hi = RangeObserver(), RangeObserver()
         self.calibrating = True
+
+    @classmethod
+    def from_float(cls, float_op: object, *args: object, **options: object) -> "SpikingTopK":
+        """The spiking twin of ``torch.topk`` (largest, sorted) with the arguments it takes after its
+        input (``k, dim``). ``options``: ``T``, ``mode``."""
+        float_function(cls, float_op, (torch.topk,), takes="torch.topk and its k, dim")
+        return cls(*args, **options)
 
     @property
     def ranges(self) -> Optional[Tuple[float, float]]:

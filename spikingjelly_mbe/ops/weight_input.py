@@ -12,7 +12,7 @@ from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
                      check_steps, finite, total)
-from .layers import is_weight_layer
+from .layers import check_weight_layer
 from .observer import ChannelMean, Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
                         channel_shares, resolve_budget)
@@ -97,13 +97,11 @@ class SpikingWeightInput(CalibratedOp):
 
     @classmethod
     def from_float(cls, float_op: nn.Module, **options: object) -> "SpikingWeightInput":
-        """``float_op`` (a weight layer: ``nn.Linear``, GPT-2's ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``;
-        its weights untouched) driven by the code of its input. ``options``: ``T``, ``mode``, ``A``
-        (else calibrated), ``code``, ``budget``, ``centered``, ``bias_correction``."""
-        if not is_weight_layer(float_op):
-            raise TypeError("SpikingWeightInput.from_float takes a weight layer (nn.Linear, Conv1D, nn.Conv1d, "
-                            f"nn.Conv2d), got {type(float_op).__name__}")
-        return cls(float_op, **options)
+        """``float_op`` (a weight layer: ``nn.Linear``, GPT-2's ``Conv1D``, ``nn.Conv1d``, ``nn.Conv2d``,
+        or a module declaring itself one with ``weight_layer = True``, such as one expert's slice of a
+        stacked weight; its weights untouched) driven by the code of its input. ``options``: ``T``,
+        ``mode``, ``A`` (else calibrated), ``code``, ``budget``, ``centered``, ``bias_correction``."""
+        return cls(check_weight_layer(cls, float_op), **options)
 
     def __getattr__(self, name: str) -> Any:
         """The wrapped layer's attributes (``weight``, ``bias``, a convolution's ``stride``...), so model
