@@ -3,6 +3,7 @@ same settings, other calibration data) restores it bit for bit, through a file l
 ``weights_only=True`` too; a state from a conversion with other settings is refused by name."""
 import copy
 import io
+import json
 import pickle
 
 import pytest
@@ -89,6 +90,35 @@ def test_a_state_from_other_settings_is_refused_naming_them(other, named):
         model.load_state_dict(converted("gelu_mlp", (2,), **{"T": 8, **other}).state_dict())
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())  # refused before anything loaded
+
+
+def without_settings(state, *names):
+    """``state`` as saved before the settings ``names`` existed: its settings buffer lacks them."""
+    key = next(k for k in state if k.endswith("conversion_settings"))
+    settings = json.loads(bytes(state[key].tolist()).decode())
+    assert all(name in settings for name in names)
+    old = {k: v for k, v in settings.items() if k not in names}
+    return {**state, key: torch.tensor(list(json.dumps(old).encode()), dtype=torch.uint8)}
+
+
+def test_a_state_saved_before_the_neuron_setting_existed_loads_bit_for_bit():
+    """A state without ``neuron`` (and ``bias_correction``) was converted with MBE neurons and no
+    correction: it loads into such a conversion and gives the saved model's outputs."""
+    saved, fresh = converted("llama_lm", (1, 2), T=8), converted("llama_lm", (3, 4), T=8)
+    x = make_batch("llama_lm", 2, seed=5)
+    expected = run(saved, x)
+    assert not torch.equal(run(fresh, x), expected)
+    result = fresh.load_state_dict(through_file(without_settings(saved.state_dict(), "neuron", "bias_correction")))
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(run(fresh, x), expected)
+    assert torch.equal(fresh.state_dict()[next(k for k in fresh.state_dict() if k.endswith("conversion_settings"))],
+                       saved.state_dict()[next(k for k in saved.state_dict() if k.endswith("conversion_settings"))])
+
+
+def test_a_state_saved_before_the_neuron_setting_existed_is_refused_by_another_neuron_kind():
+    old = without_settings(converted("gelu_mlp", (1,), T=8).state_dict(), "neuron")
+    with pytest.raises(ValueError, match=r"neuron='mbe' \(this model: 'fs'\)"):
+        converted("gelu_mlp", (2,), T=8, neuron="fs").load_state_dict(old)
 
 
 def test_an_operator_refuses_a_state_of_another_T():

@@ -1,5 +1,6 @@
 """A converted model's settings in its ``state_dict``: a state saved from a conversion with other
-settings (``T``, ``code``, ``method``, ...) is refused before anything loads, naming the mismatch.
+settings (``T``, ``code``, ``method``, ...) is refused before anything loads, naming the mismatch. A
+state saved before a setting existed (:data:`ADDED_SETTINGS`) reads as the value every conversion had then.
 
 The settings are a JSON text held as a ``uint8`` buffer of the model (a tensor like any other entry,
 so ``torch.save``, safetensors and ``.to(dtype)``, which leaves integer buffers alone, all carry it)."""
@@ -14,6 +15,9 @@ import torch.nn as nn
 
 BUFFER = "mbe_conversion_settings"
 EVALUATION = ("mode",)  # settings an evaluation may switch (set_mode): not part of the state
+# settings added after converted states were first saved, each with the value every conversion had before it
+# existed: a saved state without one was converted with that value
+ADDED_SETTINGS: Dict[str, Any] = {"neuron": "mbe", "bias_correction": False}
 
 
 def settings_of(method: str, settings: Any) -> Dict[str, Any]:
@@ -38,12 +42,16 @@ def attach_settings(model: nn.Module, method: str, settings: Any) -> None:
 
 
 def check_settings(model: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
-    """Load-state pre-hook of a converted model: the saved settings must equal its own."""
+    """Load-state pre-hook of a converted model: the saved settings (a setting of
+    :data:`ADDED_SETTINGS` they lack read as its value then) must equal its own; the state then
+    carries the model's own settings buffer."""
     saved = state_dict.get(prefix + BUFFER)
     if not isinstance(saved, torch.Tensor):
         return
-    saved, own = decode(saved), decode(getattr(model, BUFFER))
+    own = decode(getattr(model, BUFFER))
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in own}, **decode(saved)}
     differ = [f"{k}={saved.get(k)!r} (this model: {v!r})" for k, v in own.items() if saved.get(k) != v]
     if differ:
         raise ValueError(f"load_state_dict: the state_dict is from a conversion with {', '.join(differ)}; "
                          "convert the model with the same settings to load it")
+    state_dict[prefix + BUFFER] = getattr(model, BUFFER).clone()
