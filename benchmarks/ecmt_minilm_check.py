@@ -26,6 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from spikingjelly_mbe.data.reviews import load_reviews
 from spikingjelly_mbe.models.minilm import load_minilm, mean_pool
 from spikingjelly_mbe.ecmt import ECMTSettings, run_steps
+from spikingjelly_mbe.ecmt.multi_threshold import THRESHOLDS
 from spikingjelly_mbe.ops import collect_stats
 
 NAME = "ecmt_check"
@@ -70,7 +71,7 @@ def wire(model: nn.Module, settings: ECMTSettings) -> nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--percentile", type=float, nargs="+", default=[99.0, 90.0])
-    parser.add_argument("--n", type=int, default=8, help="MT thresholds per sign")
+    parser.add_argument("--n", type=int, default=THRESHOLDS, help="MT thresholds per sign")
     parser.add_argument("--T", type=int, nargs="+", default=[8])
     parser.add_argument("--sentences", type=int, default=48)
     args = parser.parse_args()

@@ -20,6 +20,8 @@ from spikingjelly_mbe.conversion.config import ENGINE_FIELDS
 from spikingjelly_mbe.conversion.rotation import MODES as ROTATIONS
 from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
+from spikingjelly_mbe.fitting.fitted import PROTOCOL_SAMPLES
+from spikingjelly_mbe.fitting.routine import RESTARTS
 from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
 from spikingjelly_mbe.ops.coding import CODES
 
@@ -134,9 +136,9 @@ class TargetConfig:
 class FitSettings:
     """Arguments of :func:`spikingjelly_mbe.fit_neuron` beyond the neuron and target."""
 
-    samples: int = 10_000
+    samples: int = PROTOCOL_SAMPLES
     budget: Optional[int] = None
-    restarts: int = 3
+    restarts: int = RESTARTS
     seed: int = 0
 
 

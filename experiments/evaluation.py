@@ -22,7 +22,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion import DEFAULTS, Calibration
+from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration
 from spikingjelly_mbe.conversion.config import method_fields
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
@@ -33,10 +33,9 @@ from spikingjelly_mbe.ops.digits import Steps
 
 from . import sj_recipes
 
-# conversion.method -> SpikingJelly recipe it runs (mbe and ecmt go through spikingjelly_mbe.convert)
+# conversion.method -> SpikingJelly recipe it runs (the methods of METHODS go through spikingjelly_mbe.convert)
 SJ_METHODS = {"sj_td": "TransformerTDEquivalentRecipe", "sj_sta": "STATransformerRecipe",
               "spikezip": "SpikeZIPTFQANNRecipe"}
-MBE_METHODS = ("mbe", "ecmt")
 
 
 @dataclass(frozen=True)
@@ -143,8 +142,8 @@ def convert_for(task: EvalTask, method: str, T: Steps, N: int, activation_N: Opt
                                          "(benchmarks/real_models.py)", a.seconds, False)
         snn = None if a.converted is None else sj_recipes.StepAccumulator(a.converted, a.T)
         return Conversion(snn, a.T, a.status, a.seconds, False)
-    if method not in MBE_METHODS:
-        raise ValueError(f"conversion.method must be one of {[*MBE_METHODS, *SJ_METHODS]}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"conversion.method must be one of {[*METHODS, *SJ_METHODS]}, got {method!r}")
     options = dict(T=T, N=N, activation_N=activation_N, mode=mode, **options)
     own = method_fields(method)
     options = {k: v for k, v in options.items() if k in own or v != getattr(DEFAULTS, k)}

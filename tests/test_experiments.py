@@ -1,5 +1,6 @@
 """Hydra entry points end to end: a 2-job multirun with offline W&B runs, the report, config errors."""
 import importlib
+import inspect
 import json
 import math
 import os
@@ -14,6 +15,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 from wandb.proto import wandb_internal_pb2
+
+from spikingjelly_mbe import fit_neuron
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["fit.budget=200", "fit.samples=1000", "fit.restarts=1", "plot.points=200", "plot.raster_inputs=2"]
@@ -199,6 +202,16 @@ def test_wrong_value_fails_composition_naming_it(compose_app, app, override, nam
         compose_app(override, config=app)
     message = f"{err.value} {err.value.__cause__}"
     assert named in message
+
+
+@pytest.mark.parametrize("kind", ["mbe", "fs"])
+def test_a_fit_jobs_neuron_and_fit_settings_are_fit_neurons_defaults(compose_app, kind):
+    """The neuron and fit settings of a fit job come from ``fit_neuron``'s own defaults (FS: one basis)."""
+    defaults = {name: p.default for name, p in inspect.signature(fit_neuron).parameters.items()}
+    cfg = compose_app(f"neuron={kind}")
+    assert (cfg.neuron.T, cfg.neuron.N) == (defaults["T"], defaults["N"] if kind == "mbe" else 1)
+    assert (cfg.neuron.dt, cfg.neuron.decay) == (defaults["dt"], defaults["decay"])
+    assert (cfg.fit.samples, cfg.fit.restarts, cfg.fit.seed) == (defaults["samples"], defaults["restarts"], defaults["seed"])
 
 
 def test_every_preset_is_known_here():

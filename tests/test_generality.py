@@ -174,6 +174,7 @@ class UserMish(nn.Module):
         return x * torch.tanh(F.softplus(x))
 
 
+@pytest.mark.slow
 def test_user_functions_convert_with_no_table_entry_and_their_fits_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
     fits = []

@@ -17,6 +17,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
                     reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py sets it)")
 def test_cpu_interpret_smoke_run_measures_a_converted_llama_like_the_torch_backend(tmp_path):
@@ -32,6 +33,7 @@ def test_cpu_interpret_smoke_run_measures_a_converted_llama_like_the_torch_backe
     assert "| tiny | fp32 | 8 | triton |" in (tmp_path / "gpu_bench.md").read_text()
 
 
+@pytest.mark.slow
 def test_without_cuda_it_says_so_and_measures_nothing(tmp_path):
     done = run("--out", str(tmp_path), CUDA_VISIBLE_DEVICES="")
     assert done.returncode == 0, done.stderr[-3000:]

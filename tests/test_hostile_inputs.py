@@ -544,6 +544,7 @@ class TestKernelCache:
         assert result.stdout.splitlines() == ["fallback True True", "rebuilt True True"]
         assert result.stderr.count("do not match the sha256") == 2 and "eager PyTorch path" in result.stderr
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("replacement", ["other file", "fast-math build"])
     def test_replaced_library_is_detected_and_rebuilt(self, fresh_kernels, tmp_path, replacement, caplog,
                                                              monkeypatch):
@@ -697,6 +698,7 @@ class TestEnergyMeter:
             model(torch.ones(2, 4))
         assert meter.total().neurons == 8 + 8  # the linear layer's inputs and the activation's
 
+    @pytest.mark.slow
     def test_ops_bench_out_creates_missing_folders(self, tmp_path):
         out = tmp_path / "new" / "deeper"
         subprocess.run([sys.executable, str(BENCHMARKS / "ops_bench.py"), "--part", "errors", "--T", "8",

@@ -89,6 +89,7 @@ def test_a_console_script_without_the_experiments_extra_exits_naming_the_extra_a
     assert f"(missing: {named})" in done.stderr and INSTALL in done.stderr
 
 
+@pytest.mark.slow
 def test_a_console_script_with_the_extra_runs_its_hydra_entry_point():
     done = run_script("report", ())
     assert done.returncode == 0, done.stderr[-3000:]

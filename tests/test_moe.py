@@ -112,6 +112,7 @@ def deepseek(**extra):
         qk_nope_head_dim=8, v_head_dim=16, **extra)).eval()
 
 
+@pytest.mark.slow
 def test_grouped_router_with_score_bias_and_shared_experts_is_spike_driven():
     """DeepSeek-V3 routing: sigmoid scores plus a correction bias, the top-2 sum per group, the best
     groups (a top-k whose indices mask the other groups' scores with -inf), the top-k experts

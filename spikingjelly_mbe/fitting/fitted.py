@@ -18,6 +18,7 @@ from .targets import TARGETS, Target, get_target
 FORMAT = "spikingjelly_mbe.fitted_neuron"
 FORMAT_VERSION = 1
 EVAL_POINTS = 100_001
+PROTOCOL_SAMPLES = 10_000  # evenly spaced points of the paper's fit and MSE protocol (M)
 
 
 def _library_version() -> str:
@@ -176,7 +177,7 @@ class FittedNeuron:
         return fitted
 
 
-def error_figures(node: MultiBasisNode, target: Union[str, Target], samples: int = 10_000) -> Dict[str, float]:
+def error_figures(node: MultiBasisNode, target: Union[str, Target], samples: int = PROTOCOL_SAMPLES) -> Dict[str, float]:
     """MSE on ``samples`` evenly spaced points (the paper's protocol) and max / mean absolute error
     on a dense grid of the domain, in float64, for a neuron approximating ``target``."""
     tgt = get_target(target)

@@ -21,13 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..neurons.multibasis import DEFAULT_N, DEFAULT_T, finite_number, positive_int, simulate_bases
-from .fitted import FittedNeuron, error_figures
+from .fitted import PROTOCOL_SAMPLES, FittedNeuron, error_figures
 from .kinds import NeuronKind, get_kind
 from .targets import Target, TensorFn, get_target
 
 RIDGE = 1e-10
 SEARCH_SAMPLES = 3000  # the search scores candidates on every k-th sample; the final solve uses all
 DEFAULT_BUDGET = 8000  # candidate evaluations per fit, the same for every kind
+RESTARTS = 3  # CMA-ES restarts per fit
 MAX_SEED = 1_000_000  # CMA-ES seeds are derived as seed * 1000 + k and must stay below 2^32
 
 
@@ -194,8 +195,8 @@ class _Search:
 
 
 def fit_neuron(target: Union[str, Target, TensorFn], kind: Union[str, NeuronKind] = "mbe", N: int = DEFAULT_N, T: int = DEFAULT_T,
-               domain: Optional[Tuple[float, float]] = None, samples: int = 10_000, seed: int = 0,
-               dt: float = 1.0, decay: bool = True, budget: Optional[int] = None, restarts: int = 3,
+               domain: Optional[Tuple[float, float]] = None, samples: int = PROTOCOL_SAMPLES, seed: int = 0,
+               dt: float = 1.0, decay: bool = True, budget: Optional[int] = None, restarts: int = RESTARTS,
                progress: bool = False, multistart: bool = False, spike_tolerance: float = 0.0) -> FittedNeuron:
     """Fit a neuron of ``kind`` (a name of :data:`~spikingjelly_mbe.fitting.kinds.KINDS`: ``'mbe'``,
     ``'fs'``) to ``target`` on ``domain`` (defaults to the target's own).
