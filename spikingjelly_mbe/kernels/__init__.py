@@ -3,7 +3,7 @@
 Kernels: MBE_Id operand coding (products, matmuls), the per-channel input codes of weight layers and
 rectifiers (centres, ranges and overflow shifts included), Softmax and LayerNorm/RMSNorm row by row, the
 :class:`~spikingjelly_mbe.neurons.NeuronTable` lookup of activations, and a step of ECMT's
-:class:`~spikingjelly_mbe.neurons.MTNode`; each returns the bits
+:class:`~spikingjelly_mbe.ecmt.MTNode`; each returns the bits
 and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 ``spike_kernels.c`` is compiled once per machine with the system C compiler (``$CC`` or ``cc``) into
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
