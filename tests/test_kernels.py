@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from spikingjelly.activation_based import functional
 
 from spikingjelly_mbe import kernels
+from spikingjelly_mbe.fitting.library import load_fitted
 from spikingjelly_mbe.neurons.lookup import neuron_table
-from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct, SpikingReLU,
-                                  SpikingRMSNorm, SpikingSoftmax)
+from spikingjelly_mbe.ops import (RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
+                                  SpikingReLU, SpikingRMSNorm, SpikingSoftmax)
 from spikingjelly_mbe.ops.weight_input import SpikingWeightInput
 
 torch.set_num_threads(1)
@@ -131,6 +132,41 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
         logging.disable(logging.NOTSET)
 
 
+ATTENTION_OPERANDS = {  # from q [2, 5, 3, 8] (batch, sequence, heads, width) and k alike, as attention forms them
+    "scores, heads of a permuted projection": lambda q, k: (q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)),
+    "context, contiguous weights": lambda q, k: (torch.softmax(q.transpose(1, 2) @ q.transpose(1, 2).transpose(-1, -2), -1),
+                                                 k.transpose(1, 2)),
+    "unbatched": lambda q, k: (q[0, :, 0], k[0, :, 0].T),
+    "one row, transposed": lambda q, k: (q[:, :1].transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)),
+    "strided": lambda q, k: (q[..., ::2].transpose(1, 2), k[..., ::2].transpose(1, 2).transpose(-1, -2)),
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(sorted(ATTENTION_OPERANDS)), code=st.sampled_from(["signed", "binary"]),
+       A=st.sampled_from([1.0, 0.3, 2.5, 2.0 ** -100]), scale=st.sampled_from([0.5, 2.0, 1e3, 1e30]), seed=st.integers(0, 2 ** 16))
+def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A, scale, seed):
+    """Attention's operands in the layouts attention makes (heads of a projection, transposed keys,
+    contiguous weights, strided views), within the ranges and beyond them (overflow shifts up to the
+    largest), both digit codes: codes, spikes, coincidences and product as the eager path's; the
+    kernel runs."""
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(2))
+    q[0, 0, 0, 0], k[0, 0, 0, 0] = -0.0, -0.0  # signed zeros
+    a, b = ATTENTION_OPERANDS[kind](q, k)
+    b = b * scale
+    op = SpikingMatmul(16, ranges=(A, A), code=code)
+    calls = []
+    logging.disable(logging.WARNING)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "matmul_operand", lambda *x, real=kernels.matmul_operand: calls.append(1) or real(*x))
+            assert_kernel_equals_eager(op, a, b)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert len(calls) >= 2
+
+
 def calibrated_channel_op(kind, T, code, g):
     """A calibrated SpikingWeightInput (Linear or Conv1d: channels last or in dim 1) or per-channel
     SpikingReLU on 12 channels whose spreads span 30x and whose centres span [-2, 2]."""
@@ -218,6 +254,45 @@ def test_activation_kernel_is_the_eager_table_bit_for_bit(name, shape, scale, se
         logging.disable(logging.NOTSET)
 
 
+def rectified_gelu(T, code, g):
+    """GELU as a per-channel rectifier plus its fitted residual, calibrated on 12 channels."""
+    op = RectifiedActivation(SpikingReLU(T, code=code, per_channel=True),
+                             SpikingActivation(load_fitted("gelu_residual", "mbe", 8, T)))
+    with torch.no_grad():
+        op(torch.randn(4, 12, generator=g) * torch.linspace(0.1, 3.0, 12))
+    op.rectifier.finish_calibration()
+    return op
+
+
+@settings(max_examples=12, deadline=None)
+@given(T=st.sampled_from([8, 16]), code=st.sampled_from(["signed", "binary"]), scale=st.sampled_from([0.5, 4.0, 1e3]),
+       seed=st.integers(0, 2 ** 16))
+def test_rectified_activation_in_one_pass_is_its_parts_bit_for_bit(T, code, scale, seed):
+    """relu code plus residual lookup in one kernel: the output and each part's statistics are those of the
+    two parts run one after the other (kernels and eager), beyond the ranges and the residual's domain too."""
+    g = torch.Generator().manual_seed(seed)
+    op = rectified_gelu(T, code, g)
+    x = torch.randn(3, 7, 12, generator=g) * scale
+    x.view(-1)[:4] = torch.tensor([0.0, -0.0, 9.0, -9.0])
+
+    def forward():
+        functional.reset_net(op)
+        with torch.no_grad():
+            return op(x), op.rectifier.op_stats(), op.residual.op_stats()
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "rectified", lambda *a, real=kernels.rectified: calls.append(1) or real(*a))
+        fused = forward()
+        with kernels.disabled():
+            eager = forward()
+    op.rectifier.register_forward_hook(lambda *a: None)  # a hooked part runs its own forward
+    parts = forward()
+    assert calls == [1]
+    for other in (eager, parts):
+        assert torch.equal(fused[0], other[0]) and fused[1:] == other[1:]
+
+
 @pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingLayerNorm(32),
                                   lambda: SpikingActivation.gelu(T=16, N=8),
                                   lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5),
@@ -272,11 +347,12 @@ def test_threads_split_rows_without_changing_a_bit(softmax):
     x, h = torch.randn(64, 512, generator=g) * 5, torch.randn(96, 384, generator=g)
     ln = SpikingLayerNorm(384, torch.randn(384, generator=g), torch.randn(384, generator=g))
     a, b = torch.randn(64, 512, generator=g), torch.randn(64, 512, generator=g)
-    product = SpikingProduct(16, ranges=(5.0, 5.0))
-    single = [run(softmax, x), run(ln, h), run(product, a, b)]
+    product, matmul = SpikingProduct(16, ranges=(5.0, 5.0)), SpikingMatmul(16, ranges=(5.0, 5.0))
+    q, k = a.view(4, 16, 512).transpose(1, 2), b.view(4, 16, 512)
+    single = [run(softmax, x), run(ln, h), run(product, a, b), run(matmul, q, k)]
     torch.set_num_threads(2)
     try:
-        threaded = [run(softmax, x), run(ln, h), run(product, a, b)]
+        threaded = [run(softmax, x), run(ln, h), run(product, a, b), run(matmul, q, k)]
     finally:
         torch.set_num_threads(1)
     for (y1, s1), (y2, s2) in zip(single, threaded):

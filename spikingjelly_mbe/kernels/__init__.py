@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -39,6 +40,7 @@ SOURCE = Path(__file__).with_name("spike_kernels.c")
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11"]
 MIN_CHUNK = 1 << 13  # elements per thread, at least
 MAX_ROW = 1 << 21  # the kernels count spikes per row in int32
+MAX_DIMS = 8  # dimensions of a matrix product's operand (spike_kernels.c)
 
 _library: Optional[ctypes.CDLL] = None
 _tried = False
@@ -47,11 +49,15 @@ SIGNATURES = {
     "sjmbe_encode_f32": [_pointer, _i64, _pointer, _f64, _pointer, _pointer, _pointer],
     "sjmbe_channel_code_f32": [_pointer, _i64, _i64, _i64, _i64, ctypes.c_int32, _pointer, _pointer, _pointer, _pointer,
                                _pointer],
+    "sjmbe_operand_f32": [_pointer, ctypes.c_int32, _pointer, _pointer, _pointer, _i64, _i64, _i64, _i64, ctypes.c_int32,
+                          _i64, _i64, _pointer, _f64, ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64, _int] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],
+    "sjmbe_rectified_f32": [_pointer, _i64, _i64, _i64, _i64, _pointer, _pointer, _f64, _f64, _f64, _pointer,
+                            ctypes.c_int32, _pointer, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_mt_step_f32": [_pointer, _pointer, _i64, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
 }
 
@@ -215,6 +221,57 @@ def channel_code(x: torch.Tensor, channels: int, inner: int, ranges: torch.Tenso
            out.data_ptr(), stats)
 
     return out, _chunked(run, x.numel(), 1, 3)
+
+
+def rectified(x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, coder: Sequence[float],
+              table: Sequence[object]) -> Tuple[torch.Tensor, List[int]]:
+    """``(relu code + residual, [rectifier's spikes, clamped, NaN/Inf, residual's spikes, outside its domain,
+    NaN/Inf])``: a rectified activation on float32 ``x`` in one pass, :func:`channel_code` of ``relu(x)``
+    (``ranges`` per channel, no centres) plus the lookup of the residual's ``NeuronTable``
+    (``table``: its ``kernel_args()``), added in that order."""
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    params, fn = doubles(coder), library().sjmbe_rectified_f32
+
+    def run(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr(), start, stop, channels, inner, ranges.data_ptr(), params, *table, out.data_ptr(), stats)
+
+    return out, _chunked(run, x.numel(), 1, 6)
+
+
+def flattens(x: torch.Tensor) -> bool:
+    """Whether the batch dimensions of ``x`` (all but the last two) merge into one without a copy, so
+    that ``torch.matmul`` passes ``x`` to its batched product in its own layout."""
+    batch = [(stride, size) for stride, size in zip(x.stride()[:-2], x.shape[:-2]) if size != 1]
+    return all(outer == inner * size for (outer, _), (inner, size) in zip(batch, batch[1:]))
+
+
+def matmul_operand(x: torch.Tensor, reduced: int, coder: Sequence[float], limit: float,
+                   shifting: bool) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """``(value, sums, [spikes, |x / s| > limit, NaN/Inf])`` for float32 ``x`` ``[..., R, C]``, an operand of
+    ``SpikingMatmul``: the sign-magnitude MBE_Id code of every element (``IdentityCoder.fused``'s, each at its
+    overflow shift ``s`` when ``shifting``), and ``sums`` (int32 ``[..., K]``) its spikes summed over dimension
+    ``reduced`` (-2 or -1; ``K`` the other one). ``value`` is laid out as ``torch.matmul`` hands the eager
+    code of ``x`` to its BLAS call (that code has ``x``'s layout when dense: kept where the batch dimensions
+    flatten, else copied contiguous), so the product reads it without a copy and returns the same bits."""
+    value = torch.empty_like(x) if dense(x) else torch.empty(x.shape)
+    value = value if flattens(value) else torch.empty(x.shape)
+    run_dim = max((-1, -2), key=lambda d: (x.stride(d) == 1, value.stride(d) == 1, d == -1)) % x.dim()
+    other = (x.dim() - 2) + (x.dim() - 1) - run_dim
+    outer = [*range(x.dim() - 2), other]
+    sums = torch.zeros(*x.shape[:-2], x.shape[-1] if reduced == -2 else x.shape[-2], dtype=torch.int32)
+    shape, in_strides, out_strides = ((ctypes.c_int64 * len(outer))(*[v[d] for d in outer])
+                                      for v in (x.shape, x.stride(), value.stride()))
+    run, rows = x.shape[run_dim], x.shape[other]
+    params, fn = doubles(coder), library().sjmbe_operand_f32
+    reduce_run = int(run_dim == reduced % x.dim())
+
+    def work(start: int, stop: int, stats: ctypes.Array) -> None:
+        fn(x.data_ptr(), len(outer), shape, in_strides, out_strides, run, x.stride(run_dim), value.stride(run_dim),
+           rows, reduce_run, start * rows, stop * rows, params, limit, int(shifting), value.data_ptr(),
+           sums.data_ptr(), stats)
+
+    return value, sums, _chunked(work, math.prod(x.shape[:-2]), rows * run, 3)
 
 
 def product(a: torch.Tensor, b: torch.Tensor, coders: Sequence[Sequence[float]],

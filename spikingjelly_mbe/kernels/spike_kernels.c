@@ -43,8 +43,12 @@ static inline float quantize(float x, coder_t c) {
     return u < c.top ? u : c.top;
 }
 
-/* Set bits of v (branch-free, so loops over it vectorize). */
+/* Set bits of v (branch-free, so loops over it vectorize: one instruction where the CPU counts bits in
+ * vector registers). */
 static inline int32_t bits_set(uint32_t v) {
+#ifdef __AVX512VPOPCNTDQ__
+    return __builtin_popcount(v);
+#endif
     v = v - ((v >> 1) & 0x55555555u);
     v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
     v = (v + (v >> 4)) & 0x0F0F0F0Fu;
@@ -203,6 +207,105 @@ void sjmbe_channel_code_f32(const float *restrict x, int64_t start, int64_t stop
             if (rectify) channel_span(x + i, n, ranges + k, centre, 0, 1, c, out + i, stats);
             else channel_span(x + i, n, ranges + k, centre, 0, 0, c, out + i, stats);
             i += n;
+        }
+    }
+}
+
+/* The overflow shift of an operand of range A (ops.coding.overflow_shift): 2^e, e >= 0 the smallest
+ * exponent with |x| <= 2^e A, from the frexp exponent of the quotient x / A in float64 (A = 1: x itself in
+ * float32) times 1 - eps/2, at most 2^127. */
+static float operand_shift(float x, double A) {
+    int e;
+    if (A == 1.0) (void)frexpf(x * (1.0f - FLT_EPSILON / 2), &e);
+    else (void)frexp((double)x / A * (1.0 - DBL_EPSILON / 2), &e);
+    e = e > 0 ? e : 0;
+    return pow2((float)(e < 127 ? e : 127));
+}
+
+/* A run of an operand's codes (IdentityCoder.fused: clamped to A, the sign carried; with shifting,
+ * each element x coded as x / s at its overflow shift s and its value times s, as code.shifted does).
+ * Spikes per element to counts; stats3 += (spikes, |x / s| > A, NaN/Inf). */
+INLINE void operand_block(const float *restrict x, int64_t n, coder_t c, float A, int32_t code, int shifting,
+                          double A_d, float *restrict value, int32_t *restrict counts, int64_t *stats3) {
+    int32_t spikes = 0, clamped = 0, bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        float v = x[i], s = 1.0f;
+        bad += !(fabsf(v) <= FLT_MAX);
+        if (shifting) {
+            s = operand_shift(v, A_d);
+            v = v / s;
+        }
+        int32_t count;
+        const float coded = code_value(v, c, code, &count);
+        value[i] = shifting ? coded * s : coded;
+        counts[i] = count;
+        spikes += count;
+        clamped += fabsf(v) > A;
+    }
+    stats3[0] += spikes;
+    stats3[1] += clamped;
+    stats3[2] += bad;
+}
+
+#define OPERAND_BLOCK 1024
+#define MAX_DIMS 8
+
+/* SpikingMatmul's operand in fast mode: every element's code (operand_block) written where torch.matmul
+ * reads it, and its spikes summed over one of the two matrix dimensions (the coincidences of the
+ * product are sum_k colsum(c_a)[k] rowsum(c_b)[k]). x is walked as runs: outer dimensions shape[0..dims)
+ * (strides in_strides in x, out_strides in out, in elements) around a run of `run` elements (strides
+ * in_step, out_step); runs [first, last) in that order. The last outer dimension is the matrix
+ * dimension crossing the runs, `rows` runs per matrix. reduce_run: a run's spikes add to sums[r] (the
+ * run lies along the summed dimension); otherwise they add element-wise to its matrix's
+ * sums[(r / rows) run ...]. stats += (spikes, |x / s| > A, NaN/Inf). */
+void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const int64_t *in_strides,
+                       const int64_t *out_strides, int64_t run, int64_t in_step, int64_t out_step, int64_t rows,
+                       int32_t reduce_run, int64_t first, int64_t last, const double *coder, double limit,
+                       int32_t shifting, float *out, int32_t *sums, int64_t *stats) {
+    const coder_t c = coder_of(coder);
+    const float A = (float)limit;
+    int64_t index[MAX_DIMS], in_at = 0, out_at = 0, rest = first;
+    for (int32_t d = dims - 1; d >= 0; --d) {
+        index[d] = rest % shape[d];
+        rest /= shape[d];
+        in_at += index[d] * in_strides[d];
+        out_at += index[d] * out_strides[d];
+    }
+    float in_buf[OPERAND_BLOCK], out_buf[OPERAND_BLOCK];
+    int32_t counts[OPERAND_BLOCK];
+    for (int64_t r = first; r < last; ++r) {
+        for (int64_t start = 0; start < run; start += OPERAND_BLOCK) {
+            const int64_t m = run - start < OPERAND_BLOCK ? run - start : OPERAND_BLOCK;
+            const float *src = x + in_at + start * in_step;
+            if (in_step != 1) {
+                for (int64_t j = 0; j < m; ++j) in_buf[j] = src[j * in_step];
+                src = in_buf;
+            }
+            float *dst = out_step == 1 ? out + out_at + start : out_buf;
+#define SHIFTED(code) operand_block(src, m, c, A, code, 1, limit, dst, counts, stats)
+#define PLAIN(code) operand_block(src, m, c, A, code, 0, limit, dst, counts, stats)
+            if (shifting) BY_CODE(c.code, SHIFTED);
+            else BY_CODE(c.code, PLAIN);
+#undef SHIFTED
+#undef PLAIN
+            if (out_step != 1)
+                for (int64_t j = 0; j < m; ++j) out[out_at + (start + j) * out_step] = out_buf[j];
+            if (reduce_run) {
+                int32_t total = 0;
+                for (int64_t j = 0; j < m; ++j) total += counts[j];
+                sums[r] += total;
+            } else {
+                int32_t *restrict row = sums + (r / rows) * run + start;
+                for (int64_t j = 0; j < m; ++j) row[j] += counts[j];
+            }
+        }
+        for (int32_t d = dims - 1; d >= 0; --d) { /* the next run's indices */
+            in_at += in_strides[d];
+            out_at += out_strides[d];
+            if (++index[d] < shape[d]) break;
+            in_at -= shape[d] * in_strides[d];
+            out_at -= shape[d] * out_strides[d];
+            index[d] = 0;
         }
     }
 }
@@ -412,48 +515,85 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
     }
 }
 
-/* NeuronTable lookup (neurons.lookup.NeuronTable: Eq. 8 as a table, SpikingActivation's fast path) of rows * n inputs
- * clamped to [lo, hi]: a bucket's first candidate interval, binary lifting by jumps[0..levels) over
- * the padded edges, then the interval's (value, spikes) entry. Blocks keep the positions in L1.
- * stats += (spikes, inputs outside [lo, hi], NaN/Inf). */
+/* A NeuronTable (neurons.lookup.NeuronTable: Eq. 8 as a table, SpikingActivation's fast path) as kernel
+ * arguments. */
+typedef struct {
+    float lo, hi, scale, last;
+    const int32_t *first, *jumps;
+    const float *padded_edges, *entries;
+    int32_t levels;
+} table_t;
+
+static table_t table_of(double lo, double hi, double scale, const int32_t *first, int32_t buckets,
+                        const float *padded_edges, const int32_t *jumps, int32_t levels, const float *entries) {
+    table_t t = {(float)lo, (float)hi, (float)scale, (float)(buckets - 1), first, jumps, padded_edges, entries, levels};
+    return t;
+}
+
+/* The lookup of m <= LOOKUP_BLOCK inputs clamped to [lo, hi]: a bucket's first candidate interval, binary
+ * lifting by jumps[0..levels) over the padded edges, then the interval's (value, spikes) entry.
+ * stats3 += (spikes, inputs outside [lo, hi], NaN/Inf). */
 #define LOOKUP_BLOCK 512
+static inline void lookup_block(const float *restrict xb, int64_t m, table_t t, float *restrict out, int64_t *stats3) {
+    int32_t position[LOOKUP_BLOCK];
+    float clamped[LOOKUP_BLOCK];
+    int32_t outside = 0, bad = 0, spikes = 0;
+    for (int64_t i = 0; i < m; ++i) {
+        const float v = xb[i];
+        bad += !(fabsf(v) <= FLT_MAX);
+        outside += (v < t.lo) | (v > t.hi);
+        float c = v >= t.lo ? v : t.lo; /* NaN -> lo: never indexes outside the tables */
+        c = c <= t.hi ? c : t.hi;
+        float bucket = floorf((c - t.lo) * t.scale);
+        bucket = bucket > 0.0f ? bucket : 0.0f;
+        bucket = bucket < t.last ? bucket : t.last;
+        clamped[i] = c;
+        position[i] = t.first[(int32_t)bucket];
+    }
+    for (int32_t level = 0; level < t.levels; ++level) {
+        const int32_t jump = t.jumps[level];
+        for (int64_t i = 0; i < m; ++i) {
+            const int32_t candidate = position[i] + jump;
+            position[i] = t.padded_edges[candidate] <= clamped[i] ? candidate : position[i];
+        }
+    }
+    for (int64_t i = 0; i < m; ++i) {
+        out[i] = t.entries[2 * position[i]];
+        spikes += (int32_t)t.entries[2 * position[i] + 1];
+    }
+    stats3[0] += spikes;
+    stats3[1] += outside;
+    stats3[2] += bad;
+}
+
+/* NeuronTable lookup of rows * n inputs, in blocks that keep the positions in L1.
+ * stats += (spikes, inputs outside [lo, hi], NaN/Inf). */
 void sjmbe_lookup_f32(const float *restrict x, int64_t rows, int64_t n, double lo, double hi, double scale,
                       const int32_t *first, int32_t buckets, const float *padded_edges, const int32_t *jumps,
                       int32_t levels, const float *entries, float *restrict out, int64_t *stats) {
-    const float lo_f = (float)lo, hi_f = (float)hi, scale_f = (float)scale, last = (float)(buckets - 1);
+    const table_t t = table_of(lo, hi, scale, first, buckets, padded_edges, jumps, levels, entries);
     const int64_t total = rows * n;
-    int32_t position[LOOKUP_BLOCK];
-    float clamped[LOOKUP_BLOCK];
     for (int64_t start = 0; start < total; start += LOOKUP_BLOCK) {
         const int64_t m = total - start < LOOKUP_BLOCK ? total - start : LOOKUP_BLOCK;
-        const float *restrict xb = x + start;
-        int32_t outside = 0, bad = 0, spikes = 0;
-        for (int64_t i = 0; i < m; ++i) {
-            const float v = xb[i];
-            bad += !(fabsf(v) <= FLT_MAX);
-            outside += (v < lo_f) | (v > hi_f);
-            float c = v >= lo_f ? v : lo_f; /* NaN -> lo: never indexes outside the tables */
-            c = c <= hi_f ? c : hi_f;
-            float bucket = floorf((c - lo_f) * scale_f);
-            bucket = bucket > 0.0f ? bucket : 0.0f;
-            bucket = bucket < last ? bucket : last;
-            clamped[i] = c;
-            position[i] = first[(int32_t)bucket];
-        }
-        for (int32_t level = 0; level < levels; ++level) {
-            const int32_t jump = jumps[level];
-            for (int64_t i = 0; i < m; ++i) {
-                const int32_t candidate = position[i] + jump;
-                position[i] = padded_edges[candidate] <= clamped[i] ? candidate : position[i];
-            }
-        }
-        for (int64_t i = 0; i < m; ++i) {
-            out[start + i] = entries[2 * position[i]];
-            spikes += (int32_t)entries[2 * position[i] + 1];
-        }
-        stats[0] += spikes;
-        stats[1] += outside;
-        stats[2] += bad;
+        lookup_block(x + start, m, t, out + start, stats);
+    }
+}
+
+/* A rectified activation (ops.activation.RectifiedActivation): relu(x) coded per channel
+ * (sjmbe_channel_code_f32 with rectify, no centres) plus the residual's NeuronTable lookup, added as
+ * rectifier(x) + residual(x), for elements [start, stop). stats += (the rectifier's spikes, clamped,
+ * NaN/Inf; the residual's spikes, inputs outside its domain, NaN/Inf). */
+void sjmbe_rectified_f32(const float *restrict x, int64_t start, int64_t stop, int64_t channels, int64_t inner,
+                         const float *ranges, const double *coder, double lo, double hi, double scale,
+                         const int32_t *first, int32_t buckets, const float *padded_edges, const int32_t *jumps,
+                         int32_t levels, const float *entries, float *restrict out, int64_t *stats) {
+    const table_t t = table_of(lo, hi, scale, first, buckets, padded_edges, jumps, levels, entries);
+    float residual[LOOKUP_BLOCK];
+    for (int64_t i = start; i < stop; i += LOOKUP_BLOCK) {
+        const int64_t m = stop - i < LOOKUP_BLOCK ? stop - i : LOOKUP_BLOCK;
+        sjmbe_channel_code_f32(x, i, i + m, channels, inner, 1, ranges, NULL, coder, out, stats);
+        lookup_block(x + i, m, t, residual, stats + 3);
+        for (int64_t j = 0; j < m; ++j) out[i + j] = out[i + j] + residual[j];
     }
 }
 

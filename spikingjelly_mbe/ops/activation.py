@@ -14,8 +14,9 @@ from ..fitting.targets import TARGETS, TensorFn
 from ..neurons.lookup import fingerprint, neuron_table
 from ..neurons.multibasis import ACTIVATION_N
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, working_dtype
-from .coding import DEFAULT_CODE, decode, total
+from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, in_float_reference_mode, working_dtype
+from .coding import DEFAULT_CODE, FLOAT32_MAX_T, decode, total
+from .precision import channel_layout
 from .rectifier import SpikingReLU
 
 # F.gelu's approximate= forms and the activations computing them (from the one activation table)
@@ -126,18 +127,22 @@ class SpikingActivation(SpikingOp):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_floating(x, "input")
-        lo, hi = self.fitted.domain
-        outside_note = f"inputs outside [{lo:g}, {hi:g}] to the fitted neuron's domain"
         if not self.simulating and x.numel() and (kernels.usable(x) or kernels.triton_usable(x)):
             value, (fired, outside, nonfinite) = self.looked_up(x)
-            self.counted_nonfinite(x, "input", nonfinite)
-            self.note_clamped(0 if self.saturating else outside, outside_note)
-        else:
-            self.check_input(x, "input")
-            xs = x.to(working_dtype(x))
-            if not self.saturating:
-                self.note_clamped(((xs < lo) | (xs > hi)).sum(), outside_note)
-            value, fired = self.evaluate(xs.clamp(lo, hi))
+            return self.finish(x, value, fired, outside, nonfinite)
+        self.check_input(x, "input")
+        lo, hi = self.fitted.domain
+        xs = x.to(working_dtype(x))
+        outside = 0 if self.saturating else ((xs < lo) | (xs > hi)).sum()
+        value, fired = self.evaluate(xs.clamp(lo, hi))
+        return self.finish(x, value, fired, outside, 0)
+
+    def finish(self, x: torch.Tensor, value: torch.Tensor, fired: Count, outside: Count, nonfinite: Count) -> torch.Tensor:
+        """Count a forward on ``x``: NaN/Inf inputs, inputs clamped to the domain (none when
+        ``saturating``), spikes, SOPs and the activation's operations; ``value`` in ``x``'s dtype."""
+        lo, hi = self.fitted.domain
+        self.counted_nonfinite(x, "input", nonfinite)
+        self.note_clamped(0 if self.saturating else outside, f"inputs outside [{lo:g}, {hi:g}] to the fitted neuron's domain")
         self.record(spikes=fired, neurons=x.numel(), sops=fired, ann_flops=flops.ACTIVATION * x.numel())
         return value.to(x.dtype)
 
@@ -204,4 +209,32 @@ class RectifiedActivation(nn.Module):
                    SpikingActivation(load_fitted(entry.residual_target, kind, N, T), mode))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fusable(x):
+            return self.fused(x)
         return self.rectifier(x) + self.residual(x)
+
+    def fusable(self, x: torch.Tensor) -> bool:
+        """Whether both parts' fast paths run as one compiled pass (the ``c`` backend): both in fast mode,
+        the rectifier calibrated, no hook on either part (the pass does not call their forwards), and
+        neither the float reference nor a trace asked for."""
+        rectifier, residual = self.rectifier, self.residual
+        return (x.numel() > 0 and not in_float_reference_mode() and not torch.jit.is_tracing()
+                and not rectifier.simulating and not residual.simulating and not rectifier.calibrating
+                and rectifier.channel_ranges is not None and rectifier.T <= FLOAT32_MAX_T
+                and not any(p._forward_hooks or p._forward_pre_hooks for p in (rectifier, residual))
+                and kernels.usable(x))
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """``rectifier(x) + residual(x)`` in one pass (:func:`~spikingjelly_mbe.kernels.rectified`), each
+        part counting its own spikes, clamps and NaN/Inf inputs as its forward does."""
+        rectifier, residual = self.rectifier, self.residual
+        channels, inner, ranges = channel_layout(rectifier.channel_ranges, x, -1)
+        table = neuron_table(residual.node, residual.fitted.domain, torch.float32, x.device, residual.node_key)
+        out, stats = kernels.rectified(x, channels, inner, ranges, rectifier.coder.kernel_params(x.dtype, True),
+                                       table.kernel_args())
+        rectifier.finish(x, out, *stats[:3])
+        residual.finish(x, out, *stats[3:])
+        for part in (rectifier, residual):
+            if not part.deferring:
+                part.flush("in this forward")
+        return out

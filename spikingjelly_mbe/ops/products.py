@@ -353,6 +353,26 @@ class SpikingMatmul(_TwoOperandOp):
         self.record(sops=matmul_sops(a, b, self.simulating))
         return spike_matmul(a, b, self.simulating)
 
+    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Operands of one batch shape on the ``c`` backend: each coded in one compiled pass straight into the
+        layout the product reads, its spikes summed per inner index ``k`` on the way (the coincidences are
+        ``sum_k colsum(c1)[k] rowsum(c2)[k]``, :func:`matmul_sops`)."""
+        if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not kernels.usable(a, b) \
+                or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
+            return super().fused(a, b)
+        values, sums = [], []
+        for name, coder, x, reduced in zip("ab", self.coders, (a, b), (-2, -1)):
+            params = coder.kernel_params(x.dtype, True)
+            value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, False)
+            if clamped and not nonfinite and coder.shift_overflow:
+                value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, True)
+            self.counted_nonfinite(x, f"operand {name}", nonfinite)
+            self.count_operand(name, x, spikes, clamped)
+            values.append(value)
+            sums.append(spike_sums)
+        self.record(sops=(sums[0].long() * sums[1].long()).sum())
+        return values[0] @ values[1]
+
     def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
         batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
         return flops.matmul(batch * a.shape[-2], a.shape[-1], b.shape[-1])

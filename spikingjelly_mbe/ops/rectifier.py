@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..activations import activation_entry
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, float_function, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, float_function, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import ChannelPeaks, along, channel_layout, channel_ranges
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code,
@@ -124,14 +124,18 @@ class SpikingReLU(CalibratedOp):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)
             value, (spikes, clamped, nonfinite) = kernels.channel_code(
                 xs, channels, inner, ranges, None, True, self.coder.kernel_params(xs.dtype, True))
-            self.counted_nonfinite(x, "input", nonfinite)
-        else:
-            self.check_input(x, "input")
-            positive = xs.clamp(min=0.0)  # below threshold: no spike
-            scales = along(self.channel_ranges, positive, -1)
-            unit = finite(positive / scales)  # the input of the unit-range neuron of each channel (gain 1 / A_k)
-            code, clamped = self.coder.encode(unit, self.simulating, (0.0, math.inf))
-            spikes, value = total(code.counts), code.value * scales
+            return self.finish(x, value, spikes, clamped, nonfinite)
+        self.check_input(x, "input")
+        positive = xs.clamp(min=0.0)  # below threshold: no spike
+        scales = along(self.channel_ranges, positive, -1)
+        unit = finite(positive / scales)  # the input of the unit-range neuron of each channel (gain 1 / A_k)
+        code, clamped = self.coder.encode(unit, self.simulating, (0.0, math.inf))
+        return self.finish(x, code.value * scales, total(code.counts), clamped, 0)
+
+    def finish(self, x: torch.Tensor, value: torch.Tensor, spikes: Count, clamped: Count, nonfinite: Count) -> torch.Tensor:
+        """Count a forward on ``x``: NaN/Inf inputs, inputs clamped beyond the largest shift, spikes,
+        SOPs and operations; ``value`` in ``x``'s dtype."""
+        self.counted_nonfinite(x, "input", nonfinite)
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
         self.record(spikes=spikes, neurons=x.numel(), sops=spikes, ann_flops=self.ann_flops_per_element * x.numel())
         return value.to(x.dtype)
