@@ -3,6 +3,7 @@
     python benchmarks/ops_bench.py                      # error table (T = 8, 10, 12, 16) and speed
     python benchmarks/ops_bench.py --part errors --T 16 --split-bits 0 3
     python benchmarks/ops_bench.py --part speed --repeats 9
+    python benchmarks/ops_bench.py --device cuda        # operators and inputs on the GPU
 
 Errors (fast mode, which equals simulate mode to float tolerance; tests/test_ops_*.py check that):
 products: max |err| / (A1 A2) with A the calibrated max |operand|; softmax: max |err|; norms:
@@ -13,8 +14,10 @@ it needs the shipped library fits (exp2, reciprocal, rsqrt).
 
 Speed: single thread, batch 8, seq 128, dim 384 (6 heads of 64); the minimum over repeats of
 each op, float and spiking timed alternately in the same run, reported as ratios to the float op:
-fast mode (the fused kernels on CPU), its PyTorch path (``kernels.disabled()``) and simulate mode.
-Tables (md, csv) and plots (``errors.png``, ``speed.png``) go to ``--out`` (``results/ops``).
+fast mode (the fused kernels: C on the CPU, Triton on CUDA), its PyTorch path
+(``kernels.disabled()``) and simulate mode. ``--device`` (``auto``: CUDA when present, ``cpu``,
+``cuda``) is where operators and inputs live. Tables (md, csv) and plots (``errors.png``,
+``speed.png``) go to ``--out`` (``results/ops``).
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from experiments import plots  # noqa: E402
+from experiments.evaluation import resolve_device  # noqa: E402
 from experiments.tables import Row, columns, markdown, write_csv  # noqa: E402
 from spikingjelly_mbe import kernels  # noqa: E402
 from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul,  # noqa: E402
@@ -64,7 +68,7 @@ def layernorm_input(g: torch.Generator, outliers: bool) -> torch.Tensor:
 
 
 def calibrated(op, a: torch.Tensor, b: torch.Tensor):
-    op(a, b)
+    op.to(a.device)(a, b)
     op.finish_calibration()
     return op
 
@@ -78,11 +82,12 @@ def norm_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float((out - reference).abs().max() / reference.abs().max())
 
 
-def product_cases(T: int, g: torch.Generator) -> Dict[str, Callable[[], float]]:
+def product_cases(T: int, g: torch.Generator, device: torch.device) -> Dict[str, Callable[[], float]]:
     """Products and matmuls, ranges calibrated by max |operand| (Eq. 9)."""
     a, b = torch.rand(BATCH, SEQ, DIM, generator=g) * 4 - 2, torch.rand(BATCH, SEQ, DIM, generator=g) * 6 - 3
     gate, up = F.silu(outlier_dims(g, BATCH, SEQ, DIM) * 2), outlier_dims(g, BATCH, SEQ, DIM)
     q, k = outlier_dims(g, 2, HEADS, SEQ, DIM // HEADS), outlier_dims(g, 2, HEADS, DIM // HEADS, SEQ)
+    a, b, gate, up, q, k = (x.to(device) for x in (a, b, gate, up, q, k))
     return {
         "product, uniform": lambda: product_error(calibrated(SpikingProduct(T), a, b), a, b, a * b),
         "product, SwiGLU gate x up": lambda: product_error(calibrated(SpikingProduct(T), gate, up), gate, up, gate * up),
@@ -90,38 +95,39 @@ def product_cases(T: int, g: torch.Generator) -> Dict[str, Callable[[], float]]:
     }
 
 
-def split_cases(T: int, split_bits: int, g: torch.Generator) -> Dict[str, Callable[[], float]]:
+def split_cases(T: int, split_bits: int, g: torch.Generator, device: torch.device) -> Dict[str, Callable[[], float]]:
     """Softmax and the norms, whose neurons are range-reduced by ``split_bits``."""
     cases: Dict[str, Callable[[], float]] = {}
     for name, x in (("softmax, N(0, 3^2)", torch.randn(2, HEADS, SEQ, SEQ, generator=g) * 3),
                     ("softmax, attention logits", attention_logits(g, 2, causal=False)),
                     ("softmax, causal attention logits", attention_logits(g, 2, causal=True))):
-        cases[name] = lambda x=x: float((SpikingSoftmax(T=T, split_bits=split_bits)(x)
-                                         - torch.softmax(x, -1).nan_to_num(0.0)).abs().max())
+        cases[name] = lambda x=x.to(device): float((SpikingSoftmax(T=T, split_bits=split_bits).to(device)(x)
+                                                    - torch.softmax(x, -1).nan_to_num(0.0)).abs().max())
     ln, rms = torch.nn.LayerNorm(DIM), torch.nn.RMSNorm(DIM, eps=1e-6)
     with torch.no_grad():
         for p in (ln.weight, ln.bias, rms.weight):
             p.normal_(generator=g)
+    ln, rms = ln.to(device), rms.to(device)
     for outliers in (False, True):
-        h = layernorm_input(g, outliers)
+        h = layernorm_input(g, outliers).to(device)
         label = "outlier channels" if outliers else "N(0, 1)"
         cases[f"layernorm, {label}"] = lambda h=h: norm_error(
-            SpikingLayerNorm.from_float(ln, T=T, split_bits=split_bits)(h), ln(h))
+            SpikingLayerNorm.from_float(ln, T=T, split_bits=split_bits).to(device)(h), ln(h))
         cases[f"rmsnorm, {label}"] = lambda h=h: norm_error(
-            SpikingRMSNorm.from_float(rms, T=T, split_bits=split_bits)(h), rms(h))
+            SpikingRMSNorm.from_float(rms, T=T, split_bits=split_bits).to(device)(h), rms(h))
     return cases
 
 
-def error_table(Ts: List[int], splits: List[int]) -> List[Row]:
+def error_table(Ts: List[int], splits: List[int], device: torch.device) -> List[Row]:
     """Max errors of every case at every ``T`` (``error`` None where a fit does not ship); prints the table."""
     print("\n## Errors (fast mode; products: / (A1 A2), softmax: absolute, norms: / max |ref|)\n")
     rows: List[Row] = []
     with torch.no_grad():
         for T in tqdm(Ts, desc="errors: T"):
-            for name, measure in product_cases(T, torch.Generator().manual_seed(0)).items():
+            for name, measure in product_cases(T, torch.Generator().manual_seed(0), device).items():
                 rows.append({"operator": name, "split_bits": "-", "T": T, "error": measure()})
             for b in splits:
-                for name, measure in split_cases(T, b, torch.Generator().manual_seed(0)).items():
+                for name, measure in split_cases(T, b, torch.Generator().manual_seed(0), device).items():
                     try:
                         error: Optional[float] = measure()
                     except KeyError:  # a fit that does not ship, e.g. split 0 before the library is built
@@ -138,25 +144,29 @@ def error_table(Ts: List[int], splits: List[int]) -> List[Row]:
     return rows
 
 
-def fastest(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
+def fastest(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """The shortest of ``repeats`` calls of ``fn`` after one warm-up (each waited for on a CUDA device)."""
+    def timed() -> float:
         start = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    timed()
+    return min(timed() for _ in range(repeats))
 
 
-def speed_table(T: int, repeats: int, simulate_repeats: int) -> List[Row]:
+def speed_table(T: int, repeats: int, simulate_repeats: int, device: torch.device) -> List[Row]:
     g = torch.Generator().manual_seed(0)
     d = DIM // HEADS
     hidden = torch.randn(BATCH, SEQ, DIM, generator=g)
     q, k = torch.randn(BATCH, HEADS, SEQ, d, generator=g), torch.randn(BATCH, HEADS, d, SEQ, generator=g)
     logits = torch.randn(BATCH, HEADS, SEQ, SEQ, generator=g) * 3
     probs, v = torch.softmax(logits, -1), torch.randn(BATCH, HEADS, SEQ, d, generator=g)
-    ln, rms = torch.nn.LayerNorm(DIM), torch.nn.RMSNorm(DIM, eps=1e-6)
+    ln, rms = torch.nn.LayerNorm(DIM).to(device), torch.nn.RMSNorm(DIM, eps=1e-6).to(device)
     mlp = torch.randn(BATCH, SEQ, 4 * DIM, generator=g) * 2
+    hidden, q, k, logits, probs, v, mlp = (x.to(device) for x in (hidden, q, k, logits, probs, v, mlp))
 
     def gelu() -> Optional[SpikingActivation]:
         try:
@@ -180,20 +190,21 @@ def speed_table(T: int, repeats: int, simulate_repeats: int) -> List[Row]:
             if spiking is None:
                 lines.append(f"| {name} | n/a: no shipped fit | | | | | |")
                 continue
-            spiking.mode = "fast"
-            t_float = fastest(lambda: float_op(*inputs), repeats)
-            t_fast = fastest(lambda: spiking(*inputs), repeats)
+            spiking.to(device).mode = "fast"
+            t_float = fastest(lambda: float_op(*inputs), repeats, device)
+            t_fast = fastest(lambda: spiking(*inputs), repeats, device)
             with kernels.disabled():
-                t_eager = fastest(lambda: spiking(*inputs), repeats)
-            t_float = min(t_float, fastest(lambda: float_op(*inputs), repeats))  # re-time: load drifts
+                t_eager = fastest(lambda: spiking(*inputs), repeats, device)
+            t_float = min(t_float, fastest(lambda: float_op(*inputs), repeats, device))  # re-time: load drifts
             spiking.mode = "simulate"
-            t_sim = fastest(lambda: spiking(*inputs), simulate_repeats)
+            t_sim = fastest(lambda: spiking(*inputs), simulate_repeats, device)
             lines.append(f"| {name} | {t_float * 1e3:.2f} | {t_fast * 1e3:.2f} | {t_fast / t_float:.1f}x | "
                          f"{t_eager / t_float:.1f}x | {t_sim * 1e3:.0f} | {t_sim / t_float:.0f}x |")
             for path, seconds in (("fast (kernels)", t_fast), ("fast (PyTorch path)", t_eager), ("simulate", t_sim)):
                 rows.append({"operator": name.split(" [")[0], "path": path, "ms": seconds * 1e3,
                              "ratio": seconds / t_float, "float_ms": t_float * 1e3})
-    print(f"\n## Speed, CPU, {torch.get_num_threads()} thread(s), T={T}: ratio to the float op\n")
+    where = f"CPU, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
+    print(f"\n## Speed, {where}, T={T}: ratio to the float op\n")
     print("| operator | float ms | fast ms | fast / float | PyTorch fast path / float | simulate ms | simulate / float |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
@@ -243,10 +254,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--simulate-repeats", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("results/ops"), help="tables and plots go here")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where operators and inputs live (auto: CUDA when present)")
     args = ap.parse_args()
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as err:
+        ap.error(str(err))
     torch.set_num_threads(1)
-    error_rows = error_table(args.T, args.split_bits) if args.part in ("all", "errors") else []
-    speed_rows = (speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats)
+    error_rows = error_table(args.T, args.split_bits, device) if args.part in ("all", "errors") else []
+    speed_rows = (speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats, device)
                   if args.part in ("all", "speed") else [])
     save(error_rows, speed_rows, args.out)
 
