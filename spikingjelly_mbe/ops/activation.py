@@ -170,6 +170,11 @@ class SpikingActivation(SpikingOp):
         return f"{self.fitted.key}, domain=[{lo:g}, {hi:g}], " + super().extra_repr()
 
 
+# the computes RectifiedActivation's one-pass kernel reproduces; a part computing otherwise (a subclass,
+# a replaced method) runs its own forward
+FUSED_COMPUTES = (SpikingReLU.compute, SpikingActivation.compute)
+
+
 class RectifiedActivation(nn.Module):
     """``f(x) = relu(x) + g(x)`` for an activation with a linear tail (GELU, SiLU; a range reduction):
     the rectifier is exact up to its identity code (:class:`~.rectifier.SpikingReLU`, one calibrated
@@ -214,11 +219,13 @@ class RectifiedActivation(nn.Module):
         return self.rectifier(x) + self.residual(x)
 
     def fusable(self, x: torch.Tensor) -> bool:
-        """Whether both parts' fast paths run as one compiled pass (the ``c`` backend): both in fast mode,
-        the rectifier calibrated, no hook on either part (the pass does not call their forwards), and
-        neither the float reference nor a trace asked for."""
+        """Whether both parts' fast paths run as one compiled pass (the ``c`` backend): both in fast mode
+        with the computes the pass reproduces (:data:`FUSED_COMPUTES`), the rectifier calibrated, no hook
+        on either part (the pass does not call their forwards), and neither the float reference nor a
+        trace asked for."""
         rectifier, residual = self.rectifier, self.residual
         return (x.numel() > 0 and not in_float_reference_mode() and not torch.jit.is_tracing()
+                and (type(rectifier).compute, type(residual).compute) == FUSED_COMPUTES
                 and not rectifier.simulating and not residual.simulating and not rectifier.calibrating
                 and rectifier.channel_ranges is not None and rectifier.T <= FLOAT32_MAX_T
                 and not any(p._forward_hooks or p._forward_pre_hooks for p in (rectifier, residual))
