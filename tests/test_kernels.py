@@ -148,11 +148,13 @@ ATTENTION_OPERANDS = {  # from q [2, 5, 3, 8] (batch, sequence, heads, width) an
 def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A, scale, seed):
     """Attention's operands in the layouts attention makes (heads of a projection, transposed keys,
     contiguous weights, strided views), within the ranges and beyond them (overflow shifts up to the
-    largest), both digit codes: codes, spikes, coincidences and product as the eager path's; the
-    kernel runs."""
+    largest, values at and just above a shift's boundary), both digit codes: codes, spikes,
+    coincidences and product as the eager path's; the kernel runs."""
     g = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(2))
     q[0, 0, 0, 0], k[0, 0, 0, 0] = -0.0, -0.0  # signed zeros
+    edges = torch.tensor([A, 2 * A, 8 * A], dtype=torch.float32) / scale  # at shift boundaries once scaled
+    k[0, 1, 0, :6] = torch.cat([edges, torch.nextafter(edges, edges + 1)])
     a, b = ATTENTION_OPERANDS[kind](q, k)
     b = b * scale
     op = SpikingMatmul(16, ranges=(A, A), code=code)

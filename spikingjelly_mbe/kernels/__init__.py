@@ -254,8 +254,8 @@ def matmul_operand(x: torch.Tensor, reduced: int, coder: Sequence[float], limit:
     ``reduced`` (-2 or -1; ``K`` the other one). ``value`` is laid out as ``torch.matmul`` hands the eager
     code of ``x`` to its BLAS call (that code has ``x``'s layout when dense: kept where the batch dimensions
     flatten, else copied contiguous), so the product reads it without a copy and returns the same bits."""
-    value = torch.empty_like(x) if dense(x) else torch.empty(x.shape)
-    value = value if flattens(value) else torch.empty(x.shape)
+    value = torch.empty_like(x) if dense(x) else torch.empty(x.shape, dtype=x.dtype)
+    value = value if flattens(value) else torch.empty(x.shape, dtype=x.dtype)
     run_dim = max((-1, -2), key=lambda d: (x.stride(d) == 1, value.stride(d) == 1, d == -1)) % x.dim()
     other = (x.dim() - 2) + (x.dim() - 1) - run_dim
     outer = [*range(x.dim() - 2), other]

@@ -212,14 +212,24 @@ void sjmbe_channel_code_f32(const float *restrict x, int64_t start, int64_t stop
 }
 
 /* The overflow shift of an operand of range A (ops.coding.overflow_shift): 2^e, e >= 0 the smallest
- * exponent with |x| <= 2^e A, from the frexp exponent of the quotient x / A in float64 (A = 1: x itself in
- * float32) times 1 - eps/2, at most 2^127. */
-static float operand_shift(float x, double A) {
-    int e;
-    if (A == 1.0) (void)frexpf(x * (1.0f - FLT_EPSILON / 2), &e);
-    else (void)frexp((double)x / A * (1.0 - DBL_EPSILON / 2), &e);
+ * exponent with |x| <= 2^e A, at most 2^127: frexp's exponent of the quotient |x| / A in float64 (A = 1:
+ * |x| itself in float32) times 1 - eps/2, read from its bits (a finite x: the quotient is finite; a zero
+ * or subnormal one reads below 0 and is held at 0), so the loop over it vectorizes. */
+static inline float operand_shift(float x, double A) {
+    int32_t e;
+    if (A == 1.0) {
+        const float q = fabsf(x) * (1.0f - FLT_EPSILON / 2);
+        uint32_t bits;
+        memcpy(&bits, &q, sizeof bits);
+        e = (int32_t)(bits >> 23) - 126;
+    } else {
+        const double q = fabs((double)x) / A * (1.0 - DBL_EPSILON / 2);
+        uint64_t bits;
+        memcpy(&bits, &q, sizeof bits);
+        e = (int32_t)(bits >> 52) - 1022;
+    }
     e = e > 0 ? e : 0;
-    return pow2((float)(e < 127 ? e : 127));
+    return bits_to_float(((e < 127 ? e : 127) + 127) << 23);
 }
 
 /* A run of an operand's codes (IdentityCoder.fused: clamped to A, the sign carried; with shifting,
