@@ -15,6 +15,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
+@pytest.mark.slow
 def test_conversion_bench_runs_where_auto_points_without_cuda():
     done = run("conversion_bench.py", "--part", "speed", "--layers", "1", "--hidden", "32", "--heads", "2",
                "--sequences", "4", "--length", "8", "--batch-size", "2", "--device", "auto")
@@ -24,6 +25,7 @@ def test_conversion_bench_runs_where_auto_points_without_cuda():
     assert cosine > 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["conversion_bench.py", "ops_bench.py"])
 def test_cuda_asked_without_a_device_is_an_error_naming_the_fix(script, tmp_path):
     done = run(script, "--device", "cuda", *(["--out", str(tmp_path)] if script == "ops_bench.py" else []))
