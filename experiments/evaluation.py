@@ -85,7 +85,7 @@ def on_device(task: EvalTask, device: torch.device) -> EvalTask:
 @dataclass
 class Conversion:
     """What ``convert_for`` made: the model to evaluate (``None`` when the recipe failed), its
-    timesteps, a status line, whether its spiking operators are metered and whether every
+    timesteps (the model's own: the per-site mapping when ``digit_budget`` allocated it), a status line, whether its spiking operators are metered and whether every
     operation between the weight layers is spike-driven (``spiking_report.fully_spiking``; ``False``
     for SpikingJelly's recipes here, which keep float nonlinearities or float values)."""
 
@@ -155,7 +155,7 @@ def convert_for(task: EvalTask, method: str, T: Steps, N: int, activation_N: Opt
         if not replaced:
             raise RuntimeError(f"{task.name}: conversion.exact_activations found no spiking activation to replace")
         status = f"converted, {replaced} activations exact (ablation)"
-    return Conversion(snn, T, status, time.perf_counter() - began, not exact, str(snn.spiking_report),
+    return Conversion(snn, snn.time_steps, status, time.perf_counter() - began, not exact, str(snn.spiking_report),
                       snn.spiking_report.fully_spiking and not exact)
 
 

@@ -13,12 +13,13 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, ModuleConverter
 
+from .allocation import allocate, fidelity_batches
 from .blocks import SpikingAttention
-from .calibration import NEED_DATA, Batch, calibrate, positions_of, run_batch
+from .calibration import NEED_DATA, Batch, calibrate, run_batch
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
-from .fidelity import FIDELITY_POSITIONS, fitted_target, ranked, refit_span, site_errors
+from .fidelity import fitted_target, ranked, refit_span, site_errors
 from .method import settings_at
 from .options import RecipeOptions, reset_states
 from .registry import EXPOSE, KEEP, ArchitectureRule, rule_for
@@ -26,7 +27,7 @@ from .report import ConversionReport, Entry, UnsupportedNonlinearityError, note_
 from .rotation import rotate
 from .sites import SiteTable, needs_calibration
 from ..ops.base import Calibrated
-from ..ops.digits import digits_by_type, unmatched_patterns
+from ..ops.digits import Steps, digits_by_type, unmatched_patterns
 from ..ops.layers import is_weight_layer
 from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
 
@@ -107,11 +108,27 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
     """
 
     def convert_module(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
+        if self.config.digit_budget is not None:
+            return self.allocate_digits(converter, ann)
         model = self.prepare(converter, ann)
         self.insert_observers(converter, model)
         self.calibrate(converter, model)
         self.replace(converter, model)
         return self.finalize(converter, model)
+
+    def allocate_digits(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
+        """``digit_budget``: conversions of ``ann`` at its nominal ``T`` and lower rungs on the same
+        calibration batches, and the one with the per-site ``T`` they allocate (:mod:`.allocation`)."""
+        if self.calibration.data is None:
+            raise ValueError(NEED_DATA)
+        batches = replayable(self.calibration.data, self.calibration.num_batches)
+        calibration = dataclasses.replace(self.calibration, data=batches)
+
+        def convert_at(T: Steps) -> nn.Module:
+            recipe = type(self)(calibration, self.config.replace(T=T, digit_budget=None))
+            return ModuleConverter(recipe, device=converter.device).convert(ann)
+        return allocate(self.config.T, self.config.digit_budget, self.config.split_bits, convert_at,
+                        fidelity_batches(batches, self.calibration.num_batches))
 
     def prepare(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
         refuse_converted(ann)
@@ -213,13 +230,9 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                  if e.path in modules and (paths is None or e.path in paths)}
 
         def run() -> None:
-            measured = 0
             with torch.no_grad():
-                for batch in itertools.islice(self.batches, self.calibration.num_batches):
-                    if measured >= FIDELITY_POSITIONS:
-                        break
+                for batch in fidelity_batches(self.batches, self.calibration.num_batches):
                     run_batch(model, batch, converter.device)
-                    measured += positions_of(batch)
         return site_errors(model, sites, run)
 
     def refit_coarse_activations(self, model: nn.Module) -> Set[str]:

@@ -3,7 +3,7 @@ and what stayed float and why."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .fidelity import SiteError
 
@@ -46,7 +46,8 @@ class ConversionReport:
     batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first; ``rotation``:
     whether and how the weights were rotated before calibration (:mod:`~.rotation`); ``digits``: per
     operator type (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`) how many operators run at each
-    ``T``."""
+    ``T``; ``digit_allocation``: the per-site ``T`` mapping ``digit_budget`` allocated from calibration
+    (:mod:`~.allocation`; empty without it)."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)
@@ -55,11 +56,20 @@ class ConversionReport:
     site_errors: List[SiteError] = field(default_factory=list)
     rotation: str = "not rotated"
     digits: Dict[str, Dict[int, int]] = field(default_factory=dict)  # operator type -> {T: operators}
+    digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget chose
+    digit_budget: Optional[float] = None
 
     def mean_digits(self) -> Dict[str, float]:
         """The mean ``T`` of each operator type's operators (where a per-operator ``T`` puts the digits)."""
         return {kind: sum(t * n for t, n in counts.items()) / sum(counts.values())
                 for kind, counts in self.digits.items()}
+
+    def allocation_line(self) -> str:
+        """How many sites ``digit_budget`` moved off the default ``T``, and the mean digits per type."""
+        moved = len({key.rpartition(":")[0] for key in self.digit_allocation if key != "default"})
+        means = ", ".join(f"{kind} {mean:.2f}" for kind, mean in self.mean_digits().items())
+        return (f"digits allocated from calibration (digit_budget={self.digit_budget:g}): {moved} site(s) below "
+                f"T={self.digit_allocation.get('default')}; mean digits per type: {means}")
 
     @property
     def fully_spiking(self) -> bool:
@@ -82,6 +92,7 @@ class ConversionReport:
                          + ["digits per operator type: " + ", ".join(
                              f"{kind} " + " ".join(f"T={t} x{n}" for t, n in sorted(counts.items()))
                              for kind, counts in self.digits.items())]
+                         + ([self.allocation_line()] if self.digit_budget is not None else [])
                          + [f"site errors against the float reference on the calibration batches, worst "
                             f"{min(SHOWN_SITES, len(self.site_errors))} of {len(self.site_errors)}"]
                          + [f"  {row}" for row in self.site_errors[:SHOWN_SITES]]

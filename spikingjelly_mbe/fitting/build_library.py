@@ -43,6 +43,7 @@ LIBRARY_T = (8, 10, 12, 16)
 LIBRARY_N = (1, 2, 4, 8)
 RESIDUAL_N = (DEFAULT_N, ACTIVATION_N)  # a rectified activation's residual: OpSettings' N and activation_N defaults
 LOW_T = (3, 4, 5, 6)  # shipped for the neurons of a default conversion alone (low_t_jobs)
+SHIPPED_T = tuple(sorted(LIBRARY_T + LOW_T))  # the digit counts a default conversion finds fitted neurons for
 LOW_T_WHOLE = ("tanh",)  # activations the real models' default conversions fit whole (MiniLM's pooler)
 LOW_T_SPIKE_TOLERANCE = 0.05  # the low-T fits' spike-aware objective: up to 5 % more search MSE for fewer spikes
 Job = Tuple[str, str, int, int, int, str, float]  # target, kind, N, T, split_bits, out folder, spike tolerance

@@ -28,6 +28,21 @@ from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Res
 SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_bits digits into a table
 
 
+def check_digit_budget(digit_budget: Optional[float], T: Steps) -> None:
+    """``digit_budget`` must be ``None`` or a finite number >= 0, and then ``T`` one integer (the
+    nominal digits every site's error is measured against)."""
+    if digit_budget is None:
+        return
+    if isinstance(digit_budget, bool) or not isinstance(digit_budget, (int, float)) \
+            or not 0.0 <= digit_budget < float("inf"):
+        raise ValueError(f"digit_budget must be None (every site at T) or the tolerance >= 0 on the sites' own "
+                         f"calibration errors' growth over T's (their RMS over sites at most 1 + digit_budget times), "
+                         f"e.g. 0.25; got {digit_budget!r}")
+    if isinstance(T, Mapping):
+        raise ValueError(f"digit_budget allocates every site's digits from one nominal T: give T as an integer, "
+                         f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without digit_budget)")
+
+
 @dataclass(frozen=True)
 class OpSettings:
     """``T`` timesteps, ``N`` bases per MBE neuron (Eq. 8) and the evaluation ``mode`` of every operator.
@@ -57,7 +72,11 @@ class OpSettings:
     ignores ``activation_N``); the range-reduced neurons of Softmax and the norms and the functions
     fitted on demand stay MBE. ``bias_correction`` subtracts each weight layer's expected
     rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
-    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md).
+    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``digit_budget``
+    allocates the digits per site from calibration (:mod:`~spikingjelly_mbe.conversion.allocation`):
+    sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared error
+    added, while the RMS over sites of their own errors on the calibration batches stays within
+    ``1 + digit_budget`` of the integer ``T``'s; ``None`` (the default): every site at ``T``.
     """
 
     T: Steps = DEFAULT_T
@@ -72,6 +91,7 @@ class OpSettings:
     norm_exponents: bool = True
     neuron: str = "mbe"
     bias_correction: bool = False
+    digit_budget: Optional[float] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.T, Mapping):
@@ -107,6 +127,7 @@ class OpSettings:
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_digit_budget(self.digit_budget, self.T)
         if self.split_bits is not None:
             lowest = min(values_for(self.T, SPLIT_TYPES))
             if isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int) \

@@ -5,10 +5,11 @@ A mapping ``{"default": 4, "softmax": 6, "norm": 6, "model.layers.0.*": 8}`` has
 
 * ``"default"``: every operator no other key covers (required in a mapping);
 * an operator type of :data:`OPERATOR_TYPES` (``"softmax"``, ``"norm"``, ``"weight_input"``, ...);
-* a module-path pattern (``fnmatch`` glob; it must contain a ``.`` or a wildcard), matched against the
-  path of the module a site builds (``model.layers.0.self_attn.spiking_attention``,
-  ``model.layers.0.mlp.down_proj``; the parts of a composite such as the attention core take its
-  path), optionally restricted to one type: ``"model.layers.0.*:softmax"``.
+* a module-path pattern (``fnmatch`` glob; it must contain a ``.`` or a wildcard unless a type
+  follows it), matched against the path of the module a site builds
+  (``model.layers.0.self_attn.spiking_attention``, ``model.layers.0.mlp.down_proj``; the parts of a
+  composite such as the attention core take its path), optionally restricted to one type:
+  ``"model.layers.0.*:softmax"``, ``"classifier:weight_input"``.
 
 Precedence, the more specific key first: a pattern with a type, then a pattern, then the type, then
 ``"default"``; among matching patterns of one kind, the one with more literal (non-wildcard)
@@ -89,7 +90,7 @@ def check_T(T: object) -> Steps:
             raise ValueError(f"T: key {key!r} is not a non-empty string; {KEY_HELP}")
         pattern, kind = _split(key)
         plain = key in KNOWN_KEYS
-        path_like = "." in pattern or any(c in pattern for c in WILDCARDS)
+        path_like = "." in pattern or any(c in pattern for c in WILDCARDS) or kind is not None
         if not plain and (not pattern or not path_like or (kind is not None and kind not in OPERATOR_TYPES)):
             raise ValueError(f"T: unknown key {key!r}; {KEY_HELP}")
         checked[key] = _check_value(key, value)

@@ -1,0 +1,201 @@
+"""Digits allocated from calibration under an error budget (``digit_budget=``): the per-site ``T``
+mapping of :mod:`~spikingjelly_mbe.ops.digits`, chosen by measurement, as ``budget=`` chooses each
+code's range (:mod:`~spikingjelly_mbe.ops.precision`).
+
+``convert(model, calib, T=8, digit_budget=0.25)``:
+
+1. converts at the nominal ``T`` and at every lower rung down to half of it (:func:`rungs`: every
+   operator type at a digit count the shipped library fits, the types that load no fitted neuron,
+   :data:`FIT_FREE_TYPES`, at every count), each with the same calibration batches;
+2. measures, on the calibration batches the per-site fidelity uses
+   (:data:`~.fidelity.FIDELITY_POSITIONS`), every site's own error (``spiking_report.site_errors``,
+   relative RMS against its float reference on the same inputs) and its strict synaptic events
+   (SOPs, :class:`~spikingjelly_mbe.energy.EnergyMeter`);
+3. starts every site (an outermost replaced module path: a weight layer, an activation, a norm, an
+   attention core with its products and Softmax) at ``T`` and, one site at a time, moves the site
+   whose move to a candidate's digits adds the least squared own error per SOP saved, until the
+   RMS over sites of the own errors would grow beyond ``1 + digit_budget`` times the nominal one
+   (:func:`choose`); the digits are written as ``'<path>:<type>'`` keys of a ``T`` mapping with
+   ``'default': T``;
+4. converts with that mapping and measures the sites again: when their inputs moved with the sites
+   before them and the RMS error exceeds the budget, the allocation is repeated asking for that much
+   less, at most :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The
+   returned model always meets the budget on the calibration batches.
+
+The result is exactly ``convert(model, calib, T=snn.spiking_report.digit_allocation)``; the
+report's ``digits`` line shows the digits each operator type got.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..energy import EnergyMeter
+from ..fitting.build_library import SHIPPED_T
+from ..ops.digits import DEFAULT_KEY, OPERATOR_TYPES, Steps, operator_types, steps_of
+from .calibration import Batch, positions_of, run_batch
+from .fidelity import FIDELITY_POSITIONS
+
+log = logging.getLogger("spikingjelly_mbe.conversion")
+
+# operator types that load no fitted neuron (their digits are a code's alone): any digit count is cheap to build
+FIT_FREE_TYPES = ("weight_input", "product", "matmul", "max_pool", "topk")
+LOWEST_RUNG = 0.5  # the fewest digits a site may get, as a share of the nominal T
+CHECK_ROUNDS = 3  # conversions with an allocation, each asking for less error when the last exceeded the budget
+
+
+def rungs(T: int, split_bits: Optional[int] = None) -> Dict[int, Tuple[str, ...]]:
+    """``{t: operator types}`` for every ``t`` from ``T - 1`` down to ``ceil(T / 2)``: the types a
+    candidate conversion puts at ``t`` digits (all of them where the library ships fits at ``t``,
+    :data:`~spikingjelly_mbe.fitting.build_library.SHIPPED_T`, else :data:`FIT_FREE_TYPES`; with a
+    fixed ``split_bits``, the fitted types only above it)."""
+    found: Dict[int, Tuple[str, ...]] = {}
+    for t in range(T - 1, max(1, math.ceil(T * LOWEST_RUNG)) - 1, -1):
+        fitted_ok = t in SHIPPED_T and (split_bits is None or split_bits < t)
+        found[t] = tuple(OPERATOR_TYPES) if fitted_ok else FIT_FREE_TYPES
+    return found
+
+
+def candidate_T(T: int, t: int, kinds: Tuple[str, ...]) -> Steps:
+    """The ``T`` of the candidate conversion at rung ``t``: ``t`` itself when every type moves, else
+    ``kinds`` at ``t`` and the rest at ``T``."""
+    if set(kinds) == set(OPERATOR_TYPES):
+        return t
+    return {DEFAULT_KEY: T, **{kind: t for kind in kinds}}
+
+
+def site_paths(model: nn.Module) -> List[str]:
+    """The outermost replaced module paths of a conversion (its report's ``replaced`` entries not
+    inside another; the root left out: it takes the default): the sites whose operators share one
+    path's settings."""
+    paths = [e.path for e in model.spiking_report.replaced if e.path]
+    return [p for p in dict.fromkeys(paths) if not any(p.startswith(f"{q}.") for q in paths)]
+
+
+def site_of(path: str, sites: Iterable[str]) -> Optional[str]:
+    """The site a module path belongs to (itself or the site it lies in), ``None`` outside every site."""
+    return next((s for s in sites if path == s or path.startswith(f"{s}.")), None)
+
+
+@dataclass
+class Measured:
+    """One conversion on the calibration batches: each site's own error, its SOPs and the operator
+    types (with their digits) it holds."""
+
+    errors: Dict[str, float]
+    sops: Dict[str, int]
+    digits: Dict[str, Dict[str, int]]  # site -> {operator type: T}
+
+
+def fidelity_batches(batches: Iterable[Batch], limit: Optional[int]) -> List[Batch]:
+    """The first calibration batches, up to :data:`~.fidelity.FIDELITY_POSITIONS` positions (those the
+    per-site errors are measured on)."""
+    chosen, positions = [], 0
+    for batch in itertools.islice(batches, limit):
+        if positions >= FIDELITY_POSITIONS:
+            break
+        chosen.append(batch)
+        positions += positions_of(batch)
+    return chosen
+
+
+def measure(snn: nn.Module, sites: List[str], batches: List[Batch]) -> Measured:
+    """Own errors from ``snn``'s report, and SOPs per site over ``batches`` under the energy meter."""
+    device = next((p.device for p in snn.parameters()), None)
+    with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
+        for batch in batches:
+            run_batch(snn, batch, device)
+    sops: Dict[str, int] = dict.fromkeys(sites, 0)
+    for path, stats in meter.counts.items():
+        site = site_of(path, sites)
+        if site is not None:
+            sops[site] += int(stats.sops)
+    digits: Dict[str, Dict[str, int]] = {site: {} for site in sites}
+    for path, kind in operator_types(snn).items():
+        site = site_of(path, sites)
+        if site is not None:
+            digits[site][kind] = steps_of(snn.get_submodule(path))
+    errors = {row.path: row.relative_rms for row in snn.spiking_report.site_errors}
+    return Measured(errors, sops, digits)
+
+
+Option = Tuple[float, int, Dict[str, int]]  # (own error, SOPs, {operator type: T}) of one site
+
+
+def squared_error(errors: Mapping[str, float], sites: Iterable[str]) -> float:
+    """The sum over ``sites`` of their own relative errors squared (a site not measured adds 0)."""
+    return sum(errors.get(site, 0.0) ** 2 for site in sites)
+
+
+def room(nominal: Measured, tolerance: float) -> float:
+    """The squared error the allocation may add: the RMS over sites of the own errors may grow by
+    ``1 + tolerance``."""
+    return ((1.0 + tolerance) ** 2 - 1.0) * squared_error(nominal.errors, nominal.digits)
+
+
+def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float) -> Dict[str, Dict[str, int]]:
+    """Per site, the operator types' digits: every site starts at the nominal ones; one at a time, the
+    move to a candidate's digits with fewer SOPs that adds the least squared own error per SOP saved,
+    while the added squared error stays within ``allowed`` (:func:`room`)."""
+    current: Dict[str, Option] = {s: (nominal.errors.get(s, 0.0), nominal.sops[s], d) for s, d in nominal.digits.items()}
+    options = {s: [(m.errors[s], m.sops[s], m.digits[s]) for m in candidates.values()
+                   if s in m.errors and m.digits.get(s) not in (None, current[s][2])] for s in current}
+    while True:
+        best: Optional[Tuple[float, str, Option, float]] = None
+        for site, (error, sops, _) in current.items():
+            for option in options[site]:
+                added, saved = option[0] ** 2 - error ** 2, sops - option[1]
+                if saved > 0 and added <= allowed and (best is None or added / saved < best[0]):
+                    best = (added / saved, site, option, added)
+        if best is None:
+            return {site: option[2] for site, option in current.items()}
+        _, site, option, added = best
+        current[site] = option
+        allowed -= added
+
+
+def as_mapping(T: int, chosen: Mapping[str, Mapping[str, int]]) -> Dict[str, int]:
+    """The ``T`` mapping of a choice: ``'default': T`` and ``'<path>:<type>'`` for every operator type
+    of a site given other digits."""
+    mapping: Dict[str, int] = {DEFAULT_KEY: T}
+    for site, digits in chosen.items():
+        mapping.update({f"{site}:{kind}": t for kind, t in digits.items() if t != T})
+    return mapping
+
+
+def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Callable[[Steps], nn.Module],
+             batches: List[Batch]) -> nn.Module:
+    """The conversion of :mod:`this module <.allocation>`: ``convert_at(T)`` converts the model with
+    every other option fixed; ``batches``: the calibration batches the per-site errors are measured
+    on. Returns the converted model, its report carrying ``digit_allocation`` and ``digit_budget``."""
+    reference = convert_at(T)
+    sites = site_paths(reference)
+    nominal = measure(reference, sites, batches)
+    candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
+                  for t, kinds in rungs(T, split_bits).items()}
+    allowed = room(nominal, tolerance)
+    limit = squared_error(nominal.errors, sites) + allowed
+    for _ in range(CHECK_ROUNDS):
+        chosen = choose(nominal, candidates, allowed)
+        mapping = as_mapping(T, chosen)
+        if len(mapping) == 1:
+            snn = reference
+            break
+        snn = convert_at(mapping)
+        measured = squared_error({row.path: row.relative_rms for row in snn.spiking_report.site_errors}, sites)
+        if measured <= limit:
+            break
+        allowed -= measured - limit  # the sites' inputs moved with the sites before them: ask for less
+    else:
+        mapping, snn = {DEFAULT_KEY: T}, reference
+        log.warning("digit_budget=%g: after %d allocations the sites' own errors still exceeded the budget on the "
+                    "calibration batches; every site stays at T=%d", tolerance, CHECK_ROUNDS, T)
+    snn.spiking_report.digit_allocation = mapping
+    snn.spiking_report.digit_budget = tolerance
+    return snn

@@ -1,0 +1,134 @@
+"""Digits allocated from calibration (``convert(..., T=8, digit_budget=0.5)``): every site's own error
+on the calibration batches within the tolerance of its error at the nominal T, fewer synaptic events,
+the allocated mapping equal to passing it by hand, and the rule on hand-made measurements."""
+import copy
+
+import pytest
+import torch
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion import set_mode
+from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, room, rungs,
+                                                    site_of, site_paths, squared_error)
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.energy import EnergyMeter
+from spikingjelly_mbe.ops.digits import OPERATOR_TYPES, check_T, operator_types, steps_at, steps_of
+
+TOLERANCE = 0.5
+
+
+@pytest.fixture(scope="module")
+def llama():
+    ann = build("llama", layers=2, hidden=16, heads=2, seed=0)
+    return ann, [make_batch("llama", 4, 16, seed=s, hidden=16) for s in (1, 2)], make_batch("llama", 4, 16, seed=9, hidden=16)
+
+
+@pytest.fixture(scope="module")
+def converted(llama):
+    ann, calib, _ = llama
+    return convert(ann, calib, T=8), convert(ann, calib, T=8, digit_budget=TOLERANCE)
+
+
+def sops(snn, batches):
+    with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
+        for batch in batches:
+            snn(**batch)
+    return meter.total().sops
+
+
+def rms(errors, sites):
+    return (sum(errors[s] ** 2 for s in sites) / len(sites)) ** 0.5
+
+
+def test_the_sites_rms_error_stays_within_the_budget_of_the_nominal_T(converted):
+    nominal, allocated = converted
+    before = {row.path: row.relative_rms for row in nominal.spiking_report.site_errors}
+    after = {row.path: row.relative_rms for row in allocated.spiking_report.site_errors}
+    sites = site_paths(nominal)
+    assert site_paths(allocated) == sites and set(sites) <= set(after) and set(sites) <= set(before)
+    assert rms(before, sites) < rms(after, sites) <= (1 + TOLERANCE) * rms(before, sites)
+    mapping = allocated.spiking_report.digit_allocation
+    assert mapping["default"] == 8 and len(mapping) > 1  # some site got fewer digits
+    assert all(4 <= t < 8 for key, t in mapping.items() if key != "default")
+
+
+def test_the_allocation_spends_fewer_synaptic_events(llama, converted):
+    _, calib, held_out = llama
+    nominal, allocated = converted
+    assert sops(allocated, calib) < sops(nominal, calib)
+    assert sops(allocated, [held_out]) < sops(nominal, [held_out])
+
+
+def test_the_allocated_mapping_passed_by_hand_builds_the_same_model(llama, converted):
+    ann, calib, held_out = llama
+    _, allocated = converted
+    mapping = allocated.spiking_report.digit_allocation
+    by_hand = convert(ann, calib, T=mapping)
+    with torch.no_grad():
+        assert torch.equal(main_output(allocated(**held_out)), main_output(by_hand(**held_out)))
+    mine, theirs = allocated.state_dict(), by_hand.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine
+                                                if isinstance(mine[k], torch.Tensor))
+    sites = site_paths(allocated)
+    for path, kind in operator_types(allocated).items():
+        site = site_of(path, sites)
+        assert steps_of(allocated.get_submodule(path)) == steps_at(mapping, kind, site or path), path
+    assert "digits allocated from calibration (digit_budget=0.5)" in str(allocated.spiking_report)
+
+
+def test_an_allocated_model_simulates_what_fast_mode_computes(llama, converted):
+    ann, calib, held_out = llama
+    snn = convert(copy.deepcopy(ann).double(), calib, T=converted[1].spiking_report.digit_allocation)
+    with torch.no_grad():
+        fast = main_output(snn(**held_out))
+        simulated = main_output(set_mode(snn, "simulate")(**held_out))
+    torch.testing.assert_close(simulated, fast, rtol=1e-9, atol=1e-9)
+
+
+def test_rungs_go_down_to_half_of_T_with_fitted_types_at_shipped_digits_only():
+    everything = tuple(OPERATOR_TYPES)
+    assert rungs(8) == {7: FIT_FREE_TYPES, 6: everything, 5: everything, 4: everything}
+    assert list(rungs(16)) == [15, 14, 13, 12, 11, 10, 9, 8]
+    assert [t for t, kinds in rungs(16).items() if kinds == everything] == [12, 10, 8]
+    assert rungs(8, split_bits=5) == {7: FIT_FREE_TYPES, 6: everything, 5: FIT_FREE_TYPES, 4: FIT_FREE_TYPES}
+    assert rungs(1) == {} and rungs(3) == {2: FIT_FREE_TYPES}
+
+
+def test_sites_lose_digits_where_the_squared_error_per_sop_saved_is_least():
+    nominal = Measured({"a": 0.10, "b": 0.10, "c": 0.0}, {"a": 100, "b": 100, "c": 50},
+                       {"a": {"weight_input": 8}, "b": {"matmul": 8, "softmax": 8}, "c": {"norm": 8}})
+    candidates = {
+        7: Measured({"a": 0.11, "b": 0.20, "c": 0.0}, {"a": 90, "b": 60, "c": 50},
+                    {"a": {"weight_input": 7}, "b": {"matmul": 7, "softmax": 8}, "c": {"norm": 8}}),
+        6: Measured({"a": 0.15, "b": 0.40, "c": 0.01}, {"a": 70, "b": 20, "c": 40},
+                    {"a": {"weight_input": 6}, "b": {"matmul": 6, "softmax": 6}, "c": {"norm": 6}}),
+    }
+    # squared error added per SOP saved: a 8->7 2.1e-4 (0.0021 / 10), a 8->6 4.2e-4, a 7->6 5.2e-4,
+    # b 8->7 7.5e-4, b 8->6 1.9e-3, c 8->6 1e-5; nominal squared error 0.02
+    assert room(nominal, 0.5) == pytest.approx(1.25 * 0.02)
+    assert choose(nominal, candidates, 0.0) == nominal.digits
+    assert choose(nominal, candidates, 0.0001) == {**nominal.digits, "c": {"norm": 6}}
+    assert choose(nominal, candidates, 0.0023) == {**nominal.digits, "a": {"weight_input": 7}, "c": {"norm": 6}}
+    # a: 7 then 6 (5.2e-4 per SOP), then b to 7 (7.5e-4): 0.0001 + 0.0021 + 0.0104 + 0.03 = 0.0426 of 0.043
+    chosen = choose(nominal, candidates, 0.043)
+    assert chosen == {"a": {"weight_input": 6}, "b": {"matmul": 7, "softmax": 8}, "c": {"norm": 6}}
+    assert as_mapping(8, chosen) == {"default": 8, "a:weight_input": 6, "b:matmul": 7, "c:norm": 6}
+    assert squared_error(candidates[6].errors, ["a", "c"]) == pytest.approx(0.0226)
+
+
+def test_a_path_with_a_type_needs_no_dot():
+    assert check_T({"default": 8, "classifier:weight_input": 6}) == {"default": 8, "classifier:weight_input": 6}
+    assert steps_at({"default": 8, "classifier:weight_input": 6}, "weight_input", "classifier") == 6
+    with pytest.raises(ValueError, match="unknown key 'classifier'"):
+        check_T({"default": 8, "classifier": 6})
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(T=8, digit_budget=-0.1), "digit_budget must be None .* or the tolerance >= 0"),
+    (dict(T=8, digit_budget=True), "digit_budget must be None"),
+    (dict(T={"default": 8, "softmax": 6}, digit_budget=0.5), "digit_budget allocates .* give T as an integer"),
+    (dict(T=8, digit_budget=0.5, method="ecmt"), "method='ecmt' does not use digit_budget"),
+])
+def test_bad_digit_budgets_name_the_option_and_the_fix(options, message):
+    with pytest.raises(ValueError, match=message):
+        convert(build("gelu_mlp"), [make_batch("gelu_mlp", 4, 8)], **options)
