@@ -1,10 +1,9 @@
 """spikingjelly_mbe: training-free conversion of pretrained Transformers into spiking networks
 with Multi-basis Exponential Decay (MBE) neurons, as a SpikingJelly plugin."""
-__version__ = "0.1.0"
-
-from .fitting import FittedNeuron, FittedNeuronError, available, fit_neuron, load_fitted  # noqa: E402
-from .fitting.library import fit_on_first_use  # noqa: E402
-from .neurons import FSNode, MBENode, MultiBasisNode  # noqa: E402
+from .fitting import FittedNeuron, FittedNeuronError, available, fit_neuron, load_fitted
+from .fitting.library import fit_on_first_use
+from .neurons import FSNode, MBENode, MultiBasisNode
+from .version import __version__
 
 __all__ = ["FSNode", "FittedNeuron", "FittedNeuronError", "MBENode", "MultiBasisNode", "__version__",
            "available", "convert", "fit_neuron", "load_fitted"]

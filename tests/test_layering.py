@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spikingjelly_mbe"
 # lower number = lower layer; a module may import its own layer and the layers below it. The methods
 # (mbe, ecmt: each its settings and operator factory, ECMT its neuron and operators too) sit below the
 # method-neutral conversion engine, which names them in one registration (conversion/method.py).
-LAYERS = {"cache": 0, "neurons": 0, "kernels": 0, "data": 0, "activations": 0, "fitting": 1, "models": 1, "ops": 2,
+LAYERS = {"cache": 0, "version": 0, "neurons": 0, "kernels": 0, "data": 0, "activations": 0, "fitting": 1, "models": 1, "ops": 2,
           "energy": 3, "mbe": 4, "ecmt": 4, "conversion": 5}
 METHODS = ("mbe", "ecmt")
 REGISTRATION = PACKAGE / "conversion" / "method.py"
@@ -34,9 +34,15 @@ def runtime_nodes(tree: ast.AST) -> list:
     return nodes
 
 
-def imports(path: Path) -> list:
-    """Absolute names of the spikingjelly_mbe modules a source file imports (relative imports resolved)."""
-    module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+def module_of(path: Path) -> str:
+    """``.../spikingjelly_mbe/ops/products.py`` -> ``'spikingjelly_mbe.ops.products'`` (a package: its name)."""
+    return ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+
+
+def imports(path: Path, submodules: bool = False) -> list:
+    """Absolute names of the spikingjelly_mbe modules a source file imports (relative imports resolved);
+    ``submodules``: ``from package import module`` names the module, not the package."""
+    module = module_of(path)
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = []
     for node in runtime_nodes(ast.parse(path.read_text())):
@@ -47,7 +53,12 @@ def imports(path: Path) -> list:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            found += [name] if name.startswith("spikingjelly_mbe") else []
+            if not name.startswith("spikingjelly_mbe"):
+                continue
+            named = [f"{name}.{a.name}" for a in node.names]
+            modules = [m for m in named if (PACKAGE.parent / m.replace(".", "/")).with_suffix(".py").exists()
+                       or (PACKAGE.parent / m.replace(".", "/") / "__init__.py").exists()]
+            found += modules if submodules and len(modules) == len(named) else [name] + (modules if submodules else [])
         elif isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("spikingjelly_mbe")]
     return found
@@ -82,6 +93,20 @@ def test_methods_are_apart_and_the_engine_names_them_once():
             if there in METHODS and here != there and (here in METHODS or here == "conversion" and path != REGISTRATION):
                 violations.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert violations == []
+
+
+def test_no_import_cycles():
+    """No module imports, at any depth and also from inside a function, a module that imports it back."""
+    graph = {module_of(p): set(imports(p, submodules=True)) - {module_of(p)} for p in PACKAGE.rglob("*.py")}
+    cycles = []
+    for start in graph:
+        seen, frontier = set(), set(graph[start])
+        while frontier:
+            seen |= frontier
+            frontier = {m for f in frontier for m in graph.get(f, ())} - seen
+        if start in seen:
+            cycles.append(start)
+    assert cycles == []
 
 
 def test_loading_fits_never_imports_the_fitting_optimiser():

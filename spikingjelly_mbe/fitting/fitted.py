@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from ..neurons import MultiBasisNode
+from ..version import __version__
 from .checks import FittedNeuronError, check_vector, is_count, is_number, is_parameter
 from .kinds import get_kind
 from .targets import TARGETS, Target, get_target
@@ -19,11 +20,6 @@ FORMAT = "spikingjelly_mbe.fitted_neuron"
 FORMAT_VERSION = 1
 EVAL_POINTS = 100_001
 PROTOCOL_SAMPLES = 10_000  # evenly spaced points of the paper's fit and MSE protocol (M)
-
-
-def _library_version() -> str:
-    from .. import __version__
-    return __version__
 
 
 def fit_key(target: str, kind: str, N: int, T: int, split_bits: int = 0, span: Optional[float] = None) -> str:
@@ -61,7 +57,7 @@ class FittedNeuron:
     params: Dict[str, Any]
     fit: Dict[str, Any] = field(default_factory=dict)
     errors: Dict[str, float] = field(default_factory=dict)
-    version: str = field(default_factory=_library_version)
+    version: str = field(default_factory=lambda: __version__)
 
     def __post_init__(self) -> None:
         if isinstance(self.domain, (list, tuple)) and len(self.domain) == 2 and all(is_number(v) for v in self.domain):
