@@ -366,11 +366,20 @@ static inline float split_value(float v, const double *params, const float *tabl
 
 /* The sum of t(x[i]) over [0, n) in double, t(x) = x or (x * x) * scale (both in float): eight
  * interleaved partial sums (they vectorize) added in a fixed order. */
+typedef float float8 __attribute__((vector_size(32)));
+typedef double double8 __attribute__((vector_size(64)));
+
 static inline double sum_f64(const float *restrict x, int64_t n, int square, float scale) {
-    double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    double8 parts = {0, 0, 0, 0, 0, 0, 0, 0}; /* lane k: the partial sum of x[i + k] */
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; ++k) part[k] += square ? (x[i + k] * x[i + k]) * scale : x[i + k];
+    for (; i + 8 <= n; i += 8) {
+        float8 v;
+        memcpy(&v, x + i, sizeof v);
+        if (square) v = (v * v) * scale;
+        parts += __builtin_convertvector(v, double8);
+    }
+    double part[8];
+    memcpy(part, &parts, sizeof part);
     for (; i < n; ++i) part[i % 8] += square ? (x[i] * x[i]) * scale : x[i];
     return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
@@ -457,7 +466,7 @@ INLINE void z_codes(const float *restrict xr, int64_t n, float mean, float scale
             e = e < 0 ? e : 0;
             e = e > -element_span ? e : -element_span;
             shift = bits_to_float((e + 127) << 23);
-            z = z / shift;
+            z = z * bits_to_float((127 - e) << 23); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
         }
         const float q = quantize(z, cz);
         const int32_t c = spike_count(q, cz.top, code);
