@@ -1,16 +1,26 @@
 """A forward of a converted model never waits for the device: no host synchronisation (``.item()``,
-``.tolist()``, ``nonzero``, tensor truth tests) on the eager PyTorch fast path, the one a GPU takes.
-Data-dependent counts (spikes, clamps, NaN/Inf inputs) stay device tensors until someone reads them."""
+``.tolist()``, ``nonzero``, tensor truth tests) on the eager PyTorch fast path and on the Triton
+kernels, the paths a GPU takes. Data-dependent counts (spikes, clamps, NaN/Inf inputs) stay device
+tensors until someone reads them. On the Triton kernels a forward dispatches few operations: at most
+3x the ANN's."""
+import importlib.util
 import logging
+import os
 
 import pytest
 import torch
+from spikingjelly.activation_based import functional
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikingjelly_mbe import convert, kernels
+from spikingjelly_mbe.conversion import set_mode
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.kernels import backend
 from spikingjelly_mbe.ops import SpikingReLU, collect_stats
 from spikingjelly_mbe.ops.base import SpikingOp, flush_checks, set_checks
+
+TRITON = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+                            reason="needs triton and TRITON_INTERPRET=1 (tests/conftest.py sets it)")
 
 # aten operations that copy a device value to the host (or need its data to size their output)
 SYNCS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default", "aten.equal.default",
@@ -18,16 +28,29 @@ SYNCS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_no
          "aten.repeat_interleave.Tensor", "aten.item.default", "aten._assert_async.default"}
 
 
+# operations that compute nothing: views, aliases, detaches (not counted as work)
+VIEWS = ("aten.detach", "aten.view", "aten._unsafe_view", "aten.alias", "aten.t.", "aten.expand", "aten.unsqueeze",
+         "aten.squeeze", "aten.permute", "aten.transpose", "aten.reshape", "aten.slice", "aten.select",
+         "aten.as_strided")
+
+
 class SyncCounter(TorchDispatchMode):
-    """Counts every aten operation that synchronises with the host, by name."""
+    """Counts every aten operation that synchronises with the host, by name, and the operations that
+    compute (not :data:`VIEWS`); a custom op (a Triton kernel, ``sjmbe::``) is one operation: the mode
+    does not see what it dispatches inside."""
 
     def __init__(self) -> None:
         super().__init__()
         self.syncs = {}
+        self.computing = 0
+        self.custom = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) in SYNCS:
-            self.syncs[str(func)] = self.syncs.get(str(func), 0) + 1
+        name = str(func)
+        if name in SYNCS:
+            self.syncs[name] = self.syncs.get(name, 0) + 1
+        self.computing += not name.startswith(VIEWS)
+        self.custom += func.namespace == "sjmbe"
         return func(*args, **(kwargs or {}))
 
 
@@ -61,6 +84,35 @@ def test_a_converted_forward_on_the_torch_path_never_synchronises(family, conver
     assert float(cosine.min()) > 0.99
     stats = collect_stats(snn)  # read after the forward: real counts
     assert sum(s.spikes for s in stats.values()) > 0
+
+
+@TRITON
+@pytest.mark.parametrize("family", ["llama_lm", "bert"])
+def test_on_triton_a_converted_forward_never_synchronises_and_is_the_torch_path_in_few_operations(family, converted):
+    """No host synchronisation, at most 3x the ANN's operations; bit for bit and with the same statistics as the eager path (itself the step-by-step simulation
+    up to float32 rounding: one spike may flip), each Triton kernel one operation."""
+    ann, snn = converted[family]
+    x = make_batch(family, 2, seed=3)
+    float_ops = SyncCounter()
+    with torch.no_grad(), float_ops:
+        forward(ann, x)
+    results = {}
+    for name, mode in (("torch", "fast"), ("triton", "fast"), ("torch", "simulate")):
+        functional.reset_net(set_mode(snn, mode))
+        counter = SyncCounter()
+        with backend.use(name), torch.no_grad(), counter:
+            out = main_output(forward(snn, x))
+        results[name, mode] = out, collect_stats(snn), counter
+    set_mode(snn, "fast")
+    (eager, eager_stats, _), (fused, fused_stats, counted) = results["torch", "fast"], results["triton", "fast"]
+    assert torch.equal(fused, eager) and fused_stats == eager_stats
+    simulated, simulated_stats, _ = results["torch", "simulate"]
+    torch.testing.assert_close(simulated, fused, rtol=1e-5, atol=1e-5 * float(fused.abs().max()))
+    spikes = [sum(s.spikes for s in stats.values()) for stats in (simulated_stats, fused_stats)]
+    assert abs(spikes[0] - spikes[1]) <= 1e-3 * spikes[0]
+    assert counted.custom > 0 and counted.syncs == {}
+    assert float_ops.computing > 10 and counted.computing <= 3 * float_ops.computing, (counted.computing,
+                                                                                        float_ops.computing)
 
 
 def test_a_bias_corrected_weight_layer_never_synchronises():

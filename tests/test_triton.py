@@ -17,7 +17,7 @@ from spikingjelly_mbe import kernels  # noqa: E402
 from spikingjelly_mbe.kernels import backend  # noqa: E402
 from spikingjelly_mbe.neurons.lookup import neuron_table  # noqa: E402
 from spikingjelly_mbe.ops import (SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,  # noqa: E402
-                                  SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
+                                  SpikingReLU, SpikingRMSNorm, SpikingSoftmax, SpikingWeightInput)
 from spikingjelly_mbe.ops.coding import IdentityCoder  # noqa: E402
 
 
@@ -67,10 +67,11 @@ def test_code_kernel_is_the_eager_code_bit_for_bit(code, T):
         within, clamped = coder.code_within(x, False, (-1.0, 1.0))
         shifted, beyond = coder.encode(x, False)
     for shift, reference, clamps in ((False, within, clamped), (True, shifted, beyond)):
-        value, counts, stats = kernels.load_triton().code(x, None, None, 1, params, coder.A, shift, True)
+        value, counts, stats, sums = kernels.load_triton().code(x, None, None, 1, params, coder.A, shift, True,
+                                                                fanout=3)
         assert torch.equal(value[1:], reference.value[1:]) and value[1].item() == 0  # the C kernels' signed zero
-        assert torch.equal(counts, reference.counts)
-        assert stats.tolist() == [int(reference.counts.sum()), clamps, 0]
+        assert torch.equal(counts, reference.counts) and sums.numel() == 0
+        assert stats.tolist() == [int(reference.counts.sum()), clamps, 0, 3 * int(reference.counts.sum())]
 
 
 def calibrated_weight_input(layer, x, T=6):
@@ -125,6 +126,59 @@ def test_operand_codes_of_products_are_the_eager_path_bit_for_bit(make):
         assert_triton_equals_torch(make(), a, b.transpose(-1, -2) if isinstance(make(), SpikingProduct) else b)
     finally:
         logging.disable(logging.NOTSET)
+
+
+def calibrated(op, *batches):
+    with torch.no_grad():
+        for batch in batches:
+            op(*batch)
+    op.finish_calibration()
+    return op
+
+
+def test_a_per_channel_product_is_one_kernel_and_the_eager_path_bit_for_bit():
+    """Codes of ``a / A_k`` and ``b / B_k`` (operands beyond calibration: shifted) times ``A_k B_k``,
+    their coincidences; a broadcast operand takes the codes one by one, with the same numbers."""
+    g = torch.Generator().manual_seed(9)
+    scales = torch.logspace(-2, 1, 6)
+    op = calibrated(SpikingProduct(T=8), *[(torch.randn(5, 6, generator=g) * scales, torch.randn(5, 6, generator=g))
+                                           for _ in range(2)])
+    assert op.channel_ranges_a is not None
+    a, b = torch.randn(3, 5, 6, generator=g) * scales * 3, torch.randn(3, 5, 6, generator=g)
+    assert count_custom_ops(lambda: run(op, a, b, name="triton")) == 1
+    assert_triton_equals_torch(op, a, b)
+    assert_triton_equals_torch(op, a, b[:1])
+    assert_triton_equals_torch(op, a.to(torch.bfloat16), b.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("batch_b", [(2, 3), (3,), ()])
+def test_matmul_codes_count_the_coincidences_in_the_kernels(batch_b):
+    """Equal batch shapes: two kernels, ``a``'s column spikes weighting ``b``'s; broadcast batches: the
+    coincidences counted in PyTorch; both the eager numbers."""
+    g = torch.Generator().manual_seed(10)
+    a, b = torch.randn(2, 3, 4, 7, generator=g), torch.randn(*batch_b, 7, 5, generator=g) * 2
+    a[0, 0, 0, 0] = 9.0  # beyond its range: shifted
+    op = SpikingMatmul(T=6, ranges=(1.5, 3.0))
+    assert count_custom_ops(lambda: run(op, a, b, name="triton")) == 2
+    assert_triton_equals_torch(op, a, b)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_rectifier_is_one_kernel_and_the_simulation_bit_for_bit(per_channel):
+    """``relu(x)`` at each channel's range and overflow shift, negative inputs and zeros silent."""
+    g = torch.Generator().manual_seed(11)
+    scales = torch.logspace(-2, 1, 8)
+    op = calibrated(SpikingReLU(T=8, per_channel=per_channel), *[(torch.randn(6, 8, generator=g) * scales,)
+                                                                   for _ in range(2)])
+    x = torch.randn(4, 6, 8, generator=g) * scales * 2
+    x[0, 0, :3] = torch.tensor([0.0, -0.0, -5.0])
+    assert count_custom_ops(lambda: run(op, x, name="triton")) == 1
+    fused, fused_stats = run(op, x, name="triton")
+    op.mode = "simulate"
+    simulated, simulated_stats = run(op, x, name="torch")
+    op.mode = "fast"
+    assert torch.equal(fused, simulated) and fused_stats == simulated_stats and fused_stats.spikes > 0
+    assert_triton_equals_torch(op, x)
 
 
 @pytest.mark.parametrize("make", [lambda: SpikingActivation.gelu(T=8, N=4), lambda: SpikingActivation.silu(T=8, N=8)])

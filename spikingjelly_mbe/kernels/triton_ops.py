@@ -78,38 +78,62 @@ def _digit_count(digits, top_bits, CODE: tl.constexpr):
 
 
 @triton.jit
-def _code_kernel(x_ptr, scale_ptr, center_ptr, value_ptr, counts_ptr, stats_ptr, n, inner, channels,
-                 gain, offset, clamp, step, top, top_bits, limit, limit64_ptr,
-                 CODE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_CENTER: tl.constexpr, SHIFT: tl.constexpr,
-                 COUNTS: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    """One block of :func:`code`: (x - c_k) / A_k, its shift, the MBE_Id digits and their count."""
+def _mbe_id(u, gain, offset, clamp, step, top, top_bits, limit, limit64, CODE: tl.constexpr, SHIFT: tl.constexpr,
+            SIGNED: tl.constexpr):
+    """The MBE_Id code of finite float32 ``u`` (Eq. 9): ``(decoded value at its overflow shift, spikes,
+    |u| beyond limit after the shift)`` (``IdentityCoder.encode``; ``SIGNED``: the value carries ``u``'s sign)."""
+    shift = tl.full(u.shape, 1.0, tl.float32)
+    if SHIFT:
+        ratio = tl.abs(u).to(tl.float64) / limit64  # coding.overflow_shift, in float64 as there
+        bits = ratio.to(tl.int64, bitcast=True)
+        exponent = ((bits >> 52) & 0x7FF) - 1023 + ((bits & 0xFFFFFFFFFFFFF) != 0).to(tl.int64)
+        exponent = tl.minimum(tl.maximum(exponent, 0), 127).to(tl.int32)
+        shift = ((exponent + 127) << 23).to(tl.float32, bitcast=True)
+        u = tl.math.div_rn(u, shift)
+    beyond = tl.abs(u) > limit
+    q = tl.minimum(tl.floor(tl.minimum(tl.abs(u * gain), clamp) + offset), top)  # IdentityCoder.quantize
+    count = _digit_count(q.to(tl.int32), top_bits, CODE)
+    value = q * step
+    if SIGNED:
+        value = tl.where(u.to(tl.int32, bitcast=True) < 0, -value, value)  # copysign(value, x)
+    return value * shift, count, beyond
+
+
+@triton.jit
+def _finite(u):
+    """``coding.finite``: infinities to the largest finite float32 values (NaN stays NaN)."""
+    return tl.minimum(tl.maximum(u, -3.4028234663852886e38), 3.4028234663852886e38)
+
+
+@triton.jit
+def _nonfinite(x, inside):
+    """How many of ``x`` (where ``inside``) are NaN or infinite, as an int64 scalar."""
+    return tl.sum((inside & ~(tl.abs(x) <= 3.4028234663852886e38)).to(tl.int64), 0)
+
+
+@triton.jit
+def _code_kernel(x_ptr, scale_ptr, center_ptr, value_ptr, counts_ptr, stats_ptr, partner_ptr, sums_ptr, n, inner,
+                 channels, gain, offset, clamp, step, top, top_bits, limit, limit64_ptr, fanout, partner_inner,
+                 sum_rows, sum_inner, CODE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_CENTER: tl.constexpr,
+                 SHIFT: tl.constexpr, COUNTS: tl.constexpr, RECTIFY: tl.constexpr, HAS_PARTNER: tl.constexpr,
+                 SUMS: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """One block of :func:`code`: (relu(x) - c_k) / A_k, its shift, the MBE_Id digits, their count and SOPs."""
     i = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     inside = i < n
     x = tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32)
-    bad = tl.sum((inside & ~(tl.abs(x) <= 3.4028234663852886e38)).to(tl.int64), 0)
+    bad = _nonfinite(x, inside)
     channel = (i // inner) % channels
     u = x
+    if RECTIFY:
+        u = tl.where(u > 0.0, u, 0.0)
     if HAS_CENTER:
         center = tl.load(center_ptr + channel, mask=inside, other=0.0)
         u = u - center
     if HAS_SCALE:
         scale = tl.load(scale_ptr + channel, mask=inside, other=1.0)
         u = tl.math.div_rn(u, scale)  # IEEE division, as the eager path
-    u = tl.minimum(tl.maximum(u, -3.4028234663852886e38), 3.4028234663852886e38)  # coding.finite
-    shift = tl.full(u.shape, 1.0, tl.float32)
-    if SHIFT:
-        ratio = tl.abs(u).to(tl.float64) / tl.load(limit64_ptr)  # coding.overflow_shift, in float64 as there
-        bits = ratio.to(tl.int64, bitcast=True)
-        exponent = ((bits >> 52) & 0x7FF) - 1023 + ((bits & 0xFFFFFFFFFFFFF) != 0).to(tl.int64)
-        exponent = tl.minimum(tl.maximum(exponent, 0), 127).to(tl.int32)
-        shift = ((exponent + 127) << 23).to(tl.float32, bitcast=True)
-        u = tl.math.div_rn(u, shift)
-    clamped = tl.sum((inside & (tl.abs(u) > limit)).to(tl.int64), 0)
-    q = tl.minimum(tl.floor(tl.minimum(tl.abs(u * gain), clamp) + offset), top)  # IdentityCoder.quantize
-    count = _digit_count(q.to(tl.int32), top_bits, CODE)
-    value = q * step
-    value = tl.where(u.to(tl.int32, bitcast=True) < 0, -value, value)  # copysign(value, x)
-    value = value * shift
+    value, count, beyond = _mbe_id(_finite(u), gain, offset, clamp, step, top, top_bits, limit, tl.load(limit64_ptr),
+                                   CODE, SHIFT, not RECTIFY)
     if HAS_SCALE:
         value = value * scale
     if HAS_CENTER:
@@ -117,46 +141,135 @@ def _code_kernel(x_ptr, scale_ptr, center_ptr, value_ptr, counts_ptr, stats_ptr,
     tl.store(value_ptr + i, value, mask=inside)
     if COUNTS:
         tl.store(counts_ptr + i, count.to(tl.float32), mask=inside)
-    tl.atomic_add(stats_ptr + 0, tl.sum(tl.where(inside, count, 0).to(tl.int64), 0))
-    tl.atomic_add(stats_ptr + 1, clamped)
+    count = tl.where(inside, count, 0)
+    if SUMS:
+        tl.atomic_add(sums_ptr + (i // (sum_rows * sum_inner)) * sum_inner + i % sum_inner, count, mask=inside)
+    if HAS_PARTNER:
+        partner = tl.load(partner_ptr + i // partner_inner, mask=inside, other=0)
+        sops = tl.sum(count.to(tl.int64) * partner.to(tl.int64), 0)
+    else:
+        sops = tl.sum(count.to(tl.int64), 0) * fanout
+    tl.atomic_add(stats_ptr + 0, tl.sum(count.to(tl.int64), 0))
+    tl.atomic_add(stats_ptr + 1, tl.sum((inside & beyond).to(tl.int64), 0))
     tl.atomic_add(stats_ptr + 2, bad)
+    tl.atomic_add(stats_ptr + 3, sops)
 
 
 @torch.library.custom_op("sjmbe::code", mutates_args=())
 def code(x: torch.Tensor, scale: Optional[torch.Tensor], center: Optional[torch.Tensor], inner: int,
-         params: List[float], limit: float, shift: bool, counts: bool) -> Tuple[torch.Tensor, torch.Tensor,
-                                                                                torch.Tensor]:
-    """``(value, spikes per element, [spikes, |x| beyond A (after any shift), NaN/Inf in x])`` of the
-    MBE_Id code of ``x`` in float32. ``params`` are ``IdentityCoder.kernel_params(float32, True)``,
+         params: List[float], limit: float, shift: bool, counts: bool, rectify: bool = False, fanout: int = 0,
+         partner: Optional[torch.Tensor] = None, partner_inner: int = 1,
+         sum_rows: int = 0, sum_inner: int = 1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(value, spikes per element, [spikes, |x| beyond A (after any shift), NaN/Inf in x, SOPs], sums)``
+    of the MBE_Id code of ``x`` in float32. ``params`` are ``IdentityCoder.kernel_params(float32, True)``,
     ``limit`` its range ``A``. ``scale`` / ``center`` (one per channel, channel ``(i // inner) %
-    channels``) make it code ``(x - c_k) / A_k`` and return ``value A_k + c_k``; ``shift`` codes an
-    element beyond ``A`` at its overflow shift; ``counts=False`` returns an empty count tensor."""
+    channels``) make it code ``(x - c_k) / A_k`` and return ``value A_k + c_k``; ``rectify`` codes
+    ``relu(x)`` (unsigned); ``shift`` codes an element beyond ``A`` at its overflow shift;
+    ``counts=False`` returns an empty count tensor. SOPs: each element's spikes times ``fanout``, or
+    with an int32 ``partner`` times ``partner[i // partner_inner]`` (a matrix product's coincidences).
+    ``sum_rows > 0``: ``sums`` (int32) holds the spikes of ``x`` viewed as ``[outer, sum_rows,
+    sum_inner]`` summed over its middle dimension (a left matrix operand's column sums), else it is empty."""
     x = x.contiguous()
     n = x.numel()
     value = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     spikes = torch.empty(x.shape if counts else (0,), dtype=torch.float32, device=x.device)
-    stats = torch.zeros(3, dtype=torch.int64, device=x.device)
+    stats = torch.zeros(4, dtype=torch.int64, device=x.device)
+    sums = torch.zeros(n // (sum_rows * sum_inner) * sum_inner if sum_rows else 0, dtype=torch.int32, device=x.device)
     channels = 1 if scale is None and center is None else (scale if scale is not None else center).numel()
     gain, offset, clamp, step, top, code_index = params
     if n:
         _code_kernel[(triton.cdiv(n, BLOCK),)](
             x, x if scale is None else scale.contiguous(), x if center is None else center.contiguous(), value,
-            spikes if counts else value, stats, n, max(inner, 1), channels, gain, offset, clamp, step, top, int(top),
-            limit, _float64(limit, x.device), CODE=int(code_index), HAS_SCALE=scale is not None,
-            HAS_CENTER=center is not None, SHIFT=shift, COUNTS=counts, BLOCK_SIZE=BLOCK, enable_fp_fusion=False)
-    return value, spikes, stats
+            spikes if counts else value, stats, x if partner is None else partner.contiguous(), sums if sum_rows else stats,
+            n, max(inner, 1), channels, gain, offset, clamp, step, top, int(top), limit, _float64s((limit,), x.device),
+            fanout, max(partner_inner, 1), max(sum_rows, 1), max(sum_inner, 1), CODE=int(code_index),
+            HAS_SCALE=scale is not None, HAS_CENTER=center is not None, SHIFT=shift, COUNTS=counts, RECTIFY=rectify,
+            HAS_PARTNER=partner is not None, SUMS=sum_rows > 0, BLOCK_SIZE=BLOCK, enable_fp_fusion=False)
+    return value, spikes, stats, sums
+
+
+@triton.jit
+def _operand(x_ptr, ranges_ptr, i, inside, inner, channels, gain, offset, clamp, step, top, top_bits, limit, limit64,
+             CODE: tl.constexpr, PER_CHANNEL: tl.constexpr):
+    """One operand of :func:`product`: its channel's range, its decoded unit code, spikes, clamps, NaN/Inf."""
+    u = tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32)
+    scale = tl.full(u.shape, 1.0, tl.float32)
+    if PER_CHANNEL:
+        scale = tl.load(ranges_ptr + (i // inner) % channels, mask=inside, other=1.0)
+        u = tl.math.div_rn(u, scale)
+    bad = _nonfinite(u, inside)
+    value, count, beyond = _mbe_id(_finite(u), gain, offset, clamp, step, top, top_bits, limit, limit64, CODE, True,
+                                   True)
+    return value, scale, tl.where(inside, count, 0).to(tl.int64), tl.sum((inside & beyond).to(tl.int64), 0), bad
+
+
+@triton.jit
+def _product_kernel(a_ptr, b_ptr, ranges_a_ptr, ranges_b_ptr, out_ptr, stats_ptr, limits64_ptr, n, inner_a, channels_a,
+                    inner_b, channels_b, gain_a, offset_a, clamp_a, step_a, limit_a, gain_b, offset_b, clamp_b, step_b,
+                    limit_b, top, top_bits, CODE: tl.constexpr, PER_CHANNEL: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """One block of :func:`product`."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+    inside = i < n
+    va, ra, ca, clamped_a, bad_a = _operand(a_ptr, ranges_a_ptr, i, inside, inner_a, channels_a, gain_a, offset_a,
+                                            clamp_a, step_a, top, top_bits, limit_a, tl.load(limits64_ptr + 0), CODE,
+                                            PER_CHANNEL)
+    vb, rb, cb, clamped_b, bad_b = _operand(b_ptr, ranges_b_ptr, i, inside, inner_b, channels_b, gain_b, offset_b,
+                                            clamp_b, step_b, top, top_bits, limit_b, tl.load(limits64_ptr + 1), CODE,
+                                            PER_CHANNEL)
+    out = va * vb
+    if PER_CHANNEL:
+        out = out * (ra * rb)
+    tl.store(out_ptr + i, out, mask=inside)
+    tl.atomic_add(stats_ptr + 0, tl.sum(ca + cb, 0))
+    tl.atomic_add(stats_ptr + 1, clamped_a)
+    tl.atomic_add(stats_ptr + 2, clamped_b)
+    tl.atomic_add(stats_ptr + 3, tl.sum(ca * cb, 0))
+    tl.atomic_add(stats_ptr + 4, bad_a)
+    tl.atomic_add(stats_ptr + 5, bad_b)
+
+
+@torch.library.custom_op("sjmbe::product", mutates_args=())
+def product(a: torch.Tensor, b: torch.Tensor, ranges_a: Optional[torch.Tensor], inner_a: int,
+            ranges_b: Optional[torch.Tensor], inner_b: int, params_a: List[float], params_b: List[float],
+            limits: List[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``SpikingProduct`` of same-shape ``a`` and ``b`` in one pass: each operand's MBE_Id code (Eq. 9;
+    ``params_*``: ``IdentityCoder.kernel_params(float32, True)``, ``limits`` the ranges ``A``) at its
+    overflow shift, with per-channel ``ranges_*`` (channel ``(i // inner) % channels``; both or
+    neither) the codes of ``a / A_k`` and ``b / B_k`` times ``A_k B_k``; ``(a * b in float32,
+    [spikes, a beyond A, b beyond A, coincidences, NaN/Inf in a, in b])``."""
+    a, b = a.contiguous(), b.contiguous()
+    n = a.numel()
+    out = torch.empty(a.shape, dtype=torch.float32, device=a.device)
+    stats = torch.zeros(6, dtype=torch.int64, device=a.device)
+    if n:
+        per_channel = ranges_a is not None
+        (gain_a, offset_a, clamp_a, step_a, top, code_index), (gain_b, offset_b, clamp_b, step_b) = params_a, params_b[:4]
+        _product_kernel[(triton.cdiv(n, BLOCK),)](
+            a, b, ranges_a.contiguous() if per_channel else a, ranges_b.contiguous() if per_channel else b, out, stats,
+            _float64s(tuple(limits), a.device), n, max(inner_a, 1), ranges_a.numel() if per_channel else 1,
+            max(inner_b, 1), ranges_b.numel() if per_channel else 1, gain_a, offset_a, clamp_a, step_a, limits[0],
+            gain_b, offset_b, clamp_b, step_b, limits[1], top, int(top), CODE=int(code_index), PER_CHANNEL=per_channel,
+            BLOCK_SIZE=BLOCK, enable_fp_fusion=False)
+    return out, stats
+
+
+@product.register_fake
+def _(a, b, ranges_a, inner_a, ranges_b, inner_b, params_a, params_b, limits):
+    return a.new_empty(a.shape, dtype=torch.float32), a.new_empty(6, dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=None)
-def _float64(value: float, device: torch.device) -> torch.Tensor:
-    """``value`` as a one-element float64 tensor on ``device``, made once (a kernel reads it in float64)."""
-    return torch.tensor([value], dtype=torch.float64, device=device)
+def _float64s(values: Tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """``values`` as a float64 tensor on ``device``, made once (a kernel reads them in float64)."""
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 @code.register_fake
-def _(x, scale, center, inner, params, limit, shift, counts):
+def _(x, scale, center, inner, params, limit, shift, counts, rectify=False, fanout=0, partner=None, partner_inner=1,
+      sum_rows=0, sum_inner=1):
     return (x.new_empty(x.shape, dtype=torch.float32), x.new_empty(x.shape if counts else (0,), dtype=torch.float32),
-            x.new_empty(3, dtype=torch.int64))
+            x.new_empty(4, dtype=torch.int64),
+            x.new_empty(x.numel() // (sum_rows * sum_inner) * sum_inner if sum_rows else 0, dtype=torch.int32))
 
 
 @triton.jit
@@ -166,7 +279,7 @@ def _lookup_kernel(x_ptr, first_ptr, edges_ptr, entries_ptr, out_ptr, stats_ptr,
     i = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     inside = i < n
     v = tl.load(x_ptr + i, mask=inside, other=0.0).to(tl.float32)
-    bad = tl.sum((inside & ~(tl.abs(v) <= 3.4028234663852886e38)).to(tl.int64), 0)
+    bad = _nonfinite(v, inside)
     outside = tl.sum((inside & ((v < lo) | (v > hi))).to(tl.int64), 0)
     c = tl.where(v >= lo, v, lo)  # NaN -> lo: never indexes outside the tables
     c = tl.where(c <= hi, c, hi)
@@ -318,7 +431,7 @@ def _split_value(v, params_ptr, table_ptr):
 
 @triton.jit
 def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, recip_table_ptr, log2e, floor_exp,
-                    top_bits, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
+                    top_bits, neurons_per_value, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
     """One row of :func:`softmax` (the C kernel ``sjmbe_softmax_f32``'s arithmetic)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -349,32 +462,35 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
     e_spikes = tl.sum(tl.where(inside, _digit_count(e_digits.to(tl.int32), top_bits, CODE), 0), 0)
     p = (e_digits * tl.load(params_ptr + 16 + 3)) * scaled
     tl.store(out_ptr + row * n + cols, tl.minimum(p, 1.0), mask=inside)
-    tl.atomic_add(stats_ptr + 0, (spikes + e_spikes + r_spikes).to(tl.int64))
-    tl.atomic_add(stats_ptr + 1, live.to(tl.int64))
-    tl.atomic_add(stats_ptr + 2, e_spikes.to(tl.int64) * r_spikes.to(tl.int64))
+    spikes = (spikes + e_spikes + r_spikes).to(tl.int64)
+    tl.atomic_add(stats_ptr + 0, spikes)
+    tl.atomic_add(stats_ptr + 1, neurons_per_value * (live.to(tl.int64) + 1))
+    tl.atomic_add(stats_ptr + 2, spikes + live.to(tl.int64) + e_spikes.to(tl.int64) * r_spikes.to(tl.int64))
     tl.atomic_add(stats_ptr + 3, bad.to(tl.int64))
 
 
 @torch.library.custom_op("sjmbe::softmax", mutates_args=())
 def softmax(x: torch.Tensor, params: torch.Tensor, exp2_table: torch.Tensor, recip_table: torch.Tensor,
-            log2e: float, floor_exponent: float, top_bits: int, code: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            log2e: float, floor_exponent: float, top_bits: int, code: int,
+            neurons_per_value: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``SpikingSoftmax`` along the last dimension of ``x``, one row per program: ``(output in float32,
-    [spikes, unmasked elements, product SOPs, NaN/+inf])``. ``params``: :func:`coder_rows` of the
-    exp2 split function, the reciprocal's, the ``e`` and ``1/M`` coders; the split functions' tables
-    as interleaved float32 ``(value, spikes)``."""
+    [spikes, neurons, SOPs, NaN/+inf])``, a row's neurons ``neurons_per_value`` per unmasked element
+    and for its sum, its SOPs its spikes, unmasked elements and product coincidences. ``params``:
+    :func:`coder_rows` of the exp2 split function, the reciprocal's, the ``e`` and ``1/M`` coders; the
+    split functions' tables as interleaved float32 ``(value, spikes)``."""
     x = x.contiguous()
     n = x.shape[-1]
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     stats = torch.zeros(4, dtype=torch.int64, device=x.device)
     if x.numel():
         _softmax_kernel[(x.numel() // n,)](x, out, stats, n, params, exp2_table, recip_table, log2e,
-                                           floor_exponent, top_bits, CODE=code, BLOCK_N=triton.next_power_of_2(n),
+                                           floor_exponent, top_bits, neurons_per_value, CODE=code, BLOCK_N=triton.next_power_of_2(n),
                                            enable_fp_fusion=False)
     return out, stats
 
 
 @softmax.register_fake
-def _(x, params, exp2_table, recip_table, log2e, floor_exponent, top_bits, code):
+def _(x, params, exp2_table, recip_table, log2e, floor_exponent, top_bits, code, neurons_per_value):
     return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(4, dtype=torch.int64)
 
 
@@ -423,8 +539,9 @@ def _norm_kernel(x_ptr, weight_ptr, bias_ptr, out_ptr, stats_ptr, n, params_ptr,
     if HAS_BIAS:
         out = out + tl.load(bias_ptr + cols, mask=inside, other=0.0)
     tl.store(out_ptr + row * n + cols, out, mask=inside)
-    tl.atomic_add(stats_ptr + 0, (spikes + z_spikes + rho_spikes).to(tl.int64))
-    tl.atomic_add(stats_ptr + 1, z_squares.to(tl.int64) + z_spikes.to(tl.int64) * rho_spikes.to(tl.int64))
+    spikes = (spikes + z_spikes + rho_spikes).to(tl.int64)
+    tl.atomic_add(stats_ptr + 0, spikes)
+    tl.atomic_add(stats_ptr + 1, spikes + z_squares.to(tl.int64) + z_spikes.to(tl.int64) * rho_spikes.to(tl.int64))
     tl.atomic_add(stats_ptr + 2, bad.to(tl.int64))
 
 
@@ -433,7 +550,8 @@ def norm(x: torch.Tensor, n: int, weight: Optional[torch.Tensor], bias: Optional
          rsqrt_table: torch.Tensor, centered: bool, eps: float, min_row_exponent: int, element_span: int,
          top_bits: int, code: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``SpikingLayerNorm`` (``centered``) / ``SpikingRMSNorm`` and the affine map over rows of ``n``
-    elements, one row per program: ``(output in float32, [spikes, SOPs of both products, NaN/Inf])``.
+    elements, one row per program: ``(output in float32, [spikes, SOPs (the spikes and both products'
+    coincidences), NaN/Inf])``.
     ``params``: :func:`coder_rows` of the rsqrt split function, the ``z`` and ``rho`` coders;
     ``element_span >= 0``: each element of ``z`` carries its own exponent, at least ``-element_span``."""
     x = x.contiguous()

@@ -331,9 +331,7 @@ class IdentityCoder(nn.Module):
         ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
         clamped and counted."""
         if kernels.triton_usable(x):
-            params = list(self.kernel_params(torch.float32, True))
-            value, counts, stats = kernels.load_triton().code(x, None, None, 1, params, self.A,
-                                                             shift and self.shift_overflow, True)
+            value, counts, stats, _ = self.triton_code(x, shift, counts=True)
             return SpikeCode(value, counts), [stats[0], stats[1], stats[2]]
         value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
         if shift and self.shift_overflow and stats[1] and not stats[2]:
@@ -341,6 +339,14 @@ class IdentityCoder(nn.Module):
             value, counts, stats = kernels.encode(x / shifts, self.kernel_params(x.dtype, True), self.A)
             return SpikeCode(value, counts).shifted(shifts), stats
         return SpikeCode(value, counts), stats
+
+    def triton_code(self, x: torch.Tensor, shift: bool = True, counts: bool = False, scale: Optional[torch.Tensor] = None,
+                    inner: int = 1, **options: object) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`fused` on the ``triton`` backend, :func:`~spikingjelly_mbe.kernels.triton_ops.code`'s
+        outputs as they come (``scale``, ``inner``: per-channel ranges; ``options``: its rectifier, SOP
+        and column-sum arguments); at the overflow shift when ``shift`` and ``shift_overflow``."""
+        return kernels.load_triton().code(x, scale, None, inner, list(self.kernel_params(torch.float32, True)), self.A,
+                                          shift and self.shift_overflow, counts, **options)
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}"

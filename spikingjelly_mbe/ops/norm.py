@@ -218,8 +218,7 @@ class _SpikingNorm(SpikingOp):
                 xs, n, weight, bias, params, torch.view_as_real(self.rsqrt.table(torch.float32, xs.device)),
                 self.centered, self.eps, MIN_ROW_EXPONENT, 2 * self.T if self.element_exponents else -1,
                 int(self.z_coder.kernel_params(torch.float32, False)[4]), list(CODES).index(self.code))
-            spikes, coincidences, nonfinite = stats[0], stats[1], stats[2]
-            return out, (spikes, spikes + coincidences, nonfinite)
+            return out, (stats[0], stats[1], stats[2])
         rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(xs.dtype)
         z_params, rho_params = (kernels.doubles(c.kernel_params(xs.dtype, False)) for c in (self.z_coder, self.rho_coder))
         out, (spikes, coincidences, nonfinite) = kernels.rowwise(

@@ -11,8 +11,8 @@ from .. import kernels
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, broadcast_shape, float_function, working_dtype
 from .observer import Extreme, RangeObserver
-from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_ranges, covering_range,
-                        resolve_budget)
+from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_layout, channel_ranges,
+                        covering_range, resolve_budget)
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode,
                      check_code, check_steps, total)
 
@@ -213,7 +213,13 @@ class _TwoOperandOp(CalibratedOp):
             raise RuntimeError(f"{type(self).__name__} has no operand ranges: run calibration forwards while "
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
-        scale, dtype_out = None, torch.promote_types(a.dtype, b.dtype)
+        dtype_out = a.dtype if a.dtype == b.dtype else torch.promote_types(a.dtype, b.dtype)
+        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and self.triton_fusable(a, b) \
+                and kernels.triton_usable(a, b):
+            out = self.by_triton(a, b)
+            self.record(ann_flops=self.float_flops(a, b))
+            return out.to(dtype_out)
+        scale = None
         if self.channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
             dtype = working_dtype(a, self.T)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
@@ -251,6 +257,19 @@ class _TwoOperandOp(CalibratedOp):
             self.count_operand(name, x, spikes, clamped)
             codes.append(code)
         return self.combine(*codes)
+
+    def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether :meth:`by_triton` takes these operands (else each is coded by itself)."""
+        return False
+
+    def by_triton(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Fast mode in fused Triton kernels, the statistics counted on the device (float32)."""
+        raise NotImplementedError
+
+    def count_triton_operand(self, name: str, x: torch.Tensor, spikes: Count, clamped: Count, nonfinite: Count) -> None:
+        """:meth:`count_operand` with a Triton kernel's device counts, NaN/Inf among them."""
+        self.counted_nonfinite(x, f"operand {name}", nonfinite)
+        self.count_operand(name, x, spikes, clamped)
 
     def count_operand(self, name: str, x: torch.Tensor, spikes: Count, clamped: Count) -> None:
         """Record one operand's spikes and neurons; count (and warn about) elements that even the
@@ -308,6 +327,27 @@ class SpikingProduct(_TwoOperandOp):
         self.count_operand("a", a, spikes_a, 0)
         self.count_operand("b", b, spikes_b, 0)
         self.record(sops=sops)
+        return out
+
+    def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape == b.shape
+
+    def by_triton(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Both codes (per channel: of ``a / A_k`` and ``b / B_k``, times ``A_k B_k``), the product and
+        its coincidences in one kernel (:func:`~spikingjelly_mbe.kernels.triton_ops.product`)."""
+        if self.channel_ranges_a is not None:
+            (_, inner_a, ranges_a), (_, inner_b, ranges_b) = (channel_layout(r, x, -1) for r, x in
+                                                               ((self.channel_ranges_a, a), (self.channel_ranges_b, b)))
+        else:
+            ranges_a = ranges_b = None
+            inner_a = inner_b = 1
+        coders = self.coders
+        out, stats = kernels.load_triton().product(a, b, ranges_a, inner_a, ranges_b, inner_b,
+                                                   *(list(c.kernel_params(torch.float32, True)) for c in coders),
+                                                   [c.A for c in coders])
+        self.count_triton_operand("a", a, stats[0], stats[1], stats[4])
+        self.count_triton_operand("b", b, 0, stats[2], stats[5])
+        self.record(sops=stats[3])
         return out
 
     def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
@@ -372,6 +412,21 @@ class SpikingMatmul(_TwoOperandOp):
             sums.append(spike_sums)
         self.record(sops=(sums[0].long() * sums[1].long()).sum())
         return values[0] @ values[1]
+
+    def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        return a.shape[:-2] == b.shape[:-2] and self.channel_ranges_a is None
+
+    def by_triton(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Each operand's code in one Triton kernel (:func:`~spikingjelly_mbe.kernels.triton_ops.code`):
+        ``a``'s spikes summed over its rows, which ``b``'s kernel weights its spikes with (the
+        coincidences, :func:`matmul_sops`); then the product of the decoded matrices."""
+        (M, K), N = a.shape[-2:], b.shape[-1]
+        value_a, _, stats_a, column_spikes = self.coders[0].triton_code(a, sum_rows=M, sum_inner=K)
+        value_b, _, stats_b, _ = self.coders[1].triton_code(b, partner=column_spikes, partner_inner=N)
+        for name, x, stats in (("a", a, stats_a), ("b", b, stats_b)):
+            self.count_triton_operand(name, x, stats[0], stats[1], stats[2])
+        self.record(sops=stats_b[3])
+        return value_a @ value_b
 
     def float_flops(self, a: torch.Tensor, b: torch.Tensor) -> int:
         batch = math.prod(torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))

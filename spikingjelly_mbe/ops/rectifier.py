@@ -119,6 +119,10 @@ class SpikingReLU(CalibratedOp):
             return F.relu(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
+        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.triton_usable(x):
+            _, inner, scale = channel_layout(self.channel_ranges, x, -1)
+            value, _, stats, _ = self.coder.triton_code(x, rectify=True, scale=scale, inner=inner)
+            return self.finish(x, value, stats[0], stats[1], stats[2])
         xs = x.to(working_dtype(x, self.T))
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)

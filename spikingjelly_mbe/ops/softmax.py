@@ -18,6 +18,7 @@ from .split import SplitFunction
 
 LOG2E = 1.0 / math.log(2.0)
 MIN_EXPONENT = -2048.0  # 2^-2048 is 0 even in float64: such entries (and -inf) contribute exactly 0
+NEURONS_PER_VALUE = SplitFunction.NEURONS_PER_ELEMENT + 1  # a split function's and the product's MBE_Id
 
 
 class SpikingSoftmax(SpikingOp):
@@ -85,16 +86,20 @@ class SpikingSoftmax(SpikingOp):
                              f"got shape {tuple(x.shape)}")
         if x.numel() == 0:  # no rows, or rows of length 0: nothing to normalise, like torch.softmax
             return x.new_empty(x.shape)
-        if (not self.simulating and x.numel() and self.exp2.packed_table is not None
-                and (kernels.usable(x, row=x.shape[self.dim]) or kernels.triton_usable(x, row=x.shape[self.dim]))):
+        fast = not self.simulating and self.exp2.packed_table is not None
+        if fast and kernels.triton_usable(x, row=x.shape[self.dim]):
+            out, (spikes, neurons, sops, nonfinite) = self.by_triton(x)
+            self.counted_nonfinite(x, "input", nonfinite, allow_neg_inf=True)
+            self.record(spikes=spikes, neurons=neurons, sops=sops, ann_flops=flops.SOFTMAX * x.numel())
+            return out.to(x.dtype)
+        if fast and kernels.usable(x, row=x.shape[self.dim]):
             out, (spikes, live_count, sops, nonfinite) = self.fused(x, self.exp2.packed_table)
             self.counted_nonfinite(x, "input", nonfinite, allow_neg_inf=True)
         else:
             self.check_input(x, "input", allow_neg_inf=True)
             out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
         rows = x.numel() // x.shape[self.dim]
-        neurons_per_value = SplitFunction.NEURONS_PER_ELEMENT + 1  # split function and the product's MBE_Id
-        self.record(spikes=spikes, neurons=neurons_per_value * (live_count + rows),
+        self.record(spikes=spikes, neurons=NEURONS_PER_VALUE * (live_count + rows),
                     sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())
         return out.to(x.dtype)
 
@@ -120,20 +125,25 @@ class SpikingSoftmax(SpikingOp):
         spikes = total(exp2_spikes * live) + total(recip_spikes) + total(e_code.counts) + total(r_code.counts)
         return out, spikes, live.sum(), product_sops(e_code, r_code)
 
+    def by_triton(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Fast mode's stages in one Triton program per row (:func:`~spikingjelly_mbe.kernels.triton_ops.softmax`),
+        the same float32 operations as :meth:`stages`: ``(output, [spikes, neurons, SOPs, NaN/+inf
+        inputs])``, counted on the device."""
+        triton_ops = kernels.load_triton()
+        tables = (torch.view_as_real(f.table(torch.float32, x.device)) for f in (self.exp2, self.reciprocal))
+        params = triton_ops.coder_rows(  # exp2 and 1/M split functions, the e and 1/M coders
+            x.device, *(f.coder.kernel_params(torch.float32, False) + (f.target.lo,) for f in (self.exp2, self.reciprocal)),
+            *(c.kernel_params(torch.float32, False) for c in (self.e_coder, self.r_coder)))
+        out, stats = triton_ops.softmax(x.movedim(self.dim, -1), params, *tables, LOG2E, MIN_EXPONENT,
+                                        int(self.e_coder.kernel_params(torch.float32, False)[4]),
+                                        list(CODES).index(self.code), NEURONS_PER_VALUE)
+        return out.movedim(-1, self.dim), [stats[0], stats[1], stats[2], stats[3]]
+
     def fused(self, x: torch.Tensor, packed: Tuple[torch.Tensor, int]) -> Tuple[torch.Tensor, List[int]]:
-        """Fast mode's stages in one compiled pass per row (:mod:`spikingjelly_mbe.kernels`), the
+        """Fast mode's stages in one C pass per row (:mod:`spikingjelly_mbe.kernels`), the
         same float32 operations as :meth:`stages`: ``(output, [spikes, unmasked elements, product
         SOPs, NaN/+inf inputs])``."""
         rows_last = x.movedim(self.dim, -1)
-        if kernels.triton_usable(x):
-            tables = (torch.view_as_real(f.table(torch.float32, x.device)) for f in (self.exp2, self.reciprocal))
-            params = kernels.load_triton().coder_rows(  # exp2 and 1/M split functions, the e and 1/M coders
-                x.device, *(f.coder.kernel_params(torch.float32, False) + (f.target.lo,) for f in (self.exp2, self.reciprocal)),
-                *(c.kernel_params(torch.float32, False) for c in (self.e_coder, self.r_coder)))
-            out, stats = kernels.load_triton().softmax(rows_last, params, *tables, LOG2E, MIN_EXPONENT,
-                                                       int(self.e_coder.kernel_params(torch.float32, False)[4]),
-                                                       list(CODES).index(self.code))
-            return out.movedim(-1, self.dim), [stats[0], stats[1], stats[2], stats[3]]
         recip_params, recip_table = self.reciprocal.kernel_args(x.dtype)
         exp2_params = self.exp2.kernel_args(x.dtype)[0]
         e_params, r_params = (kernels.doubles(c.kernel_params(x.dtype, False)) for c in (self.e_coder, self.r_coder))

@@ -212,8 +212,7 @@ class SpikingWeightInput(CalibratedOp):
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.triton_usable(x):
-            decoded, spikes, clamped = self.decoded_by_triton(x)
-            return self.finish(x, self.layer.forward(decoded.to(x.dtype)), spikes, clamped)
+            return self.by_triton(x)
         xs = x.to(working_dtype(x, self.T))
         centers = self.centers_for(xs)
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
@@ -249,29 +248,32 @@ class SpikingWeightInput(CalibratedOp):
         value = code.value * scales
         return value if centers is None else value + centers
 
-    def finish(self, x: torch.Tensor, out: torch.Tensor, spikes: Count, clamped: Count) -> torch.Tensor:
-        """Subtract the rounding bias (with ``bias_correction``); count the forward's spikes, SOPs, MACs
-        and clamps; ``out`` in ``x``'s dtype."""
+    def finish(self, x: torch.Tensor, out: torch.Tensor, spikes: Count, clamped: Count,
+               sops: Optional[Count] = None) -> torch.Tensor:
+        """Subtract the rounding bias (with ``bias_correction``); count the forward's spikes, SOPs
+        (``spikes x fan-out`` unless given), MACs and clamps; ``out`` in ``x``'s dtype."""
         if self.rounding_bias is not None:
             out = out - along(self.rounding_bias, out, self.channel_dim)
         macs = flops.weight_layer(self.layer, out)
         self.note_clamped(clamped, f"inputs {BEYOND_SHIFT}")
-        self.record(spikes=spikes, neurons=x.numel(), sops=spikes * (macs // x.numel() if x.numel() else 0),
-                    ann_flops=macs)
+        if sops is None:
+            sops = spikes * (macs // x.numel() if x.numel() else 0)
+        self.record(spikes=spikes, neurons=x.numel(), sops=sops, ann_flops=macs)
         return out.to(x.dtype)
 
-    def decoded_by_triton(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fast mode's decoded input ``x_hat = c + code(x - c)`` in float32 in one Triton kernel
+    def by_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast mode with the decoded input ``x_hat = c + code(x - c)`` from one Triton kernel
         (:func:`~spikingjelly_mbe.kernels.triton_ops.code`: each channel's center, range and overflow
-        shift), with its spikes and clamps (device counts); the same bits as the eager path."""
+        shift; spikes, clamps and, for a layer on the last dimension, SOPs counted on the device);
+        the same bits as the eager path."""
         _, inner, scale = channel_layout(self.channel_ranges, x, self.channel_dim)
         center = None if self.centers_for(x) is None else self.channel_centers.float()
-        decoded, _, stats = kernels.load_triton().code(x, scale, center, inner,
-                                                      list(self.coder.kernel_params(torch.float32, True)),
-                                                      self.coder.A, True, False)
-        spikes, clamped, nonfinite = stats[0], stats[1], stats[2]
-        self.counted_nonfinite(x, "input", nonfinite)
-        return decoded, spikes, clamped
+        linear = self.channel_dim == -1  # nn.Linear, Conv1D: each input element drives weight.numel() / K MACs
+        decoded, _, stats, _ = kernels.load_triton().code(
+            x, scale, center, inner, list(self.coder.kernel_params(torch.float32, True)), self.coder.A, True, False,
+            fanout=self.layer.weight.numel() // x.shape[-1] if linear else 0)
+        self.counted_nonfinite(x, "input", stats[2])
+        return self.finish(x, self.layer.forward(decoded.to(x.dtype)), stats[0], stats[1], stats[3] if linear else None)
 
     def centers_for(self, x: torch.Tensor) -> Optional[torch.Tensor]:
         """The channel centers shaped to broadcast against ``x``, or ``None`` (no centers, or ``x``
