@@ -177,11 +177,13 @@ def test_conversion_defers_the_checks_of_every_operator(converted):
     assert ops and all(op.checks == "deferred" for op in ops)
 
 
-def test_torch_compile_captures_a_converted_encoder_in_one_graph(converted):
-    """No graph break inside the spiking operators: ``fullgraph=True`` raises at the first one."""
+@pytest.mark.parametrize("name", ["torch", pytest.param("triton", marks=(TRITON, pytest.mark.slow))])
+def test_torch_compile_captures_a_converted_encoder_in_one_graph(converted, name):
+    """No graph break inside the spiking operators, on the eager path and on the Triton kernels (custom
+    ops): ``fullgraph=True`` raises at the first one."""
     _, snn = converted["bert"]
     x = make_batch("bert", 2, seed=3)
-    with kernels.disabled(), torch.no_grad():
+    with backend.use(name), torch.no_grad():
         expected = main_output(forward(snn, x))
         try:
             compiled = torch.compile(snn, backend="eager", fullgraph=True)
