@@ -208,15 +208,14 @@ def test_kernels_report_nan_and_inf_as_errors():
         op(x)
 
 
-def test_the_switch_chooses_by_device_and_aliases_the_old_one(monkeypatch):
+def test_the_switch_chooses_by_device_or_as_told(monkeypatch):
     cpu = torch.zeros(1)
     monkeypatch.delenv(backend.ENV, raising=False)
-    monkeypatch.delenv(backend.LEGACY_ENV, raising=False)
     assert backend.select(cpu) == "c"
     assert backend.default_for(torch.device("cuda")) == "triton"
-    monkeypatch.setenv(backend.LEGACY_ENV, "0")
+    monkeypatch.setenv(backend.ENV, "torch")
     assert backend.select(cpu) == "torch"
-    monkeypatch.setenv(backend.ENV, "triton")  # the new switch wins
+    monkeypatch.setenv(backend.ENV, "triton")
     assert backend.select(cpu) == "triton"
     with backend.use("c"):
         assert backend.select(cpu) == "c"

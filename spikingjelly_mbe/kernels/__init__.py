@@ -9,7 +9,7 @@ and spike counts of the PyTorch fast path (``tests/test_kernels.py``).
 the project cache and loaded with :mod:`ctypes`; nothing is downloaded. Without a compiler, on GPU
 tensors or for float64 the operators keep their eager fast path, which
 returns the same numbers. They are the ``c`` backend of :mod:`.backend` (``SPIKINGJELLY_MBE_BACKEND``;
-``SPIKINGJELLY_MBE_KERNELS=0`` or :func:`disabled` choose the ``torch`` backend).
+``SPIKINGJELLY_MBE_BACKEND=torch`` or :func:`disabled` choose the ``torch`` backend).
 Rows are split across ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 """
 from __future__ import annotations

@@ -7,8 +7,7 @@ kernels of :mod:`spikingjelly_mbe.kernels.triton_ops` (CUDA tensors; CPU tensors
 interpreter, ``TRITON_INTERPRET=1``). An operand a backend cannot take runs the ``torch`` path.
 
 The choice, strongest first: :func:`use` (a context manager), the environment variable
-``SPIKINGJELLY_MBE_BACKEND``, ``SPIKINGJELLY_MBE_KERNELS=0`` (the older switch: ``torch``), and
-otherwise by device: ``c`` on the CPU, ``triton`` on CUDA when Triton is importable, else ``torch``.
+``SPIKINGJELLY_MBE_BACKEND``, and otherwise by device: ``c`` on the CPU, ``triton`` on CUDA when Triton is importable, else ``torch``.
 """
 from __future__ import annotations
 
@@ -23,7 +22,6 @@ import torch
 
 BACKENDS = ("torch", "c", "triton")
 ENV = "SPIKINGJELLY_MBE_BACKEND"
-LEGACY_ENV = "SPIKINGJELLY_MBE_KERNELS"  # "0": the torch backend
 
 _chosen: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("sjmbe_backend", default=None)
 
@@ -41,9 +39,7 @@ def configured() -> Optional[str]:
     if chosen is not None:
         return chosen
     name = os.environ.get(ENV, "").strip()
-    if name:
-        return check_backend(name, f"${ENV}")
-    return "torch" if os.environ.get(LEGACY_ENV, "1") == "0" else None
+    return check_backend(name, f"${ENV}") if name else None
 
 
 @contextlib.contextmanager
