@@ -86,15 +86,15 @@ def speed(layers: int, hidden: int, heads: int, sequences: int, length: int, bat
     ann = build("bert", layers=layers, hidden=hidden, heads=heads).to(device)
     data = [on(device, make_batch("bert", batch_size, seq_len=length, seed=s)) for s in range(sequences // batch_size)]
     evaluate(ann, data[:1])  # warm-up
-    start = now(device)
+    start, cpu = now(device), time.process_time()
     reference = evaluate(ann, data)
-    t_ann = now(device) - start
+    t_ann, cpu_ann = now(device) - start, time.process_time() - cpu
     start = now(device)
     snn = convert(ann, calib_data=data[:2], mode="fast")
     t_convert = now(device) - start
-    start = now(device)
+    start, cpu = now(device), time.process_time()
     out = evaluate(snn, data)
-    t_snn = now(device) - start
+    t_snn, cpu_snn = now(device) - start, time.process_time() - cpu
     r = agreement(reference, out)
     settings = OpSettings()
     print(f"encoder {layers}x{hidden}, {sequences} sequences x {length} tokens, batch {batch_size}, T={settings.T}, "
@@ -102,6 +102,9 @@ def speed(layers: int, hidden: int, heads: int, sequences: int, length: int, bat
           + (f", {torch.get_num_threads()} thread(s)" if device.type == "cpu" else ""))
     print(f"ANN eval {t_ann:.2f}s | SNN convert+calibrate {t_convert:.2f}s + eval {t_snn:.2f}s")
     print(f"SNN/ANN time ratio: eval only {t_snn / t_ann:.2f}x, convert+eval {(t_convert + t_snn) / t_ann:.2f}x")
+    if device.type == "cpu":  # this process's CPU time: what other processes' load changes least
+        print(f"SNN/ANN process CPU time ratio, eval only: {cpu_snn / cpu_ann:.2f}x "
+              f"(ANN {cpu_ann:.2f}s, SNN {cpu_snn:.2f}s)")
     print(f"agreement: min cosine {r['cosine']:.6f}, argmax {r['argmax']:.4f}")
     print("one batch, seconds by operator:", {k: round(v, 2) for k, v in operator_seconds(snn, data[0], device).items()})
 
