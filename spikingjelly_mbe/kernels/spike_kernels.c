@@ -616,7 +616,7 @@ void sjmbe_rectified_f32(const float *restrict x, int64_t start, int64_t stop, i
     }
 }
 
-/* One step of ECMT's Multi-Threshold neuron (neurons.MTNode): v = x + v_prev (v_prev NULL: 0), the
+/* One step of ECMT's Multi-Threshold neuron (spikingjelly_mbe.ecmt.MTNode): v = x + v_prev (v_prev NULL: 0), the
  * positive threshold lam_p 2^k with the largest k < levels such that v >= lam_p (2^k - 1/2) fires,
  * else the negative one with -v >= lam_n (2^k - 1/2); out = +-lam 2^k or 0, v_out = v - out.
  * The index is estimated from the binary exponent of |v| / lam + 1/2 and then settled by the exact
