@@ -12,6 +12,7 @@ from spikingjelly.activation_based import functional
 from spikingjelly_mbe import kernels
 from spikingjelly_mbe.fitting.library import load_fitted
 from spikingjelly_mbe.neurons.lookup import neuron_table
+from spikingjelly_mbe.ops.coding import CODES, IdentityCoder
 from spikingjelly_mbe.ops import (RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
                                   SpikingReLU, SpikingRMSNorm, SpikingSoftmax)
 from spikingjelly_mbe.ops.weight_input import SpikingWeightInput
@@ -130,6 +131,18 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
         assert_kernel_equals_eager(op, a, b)
     finally:
         logging.disable(logging.NOTSET)
+
+
+@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("T", range(1, 17))
+def test_kernel_spike_count_of_every_digit_pattern_is_the_codes_count(code, T):
+    """The kernels' closed-form count (binary, signed) on every pattern q < 2^T, against ops.coding's."""
+    coder = IdentityCoder(T, 1.0, code)
+    x = torch.arange(2 ** T, dtype=torch.float64).div(2 ** T - 1).float()
+    q = coder.quantize(x)
+    value, counts, stats = kernels.encode(x, coder.kernel_params(torch.float32, True), 1.0)
+    assert torch.equal(q, torch.arange(2 ** T, dtype=torch.float32))  # every pattern once
+    assert torch.equal(counts, CODES[code].count(q, T)) and stats[0] == int(counts.sum())
 
 
 ATTENTION_OPERANDS = {  # from q [2, 5, 3, 8] (batch, sequence, heads, width) and k alike, as attention forms them

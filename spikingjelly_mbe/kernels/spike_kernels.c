@@ -56,21 +56,21 @@ static inline int32_t bits_set(uint32_t v) {
 }
 
 /* Spikes of the digit pattern q < 2^16 in the digit code (ops.coding.CODES): binary, popcount(q);
- * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count): the NAF
- * digits d = ((3q) ^ q) >> 1 below 2^T, and when the NAF's top digit is 2^T the positions from its
- * highest lower digit 2^j up to 2^(T-1) filled: T - 1 - j spikes more than the lower digits (j = -1
- * when there is none). j is the exponent of the lower digits as a float (exact below 2^24; 0 reads
- * as -127, held at -1), a conversion that vectorizes. */
+ * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count). m = (3q) ^ q
+ * marks the NAF digits of q, digit k at bit k + 1 (bit 0 is always clear), so popcount(m) is the NAF's
+ * weight. When the NAF's top digit is 2^T (bit T + 1 of m) the neuron fires 2^(T-1) + ... + 2^j for its
+ * 2^T - 2^j (2^j the highest lower digit, at bit j + 1 of m): the two digits become T - j, T - 2 - j
+ * spikes more. j + 1 is the exponent of m's lower digits as a float (exact below 2^24; never 0 there),
+ * a conversion that vectorizes. */
 static inline int32_t spike_count(float q, float top_pattern, int32_t code) {
     const uint32_t v = (uint32_t)(int32_t)q;
     if (code == 0) return bits_set(v);
-    const uint32_t top = (uint32_t)(int32_t)top_pattern, digits = ((3u * v) ^ v) >> 1, low = digits & top;
-    const float as_float = (float)(int32_t)low;
-    int32_t j;
-    memcpy(&j, &as_float, sizeof j);
-    j = (j >> 23) - 127;
-    j = j > -1 ? j : -1;
-    return bits_set(low) + (int32_t)(digits > top) * (bits_set(top) - 1 - j);
+    const uint32_t top = (uint32_t)(int32_t)top_pattern, marks = ((v << 1) + v) ^ v, lower = marks & (top << 1);
+    const float as_float = (float)(int32_t)lower;
+    int32_t bits;
+    memcpy(&bits, &as_float, sizeof bits);
+    /* T - 2 - j = T - 1 - (exponent of lower) = bits_set(top) + 126 - (bits >> 23) */
+    return bits_set(marks) + (marks > (top << 1) + 1u ? bits_set(top) + 126 - (bits >> 23) : 0);
 }
 
 static inline float bits_to_float(int32_t bits) {
