@@ -2,6 +2,7 @@
 agreement with the step-by-step simulation, NaN/Inf errors, the packed table format, threads and
 the fallback when no C compiler is found."""
 import logging
+import math
 
 import pytest
 import torch
@@ -242,6 +243,40 @@ def test_channel_code_kernel_clamps_and_counts_like_the_eager_path(kind):
     other = {"relu": (3, 7), "conv": (12, 9)}.get(kind)
     if other is not None:
         assert_kernel_equals_eager(op, torch.randn(*other, generator=g) * 5)
+
+
+@pytest.mark.parametrize("code", ["signed", "binary"])
+@pytest.mark.parametrize("T", [4, 8, 16])
+@pytest.mark.parametrize("layer", ["linear", "conv", "relu"])
+def test_channel_code_blocks_within_their_ranges_skip_the_shift_bit_for_bit(layer, T, code):
+    """The kernel codes blocks of 4096 elements without overflow shifts when every quotient lies within
+    ``[-1, 1]``: long rows of channels (Linear, ReLU) and long runs of one channel (Conv1d) wholly within
+    their ranges, their exact ends ``c +- A_k`` and ``-0.0`` included, next to blocks holding one input just
+    beyond (``c + A_k`` one float up) or far beyond: the eager path's bits and statistics, and the
+    step-by-step simulation's."""
+    g = torch.Generator().manual_seed(T)
+    channels = 3 if layer == "conv" else 5000
+    if layer == "relu":
+        op = SpikingReLU(T, code=code, per_channel=True, A=2.0)
+    else:
+        module = torch.nn.Conv1d(channels, 2, 1) if layer == "conv" else torch.nn.Linear(channels, 2)
+        op = SpikingWeightInput(module, T, code=code, A=2.0)
+        op.channel_centers = torch.rand(channels, generator=g) - 0.5
+    op.channel_ranges = torch.rand(channels, generator=g) + 0.5
+    shape = (2, channels, 9000) if layer == "conv" else (3, channels)
+    view = (1, channels, 1) if layer == "conv" else (channels,)
+    ranges = op.channel_ranges.view(view)
+    centres = op.channel_centers.view(view) if layer != "relu" else torch.zeros(view)
+    x = (torch.rand(*shape, generator=g) * 2 - 1) * ranges + centres
+    top, bottom = ((centres + ranges).expand(shape).flatten(), (centres - ranges).expand(shape).flatten())
+    flat = x.view(-1)
+    flat[:3] = torch.stack([top[0], bottom[1], torch.tensor(-0.0)])
+    flat[5000] = torch.nextafter(top[5000], torch.tensor(math.inf))
+    flat[12000] = 1e6
+    fast, fast_stats = assert_kernel_equals_eager(op, x)
+    sim, sim_stats = run(op, x, mode="simulate")
+    torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-5)
+    assert fast_stats == sim_stats
 
 
 ACTIVATIONS = {"gelu N=8 T=16": lambda: SpikingActivation.gelu(T=16, N=8),

@@ -147,31 +147,50 @@ void sjmbe_encode_f32(const float *restrict x, int64_t n, const double *coder, d
     }
 }
 
-/* SpikingWeightInput's and SpikingReLU's input code on n elements: element i is
+/* SpikingWeightInput's and SpikingReLU's input code on n <= CODE_BLOCK elements: element i is
  * u = (relu?(x[i]) - centre) / range (range and centre scalars, or per element when per_element),
  * held at +-FLT_MAX (ops.coding.finite), coded at its overflow shift s as the unit-range MBE_Id code of
  * u / s, and decoded as ((sign(u) q w 2^-T) s) range + centre, the operations of the eager path in its
- * order. stats += (spikes, |u / s| > 1: beyond even the largest shift, NaN/Inf inputs). */
+ * order. The quotients are taken first; when none lies beyond [-1, 1] (nor is NaN), every shift is 1,
+ * u / s = u and the multiplication by s is exact, so that pass skips the shift and returns the same
+ * bits. stats += (spikes, |u / s| > 1: beyond even the largest shift, NaN/Inf inputs). */
 INLINE void channel_block(const float *restrict x, int64_t n, const float *restrict range,
                           const float *restrict centre, int per_element, int rectify, coder_t c, int32_t code,
                           float *restrict out, int64_t *stats) {
-    int32_t spikes = 0, clamped = 0, bad = 0;
+    float unit[CODE_BLOCK];
+    int32_t spikes = 0, clamped = 0, bad = 0, beyond = 0;
     for (int64_t i = 0; i < n; ++i) {
         const int64_t k = per_element ? i : 0;
         float v = x[i];
         bad += !(fabsf(v) <= FLT_MAX);
         if (rectify) v = v > 0.0f ? v : 0.0f;
         if (centre) v = v - centre[k];
-        float u = v / range[k];
-        u = u < FLT_MAX ? u : FLT_MAX;
-        u = u > -FLT_MAX ? u : -FLT_MAX;
-        float w;
-        const float shift = unit_overflow_shift(u, &w), q = quantize(w, c);
-        spikes += spike_count(q, c.top, code);
-        clamped += fabsf(w) > 1.0f;
-        float value = (copysignf(q * c.step, w) * shift) * range[k];
-        if (centre) value = value + centre[k];
-        out[i] = value;
+        unit[i] = v / range[k];
+        beyond += !(fabsf(unit[i]) <= 1.0f);
+    }
+    if (beyond) {
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t k = per_element ? i : 0;
+            float u = unit[i];
+            u = u < FLT_MAX ? u : FLT_MAX;
+            u = u > -FLT_MAX ? u : -FLT_MAX;
+            float w;
+            const float shift = unit_overflow_shift(u, &w), q = quantize(w, c);
+            spikes += spike_count(q, c.top, code);
+            clamped += fabsf(w) > 1.0f;
+            float value = (copysignf(q * c.step, w) * shift) * range[k];
+            if (centre) value = value + centre[k];
+            out[i] = value;
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t k = per_element ? i : 0;
+            const float u = unit[i], q = quantize(u, c);
+            spikes += spike_count(q, c.top, code);
+            float value = copysignf(q * c.step, u) * range[k];
+            if (centre) value = value + centre[k];
+            out[i] = value;
+        }
     }
     stats[0] += spikes;
     stats[1] += clamped;
