@@ -16,7 +16,7 @@ from spikingjelly_mbe.neurons.lookup import neuron_table
 from spikingjelly_mbe.ops.coding import CODES, IdentityCoder
 from spikingjelly_mbe.ops import (RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
                                   SpikingReLU, SpikingRMSNorm, SpikingSoftmax)
-from spikingjelly_mbe.ops.weight_input import SpikingWeightInput
+from spikingjelly_mbe.ops.weight_input import LAST_CODE, SpikingWeightInput
 
 torch.set_num_threads(1)
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -277,6 +277,58 @@ def test_channel_code_blocks_within_their_ranges_skip_the_shift_bit_for_bit(laye
     sim, sim_stats = run(op, x, mode="simulate")
     torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-5)
     assert fast_stats == sim_stats
+
+
+@pytest.mark.parametrize("code", ["signed", "binary"])
+@pytest.mark.parametrize("T", [4, 8, 16])
+def test_sibling_weight_layers_code_their_shared_input_once(T, code):
+    """Three projections calibrated on the same input (an attention's query, key and value) code one
+    input tensor once: each layer's output and statistics are the eager path's (inputs beyond the ranges
+    too); an input changed in place, another input, other ranges or a pre-hook's new input are coded
+    again, and a forward hook on a sibling still runs."""
+    g = torch.Generator().manual_seed(T)
+    spread = torch.linspace(0.1, 3.0, 12)
+    layers = [SpikingWeightInput(torch.nn.Linear(12, 5), T, code=code) for _ in range(4)]
+    with torch.no_grad():
+        for _ in range(2):
+            batch = torch.randn(4, 9, 12, generator=g) * spread
+            for op in layers[:3]:
+                op(batch)
+            layers[3](batch * 2)
+    for op in layers:
+        op.finish_calibration()
+    x = torch.randn(2, 9, 12, generator=g) * spread * 2
+
+    def forward(ops, inputs, between=lambda: None):
+        """Each op on its input (``between`` runs between two calls): the kernel calls it took."""
+        calls, fused, eager = [], [], []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "channel_code", lambda *a, real=kernels.channel_code: calls.append(1) or real(*a))
+            for op, v in zip(ops, inputs):
+                fused.append(run(op, v))
+                with kernels.disabled():
+                    eager.append(run(op, v))
+                between()
+        for (out, stats), (reference, reference_stats) in zip(fused, eager):
+            assert torch.equal(out, reference) and stats == reference_stats
+        return len(calls)
+
+    assert forward(layers[:3], [x] * 3) == 1
+    assert forward(layers[:3], [x] * 3) == 0  # the same tensor again: its code is still the last one
+    hooked = []
+    layers[1].register_forward_hook(lambda *a: hooked.append(1))
+    y = x.clone()
+    assert forward(layers[:3], [y] * 3) == 1 and hooked == [1, 1]
+    z = x.clone()
+    assert forward([layers[0], layers[1]], [z, z], lambda: z.mul_(2)) == 2  # changed in place between the calls
+    assert forward([layers[0], layers[3], layers[2]], [x.clone()] * 3) == 3  # other ranges between: coded again
+    layers[2].register_forward_pre_hook(lambda op, args: (args[0] + 1,))
+    assert forward(layers[:3], [x.clone()] * 3) == 2
+    kept = x.clone()
+    run(layers[0], kept)
+    assert LAST_CODE.entry is not None
+    del kept  # its code is released with it
+    assert LAST_CODE.entry is None
 
 
 ACTIVATIONS = {"gelu N=8 T=16": lambda: SpikingActivation.gelu(T=16, N=8),

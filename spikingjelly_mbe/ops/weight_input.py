@@ -2,6 +2,8 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,6 +18,41 @@ from .layers import check_weight_layer
 from .observer import ChannelMean, Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
                         channel_shares, resolve_budget)
+
+
+class SharedCode(threading.local):
+    """The last input code of a weight layer on the ``c`` backend (per thread), handed to the next weight
+    layer that codes the very same tensor (unchanged since: its ``_version``) with equal channel layout,
+    ranges, centres and coder: the query, key and value projections of an attention read one input, and
+    their calibrations, seeing the same values, give them the same code (Eq. 9), which is coded once.
+    Each layer still counts the code's spikes as its own. Released when its input tensor is freed."""
+
+    entry: Optional[Tuple[Any, ...]] = None
+
+    def code(self, x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, centres: Optional[torch.Tensor],
+             coder: Tuple[float, ...]) -> Tuple[torch.Tensor, List[int]]:
+        """:func:`~spikingjelly_mbe.kernels.channel_code` of ``x`` (no rectifier), or the last one's result."""
+        entry = self.entry
+        if entry is not None:
+            source, version, layout, kept_ranges, kept_centres, value, value_version, stats = entry
+            if source() is x and version == x._version and layout == (channels, inner, coder) \
+                    and value._version == value_version and torch.equal(kept_ranges, ranges) \
+                    and (torch.equal(kept_centres, centres) if centres is not None and kept_centres is not None
+                         else centres is None and kept_centres is None):
+                return value, stats
+        value, stats = kernels.channel_code(x, channels, inner, ranges, centres, False, coder)
+        source = weakref.ref(x, self.release)
+        self.entry = (source, x._version, (channels, inner, coder), ranges.clone(),
+                      None if centres is None else centres.clone(), value, value._version, stats)
+        return value, stats
+
+    def release(self, source: weakref.ref) -> None:
+        """The input of the kept code was freed: drop the code."""
+        if self.entry is not None and self.entry[0] is source:
+            self.entry = None
+
+
+LAST_CODE = SharedCode()
 
 
 class SpikingWeightInput(CalibratedOp):
@@ -217,8 +254,8 @@ class SpikingWeightInput(CalibratedOp):
         centers = self.centers_for(xs)
         if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
-            value, (spikes, clamped, nonfinite) = kernels.channel_code(
-                xs, channels, inner, ranges, None if centers is None else self.channel_centers, False,
+            value, (spikes, clamped, nonfinite) = LAST_CODE.code(
+                xs, channels, inner, ranges, None if centers is None else self.channel_centers,
                 self.coder.kernel_params(xs.dtype, True))
             self.counted_nonfinite(x, "input", nonfinite)
             out = self.layer.forward(value.to(x.dtype))
