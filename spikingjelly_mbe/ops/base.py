@@ -179,6 +179,8 @@ class SpikingOp(base.MemoryModule):
         """Report what the forwards counted: NaN/Inf inputs raise a ``ValueError``, clamps log one
         warning. Reads device counts (a host synchronisation): :meth:`forward` calls it under eager
         checks, :meth:`op_stats` and :func:`flush_checks` under deferred ones."""
+        if not self._clamps and not self._nonfinite:  # nothing counted: nothing to report
+            return
         clamps, self._clamps = self._clamps.totals(), Tally()
         checked, self._nonfinite = self._nonfinite.totals(), Tally()
         notes = [f"{count} {what}" for what, count in clamps.items() if count]
@@ -335,6 +337,8 @@ def float_function(op: type, float_op: Any, functions: Tuple[Any, ...] = (), mod
 
 def broadcast_shape(a: torch.Tensor, b: torch.Tensor, op: str) -> Tuple[int, ...]:
     """The broadcast shape of ``a`` and ``b``, or an error naming both shapes."""
+    if a.shape == b.shape:  # the common case, without torch.broadcast_shapes' symbolic-shape checks
+        return tuple(a.shape)
     try:
         return tuple(torch.broadcast_shapes(a.shape, b.shape))
     except RuntimeError:
