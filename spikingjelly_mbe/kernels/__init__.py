@@ -157,7 +157,12 @@ def address(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def doubles(values: Sequence[float]) -> ctypes.Array:
-    """Parameters as a C ``double`` array."""
+    """Parameters as a C ``double`` array (one per distinct tuple of values: the kernels only read it)."""
+    return _doubles(tuple(values))
+
+
+@functools.lru_cache(maxsize=1024)
+def _doubles(values: Tuple[float, ...]) -> ctypes.Array:
     return (ctypes.c_double * len(values))(*values)
 
 
