@@ -109,6 +109,30 @@ def test_norm_kernel_with_a_multi_dimensional_shape_and_constant_rows(monkeypatc
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (4, 6), op.weight, op.bias), atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("T", [4, 8, 16])
+@pytest.mark.parametrize("rows", [1, 16, 17, 37])
+def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, rows, monkeypatch):
+    """Softmax and the norms take their rows in blocks (a block's table reads fetched together): rows
+    across block boundaries, fully masked and constant rows at the edges, signed zeros and subnormals."""
+    g = torch.Generator().manual_seed(rows * T)
+    x = torch.randn(rows, 48, generator=g) * 4
+    x[:, 5], x[:, 6], x[:, 7] = -0.0, 0.0, 1e-40  # signed zeros, a subnormal
+    for row in (0, 15, 16, rows - 1):
+        if row < rows and row % 2 == 0:
+            x[row] = 1.5  # a constant row: zero variance, a flat softmax
+    masked = x.clone()
+    masked[15 % rows] = float("-inf")  # a fully masked row
+    masked[rows - 1, ::3] = float("-inf")
+    weight, bias = torch.rand(48, generator=g) + 0.5, torch.randn(48, generator=g)
+    for op, inputs in ((SpikingSoftmax(dim=-1, T=T, code=code), masked),
+                       (SpikingLayerNorm(48, weight, bias, T=T, code=code), x),
+                       (SpikingRMSNorm(48, weight, T=T, code=code), x),
+                       (SpikingLayerNorm(48, T=T, code=code, element_exponents=False), x)):
+        assert used_kernel(op, inputs, monkeypatch)
+        assert_kernel_equals_eager(op, inputs)
+
+
 OPERANDS = {  # (a, b) from a [3, 7, 9] and b [3, 9, 7] draw
     "product": lambda a, b: (a, b.transpose(-1, -2)),  # same shape (one fused pass), b not contiguous
     "product, broadcast": lambda a, b: (a, b[:1, :, :1].transpose(-1, -2)),  # codes fused, product in PyTorch

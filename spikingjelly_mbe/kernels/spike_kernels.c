@@ -374,14 +374,19 @@ void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t
     }
 }
 
-/* A SplitFunction's value for v in [lo, lo + width] (params[6] = lo); adds its spikes. */
-static inline float split_value(float v, const double *params, const float *table, int32_t *spikes) {
+/* A SplitFunction's table row for v in [lo, lo + width] (params[6] = lo): its digit pattern q, whose
+ * (value, spikes) pair is table[2q], table[2q + 1]. */
+static inline int32_t split_index(float v, const double *params) {
     const coder_t c = coder_of(params);
     const float lo = (float)params[6];
-    int32_t q = (int32_t)quantize(lo != 0.0f ? v - lo : v, c);
-    *spikes += (int32_t)table[2 * q + 1];
-    return table[2 * q];
+    return (int32_t)quantize(lo != 0.0f ? v - lo : v, c);
 }
+
+/* Rows are processed in blocks: each row's per-element stages up to its row value (the sum), then, once
+ * the block's table rows are known and fetched ahead, each row's table lookup and the rest. The rows'
+ * reads of a table far larger than the caches then wait together instead of one after the other; every
+ * row runs the very same operations. */
+#define ROW_BLOCK 16
 
 /* The sum of t(x[i]) over [0, n) in double, t(x) = x or (x * x) * scale (both in float): eight
  * interleaved partial sums (they vectorize) added in a fixed order. */
@@ -423,54 +428,68 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                        const double *r_coder, float *restrict out, int64_t *stats) {
     const coder_t cx = coder_of(exp2_coder), ce = coder_of(e_coder), cr = coder_of(r_coder);
     const float l2e = (float)log2e, floor_exp = (float)min_exponent;
-    for (int64_t row = 0; row < rows; ++row) {
-        const float *restrict xr = x + row * n;
-        float *restrict o = out + row * n;
-        float peak = -INFINITY;
-        int32_t bad = 0;
-#pragma omp simd reduction(max : peak) reduction(+ : bad)
-        for (int64_t i = 0; i < n; ++i) {
-            peak = xr[i] > peak ? xr[i] : peak;
-            bad += !(xr[i] < INFINITY);
+    for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
+        const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
+        float totals[ROW_BLOCK];
+        int32_t exponents[ROW_BLOCK], patterns[ROW_BLOCK], spikes[ROW_BLOCK], live[ROW_BLOCK], bad[ROW_BLOCK];
+        for (int64_t r = 0; r < block; ++r) { /* 2^(x - max) and the row sum */
+            const float *restrict xr = x + (first + r) * n;
+            float *restrict o = out + (first + r) * n;
+            float peak = -INFINITY;
+            int32_t nonfinite = 0;
+#pragma omp simd reduction(max : peak) reduction(+ : nonfinite)
+            for (int64_t i = 0; i < n; ++i) {
+                peak = xr[i] > peak ? xr[i] : peak;
+                nonfinite += !(xr[i] < INFINITY);
+            }
+            const float m = peak == -INFINITY ? 0.0f : peak; /* a fully masked row */
+            int32_t fired = 0, alive_count = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                float y = (xr[i] - m) * l2e;
+                y = y > floor_exp ? y : floor_exp;
+                const int32_t alive = y > floor_exp;
+                const float whole = floorf(y);
+                const uint32_t word = (uint32_t)exp2_packed[(int32_t)quantize(y - whole, cx)];
+                const float e = bits_to_float(exp2_base + (int32_t)(word & 0xFFFFFFu)) * pow2(whole);
+                o[i] = e;
+                fired += alive ? (int32_t)(word >> 24) : 0;
+                alive_count += alive;
+            }
+            const float total = (float)sum_f64(o, n, 0, 1.0f);
+            const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponents[r]);
+            patterns[r] = split_index(2.0f * mantissa, recip_coder);
+            __builtin_prefetch(recip_table + 2 * patterns[r]);
+            totals[r] = total;
+            spikes[r] = fired;
+            live[r] = alive_count;
+            bad[r] = nonfinite;
         }
-        const float m = peak == -INFINITY ? 0.0f : peak; /* a fully masked row */
-        int32_t spikes = 0, live = 0, e_spikes = 0;
-        for (int64_t i = 0; i < n; ++i) {
-            float y = (xr[i] - m) * l2e;
-            y = y > floor_exp ? y : floor_exp;
-            const int32_t alive = y > floor_exp;
-            const float whole = floorf(y);
-            const uint32_t word = (uint32_t)exp2_packed[(int32_t)quantize(y - whole, cx)];
-            const float e = bits_to_float(exp2_base + (int32_t)(word & 0xFFFFFFu)) * pow2(whole);
-            o[i] = e;
-            spikes += alive ? (int32_t)(word >> 24) : 0;
-            live += alive;
-        }
-        const float total = (float)sum_f64(o, n, 0, 1.0f);
-        int exponent;
-        const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponent);
-        /* a fully masked row (total 0): its reciprocal would only scale zeros, so it does not fire */
-        const float recip = total > 0.0f ? split_value(2.0f * mantissa, recip_coder, recip_table, &spikes) : 0.0f;
-        const float rq = quantize(recip, cr);
-        const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
-        const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponent);
-#define PROBABILITIES(code) probabilities(o, n, ce, code, scaled)
-        e_spikes = BY_CODE(ce.code, PROBABILITIES);
+        for (int64_t r = 0; r < block; ++r) { /* 1/sum and the probabilities */
+            /* a fully masked row (total 0): its reciprocal would only scale zeros, so it does not fire */
+            const int32_t q = patterns[r], fires = totals[r] > 0.0f;
+            const float recip = fires ? recip_table[2 * q] : 0.0f;
+            spikes[r] += fires ? (int32_t)recip_table[2 * q + 1] : 0;
+            const float rq = quantize(recip, cr);
+            const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
+            const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponents[r]);
+#define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, scaled)
+            const int32_t e_spikes = BY_CODE(ce.code, PROBABILITIES);
 #undef PROBABILITIES
-        stats[0] += spikes + e_spikes + r_spikes;
-        stats[1] += live;
-        stats[2] += (int64_t)e_spikes * r_spikes;
-        stats[3] += bad;
+            stats[0] += spikes[r] + e_spikes + r_spikes;
+            stats[1] += live[r];
+            stats[2] += (int64_t)e_spikes * r_spikes;
+            stats[3] += bad[r];
+        }
     }
 }
 
-/* frexp's exponent of finite z, from its bits: e with |z| = m 2^e, m in [1/2, 1), 0 for z = 0; -126 for
- * every subnormal z (at most -126 too, so the same once clamped to [-span, 0], span <= 126). */
+/* frexp's exponent of finite nonzero z, from its bits: e with |z| = m 2^e, m in [1/2, 1); -126 for every
+ * subnormal z and for 0 (at most -126 too, so the same once clamped to [-span, 0], span <= 126: a zero's
+ * code is the same signed zero at any exponent). */
 INLINE int32_t exponent_of(float z) {
     uint32_t bits;
     memcpy(&bits, &z, sizeof bits);
-    bits &= 0x7FFFFFFFu;
-    return bits ? (int32_t)(bits >> 23) - 126 : 0;
+    return (int32_t)((bits & 0x7FFFFFFFu) >> 23) - 126;
 }
 
 /* A norm row's codes of z = (x - mean) scale (each element at its own exponent 2^e, e in [-span, 0]
@@ -484,8 +503,9 @@ INLINE void z_codes(const float *restrict xr, int64_t n, float mean, float scale
             int32_t e = exponent_of(z);
             e = e < 0 ? e : 0;
             e = e > -element_span ? e : -element_span;
-            shift = bits_to_float((e + 127) << 23);
-            z = z * bits_to_float((127 - e) << 23); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
+            const int32_t shift_bits = (e + 127) << 23;
+            shift = bits_to_float(shift_bits);
+            z = z * bits_to_float((254 << 23) - shift_bits); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
         }
         const float q = quantize(z, cz);
         const int32_t c = spike_count(q, cz.top, code);
@@ -508,48 +528,65 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
                     const double *rho_coder, float *restrict out, int64_t *stats) {
     const coder_t cz = coder_of(z_coder), cr = coder_of(rho_coder);
     const float inv_n = (float)(1.0 / (double)n), eps_f = (float)eps;
-    for (int64_t row = 0; row < rows; ++row) {
-        const float *restrict xr = x + row * n;
-        float *restrict o = out + row * n;
-        float hi = -INFINITY, lo = INFINITY;
-        int32_t bad = 0;
-#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : bad)
-        for (int64_t i = 0; i < n; ++i) {
-            hi = xr[i] > hi ? xr[i] : hi;
-            lo = xr[i] < lo ? xr[i] : lo;
-            bad += !(fabsf(xr[i]) <= FLT_MAX);
-        }
-        /* x - 0 = x: RMSNorm keeps c = x */
-        const float mean = centered ? (float)(sum_f64(xr, n, 0, 1.0f) / (double)n) : 0.0f;
-        const float top = hi - mean, bottom = mean - lo;
-        int k;
-        frexpf(top > bottom ? top : bottom, &k);
-        k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
-        const float scale = pow2((float)-k);
-        int32_t z_spikes = 0, z_squares = 0, spikes = 0;
-#define CODES(code) z_codes(xr, n, mean, scale, element_span, cz, code, o, &z_spikes, &z_squares)
-        BY_CODE(cz.code, CODES);
+    for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
+        const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
+        float variances[ROW_BLOCK];
+        int32_t exponents[ROW_BLOCK], odds[ROW_BLOCK], patterns[ROW_BLOCK], z_spikes[ROW_BLOCK], z_squares[ROW_BLOCK],
+            bad[ROW_BLOCK];
+        for (int64_t r = 0; r < block; ++r) { /* z's codes and the variance */
+            const float *restrict xr = x + (first + r) * n;
+            float hi = -INFINITY, lo = INFINITY;
+            int32_t nonfinite = 0;
+#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : nonfinite)
+            for (int64_t i = 0; i < n; ++i) {
+                hi = xr[i] > hi ? xr[i] : hi;
+                lo = xr[i] < lo ? xr[i] : lo;
+                nonfinite += !(fabsf(xr[i]) <= FLT_MAX);
+            }
+            /* x - 0 = x: RMSNorm keeps c = x */
+            const float mean = centered ? (float)(sum_f64(xr, n, 0, 1.0f) / (double)n) : 0.0f;
+            const float top = hi - mean, bottom = mean - lo;
+            int k;
+            frexpf(top > bottom ? top : bottom, &k);
+            k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
+            const float scale = pow2((float)-k);
+            float *restrict o = out + (first + r) * n;
+            int32_t spikes = 0, squares = 0;
+#define CODES(code) z_codes(xr, n, mean, scale, element_span, cz, code, o, &spikes, &squares)
+            BY_CODE(cz.code, CODES);
 #undef CODES
-        int exponent;
-        const float variance = (float)sum_f64(o, n, 1, inv_n);
-        const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
-        const int odd = ((exponent - 1) % 2 + 2) % 2;
-        /* every digit of z is 0: the output is 0 whatever 1/sqrt is, so that stage does not fire */
-        const float rho = variance > 0.0f
-                              ? split_value(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder, rsqrt_table, &spikes)
-                              : 0.0f;
-        const float rq = quantize(rho, cr);
-        const int32_t rho_spikes = spike_count(rq, cr.top, cr.code);
-        const float scaled = (rq * cr.step) * pow2((float)-((exponent - 1 - odd) / 2));
-        for (int64_t i = 0; i < n; ++i) {
-            float v = o[i] * scaled;
-            if (weight) v = v * weight[i];
-            if (bias) v = v + bias[i];
-            o[i] = v;
+            int exponent;
+            const float variance = (float)sum_f64(o, n, 1, inv_n);
+            const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
+            const int odd = ((exponent - 1) % 2 + 2) % 2;
+            patterns[r] = split_index(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder);
+            __builtin_prefetch(rsqrt_table + 2 * patterns[r]);
+            variances[r] = variance;
+            exponents[r] = exponent;
+            odds[r] = odd;
+            z_spikes[r] = spikes;
+            z_squares[r] = squares;
+            bad[r] = nonfinite;
         }
-        stats[0] += spikes + z_spikes + rho_spikes;
-        stats[1] += z_squares + (int64_t)z_spikes * rho_spikes;
-        stats[2] += bad;
+        for (int64_t r = 0; r < block; ++r) { /* 1/sqrt, the product and the affine map */
+            /* every digit of z is 0: the output is 0 whatever 1/sqrt is, so that stage does not fire */
+            const int32_t q = patterns[r], fires = variances[r] > 0.0f;
+            const float rho = fires ? rsqrt_table[2 * q] : 0.0f;
+            const int32_t spikes = fires ? (int32_t)rsqrt_table[2 * q + 1] : 0;
+            const float rq = quantize(rho, cr);
+            const int32_t rho_spikes = spike_count(rq, cr.top, cr.code);
+            const float scaled = (rq * cr.step) * pow2((float)-((exponents[r] - 1 - odds[r]) / 2));
+            float *restrict o = out + (first + r) * n;
+            for (int64_t i = 0; i < n; ++i) {
+                float v = o[i] * scaled;
+                if (weight) v = v * weight[i];
+                if (bias) v = v + bias[i];
+                o[i] = v;
+            }
+            stats[0] += spikes + z_spikes[r] + rho_spikes;
+            stats[1] += z_squares[r] + (int64_t)z_spikes[r] * rho_spikes;
+            stats[2] += bad[r];
+        }
     }
 }
 
