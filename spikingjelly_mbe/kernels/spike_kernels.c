@@ -342,17 +342,21 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
 INLINE void product_block(const float *restrict a, const float *restrict b, int64_t n, coder_t ca, float A_a,
                           int32_t code_a, coder_t cb, float A_b, int32_t code_b, float *restrict out,
                           int64_t *stats) {
-    int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0;
+    int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0, beyond = 0;
     for (int64_t i = 0; i < n; ++i) {
         int32_t count_a, count_b;
         out[i] = code_value(a[i], ca, code_a, &count_a) * code_value(b[i], cb, code_b, &count_b);
         spikes_a += count_a;
         spikes_b += count_b;
         coincidences += count_a * count_b;
-        clamped_a += fabsf(a[i]) > A_a;
-        clamped_b += fabsf(b[i]) > A_b;
-        bad += !(fabsf(a[i]) <= FLT_MAX) + !(fabsf(b[i]) <= FLT_MAX);
+        beyond += !(fabsf(a[i]) <= A_a) | !(fabsf(b[i]) <= A_b); /* beyond a range, or NaN */
     }
+    if (beyond) /* rare: which operand, and which are NaN/Inf */
+        for (int64_t i = 0; i < n; ++i) {
+            clamped_a += fabsf(a[i]) > A_a;
+            clamped_b += fabsf(b[i]) > A_b;
+            bad += !(fabsf(a[i]) <= FLT_MAX) + !(fabsf(b[i]) <= FLT_MAX);
+        }
     int32_t totals[6] = {spikes_a, spikes_b, coincidences, clamped_a, clamped_b, bad};
     for (int k = 0; k < 6; ++k) stats[k] += totals[k];
 }
