@@ -487,29 +487,26 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
     }
 }
 
-/* frexp's exponent of finite nonzero z, from its bits: e with |z| = m 2^e, m in [1/2, 1); -126 for every
- * subnormal z and for 0 (at most -126 too, so the same once clamped to [-span, 0], span <= 126: a zero's
- * code is the same signed zero at any exponent). */
-INLINE int32_t exponent_of(float z) {
-    uint32_t bits;
-    memcpy(&bits, &z, sizeof bits);
-    return (int32_t)((bits & 0x7FFFFFFFu) >> 23) - 126;
-}
-
 /* A norm row's codes of z = (x - mean) scale (each element at its own exponent 2^e, e in [-span, 0]
- * when span >= 0: element_exponent): o = sign(z) q w 2^-T 2^e; adds the codes' spikes and squares. */
+ * when span >= 0: element_exponent): o = sign(z) q w 2^-T 2^e; adds the codes' spikes and squares.
+ * e is frexp's exponent of z (|z| = m 2^e, m in [1/2, 1)) held in [-span, 0] (span <= 126), read in
+ * place from z's exponent field E = e + 126: clamped to [126 - span, 126] where it lies, 2^e's field is
+ * E + 1 and 2^-e's 253 - E. A subnormal or zero z (E = 0) takes e = -span, as frexp's e <= -126 would
+ * (a zero codes to the same signed zero at any exponent); NaN/Inf (E = 255) e = 0. */
 INLINE void z_codes(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
                     int32_t code, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
     int32_t spikes = 0, squares = 0;
+    const int32_t lowest = (126 - element_span) << 23;
     for (int64_t i = 0; i < n; ++i) {
         float z = (xr[i] - mean) * scale, shift = 1.0f;
         if (element_span >= 0) {
-            int32_t e = exponent_of(z);
-            e = e < 0 ? e : 0;
-            e = e > -element_span ? e : -element_span;
-            const int32_t shift_bits = (e + 127) << 23;
-            shift = bits_to_float(shift_bits);
-            z = z * bits_to_float((254 << 23) - shift_bits); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
+            uint32_t bits;
+            memcpy(&bits, &z, sizeof bits);
+            int32_t field = (int32_t)(bits & 0x7F800000u);
+            field = field < (126 << 23) ? field : (126 << 23);
+            field = field > lowest ? field : lowest;
+            shift = bits_to_float(field + (1 << 23));
+            z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
         }
         const float q = quantize(z, cz);
         const int32_t c = spike_count(q, cz.top, code);
