@@ -380,6 +380,23 @@ def test_activation_kernel_is_the_eager_table_bit_for_bit(name, shape, scale, se
         logging.disable(logging.NOTSET)
 
 
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_kernel_reads_every_interval_in_full_lanes_and_tails(name):
+    """Every breakpoint of the table and the float just below it, beyond both ends, in lengths that
+    fill whole 16-lane gathers, leave a tail, or cross a 512-element block."""
+    op = ACTIVATIONS[name]()
+    lo, hi = op.fitted.domain
+    edges = neuron_table(op.node, op.fitted.domain, torch.float32, torch.device("cpu")).edges
+    x = torch.cat([torch.tensor([lo - 1, hi + 1, lo, hi]), edges, torch.nextafter(edges, edges - 1)])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    logging.disable(logging.WARNING)
+    try:
+        for n in (1, 15, 16, 17, 511, 513, len(x)):
+            assert_kernel_equals_eager(op, x[:n])
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def rectified_gelu(T, code, g):
     """GELU as a per-channel rectifier plus its fitted residual, calibrated on 12 channels."""
     op = RectifiedActivation(SpikingReLU(T, code=code, per_channel=True),
