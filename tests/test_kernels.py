@@ -133,6 +133,18 @@ def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, r
         assert_kernel_equals_eager(op, inputs)
 
 
+@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("n", [511, 512, 513, 1100])
+def test_softmax_kernel_on_rows_longer_than_a_lookup_block(code, n, monkeypatch):
+    """A row's 2^frac words are gathered 512 at a time: rows across that length, masked tails."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, generator=g) * 6
+    x[1, n // 2:] = float("-inf")
+    op = SpikingSoftmax(dim=-1, T=16, code=code)
+    assert used_kernel(op, x, monkeypatch)
+    assert_kernel_equals_eager(op, x)
+
+
 OPERANDS = {  # (a, b) from a [3, 7, 9] and b [3, 9, 7] draw
     "product": lambda a, b: (a, b.transpose(-1, -2)),  # same shape (one fused pass), b not contiguous
     "product, broadcast": lambda a, b: (a, b[:1, :, :1].transpose(-1, -2)),  # codes fused, product in PyTorch

@@ -90,6 +90,21 @@ static inline float pow2(float n) {
 }
 
 
+/* Table lookups run in blocks of this many elements (their indices and operands stay in L1). */
+#define LOOKUP_BLOCK 512
+
+/* table[index[i]] in place of index[i] for i < m: gather instructions, sixteen lanes at a time, where the
+ * CPU has AVX-512 (compilers emulate a gather with scalar loads and lane inserts, about three times
+ * slower), then one by one. */
+static inline void gather_i32(int32_t *restrict index, int64_t m, const int32_t *restrict table) {
+    int64_t i = 0;
+#ifdef __AVX512F__
+    for (; i + 16 <= m; i += 16)
+        _mm512_storeu_si512(index + i, _mm512_i32gather_epi32(_mm512_loadu_si512(index + i), table, 4));
+#endif
+    for (; i < m; ++i) index[i] = table[index[i]];
+}
+
 /* Loops whose body depends on the digit code take it as a constant argument of an always-inlined
  * helper, called once per code: each copy has no branch on the code, so it vectorizes. */
 #define INLINE static inline __attribute__((always_inline))
@@ -451,16 +466,23 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
             }
             const float m = peak == -INFINITY ? 0.0f : peak; /* a fully masked row */
             int32_t fired = 0, alive_count = 0;
-            for (int64_t i = 0; i < n; ++i) {
-                float y = (xr[i] - m) * l2e;
-                y = y > floor_exp ? y : floor_exp;
-                const int32_t alive = y > floor_exp;
-                const float whole = floorf(y);
-                const uint32_t word = (uint32_t)exp2_packed[(int32_t)quantize(y - whole, cx)];
-                const float e = bits_to_float(exp2_base + (int32_t)(word & 0xFFFFFFu)) * pow2(whole);
-                o[i] = e;
-                fired += alive ? (int32_t)(word >> 24) : 0;
-                alive_count += alive;
+            for (int64_t start = 0; start < n; start += LOOKUP_BLOCK) { /* y, its table word, then 2^y */
+                const int64_t count = n - start < LOOKUP_BLOCK ? n - start : LOOKUP_BLOCK;
+                float y[LOOKUP_BLOCK];
+                int32_t word[LOOKUP_BLOCK];
+                for (int64_t i = 0; i < count; ++i) {
+                    const float v = (xr[start + i] - m) * l2e;
+                    y[i] = v > floor_exp ? v : floor_exp;
+                    word[i] = (int32_t)quantize(y[i] - floorf(y[i]), cx);
+                }
+                gather_i32(word, count, exp2_packed);
+                for (int64_t i = 0; i < count; ++i) {
+                    const int32_t alive = y[i] > floor_exp;
+                    const uint32_t w = (uint32_t)word[i];
+                    o[start + i] = bits_to_float(exp2_base + (int32_t)(w & 0xFFFFFFu)) * pow2(floorf(y[i]));
+                    fired += alive ? (int32_t)(w >> 24) : 0;
+                    alive_count += alive;
+                }
             }
             const float total = (float)sum_f64(o, n, 0, 1.0f);
             const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponents[r]);
@@ -612,9 +634,7 @@ static table_t table_of(double lo, double hi, double scale, const int32_t *first
 /* The lookup of m <= LOOKUP_BLOCK inputs clamped to [lo, hi]: a bucket's first candidate interval, binary
  * lifting by jumps[0..levels) over the padded edges, then the interval's (value, spikes) entry.
  * stats3 += (spikes, inputs outside [lo, hi], NaN/Inf). Where the CPU has AVX-512 the table reads are
- * gather instructions, sixteen lanes at a time (compilers emulate a gather with scalar loads and lane
- * inserts, about three times slower); the loads and comparisons are the same. */
-#define LOOKUP_BLOCK 512
+ * gather instructions, sixteen lanes at a time (as gather_i32); the loads and comparisons are the same. */
 static inline void lookup_block(const float *restrict xb, int64_t m, table_t t, float *restrict out, int64_t *stats3) {
     int32_t position[LOOKUP_BLOCK];
     float clamped[LOOKUP_BLOCK];
@@ -631,11 +651,10 @@ static inline void lookup_block(const float *restrict xb, int64_t m, table_t t, 
         clamped[i] = c;
         position[i] = (int32_t)bucket;
     }
+    gather_i32(position, m, t.first);
     int64_t start = 0;
 #ifdef __AVX512F__
     start = m - m % 16;
-    for (int64_t i = 0; i < start; i += 16)
-        _mm512_storeu_si512(position + i, _mm512_i32gather_epi32(_mm512_loadu_si512(position + i), t.first, 4));
     for (int32_t level = 0; level < t.levels; ++level) {
         const __m512i jump = _mm512_set1_epi32(t.jumps[level]);
         for (int64_t i = 0; i < start; i += 16) {
@@ -653,7 +672,6 @@ static inline void lookup_block(const float *restrict xb, int64_t m, table_t t, 
     }
     spikes += _mm512_reduce_add_epi32(fired);
 #endif
-    for (int64_t i = start; i < m; ++i) position[i] = t.first[position[i]];
     for (int32_t level = 0; level < t.levels; ++level) {
         const int32_t jump = t.jumps[level];
         for (int64_t i = start; i < m; ++i) {
