@@ -38,6 +38,7 @@ import torch.nn as nn
 
 from ..energy import EnergyMeter
 from ..fitting.build_library import SHIPPED_T
+from ..ops.base import float_reference_mode
 from ..ops.digits import DEFAULT_KEY, OPERATOR_TYPES, Steps, operator_types, steps_of
 from .calibration import Batch, positions_of, run_batch
 from .fidelity import FIDELITY_POSITIONS
@@ -125,32 +126,107 @@ def measure(snn: nn.Module, sites: List[str], batches: List[Batch]) -> Measured:
     return Measured(errors, sops, digits)
 
 
+def sensitivities(snn: nn.Module, sites: List[str], batches: List[Batch], seed: int = 0) -> Dict[str, float]:
+    """Per site ``s``, the weight ``w_s`` of its squared own relative error ``r_s^2`` in the model's
+    output error: ``w_s r_s^2`` is the expected squared first-order change of the output when the
+    site's output ``y_s`` carries an error of relative RMS ``r_s`` spread over its elements,
+    ``w_s = sum(g_s^2) * sum(y_s^2) / numel(y_s)`` over ``batches``, where ``g_s`` is the gradient at
+    ``y_s`` of ``<output, u>`` for a random output direction ``u`` (the float function:
+    ``snn`` under :func:`~spikingjelly_mbe.ops.base.float_reference_mode`; one backward per batch).
+
+    For a model returning ``logits``, ``u = onehot(y) - softmax(logits)`` with ``y`` drawn from the
+    softmax, so that ``E[g g^T]`` is the Fisher information (the curvature of the KL divergence of
+    the output distribution, the perplexity's and accuracy's first loss); for any other output
+    (hidden states), ``u`` is standard normal (``E[g g^T] = J^T J``, the output's squared error).
+    A site its output does not depend on weighs 0."""
+    generator = torch.Generator().manual_seed(seed)
+    grads, squares, elements = dict.fromkeys(sites, 0.0), dict.fromkeys(sites, 0.0), dict.fromkeys(sites, 0)
+    outputs: Dict[str, torch.Tensor] = {}
+
+    def keep(path: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            out = output if isinstance(output, torch.Tensor) else next(
+                (t for t in output if isinstance(t, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
+            if out is not None and out.is_floating_point() and out.requires_grad:
+                outputs[path] = out
+        return hook
+    device = next((p.device for p in snn.parameters()), None)
+    handles = [snn.get_submodule(path).register_forward_hook(keep(path)) for path in sites]
+    trainable = {name: p.requires_grad for name, p in snn.named_parameters()}
+    snn.requires_grad_(True)
+    try:
+        for batch in batches:
+            outputs.clear()
+            with torch.enable_grad(), float_reference_mode():
+                result = run_batch(snn, batch, device)
+                logits = getattr(result, "logits", None)
+                out = logits if logits is not None else main_tensor(result)
+                if logits is not None:
+                    probs = torch.softmax(logits.detach().double(), -1)
+                    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=generator)
+                    direction = -probs.reshape(-1, probs.shape[-1])
+                    direction.scatter_add_(1, drawn.to(direction.device), torch.ones_like(drawn, dtype=direction.dtype,
+                                                                                         device=direction.device))
+                    direction = direction.reshape(probs.shape)
+                else:
+                    direction = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device)
+                paths = list(outputs)
+                found = torch.autograd.grad((out.double() * direction).sum(), [outputs[p] for p in paths],
+                                            allow_unused=True)
+            for path, grad in zip(paths, found):
+                if grad is not None:
+                    y = outputs[path].detach()
+                    grads[path] += float(grad.double().square().sum())
+                    squares[path] += float(y.double().square().sum())
+                    elements[path] += y.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, p in snn.named_parameters():
+            p.requires_grad_(trainable[name])
+    return {s: grads[s] * squares[s] / elements[s] if elements[s] else 0.0 for s in sites}
+
+
+def main_tensor(result: object) -> torch.Tensor:
+    """A model's output tensor: itself, its ``last_hidden_state``, or its first tensor."""
+    if isinstance(result, torch.Tensor):
+        return result
+    hidden = getattr(result, "last_hidden_state", None)
+    if hidden is not None:
+        return hidden
+    return next(t for t in (result.values() if isinstance(result, Mapping) else result) if isinstance(t, torch.Tensor))
+
+
 Option = Tuple[float, int, Dict[str, int]]  # (own error, SOPs, {operator type: T}) of one site
 
 
-def squared_error(errors: Mapping[str, float], sites: Iterable[str]) -> float:
-    """The sum over ``sites`` of their own relative errors squared (a site not measured adds 0)."""
-    return sum(errors.get(site, 0.0) ** 2 for site in sites)
+def squared_error(errors: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """The output error the sites' own relative errors add up to: the sum over the sites of
+    ``weights`` (:func:`sensitivities`) of ``w_s r_s^2`` (a site not measured adds 0)."""
+    return sum(weight * errors.get(site, 0.0) ** 2 for site, weight in weights.items())
 
 
-def room(nominal: Measured, tolerance: float) -> float:
-    """The squared error the allocation may add: the RMS over sites of the own errors may grow by
-    ``1 + tolerance``."""
-    return ((1.0 + tolerance) ** 2 - 1.0) * squared_error(nominal.errors, nominal.digits)
+def room(nominal: Measured, tolerance: float, weights: Mapping[str, float]) -> float:
+    """The weighted squared error the allocation may add: the output error's RMS
+    (:func:`squared_error`) may grow by ``1 + tolerance``."""
+    return ((1.0 + tolerance) ** 2 - 1.0) * squared_error(nominal.errors, weights)
 
 
-def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float) -> Dict[str, Dict[str, int]]:
+def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float,
+           weights: Mapping[str, float]) -> Dict[str, Dict[str, int]]:
     """Per site, the operator types' digits: every site starts at the nominal ones; one at a time, the
-    move to a candidate's digits with fewer SOPs that adds the least squared own error per SOP saved,
-    while the added squared error stays within ``allowed`` (:func:`room`)."""
+    move to a candidate's digits with fewer SOPs that adds the least weighted squared own error
+    (``w_s r_s^2``, :func:`squared_error`) per SOP saved, while the added error stays within
+    ``allowed`` (:func:`room`)."""
     current: Dict[str, Option] = {s: (nominal.errors.get(s, 0.0), nominal.sops[s], d) for s, d in nominal.digits.items()}
     options = {s: [(m.errors[s], m.sops[s], m.digits[s]) for m in candidates.values()
                    if s in m.errors and m.digits.get(s) not in (None, current[s][2])] for s in current}
     while True:
         best: Optional[Tuple[float, str, Option, float]] = None
         for site, (error, sops, _) in current.items():
+            weight = weights.get(site, 0.0)
             for option in options[site]:
-                added, saved = option[0] ** 2 - error ** 2, sops - option[1]
+                added, saved = weight * (option[0] ** 2 - error ** 2), sops - option[1]
                 if saved > 0 and added <= allowed and (best is None or added / saved < best[0]):
                     best = (added / saved, site, option, added)
         if best is None:
@@ -179,16 +255,17 @@ def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Ca
     nominal = measure(reference, sites, batches)
     candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
                   for t, kinds in rungs(T, split_bits).items()}
-    allowed = room(nominal, tolerance)
-    limit = squared_error(nominal.errors, sites) + allowed
+    weights = sensitivities(reference, sites, batches)
+    allowed = room(nominal, tolerance, weights)
+    limit = squared_error(nominal.errors, weights) + allowed
     for _ in range(CHECK_ROUNDS):
-        chosen = choose(nominal, candidates, allowed)
+        chosen = choose(nominal, candidates, allowed, weights)
         mapping = as_mapping(T, chosen)
         if len(mapping) == 1:
             snn = reference
             break
         snn = convert_at(mapping)
-        measured = squared_error({row.path: row.relative_rms for row in snn.spiking_report.site_errors}, sites)
+        measured = squared_error({row.path: row.relative_rms for row in snn.spiking_report.site_errors}, weights)
         if measured <= limit:
             break
         allowed -= measured - limit  # the sites' inputs moved with the sites before them: ask for less
