@@ -11,15 +11,18 @@ code's range (:mod:`~spikingjelly_mbe.ops.precision`).
    (:data:`~.fidelity.FIDELITY_POSITIONS`), every site's own error (``spiking_report.site_errors``,
    relative RMS against its float reference on the same inputs) and its strict synaptic events
    (SOPs, :class:`~spikingjelly_mbe.energy.EnergyMeter`);
-3. starts every site (an outermost replaced module path: a weight layer, an activation, a norm, an
+3. weighs each site's squared own error by how much the model's output depends on it
+   (:func:`sensitivities`: one backward pass per calibration batch through the float function, the
+   Fisher direction for logits), so that the weighted sum estimates the output's squared error;
+4. starts every site (an outermost replaced module path: a weight layer, an activation, a norm, an
    attention core with its products and Softmax) at ``T`` and, one site at a time, moves the site
-   whose move to a candidate's digits adds the least squared own error per SOP saved, until the
-   RMS over sites of the own errors would grow beyond ``1 + digit_budget`` times the nominal one
+   whose move to a candidate's digits adds the least weighted squared own error per SOP saved, until
+   the estimated output error's RMS would grow beyond ``1 + digit_budget`` times the nominal one
    (:func:`choose`); the digits are written as ``'<path>:<type>'`` keys of a ``T`` mapping with
    ``'default': T``;
-4. converts with that mapping and measures the sites again: when their inputs moved with the sites
-   before them and the RMS error exceeds the budget, the allocation is repeated asking for that much
-   less, at most :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The
+5. converts with that mapping and measures the sites again: when their inputs moved with the sites
+   before them and the estimated error exceeds the budget, the allocation is repeated asking for that
+   much less, at most :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The
    returned model always meets the budget on the calibration batches.
 
 The result is exactly ``convert(model, calib, T=snn.spiking_report.digit_allocation)``; the

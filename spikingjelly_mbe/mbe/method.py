@@ -35,9 +35,9 @@ def check_digit_budget(digit_budget: Optional[float], T: Steps) -> None:
         return
     if isinstance(digit_budget, bool) or not isinstance(digit_budget, (int, float)) \
             or not 0.0 <= digit_budget < float("inf"):
-        raise ValueError(f"digit_budget must be None (every site at T) or the tolerance >= 0 on the sites' own "
-                         f"calibration errors' growth over T's (their RMS over sites at most 1 + digit_budget times), "
-                         f"e.g. 0.25; got {digit_budget!r}")
+        raise ValueError(f"digit_budget must be None (every site at T) or the tolerance >= 0 on the growth over T's "
+                         f"of the output error the sites' own calibration errors add up to (its RMS at most "
+                         f"1 + digit_budget times), e.g. 0.5; got {digit_budget!r}")
     if isinstance(T, Mapping):
         raise ValueError(f"digit_budget allocates every site's digits from one nominal T: give T as an integer, "
                          f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without digit_budget)")
@@ -74,9 +74,10 @@ class OpSettings:
     rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``digit_budget``
     allocates the digits per site from calibration (:mod:`~spikingjelly_mbe.conversion.allocation`):
-    sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared error
-    added, while the RMS over sites of their own errors on the calibration batches stays within
-    ``1 + digit_budget`` of the integer ``T``'s; ``None`` (the default): every site at ``T``.
+    sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared output
+    error added (each site's own error weighted by the output's sensitivity to it), while the
+    estimated output error's RMS on the calibration batches stays within ``1 + digit_budget`` of the
+    integer ``T``'s; ``None`` (the default): every site at ``T``.
     """
 
     T: Steps = DEFAULT_T
