@@ -1,8 +1,13 @@
 """The fused CPU kernels of fast mode: the same bits and spike counts as the eager PyTorch fast path,
 agreement with the step-by-step simulation, NaN/Inf errors, the packed table format, threads and
 the fallback when no C compiler is found."""
+import ctypes
 import logging
 import math
+import os
+import platform
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -13,9 +18,9 @@ from spikingjelly.activation_based import functional
 from spikingjelly_mbe import kernels
 from spikingjelly_mbe.fitting.library import load_fitted
 from spikingjelly_mbe.neurons.lookup import neuron_table
-from spikingjelly_mbe.ops.coding import CODES, IdentityCoder
 from spikingjelly_mbe.ops import (RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
                                   SpikingReLU, SpikingRMSNorm, SpikingSoftmax)
+from spikingjelly_mbe.ops.coding import CODES, IdentityCoder
 from spikingjelly_mbe.ops.weight_input import LAST_CODE, SpikingWeightInput
 
 torch.set_num_threads(1)
@@ -521,6 +526,35 @@ def test_eager_path_runs_where_the_kernels_cannot(softmax):
     x = torch.randn(3, 5, requires_grad=True)
     y, _ = run(softmax, x)  # no_grad inside run: the kernel takes it
     torch.testing.assert_close(y, torch.softmax(x.detach(), -1), atol=1e-3, rtol=0)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="an x86-64 build without AVX-512")
+def test_kernels_built_without_avx512_give_the_same_bits(monkeypatch, tmp_path):
+    """The gather instructions (AVX-512) and the loops they stand for: the kernels built for x86-64-v3
+    return the bits and statistics of this machine's build."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    flags = [f for f in kernels.FLAGS if not f.startswith(("-march", "-mprefer"))] + ["-march=x86-64-v3"]
+    subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(tmp_path / "k.so"), "-lm"], check=True)
+    portable = ctypes.CDLL(str(tmp_path / "k.so"))
+    for name, argtypes in kernels.SIGNATURES.items():
+        getattr(portable, name).argtypes, getattr(portable, name).restype = argtypes, None
+    g = torch.Generator().manual_seed(0)
+    cases = [(SpikingActivation.gelu(T=16), (torch.randn(7, 1001, generator=g) * 6,)),
+             (SpikingSoftmax(T=16), (torch.randn(37, 700, generator=g) * 5,)),
+             (SpikingLayerNorm(100, torch.rand(100, generator=g), torch.randn(100, generator=g), T=16),
+              (torch.randn(37, 100, generator=g) * 3,)),
+             (SpikingRMSNorm(100, T=8, code="binary"), (torch.randn(37, 100, generator=g),)),
+             (SpikingProduct(16, ranges=(2.0, 2.0)), (torch.randn(3, 1001, generator=g), torch.randn(3, 1001, generator=g)))]
+    logging.disable(logging.WARNING)  # GELU's inputs beyond its domain are clamped (and counted alike)
+    try:
+        for op, inputs in cases:
+            native = run(op, *inputs)
+            monkeypatch.setattr(kernels, "_library", portable)
+            built = run(op, *inputs)
+            monkeypatch.undo()
+            assert torch.equal(native[0], built[0]) and native[1] == built[1], type(op).__name__
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def test_without_a_compiler_fast_mode_falls_back_with_one_warning(monkeypatch, tmp_path, caplog, softmax):
