@@ -3,6 +3,7 @@
     python benchmarks/ops_bench.py                      # error table (T = 8, 10, 12, 16) and speed
     python benchmarks/ops_bench.py --part errors --T 16 --split-bits 0 3
     python benchmarks/ops_bench.py --part speed --repeats 9
+    python benchmarks/ops_bench.py --part speed --clock cpu  # thread CPU time: steadier on a busy machine
     python benchmarks/ops_bench.py --device cuda        # operators and inputs on the GPU
 
 Errors (fast mode, which equals simulate mode to float tolerance; tests/test_ops_*.py check that):
@@ -144,20 +145,26 @@ def error_table(Ts: List[int], splits: List[int], device: torch.device) -> List[
     return rows
 
 
-def fastest(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """The shortest of ``repeats`` calls of ``fn`` after one warm-up (each waited for on a CUDA device)."""
+CLOCKS: Dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def fastest(fn: Callable[[], object], repeats: int, device: torch.device, clock: str = "wall") -> float:
+    """The shortest of ``repeats`` calls of ``fn`` after one warm-up (each waited for on a CUDA device),
+    on ``clock``: ``wall`` time, or this thread's ``cpu`` time (what other processes' load changes least)."""
+    now = CLOCKS[clock]
+
     def timed() -> float:
-        start = time.perf_counter()
+        start = now()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return now() - start
 
     timed()
     return min(timed() for _ in range(repeats))
 
 
-def speed_table(T: int, repeats: int, simulate_repeats: int, device: torch.device) -> List[Row]:
+def speed_table(T: int, repeats: int, simulate_repeats: int, device: torch.device, clock: str = "wall") -> List[Row]:
     g = torch.Generator().manual_seed(0)
     d = DIM // HEADS
     hidden = torch.randn(BATCH, SEQ, DIM, generator=g)
@@ -191,20 +198,20 @@ def speed_table(T: int, repeats: int, simulate_repeats: int, device: torch.devic
                 lines.append(f"| {name} | n/a: no shipped fit | | | | | |")
                 continue
             spiking.to(device).mode = "fast"
-            t_float = fastest(lambda: float_op(*inputs), repeats, device)
-            t_fast = fastest(lambda: spiking(*inputs), repeats, device)
+            t_float = fastest(lambda: float_op(*inputs), repeats, device, clock)
+            t_fast = fastest(lambda: spiking(*inputs), repeats, device, clock)
             with kernels.disabled():
-                t_eager = fastest(lambda: spiking(*inputs), repeats, device)
-            t_float = min(t_float, fastest(lambda: float_op(*inputs), repeats, device))  # re-time: load drifts
+                t_eager = fastest(lambda: spiking(*inputs), repeats, device, clock)
+            t_float = min(t_float, fastest(lambda: float_op(*inputs), repeats, device, clock))  # re-time: load drifts
             spiking.mode = "simulate"
-            t_sim = fastest(lambda: spiking(*inputs), simulate_repeats, device)
+            t_sim = fastest(lambda: spiking(*inputs), simulate_repeats, device, clock)
             lines.append(f"| {name} | {t_float * 1e3:.2f} | {t_fast * 1e3:.2f} | {t_fast / t_float:.1f}x | "
                          f"{t_eager / t_float:.1f}x | {t_sim * 1e3:.0f} | {t_sim / t_float:.0f}x |")
             for path, seconds in (("fast (kernels)", t_fast), ("fast (PyTorch path)", t_eager), ("simulate", t_sim)):
                 rows.append({"operator": name.split(" [")[0], "path": path, "ms": seconds * 1e3,
                              "ratio": seconds / t_float, "float_ms": t_float * 1e3})
     where = f"CPU, {torch.get_num_threads()} thread(s)" if device.type == "cpu" else str(device)
-    print(f"\n## Speed, {where}, T={T}: ratio to the float op\n")
+    print(f"\n## Speed, {where}, T={T}, {clock} clock: ratio to the float op\n")
     print("| operator | float ms | fast ms | fast / float | PyTorch fast path / float | simulate ms | simulate / float |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
@@ -253,6 +260,8 @@ def main() -> None:
     ap.add_argument("--split-bits", type=int, nargs="+", default=[0, 3])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--simulate-repeats", type=int, default=1)
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                    help="wall time, or this thread's CPU time (on the CPU: what other processes' load changes least)")
     ap.add_argument("--out", type=Path, default=Path("results/ops"), help="tables and plots go here")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="where operators and inputs live (auto: CUDA when present)")
@@ -261,9 +270,12 @@ def main() -> None:
         device = resolve_device(args.device)
     except RuntimeError as err:
         ap.error(str(err))
+    if args.clock == "cpu" and device.type == "cuda":
+        ap.error("--clock cpu times the host thread, not the GPU: pass --clock wall with --device cuda")
     torch.set_num_threads(1)
     error_rows = error_table(args.T, args.split_bits, device) if args.part in ("all", "errors") else []
-    speed_rows = (speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats, device)
+    speed_rows = (speed_table(16 if 16 in args.T else args.T[-1], args.repeats, args.simulate_repeats, device,
+                              args.clock)
                   if args.part in ("all", "speed") else [])
     save(error_rows, speed_rows, args.out)
 
