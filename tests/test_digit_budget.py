@@ -198,3 +198,39 @@ def test_sensitivities_of_logits_weigh_the_fisher_direction():
                 elements + logits.numel()
     # the converted model's float reference of the head rounds through float32 once (1e-8)
     assert sensitivities(snn, sites, calib)["lm_head"] == pytest.approx(grad * square / elements, rel=1e-6)
+
+
+def test_the_greedy_allocation_is_the_brute_force_optimum_at_each_of_its_budgets():
+    """Three sites, digits 8..5, each with a convex trade (the squared error grows by a factor per digit
+    dropped, each digit saves fewer SOPs than the last): at the budget each greedy step ends on, no
+    assignment (all 4^3, enumerated) within that weighted error spends fewer SOPs."""
+    import itertools
+    digits = (8, 7, 6, 5)
+    error0 = {"a": 0.01, "b": 0.02, "c": 0.005}
+    growth = {"a": 1.5, "b": 1.8, "c": 2.2}  # the error's factor per digit dropped
+    sops0 = {"a": 1000, "b": 400, "c": 700}
+    saving = {"a": (120, 100, 70), "b": (60, 45, 40), "c": (150, 90, 50)}
+    weights = {"a": 1.0, "b": 3.0, "c": 0.5}
+
+    def error(site, t):
+        return error0[site] * growth[site] ** (8 - t)
+
+    def sops(site, t):
+        return sops0[site] - sum(saving[site][:8 - t])
+    nominal = Measured({s: error(s, 8) for s in error0}, {s: sops(s, 8) for s in error0},
+                       {s: {"weight_input": 8} for s in error0})
+    candidates = {t: Measured({s: error(s, t) for s in error0}, {s: sops(s, t) for s in error0},
+                              {s: {"weight_input": t} for s in error0}) for t in digits[1:]}
+    base = squared_error(nominal.errors, weights)
+    steps = set()
+    for allowed in (0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 1.0):
+        chosen = choose(nominal, candidates, allowed, weights)
+        steps.add(tuple(chosen[s]["weight_input"] for s in sorted(error0)))
+    assert len(steps) >= 4
+    for assignment in steps:
+        spent = dict(zip(sorted(error0), assignment))
+        added = squared_error({s: error(s, t) for s, t in spent.items()}, weights) - base
+        greedy_sops = sum(sops(s, t) for s, t in spent.items())
+        best = min(sum(sops(s, t) for s, t in zip(sorted(error0), combo)) for combo in itertools.product(digits, repeat=3)
+                   if squared_error({s: error(s, t) for s, t in zip(sorted(error0), combo)}, weights) - base <= added + 1e-15)
+        assert greedy_sops == best, (assignment, greedy_sops, best)
