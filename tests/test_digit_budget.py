@@ -231,6 +231,7 @@ def test_the_greedy_allocation_is_the_brute_force_optimum_at_each_of_its_budgets
         spent = dict(zip(sorted(error0), assignment))
         added = squared_error({s: error(s, t) for s, t in spent.items()}, weights) - base
         greedy_sops = sum(sops(s, t) for s, t in spent.items())
-        best = min(sum(sops(s, t) for s, t in zip(sorted(error0), combo)) for combo in itertools.product(digits, repeat=3)
-                   if squared_error({s: error(s, t) for s, t in zip(sorted(error0), combo)}, weights) - base <= added + 1e-15)
+        combos = [dict(zip(sorted(error0), combo)) for combo in itertools.product(digits, repeat=3)]
+        best = min(sum(sops(s, t) for s, t in combo.items()) for combo in combos
+                   if squared_error({s: error(s, t) for s, t in combo.items()}, weights) - base <= added + 1e-15)
         assert greedy_sops == best, (assignment, greedy_sops, best)

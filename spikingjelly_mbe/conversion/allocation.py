@@ -274,8 +274,9 @@ def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Ca
         allowed -= measured - limit  # the sites' inputs moved with the sites before them: ask for less
     else:
         mapping, snn = {DEFAULT_KEY: T}, reference
-        log.warning("digit_budget=%g: after %d allocations the sites' own errors still exceeded the budget on the "
-                    "calibration batches; every site stays at T=%d", tolerance, CHECK_ROUNDS, T)
+        log.warning("digit_budget=%g: after %d allocations the output error estimated from the sites' own errors "
+                    "still exceeded the budget on the calibration batches; every site stays at T=%d",
+                    tolerance, CHECK_ROUNDS, T)
     snn.spiking_report.digit_allocation = mapping
     snn.spiking_report.digit_budget = tolerance
     return snn
