@@ -8,9 +8,9 @@ import torch
 
 from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import set_mode
-from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, room, rungs,
-                                                    sensitivities,
-                                                    site_of, site_paths, squared_error)
+from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, predicted, room,
+                                                    rungs, sensitivities, shrink, site_of, site_paths,
+                                                    squared_error)
 from spikingjelly_mbe.conversion.zoo import VOCAB, build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops.digits import OPERATOR_TYPES, check_T, operator_types, steps_at, steps_of
@@ -125,6 +125,31 @@ def test_sites_lose_digits_where_the_squared_error_per_sop_saved_is_least():
     assert squared_error(nominal.errors, sensitive) == pytest.approx(1.01)
     assert choose(nominal, candidates, 0.0302, sensitive) == {**nominal.digits, "b": {"matmul": 7, "softmax": 8},
                                                                "c": {"norm": 6}}
+
+
+def test_a_recheck_that_overshoots_shrinks_the_room_by_the_overshoot_factor():
+    """The choice of the hand example at 0.043 predicts 0.0426 (its sites' own errors, one rung at a
+    time); converted, the sites' inputs moved and it added 0.0852 (twice that) against a room of 0.025:
+    the next room is 0.0426 * 0.025 / 0.0852 = 0.0125, at which the greedy moves less, and it never
+    reaches zero however far the overshoot goes."""
+    nominal = Measured({"a": 0.10, "b": 0.10, "c": 0.0}, {"a": 100, "b": 100, "c": 50},
+                       {"a": {"weight_input": 8}, "b": {"matmul": 8, "softmax": 8}, "c": {"norm": 8}})
+    candidates = {
+        7: Measured({"a": 0.11, "b": 0.20, "c": 0.0}, {"a": 90, "b": 60, "c": 50},
+                    {"a": {"weight_input": 7}, "b": {"matmul": 7, "softmax": 8}, "c": {"norm": 8}}),
+        6: Measured({"a": 0.15, "b": 0.40, "c": 0.01}, {"a": 70, "b": 20, "c": 40},
+                    {"a": {"weight_input": 6}, "b": {"matmul": 6, "softmax": 6}, "c": {"norm": 6}}),
+    }
+    same = dict.fromkeys("abc", 1.0)
+    chosen = choose(nominal, candidates, 0.043, same)
+    asked = predicted(nominal, candidates, chosen, same)
+    assert asked == pytest.approx(0.15 ** 2 + 0.20 ** 2 + 0.01 ** 2 - 0.02)  # 0.0426
+    assert predicted(nominal, candidates, nominal.digits, same) == 0.0
+    assert shrink(asked, 0.025, 2 * asked) == pytest.approx(0.0125)
+    # c to 6 (0.0001), a to 7 (0.0021); a to 6 would add 0.0104 more: 0.0126 > 0.0125
+    assert choose(nominal, candidates, shrink(asked, 0.025, 2 * asked), same) == {
+        **nominal.digits, "a": {"weight_input": 7}, "c": {"norm": 6}}
+    assert shrink(asked, 0.025, 1e6) > 0.0
 
 
 def test_a_path_with_a_type_needs_no_dot():

@@ -21,9 +21,10 @@ code's range (:mod:`~spikingjelly_mbe.ops.precision`).
    (:func:`choose`); the digits are written as ``'<path>:<type>'`` keys of a ``T`` mapping with
    ``'default': T``;
 5. converts with that mapping and measures the sites again: when their inputs moved with the sites
-   before them and the estimated error exceeds the budget, the allocation is repeated asking for that
-   much less, at most :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The
-   returned model always meets the budget on the calibration batches.
+   before them and the estimated error exceeds the budget, the allocation is repeated with its room
+   shrunk by the factor the measured error overshot it (:func:`shrink`), at most
+   :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The returned model
+   always meets the budget on the calibration batches.
 
 The result is exactly ``convert(model, calib, T=snn.spiking_report.digit_allocation)``; the
 report's ``digits`` line shows the digits each operator type got.
@@ -239,6 +240,27 @@ def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float
         allowed -= added
 
 
+def predicted(nominal: Measured, candidates: Mapping[int, Measured], chosen: Mapping[str, Mapping[str, int]],
+              weights: Mapping[str, float]) -> float:
+    """The weighted squared error a choice adds by the sites' own errors measured one rung at a time
+    (what :func:`choose` spent of its room)."""
+    def own_error(site: str, digits: Mapping[str, int]) -> float:
+        if digits == nominal.digits[site]:
+            return nominal.errors.get(site, 0.0)
+        return next(m.errors[site] for m in candidates.values() if m.digits.get(site) == digits)
+    errors = {site: own_error(site, digits) for site, digits in chosen.items()}
+    return squared_error(errors, weights) - squared_error(nominal.errors, weights)
+
+
+def shrink(asked: float, room: float, added: float) -> float:
+    """The room to ask for after an allocation predicted to add ``asked`` weighted squared error added
+    ``added`` once converted, where the budget is ``room``: ``asked room / added``. The sites' inputs
+    move with the sites before them, which amplifies what each adds by about ``added / asked``; at that
+    amplification the next allocation adds ``room``. It only reaches zero when the choice was predicted
+    to add nothing (subtracting the overshoot instead asks for nothing as soon as it exceeds the room)."""
+    return max(asked, 0.0) * room / added
+
+
 def as_mapping(T: int, chosen: Mapping[str, Mapping[str, int]]) -> Dict[str, int]:
     """The ``T`` mapping of a choice: ``'default': T`` and ``'<path>:<type>'`` for every operator type
     of a site given other digits."""
@@ -259,8 +281,8 @@ def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Ca
     candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
                   for t, kinds in rungs(T, split_bits).items()}
     weights = sensitivities(reference, sites, batches)
-    allowed = room(nominal, tolerance, weights)
-    limit = squared_error(nominal.errors, weights) + allowed
+    budget = allowed = room(nominal, tolerance, weights)
+    start = squared_error(nominal.errors, weights)
     for _ in range(CHECK_ROUNDS):
         chosen = choose(nominal, candidates, allowed, weights)
         mapping = as_mapping(T, chosen)
@@ -269,9 +291,9 @@ def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Ca
             break
         snn = convert_at(mapping)
         measured = squared_error({row.path: row.relative_rms for row in snn.spiking_report.site_errors}, weights)
-        if measured <= limit:
+        if measured <= start + budget:
             break
-        allowed -= measured - limit  # the sites' inputs moved with the sites before them: ask for less
+        allowed = shrink(predicted(nominal, candidates, chosen, weights), budget, measured - start)
     else:
         mapping, snn = {DEFAULT_KEY: T}, reference
         log.warning("digit_budget=%g: after %d allocations the output error estimated from the sites' own errors "
