@@ -27,7 +27,7 @@ from . import plots
 from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
 from .evaluation import Result, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
-from .tables import Row, markdown, write_csv
+from .tables import Row, markdown, write_csv, write_text
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "T_ops", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS,
@@ -107,9 +107,9 @@ def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[
     """``metrics.json``, the one-row table, ``conversion.txt`` and, when metered, the energy tables
     and plots by module path, operator type and block; returns the PNGs."""
     write_metrics(out_dir, row)
-    (out_dir / "convert_table.md").write_text(markdown([row], TABLE_COLUMNS))
+    write_text(out_dir / "convert_table.md", markdown([row], TABLE_COLUMNS))
     write_csv([row], out_dir / "convert_table.csv")
-    (out_dir / "conversion.txt").write_text(f"{report or row['status']}\n")
+    write_text(out_dir / "conversion.txt", f"{report or row['status']}\n")
     images: Dict[str, Path] = {}
     if result.meter is not None:
         for by, name in (("path", "layers"), ("operator", "energy_operator"), ("type", "energy_type"),

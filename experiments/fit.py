@@ -15,7 +15,7 @@ from spikingjelly_mbe import FittedNeuron, fit_neuron
 from . import config  # noqa: F401  (registers the schemas)
 from . import plots
 from .job import CONF_DIR, start, write_metrics
-from .tables import Row, markdown, write_csv
+from .tables import Row, markdown, write_csv, write_text
 from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("target", "neuron", "T", "domain", "mse", "max_abs", "mean_abs", "spikes_per_input", "seconds")
@@ -52,7 +52,7 @@ def main(cfg: DictConfig) -> None:
     row = fit_row(fitted, time.perf_counter() - began, job.group)
     params = fitted.save(job.out_dir / f"{file_stem(fitted)}.json")
     write_metrics(job.out_dir, row)
-    (job.out_dir / "fit_table.md").write_text(markdown([row], TABLE_COLUMNS))
+    write_text(job.out_dir / "fit_table.md", markdown([row], TABLE_COLUMNS))
     write_csv([row], job.out_dir / "fit_table.csv")
     images = {"fit": plots.fit_curve(fitted, c.plot.points, job.out_dir / "fit.png"),
               "raster": plots.spike_raster(fitted, c.plot.raster_inputs, job.out_dir / "raster.png")}

@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .tables import Row
+from .tables import Row, write_text
 
 METRICS_FILE = "metrics.json"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # absolute: also found from console scripts
@@ -43,6 +43,4 @@ def start(cfg: DictConfig) -> Job:
 
 def write_metrics(out_dir: Path, row: Row) -> Path:
     """The job's result row, read back by :mod:`experiments.report`."""
-    path = out_dir / METRICS_FILE
-    path.write_text(json.dumps(row, indent=1) + "\n")
-    return path
+    return write_text(out_dir / METRICS_FILE, json.dumps(row, indent=1) + "\n")

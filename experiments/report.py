@@ -21,7 +21,7 @@ from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, LoggerConfig
 from .convert import TABLE_COLUMNS as CONVERT_COLUMNS
 from .fit import TABLE_COLUMNS as FIT_COLUMNS
 from .job import CONF_DIR, METRICS_FILE, start
-from .tables import Row, columns, markdown, write_csv
+from .tables import Row, columns, markdown, write_csv, write_text
 from .tracking import log_results, open_run
 
 REPORT_DIR = "report"
@@ -106,7 +106,7 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     if len({r["T"] for r in rows}) > 1:
         pivot = by_T(rows)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "by_T.md").write_text("SNN metric / strict E_SNN/E_ANN per T\n\n" + markdown(pivot, columns(pivot)))
+        write_text(out / "by_T.md", "SNN metric / strict E_SNN/E_ANN per T\n\n" + markdown(pivot, columns(pivot)))
         ann_label = series_by(rows, ("model",))
         for metric in sorted({r["metric"] for r in rows}):
             points = [{"T": r["T"], "value": r["snn"], "series": f"{model(r)} SNN"} for r in rows if r["metric"] == metric]
@@ -129,7 +129,7 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     if len(rows) > 1 and front:
         label = series_by(rows, ("model", "T", *SETTINGS))
         write_csv(front, out / "pareto.csv")
-        (out / "pareto.md").write_text(markdown(front, ("job", "model", "T", *SETTINGS, *OBJECTIVES)))
+        write_text(out / "pareto.md", markdown(front, ("job", "model", "T", *SETTINGS, *OBJECTIVES)))
         figures["pareto"] = plots.pareto([r for r in rows if r.get("energy_strict") is not None], front, label,
                                          OBJECTIVES, out / "pareto.png")
     figures.update(frontiers(rows, out))
@@ -171,8 +171,8 @@ def frontiers(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
         return figures
     out.mkdir(parents=True, exist_ok=True)
     write_csv(table, out / "frontier.csv")
-    (out / "frontier.md").write_text("Loss vs strict whole-model E_SNN/E_ANN per model; on_front: no other "
-                                     "point is as good in both and better in one\n\n" + markdown(table, FRONTIER_COLUMNS))
+    write_text(out / "frontier.md", "Loss vs strict whole-model E_SNN/E_ANN per model; on_front: no other "
+               "point is as good in both and better in one\n\n" + markdown(table, FRONTIER_COLUMNS))
     for name in models:
         mine = points_of(rows, name)
         front = pareto_front(mine)
@@ -202,7 +202,7 @@ def build_report(sweep_dir: Path, logger: LoggerConfig) -> Path:
             images.update(found)
             sections += [f"## {entry} ({len(subset)} jobs)\n", markdown(subset, cols)]
             sections += [f"![{key}]({path.name})\n" for key, path in found.items()]
-    (out / "report.md").write_text("\n".join(sections))
+    write_text(out / "report.md", "\n".join(sections))
     write_csv(rows, out / "report.csv")
     tables = {"report": rows}
     converted = [r for r in rows if r.get("entry") == "convert" and r.get("snn") is not None]

@@ -1,7 +1,9 @@
-"""Rows of results as markdown and CSV tables."""
+"""Rows of results as markdown and CSV tables, written atomically."""
 from __future__ import annotations
 
 import csv
+import io
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -29,11 +31,20 @@ def markdown(rows: Sequence[Row], cols: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: Sequence[Row], path: Path) -> Path:
-    """All columns of ``rows``; a row without a column leaves its cell empty."""
+def write_text(path: Path, text: str) -> Path:
+    """``text`` into ``path`` (its folder created): a temporary file beside it, then a rename, so that a
+    reader never sees half a file and an interrupted job leaves the last complete one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns(rows))
-        writer.writeheader()
-        writer.writerows(rows)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
     return path
+
+
+def write_csv(rows: Sequence[Row], path: Path) -> Path:
+    """All columns of ``rows``; a row without a column leaves its cell empty (:func:`write_text`)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns(rows))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())

@@ -119,6 +119,24 @@ def test_report_entry_point_gathers_a_sweep_folder(sweep, app, capsys):
     assert "| MBE N=2 |" in capsys.readouterr().out
 
 
+def test_a_one_job_sweep_gets_its_report_folder_and_files_written_whole(monkeypatch, tmp_path):
+    """A multirun of one job draws no figure, which used to be what created ``report/`` when the
+    multirun's callback gathers it: the report creates it, and every file is written through a
+    temporary file and a rename (none left over)."""
+    monkeypatch.syspath_prepend(str(REPO))
+    from experiments.config import LoggerConfig, WandbMode
+    from experiments.report import build_report
+    row = {"entry": "convert", "model": "smollm2", "data": "lee", "method": "mbe", "T": 8, "metric": "perplexity",
+           "ann": 31.65, "snn": 32.82, "energy_strict": 0.2983, "group": "g"}
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "metrics.json").write_text(json.dumps(row))
+    report = build_report(tmp_path, LoggerConfig(mode=WandbMode.disabled))
+    assert report == tmp_path / "report"
+    assert "| 0 | smollm2 | lee | mbe | 8 |" in (report / "report.md").read_text()
+    assert (report / "report.csv").read_text().splitlines()[1].startswith("0,")
+    assert sorted(p.name for p in report.iterdir()) == ["report.csv", "report.md"]
+
+
 @pytest.mark.slow
 def test_convert_multirun_compares_ann_and_snn_and_reports_vs_T(tmp_path):
     sweep_dir = multirun("experiments.convert", tmp_path, "model=gpt2", "model.hidden=16", "data=tiny",
