@@ -11,7 +11,7 @@ from spikingjelly_mbe.conversion import set_mode
 from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, predicted, room,
                                                     rungs, sensitivities, shrink, site_of, site_paths,
                                                     squared_error)
-from spikingjelly_mbe.conversion.zoo import VOCAB, build, main_output, make_batch
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops.digits import OPERATOR_TYPES, check_T, operator_types, steps_at, steps_of
 
@@ -78,11 +78,9 @@ def test_the_allocated_mapping_passed_by_hand_builds_the_same_model(llama, conve
 
 
 def test_an_allocated_model_simulates_what_fast_mode_computes(llama, converted):
-    """On tokens that repeat in no row: two equal attention scores one ulp apart (a repeated token) can
-    round to different Softmax digits in the two modes (ops/softmax.py, a separate issue)."""
-    ann, calib, _ = llama
-    generator = torch.Generator().manual_seed(9)
-    held_out = {"input_ids": torch.stack([torch.randperm(VOCAB, generator=generator)[:16] for _ in range(4)])}
+    """On held-out tokens that repeat within rows: equal attention scores one ulp apart give the same
+    Softmax digits in both modes (tests/test_softmax_ties.py)."""
+    ann, calib, held_out = llama
     snn = convert(copy.deepcopy(ann).double(), calib, T=converted[1].spiking_report.digit_allocation)
     with torch.no_grad():
         fast = main_output(snn(**held_out))

@@ -443,13 +443,16 @@ INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t c
 }
 
 /* SpikingSoftmax (Eq. 13 for 2^frac, the IEEE-754 split for 1/sum, Eqs. 9-12 for the product) on
- * contiguous rows of length n; stats += (spikes, live elements, product SOPs, NaN/+inf). */
+ * contiguous rows of length n; stats += (spikes, live elements, product SOPs, NaN/+inf). The exponent
+ * is floor(y + carry) and the fraction max(y - exponent, 0): a fraction within carry (half a step) of 1
+ * rounds to 2^(exponent + 1) 2^0, as in SpikingSoftmax.stages. */
 void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double log2e, double min_exponent,
+                       double carry,
                        const double *exp2_coder, const int32_t *exp2_packed, int32_t exp2_base,
                        const double *recip_coder, const float *recip_table, const double *e_coder,
                        const double *r_coder, float *restrict out, int64_t *stats) {
     const coder_t cx = coder_of(exp2_coder), ce = coder_of(e_coder), cr = coder_of(r_coder);
-    const float l2e = (float)log2e, floor_exp = (float)min_exponent;
+    const float l2e = (float)log2e, floor_exp = (float)min_exponent, up = (float)carry;
     for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
         const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
         float totals[ROW_BLOCK];
@@ -473,13 +476,14 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                 for (int64_t i = 0; i < count; ++i) {
                     const float v = (xr[start + i] - m) * l2e;
                     y[i] = v > floor_exp ? v : floor_exp;
-                    word[i] = (int32_t)quantize(y[i] - floorf(y[i]), cx);
+                    const float frac = y[i] - floorf(y[i] + up);
+                    word[i] = (int32_t)quantize(frac > 0.0f ? frac : 0.0f, cx);
                 }
                 gather_i32(word, count, exp2_packed);
                 for (int64_t i = 0; i < count; ++i) {
                     const int32_t alive = y[i] > floor_exp;
                     const uint32_t w = (uint32_t)word[i];
-                    o[start + i] = bits_to_float(exp2_base + (int32_t)(w & 0xFFFFFFu)) * pow2(floorf(y[i]));
+                    o[start + i] = bits_to_float(exp2_base + (int32_t)(w & 0xFFFFFFu)) * pow2(floorf(y[i] + up));
                     fired += alive ? (int32_t)(w >> 24) : 0;
                     alive_count += alive;
                 }

@@ -431,7 +431,7 @@ def _split_value(v, params_ptr, table_ptr):
 
 @triton.jit
 def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, recip_table_ptr, log2e, floor_exp,
-                    top_bits, neurons_per_value, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
+                    carry, top_bits, neurons_per_value, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
     """One row of :func:`softmax` (the C kernel ``sjmbe_softmax_f32``'s arithmetic)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -443,8 +443,8 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
     y = (x - m) * log2e
     y = tl.where(y > floor_exp, y, floor_exp)
     alive = inside & (y > floor_exp)
-    whole = tl.floor(y)
-    frac_digits = _quantize(y - whole, params_ptr).to(tl.int32)
+    whole = tl.floor(y + carry)  # a fraction within carry of 1: the next exponent (SpikingSoftmax.stages)
+    frac_digits = _quantize(tl.maximum(y - whole, 0.0), params_ptr).to(tl.int32)
     e = tl.load(exp2_table_ptr + 2 * frac_digits) * _pow2(whole)
     e = tl.where(inside, e, 0.0)
     spikes = tl.sum(tl.where(alive, tl.load(exp2_table_ptr + 2 * frac_digits + 1).to(tl.int32), 0), 0)
@@ -471,7 +471,7 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
 
 @torch.library.custom_op("sjmbe::softmax", mutates_args=())
 def softmax(x: torch.Tensor, params: torch.Tensor, exp2_table: torch.Tensor, recip_table: torch.Tensor,
-            log2e: float, floor_exponent: float, top_bits: int, code: int,
+            log2e: float, floor_exponent: float, carry: float, top_bits: int, code: int,
             neurons_per_value: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``SpikingSoftmax`` along the last dimension of ``x``, one row per program: ``(output in float32,
     [spikes, neurons, SOPs, NaN/+inf])``, a row's neurons ``neurons_per_value`` per unmasked element
@@ -484,13 +484,14 @@ def softmax(x: torch.Tensor, params: torch.Tensor, exp2_table: torch.Tensor, rec
     stats = torch.zeros(4, dtype=torch.int64, device=x.device)
     if x.numel():
         _softmax_kernel[(x.numel() // n,)](x, out, stats, n, params, exp2_table, recip_table, log2e,
-                                           floor_exponent, top_bits, neurons_per_value, CODE=code, BLOCK_N=triton.next_power_of_2(n),
+                                           floor_exponent, carry, top_bits, neurons_per_value, CODE=code,
+                                           BLOCK_N=triton.next_power_of_2(n),
                                            enable_fp_fusion=False)
     return out, stats
 
 
 @softmax.register_fake
-def _(x, params, exp2_table, recip_table, log2e, floor_exponent, top_bits, code, neurons_per_value):
+def _(x, params, exp2_table, recip_table, log2e, floor_exponent, carry, top_bits, code, neurons_per_value):
     return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(4, dtype=torch.int64)
 
 

@@ -27,10 +27,14 @@ class SpikingSoftmax(SpikingOp):
     0. The row maximum ``m`` is subtracted first, before any spiking stage (a comparison, like a
        winner-take-all): ``y = (x - m) log2(e) <= 0``. This fixes every internal range by
        construction, so the operator needs no calibration.
-    1. ``e^(x-m) = 2^n * 2^f`` with ``n = floor(y) <= 0`` and ``f = y - n`` (Eq. 13): ``2^f`` from
-       the ``exp2`` :class:`SplitFunction`, ``2^n`` an exponent shift (integer addition, not a
-       neuron). ``y`` is clamped to ``-2048``: ``-inf`` (masked) and anything below ``2^-2048``
-       gives ``e = 0`` exactly, and those positions fire no spikes.
+    1. ``e^(x-m) = 2^n * 2^f`` with ``n = floor(y + h) <= 0`` and ``f = max(y - n, 0)`` (Eq. 13): ``2^f``
+       from the ``exp2`` :class:`SplitFunction`, ``2^n`` an exponent shift (integer addition, not a
+       neuron). ``h`` is half a step of the ``2^f`` neuron's input code: a fraction that code would
+       round up to 1 (the end of Eq. 13's ``[0, 1)``) carries into the exponent, ``2^(n-1) 2^1 =
+       2^n 2^0``, so ``y`` one ulp below an integer (a score one ulp below the row maximum, a near tie)
+       gives the digits of that integer, not the fit's value at 1. ``y`` is clamped to ``-2048``:
+       ``-inf`` (masked) and anything below ``2^-2048`` gives ``e = 0`` exactly, and those positions
+       fire no spikes.
     2. ``S = sum e = M 2^E`` with ``M`` in ``[1, 2)`` (IEEE-754 split, ``torch.frexp``); ``1/M``
        from the ``reciprocal`` :class:`SplitFunction`, so ``1/S = 2^-E / M``.
     3. ``softmax = (e * 1/M) * 2^-E``: the product through MBE_Id codes and ``sum_ij D_ij S_ij``
@@ -57,7 +61,8 @@ class SpikingSoftmax(SpikingOp):
         split_bits = default_split_bits(T) if split_bits is None else split_bits
         self.exp2 = SplitFunction("exp2", T, N, split_bits, code)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits, code)
-        # e = 2^f_hat * 2^n: n = 0 only for the row maximum (f = 0), otherwise n <= -1
+        self.carry = self.exp2.coder.A / (2 * (2.0 ** T - 1))  # h: half a step of 2^T levels on [0, 1]
+        # e = 2^f_hat * 2^n: n = 0 only within h of the row maximum (f = 0), otherwise n <= -1
         self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2), code)
         self.r_coder = IdentityCoder(T, self.reciprocal.max_output, code)
 
@@ -110,8 +115,8 @@ class SpikingSoftmax(SpikingOp):
         row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)  # fully masked rows
         y = (xs - row_max).mul_(LOG2E).clamp_min_(MIN_EXPONENT)
         live = y > MIN_EXPONENT
-        n = torch.floor(y)
-        exp2_frac, exp2_spikes = self.exp2.evaluate(y.sub_(n), simulate)
+        n = torch.floor(y + self.carry)
+        exp2_frac, exp2_spikes = self.exp2.evaluate(y.sub_(n).clamp_min_(0.0), simulate)
         e = exp2_frac.mul_(n.exp2_())  # the exponent shift 2^n (exact)
         row_sum = e.sum(self.dim, keepdim=True, dtype=torch.float64).to(e.dtype)
         live_row = row_sum > 0  # a fully masked row: its reciprocal would only scale zeros, so it does not fire
@@ -134,7 +139,7 @@ class SpikingSoftmax(SpikingOp):
         params = triton_ops.coder_rows(  # exp2 and 1/M split functions, the e and 1/M coders
             x.device, *(f.coder.kernel_params(torch.float32, False) + (f.target.lo,) for f in (self.exp2, self.reciprocal)),
             *(c.kernel_params(torch.float32, False) for c in (self.e_coder, self.r_coder)))
-        out, stats = triton_ops.softmax(x.movedim(self.dim, -1), params, *tables, LOG2E, MIN_EXPONENT,
+        out, stats = triton_ops.softmax(x.movedim(self.dim, -1), params, *tables, LOG2E, MIN_EXPONENT, self.carry,
                                         int(self.e_coder.kernel_params(torch.float32, False)[4]),
                                         list(CODES).index(self.code), NEURONS_PER_VALUE)
         return out.movedim(-1, self.dim), [stats[0], stats[1], stats[2], stats[3]]
@@ -148,7 +153,7 @@ class SpikingSoftmax(SpikingOp):
         exp2_params = self.exp2.kernel_args(x.dtype)[0]
         e_params, r_params = (kernels.doubles(c.kernel_params(x.dtype, False)) for c in (self.e_coder, self.r_coder))
         out, stats = kernels.rowwise("sjmbe_softmax_f32", rows_last, rows_last.shape[-1], 4, LOG2E, MIN_EXPONENT,
-                                     exp2_params, packed[0].data_ptr(), packed[1], recip_params,
+                                     self.carry, exp2_params, packed[0].data_ptr(), packed[1], recip_params,
                                      recip_table.data_ptr(), e_params, r_params)
         return out.movedim(-1, self.dim), stats
 
