@@ -477,7 +477,8 @@ def softmax(x: torch.Tensor, params: torch.Tensor, exp2_table: torch.Tensor, rec
     [spikes, neurons, SOPs, NaN/+inf])``, a row's neurons ``neurons_per_value`` per unmasked element
     and for its sum, its SOPs its spikes, unmasked elements and product coincidences. ``params``:
     :func:`coder_rows` of the exp2 split function, the reciprocal's, the ``e`` and ``1/M`` coders; the
-    split functions' tables as interleaved float32 ``(value, spikes)``."""
+    split functions' tables as interleaved float32 ``(value, spikes)``; ``carry``: the exponent is
+    ``floor(y + carry)`` (``SpikingSoftmax.carry``)."""
     x = x.contiguous()
     n = x.shape[-1]
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
