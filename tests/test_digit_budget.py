@@ -97,7 +97,8 @@ def test_rungs_go_down_to_half_of_T_with_fitted_types_at_shipped_digits_only():
     assert rungs(1) == {} and rungs(3) == {2: FIT_FREE_TYPES}
 
 
-def test_sites_lose_digits_where_the_squared_error_per_sop_saved_is_least():
+def hand_example():
+    """Three sites measured at 8 digits (nominal) and at the 7 and 6 rungs: (nominal, candidates)."""
     nominal = Measured({"a": 0.10, "b": 0.10, "c": 0.0}, {"a": 100, "b": 100, "c": 50},
                        {"a": {"weight_input": 8}, "b": {"matmul": 8, "softmax": 8}, "c": {"norm": 8}})
     candidates = {
@@ -106,6 +107,11 @@ def test_sites_lose_digits_where_the_squared_error_per_sop_saved_is_least():
         6: Measured({"a": 0.15, "b": 0.40, "c": 0.01}, {"a": 70, "b": 20, "c": 40},
                     {"a": {"weight_input": 6}, "b": {"matmul": 6, "softmax": 6}, "c": {"norm": 6}}),
     }
+    return nominal, candidates
+
+
+def test_sites_lose_digits_where_the_squared_error_per_sop_saved_is_least():
+    nominal, candidates = hand_example()
     # squared error added per SOP saved: a 8->7 2.1e-4 (0.0021 / 10), a 8->6 4.2e-4, a 7->6 5.2e-4,
     # b 8->7 7.5e-4, b 8->6 1.9e-3, c 8->6 1e-5; nominal squared error 0.02
     same = dict.fromkeys("abc", 1.0)
@@ -130,14 +136,7 @@ def test_a_recheck_that_overshoots_shrinks_the_room_by_the_overshoot_factor():
     time); converted, the sites' inputs moved and it added 0.0852 (twice that) against a room of 0.025:
     the next room is 0.0426 * 0.025 / 0.0852 = 0.0125, at which the greedy moves less, and it never
     reaches zero however far the overshoot goes."""
-    nominal = Measured({"a": 0.10, "b": 0.10, "c": 0.0}, {"a": 100, "b": 100, "c": 50},
-                       {"a": {"weight_input": 8}, "b": {"matmul": 8, "softmax": 8}, "c": {"norm": 8}})
-    candidates = {
-        7: Measured({"a": 0.11, "b": 0.20, "c": 0.0}, {"a": 90, "b": 60, "c": 50},
-                    {"a": {"weight_input": 7}, "b": {"matmul": 7, "softmax": 8}, "c": {"norm": 8}}),
-        6: Measured({"a": 0.15, "b": 0.40, "c": 0.01}, {"a": 70, "b": 20, "c": 40},
-                    {"a": {"weight_input": 6}, "b": {"matmul": 6, "softmax": 6}, "c": {"norm": 6}}),
-    }
+    nominal, candidates = hand_example()
     same = dict.fromkeys("abc", 1.0)
     chosen = choose(nominal, candidates, 0.043, same)
     asked = predicted(nominal, candidates, chosen, same)
