@@ -247,7 +247,7 @@ def predicted(nominal: Measured, candidates: Mapping[int, Measured], chosen: Map
     def own_error(site: str, digits: Mapping[str, int]) -> float:
         if digits == nominal.digits[site]:
             return nominal.errors.get(site, 0.0)
-        return next(m.errors[site] for m in candidates.values() if m.digits.get(site) == digits)
+        return next(m.errors[site] for m in candidates.values() if site in m.errors and m.digits.get(site) == digits)
     errors = {site: own_error(site, digits) for site, digits in chosen.items()}
     return squared_error(errors, weights) - squared_error(nominal.errors, weights)
 
