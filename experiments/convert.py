@@ -142,7 +142,8 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
                                                                  headroom=k.calibration.headroom),
                              k.exact_activations, **k.operator_options(), **k.method_options())
     result = evaluate(task, conversion, shard)
-    row = result_row(c, task, k.T if k.digit_budget is not None else conversion.T, conversion.status, conversion.seconds, result, job.group,
+    allocated = k.digit_budget is not None or k.energy_budget is not None  # its T mapping: the nominal T's row
+    row = result_row(c, task, k.T if allocated else conversion.T, conversion.status, conversion.seconds, result, job.group,
                      conversion.fully_spiking)
     if shard.rank == 0:
         run_ = open_run(c.logger, job.out_dir, f"{row['model']}-{row['method']}-T{steps_label(row)}", job.group,

@@ -102,14 +102,15 @@ def without_settings(state, *names):
 
 
 def test_a_state_saved_before_the_neuron_setting_existed_loads_bit_for_bit():
-    """A state without ``neuron`` (nor the later ``bias_correction``, ``digit_budget``) was converted
-    with MBE neurons, no correction and every site at T: it loads into such a conversion and gives
-    the saved model's outputs."""
+    """A state without ``neuron`` (nor the later ``bias_correction``, ``digit_budget``,
+    ``energy_budget``) was converted with MBE neurons, no correction and every site at T: it loads
+    into such a conversion and gives the saved model's outputs."""
     saved, fresh = converted("llama_lm", (1, 2), T=8), converted("llama_lm", (3, 4), T=8)
     x = make_batch("llama_lm", 2, seed=5)
     expected = run(saved, x)
     assert not torch.equal(run(fresh, x), expected)
-    result = fresh.load_state_dict(through_file(without_settings(saved.state_dict(), "neuron", "bias_correction", "digit_budget")))
+    result = fresh.load_state_dict(through_file(without_settings(saved.state_dict(), "neuron", "bias_correction", "digit_budget",
+                                                                  "energy_budget")))
     assert not result.missing_keys and not result.unexpected_keys
     assert torch.equal(run(fresh, x), expected)
     assert torch.equal(fresh.state_dict()[next(k for k in fresh.state_dict() if k.endswith("conversion_settings"))],

@@ -2,6 +2,8 @@
 on the calibration batches within the tolerance of its error at the nominal T, fewer synaptic events,
 the allocated mapping equal to passing it by hand, and the rule on hand-made measurements."""
 import copy
+import logging
+import math
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import set_mode
 from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, predicted, room,
                                                     rungs, sensitivities, shrink, site_of, site_paths,
-                                                    squared_error)
+                                                    energy_floor, squared_error, within_energy)
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops.digits import OPERATOR_TYPES, check_T, operator_types, steps_at, steps_of
@@ -149,6 +151,81 @@ def test_a_recheck_that_overshoots_shrinks_the_room_by_the_overshoot_factor():
     assert shrink(asked, 0.025, 1e6) > 0.0
 
 
+def test_an_energy_budget_moves_sites_in_the_same_order_until_their_sops_reach_it():
+    """The hand example's 250 SOPs at 8 digits; the moves in order of squared error added per SOP saved:
+    c to 6 (1e-5; 240 SOPs), a to 7 (2.1e-4; 230), a to 6 (5.2e-4; 210), b to 7 (7.5e-4; 170), b to 6
+    (3e-3; 130), then none is left."""
+    nominal, candidates = hand_example()
+    same = dict.fromkeys("abc", 1.0)
+    def at(target):
+        return choose(nominal, candidates, math.inf, same, target)
+    assert at(250) == nominal.digits
+    assert at(245) == at(240) == {**nominal.digits, "c": {"norm": 6}}
+    assert at(235) == {**nominal.digits, "a": {"weight_input": 7}, "c": {"norm": 6}}
+    assert at(200) == {"a": {"weight_input": 6}, "b": {"matmul": 7, "softmax": 8}, "c": {"norm": 6}}
+    assert at(0) == candidates[6].digits
+
+
+def test_an_energy_budgets_rungs_go_down_to_half_its_share_of_T_and_at_least_to_3():
+    assert energy_floor(8, 0.445) == 3 and energy_floor(4, 0.3) == 3
+    assert energy_floor(16, 0.81) == 6 and energy_floor(16, 0.99) == 7
+
+
+def test_the_whole_model_energy_follows_the_sites_sops_by_eq14():
+    """``(events 0.9 pJ + float ops 4.6 pJ) / (ANN ops 4.6 pJ)`` with the sites' SOPs swapped in, and the
+    SOP target of an energy its inverse."""
+    nominal, _ = hand_example()
+    nominal.charged = (1000, 2000, 100)  # the whole model's events (the sites' 250 among them), ANN and float ops
+    assert nominal.energy() == pytest.approx((1000 * 0.9 + 100 * 4.6) / (2000 * 4.6))
+    assert nominal.energy({"a": 50}) == pytest.approx((950 * 0.9 + 100 * 4.6) / (2000 * 4.6))
+    assert nominal.sops_for(nominal.energy({"a": 50})) == pytest.approx(200)
+    assert nominal.sops_for(nominal.energy()) == pytest.approx(250)
+
+
+def test_a_model_already_within_its_energy_budget_keeps_the_nominal_digits():
+    nominal, candidates = hand_example()
+    nominal.charged = (1000, 2000, 0)  # 0.098
+    def refuse(T):
+        raise AssertionError(f"converted again at {T}")
+    reference = torch.nn.Identity()
+    assert within_energy(8, 0.1, reference, nominal, candidates, {}, refuse, []) == (reference, {"default": 8})
+
+
+def whole_energy(snn, batches):
+    with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
+        for batch in batches:
+            snn(**batch)
+    return meter.ratio()
+
+
+def test_an_energy_budget_is_met_with_less_error_than_uniform_digits_within_it(llama):
+    """The 2-layer Llama at T=8 spends 0.29 of its ANN's energy, at T=4 0.144; allocated from T=8 under
+    0.15 it meets the budget on the calibration batches and its held-out output is closer to the ANN's
+    than the uniform T=4 conversion's (the digits went where the output depends on them)."""
+    ann, calib, held_out = llama
+    allocated = convert(ann, calib, T=8, energy_budget=0.15)
+    uniform = convert(ann, calib, T=4)
+    assert whole_energy(uniform, calib) <= 0.15 < whole_energy(convert(ann, calib, T=5), calib)
+    assert whole_energy(allocated, calib) <= 0.15
+    with torch.no_grad():
+        reference = main_output(ann(**held_out))
+        errors = [float((main_output(m(**held_out)) - reference).norm() / reference.norm()) for m in (allocated, uniform)]
+    assert errors[0] < 0.8 * errors[1]
+    mapping = allocated.spiking_report.digit_allocation
+    assert mapping["default"] == 8 and min(mapping.values()) == 3  # down to the fewest shipped digits
+    assert "digits allocated from calibration (energy_budget=0.15)" in str(allocated.spiking_report)
+
+
+def test_an_energy_budget_below_the_fewest_digits_warns_and_keeps_them(llama, caplog):
+    ann, calib, _ = llama
+    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.conversion"):
+        allocated = convert(ann, calib, T=4, energy_budget=0.05)
+    assert "energy_budget=0.05: the allocation reaches a strict E_SNN/E_ANN of" in caplog.text
+    reached = whole_energy(allocated, calib)
+    assert 0.05 < reached < whole_energy(convert(ann, calib, T=4), calib)
+    assert set(allocated.spiking_report.digit_allocation.values()) == {4, 3}
+
+
 def test_a_path_with_a_type_needs_no_dot():
     assert check_T({"default": 8, "classifier:weight_input": 6}) == {"default": 8, "classifier:weight_input": 6}
     assert steps_at({"default": 8, "classifier:weight_input": 6}, "weight_input", "classifier") == 6
@@ -161,6 +238,10 @@ def test_a_path_with_a_type_needs_no_dot():
     (dict(T=8, digit_budget=True), "digit_budget must be None"),
     (dict(T={"default": 8, "softmax": 6}, digit_budget=0.5), "digit_budget allocates .* give T as an integer"),
     (dict(T=8, digit_budget=0.5, method="ecmt"), "method='ecmt' does not use digit_budget"),
+    (dict(T=8, energy_budget=0), "energy_budget must be None .* > 0"),
+    (dict(T=8, energy_budget=float("nan")), "energy_budget must be None"),
+    (dict(T=8, energy_budget=0.2, digit_budget=0.5), "not both"),
+    (dict(T={"default": 8, "softmax": 6}, energy_budget=0.2), "energy_budget allocates .* give T as an integer"),
 ])
 def test_bad_digit_budgets_name_the_option_and_the_fix(options, message):
     with pytest.raises(ValueError, match=message):

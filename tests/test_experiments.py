@@ -27,7 +27,7 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "ablation_center": "convert",
            "ablation_rectified": "convert",
            "ablation_norm_exponents": "convert", "ablation_bias_correction": "convert", "frontier": "convert",
-           "digit_budget": "convert"}
+           "digit_budget": "convert", "energy_budget": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -274,7 +274,8 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
         assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
     default = job.operator_options()
     assert set(default) == {"rotate", "split_bits", "code", "budget", "center_inputs", "rectified_activations",
-                            "norm_exponents", "neuron", "bias_correction", "digit_budget"}
+                            "norm_exponents", "neuron", "bias_correction", "digit_budget",
+                            "energy_budget"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",

@@ -26,6 +26,15 @@ code's range (:mod:`~spikingjelly_mbe.ops.precision`).
    :data:`CHECK_ROUNDS` times (then every site stays at ``T``, with a warning). The returned model
    always meets the budget on the calibration batches.
 
+``convert(model, calib, T=8, energy_budget=0.15)`` asks the other way round: the least error at an
+energy. The rungs go down to half the digits at which every site would meet the budget (were the
+energy proportional to the digits), and at least to the fewest the library ships fits for, 3
+(:func:`energy_floor`); step 4 moves sites in
+the same order until the whole model's strict ``E_SNN / E_ANN`` (Eq. 14) predicted from the measured
+SOPs is at most ``energy_budget``, and step 5 measures the converted allocation's energy on the
+calibration batches and aims again, scaled by the factor it missed by, keeping the allocation with
+the most energy within the budget (:func:`within_energy`).
+
 The result is exactly ``convert(model, calib, T=snn.spiking_report.digit_allocation)``; the
 report's ``digits`` line shows the digits each operator type got.
 """
@@ -41,6 +50,7 @@ import torch
 import torch.nn as nn
 
 from ..energy import EnergyMeter
+from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..fitting.build_library import SHIPPED_T
 from ..ops.base import float_reference_mode
 from ..ops.digits import DEFAULT_KEY, OPERATOR_TYPES, Steps, operator_types, steps_of
@@ -53,15 +63,18 @@ log = logging.getLogger("spikingjelly_mbe.conversion")
 FIT_FREE_TYPES = ("weight_input", "product", "matmul", "max_pool", "topk")
 LOWEST_RUNG = 0.5  # the fewest digits a site may get, as a share of the nominal T
 CHECK_ROUNDS = 3  # conversions with an allocation, each asking for less error when the last exceeded the budget
+ENERGY_CLOSE = 0.02  # an energy_budget allocation this close below the budget (relative) is kept at once
 
 
-def rungs(T: int, split_bits: Optional[int] = None) -> Dict[int, Tuple[str, ...]]:
-    """``{t: operator types}`` for every ``t`` from ``T - 1`` down to ``ceil(T / 2)``: the types a
+def rungs(T: int, split_bits: Optional[int] = None, lowest: Optional[int] = None) -> Dict[int, Tuple[str, ...]]:
+    """``{t: operator types}`` for every ``t`` from ``T - 1`` down to ``lowest`` (default
+    ``ceil(T / 2)``, :data:`LOWEST_RUNG`; at least 1): the types a
     candidate conversion puts at ``t`` digits (all of them where the library ships fits at ``t``,
     :data:`~spikingjelly_mbe.fitting.build_library.SHIPPED_T`, else :data:`FIT_FREE_TYPES`; with a
     fixed ``split_bits``, the fitted types only above it)."""
     found: Dict[int, Tuple[str, ...]] = {}
-    for t in range(T - 1, max(1, math.ceil(T * LOWEST_RUNG)) - 1, -1):
+    lowest = math.ceil(T * LOWEST_RUNG) if lowest is None else lowest
+    for t in range(T - 1, max(1, lowest) - 1, -1):
         fitted_ok = t in SHIPPED_T and (split_bits is None or split_bits < t)
         found[t] = tuple(OPERATOR_TYPES) if fitted_ok else FIT_FREE_TYPES
     return found
@@ -96,6 +109,20 @@ class Measured:
     errors: Dict[str, float]
     sops: Dict[str, int]
     digits: Dict[str, Dict[str, int]]  # site -> {operator type: T}
+    charged: Tuple[int, int, int] = (0, 0, 0)  # the whole model's strict (events, ANN operations, float operations)
+
+    def energy(self, sops: Optional[Mapping[str, int]] = None) -> float:
+        """The whole model's strict ``E_SNN / E_ANN`` (Eq. 14), with the sites' SOPs replaced by ``sops``
+        (the events outside every site unchanged)."""
+        events, ops, floats = self.charged
+        if sops is not None:
+            events += sum(sops.values()) - sum(self.sops[site] for site in sops)
+        return cost_ratio(events, ops, "fp32", floats)
+
+    def sops_for(self, energy: float) -> float:
+        """The sites' total SOPs at which the whole model's strict energy (:meth:`energy`) is ``energy``."""
+        events, ops, floats = self.charged
+        return (energy * ops * E_MAC - floats * E_MAC) / E_AC - events + sum(self.sops.values())
 
 
 def fidelity_batches(batches: Iterable[Batch], limit: Optional[int]) -> List[Batch]:
@@ -127,7 +154,7 @@ def measure(snn: nn.Module, sites: List[str], batches: List[Batch]) -> Measured:
         if site is not None:
             digits[site][kind] = steps_of(snn.get_submodule(path))
     errors = {row.path: row.relative_rms for row in snn.spiking_report.site_errors}
-    return Measured(errors, sops, digits)
+    return Measured(errors, sops, digits, meter.charged(list(meter.counts)))
 
 
 def sensitivities(snn: nn.Module, sites: List[str], batches: List[Batch], seed: int = 0) -> Dict[str, float]:
@@ -217,15 +244,15 @@ def room(nominal: Measured, tolerance: float, weights: Mapping[str, float]) -> f
 
 
 def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float,
-           weights: Mapping[str, float]) -> Dict[str, Dict[str, int]]:
+           weights: Mapping[str, float], sops_target: Optional[float] = None) -> Dict[str, Dict[str, int]]:
     """Per site, the operator types' digits: every site starts at the nominal ones; one at a time, the
     move to a candidate's digits with fewer SOPs that adds the least weighted squared own error
     (``w_s r_s^2``, :func:`squared_error`) per SOP saved, while the added error stays within
-    ``allowed`` (:func:`room`)."""
+    ``allowed`` (:func:`room`) and, given ``sops_target``, until the sites' SOPs are at most it."""
     current: Dict[str, Option] = {s: (nominal.errors.get(s, 0.0), nominal.sops[s], d) for s, d in nominal.digits.items()}
     options = {s: [(m.errors[s], m.sops[s], m.digits[s]) for m in candidates.values()
                    if s in m.errors and m.digits.get(s) not in (None, current[s][2])] for s in current}
-    while True:
+    while sops_target is None or sum(option[1] for option in current.values()) > sops_target:
         best: Optional[Tuple[float, str, Option, float]] = None
         for site, (error, sops, _) in current.items():
             weight = weights.get(site, 0.0)
@@ -234,10 +261,11 @@ def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float
                 if saved > 0 and added <= allowed and (best is None or added / saved < best[0]):
                     best = (added / saved, site, option, added)
         if best is None:
-            return {site: option[2] for site, option in current.items()}
+            break
         _, site, option, added = best
         current[site] = option
         allowed -= added
+    return {site: option[2] for site, option in current.items()}
 
 
 def predicted(nominal: Measured, candidates: Mapping[int, Measured], chosen: Mapping[str, Mapping[str, int]],
@@ -270,35 +298,89 @@ def as_mapping(T: int, chosen: Mapping[str, Mapping[str, int]]) -> Dict[str, int
     return mapping
 
 
-def allocate(T: int, tolerance: float, split_bits: Optional[int], convert_at: Callable[[Steps], nn.Module],
-             batches: List[Batch]) -> nn.Module:
-    """The conversion of :mod:`this module <.allocation>`: ``convert_at(T)`` converts the model with
-    every other option fixed; ``batches``: the calibration batches the per-site errors are measured
-    on. Returns the converted model, its report carrying ``digit_allocation`` and ``digit_budget``."""
-    reference = convert_at(T)
-    sites = site_paths(reference)
-    nominal = measure(reference, sites, batches)
-    candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
-                  for t, kinds in rungs(T, split_bits).items()}
-    weights = sensitivities(reference, sites, batches)
+def energy_floor(T: int, share: float) -> int:
+    """The lowest rung of an ``energy_budget`` allocation that must bring the energy to ``share`` of the
+    nominal ``T``'s: half of ``share T`` (the digits at which every site would meet it, were the energy
+    proportional to the digits), and at least the fewest digits the library ships fits for (3)."""
+    return max(min(SHIPPED_T), math.floor(share * T * LOWEST_RUNG))
+
+
+Allocation = Tuple[nn.Module, Dict[str, int]]  # a converted model and the T mapping it was converted with
+
+
+def within_error(T: int, tolerance: float, reference: nn.Module, nominal: Measured, candidates: Mapping[int, Measured],
+                 weights: Mapping[str, float], convert_at: Callable[[Steps], nn.Module]) -> Allocation:
+    """``digit_budget``: the fewest SOPs while the estimated output error's RMS stays within
+    ``1 + tolerance`` of the nominal one, rechecked on the converted allocation (:func:`shrink`)."""
     budget = allowed = room(nominal, tolerance, weights)
     start = squared_error(nominal.errors, weights)
     for _ in range(CHECK_ROUNDS):
         chosen = choose(nominal, candidates, allowed, weights)
         mapping = as_mapping(T, chosen)
         if len(mapping) == 1:
-            snn = reference
-            break
+            return reference, mapping
         snn = convert_at(mapping)
         measured = squared_error({row.path: row.relative_rms for row in snn.spiking_report.site_errors}, weights)
         if measured <= start + budget:
-            break
+            return snn, mapping
         allowed = shrink(predicted(nominal, candidates, chosen, weights), budget, measured - start)
+    log.warning("digit_budget=%g: after %d allocations the output error estimated from the sites' own errors "
+                "still exceeded the budget on the calibration batches; every site stays at T=%d",
+                tolerance, CHECK_ROUNDS, T)
+    return reference, {DEFAULT_KEY: T}
+
+
+def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: Measured,
+                  candidates: Mapping[int, Measured], weights: Mapping[str, float],
+                  convert_at: Callable[[Steps], nn.Module], batches: List[Batch]) -> Allocation:
+    """``energy_budget``: the least estimated output error at a whole-model strict energy of at most
+    ``energy_budget`` (:meth:`Measured.energy`), rechecked on the converted allocation: its sites'
+    inputs move with the sites before them, so its measured energy differs from the prediction; each
+    next allocation aims at the budget scaled by the factor the last one missed it by, at most
+    :data:`CHECK_ROUNDS` times, and the one with the most energy within the budget is kept (one
+    within :data:`ENERGY_CLOSE` of it ends the search). Warns, keeping the last allocation, when
+    none reaches the budget."""
+    if nominal.energy() <= energy_budget:
+        return reference, {DEFAULT_KEY: T}
+    aim, tried, best = energy_budget, {}, None
+    for _ in range(CHECK_ROUNDS):
+        mapping = as_mapping(T, choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim)))
+        key = tuple(sorted(mapping.items()))
+        if key in tried:  # the same choice again (every site already at its fewest digits)
+            break
+        snn = reference if len(mapping) == 1 else convert_at(mapping)
+        reached = tried[key] = measure(snn, site_paths(snn), batches).energy()
+        log.info("energy_budget=%g: aimed at %.4g, the allocation reaches %.4g", energy_budget, aim, reached)
+        if reached <= energy_budget and (best is None or reached > best[0]):
+            best = (reached, snn, mapping)
+        if energy_budget * (1.0 - ENERGY_CLOSE) <= reached <= energy_budget:
+            break
+        aim *= energy_budget / reached
+    if best is not None:
+        return best[1], best[2]
+    log.warning("energy_budget=%g: the allocation reaches a strict E_SNN/E_ANN of %.4g on the calibration batches "
+                "(its sites at down to %d digits); pass a larger energy_budget or a lower T", energy_budget, reached,
+                min(candidates, default=T))
+    return snn, mapping
+
+
+def allocate(T: int, tolerance: Optional[float], split_bits: Optional[int], convert_at: Callable[[Steps], nn.Module],
+             batches: List[Batch], energy_budget: Optional[float] = None) -> nn.Module:
+    """The conversion of :mod:`this module <.allocation>`: ``convert_at(T)`` converts the model with
+    every other option fixed; ``batches``: the calibration batches the per-site errors are measured
+    on; ``tolerance`` (``digit_budget``) or ``energy_budget``. Returns the converted model, its report
+    carrying ``digit_allocation``, ``digit_budget`` and ``energy_budget``."""
+    reference = convert_at(T)
+    sites = site_paths(reference)
+    nominal = measure(reference, sites, batches)
+    lowest = None if energy_budget is None else energy_floor(T, energy_budget / nominal.energy())
+    candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
+                  for t, kinds in rungs(T, split_bits, lowest).items()}
+    weights = sensitivities(reference, sites, batches)
+    if energy_budget is None:
+        snn, mapping = within_error(T, tolerance, reference, nominal, candidates, weights, convert_at)
     else:
-        mapping, snn = {DEFAULT_KEY: T}, reference
-        log.warning("digit_budget=%g: after %d allocations the output error estimated from the sites' own errors "
-                    "still exceeded the budget on the calibration batches; every site stays at T=%d",
-                    tolerance, CHECK_ROUNDS, T)
+        snn, mapping = within_energy(T, energy_budget, reference, nominal, candidates, weights, convert_at, batches)
     snn.spiking_report.digit_allocation = mapping
-    snn.spiking_report.digit_budget = tolerance
+    snn.spiking_report.digit_budget, snn.spiking_report.energy_budget = tolerance, energy_budget
     return snn

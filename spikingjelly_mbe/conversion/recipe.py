@@ -108,7 +108,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
     """
 
     def convert_module(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
-        if self.config.digit_budget is not None:
+        if self.config.digit_budget is not None or self.config.energy_budget is not None:
             return self.allocate_digits(converter, ann)
         model = self.prepare(converter, ann)
         self.insert_observers(converter, model)
@@ -117,18 +117,19 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         return self.finalize(converter, model)
 
     def allocate_digits(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
-        """``digit_budget``: conversions of ``ann`` at its nominal ``T`` and lower rungs on the same
-        calibration batches, and the one with the per-site ``T`` they allocate (:mod:`.allocation`)."""
+        """``digit_budget`` or ``energy_budget``: conversions of ``ann`` at its nominal ``T`` and lower
+        rungs on the same calibration batches, and the one with the per-site ``T`` they allocate
+        (:mod:`.allocation`)."""
         if self.calibration.data is None:
             raise ValueError(NEED_DATA)
         batches = replayable(self.calibration.data, self.calibration.num_batches)
         calibration = dataclasses.replace(self.calibration, data=batches)
 
         def convert_at(T: Steps) -> nn.Module:
-            recipe = type(self)(calibration, self.config.replace(T=T, digit_budget=None))
+            recipe = type(self)(calibration, self.config.replace(T=T, digit_budget=None, energy_budget=None))
             return ModuleConverter(recipe, device=converter.device).convert(ann)
         return allocate(self.config.T, self.config.digit_budget, self.config.split_bits, convert_at,
-                        fidelity_batches(batches, self.calibration.num_batches))
+                        fidelity_batches(batches, self.calibration.num_batches), self.config.energy_budget)
 
     def prepare(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
         refuse_converted(ann)

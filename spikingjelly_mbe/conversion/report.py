@@ -58,6 +58,7 @@ class ConversionReport:
     digits: Dict[str, Dict[int, int]] = field(default_factory=dict)  # operator type -> {T: operators}
     digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget chose
     digit_budget: Optional[float] = None
+    energy_budget: Optional[float] = None
 
     def mean_digits(self) -> Dict[str, float]:
         """The mean ``T`` of each operator type's operators (where a per-operator ``T`` puts the digits)."""
@@ -65,11 +66,17 @@ class ConversionReport:
                 for kind, counts in self.digits.items()}
 
     def allocation_line(self) -> str:
-        """How many sites ``digit_budget`` moved off the default ``T``, and the mean digits per type."""
+        """How many sites ``digit_budget`` (or ``energy_budget``) moved off the default ``T``, and the mean
+        digits per type."""
         moved = len({key.rpartition(":")[0] for key in self.digit_allocation if key != "default"})
         means = ", ".join(f"{kind} {mean:.2f}" for kind, mean in self.mean_digits().items())
-        return (f"digits allocated from calibration (digit_budget={self.digit_budget:g}): {moved} site(s) below "
+        return (f"digits allocated from calibration ({self.budget_setting()}): {moved} site(s) below "
                 f"T={self.digit_allocation.get('default')}; mean digits per type: {means}")
+
+    def budget_setting(self) -> str:
+        """``'digit_budget=0.5'`` or ``'energy_budget=0.15'``: what allocated the digits."""
+        return (f"digit_budget={self.digit_budget:g}" if self.digit_budget is not None
+                else f"energy_budget={self.energy_budget:g}")
 
     @property
     def fully_spiking(self) -> bool:
@@ -92,7 +99,7 @@ class ConversionReport:
                          + ["digits per operator type: " + ", ".join(
                              f"{kind} " + " ".join(f"T={t} x{n}" for t, n in sorted(counts.items()))
                              for kind, counts in self.digits.items())]
-                         + ([self.allocation_line()] if self.digit_budget is not None else [])
+                         + ([self.allocation_line()] if self.digit_allocation else [])
                          + [f"site errors against the float reference on the calibration batches, worst "
                             f"{min(SHOWN_SITES, len(self.site_errors))} of {len(self.site_errors)}"]
                          + [f"  {row}" for row in self.site_errors[:SHOWN_SITES]]

@@ -28,19 +28,30 @@ from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Res
 SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_bits digits into a table
 
 
-def check_digit_budget(digit_budget: Optional[float], T: Steps) -> None:
-    """``digit_budget`` must be ``None`` or a finite number >= 0, and then ``T`` one integer (the
-    nominal digits every site's error is measured against)."""
-    if digit_budget is None:
+def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None) -> None:
+    """``digit_budget`` must be ``None`` or a finite number >= 0, ``energy_budget`` ``None`` or a
+    finite number > 0, at most one of them given, and then ``T`` one integer (the nominal digits every
+    site's error is measured against)."""
+    if digit_budget is None and energy_budget is None:
         return
-    if isinstance(digit_budget, bool) or not isinstance(digit_budget, (int, float)) \
-            or not 0.0 <= digit_budget < float("inf"):
+    if digit_budget is not None and (isinstance(digit_budget, bool) or not isinstance(digit_budget, (int, float))
+                                     or not 0.0 <= digit_budget < float("inf")):
         raise ValueError(f"digit_budget must be None (every site at T) or the tolerance >= 0 on the growth over T's "
                          f"of the output error the sites' own calibration errors add up to (its RMS at most "
                          f"1 + digit_budget times), e.g. 0.5; got {digit_budget!r}")
+    if energy_budget is not None and (isinstance(energy_budget, bool) or not isinstance(energy_budget, (int, float))
+                                      or not 0.0 < energy_budget < float("inf")):
+        raise ValueError(f"energy_budget must be None (every site at T) or the whole-model strict E_SNN/E_ANN "
+                         f"(Eq. 14) > 0 the allocation must reach on the calibration batches, e.g. 0.15; "
+                         f"got {energy_budget!r}")
+    if digit_budget is not None and energy_budget is not None:
+        raise ValueError(f"give digit_budget (an error budget: fewest synaptic events within it) or energy_budget "
+                         f"(an energy budget: least error within it), not both (got {digit_budget!r} and "
+                         f"{energy_budget!r})")
+    name = "digit_budget" if digit_budget is not None else "energy_budget"
     if isinstance(T, Mapping):
-        raise ValueError(f"digit_budget allocates every site's digits from one nominal T: give T as an integer, "
-                         f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without digit_budget)")
+        raise ValueError(f"{name} allocates every site's digits from one nominal T: give T as an integer, "
+                         f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without {name})")
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,11 @@ class OpSettings:
     sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared output
     error added (each site's own error weighted by the output's sensitivity to it), while the
     estimated output error's RMS on the calibration batches stays within ``1 + digit_budget`` of the
-    integer ``T``'s; ``None`` (the default): every site at ``T``.
+    integer ``T``'s; ``None`` (the default): every site at ``T``. ``energy_budget`` allocates them
+    the other way round: sites lose digits (down to half of ``T`` times the budget's share of the
+    nominal energy, at least to 3) in the same order until the whole-model strict ``E_SNN / E_ANN``
+    (Eq. 14) on the calibration batches is at most ``energy_budget`` (the least estimated output
+    error at that energy).
     """
 
     T: Steps = DEFAULT_T
@@ -93,6 +108,7 @@ class OpSettings:
     neuron: str = "mbe"
     bias_correction: bool = False
     digit_budget: Optional[float] = None
+    energy_budget: Optional[float] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.T, Mapping):
@@ -128,7 +144,7 @@ class OpSettings:
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_digit_budget(self.digit_budget, self.T)
+        check_digit_budget(self.digit_budget, self.T, self.energy_budget)
         if self.split_bits is not None:
             lowest = min(values_for(self.T, SPLIT_TYPES))
             if isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int) \
