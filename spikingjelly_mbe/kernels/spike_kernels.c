@@ -38,12 +38,30 @@ static coder_t coder_of(const double *p) {
     return c;
 }
 
-/* The digits q the neuron fires for |x| (IdentityCoder.quantize): min(floor(min(|x g|, clamp) + offset), top). */
-static inline float quantize(float x, coder_t c) {
+/* The digits q the neuron fires for |x| (IdentityCoder.quantize): min(floor(min(|x g|, clamp) + offset), top),
+ * as an integer. The sum u is at least the offset (half a step, 1/2 here), never NaN (the clamp holds NaN at
+ * clamp), and top (< 2^24) is an integer, so min(floor(u), top) is min(u, top) truncated to an integer; the
+ * min is taken on the bits, which order as positive floats do. */
+static inline int32_t quantize(float x, coder_t c) {
     float u = fabsf(x * c.gain);
     u = u < c.clamp ? u : c.clamp;
-    u = floorf(u + c.offset);
-    return u < c.top ? u : c.top;
+    u = u + c.offset;
+    int32_t bits, top;
+    memcpy(&bits, &u, sizeof bits);
+    memcpy(&top, &c.top, sizeof top);
+    bits = bits < top ? bits : top;
+    memcpy(&u, &bits, sizeof u);
+    return (int32_t)u;
+}
+
+/* q >= 0 as a float (exact: q < 2^24). Where the CPU converts unsigned integers in one instruction, as
+ * unsigned: GCC reads (float)(int32_t) of quantize's truncation as a rounding of the float (two). */
+static inline float digits_value(int32_t q) {
+#ifdef __AVX512F__
+    return (float)(uint32_t)q;
+#else
+    return (float)q;
+#endif
 }
 
 /* Set bits of v (branch-free, so loops over it vectorize: one instruction where the CPU counts bits in
@@ -65,8 +83,8 @@ static inline int32_t bits_set(uint32_t v) {
  * 2^T - 2^j (2^j the highest lower digit, at bit j + 1 of m): the two digits become T - j, T - 2 - j
  * spikes more. j + 1 is the exponent of m's lower digits as a float (exact below 2^24; never 0 there),
  * a conversion that vectorizes. */
-static inline int32_t spike_count(float q, float top_pattern, int32_t code) {
-    const uint32_t v = (uint32_t)(int32_t)q;
+static inline int32_t spike_count(int32_t q, float top_pattern, int32_t code) {
+    const uint32_t v = (uint32_t)q;
     if (code == 0) return bits_set(v);
     const uint32_t top = (uint32_t)(int32_t)top_pattern, marks = ((v << 1) + v) ^ v, lower = marks & (top << 1);
     const float as_float = (float)(int32_t)lower;
@@ -112,9 +130,9 @@ static inline void gather_i32(int32_t *restrict index, int64_t m, const int32_t 
 
 /* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count. */
 INLINE float code_value(float x, coder_t c, int32_t code, int32_t *count) {
-    const float q = quantize(x, c);
+    const int32_t q = quantize(x, c);
     *count = spike_count(q, c.top, code);
-    return copysignf(q * c.step, x);
+    return copysignf(digits_value(q) * c.step, x);
 }
 
 /* The overflow shift of a unit-range code (ops.coding.overflow_shift with A = 1): e >= 0 the smallest
@@ -193,19 +211,21 @@ INLINE void channel_block(const float *restrict x, int64_t n, const float *restr
             u = u < FLT_MAX ? u : FLT_MAX;
             u = u > -FLT_MAX ? u : -FLT_MAX;
             float w;
-            const float shift = unit_overflow_shift(u, &w), q = quantize(w, c);
+            const float shift = unit_overflow_shift(u, &w);
+            const int32_t q = quantize(w, c);
             spikes += spike_count(q, c.top, code);
             clamped += fabsf(w) > 1.0f;
-            float value = (copysignf(q * c.step, w) * shift) * range[k];
+            float value = (copysignf(digits_value(q) * c.step, w) * shift) * range[k];
             if (centre) value = value + centre[k];
             out[i] = value;
         }
     } else {
         for (int64_t i = 0; i < n; ++i) {
             const int64_t k = per_element ? i : 0;
-            const float u = unit[i], q = quantize(u, c);
+            const float u = unit[i];
+            const int32_t q = quantize(u, c);
             spikes += spike_count(q, c.top, code);
-            float value = copysignf(q * c.step, u) * range[k];
+            float value = copysignf(digits_value(q) * c.step, u) * range[k];
             if (centre) value = value + centre[k];
             out[i] = value;
         }
@@ -357,19 +377,28 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
     }
 }
 
+/* |x| > A or NaN, read from the bits (A positive): the magnitude's bits order as the magnitudes do, NaN's
+ * above every other */
+static inline int32_t magnitude_of(float x) {
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits & 0x7FFFFFFF;
+}
+
 INLINE void product_block(const float *restrict a, const float *restrict b, int64_t n, coder_t ca, float A_a,
                           int32_t code_a, coder_t cb, float A_b, int32_t code_b, float *restrict out,
                           int64_t *stats) {
-    int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0, beyond = 0;
+    int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0, top_a = 0, top_b = 0;
     for (int64_t i = 0; i < n; ++i) {
         int32_t count_a, count_b;
         out[i] = code_value(a[i], ca, code_a, &count_a) * code_value(b[i], cb, code_b, &count_b);
         spikes_a += count_a;
         spikes_b += count_b;
         coincidences += count_a * count_b;
-        beyond += !(fabsf(a[i]) <= A_a) | !(fabsf(b[i]) <= A_b); /* beyond a range, or NaN */
+        top_a = magnitude_of(a[i]) > top_a ? magnitude_of(a[i]) : top_a; /* the largest |a|, NaN above all */
+        top_b = magnitude_of(b[i]) > top_b ? magnitude_of(b[i]) : top_b;
     }
-    if (beyond) /* rare: which operand, and which are NaN/Inf */
+    if (top_a > magnitude_of(A_a) || top_b > magnitude_of(A_b)) /* rare: which operand, and which are NaN/Inf */
         for (int64_t i = 0; i < n; ++i) {
             clamped_a += fabsf(a[i]) > A_a;
             clamped_b += fabsf(b[i]) > A_b;
@@ -401,7 +430,7 @@ void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t
 static inline int32_t split_index(float v, const double *params) {
     const coder_t c = coder_of(params);
     const float lo = (float)params[6];
-    return (int32_t)quantize(lo != 0.0f ? v - lo : v, c);
+    return quantize(lo != 0.0f ? v - lo : v, c);
 }
 
 /* Rows are processed in blocks: each row's per-element stages up to its row value (the sum), then, once
@@ -410,33 +439,54 @@ static inline int32_t split_index(float v, const double *params) {
  * row runs the very same operations. */
 #define ROW_BLOCK 16
 
-/* The sum of t(x[i]) over [0, n) in double, t(x) = x or (x * x) * scale (both in float): eight
- * interleaved partial sums (they vectorize) added in a fixed order. */
+/* Row sums in double as eight interleaved partial sums (lane k adds x[i + k] in the order of i; they
+ * vectorize), the lanes then added in one fixed order (lanes_total). */
 typedef float float8 __attribute__((vector_size(32)));
 typedef double double8 __attribute__((vector_size(64)));
 
-static inline double sum_f64(const float *restrict x, int64_t n, int square, float scale) {
-    double8 parts = {0, 0, 0, 0, 0, 0, 0, 0}; /* lane k: the partial sum of x[i + k] */
+/* float8 -> double8, one instruction where the CPU has AVX-512 (GCC widens through two halves otherwise) */
+static inline double8 widen(float8 v) {
+#ifdef __AVX512F__
+    __m256 lanes;
+    memcpy(&lanes, &v, sizeof lanes);
+    const __m512d wide = _mm512_cvtps_pd(lanes);
+    double8 out;
+    memcpy(&out, &wide, sizeof out);
+    return out;
+#else
+    return __builtin_convertvector(v, double8);
+#endif
+}
+
+/* lanes[k] += x[0..8) widened: eight elements added to the eight lanes */
+static inline void add_lanes(double8 *lanes, const float *x) {
+    float8 v;
+    memcpy(&v, x, sizeof v);
+    *lanes += widen(v);
+}
+
+static inline double lanes_total(const double part[8]) {
+    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
+/* The sum of x[0..n) in double, in the lanes' order. */
+static inline double sum_f64(const float *restrict x, int64_t n) {
+    double8 parts = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        float8 v;
-        memcpy(&v, x + i, sizeof v);
-        if (square) v = (v * v) * scale;
-        parts += __builtin_convertvector(v, double8);
-    }
+    for (; i + 8 <= n; i += 8) add_lanes(&parts, x + i);
     double part[8];
     memcpy(part, &parts, sizeof part);
-    for (; i < n; ++i) part[i % 8] += square ? (x[i] * x[i]) * scale : x[i];
-    return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; ++i) part[i % 8] += x[i];
+    return lanes_total(part);
 }
 
 /* The row's probabilities p = min(code(e) * scaled, 1) in place of e; returns the spikes of e's codes. */
 INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t code, float scaled) {
     int32_t spikes = 0;
     for (int64_t i = 0; i < n; ++i) {
-        const float q = quantize(o[i], ce);
+        const int32_t q = quantize(o[i], ce);
         spikes += spike_count(q, ce.top, code);
-        const float p = (q * ce.step) * scaled;
+        const float p = (digits_value(q) * ce.step) * scaled;
         o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
     }
     return spikes;
@@ -477,7 +527,7 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                     const float v = (xr[start + i] - m) * l2e;
                     y[i] = v > floor_exp ? v : floor_exp;
                     const float frac = y[i] - floorf(y[i] + up);
-                    word[i] = (int32_t)quantize(frac > 0.0f ? frac : 0.0f, cx);
+                    word[i] = quantize(frac > 0.0f ? frac : 0.0f, cx);
                 }
                 gather_i32(word, count, exp2_packed);
                 for (int64_t i = 0; i < count; ++i) {
@@ -488,7 +538,7 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                     alive_count += alive;
                 }
             }
-            const float total = (float)sum_f64(o, n, 0, 1.0f);
+            const float total = (float)sum_f64(o, n);
             const float mantissa = frexpf(total > 0.0f ? total : 1.0f, &exponents[r]);
             patterns[r] = split_index(2.0f * mantissa, recip_coder);
             __builtin_prefetch(recip_table + 2 * patterns[r]);
@@ -502,9 +552,9 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
             const int32_t q = patterns[r], fires = totals[r] > 0.0f;
             const float recip = fires ? recip_table[2 * q] : 0.0f;
             spikes[r] += fires ? (int32_t)recip_table[2 * q + 1] : 0;
-            const float rq = quantize(recip, cr);
+            const int32_t rq = quantize(recip, cr);
             const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
-            const float scaled = (rq * cr.step) * pow2(1.0f - (float)exponents[r]);
+            const float scaled = (digits_value(rq) * cr.step) * pow2(1.0f - (float)exponents[r]);
 #define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, scaled)
             const int32_t e_spikes = BY_CODE(ce.code, PROBABILITIES);
 #undef PROBABILITIES
@@ -516,42 +566,172 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
     }
 }
 
-/* A norm row's codes of z = (x - mean) scale (each element at its own exponent 2^e, e in [-span, 0]
- * when span >= 0: element_exponent): o = sign(z) q w 2^-T 2^e; adds the codes' spikes and squares.
+/* A row's extremes hi = max x and lo = min x (NaN skipped, as x > hi ? x : hi skips it), element by
+ * element; returns its count of NaN/Inf. Only rows holding NaN or Inf come here. */
+static int32_t extremes(const float *restrict x, int64_t n, float *hi, float *lo) {
+    float top = -INFINITY, bottom = INFINITY;
+    int32_t nonfinite = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        top = x[i] > top ? x[i] : top;
+        bottom = x[i] < bottom ? x[i] : bottom;
+        nonfinite += !(fabsf(x[i]) <= FLT_MAX);
+    }
+    *hi = top;
+    *lo = bottom;
+    return nonfinite;
+}
+
+/* Sixteen elements of a LayerNorm row into its lane-wise extremes and its sum's lanes. */
+INLINE void scan16(const float *restrict v, float *restrict top, float *restrict bottom, double8 *parts) {
+#pragma omp simd
+    for (int j = 0; j < 16; ++j) {
+        top[j] = v[j] > top[j] ? v[j] : top[j];
+        bottom[j] = v[j] < bottom[j] ? v[j] : bottom[j];
+    }
+    add_lanes(parts, v);
+    add_lanes(parts, v + 8);
+}
+
+/* A LayerNorm row's extremes (as extremes()) and its sum in double (as sum_f64), from scan16's lanes and
+ * its last n - i elements. */
+INLINE void scan_total(const float *restrict row, int64_t i, int64_t n, const float *top, const float *bottom,
+                       double8 parts, float *hi, float *lo, double *sum) {
+    float h = -INFINITY, l = INFINITY;
+    for (int j = 0; j < 16; ++j) {
+        h = top[j] > h ? top[j] : h;
+        l = bottom[j] < l ? bottom[j] : l;
+    }
+    double part[8];
+    memcpy(part, &parts, sizeof part);
+    for (; i < n; ++i) {
+        h = row[i] > h ? row[i] : h;
+        l = row[i] < l ? row[i] : l;
+        part[i % 8] += row[i];
+    }
+    *hi = h;
+    *lo = l;
+    *sum = lanes_total(part);
+}
+
+/* Two LayerNorm rows a, b read together: each row's extremes (as extremes()) and its sum in double, added
+ * as sum_f64 adds it (its eight lanes in the order of i); the two rows' chains of adds overlap. A sum that
+ * is not finite marks a row with NaN or Inf (finite floats never reach a non-finite double sum). */
+static void centred_scans(const float *restrict a, const float *restrict b, int64_t n, float hi[2], float lo[2],
+                          double sum[2]) {
+    float top_a[16], bottom_a[16], top_b[16], bottom_b[16];
+    double8 parts_a = {0, 0, 0, 0, 0, 0, 0, 0}, parts_b = parts_a;
+    for (int j = 0; j < 16; ++j) {
+        top_a[j] = top_b[j] = -INFINITY;
+        bottom_a[j] = bottom_b[j] = INFINITY;
+    }
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        scan16(a + i, top_a, bottom_a, &parts_a);
+        scan16(b + i, top_b, bottom_b, &parts_b);
+    }
+    scan_total(a, i, n, top_a, bottom_a, parts_a, hi, lo, sum);
+    scan_total(b, i, n, top_b, bottom_b, parts_b, hi + 1, lo + 1, sum + 1);
+}
+
+/* The largest |x| of a row as its bits (an integer, so the loop is one comparison per element and order
+ * free); at least 0x7F800000 marks a row with NaN or Inf. */
+static int32_t magnitude_bits(const float *restrict x, int64_t n) {
+    int32_t top = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        int32_t bits;
+        memcpy(&bits, x + i, sizeof bits);
+        bits &= 0x7FFFFFFF;
+        top = bits > top ? bits : top;
+    }
+    return top;
+}
+
+/* A norm element's code of z = (x - mean) scale (x scale when not centered: x - 0 = x), each element at its
+ * own exponent 2^e, e in [-span, 0] with exponents (element_exponent): sign(z) q w 2^-T 2^e, its spikes to
+ * *count.
  * e is frexp's exponent of z (|z| = m 2^e, m in [1/2, 1)) held in [-span, 0] (span <= 126), read in
  * place from z's exponent field E = e + 126: clamped to [126 - span, 126] where it lies, 2^e's field is
  * E + 1 and 2^-e's 253 - E. A subnormal or zero z (E = 0) takes e = -span, as frexp's e <= -126 would
  * (a zero codes to the same signed zero at any exponent); NaN/Inf (E = 255) e = 0. */
-INLINE void z_codes(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
-                    int32_t code, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
-    int32_t spikes = 0, squares = 0;
-    const int32_t lowest = (126 - element_span) << 23;
-    for (int64_t i = 0; i < n; ++i) {
-        float z = (xr[i] - mean) * scale, shift = 1.0f;
-        if (element_span >= 0) {
-            uint32_t bits;
-            memcpy(&bits, &z, sizeof bits);
-            int32_t field = (int32_t)(bits & 0x7F800000u);
-            field = field < (126 << 23) ? field : (126 << 23);
-            field = field > lowest ? field : lowest;
-            shift = bits_to_float(field + (1 << 23));
-            z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
-        }
-        const float q = quantize(z, cz);
-        const int32_t c = spike_count(q, cz.top, code);
-        spikes += c;
-        squares += c * c;
-        o[i] = copysignf(q * cz.step, z) * shift;
+INLINE float z_code(float x, float mean, float scale, int element_span, coder_t cz, int32_t code, int centered,
+                    int exponents, int32_t *count) {
+    float z = (centered ? x - mean : x) * scale, shift = 1.0f;
+    if (exponents) {
+        uint32_t bits;
+        memcpy(&bits, &z, sizeof bits);
+        int32_t field = (int32_t)(bits & 0x7F800000u);
+        field = field < (126 << 23) ? field : (126 << 23);
+        const int32_t lowest = (126 - element_span) << 23;
+        field = field > lowest ? field : lowest;
+        shift = bits_to_float(field + (1 << 23));
+        z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
     }
-    *z_spikes += spikes;
-    *z_squares += squares;
+    const int32_t q = quantize(z, cz);
+    *count = spike_count(q, cz.top, code);
+    return copysignf(digits_value(q) * cz.step, z) * shift;
+}
+
+/* A norm row's codes o[i] = z_code(x[i]), their spikes and squared spikes added to *z_spikes, *z_squares;
+ * returns the variance's sum of (o * o) * inv_n in double, added in the lanes' order (sum_f64's), so the
+ * row is read once and the adds' latency hides behind the codes. Sixteen elements at a time (one vector
+ * of codes), then one by one. */
+INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
+                      int32_t code, int centered, int exponents, float inv_n, float *restrict o, int32_t *z_spikes,
+                      int32_t *z_squares) {
+    int32_t spikes[16] = {0}, squares[16] = {0};
+    double8 parts = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float square[16];
+        for (int j = 0; j < 16; ++j) {
+            int32_t c;
+            const float v = z_code(xr[i + j], mean, scale, element_span, cz, code, centered, exponents, &c);
+            o[i + j] = v;
+            square[j] = (v * v) * inv_n;
+            spikes[j] += c;
+            squares[j] += c * c;
+        }
+        add_lanes(&parts, square);
+        add_lanes(&parts, square + 8);
+    }
+    double part[8];
+    memcpy(part, &parts, sizeof part);
+    for (; i < n; ++i) {
+        int32_t c;
+        const float v = z_code(xr[i], mean, scale, element_span, cz, code, centered, exponents, &c);
+        o[i] = v;
+        part[i % 8] += (v * v) * inv_n;
+        spikes[0] += c;
+        squares[0] += c * c;
+    }
+    for (int j = 0; j < 16; ++j) {
+        *z_spikes += spikes[j];
+        *z_squares += squares[j];
+    }
+    return lanes_total(part);
+}
+
+/* z_codes with the digit code, the centring and the element exponents as constants: one copy of its loop
+ * for each (no branch in it). */
+static double z_row(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
+                    int centered, float inv_n, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
+#define Z(code, centre, exponents) \
+    z_codes(xr, n, mean, scale, element_span, cz, code, centre, exponents, inv_n, o, z_spikes, z_squares)
+#define BY_EXPONENTS(code, centre) (element_span >= 0 ? Z(code, centre, 1) : Z(code, centre, 0))
+#define BY_CENTRE(code) (centered ? BY_EXPONENTS(code, 1) : BY_EXPONENTS(code, 0))
+    return BY_CODE(cz.code, BY_CENTRE);
+#undef BY_CENTRE
+#undef BY_EXPONENTS
+#undef Z
 }
 
 /* SpikingLayerNorm (centered) / SpikingRMSNorm (squares and products by Eqs. 9-12, 1/sqrt(M) by an MBE
  * neuron) on contiguous rows of length n; weight, bias may be NULL; element_span >= 0: each element of z
  * carries its own exponent, at least -element_span (-1: the row's alone).
  * stats += (spikes, SOPs of both products, NaN/Inf). max |c| comes from the row's extremes: rounding
- * is monotone, so max_i |fl(x_i - mu)| = max(fl(max x - mu), fl(mu - min x)). */
+ * is monotone, so max_i |fl(x_i - mu)| = max(fl(max x - mu), fl(mu - min x)); for RMSNorm (mu = 0) that is
+ * the largest |x|. A block's rows take their means and extremes first (a LayerNorm's two rows at a time),
+ * then their codes and variances, then the 1/sqrt lookups and the rest. */
 void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int centered, double eps,
                     double min_row_exponent, int element_span, const float *restrict weight, const float *restrict bias,
                     const double *z_coder, const double *rsqrt_coder, const float *rsqrt_table,
@@ -560,33 +740,35 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
     const float inv_n = (float)(1.0 / (double)n), eps_f = (float)eps;
     for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
         const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
-        float variances[ROW_BLOCK];
+        float means[ROW_BLOCK], extents[ROW_BLOCK], variances[ROW_BLOCK];
         int32_t exponents[ROW_BLOCK], odds[ROW_BLOCK], patterns[ROW_BLOCK], z_spikes[ROW_BLOCK], z_squares[ROW_BLOCK],
             bad[ROW_BLOCK];
+        for (int64_t r = 0; r < block; r += 2) { /* the means and max |x - mean| */
+            const float *pair[2] = {x + (first + r) * n, x + (first + (r + 1 < block ? r + 1 : r)) * n};
+            float hi[2] = {0.0f, 0.0f}, lo[2] = {0.0f, 0.0f};
+            double sum[2] = {0.0, 0.0};
+            if (centered) centred_scans(pair[0], pair[1], n, hi, lo, sum);
+            for (int64_t s = r; s < r + 2 && s < block; ++s) {
+                float h = hi[s - r], l = lo[s - r];
+                const int32_t magnitude = centered ? 0 : magnitude_bits(pair[s - r], n);
+                bad[s] = isfinite(sum[s - r]) && magnitude < 0x7F800000 ? 0 : extremes(pair[s - r], n, &h, &l);
+                /* x - 0 = x: RMSNorm keeps c = x */
+                means[s] = centered ? (float)(sum[s - r] / (double)n) : 0.0f;
+                const float top = h - means[s], bottom = means[s] - l;
+                extents[s] = centered || bad[s] ? (top > bottom ? top : bottom) : bits_to_float(magnitude);
+            }
+        }
         for (int64_t r = 0; r < block; ++r) { /* z's codes and the variance */
             const float *restrict xr = x + (first + r) * n;
-            float hi = -INFINITY, lo = INFINITY;
-            int32_t nonfinite = 0;
-#pragma omp simd reduction(max : hi) reduction(min : lo) reduction(+ : nonfinite)
-            for (int64_t i = 0; i < n; ++i) {
-                hi = xr[i] > hi ? xr[i] : hi;
-                lo = xr[i] < lo ? xr[i] : lo;
-                nonfinite += !(fabsf(xr[i]) <= FLT_MAX);
-            }
-            /* x - 0 = x: RMSNorm keeps c = x */
-            const float mean = centered ? (float)(sum_f64(xr, n, 0, 1.0f) / (double)n) : 0.0f;
-            const float top = hi - mean, bottom = mean - lo;
             int k;
-            frexpf(top > bottom ? top : bottom, &k);
+            frexpf(extents[r], &k);
             k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
             const float scale = pow2((float)-k);
             float *restrict o = out + (first + r) * n;
             int32_t spikes = 0, squares = 0;
-#define CODES(code) z_codes(xr, n, mean, scale, element_span, cz, code, o, &spikes, &squares)
-            BY_CODE(cz.code, CODES);
-#undef CODES
+            const float variance = (float)z_row(xr, n, means[r], scale, element_span, cz, centered, inv_n, o, &spikes,
+                                                &squares);
             int exponent;
-            const float variance = (float)sum_f64(o, n, 1, inv_n);
             const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
             const int odd = ((exponent - 1) % 2 + 2) % 2;
             patterns[r] = split_index(2.0f * mantissa * (odd ? 2.0f : 1.0f), rsqrt_coder);
@@ -596,16 +778,15 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
             odds[r] = odd;
             z_spikes[r] = spikes;
             z_squares[r] = squares;
-            bad[r] = nonfinite;
         }
         for (int64_t r = 0; r < block; ++r) { /* 1/sqrt, the product and the affine map */
             /* every digit of z is 0: the output is 0 whatever 1/sqrt is, so that stage does not fire */
             const int32_t q = patterns[r], fires = variances[r] > 0.0f;
             const float rho = fires ? rsqrt_table[2 * q] : 0.0f;
             const int32_t spikes = fires ? (int32_t)rsqrt_table[2 * q + 1] : 0;
-            const float rq = quantize(rho, cr);
+            const int32_t rq = quantize(rho, cr);
             const int32_t rho_spikes = spike_count(rq, cr.top, cr.code);
-            const float scaled = (rq * cr.step) * pow2((float)-((exponents[r] - 1 - odds[r]) / 2));
+            const float scaled = (digits_value(rq) * cr.step) * pow2((float)-((exponents[r] - 1 - odds[r]) / 2));
             float *restrict o = out + (first + r) * n;
             for (int64_t i = 0; i < n; ++i) {
                 float v = o[i] * scaled;
