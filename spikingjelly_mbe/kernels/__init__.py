@@ -332,13 +332,14 @@ def _chunked(run: Callable[[int, int, ctypes.Array], None], items: int, item_siz
     at least :data:`MIN_CHUNK` elements (``item_size`` elements per item), each with its own
     ``int64[stat_count]`` stats; returns their sums."""
     chunks = max(1, min(torch.get_num_threads(), items, items * item_size // MIN_CHUNK))
-    bounds = [items * i // chunks for i in range(chunks + 1)]
-    stats = [(ctypes.c_int64 * stat_count)() for _ in range(chunks)]
     if chunks == 1:
-        run(0, items, stats[0])
-    else:
-        list(_pool(chunks).map(run, bounds[:-1], bounds[1:], stats))
-    return [sum(s[k] for s in stats) for k in range(stat_count)]
+        stats = (ctypes.c_int64 * stat_count)()
+        run(0, items, stats)
+        return stats[:]
+    bounds = [items * i // chunks for i in range(chunks + 1)]
+    parts = [(ctypes.c_int64 * stat_count)() for _ in range(chunks)]
+    list(_pool(chunks).map(run, bounds[:-1], bounds[1:], parts))
+    return [sum(s[k] for s in parts) for k in range(stat_count)]
 
 
 def triton_usable(*tensors: torch.Tensor, row: int = 0) -> bool:

@@ -167,8 +167,9 @@ class SpikingOp(base.MemoryModule):
 
     def record(self, **counts: Count) -> None:
         """Add to the statistics (keywords are :class:`OpStats` fields; host ints or device tensors)."""
+        tally = self.tally  # a memory: read once, each read goes through the module's attribute lookup
         for name, value in counts.items():
-            self.tally.add(name, value)
+            tally.add(name, value)
 
     def note_clamped(self, count: Count, what: str) -> None:
         """Count inputs clamped to a neuron's domain; the next :meth:`flush` warns with the total."""

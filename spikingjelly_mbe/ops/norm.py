@@ -1,7 +1,9 @@
 """Spiking LayerNorm and RMSNorm: squares and products by spikes, ``1/sqrt`` by an MBE neuron."""
 from __future__ import annotations
 
+import ctypes
 import math
+import weakref
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..fitting.targets import default_split_bits
 from . import flops
-from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
+from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, Count, SpikingOp, float_function, working_dtype
 from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
@@ -77,6 +79,11 @@ def element_exponent(z: torch.Tensor, span: int) -> torch.Tensor:
     ``[1/2, 1)``; 0 for ``z = 0``), within ``[-span, 0]``."""
     _, e = torch.frexp(z)
     return torch.exp2(e.clamp_(min=-span, max=0).to(z.dtype))
+
+
+# per norm operator, what its C kernel reads besides the rows (_SpikingNorm.c_tables) and the table that address
+# points into; held beside the module, so that pickling or copying one carries no ctypes arrays
+_C_TABLES: "weakref.WeakKeyDictionary[_SpikingNorm, tuple]" = weakref.WeakKeyDictionary()
 
 
 class _SpikingNorm(SpikingOp):
@@ -154,17 +161,22 @@ class _SpikingNorm(SpikingOp):
         self.check_floating(x, "input")
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
-        affine = [None if p is None else p.detach().to(working_dtype(x, self.T)) for p in (self.weight, self.bias)]
-        return self.normalize(x, dims, n, *affine).to(x.dtype)
+        dtype = working_dtype(x, self.T)
+        affine = [None if p is None else p.detach().to(dtype) for p in (self.weight, self.bias)]
+        out = self.normalize(x, dims, n, *affine)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def normalize(self, x: torch.Tensor, dims: Tuple[int, ...], n: int, weight: Optional[torch.Tensor],
                   bias: Optional[torch.Tensor]) -> torch.Tensor:
         """Stages 1-4 over the ``n`` elements of ``dims`` (one row each), then ``weight`` and ``bias``
         (broadcast against the rows); records the statistics."""
         given = [p for p in (weight, bias) if p is not None]
-        if (not self.simulating and x.numel() and self.rsqrt.tabulated
-                and (kernels.usable(x, *given, row=n) or kernels.triton_usable(x, *given, row=n))):
+        fast = not self.simulating and x.numel() and self.rsqrt.tabulated
+        if fast and kernels.usable(x, *given, row=n):
             out, (spikes, sops, nonfinite) = self.fused(x, n, weight, bias)
+            self.counted_nonfinite(x, "input", nonfinite)
+        elif fast and kernels.triton_usable(x, *given, row=n):
+            out, (spikes, sops, nonfinite) = self.by_triton(x, n, weight, bias)
             self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
@@ -206,26 +218,39 @@ class _SpikingNorm(SpikingOp):
 
     def fused(self, xs: torch.Tensor, n: int, weight: Optional[torch.Tensor],
               bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
-        """Fast mode's stages and the affine map in one compiled pass per row
+        """Fast mode's stages and the affine map in one compiled pass per row on the ``c`` backend
         (:mod:`spikingjelly_mbe.kernels`), the same float32 operations as :meth:`stages`:
         ``(output, (spikes, SOPs, NaN/Inf inputs))``."""
         weight, bias = (None if p is None else p.contiguous() for p in (weight, bias))
-        if kernels.triton_usable(xs):
-            params = kernels.load_triton().coder_rows(  # the 1/sqrt split function, the z and rho coders
-                xs.device, self.rsqrt.coder.kernel_params(torch.float32, False) + (self.rsqrt.target.lo,),
-                *(c.kernel_params(torch.float32, False) for c in (self.z_coder, self.rho_coder)))
-            out, stats = kernels.load_triton().norm(
-                xs, n, weight, bias, params, torch.view_as_real(self.rsqrt.table(torch.float32, xs.device)),
-                self.centered, self.eps, MIN_ROW_EXPONENT, 2 * self.T if self.element_exponents else -1,
-                int(self.z_coder.kernel_params(torch.float32, False)[4]), list(CODES).index(self.code))
-            return out, (stats[0], stats[1], stats[2])
-        rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(xs.dtype)
-        z_params, rho_params = (kernels.doubles(c.kernel_params(xs.dtype, False)) for c in (self.z_coder, self.rho_coder))
         out, (spikes, coincidences, nonfinite) = kernels.rowwise(
             "sjmbe_norm_f32", xs, n, 3, int(self.centered), self.eps, MIN_ROW_EXPONENT,
-            2 * self.T if self.element_exponents else -1, kernels.address(weight),
-            kernels.address(bias), z_params, rsqrt_params, rsqrt_table.data_ptr(), rho_params)
+            2 * self.T if self.element_exponents else -1, kernels.address(weight), kernels.address(bias),
+            *self.c_tables())
         return out, (spikes, spikes + coincidences, nonfinite)
+
+    def c_tables(self) -> Tuple[ctypes.Array, ctypes.Array, int, ctypes.Array]:
+        """The C kernel's coders and ``1/sqrt`` table (z, rsqrt, the table's address, rho), built on the
+        first call: an operator's coders and split function are fixed when it is built."""
+        held = _C_TABLES.get(self)
+        if held is None:
+            rsqrt_params, rsqrt_table = self.rsqrt.kernel_args(torch.float32)
+            z_params, rho_params = (kernels.doubles(c.kernel_params(torch.float32, False))
+                                    for c in (self.z_coder, self.rho_coder))
+            held = _C_TABLES[self] = (z_params, rsqrt_params, rsqrt_table.data_ptr(), rho_params), rsqrt_table
+        return held[0]
+
+    def by_triton(self, xs: torch.Tensor, n: int, weight: Optional[torch.Tensor],
+                  bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[Count, Count, Count]]:
+        """:meth:`fused` on the ``triton`` backend, statistics as device counts."""
+        weight, bias = (None if p is None else p.contiguous() for p in (weight, bias))
+        params = kernels.load_triton().coder_rows(  # the 1/sqrt split function, the z and rho coders
+            xs.device, self.rsqrt.coder.kernel_params(torch.float32, False) + (self.rsqrt.target.lo,),
+            *(c.kernel_params(torch.float32, False) for c in (self.z_coder, self.rho_coder)))
+        out, stats = kernels.load_triton().norm(
+            xs, n, weight, bias, params, torch.view_as_real(self.rsqrt.table(torch.float32, xs.device)),
+            self.centered, self.eps, MIN_ROW_EXPONENT, 2 * self.T if self.element_exponents else -1,
+            int(self.z_coder.kernel_params(torch.float32, False)[4]), list(CODES).index(self.code))
+        return out, (stats[0], stats[1], stats[2])
 
     def extra_repr(self) -> str:
         return (f"{self.normalized_shape}, eps={self.eps:g}, T={self.T}, split_bits={self.rsqrt.split_bits}, "

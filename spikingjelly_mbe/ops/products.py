@@ -224,15 +224,17 @@ class _TwoOperandOp(CalibratedOp):
             dtype = working_dtype(a, self.T)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
             a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
-        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and (
-                kernels.usable(a, b) or kernels.triton_usable(a, b)):
-            out = self.fused(a, b)
+        fast = not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T
+        if fast and kernels.usable(a, b):
+            out = self.fused(a, b, True)
+        elif fast and kernels.triton_usable(a, b):
+            out = self.fused(a, b, False)
         else:
             out = self.stages(a, b)
         if scale is not None:
             out = out * scale
         self.record(ann_flops=self.float_flops(a, b))
-        return out.to(dtype_out)
+        return out if out.dtype == dtype_out else out.to(dtype_out)
 
     def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.float_op(a, b)
@@ -248,8 +250,9 @@ class _TwoOperandOp(CalibratedOp):
             codes.append(code)
         return self.combine(*codes)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Fast mode with the operand codes from the compiled kernel (float32 on the CPU)."""
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
+        """Fast mode with the operand codes from the compiled kernels (``c_backend``: on the ``c`` backend, else
+        on ``triton``)."""
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
             code, (spikes, clamped, nonfinite) = coder.fused(x)
@@ -312,21 +315,19 @@ class SpikingProduct(_TwoOperandOp):
         self.record(sops=product_sops(a, b))
         return spike_product(a, b, self.simulating)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Same-shape operands: codes, product and coincidences in one compiled pass."""
-        if a.shape != b.shape or not kernels.usable(a, b):
-            return super().fused(a, b)
-        coders = self.coders
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
+        """Same-shape operands on the ``c`` backend: codes, product and coincidences in one compiled pass."""
+        if a.shape != b.shape or not c_backend:
+            return super().fused(a, b, c_backend)
+        coder_a, coder_b = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
-            a, b, [c.kernel_params(a.dtype, True) for c in coders], [c.A for c in coders])
+            a, b, (coder_a.kernel_params(a.dtype, True), coder_b.kernel_params(a.dtype, True)), (coder_a.A, coder_b.A))
         if (clamped_a or clamped_b) and not nonfinite:  # operands beyond their ranges: shifted codes
-            return super().fused(a, b)
+            return super().fused(a, b, c_backend)
         if nonfinite:
             self.reject_nonfinite(a, "operand a")
             self.reject_nonfinite(b, "operand b")  # one of them raises, naming the count
-        self.count_operand("a", a, spikes_a, 0)
-        self.count_operand("b", b, spikes_b, 0)
-        self.record(sops=sops)
+        self.record(spikes=spikes_a + spikes_b, neurons=a.numel() + b.numel(), sops=sops)  # count_operand's, nothing clamped
         return out
 
     def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -393,13 +394,13 @@ class SpikingMatmul(_TwoOperandOp):
         self.record(sops=matmul_sops(a, b, self.simulating))
         return spike_matmul(a, b, self.simulating)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
         """Operands of one batch shape on the ``c`` backend: each coded in one compiled pass straight into the
         layout the product reads, its spikes summed per inner index ``k`` on the way (the coincidences are
         ``sum_k colsum(c1)[k] rowsum(c2)[k]``, :func:`matmul_sops`)."""
-        if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not kernels.usable(a, b) \
+        if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not c_backend \
                 or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
-            return super().fused(a, b)
+            return super().fused(a, b, c_backend)
         values, sums = [], []
         for name, coder, x, reduced in zip("ab", self.coders, (a, b), (-2, -1)):
             params = coder.kernel_params(x.dtype, True)
