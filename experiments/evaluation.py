@@ -85,7 +85,7 @@ def on_device(task: EvalTask, device: torch.device) -> EvalTask:
 @dataclass
 class Conversion:
     """What ``convert_for`` made: the model to evaluate (``None`` when the recipe failed), its
-    timesteps (the model's own: the per-site mapping when ``digit_budget`` allocated it), a status line, whether its spiking operators are metered and whether every
+    timesteps (the model's own: the per-site mapping when ``digit_budget`` or ``energy_budget`` allocated it), a status line, whether its spiking operators are metered and whether every
     operation between the weight layers is spike-driven (``spiking_report.fully_spiking``; ``False``
     for SpikingJelly's recipes here, which keep float nonlinearities or float values)."""
 

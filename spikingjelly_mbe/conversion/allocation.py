@@ -28,12 +28,13 @@ code's range (:mod:`~spikingjelly_mbe.ops.precision`).
 
 ``convert(model, calib, T=8, energy_budget=0.15)`` asks the other way round: the least error at an
 energy. The rungs go down to half the digits at which every site would meet the budget (were the
-energy proportional to the digits), and at least to the fewest the library ships fits for, 3
+energy proportional to the digits), never below the fewest the library ships fits for, 3
 (:func:`energy_floor`); step 4 moves sites in
 the same order until the whole model's strict ``E_SNN / E_ANN`` (Eq. 14) predicted from the measured
 SOPs is at most ``energy_budget``, and step 5 measures the converted allocation's energy on the
 calibration batches and aims again, scaled by the factor it missed by, keeping the allocation with
-the most energy within the budget (:func:`within_energy`).
+the most energy within the budget (:func:`within_energy`; a budget even the fewest digits miss is
+warned about, and the closest allocation kept).
 
 The result is exactly ``convert(model, calib, T=snn.spiking_report.digit_allocation)``; the
 report's ``digits`` line shows the digits each operator type got.
@@ -62,7 +63,7 @@ log = logging.getLogger("spikingjelly_mbe.conversion")
 # operator types that load no fitted neuron (their digits are a code's alone): any digit count is cheap to build
 FIT_FREE_TYPES = ("weight_input", "product", "matmul", "max_pool", "topk")
 LOWEST_RUNG = 0.5  # the fewest digits a site may get, as a share of the nominal T
-CHECK_ROUNDS = 3  # conversions with an allocation, each asking for less error when the last exceeded the budget
+CHECK_ROUNDS = 3  # conversions with an allocation, each re-aimed when the last missed its budget (error or energy)
 ENERGY_CLOSE = 0.02  # an energy_budget allocation this close below the budget (relative) is kept at once
 
 
@@ -268,15 +269,19 @@ def choose(nominal: Measured, candidates: Mapping[int, Measured], allowed: float
     return {site: option[2] for site, option in current.items()}
 
 
+def measured_at(nominal: Measured, candidates: Mapping[int, Measured], site: str, digits: Mapping[str, int]) -> Measured:
+    """The conversion that measured ``site`` at ``digits``: the nominal one or a rung's."""
+    if digits == nominal.digits[site]:
+        return nominal
+    return next(m for m in candidates.values() if site in m.errors and m.digits.get(site) == digits)
+
+
 def predicted(nominal: Measured, candidates: Mapping[int, Measured], chosen: Mapping[str, Mapping[str, int]],
               weights: Mapping[str, float]) -> float:
     """The weighted squared error a choice adds by the sites' own errors measured one rung at a time
     (what :func:`choose` spent of its room)."""
-    def own_error(site: str, digits: Mapping[str, int]) -> float:
-        if digits == nominal.digits[site]:
-            return nominal.errors.get(site, 0.0)
-        return next(m.errors[site] for m in candidates.values() if site in m.errors and m.digits.get(site) == digits)
-    errors = {site: own_error(site, digits) for site, digits in chosen.items()}
+    errors = {site: measured_at(nominal, candidates, site, digits).errors.get(site, 0.0)
+              for site, digits in chosen.items()}
     return squared_error(errors, weights) - squared_error(nominal.errors, weights)
 
 
@@ -330,38 +335,49 @@ def within_error(T: int, tolerance: float, reference: nn.Module, nominal: Measur
     return reference, {DEFAULT_KEY: T}
 
 
+def predicted_sops(nominal: Measured, candidates: Mapping[int, Measured], chosen: Mapping[str, Mapping[str, int]]) -> int:
+    """The sites' SOPs of a choice, each site's as measured at its digits one rung at a time."""
+    return sum(measured_at(nominal, candidates, site, digits).sops[site] for site, digits in chosen.items())
+
+
 def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: Measured,
                   candidates: Mapping[int, Measured], weights: Mapping[str, float],
-                  convert_at: Callable[[Steps], nn.Module], batches: List[Batch]) -> Allocation:
+                  convert_at: Callable[[Steps], nn.Module], metered: Callable[[nn.Module], float]) -> Allocation:
     """``energy_budget``: the least estimated output error at a whole-model strict energy of at most
-    ``energy_budget`` (:meth:`Measured.energy`), rechecked on the converted allocation: its sites'
-    inputs move with the sites before them, so its measured energy differs from the prediction; each
-    next allocation aims at the budget scaled by the factor the last one missed it by, at most
-    :data:`CHECK_ROUNDS` times, and the one with the most energy within the budget is kept (one
-    within :data:`ENERGY_CLOSE` of it ends the search). Warns, keeping the last allocation, when
-    none reaches the budget."""
-    if nominal.energy() <= energy_budget:
-        return reference, {DEFAULT_KEY: T}
-    aim, tried, best = energy_budget, {}, None
+    ``energy_budget`` (:meth:`Measured.energy`), rechecked on the converted allocation (``metered``:
+    its strict energy on the calibration batches): its sites' inputs move with the sites before them,
+    so the measured energy differs from the prediction; each next allocation aims at the budget
+    scaled by the factor the last one missed it by (and moves at least one more site when that
+    gives the same choice as one over the budget), at most :data:`CHECK_ROUNDS` conversions; the
+    one with the most energy within the budget is kept (one within :data:`ENERGY_CLOSE` of it ends
+    the search). Warns, keeping the last allocation, when none meets the budget."""
+    aim, tried, best, last, exhausted = energy_budget, set(), None, None, False
     for _ in range(CHECK_ROUNDS):
-        mapping = as_mapping(T, choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim)))
+        chosen = choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim))
+        if last is not None and as_mapping(T, chosen) == last[2]:  # the re-aim fell inside the same greedy move
+            if last[0] <= energy_budget:
+                break
+            chosen = choose(nominal, candidates, math.inf, weights, predicted_sops(nominal, candidates, chosen) - 1)
+        mapping = as_mapping(T, chosen)
         key = tuple(sorted(mapping.items()))
-        if key in tried:  # the same choice again (every site already at its fewest digits)
+        if key in tried:  # no move is left: every site at its fewest digits
+            exhausted = True
             break
+        tried.add(key)
         snn = reference if len(mapping) == 1 else convert_at(mapping)
-        reached = tried[key] = measure(snn, site_paths(snn), batches).energy()
-        log.info("energy_budget=%g: aimed at %.4g, the allocation reaches %.4g", energy_budget, aim, reached)
-        if reached <= energy_budget and (best is None or reached > best[0]):
-            best = (reached, snn, mapping)
-        if energy_budget * (1.0 - ENERGY_CLOSE) <= reached <= energy_budget:
+        last = (metered(snn), snn, mapping)
+        log.info("energy_budget=%g: aimed at %.4g, the allocation reaches %.4g", energy_budget, aim, last[0])
+        if last[0] <= energy_budget and (best is None or last[0] > best[0]):
+            best = last
+        if energy_budget * (1.0 - ENERGY_CLOSE) <= last[0] <= energy_budget:
             break
-        aim *= energy_budget / reached
+        aim *= energy_budget / last[0]
     if best is not None:
         return best[1], best[2]
-    log.warning("energy_budget=%g: the allocation reaches a strict E_SNN/E_ANN of %.4g on the calibration batches "
-                "(its sites at down to %d digits); pass a larger energy_budget or a lower T", energy_budget, reached,
-                min(candidates, default=T))
-    return snn, mapping
+    log.warning("energy_budget=%g: the closest allocation tried reaches a strict E_SNN/E_ANN of %.4g on the "
+                "calibration batches (%s); pass a larger energy_budget", energy_budget, last[0],
+                "no site can lose another digit" if exhausted else f"after {CHECK_ROUNDS} conversions")
+    return last[1], last[2]
 
 
 def allocate(T: int, tolerance: Optional[float], split_bits: Optional[int], convert_at: Callable[[Steps], nn.Module],
@@ -373,6 +389,9 @@ def allocate(T: int, tolerance: Optional[float], split_bits: Optional[int], conv
     reference = convert_at(T)
     sites = site_paths(reference)
     nominal = measure(reference, sites, batches)
+    if energy_budget is not None and nominal.energy() <= energy_budget:
+        snn, mapping = reference, {DEFAULT_KEY: T}
+        return record(snn, mapping, tolerance, energy_budget)
     lowest = None if energy_budget is None else energy_floor(T, energy_budget / nominal.energy())
     candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
                   for t, kinds in rungs(T, split_bits, lowest).items()}
@@ -380,7 +399,14 @@ def allocate(T: int, tolerance: Optional[float], split_bits: Optional[int], conv
     if energy_budget is None:
         snn, mapping = within_error(T, tolerance, reference, nominal, candidates, weights, convert_at)
     else:
-        snn, mapping = within_energy(T, energy_budget, reference, nominal, candidates, weights, convert_at, batches)
+        snn, mapping = within_energy(T, energy_budget, reference, nominal, candidates, weights, convert_at,
+                                     lambda model: measure(model, sites, batches).energy())
+    return record(snn, mapping, tolerance, energy_budget)
+
+
+def record(snn: nn.Module, mapping: Dict[str, int], tolerance: Optional[float], energy_budget: Optional[float],
+           ) -> nn.Module:
+    """``snn`` with its report carrying the allocated ``mapping`` and the budget that chose it."""
     snn.spiking_report.digit_allocation = mapping
     snn.spiking_report.digit_budget, snn.spiking_report.energy_budget = tolerance, energy_budget
     return snn

@@ -68,7 +68,10 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
       ``'hadamard'`` or ``'orthogonal'`` (the matrix; a model without a rotation layout raises);
     * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``budget``, ``center_inputs``,
       ``rectified_activations``, ``norm_exponents``, ``neuron`` (the neuron kind of the fitted
-      activations, ``'mbe'`` or ``'fs'``), ``bias_correction`` (see :class:`~spikingjelly_mbe.mbe.OpSettings`);
+      activations, ``'mbe'`` or ``'fs'``), ``bias_correction``, ``digit_budget`` (digits per site
+      allocated from calibration: the fewest synaptic events within an error budget) and
+      ``energy_budget`` (the least error within a whole-model strict energy; both
+      :mod:`~spikingjelly_mbe.conversion.allocation`; see :class:`~spikingjelly_mbe.mbe.OpSettings`);
       ECMT's ``n`` and ``percentile``. An option the chosen method does not use raises.
 
     The report is ``converted.spiking_report`` (also ``converted.mbe_report``).

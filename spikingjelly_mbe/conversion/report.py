@@ -46,7 +46,7 @@ class ConversionReport:
     batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first; ``rotation``:
     whether and how the weights were rotated before calibration (:mod:`~.rotation`); ``digits``: per
     operator type (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`) how many operators run at each
-    ``T``; ``digit_allocation``: the per-site ``T`` mapping ``digit_budget`` allocated from calibration
+    ``T``; ``digit_allocation``: the per-site ``T`` mapping ``digit_budget`` or ``energy_budget`` allocated from calibration
     (:mod:`~.allocation`; empty without it)."""
 
     replaced: List[Entry] = field(default_factory=list)
@@ -56,7 +56,7 @@ class ConversionReport:
     site_errors: List[SiteError] = field(default_factory=list)
     rotation: str = "not rotated"
     digits: Dict[str, Dict[int, int]] = field(default_factory=dict)  # operator type -> {T: operators}
-    digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget chose
+    digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget / energy_budget chose
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
 

@@ -92,7 +92,8 @@ class OpSettings:
     the other way round: sites lose digits (down to half of ``T`` times the budget's share of the
     nominal energy, at least to 3) in the same order until the whole-model strict ``E_SNN / E_ANN``
     (Eq. 14) on the calibration batches is at most ``energy_budget`` (the least estimated output
-    error at that energy).
+    error at that energy; a budget below what every site at its fewest digits reaches is warned
+    about, that allocation kept).
     """
 
     T: Steps = DEFAULT_T
