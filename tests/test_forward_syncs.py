@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from spikingjelly_mbe import convert, kernels
 from spikingjelly_mbe.conversion import set_mode
+from spikingjelly_mbe.conversion.recipe import Intercepted
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.kernels import backend
 from spikingjelly_mbe.ops import SpikingReLU, collect_stats
@@ -147,8 +148,7 @@ def test_deferred_checks_report_nan_and_clamps_when_read(caplog):
     set_checks(relu, "deferred")
     x = torch.tensor([0.5, float("nan"), 3e38, 1.0])  # 3e38 > 2^127 * 1 (the largest shift): clamped
     with kernels.disabled(), caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.ops"):
-        relu(x[:1])  # the first forward per dtype rounds the coder's constants (on the host, once)
-        counter = SyncCounter()
+        counter = SyncCounter()  # from the first forward: the coder's constants are rounded when its range is set
         with counter:
             relu(x)
         assert counter.syncs == {} and not caplog.records
@@ -178,15 +178,22 @@ def test_conversion_defers_the_checks_of_every_operator(converted):
 
 
 @pytest.mark.parametrize("name", ["torch", pytest.param("triton", marks=(TRITON, pytest.mark.slow))])
-def test_torch_compile_captures_a_converted_encoder_in_one_graph(converted, name):
+@pytest.mark.parametrize("family", ["bert", "llama_lm"])
+def test_torch_compile_captures_a_converted_model_in_one_graph(converted, family, name):
     """No graph break inside the spiking operators, on the eager path and on the Triton kernels (custom
-    ops): ``fullgraph=True`` raises at the first one."""
-    _, snn = converted["bert"]
-    x = make_batch("bert", 2, seed=3)
+    ops), nor in the run-time interception of a decoder's call-level sites (its products, attention and
+    norms: a Session opened in the forward's own frame): ``fullgraph=True`` raises at the first one.
+    Two batches: the compiled graph, not a second interception, computes the eager outputs and
+    statistics."""
+    _, snn = converted[family]
+    assert isinstance(snn.__dict__.get("forward"), Intercepted) == (family == "llama_lm")
+    batches = [make_batch(family, 2, seed=seed) for seed in (3, 4)]
     with backend.use(name), torch.no_grad():
-        expected = main_output(forward(snn, x))
+        expected = [(main_output(forward(snn, x)), collect_stats(snn)) for x in batches]
         try:
             compiled = torch.compile(snn, backend="eager", fullgraph=True)
-            assert torch.equal(main_output(compiled(**x)), expected)
+            for x, (eager, stats) in zip(batches, expected):
+                assert torch.equal(main_output(compiled(**x)), eager)
+                assert collect_stats(snn) == stats
         finally:
             torch._dynamo.reset()

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -88,6 +89,7 @@ _DUNDERS = {"add": "add", "radd": "add", "iadd": "add", "sub": "sub", "isub": "s
             "or": "logical_or", "xor": "logical_xor", "mod": "remainder", "get": "__get__"}
 
 
+@torch._dynamo.assume_constant_result  # a pure function of the function called: torch.compile folds it
 def op_name(func: Callable) -> str:
     """A call's canonical name: ``Tensor.__mul__``/``__rmul__``/``torch.mul``/``Tensor.mul_`` ->
     ``'mul'``; ``__rtruediv__`` (the tensor is the divisor) -> ``'rdiv'``."""
@@ -122,27 +124,32 @@ class Session(TorchFunctionMode):
         super().__init__()
         self.root, self.dispatch, self.opaque_ids = root, dispatch, opaque_ids
         self.paths = {id(m): p for p, m in root.named_modules(remove_duplicate=False)}
-        self.tags = WeakIdKeyDictionary()
+        # eager: weak keys, so the tags keep no activation alive; traced by torch.compile (which traces no weak
+        # reference): a plain dict of the trace's tensors, gone with the session at the end of the trace
+        self.tags = {} if torch.compiler.is_compiling() else WeakIdKeyDictionary()
         self.stack: List[Frame] = []
-        self.root_frame = Frame("", root, False)  # calls in the root's own forward (its hook ran before this session)
+        self.root_frame = Frame("", root, False)  # calls in the root's own forward (the session opens inside it)
         self.opaque_depth = 0
-        self._handles: list = []
 
     # ---- lifecycle --------------------------------------------------------------------------
     def __enter__(self) -> "Session":
-        self.thread = threading.get_ident()
-        self._handles = [nn.modules.module.register_module_forward_pre_hook(self._push),
-                         nn.modules.module.register_module_forward_hook(self._pop, always_call=True)]
+        # a traced forward runs on one thread, and its hooks are traced calls: no thread to tell apart
+        self.thread = None if torch.compiler.is_compiling() else threading.get_ident()
+        # what register_module_forward_(pre_)hook(..., always_call=True) do, keyed by the session rather than
+        # a RemovableHandle (whose class counter torch.compile does not trace)
+        module_hooks._global_forward_pre_hooks[self] = self._push
+        module_hooks._global_forward_hooks[self] = self._pop
+        module_hooks._global_forward_hooks_always_called[self] = True
         return super().__enter__()
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        for hooks in (module_hooks._global_forward_pre_hooks, module_hooks._global_forward_hooks,
+                      module_hooks._global_forward_hooks_always_called):
+            hooks.pop(self, None)
         super().__exit__(*exc)
 
     def _push(self, module: nn.Module, args: tuple) -> None:
-        if threading.get_ident() != self.thread:
+        if self.thread is not None and threading.get_ident() != self.thread:
             return  # the module hooks are global: another thread's forward is that thread's session's
         path = self.paths.get(id(module))
         opaque = is_opaque(module) or id(module) in self.opaque_ids
@@ -152,7 +159,8 @@ class Session(TorchFunctionMode):
         self.opaque_depth += opaque
 
     def _pop(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if threading.get_ident() == self.thread and self.stack and self.stack[-1].module is module:
+        this_thread = self.thread is None or threading.get_ident() == self.thread
+        if this_thread and self.stack and self.stack[-1].module is module:
             frame = self.stack.pop()
             if frame.opaque:
                 self.opaque_depth -= 1
@@ -191,8 +199,8 @@ class Session(TorchFunctionMode):
             if isinstance(value, torch.Tensor):
                 self.tags[value] = ACT if value.is_floating_point() else DYN
 
-    @property
     def owner(self) -> Frame:
+        """The innermost module call running (a method: torch.compile traces no property of a mode)."""
         return self.stack[-1] if self.stack else self.root_frame
 
     def __torch_function__(self, func: Callable, types: tuple, args: tuple = (), kwargs: Optional[dict] = None) -> Any:

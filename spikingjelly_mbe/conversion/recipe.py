@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import itertools
-import threading
-from typing import Any, Iterable, List, Optional, Set
+import types
+from typing import Any, Iterable, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -33,40 +34,41 @@ from .structure import Replacement, apply, fingerprint_candidates, move_hooks, p
 
 
 class Intercepted:
-    """Root forward hooks that run every forward of a model under a :class:`Session` dispatching to
-    ``table``; deep copies and pickles of the model carry it."""
+    """The model's forward (an instance attribute over its class's): each call runs under its own
+    :class:`Session` dispatching to ``table``. The session opens and closes inside the call, so
+    ``torch.compile(model)`` traces it with the forward, in one frame; deep copies and pickles of the
+    model carry it."""
 
     def __init__(self, table: SiteTable, opaque_ids: frozenset = frozenset()) -> None:
         self.table, self.opaque_ids = table, opaque_ids
-        self._local = threading.local()
-
-    @property
-    def sessions(self) -> List[Session]:
-        """The calling thread's open sessions (each thread's forwards are intercepted on their own)."""
-        if not hasattr(self._local, "sessions"):
-            self._local.sessions = []
-        return self._local.sessions
 
     def attach(self, model: nn.Module) -> list:
-        return [model.register_forward_pre_hook(self.begin, with_kwargs=True),
-                model.register_forward_hook(self.end, always_call=True)]
+        """Become ``model.forward`` (wrapping an instance-level forward it had); returns ``[self]``,
+        whose :meth:`remove` restores it."""
+        self.model, self.inner = model, model.__dict__.get("forward")
+        model.forward = self
+        return [self]
 
-    def begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        session = Session(module, self.table, self.opaque_ids)
-        session.__enter__()
-        session.mark_inputs(args, kwargs)
-        self.sessions.append(session)
+    def remove(self) -> None:
+        if self.inner is None:
+            del self.model.forward
+        else:
+            self.model.forward = self.inner
 
-    def end(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.sessions:
-            self.sessions.pop().__exit__(None, None, None)
+    @property
+    def __signature__(self) -> inspect.Signature:
+        """The wrapped forward's (Hugging Face's ``generate`` reads which arguments it takes)."""
+        return inspect.signature(self.inner or types.MethodType(type(self.model).forward, self.model))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with Session(self.model, self.table, self.opaque_ids) as session:
+            session.mark_inputs(args, kwargs)
+            if self.inner is not None:
+                return self.inner(*args, **kwargs)
+            return type(self.model).forward(self.model, *args, **kwargs)
 
     def __getstate__(self) -> dict:
-        return {"table": self.table, "opaque_ids": frozenset()}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        return {**self.__dict__, "opaque_ids": frozenset()}
 
 
 def replayable(data: Iterable[Batch], limit: Optional[int]) -> Iterable[Batch]:

@@ -304,7 +304,7 @@ class SiteTable:
         call = (args, kwargs)
         kind = classify(session, name, call)
         if kind in SITE_KINDS and SITE_KINDS[kind].needs and not hasattr(self.settings, SITE_KINDS[kind].needs) \
-                or kind == "elementwise" and not self.elementwise(session.owner.path, name, func, call):
+                or kind == "elementwise" and not self.elementwise(session.owner().path, name, func, call):
             kind = "unsupported"  # the method builds no operator of this kind, or the call is not element-wise
         if kind == "linear":
             out = func(*args, **kwargs)
@@ -317,7 +317,7 @@ class SiteTable:
             session.mark(out, CTRL)
             return out
         elif kind == "unsupported":
-            out = self.float_fallback(session.owner.path, name, func, call)
+            out = self.float_fallback(session.owner().path, name, func, call)
         else:
             out = self.run_site(session, kind, name, func, call)
             session.mark(out, ACT, decided=SEL)
@@ -344,7 +344,7 @@ class SiteTable:
         return func(*call[0], **call[1])
 
     def run_site(self, session: Session, kind: str, name: str, func: Callable, call: Call) -> Any:
-        frame = session.owner
+        frame = session.owner()
         ordinal = frame.counters.get(kind, 0)
         frame.counters[kind] = ordinal + 1
         key = (frame.path, kind, ordinal)

@@ -60,16 +60,23 @@ def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
 class Tally:
     """Named counts, each a host int plus the device tensors added to it, summed only when read
     (adding a device count is a list append, not a device operation); folded every
-    :attr:`FOLD` entries, so it stays small however many forwards run between reads."""
+    :attr:`FOLD` entries, so it stays small however many forwards run between reads. In a forward
+    traced by torch.compile a device count is added to a running sum per name instead (one more
+    operation in the graph), so the tally's structure, which the compiled forward's guards check, is
+    the same from one call to the next."""
 
     FOLD = 256
 
     def __init__(self) -> None:
         self.host: Dict[str, int] = {}
         self.device: List[Tuple[str, torch.Tensor]] = []
+        self.traced: Dict[str, torch.Tensor] = {}
 
     def add(self, name: str, value: Count) -> None:
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and torch.compiler.is_compiling():
+            total = self.traced.get(name)
+            self.traced[name] = value.double() if total is None else total + value.double()
+        elif isinstance(value, torch.Tensor):
             self.device.append((name, value))
             if len(self.device) >= self.FOLD:
                 names = dict.fromkeys(n for n, _ in self.device)
@@ -80,12 +87,12 @@ class Tally:
     def totals(self) -> Dict[str, int]:
         """Every count as an int (reads the device tensors: a host synchronisation)."""
         out = dict(self.host)
-        for name, value in self.device:
+        for name, value in (*self.device, *self.traced.items()):
             out[name] = out.get(name, 0) + int(value)
         return out
 
     def __bool__(self) -> bool:
-        return bool(self.host) or bool(self.device)
+        return bool(self.host) or bool(self.device) or bool(self.traced)
 
 
 class StraightThrough(torch.autograd.Function):
@@ -145,7 +152,7 @@ class SpikingOp(base.MemoryModule):
         self.checks = "eager"
         self.register_memory("tally", Tally())  # OpStats fields since the last reset
         self._clamps = Tally()  # clamp notes not yet reported: what -> count
-        self._nonfinite = Tally()  # input -> elements checked, and "<input>/finite" -> finite ones
+        self._nonfinite = Tally()  # input -> NaN/Inf elements in it
 
     mode = OneOf(MODES)
     checks = OneOf(CHECKS)
@@ -183,13 +190,11 @@ class SpikingOp(base.MemoryModule):
         if not self._clamps and not self._nonfinite:  # nothing counted: nothing to report
             return
         clamps, self._clamps = self._clamps.totals(), Tally()
-        checked, self._nonfinite = self._nonfinite.totals(), Tally()
+        nonfinite, self._nonfinite = self._nonfinite.totals(), Tally()
         notes = [f"{count} {what}" for what, count in clamps.items() if count]
         if notes:
             log.warning("%s: clamped %s %s", type(self).__name__, ", ".join(notes), span)
-        bad = [(name, count - checked.get(f"{name}/finite", 0)) for name, count in checked.items()
-               if not name.endswith("/finite")]
-        bad = [(name, count) for name, count in bad if count]
+        bad = [(name, count) for name, count in nonfinite.items() if count]
         if bad:
             counts = ", ".join(f"{name} contains {count} NaN/Inf value(s)" for name, count in bad)
             raise ValueError(f"{type(self).__name__}: {counts} {span}; spiking neurons need finite membrane "
@@ -209,8 +214,7 @@ class SpikingOp(base.MemoryModule):
             self.reject_nonfinite(x, name, allow_neg_inf)
         elif x.numel():
             finite = (x.detach() < math.inf) if allow_neg_inf else (x.detach().abs() < math.inf)
-            self._nonfinite.add(name, x.numel())
-            self._nonfinite.add(f"{name}/finite", finite.sum())
+            self._nonfinite.add(name, x.numel() - finite.sum())
 
     def reject_nonfinite(self, x: torch.Tensor, name: str, allow_neg_inf: bool = False) -> None:
         """Raise if ``x`` holds NaN/Inf (``-inf`` allowed where it means 'masked'), naming the count;
@@ -229,7 +233,7 @@ class SpikingOp(base.MemoryModule):
         """A fused kernel's count of NaN/Inf in ``x``: a device count under deferred checks is left
         for :meth:`flush`; otherwise a nonzero count raises now (:meth:`reject_nonfinite`)."""
         if self.deferring and isinstance(count, torch.Tensor):
-            self._nonfinite.add(name, count)  # no "/finite" entry: flush reads the count itself as the bad ones
+            self._nonfinite.add(name, count)
         elif count:
             self.reject_nonfinite(x, name, allow_neg_inf)
 

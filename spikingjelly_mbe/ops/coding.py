@@ -25,6 +25,7 @@ MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fi
 # of T-digit codes round at 2^-24, which can flip a digit of the next stage's code once T nears 24
 FLOAT32_MAX_T = 16
 MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # what operators take
 Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
@@ -229,6 +230,9 @@ class IdentityCoder(nn.Module):
         self.A = float(A)
         self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
         self._params: Dict[Tuple[torch.dtype, bool], Tuple[float, ...]] = {}
+        for dtype in FLOAT_DTYPES:  # rounded here, not in a forward: torch.compile traces the lookup alone
+            for clamp in (False, True):
+                self.kernel_params(dtype, clamp)
 
     def get_extra_state(self) -> Dict[str, object]:
         """The range ``A`` and the settings a saved coder must share (``T``, ``code``, ``shift_overflow``)."""
