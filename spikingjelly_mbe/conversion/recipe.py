@@ -47,6 +47,9 @@ class Intercepted:
         whose :meth:`remove` restores it."""
         self.model, self.inner = model, model.__dict__.get("forward")
         model.forward = self
+        # dynamo reads has_torch_function as false, so it traces the layer's fused fast path, no spiking operator
+        self.table.untraced.update(f"{path}: nn.TransformerEncoderLayer" for path, m in model.named_modules()
+                                   if isinstance(m, nn.TransformerEncoderLayer))
         return [self]
 
     def remove(self) -> None:
@@ -61,6 +64,11 @@ class Intercepted:
         return inspect.signature(self.inner or types.MethodType(type(self.model).forward, self.model))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.table.untraced:
+            return run_eagerly(self, *args, **kwargs)
+        return self.run(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         with Session(self.model, self.table, self.opaque_ids) as session:
             session.mark_inputs(args, kwargs)
             if self.inner is not None:
@@ -69,6 +77,16 @@ class Intercepted:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "opaque_ids": frozenset()}
+
+
+@torch.compiler.disable(reason="the converted model makes calls on activations (F.pad, F.hardswish, "
+                               "F.hardsigmoid) that dynamo does not hand to the run-time interception, or has an "
+                               "nn.TransformerEncoderLayer, whose fused fast path dynamo takes; the spiking "
+                               "operators there would compute in float, so torch.compile runs it eagerly "
+                               "(its report's untraced list says where)")
+def run_eagerly(forward: Intercepted, *args: Any, **kwargs: Any) -> Any:
+    """``forward.run`` outside every torch.compile trace (``fullgraph=True`` refuses it, naming why)."""
+    return forward.run(*args, **kwargs)
 
 
 def replayable(data: Iterable[Batch], limit: Optional[int]) -> Iterable[Batch]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..activations import activation_calls, activation_of_call
 from ..ops.base import Calibrated
@@ -136,6 +137,11 @@ def _reduce_extremum(m: nn.Module, call: Call, minimum: bool) -> Any:
     if not keepdim:
         values, index = values.squeeze(dim), index.squeeze(dim)
     return (torch.return_types.min if minimum else torch.return_types.max)((values, index))
+
+
+# calls dynamo (torch.compile) does not hand to a TorchFunctionMode while tracing: what follows one on an
+# activation would compute in float in a compiled model, so compiling a model that makes one is refused
+UNTRACED_CALLS = frozenset({F.pad, F.hardswish, F.hardsigmoid})
 
 
 def _bounds(call: Call, name: str) -> Tuple[Any, Any]:
@@ -299,9 +305,12 @@ class SiteTable:
         # fitted activation sites: key -> (entry, params, owner module, attribute, largest |input| seen calibrating)
         self.fitted: Dict[Tuple[str, str, int], list] = {}
         self.elementwise_calls: Dict[Tuple[str, str], bool] = {}  # (path, name) -> is element-wise
+        self.untraced: Set[str] = set()  # what torch.compile would not route (UNTRACED_CALLS), where: run eagerly
 
     def __call__(self, session: Session, name: str, func: Callable, args: tuple, kwargs: dict) -> Any:
         call = (args, kwargs)
+        if self.calibrating and func in UNTRACED_CALLS:
+            self.untraced.add(f"{session.owner().path or '<root>'}: F.{name}")
         kind = classify(session, name, call)
         if kind in SITE_KINDS and SITE_KINDS[kind].needs and not hasattr(self.settings, SITE_KINDS[kind].needs) \
                 or kind == "elementwise" and not self.elementwise(session.owner().path, name, func, call):

@@ -143,8 +143,9 @@ def disabled() -> contextlib.AbstractContextManager:
 def usable(*tensors: torch.Tensor, row: int = 0) -> bool:
     """Whether the kernels can take these tensors (rows of length ``row``): the ``c`` backend chosen
     (:func:`.backend.select`) and built, float32 on the CPU, no autograd, rows of at most
-    :data:`MAX_ROW` elements."""
-    if backend.select(*tensors) != "c" or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+    :data:`MAX_ROW` elements, and not inside a ``torch.compile`` trace (a compiled graph cannot hold
+    these foreign calls; it computes the same numbers on the ``torch`` path)."""
+    if torch.compiler.is_compiling() or backend.select(*tensors) != "c" or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
