@@ -354,11 +354,12 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
     aim, tried, best, last, exhausted = energy_budget, set(), None, None, False
     for _ in range(CHECK_ROUNDS):
         chosen = choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim))
-        if last is not None and as_mapping(T, chosen) == last[2]:  # the re-aim fell inside the same greedy move
+        mapping = as_mapping(T, chosen)
+        if last is not None and mapping == last[2]:  # the re-aim fell inside the same greedy move
             if last[0] <= energy_budget:
                 break
             chosen = choose(nominal, candidates, math.inf, weights, predicted_sops(nominal, candidates, chosen) - 1)
-        mapping = as_mapping(T, chosen)
+            mapping = as_mapping(T, chosen)
         key = tuple(sorted(mapping.items()))
         if key in tried:  # no move is left: every site at its fewest digits
             exhausted = True
@@ -390,8 +391,7 @@ def allocate(T: int, tolerance: Optional[float], split_bits: Optional[int], conv
     sites = site_paths(reference)
     nominal = measure(reference, sites, batches)
     if energy_budget is not None and nominal.energy() <= energy_budget:
-        snn, mapping = reference, {DEFAULT_KEY: T}
-        return record(snn, mapping, tolerance, energy_budget)
+        return record(reference, {DEFAULT_KEY: T}, tolerance, energy_budget)
     lowest = None if energy_budget is None else energy_floor(T, energy_budget / nominal.energy())
     candidates = {t: measure(convert_at(candidate_T(T, t, kinds)), sites, batches)
                   for t, kinds in rungs(T, split_bits, lowest).items()}

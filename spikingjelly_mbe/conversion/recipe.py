@@ -83,7 +83,7 @@ class Intercepted:
                                "F.hardsigmoid) that dynamo does not hand to the run-time interception, or has an "
                                "nn.TransformerEncoderLayer, whose fused fast path dynamo takes; the spiking "
                                "operators there would compute in float, so torch.compile runs it eagerly "
-                               "(its report's untraced list says where)")
+                               "(model.forward.table.untraced says where)")
 def run_eagerly(forward: Intercepted, *args: Any, **kwargs: Any) -> Any:
     """``forward.run`` outside every torch.compile trace (``fullgraph=True`` refuses it, naming why)."""
     return forward.run(*args, **kwargs)
