@@ -20,7 +20,7 @@ from spikingjelly_mbe.fitting.library import load_fitted
 from spikingjelly_mbe.neurons.lookup import neuron_table
 from spikingjelly_mbe.ops import (RectifiedActivation, SpikingActivation, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
                                   SpikingReLU, SpikingRMSNorm, SpikingSoftmax)
-from spikingjelly_mbe.ops.coding import CODES, IdentityCoder
+from spikingjelly_mbe.ops.coding import CODES, SPLIT_CODES, IdentityCoder
 from spikingjelly_mbe.ops.weight_input import LAST_CODE, SpikingWeightInput
 
 torch.set_num_threads(1)
@@ -114,7 +114,7 @@ def test_norm_kernel_with_a_multi_dimensional_shape_and_constant_rows(monkeypatc
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (4, 6), op.weight, op.bias), atol=2e-3, rtol=0)
 
 
-@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("code", list(SPLIT_CODES))
 @pytest.mark.parametrize("T", [4, 8, 16])
 @pytest.mark.parametrize("rows", [1, 16, 17, 37])
 def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, rows, monkeypatch):
@@ -138,7 +138,7 @@ def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, r
         assert_kernel_equals_eager(op, inputs)
 
 
-@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("code", list(SPLIT_CODES))
 @pytest.mark.parametrize("n", [511, 512, 513, 1100])
 def test_softmax_kernel_on_rows_longer_than_a_lookup_block(code, n, monkeypatch):
     """A row's 2^frac words are gathered 512 at a time: rows across that length, masked tails."""
@@ -175,7 +175,7 @@ def test_operand_coding_kernels_are_the_eager_fast_path_bit_for_bit(kind, T, ran
         logging.disable(logging.NOTSET)
 
 
-@pytest.mark.parametrize("code", list(CODES))
+@pytest.mark.parametrize("code", list(SPLIT_CODES))
 @pytest.mark.parametrize("T", range(1, 17))
 def test_kernel_spike_count_of_every_digit_pattern_is_the_codes_count(code, T):
     """The kernels' closed-form count (binary, signed) on every pattern q < 2^T, against ops.coding's."""

@@ -66,7 +66,9 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
       (:mod:`~spikingjelly_mbe.conversion.rotation`): ``'off'``, ``'auto'`` (rotate a model of a
       supported pre-norm family, leave any other as it is and say why in the report),
       ``'hadamard'`` or ``'orthogonal'`` (the matrix; a model without a rotation layout raises);
-    * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``budget``, ``center_inputs``,
+    * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``operand_code`` (the weight layers'
+      inputs', products' and matmuls' code alone: ``'ternary'``, balanced-ternary digits, about
+      ``1.58 T`` binary digits in ``T`` steps), ``budget``, ``center_inputs``,
       ``rectified_activations``, ``norm_exponents``, ``neuron`` (the neuron kind of the fitted
       activations, ``'mbe'`` or ``'fs'``), ``bias_correction``, ``digit_budget`` (digits per site
       allocated from calibration: the fewest synaptic events within an error budget) and

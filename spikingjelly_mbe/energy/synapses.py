@@ -37,9 +37,12 @@ def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
 
 
 def model_code(model: nn.Module) -> str:
-    """The digit code of ``model``'s spiking operands (every :class:`IdentityCoder` in it), or
-    :data:`~spikingjelly_mbe.ops.coding.DEFAULT_CODE` when it has none."""
-    codes = sorted({m.code for m in model.modules() if isinstance(m, IdentityCoder)})
+    """The digit code of ``model``'s weight layers' input spikes: that of its spike-driven weight layers
+    (their ``operand_code``), else of every :class:`IdentityCoder` in it, else
+    :data:`~spikingjelly_mbe.ops.coding.DEFAULT_CODE`."""
+    inputs = {m.coder.code for m in model.modules()
+              if getattr(m, "drives_weight_layer", False) and isinstance(getattr(m, "coder", None), IdentityCoder)}
+    codes = sorted(inputs or {m.code for m in model.modules() if isinstance(m, IdentityCoder)})
     if len(codes) > 1:
         raise ValueError(f"the model's operands use several digit codes {codes}; pass code= explicitly")
     return codes[0] if codes else DEFAULT_CODE
@@ -59,7 +62,7 @@ class SynapseCounter:
 
     def __init__(self, model: nn.Module, T: Steps, code: Optional[str] = None) -> None:
         self.T = check_T(T) if isinstance(T, Mapping) else check_steps(T)
-        self.code = model_code(model) if code is None else check_code(code)
+        self.code = model_code(model) if code is None else check_code(code, operands=True)
         self.layers = {path: m for path, m in model.named_modules() if is_weight_layer(m)}
         self.steps = {path: steps_at(self.T, "weight_input", path) for path in self.layers}
         self.stats: Dict[str, OpStats] = {}

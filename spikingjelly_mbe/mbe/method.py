@@ -18,7 +18,7 @@ from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, Spiking
                    SpikingRMSNorm, SpikingRoot, SpikingSoftmax, SpikingWeightInput)
 from ..ops.activation import ACTIVATION_N
 from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
-from ..ops.coding import DEFAULT_CODE, check_code
+from ..ops.coding import DEFAULT_CODE, check_code, code_levels
 from ..ops.digits import Steps, check_T, has_patterns, resolved_at, steps_at, values_for
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 from ..ops.roots import root_function
@@ -26,6 +26,7 @@ from ..ops.routing import SpikingTopK
 from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Rescaled, VectorNorm
 
 SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_bits digits into a table
+OPERAND_TYPES = ("weight_input", "product", "matmul")  # the operator types coded in operand_code
 
 
 def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None) -> None:
@@ -68,7 +69,10 @@ class OpSettings:
     range-reduced neurons; ``activation_N=None`` uses ``N`` (the paper's setting with ``N=4``). Softmax and norms keep
     ``N``: their range-reduced neurons are already near exact. ``code`` is the digit code of every
     spike-coded operand (:data:`~spikingjelly_mbe.ops.coding.CODES`): ``'binary'`` (MBE_Id, Eq. 9)
-    or ``'signed'`` (signed digits, the same values with fewer spikes). ``budget`` sets the precision
+    or ``'signed'`` (signed digits, the same values with fewer spikes). ``operand_code`` is the code of
+    the weight layers' inputs, the products and the matmuls alone (``None``: ``code``); ``'ternary'``
+    (balanced-ternary digits of weights ``3^(T-1-k)``, at most ``T=10``) codes them to about ``1.58 T``
+    binary digits in the same ``T`` steps, for more spikes: latency, not energy (docs/digits.md). ``budget`` sets the precision
     of every calibrated code (the weight layers' inputs, the products' operands) from calibration: its
     rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
     ``'auto'`` (the default) takes each code's own from ``AUTO_BUDGETS`` (weight inputs ``2^-(3.5 + 5T/16)``,
@@ -102,6 +106,7 @@ class OpSettings:
     activation_N: Optional[int] = ACTIVATION_N
     split_bits: Optional[int] = None  # Softmax/norm digits moved into a table (None: min(3, T - 1))
     code: str = DEFAULT_CODE
+    operand_code: Optional[str] = None
     budget: Budget = DEFAULT_BUDGET
     center_inputs: bool = True
     rectified_activations: bool = True
@@ -140,6 +145,9 @@ class OpSettings:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
+        if self.operand_code is not None:
+            check_code(self.operand_code, operands=True)
+            code_levels(self.operand_code, max(values_for(self.T, OPERAND_TYPES)))
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
@@ -162,8 +170,10 @@ class OpSettings:
         return dict(T=self.steps(kind), mode=self.mode, code=self.code)
 
     def operand_options(self, kind: str) -> Dict[str, Any]:
-        """Options of an operator coding calibrated operands (products, weight-layer inputs)."""
-        return dict(self.coded_options(kind), budget=self.budget)
+        """Options of an operator coding calibrated operands (products, matmuls, weight-layer inputs): in
+        ``operand_code`` when given."""
+        code = self.code if self.operand_code is None else self.operand_code
+        return dict(self.coded_options(kind), budget=self.budget, code=code)
 
     def split_options(self, kind: str) -> Dict[str, Any]:
         """Options of an operator built on range-reduced neurons (Softmax, roots, norms)."""

@@ -6,7 +6,11 @@ codes, each with its closed-form spike count: ``'binary'``, the binary digits of
 itself, ``popcount(q)`` spikes), and ``'signed'``, the signed digits of the ternary
 :class:`~spikingjelly_mbe.neurons.SignedDigitNode` (the non-adjacent form whenever it fits in ``T``
 digits: about ``T / 3`` spikes where binary fires ``T / 2``). Both decode to the same ``q``, so
-every value is the same bits; only spikes and spike coincidences differ.
+every value is the same bits; only spikes and spike coincidences differ. ``'ternary'`` codes the
+operands of the weight layers and the products only (the split functions of Softmax, the norms and
+the roots index a binary code's top digits): balanced-ternary digits of weights ``3^(T-1-k)``
+(the same neuron in base 3), so ``T`` steps hold ``q <= (3^T - 1) / 2``, the precision of about
+``1.58 T`` binary digits for about ``2/3`` of a spike per digit below the leading one.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import torch.nn as nn
 
 from .. import kernels
 from ..neurons import MBENode, MultiBasisNode, SignedDigitNode
+from ..neurons.signed_digit import largest_input
 
 MAX_T = 32  # the longest spike trains (the digits q < 2^T and their popcount fit 64-bit integers)
 # the longest trains the operators code in float32: q < 2^T is exact up to T = 24, but the products and sums
@@ -69,7 +74,21 @@ def naf_digit_count(q: torch.Tensor, bits: int) -> torch.Tensor:
     return popcount((low | fill).to(q.dtype), bits)
 
 
+def ternary_digit_count(q: torch.Tensor, T: int) -> torch.Tensor:
+    """Nonzero balanced-ternary digits of the integers ``0 <= q <= (3^T - 1) / 2`` held in a float
+    tensor (what ``SignedDigitNode(T, base=3)`` fires), looked up in the table of every ``q``."""
+    if T not in _TERNARY_COUNTS:
+        v, count = torch.arange(largest_input(T, 3) + 1, dtype=torch.int64), torch.zeros(largest_input(T, 3) + 1)
+        for _ in range(T):
+            r = v % 3
+            count += (r != 0).float()
+            v = (v - r) // 3 + (r == 2).long()  # a digit 2 is -1 and a carry
+        _TERNARY_COUNTS[T] = count
+    return lookup(_table(_TERNARY_COUNTS[T], q), q)
+
+
 _SIGNED_COUNTS: Dict[int, torch.Tensor] = {}  # bits -> signed digit count of every pattern (float32, CPU)
+_TERNARY_COUNTS: Dict[int, torch.Tensor] = {}  # T -> balanced-ternary digit count of every q (float32, CPU)
 _TABLE_COPIES: Dict[Tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
@@ -85,22 +104,58 @@ def _table(table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DigitCode:
-    """A digit code: its closed-form spike ``count(q, bits)`` and the ``neuron(T)`` that fires its
-    digits step by step (``None``: MBE_Id itself, :func:`identity_node`)."""
+    """A digit code: its closed-form spike ``count(q, bits)``, the ``neuron(T)`` that fires its
+    digits step by step (``None``: MBE_Id itself, :func:`identity_node`), the digit ``base``, the
+    most steps ``max_T`` whose levels float32 holds exactly, and ``operands_only``: a code of the
+    weight layers' inputs and the products' operands, not of the split functions (whose tables
+    index a binary code's top digits) nor of the C and Triton kernels (it runs the ``torch`` path)."""
 
     count: Callable[[torch.Tensor, int], torch.Tensor]
     neuron: Optional[Callable[[int], nn.Module]] = None
+    base: int = 2
+    max_T: int = 32
+    operands_only: bool = False
+
+    def levels(self, T: int) -> int:
+        """The largest ``q`` of ``T`` digits: ``2^T - 1`` (binary, signed) or ``(3^T - 1) / 2``."""
+        return largest_input(T, self.base)
 
 
-CODES: Dict[str, DigitCode] = {"binary": DigitCode(popcount), "signed": DigitCode(signed_digit_count, SignedDigitNode)}
+CODES: Dict[str, DigitCode] = {
+    "binary": DigitCode(popcount),
+    "signed": DigitCode(signed_digit_count, SignedDigitNode),
+    "ternary": DigitCode(ternary_digit_count, lambda T: SignedDigitNode(T, base=3), base=3, max_T=10,
+                         operands_only=True),  # (3^10 - 1) / 2 < 2^15: the levels of binary T=16 at most
+}
 DEFAULT_CODE = "signed"  # the same values as binary with fewer spikes
+OPERAND_CODES = tuple(CODES)
+SPLIT_CODES = tuple(name for name, c in CODES.items() if not c.operands_only)  # every operator's code
 
 
-def check_code(code: str) -> str:
-    """``code`` must name an entry of :data:`CODES`; returns it."""
+def check_code(code: str, operands: bool = False) -> str:
+    """``code`` must name an entry of :data:`CODES` (one of :data:`SPLIT_CODES` unless it codes
+    ``operands`` only); returns it."""
     if not isinstance(code, str) or code not in CODES:
-        raise ValueError(f"code must be one of {tuple(CODES)}, got {code!r}")
+        raise ValueError(f"code must be one of {SPLIT_CODES if not operands else OPERAND_CODES}, got {code!r}")
+    if CODES[code].operands_only and not operands:
+        raise ValueError(f"code={code!r} codes only operands (the weight layers' inputs, the products and matmuls): "
+                         f"pass operand_code={code!r} and a code of {SPLIT_CODES} for the other operators")
     return code
+
+
+def code_levels(code: str, T: int) -> int:
+    """The largest ``q`` of ``T`` digits of ``code`` (:meth:`DigitCode.levels`), with an error naming
+    ``T`` when the code cannot hold that many steps in float32."""
+    digit_code = CODES[code]
+    if T > digit_code.max_T:
+        raise ValueError(f"code={code!r} holds at most T={digit_code.max_T} steps in float32, got T={T}; pass a "
+                         f"smaller T for these operators (a T mapping, docs/digits.md), or the code 'signed'")
+    return digit_code.levels(T)
+
+
+def fusable(code: str, T: int) -> bool:
+    """Whether the compiled kernels (``c``, ``triton``) code ``T`` digits of ``code``; else the ``torch`` path."""
+    return T <= FLOAT32_MAX_T and not CODES[code].operands_only
 
 
 def total(counts: torch.Tensor) -> torch.Tensor:
@@ -216,9 +271,10 @@ class IdentityCoder(nn.Module):
 
     def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
         super().__init__()
-        self.T, self.code, self.shift_overflow = T, check_code(code), bool(shift_overflow)
+        self.T, self.code, self.shift_overflow = T, check_code(code, operands=True), bool(shift_overflow)
         digit_code = CODES[self.code]
-        self.count = digit_code.count
+        self.count, self.base, self.levels = digit_code.count, digit_code.base, code_levels(self.code, T)
+        self.fusable = fusable(self.code, T)
         self.digits = None if digit_code.neuron is None else digit_code.neuron(T)
         self.set_range(A)
 
@@ -229,6 +285,9 @@ class IdentityCoder(nn.Module):
         self.node = identity_node(self.T, float(A)).to(device)
         self.A = float(A)
         self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
+        if self.base != 2:  # the same scaling for (3^T - 1) / 2 levels: q = floor(|x| L / A + 1/2), value q A / L
+            self.gain, self.weight = (float(torch.tensor(v, dtype=torch.float32)) for v in
+                                      (self.levels / (2.0 ** self.T * A), 2.0 ** self.T * A / self.levels))
         self._params: Dict[Tuple[torch.dtype, bool], Tuple[float, ...]] = {}
         for dtype in FLOAT_DTYPES:  # rounded here, not in a forward: torch.compile traces the lookup alone
             for clamp in (False, True):
@@ -250,19 +309,19 @@ class IdentityCoder(nn.Module):
     def kernel_params(self, dtype: torch.dtype, clamp: bool) -> Tuple[float, ...]:
         """The neuron as six numbers, each used as a ``dtype`` scalar: input gain ``2^T g``, offset
         ``2^T c``, the clamp of ``|x| 2^T g`` (``A g 2^T`` rounded in ``dtype``, or ``inf``), the
-        output step ``w 2^-T``, the top pattern ``2^T - 1`` and the code (its index in
-        :data:`CODES`). Scaling by ``2^T`` is exact."""
+        output step ``w 2^-T``, the top pattern (the code's levels: ``2^T - 1`` in base 2) and the code
+        (its index in :data:`CODES`). Scaling by ``2^T`` is exact."""
         key = (dtype, clamp)
         if key not in self._params:
             scale = 2.0 ** self.T
             limit = float(torch.tensor(self.A, dtype=dtype) * torch.tensor(self.gain, dtype=dtype)) * scale
             self._params[key] = (self.gain * scale, self.offset * scale, limit if clamp else math.inf,
-                                 self.weight * 2.0 ** -self.T, scale - 1, float(list(CODES).index(self.code)))
+                                 self.weight * 2.0 ** -self.T, float(self.levels), float(list(CODES).index(self.code)))
         return self._params[key]
 
     def quantize(self, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
-        """The digits ``q`` (the spikes read as a binary number) the neuron fires for ``|x|``
-        (clamped to ``A`` when ``clamp``): ``q = min(floor(2^T u[0]), 2^T - 1)``, exactly what the
+        """The digits ``q`` (the spikes read as a number in the code's base) the neuron fires for ``|x|``
+        (clamped to ``A`` when ``clamp``): ``q = min(floor(2^T u[0]), levels)``, exactly what the
         greedy spike sequence encodes, computed in place on one new tensor from :meth:`kernel_params`
         (``|x g| = |x| g``)."""
         return self.digits_of(x, clamp, count=False)[0]
@@ -308,14 +367,22 @@ class IdentityCoder(nn.Module):
             if signed:
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
-            return SpikeCode(value, counts, spikes, self.node.decode_weights()[0].to(x.dtype)), clamped
-        if self.T <= FLOAT32_MAX_T and (kernels.usable(x) or kernels.triton_usable(x)):
+            return SpikeCode(value, counts, spikes, self.decode_weights(x.dtype)), clamped
+        if self.fusable and (kernels.usable(x) or kernels.triton_usable(x)):
             code, stats = self.fused(x, shift=False)
             return code, stats[1]
         q, clamped = self.digits_of(x, clamp=not within, count=not within)
         counts = self.count(q, self.T)
         value = q.mul_(self.kernel_params(x.dtype, False)[3])  # = (q 2^-T) w, both scalings exact
         return SpikeCode(value.copysign_(x) if signed else value, counts), clamped
+
+    def decode_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """The spike weights ``d[t]`` in ``dtype``: MBE_Id's (Eq. 9), in base 3 the output step times
+        ``3^(T-1-t)``."""
+        if self.base == 2:
+            return self.node.decode_weights()[0].to(dtype)
+        step = self.kernel_params(torch.float32, False)[3]
+        return (self.digits.weights * step).to(dtype)
 
     def simulate(self, magnitude: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The code's neuron step by step on ``0 <= magnitude <= A``: ``(spikes [..., T], value,

@@ -59,11 +59,13 @@ def check_budget(budget: Budget) -> Budget:
     return float(budget)
 
 
-def resolve_budget(budget: Budget, T: int, kind: str) -> Optional[float]:
-    """The budget a code of ``kind`` (a key of :data:`AUTO_BUDGETS`) uses at ``T`` steps: ``'auto'``
-    resolved, anything else checked (:func:`check_budget`)."""
+def resolve_budget(budget: Budget, digits: float, kind: str) -> Optional[float]:
+    """The budget a code of ``kind`` (a key of :data:`AUTO_BUDGETS`) uses at the precision of ``digits``
+    binary digits (``T`` for a binary or signed code, ``log2(levels + 1)`` for another: a ternary code's
+    ``T`` steps hold ``log2((3^T + 1) / 2)``): ``'auto'`` resolved, anything else checked
+    (:func:`check_budget`)."""
     budget = check_budget(budget)
-    return AUTO_BUDGETS[kind](T) if budget == AUTO else budget
+    return AUTO_BUDGETS[kind](digits) if budget == AUTO else budget
 
 
 def budget_step(rms: float, budget: float) -> float:
@@ -71,10 +73,10 @@ def budget_step(rms: float, budget: float) -> float:
     return math.sqrt(12.0) * budget * rms
 
 
-def covering_range(A: float, step: Optional[float], T: int) -> float:
-    """The range of a ``T``-digit code of step at least ``step`` that keeps ``[0, A]``:
-    ``max(A, step (2^T - 1))`` (``A`` when ``step`` is ``None`` or 0)."""
-    return max(A, step * (2.0 ** T - 1.0)) if step else A
+def covering_range(A: float, step: Optional[float], levels: int) -> float:
+    """The range of a code of ``levels`` steps (``2^T - 1`` for ``T`` binary digits) of step at least
+    ``step`` that keeps ``[0, A]``: ``max(A, step levels)`` (``A`` when ``step`` is ``None`` or 0)."""
+    return max(A, step * float(levels)) if step else A
 
 
 # A channel's range: this multiple of its calibrated maximum (one digit of room). An input beyond its
@@ -174,11 +176,11 @@ class ChannelCenters(ChannelPeaks):
         return float(squares.clamp(min=0.0).sqrt().median())
 
 
-def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[float], T: int) -> torch.Tensor:
+def channel_ranges(A: float, shares: Optional[torch.Tensor], step: Optional[float], levels: int) -> torch.Tensor:
     """The channel ranges ``A * shares`` (``[A]`` without shares), each at least the covering range of
-    ``step`` (:func:`covering_range`), as float32 normal numbers."""
+    ``step`` over the code's ``levels`` (:func:`covering_range`), as float32 normal numbers."""
     shares = torch.ones(1, dtype=torch.float64) if shares is None else shares
-    return (A * shares).clamp(min=max(covering_range(0.0, step, T), MIN_RANGE), max=MAX_RANGE).float()
+    return (A * shares).clamp(min=max(covering_range(0.0, step, levels), MIN_RANGE), max=MAX_RANGE).float()
 
 
 def along(ranges: torch.Tensor, x: torch.Tensor, dim: int) -> torch.Tensor:

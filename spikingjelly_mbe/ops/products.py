@@ -13,8 +13,8 @@ from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, broadcast_shape,
 from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_layout, channel_ranges,
                         covering_range, resolve_budget)
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode,
-                     check_code, check_steps, total)
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
+                     check_steps, code_levels, fusable, total)
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -119,8 +119,9 @@ class _TwoOperandOp(CalibratedOp):
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
                  budget: Budget) -> None:
         super().__init__(mode)
-        self.T, self.code = check_steps(T), check_code(code)
-        self.budget = resolve_budget(budget, self.T, "operand")
+        self.T, self.code = check_steps(T), check_code(code, operands=True)
+        self.levels, self.fusable = code_levels(self.code, self.T), fusable(self.code, self.T)
+        self.budget = resolve_budget(budget, math.log2(self.levels + 1), "operand")
         self.steps: Optional[Tuple[float, float]] = None  # the budget's rounding steps, set by calibration
         self.coders: Optional[torch.nn.ModuleList] = None
         self.shares: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # per-channel shares, set by calibration
@@ -146,11 +147,11 @@ class _TwoOperandOp(CalibratedOp):
         A1, A2 = _check_ranges(tuple(ranges))
         steps = self.steps or (None, None)
         if self.shares is not None:
-            self.channel_ranges_a, self.channel_ranges_b = (channel_ranges(A, shares, step, self.T) for A, shares, step
+            self.channel_ranges_a, self.channel_ranges_b = (channel_ranges(A, shares, step, self.levels) for A, shares, step
                                                             in zip((A1, A2), self.shares, steps))
             A1 = A2 = 1.0  # the coders see x / A_k
         else:
-            A1, A2 = (min(covering_range(A, step, self.T), MAX_RANGE) for A, step in zip((A1, A2), steps))
+            A1, A2 = (min(covering_range(A, step, self.levels), MAX_RANGE) for A, step in zip((A1, A2), steps))
         self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A, self.code, shift_overflow=True) for A in (A1, A2)])
         self.calibrating = False
 
@@ -214,7 +215,7 @@ class _TwoOperandOp(CalibratedOp):
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
         dtype_out = a.dtype if a.dtype == b.dtype else torch.promote_types(a.dtype, b.dtype)
-        if not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T and self.triton_fusable(a, b) \
+        if not self.simulating and a.numel() and b.numel() and self.fusable and self.triton_fusable(a, b) \
                 and kernels.triton_usable(a, b):
             out = self.by_triton(a, b)
             self.record(ann_flops=self.float_flops(a, b))
@@ -224,7 +225,7 @@ class _TwoOperandOp(CalibratedOp):
             dtype = working_dtype(a, self.T)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
             a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
-        fast = not self.simulating and a.numel() and b.numel() and self.T <= FLOAT32_MAX_T
+        fast = not self.simulating and a.numel() and b.numel() and self.fusable
         if fast and kernels.usable(a, b):
             out = self.fused(a, b, True)
         elif fast and kernels.triton_usable(a, b):

@@ -75,7 +75,7 @@ class SpikingReLU(CalibratedOp):
             raise ValueError(f"SpikingReLU: ranges must be one positive finite number (A,), got {ranges!r}")
         if not MIN_RANGE <= ranges[0] <= MAX_RANGE:
             raise ValueError(f"SpikingReLU: the range A={ranges[0]!r} must lie in [2^-126, 2^126]; rescale the input")
-        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, self.T)
+        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, 2 ** self.T - 1)
         self.calibrating = False
 
     def calibrated_state(self) -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -12,7 +13,7 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, code_levels, fusable,
                      check_steps, finite, total)
 from .layers import check_weight_layer
 from .observer import ChannelMean, Extreme, RangeObserver
@@ -111,8 +112,9 @@ class SpikingWeightInput(CalibratedOp):
                             f"{type(layer).__name__}")
         super().__init__(mode)
         self.layer = layer
-        self.T, self.code = check_steps(T), check_code(code)
-        self.budget = resolve_budget(budget, self.T, "weight_input")
+        self.T, self.code = check_steps(T), check_code(code, operands=True)
+        self.levels, self.fusable = code_levels(self.code, self.T), fusable(self.code, self.T)
+        self.budget = resolve_budget(budget, math.log2(self.levels + 1), "weight_input")
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
         padding = getattr(layer, "padding", 0)
         unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
@@ -170,7 +172,7 @@ class SpikingWeightInput(CalibratedOp):
         if len(ranges) != 1 or isinstance(ranges[0], bool) or not isinstance(ranges[0], (int, float)) \
                 or not 0 < ranges[0] < float("inf"):
             raise ValueError(f"SpikingWeightInput: ranges must be one positive finite number (A,), got {ranges!r}")
-        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, self.step, self.T)
+        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, self.step, self.levels)
         self.calibrating = False
 
     def settings_state(self) -> Dict[str, Any]:
@@ -248,11 +250,11 @@ class SpikingWeightInput(CalibratedOp):
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
-        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.triton_usable(x):
+        if not self.simulating and x.numel() and self.fusable and kernels.triton_usable(x):
             return self.by_triton(x)
         xs = x.to(working_dtype(x, self.T))
         centers = self.centers_for(xs)
-        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
+        if not self.simulating and x.numel() and self.fusable and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
             value, (spikes, clamped, nonfinite) = LAST_CODE.code(
                 xs, channels, inner, ranges, None if centers is None else self.channel_centers,

@@ -1,0 +1,129 @@
+"""The balanced-ternary operand code (``operand_code='ternary'``): the base-3 identity neuron against
+Python's integer arithmetic, the coder's closed form and step-by-step simulation, the operators in
+fast and simulate mode, and a conversion that codes only the weight layers' inputs, products and
+matmuls in it."""
+import pytest
+import torch
+import torch.nn as nn
+
+from spikingjelly_mbe import convert, kernels
+from spikingjelly_mbe.conversion.api import set_mode
+from spikingjelly_mbe.conversion.zoo import build, make_batch
+from spikingjelly_mbe.energy import SynapseCounter
+from spikingjelly_mbe.neurons import SignedDigitNode
+from spikingjelly_mbe.ops import (IdentityCoder, SpikingMatmul, SpikingProduct, SpikingSoftmax,
+                                  SpikingWeightInput)
+from spikingjelly_mbe.ops.coding import CODES
+
+torch.set_num_threads(1)
+
+
+def balanced_ternary(q: int, T: int) -> list:
+    """The digits of ``q`` in ``{-1, 0, 1}``, weights ``3^(T-1) .. 1``, by Python integer division."""
+    digits = []
+    for _ in range(T):
+        r = q % 3
+        digits.append(-1 if r == 2 else r)
+        q = (q - digits[-1]) // 3
+    assert q == 0
+    return digits[::-1]
+
+
+@pytest.mark.parametrize("T", [1, 3, 5])
+def test_the_base_3_neuron_fires_the_balanced_ternary_digits_of_every_integer(T):
+    top = (3 ** T - 1) // 2
+    q = torch.arange(-top, top + 1, dtype=torch.float64)
+    spikes, out, count = SignedDigitNode(T, base=3).run(q, keep_spikes=True)
+    reference = torch.tensor([balanced_ternary(int(v), T) for v in q.tolist()], dtype=torch.float64)
+    assert torch.equal(spikes.T, reference) and torch.equal(out, q)
+    assert torch.equal(count, reference.abs().sum(1))
+    assert torch.equal(CODES["ternary"].count(q.abs().float(), T), count.float())
+    multi = SignedDigitNode(T, base=3, step_mode="m")(torch.stack([q] + [torch.zeros_like(q)] * (T - 1)))
+    assert torch.equal(multi.sum(0), q)
+
+
+def test_the_base_3_neuron_refuses_thresholds_and_inputs_it_cannot_code_exactly():
+    with pytest.raises(ValueError, match=r"\(w_k - 1\)/2 < theta_k"):
+        SignedDigitNode(3, thresholds=[9.0, 1.5, 0.5], base=3)  # 9 > (9 + 1) / 2
+    with pytest.raises(ValueError, match="base must be one of"):
+        SignedDigitNode(3, base=4)
+    with pytest.raises(ValueError, match=r"\|q\| <= 13"):
+        SignedDigitNode(3, base=3).run(torch.tensor([14.0]), keep_spikes=False)
+
+
+@pytest.mark.parametrize("T", [2, 4, 6, 10])
+def test_the_ternary_coder_rounds_to_the_nearest_of_3_to_the_T_levels_fast_and_step_by_step(T):
+    g = torch.Generator().manual_seed(T)
+    A = 3.0
+    x = torch.cat([(torch.randn(4000, generator=g) * 1.5).clamp(-2.99, 2.99), torch.tensor([0.0, -0.0, 3.0, -3.0])])
+    coder = IdentityCoder(T, A, "ternary")
+    fast, clamped = coder.encode(x, simulate=False)
+    simulated, _ = coder.encode(x, simulate=True)
+    with kernels.disabled():
+        eager, _ = coder.encode(x, simulate=False)
+    levels = (3 ** T - 1) // 2
+    gain, step = (torch.tensor(v, dtype=torch.float32) for v in (levels / A, A / levels))
+    q = torch.floor(x.abs() * gain + 0.5).clamp(max=levels)  # the closed form, in float32 like the input
+    assert torch.equal(fast.value, torch.sign(x) * q * step)
+    assert torch.equal(fast.value, simulated.value) and torch.equal(fast.value, eager.value)
+    assert torch.equal(fast.counts, simulated.counts) and torch.equal(simulated.spikes.abs().sum(-1), fast.counts)
+    torch.testing.assert_close(simulated.spikes @ simulated.weights, simulated.value, rtol=4e-7, atol=0)  # float32 sums
+    assert clamped == 0 and float((fast.value - x).abs().max()) <= A / (2 * levels) * (1 + 1e-5)
+
+
+def test_ternary_is_an_operand_code_of_at_most_10_steps():
+    with pytest.raises(ValueError, match="at most T=10"):
+        IdentityCoder(11, 1.0, "ternary")
+    with pytest.raises(ValueError, match="operand_code='ternary'"):
+        SpikingSoftmax(T=6, code="ternary")
+    with pytest.raises(ValueError, match="at most T=10"):
+        convert(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], T=12, operand_code="ternary")
+    with pytest.raises(ValueError, match="code must be one of"):
+        convert(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], T=6, operand_code="quaternary")
+
+
+def operand_ops(code: str, mode: str):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 32, generator=g), torch.randn(32, 5, generator=g)
+    layer = nn.Linear(32, 7)
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, generator=g)
+    return [(SpikingProduct(5, mode, (4.0, 4.0), code=code), (a, a.flip(0))),
+            (SpikingMatmul(5, mode, (4.0, 4.0), code=code), (a, b)),
+            (SpikingWeightInput(layer, T=5, mode=mode, A=4.0, code=code, budget=None), (a,))]
+
+
+def test_operators_in_ternary_are_the_same_fast_and_step_by_step_and_finer_than_signed_at_equal_T():
+    for (fast, inputs), (simulated, _), (signed, _) in zip(operand_ops("ternary", "fast"), operand_ops("ternary", "simulate"),
+                                                           operand_ops("signed", "fast")):
+        name = type(fast).__name__
+        with torch.no_grad():
+            out, reference = fast(*inputs), simulated(*inputs)
+            exact = fast.float_reference(*inputs)
+            signed_out = signed(*inputs)
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+        assert fast.op_stats() == simulated.op_stats(), name
+        # 121 levels per sign against 31: the error of every operator shrinks by more than 2x
+        assert (out - exact).norm() < 0.5 * (signed_out - exact).norm(), name
+
+
+def test_a_conversion_codes_only_the_operands_in_ternary_and_counts_their_spikes():
+    ann = build("llama_lm", layers=1)
+    calib = [make_batch("llama_lm", 2, seed=s) for s in (1, 2)]
+    batch = make_batch("llama_lm", 2, seed=3)
+    with torch.no_grad():
+        reference = ann(**batch).logits
+    errors = {}
+    for operand_code in (None, "ternary"):
+        snn = convert(ann, calib, T=4, operand_code=operand_code)
+        with torch.no_grad():
+            errors[operand_code] = float((snn(**batch).logits - reference).norm() / reference.norm())
+        coders = {type(m).__name__: m.code for m in snn.modules() if hasattr(m, "code") and hasattr(m, "T")}
+        expected = operand_code or "signed"
+        assert coders["SpikingWeightInput"] == coders["SpikingMatmul"] == coders["SpikingProduct"] == expected
+        assert coders["SpikingSoftmax"] == coders["SpikingRMSNorm"] == "signed"
+        assert SynapseCounter(snn, 4).code == expected
+    assert errors["ternary"] < 0.8 * errors[None]
+    with torch.no_grad():  # the same model step by step (the ternary codes simulated digit by digit)
+        fast = snn(**batch).logits
+        torch.testing.assert_close(set_mode(snn, "simulate")(**batch).logits, fast, rtol=1e-4, atol=1e-4)
