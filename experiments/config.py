@@ -59,7 +59,7 @@ class OpMode(Enum):
     simulate = "simulate"
 
 
-OperandCode = Enum("OperandCode", {name: name for name in SPLIT_CODES})  # the digit codes of every operator
+CodeChoice = Enum("CodeChoice", {name: name for name in SPLIT_CODES})  # the digit codes of every operator
 Rotation = Enum("Rotation", {name: name for name in ROTATIONS})  # convert's rotate= (conversion/rotation.py)
 
 
@@ -217,7 +217,7 @@ class CalibrationConfig:
 
 
 # the options of ``convert`` whose values Hydra checks against a closed set
-CHOICES: Dict[str, type] = {"method": Method, "code": OperandCode, "mode": OpMode, "neuron": NeuronKind,
+CHOICES: Dict[str, type] = {"method": Method, "code": CodeChoice, "mode": OpMode, "neuron": NeuronKind,
                             "rotate": Rotation}
 # the options every entry point passes beside T, N and activation_N (the result tables' columns): the
 # engine's own beyond the method and the fallback (``rotate``), then MBE's operator options

@@ -23,7 +23,8 @@ from ..ops import flops
 from ..ops.base import working_dtype
 from ..ops.layers import is_weight_layer
 from ..ops.digits import Steps, check_T, steps_at
-from ..ops.coding import DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, total
+from ..ops.coding import (DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps, code_levels,
+                          equivalent_digits, total)
 from ..ops.stats import OpStats
 
 def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
@@ -33,7 +34,7 @@ def input_spikes(x: torch.Tensor, T: int, code: str = DEFAULT_CODE) -> int:
     if peak == 0.0:
         return 0
     coder = IdentityCoder(T, min(max(peak, MIN_RANGE), MAX_RANGE), code)
-    return int(total(coder.count(coder.quantize(x.detach().to(working_dtype(x, T))), T)))
+    return int(total(coder.count(coder.quantize(x.detach().to(working_dtype(x, equivalent_digits(code, T)))), T)))
 
 
 def model_code(model: nn.Module) -> str:
@@ -65,6 +66,8 @@ class SynapseCounter:
         self.code = model_code(model) if code is None else check_code(code, operands=True)
         self.layers = {path: m for path, m in model.named_modules() if is_weight_layer(m)}
         self.steps = {path: steps_at(self.T, "weight_input", path) for path in self.layers}
+        for steps in set(self.steps.values()):
+            code_levels(self.code, steps)
         self.stats: Dict[str, OpStats] = {}
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
 

@@ -29,6 +29,14 @@ SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_
 OPERAND_TYPES = ("weight_input", "product", "matmul")  # the operator types coded in operand_code
 
 
+def check_operand_code(operand_code: Optional[str], T: Steps) -> None:
+    """``operand_code`` must be ``None`` or an operand code (:data:`~spikingjelly_mbe.ops.coding.CODES`) that
+    holds the most digits ``T`` gives a weight input, product or matmul."""
+    if operand_code is not None:
+        check_code(operand_code, operands=True)
+        code_levels(operand_code, max(values_for(T, OPERAND_TYPES)), "operand_code")
+
+
 def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None) -> None:
     """``digit_budget`` must be ``None`` or a finite number >= 0, ``energy_budget`` ``None`` or a
     finite number > 0, at most one of them given, and then ``T`` one integer (the nominal digits every
@@ -71,8 +79,9 @@ class OpSettings:
     spike-coded operand (:data:`~spikingjelly_mbe.ops.coding.CODES`): ``'binary'`` (MBE_Id, Eq. 9)
     or ``'signed'`` (signed digits, the same values with fewer spikes). ``operand_code`` is the code of
     the weight layers' inputs, the products and the matmuls alone (``None``: ``code``); ``'ternary'``
-    (balanced-ternary digits of weights ``3^(T-1-k)``, at most ``T=10``) codes them to about ``1.58 T``
-    binary digits in the same ``T`` steps, for more spikes: latency, not energy (docs/digits.md). ``budget`` sets the precision
+    (balanced-ternary digits of weights ``3^(T-1-k)``) codes them to about ``1.58 T``
+    binary digits in the same ``T`` steps, for more spikes: latency, not energy (docs/digits.md; at most
+    ``T=20``, the weight inputs, products and matmuls beyond 10 in float64). ``budget`` sets the precision
     of every calibrated code (the weight layers' inputs, the products' operands) from calibration: its
     rounding noise is ``budget`` of the operand's RMS (:mod:`~spikingjelly_mbe.ops.precision`);
     ``'auto'`` (the default) takes each code's own from ``AUTO_BUDGETS`` (weight inputs ``2^-(3.5 + 5T/16)``,
@@ -119,6 +128,8 @@ class OpSettings:
     def __post_init__(self) -> None:
         if isinstance(self.T, Mapping):
             object.__setattr__(self, "T", check_T(self.T))
+        if self.operand_code is not None and self.operand_code == self.code:  # the same conversion as None
+            object.__setattr__(self, "operand_code", None)
 
     @property
     def activation_bases(self) -> int:
@@ -145,9 +156,7 @@ class OpSettings:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         check_code(self.code)
-        if self.operand_code is not None:
-            check_code(self.operand_code, operands=True)
-            code_levels(self.operand_code, max(values_for(self.T, OPERAND_TYPES)))
+        check_operand_code(self.operand_code, self.T)
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):

@@ -51,9 +51,10 @@ def in_float_reference_mode() -> bool:
     return _FLOAT_REFERENCE.get()
 
 
-def working_dtype(x: torch.Tensor, T: int = 0) -> torch.dtype:
+def working_dtype(x: torch.Tensor, T: float = 0) -> torch.dtype:
     """Spiking arithmetic runs in float64 for float64 input or for MBE_Id codes of ``T`` beyond
-    :data:`~.coding.FLOAT32_MAX_T` steps, else in float32."""
+    :data:`~.coding.FLOAT32_MAX_T` binary digits of precision (``T`` steps of a binary or signed code,
+    :func:`~.coding.equivalent_digits` of another), else in float32."""
     return torch.float64 if x.dtype == torch.float64 or T > FLOAT32_MAX_T else torch.float32
 
 

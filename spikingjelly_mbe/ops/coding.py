@@ -76,19 +76,29 @@ def naf_digit_count(q: torch.Tensor, bits: int) -> torch.Tensor:
 
 def ternary_digit_count(q: torch.Tensor, T: int) -> torch.Tensor:
     """Nonzero balanced-ternary digits of the integers ``0 <= q <= (3^T - 1) / 2`` held in a float
-    tensor (what ``SignedDigitNode(T, base=3)`` fires), looked up in the table of every ``q``."""
+    tensor (what ``SignedDigitNode(T, base=3)`` fires): looked up in the table of every ``q`` up to
+    ``T = 10`` (29,525 entries), beyond that :func:`balanced_ternary_weight` of ``q`` itself."""
+    if T > TERNARY_TABLE_T:
+        return balanced_ternary_weight(q.to(torch.int64), T).to(q.dtype)
     if T not in _TERNARY_COUNTS:
-        v, count = torch.arange(largest_input(T, 3) + 1, dtype=torch.int64), torch.zeros(largest_input(T, 3) + 1)
-        for _ in range(T):
-            r = v % 3
-            count += (r != 0).float()
-            v = (v - r) // 3 + (r == 2).long()  # a digit 2 is -1 and a carry
-        _TERNARY_COUNTS[T] = count
+        _TERNARY_COUNTS[T] = balanced_ternary_weight(torch.arange(largest_input(T, 3) + 1), T).float()
     return lookup(_table(_TERNARY_COUNTS[T], q), q)
+
+
+def balanced_ternary_weight(v: torch.Tensor, T: int) -> torch.Tensor:
+    """Nonzero digits of the balanced-ternary form of the integers ``0 <= v <= (3^T - 1) / 2`` (int64):
+    a remainder 2 is the digit -1 and a carry."""
+    count = torch.zeros_like(v)
+    for _ in range(T):
+        r = v % 3
+        count += (r != 0).long()
+        v = (v - r) // 3 + (r == 2).long()
+    return count
 
 
 _SIGNED_COUNTS: Dict[int, torch.Tensor] = {}  # bits -> signed digit count of every pattern (float32, CPU)
 _TERNARY_COUNTS: Dict[int, torch.Tensor] = {}  # T -> balanced-ternary digit count of every q (float32, CPU)
+TERNARY_TABLE_T = 10  # ternary counts up to here come from a table of every q
 _TABLE_COPIES: Dict[Tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
@@ -124,8 +134,8 @@ class DigitCode:
 CODES: Dict[str, DigitCode] = {
     "binary": DigitCode(popcount),
     "signed": DigitCode(signed_digit_count, SignedDigitNode),
-    "ternary": DigitCode(ternary_digit_count, lambda T: SignedDigitNode(T, base=3), base=3, max_T=10,
-                         operands_only=True),  # (3^10 - 1) / 2 < 2^15: the levels of binary T=16 at most
+    "ternary": DigitCode(ternary_digit_count, lambda T: SignedDigitNode(T, base=3), base=3, max_T=20,
+                         operands_only=True),  # (3^20 - 1) / 2 < 2^31: the levels of binary T=32 at most
 }
 DEFAULT_CODE = "signed"  # the same values as binary with fewer spikes
 OPERAND_CODES = tuple(CODES)
@@ -143,17 +153,25 @@ def check_code(code: str, operands: bool = False) -> str:
     return code
 
 
-def code_levels(code: str, T: int) -> int:
+def code_levels(code: str, T: int, argument: str = "code") -> int:
     """The largest ``q`` of ``T`` digits of ``code`` (:meth:`DigitCode.levels`), with an error naming
-    ``T`` when the code cannot hold that many steps in float32."""
+    ``argument`` and ``T`` when the code cannot hold that many steps exactly."""
     digit_code = CODES[code]
     if T > digit_code.max_T:
-        raise ValueError(f"code={code!r} holds at most T={digit_code.max_T} steps in float32, got T={T}; pass a "
-                         f"smaller T for these operators (a T mapping, docs/digits.md), or the code 'signed'")
+        raise ValueError(f"{argument}={code!r} holds at most T={digit_code.max_T} steps exactly, got T={T}; give "
+                         f"these operators at most {digit_code.max_T} digits (a T mapping, docs/digits.md) or pass "
+                         f"{argument}={DEFAULT_CODE!r}")
     return digit_code.levels(T)
 
 
-def fusable(code: str, T: int) -> bool:
+def equivalent_digits(code: str, T: int) -> float:
+    """The binary digits of precision of ``T`` digits of ``code``, ``log2(levels + 1)``: ``T`` for a
+    binary or signed code, ``log2((3^T + 1) / 2)`` for a ternary one (what sets its working dtype and
+    its ``'auto'`` budget)."""
+    return math.log2(code_levels(code, T) + 1)
+
+
+def kernel_coded(code: str, T: int) -> bool:
     """Whether the compiled kernels (``c``, ``triton``) code ``T`` digits of ``code``; else the ``torch`` path."""
     return T <= FLOAT32_MAX_T and not CODES[code].operands_only
 
@@ -238,8 +256,8 @@ class SpikeCode:
     """An operand coded by MBE_Id: ``value = sum_t weights[t] * spikes[..., t]`` (Eq. 9).
 
     ``counts`` are the spikes per element. Simulate mode also keeps the ternary ``spikes``
-    (``sign(x) * s[t]`` with ``s`` the code's digits, binary or signed) and the decoding
-    ``weights`` ``d[t]`` (the same for every code).
+    (``sign(x) * s[t]`` with ``s`` the code's digits, binary, signed or ternary) and the decoding
+    ``weights`` ``d[t]`` (the output step times ``2^(T-1-t)``, or ``3^(T-1-t)`` in base 3).
     """
 
     value: torch.Tensor
@@ -264,9 +282,12 @@ class IdentityCoder(nn.Module):
     exponent shift of that neuron's spike weights; only what even the dtype's largest power of two
     cannot hold is clamped and counted). ``code='binary'`` fires the binary digits
     of ``q``; ``code='signed'`` feeds ``q`` to a :class:`~spikingjelly_mbe.neurons.SignedDigitNode`,
-    whose signed digits (a negative one flips the spike's sign) decode to the same ``q``.
-    ``simulate`` runs the code's neuron step by step and keeps the spikes; otherwise the same numbers
-    come from ``q = floor(2^T u[0])`` and the code's closed-form count.
+    whose signed digits (a negative one flips the spike's sign) decode to the same ``q``;
+    ``code='ternary'`` quantises to ``(3^T - 1) / 2`` levels (input gain ``L / A``, output step
+    ``A / L``, the binary neuron's scaling with that ``L``) and fires the balanced-ternary digits of
+    ``q`` (``SignedDigitNode(T, base=3)``); only its input and output scaling is taken from
+    :func:`identity_node`. ``simulate`` runs the code's neuron step by step and keeps the spikes;
+    otherwise the same numbers come from ``q = floor(2^T u[0])`` and the code's closed-form count.
     """
 
     def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
@@ -274,7 +295,7 @@ class IdentityCoder(nn.Module):
         self.T, self.code, self.shift_overflow = T, check_code(code, operands=True), bool(shift_overflow)
         digit_code = CODES[self.code]
         self.count, self.base, self.levels = digit_code.count, digit_code.base, code_levels(self.code, T)
-        self.fusable = fusable(self.code, T)
+        self.kernel_coded = kernel_coded(self.code, T)
         self.digits = None if digit_code.neuron is None else digit_code.neuron(T)
         self.set_range(A)
 
@@ -368,7 +389,7 @@ class IdentityCoder(nn.Module):
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.decode_weights(x.dtype)), clamped
-        if self.fusable and (kernels.usable(x) or kernels.triton_usable(x)):
+        if self.kernel_coded and (kernels.usable(x) or kernels.triton_usable(x)):
             code, stats = self.fused(x, shift=False)
             return code, stats[1]
         q, clamped = self.digits_of(x, clamp=not within, count=not within)
@@ -401,6 +422,7 @@ class IdentityCoder(nn.Module):
         zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (and ``shift``) inputs beyond
         ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
         clamped and counted."""
+        self.check_kernel_coded()
         if kernels.triton_usable(x):
             value, counts, stats, _ = self.triton_code(x, shift, counts=True)
             return SpikeCode(value, counts), [stats[0], stats[1], stats[2]]
@@ -416,8 +438,15 @@ class IdentityCoder(nn.Module):
         """:meth:`fused` on the ``triton`` backend, :func:`~spikingjelly_mbe.kernels.triton_ops.code`'s
         outputs as they come (``scale``, ``inner``: per-channel ranges; ``options``: its rectifier, SOP
         and column-sum arguments); at the overflow shift when ``shift`` and ``shift_overflow``."""
+        self.check_kernel_coded()
         return kernels.load_triton().code(x, scale, None, inner, list(self.kernel_params(torch.float32, True)), self.A,
                                           shift and self.shift_overflow, counts, **options)
+
+    def check_kernel_coded(self) -> None:
+        """The compiled kernels count binary and signed digits of at most 16 steps; refuse another code."""
+        if not self.kernel_coded:
+            raise ValueError(f"IdentityCoder(T={self.T}, code={self.code!r}): the compiled kernels do not code it; "
+                             "call encode(), which takes the torch path")
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}"

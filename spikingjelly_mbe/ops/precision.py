@@ -1,7 +1,7 @@
 """Per-layer precision of the MBE_Id operand codes (Eq. 9), allocated from calibration under an error budget.
 
 A ``T``-digit code of range ``A`` rounds ``|x|`` to the nearest multiple of the step
-``delta = A / (2^T - 1)``; the rounding adds noise of RMS ``delta / sqrt(12)`` (a uniform
+``delta = A / L``, ``L = 2^T - 1`` (a balanced-ternary code's ``(3^T - 1) / 2``, everywhere below); the rounding adds noise of RMS ``delta / sqrt(12)`` (a uniform
 quantiser). Calibrated at ``A = max |x|``, the step follows the operand's largest value, and a
 heavy-tailed operand (most values far below its maximum) gets far more precision than its error
 needs, paid in spikes: a signed-digit code fires about one spike per three digits *below the
@@ -9,7 +9,7 @@ value's leading digit*, so every halving of ``delta`` costs every value a third 
 
 Under a ``budget`` ``eps`` the step is instead set so the rounding noise is ``eps`` of the
 operand's RMS seen on the calibration batches, ``delta = sqrt(12) eps rms``, and the code's range
-becomes ``max(A, delta (2^T - 1))``: the same ``T`` time steps, no value clamped that ``A`` would
+becomes ``max(A, delta L)``: the same ``T`` time steps, no value clamped that ``A`` would
 keep, and the digits below ``delta`` never fire. When ``T`` digits cannot reach the budget's step
 over ``[0, A]`` the range stays ``A`` (the full-precision code). A weight layer's input takes the
 RMS of its *typical channel* (the median of the channels' RMS, :meth:`ChannelCenters.typical_rms`):
@@ -40,7 +40,7 @@ AUTO = "auto"
 # the default (``budget='auto'``) relative RMS rounding noise of each kind of calibrated code at T time
 # steps: a weight layer's input against its typical channel's RMS, a product's operand against its own
 # RMS (the figures behind the schedule: docs, ``python -m experiments.convert experiment=real_table``)
-AUTO_BUDGETS: Dict[str, Callable[[int], float]] = {
+AUTO_BUDGETS: Dict[str, Callable[[float], float]] = {
     "weight_input": lambda T: 2.0 ** -(3.5 + 5 * T / 16),
     "operand": lambda T: 2.0 ** -9,
 }

@@ -14,7 +14,7 @@ from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_layout, channel_ranges,
                         covering_range, resolve_budget)
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
-                     check_steps, code_levels, fusable, total)
+                     check_steps, code_levels, equivalent_digits, kernel_coded, total)
 
 
 def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Tensor:
@@ -104,7 +104,7 @@ class _TwoOperandOp(CalibratedOp):
     With ``ranges=None`` the operator starts ``calibrating``: forwards return the float result and
     record ``|operand|``; :meth:`finish_calibration` fixes ``A`` to the maximum (or a percentile)
     and, under a ``budget`` (:mod:`.precision`; ``'auto'``: ``2^-9``), each operand's rounding step to ``budget`` of its
-    RMS, which widens a range to ``step (2^T - 1)`` where that is larger. :meth:`set_ranges` fixes
+    RMS, which widens a range to ``step L`` (the code's levels, ``2^T - 1`` in base 2) where that is larger. :meth:`set_ranges` fixes
     the ranges explicitly (widened only by steps that calibration set). An operator with
     ``per_channel`` codes each operand with one range per channel of its last dimension
     (:class:`~.precision.ChannelPeaks`): the product of the unit-range codes of ``a / A_k`` and
@@ -120,8 +120,9 @@ class _TwoOperandOp(CalibratedOp):
                  budget: Budget) -> None:
         super().__init__(mode)
         self.T, self.code = check_steps(T), check_code(code, operands=True)
-        self.levels, self.fusable = code_levels(self.code, self.T), fusable(self.code, self.T)
-        self.budget = resolve_budget(budget, math.log2(self.levels + 1), "operand")
+        self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
+        self.kernel_coded = kernel_coded(self.code, self.T)
+        self.budget = resolve_budget(budget, self.precision_digits, "operand")
         self.steps: Optional[Tuple[float, float]] = None  # the budget's rounding steps, set by calibration
         self.coders: Optional[torch.nn.ModuleList] = None
         self.shares: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # per-channel shares, set by calibration
@@ -215,17 +216,17 @@ class _TwoOperandOp(CalibratedOp):
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
         dtype_out = a.dtype if a.dtype == b.dtype else torch.promote_types(a.dtype, b.dtype)
-        if not self.simulating and a.numel() and b.numel() and self.fusable and self.triton_fusable(a, b) \
+        if not self.simulating and a.numel() and b.numel() and self.kernel_coded and self.triton_fusable(a, b) \
                 and kernels.triton_usable(a, b):
             out = self.by_triton(a, b)
             self.record(ann_flops=self.float_flops(a, b))
             return out.to(dtype_out)
         scale = None
         if self.channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
-            dtype = working_dtype(a, self.T)
+            dtype = working_dtype(a, self.precision_digits)
             ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
             a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
-        fast = not self.simulating and a.numel() and b.numel() and self.fusable
+        fast = not self.simulating and a.numel() and b.numel() and self.kernel_coded
         if fast and kernels.usable(a, b):
             out = self.fused(a, b, True)
         elif fast and kernels.triton_usable(a, b):
@@ -242,7 +243,7 @@ class _TwoOperandOp(CalibratedOp):
 
     def stages(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Both operands' MBE_Id codes, then :meth:`combine`, in PyTorch (both modes)."""
-        dtype = working_dtype(a, self.T)
+        dtype = working_dtype(a, self.precision_digits)
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
             self.check_input(x, f"operand {name}")

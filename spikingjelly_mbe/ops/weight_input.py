@@ -2,7 +2,6 @@
 spike accumulating its weight column (Eq. 12 with one dense operand)."""
 from __future__ import annotations
 
-import math
 import threading
 import weakref
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -13,8 +12,8 @@ import torch.nn as nn
 from .. import kernels
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, code_levels, fusable,
-                     check_steps, finite, total)
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps,
+                     code_levels, equivalent_digits, finite, kernel_coded, total)
 from .layers import check_weight_layer
 from .observer import ChannelMean, Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_step, channel_layout, channel_ranges,
@@ -62,7 +61,8 @@ class SpikingWeightInput(CalibratedOp):
     Every input channel ``k`` is coded like a product's operand (sign-magnitude, ``T`` digits of
     its own range ``A_k`` in the digit ``code``), and every spike adds ``d_k[t] W[:, k]`` to the
     outputs it reaches: ``layer(x_hat) = sum_t W (d[t] s[t]) + layer(c)`` (Eq. 12, one operand
-    dense; ``d_k[t] = A_k 2^(T-1-t) / (2^T - 1)``, the MBE_Id weight of channel ``k``), where
+    dense; ``d_k[t] = A_k 2^(T-1-t) / L``, ``L = 2^T - 1``, the MBE_Id weight of channel ``k``; in the
+    ``'ternary'`` code ``A_k 3^(T-1-t) / L``, ``L = (3^T - 1) / 2``), where
     ``x_hat = c + code(x - c)``. ``simulate`` runs the layer on every spike plane and sums them so;
     fast mode runs it once on the decoded input ``x_hat`` (the same sum regrouped). SOPs:
     ``spikes x fan-out`` (one accumulate per spike and outgoing synapse); ``ann_flops``: the layer's MACs.
@@ -78,9 +78,10 @@ class SpikingWeightInput(CalibratedOp):
     * the range ``A = max |x - c|`` (or the percentile of ``|x|``), and each channel's as ``A``
       times its share ``2 max_k |x - c| / A`` (one digit of room over the few calibration values a
       channel sees; beyond it the overflow shift below), so an outlier channel does not coarsen the others;
-    * under a ``budget`` (``'auto'``: ``2^-(3.5 + 5T/16)``, :data:`~.precision.AUTO_BUDGETS`), the
-      rounding step to ``budget`` of the typical channel's RMS of ``x - c`` (the median over
-      channels), widening a channel's range to ``step (2^T - 1)`` where that is larger: quiet
+    * under a ``budget`` (``'auto'``: ``2^-(3.5 + 5T/16)``, :data:`~.precision.AUTO_BUDGETS`, ``T`` the
+      code's :func:`~.coding.equivalent_digits`), the rounding step to ``budget`` of the typical
+      channel's RMS of ``x - c`` (the median over channels), widening a channel's range to
+      ``step L`` where that is larger: quiet
       channels are not coded finer than the budget asks.
 
     With ``bias_correction``, calibration then measures the layer's expected rounding shift on the
@@ -113,8 +114,9 @@ class SpikingWeightInput(CalibratedOp):
         super().__init__(mode)
         self.layer = layer
         self.T, self.code = check_steps(T), check_code(code, operands=True)
-        self.levels, self.fusable = code_levels(self.code, self.T), fusable(self.code, self.T)
-        self.budget = resolve_budget(budget, math.log2(self.levels + 1), "weight_input")
+        self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
+        self.kernel_coded = kernel_coded(self.code, self.T)
+        self.budget = resolve_budget(budget, self.precision_digits, "weight_input")
         self.channel_dim = 1 if hasattr(layer, "in_channels") else -1
         padding = getattr(layer, "padding", 0)
         unpadded = padding == 0 or (isinstance(padding, tuple) and all(p == 0 for p in padding))
@@ -233,7 +235,7 @@ class SpikingWeightInput(CalibratedOp):
         out = self.layer.forward(x)
         if self.shift is not None:  # the shift pass: how far the code of x moves the output
             with torch.no_grad():
-                xs = x.detach().to(working_dtype(x, self.T))
+                xs = x.detach().to(working_dtype(x, self.precision_digits))
                 centers = self.centers_for(xs)
                 code, scales, _ = self.unit_code(xs, centers, False)
                 self.shift.observe(self.layer.forward(self.decoded(code, scales, centers).to(x.dtype)) - out.detach())
@@ -250,11 +252,11 @@ class SpikingWeightInput(CalibratedOp):
             return self.layer.forward(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingWeightInput has no input range: calibrate it or call set_ranges((A,))")
-        if not self.simulating and x.numel() and self.fusable and kernels.triton_usable(x):
+        if not self.simulating and x.numel() and self.kernel_coded and kernels.triton_usable(x):
             return self.by_triton(x)
-        xs = x.to(working_dtype(x, self.T))
+        xs = x.to(working_dtype(x, self.precision_digits))
         centers = self.centers_for(xs)
-        if not self.simulating and x.numel() and self.fusable and kernels.usable(xs):
+        if not self.simulating and x.numel() and self.kernel_coded and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
             value, (spikes, clamped, nonfinite) = LAST_CODE.code(
                 xs, channels, inner, ranges, None if centers is None else self.channel_centers,
