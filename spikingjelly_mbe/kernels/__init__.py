@@ -142,13 +142,21 @@ def disabled() -> contextlib.AbstractContextManager:
 
 def usable(*tensors: torch.Tensor, row: int = 0) -> bool:
     """Whether the kernels can take these tensors (rows of length ``row``): the ``c`` backend chosen
-    (:func:`.backend.select`) and built, float32 on the CPU, no autograd, rows of at most
-    :data:`MAX_ROW` elements, and not inside a ``torch.compile`` trace (a compiled graph cannot hold
-    these foreign calls; it computes the same numbers on the ``torch`` path)."""
-    if torch.compiler.is_compiling() or backend.select(*tensors) != "c" or row > MAX_ROW or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+    (:func:`.backend.select`) and :func:`takes` them."""
+    return backend.select(*tensors) == "c" and takes(*tensors, row=row)
+
+
+def takes(*tensors: torch.Tensor, row: int = 0) -> bool:
+    """Whether the kernels, once the ``c`` backend is chosen, can take these tensors (rows of length
+    ``row``): built, float32 on the CPU, no autograd, rows of at most :data:`MAX_ROW` elements, and not
+    inside a ``torch.compile`` trace (a compiled graph cannot hold these foreign calls; it computes the
+    same numbers on the ``torch`` path). An operator that chose its backend once per call asks this."""
+    if row > MAX_ROW or torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:  # a loop of attribute reads: this runs on every operator call
+        if t.dtype is not torch.float32 or not t.is_cpu or (grad and t.requires_grad):
+            return False
     return library() is not None
 
 

@@ -74,8 +74,10 @@ def select(*tensors: torch.Tensor) -> str:
     """The backend for these operands (the first one's device decides the default). Asking for
     ``triton`` with CPU tensors outside the interpreter, or without Triton installed, is an error
     naming the fix."""
+    name = configured()
+    if name is None:  # the device's default: always one that takes its tensors
+        return default_for(tensors[0].device if tensors else torch.device("cpu"))
     device = tensors[0].device if tensors else torch.device("cpu")
-    name = configured() or default_for(device)
     if name == "triton":
         if not triton_importable():
             raise RuntimeError(f"{ENV}=triton, but triton is not installed: pip install triton, or choose "

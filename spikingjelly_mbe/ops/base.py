@@ -85,6 +85,16 @@ class Tally:
         elif value:
             self.host[name] = self.host.get(name, 0) + int(value)
 
+    def add_all(self, counts: Dict[str, Count]) -> None:
+        """:meth:`add` each of ``counts``; a host ``int`` (what the C kernels return) straight into its sum."""
+        host = self.host
+        for name, value in counts.items():
+            if type(value) is int:
+                if value:
+                    host[name] = host.get(name, 0) + value
+            else:
+                self.add(name, value)
+
     def totals(self) -> Dict[str, int]:
         """Every count as an int (reads the device tensors: a host synchronisation)."""
         out = dict(self.host)
@@ -175,9 +185,7 @@ class SpikingOp(base.MemoryModule):
 
     def record(self, **counts: Count) -> None:
         """Add to the statistics (keywords are :class:`OpStats` fields; host ints or device tensors)."""
-        tally = self.tally  # a memory: read once, each read goes through the module's attribute lookup
-        for name, value in counts.items():
-            tally.add(name, value)
+        self._memories["tally"].add_all(counts)  # the memory itself: self.tally is a slow __getattr__ lookup
 
     def note_clamped(self, count: Count, what: str) -> None:
         """Count inputs clamped to a neuron's domain; the next :meth:`flush` warns with the total."""

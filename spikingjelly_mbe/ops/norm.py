@@ -147,7 +147,7 @@ class _SpikingNorm(SpikingOp):
 
     def check_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
         k = len(self.normalized_shape)
-        if tuple(x.shape[x.dim() - k:]) != self.normalized_shape or x.dim() < k:
+        if x.dim() < k or x.shape[x.dim() - k:] != self.normalized_shape:
             expected = ", ".join(["..."] + [str(s) for s in self.normalized_shape])
             raise ValueError(f"{type(self).__name__} expects input of shape [{expected}], got {tuple(x.shape)}")
         return tuple(range(-k, 0))
@@ -162,29 +162,30 @@ class _SpikingNorm(SpikingOp):
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
         dtype = working_dtype(x, self.T)
-        affine = [None if p is None else p.detach().to(dtype) for p in (self.weight, self.bias)]
+        affine = [p if p is None or p.dtype == dtype else p.detach().to(dtype) for p in (self.weight, self.bias)]
         out = self.normalize(x, dims, n, *affine)
         return out if out.dtype == x.dtype else out.to(x.dtype)
 
     def normalize(self, x: torch.Tensor, dims: Tuple[int, ...], n: int, weight: Optional[torch.Tensor],
                   bias: Optional[torch.Tensor]) -> torch.Tensor:
         """Stages 1-4 over the ``n`` elements of ``dims`` (one row each), then ``weight`` and ``bias``
-        (broadcast against the rows); records the statistics."""
+        (broadcast against the rows; in the working dtype); records the statistics."""
         given = [p for p in (weight, bias) if p is not None]
-        fast = not self.simulating and x.numel() and self.rsqrt.tabulated
-        if fast and kernels.usable(x, *given, row=n):
+        # the backend, chosen once per call
+        chosen = kernels.backend.select(x) if not self.simulating and x.numel() and self.rsqrt.tabulated else "torch"
+        if chosen == "c" and kernels.takes(x, *given, row=n):
             out, (spikes, sops, nonfinite) = self.fused(x, n, weight, bias)
             self.counted_nonfinite(x, "input", nonfinite)
-        elif fast and kernels.triton_usable(x, *given, row=n):
+        elif chosen == "triton" and kernels.triton_usable(x, *given, row=n):
             out, (spikes, sops, nonfinite) = self.by_triton(x, n, weight, bias)
             self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
             out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
             if weight is not None:
-                out = out.mul_(weight)
+                out = out.mul_(weight.detach())
             if bias is not None:
-                out = out.add_(bias)
+                out = out.add_(bias.detach())
         rows = x.numel() // n
         self.record(spikes=spikes, neurons=x.numel() + (SplitFunction.NEURONS_PER_ELEMENT + 1) * rows, sops=sops,
                     ann_flops=self.element_flops * x.numel() + self.row_flops * rows)

@@ -216,26 +216,28 @@ class _TwoOperandOp(CalibratedOp):
                                "op.calibrating is True and then op.finish_calibration(), or pass ranges=(A1, A2) "
                                "/ call op.set_ranges((A1, A2))")
         dtype_out = a.dtype if a.dtype == b.dtype else torch.promote_types(a.dtype, b.dtype)
-        if not self.simulating and a.numel() and b.numel() and self.kernel_coded and self.triton_fusable(a, b) \
-                and kernels.triton_usable(a, b):
+        ann_flops = self.float_flops(a, b)
+        # the backend, chosen once per call (the c kernels take the operands once they are scaled)
+        chosen = kernels.backend.select(a, b) if not self.simulating and a.numel() and b.numel() \
+            and self.kernel_coded else "torch"
+        if chosen == "triton" and self.triton_fusable(a, b) and kernels.triton_usable(a, b):
             out = self.by_triton(a, b)
-            self.record(ann_flops=self.float_flops(a, b))
+            self.record(ann_flops=ann_flops)
             return out.to(dtype_out)
-        scale = None
-        if self.channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
+        scale, channel_ranges_a = None, self.channel_ranges_a
+        if channel_ranges_a is not None:  # per channel: the unit-range codes of a / A_k and b / B_k
             dtype = working_dtype(a, self.precision_digits)
-            ranges = (along(self.channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
+            ranges = (along(channel_ranges_a, a.to(dtype), -1), along(self.channel_ranges_b, b.to(dtype), -1))
             a, b, scale = a.to(dtype) / ranges[0], b.to(dtype) / ranges[1], ranges[0] * ranges[1]
-        fast = not self.simulating and a.numel() and b.numel() and self.kernel_coded
-        if fast and kernels.usable(a, b):
-            out = self.fused(a, b, True)
-        elif fast and kernels.triton_usable(a, b):
-            out = self.fused(a, b, False)
+        if chosen == "c" and kernels.takes(a, b):
+            out = self.fused(a, b, True, ann_flops)
+        elif chosen == "triton" and kernels.triton_usable(a, b):
+            out = self.fused(a, b, False, ann_flops)
         else:
             out = self.stages(a, b)
+            self.record(ann_flops=ann_flops)
         if scale is not None:
             out = out * scale
-        self.record(ann_flops=self.float_flops(a, b))
         return out if out.dtype == dtype_out else out.to(dtype_out)
 
     def float_reference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -252,15 +254,16 @@ class _TwoOperandOp(CalibratedOp):
             codes.append(code)
         return self.combine(*codes)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool, ann_flops: int) -> torch.Tensor:
         """Fast mode with the operand codes from the compiled kernels (``c_backend``: on the ``c`` backend, else
-        on ``triton``)."""
+        on ``triton``); records the statistics, ``ann_flops`` among them."""
         codes = []
         for name, coder, x in zip("ab", self.coders, (a, b)):
             code, (spikes, clamped, nonfinite) = coder.fused(x)
             self.counted_nonfinite(x, f"operand {name}", nonfinite)
             self.count_operand(name, x, spikes, clamped)
             codes.append(code)
+        self.record(ann_flops=ann_flops)
         return self.combine(*codes)
 
     def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -317,19 +320,20 @@ class SpikingProduct(_TwoOperandOp):
         self.record(sops=product_sops(a, b))
         return spike_product(a, b, self.simulating)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool, ann_flops: int) -> torch.Tensor:
         """Same-shape operands on the ``c`` backend: codes, product and coincidences in one compiled pass."""
         if a.shape != b.shape or not c_backend:
-            return super().fused(a, b, c_backend)
+            return super().fused(a, b, c_backend, ann_flops)
         coder_a, coder_b = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
             a, b, (coder_a.kernel_params(a.dtype, True), coder_b.kernel_params(a.dtype, True)), (coder_a.A, coder_b.A))
         if (clamped_a or clamped_b) and not nonfinite:  # operands beyond their ranges: shifted codes
-            return super().fused(a, b, c_backend)
+            return super().fused(a, b, c_backend, ann_flops)
         if nonfinite:
             self.reject_nonfinite(a, "operand a")
             self.reject_nonfinite(b, "operand b")  # one of them raises, naming the count
-        self.record(spikes=spikes_a + spikes_b, neurons=a.numel() + b.numel(), sops=sops)  # count_operand's, nothing clamped
+        # count_operand's (nothing clamped) and the coincidences, in one record
+        self.record(spikes=spikes_a + spikes_b, neurons=2 * a.numel(), sops=sops, ann_flops=ann_flops)
         return out
 
     def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -396,13 +400,13 @@ class SpikingMatmul(_TwoOperandOp):
         self.record(sops=matmul_sops(a, b, self.simulating))
         return spike_matmul(a, b, self.simulating)
 
-    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool) -> torch.Tensor:
+    def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool, ann_flops: int) -> torch.Tensor:
         """Operands of one batch shape on the ``c`` backend: each coded in one compiled pass straight into the
         layout the product reads, its spikes summed per inner index ``k`` on the way (the coincidences are
         ``sum_k colsum(c1)[k] rowsum(c2)[k]``, :func:`matmul_sops`)."""
         if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not c_backend \
                 or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
-            return super().fused(a, b, c_backend)
+            return super().fused(a, b, c_backend, ann_flops)
         values, sums = [], []
         for name, coder, x, reduced in zip("ab", self.coders, (a, b), (-2, -1)):
             params = coder.kernel_params(x.dtype, True)
@@ -413,7 +417,7 @@ class SpikingMatmul(_TwoOperandOp):
             self.count_operand(name, x, spikes, clamped)
             values.append(value)
             sums.append(spike_sums)
-        self.record(sops=(sums[0].long() * sums[1].long()).sum())
+        self.record(sops=(sums[0].long() * sums[1].long()).sum(), ann_flops=ann_flops)
         return values[0] @ values[1]
 
     def triton_fusable(self, a: torch.Tensor, b: torch.Tensor) -> bool:
