@@ -115,6 +115,37 @@ def test_norm_kernel_with_a_multi_dimensional_shape_and_constant_rows(monkeypatc
 
 
 @pytest.mark.parametrize("code", list(SPLIT_CODES))
+@pytest.mark.parametrize("T", [4, 16])
+def test_norm_kernels_at_the_ends_of_the_row_and_element_exponents(code, T):
+    """The kernel scales an element by 2^(-k - e) at once (row exponent k, its own e): rows whose largest
+    element is near the float32 maximum (k = 128) beside tiny and subnormal ones (z below 2^-126), rows of
+    subnormals only (k held at -40), powers of two and signed zeros, both norms, bit for bit."""
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(6, 40, generator=g)
+    x[0] = x[0] * 1e-30
+    x[0, 0] = 3e38  # k = 128: z of the small ones is subnormal
+    x[1, :20] = torch.randn(20, generator=g) * 1e-42  # subnormals beside normal values
+    x[2] = torch.randn(40, generator=g) * 1e-41  # subnormals only: k = -40
+    x[3] = 2.0 ** torch.arange(-20, 20, dtype=torch.float32)  # powers of two: exponents at their fields' edges
+    x[4, ::2], x[4, 1::2] = -0.0, 2.0 ** -149  # signed zeros and the smallest subnormal
+    x[5] = -x[5] * 2.0 ** 100
+    for op in (SpikingRMSNorm(40, T=T, code=code), SpikingLayerNorm(40, T=T, code=code)):
+        assert_kernel_equals_eager(op, x)
+
+
+@pytest.mark.parametrize("code", list(SPLIT_CODES))
+def test_product_kernel_at_its_ranges(code):
+    """The product kernel finds an operand beyond its range from ``|x g| >= fl(A g)``: operands at, just below
+    and just above ``A`` (counted as clamped only above), alone in a block or in every one, bit for bit."""
+    A = 2.75  # a float32 (a range between floats compares differently in the eager path's float64 shift)
+    near = torch.tensor([A, -A, math.nextafter(A, 0.0), math.nextafter(A, 9.0), 0.5], dtype=torch.float32)
+    for a in (near.repeat(1000), torch.cat([torch.zeros(5000), near[:1], torch.zeros(4100)])):
+        b = a.flip(0) * 0.5
+        _, stats = assert_kernel_equals_eager(SpikingProduct(8, ranges=(A, A / 2), code=code), a, b)
+        assert stats.clamped == 2 * int((a.abs() > torch.tensor(A, dtype=torch.float32)).sum())
+
+
+@pytest.mark.parametrize("code", list(SPLIT_CODES))
 @pytest.mark.parametrize("T", [4, 8, 16])
 @pytest.mark.parametrize("rows", [1, 16, 17, 37])
 def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, rows, monkeypatch):

@@ -137,11 +137,16 @@ static inline void gather_i32(int32_t *restrict index, int64_t m, const int32_t 
 #define INLINE static inline __attribute__((always_inline))
 #define BY_CODE(code, call) ((code) ? (call(1)) : (call(0)))
 
-/* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count. */
-INLINE float code_value(float x, coder_t c, int32_t code, int32_t *count) {
-    const int32_t q = quantize(x, c);
+/* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count, given u = |x g| (quantize's). */
+INLINE float code_value_of(float x, float u, coder_t c, int32_t code, int32_t *count) {
+    const int32_t q = digits_of(u < c.clamp ? u : c.clamp, c);
     *count = spike_count(q, c.top, code);
     return copysignf(digits_value(q) * c.step, x);
+}
+
+/* The signed MBE_Id value of x and its spike count. */
+INLINE float code_value(float x, coder_t c, int32_t code, int32_t *count) {
+    return code_value_of(x, fabsf(x * c.gain), c, code, count);
 }
 
 /* The overflow shift of a unit-range code (ops.coding.overflow_shift with A = 1): e >= 0 the smallest
@@ -400,14 +405,17 @@ INLINE void product_block(const float *restrict a, const float *restrict b, int6
     int32_t spikes_a = 0, spikes_b = 0, coincidences = 0, clamped_a = 0, clamped_b = 0, bad = 0, top_a = 0, top_b = 0;
     for (int64_t i = 0; i < n; ++i) {
         int32_t count_a, count_b;
-        out[i] = code_value(a[i], ca, code_a, &count_a) * code_value(b[i], cb, code_b, &count_b);
+        const float u_a = fabsf(a[i] * ca.gain), u_b = fabsf(b[i] * cb.gain);
+        out[i] = code_value_of(a[i], u_a, ca, code_a, &count_a) * code_value_of(b[i], u_b, cb, code_b, &count_b);
         spikes_a += count_a;
         spikes_b += count_b;
         coincidences += count_a * count_b;
-        top_a = magnitude_of(a[i]) > top_a ? magnitude_of(a[i]) : top_a; /* the largest |a|, NaN above all */
-        top_b = magnitude_of(b[i]) > top_b ? magnitude_of(b[i]) : top_b;
+        top_a = magnitude_of(u_a) > top_a ? magnitude_of(u_a) : top_a; /* the largest |a g|, NaN above all */
+        top_b = magnitude_of(u_b) > top_b ? magnitude_of(u_b) : top_b;
     }
-    if (top_a > magnitude_of(A_a) || top_b > magnitude_of(A_b)) /* rare: which operand, and which are NaN/Inf */
+    /* rare: which operand is beyond its range, and which elements are NaN/Inf. The clamp is fl(A g) (times 2^T,
+     * exact), so |a| > A gives |a g| >= clamp (rounding is monotone), and NaN/Inf reach it too */
+    if (top_a >= magnitude_of(ca.clamp) || top_b >= magnitude_of(cb.clamp))
         for (int64_t i = 0; i < n; ++i) {
             clamped_a += fabsf(a[i]) > A_a;
             clamped_b += fabsf(b[i]) > A_b;
@@ -655,39 +663,61 @@ static int32_t magnitude_bits(const float *restrict x, int64_t n) {
     return top;
 }
 
-/* A norm element's code of z = (x - mean) scale (x scale when not centered: x - 0 = x), each element at its
- * own exponent 2^e, e in [-span, 0] with exponents (element_exponent): sign(z) q w 2^-T 2^e, its spikes to
- * *count.
+/* A norm element's code of z = (x - mean) scale (x scale when not centered: x - 0 = x), scale = 2^-k the row's,
+ * each element at its own exponent 2^e, e in [-span, 0] with exponents (element_exponent):
+ * sign(z) q w 2^-T 2^e, its spikes to *count.
  * e is frexp's exponent of z (|z| = m 2^e, m in [1/2, 1)) held in [-span, 0] (span <= 126), read in
  * place from z's exponent field E = e + 126: clamped to [126 - span, 126] where it lies, 2^e's field is
  * E + 1 and 2^-e's 253 - E. A subnormal or zero z (E = 0) takes e = -span, as frexp's e <= -126 would
- * (a zero codes to the same signed zero at any exponent); NaN/Inf (E = 255) e = 0. */
-INLINE float z_code(float x, float mean, float scale, int element_span, coder_t cz, int32_t code, int centered,
-                    int exponents, int32_t *count) {
-    float z = (centered ? x - mean : x) * scale, shift = 1.0f;
-    if (exponents) {
-        uint32_t bits;
-        memcpy(&bits, &z, sizeof bits);
+ * (a zero codes to the same signed zero at any exponent); NaN/Inf (E = 255) e = 0.
+ * exponents: 0 the row's exponent alone; 1 each element's, z 2^-e g as ((c 2^-k) 2^-e) g, two exact scalings
+ * and one rounding; 2 the same as one product c (2^(-k - e) g), for a row whose factor 2^(-k - e) g is
+ * normal (z_row): z's field is c = x - mean's less k's (E = F - K) wherever z is normal, so F is clamped
+ * to [126 - span, 126] + K instead, and the factor's bits are g's plus (126 - F) << 23 (the k's cancel),
+ * exact. It rounds the same real number once, wherever z is normal; where it is not, z is below 2^-126,
+ * e = -span and both round below 1/2: q = 0 either way, and the sign is c's. */
+INLINE float z_code(float x, float mean, float scale, int32_t k, int element_span, coder_t cz, int32_t code,
+                    int centered, int exponents, int32_t *count) {
+    const float c = centered ? x - mean : x;
+    float u, shift = 1.0f;
+    if (exponents == 2) {
+        uint32_t bits, gain_bits;
+        memcpy(&bits, &c, sizeof bits);
+        memcpy(&gain_bits, &cz.gain, sizeof gain_bits);
+        const int32_t row = k * (1 << 23), top = (126 << 23) + row, lowest = ((126 - element_span) << 23) + row;
         int32_t field = (int32_t)(bits & 0x7F800000u);
-        field = field < (126 << 23) ? field : (126 << 23);
-        const int32_t lowest = (126 - element_span) << 23;
+        field = field < top ? field : top;
         field = field > lowest ? field : lowest;
-        shift = bits_to_float(field + (1 << 23));
-        z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
+        shift = bits_to_float(field - row + (1 << 23));
+        /* unsigned: the sum may pass 2^31 on the way, never at the end (z_row) */
+        u = c * bits_to_float((int32_t)(gain_bits + (126u << 23) - (uint32_t)field));
+    } else {
+        float z = c * scale;
+        if (exponents) {
+            uint32_t bits;
+            memcpy(&bits, &z, sizeof bits);
+            int32_t field = (int32_t)(bits & 0x7F800000u);
+            field = field < (126 << 23) ? field : (126 << 23);
+            const int32_t lowest = (126 - element_span) << 23;
+            field = field > lowest ? field : lowest;
+            shift = bits_to_float(field + (1 << 23));
+            z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
+        }
+        u = z * cz.gain;
     }
     /* |z| < 1 = A: a clamp at A would change no finite z, and NaN/Inf give top either way */
-    const int32_t q = digits_of(fabsf(z * cz.gain), cz);
+    const int32_t q = digits_of(fabsf(u), cz);
     *count = spike_count(q, cz.top, code);
-    return copysignf(digits_value(q) * cz.step, z) * shift;
+    return copysignf(digits_value(q) * cz.step, c) * shift;
 }
 
 /* A norm row's codes o[i] = z_code(x[i]), their spikes and squared spikes added to *z_spikes, *z_squares;
  * returns the variance's sum of (o * o) * inv_n in double, added in the lanes' order (sum_f64's), so the
  * row is read once and the adds' latency hides behind the codes. Sixteen elements at a time (one vector
  * of codes), then one by one. */
-INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
-                      int32_t code, int centered, int exponents, float inv_n, float *restrict o, int32_t *z_spikes,
-                      int32_t *z_squares) {
+INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float scale, int32_t k, int element_span,
+                      coder_t cz, int32_t code, int centered, int exponents, float inv_n, float *restrict o,
+                      int32_t *z_spikes, int32_t *z_squares) {
     int32_t spikes[16] = {0}, squares[16] = {0};
     double8 parts = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
@@ -695,7 +725,7 @@ INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float sca
         float square[16];
         for (int j = 0; j < 16; ++j) {
             int32_t c;
-            const float v = z_code(xr[i + j], mean, scale, element_span, cz, code, centered, exponents, &c);
+            const float v = z_code(xr[i + j], mean, scale, k, element_span, cz, code, centered, exponents, &c);
             o[i + j] = v;
             square[j] = (v * v) * inv_n;
             spikes[j] += c;
@@ -708,7 +738,7 @@ INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float sca
     memcpy(part, &parts, sizeof part);
     for (; i < n; ++i) {
         int32_t c;
-        const float v = z_code(xr[i], mean, scale, element_span, cz, code, centered, exponents, &c);
+        const float v = z_code(xr[i], mean, scale, k, element_span, cz, code, centered, exponents, &c);
         o[i] = v;
         part[i % 8] += (v * v) * inv_n;
         spikes[0] += c;
@@ -722,12 +752,22 @@ INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float sca
 }
 
 /* z_codes with the digit code, the centring and the element exponents as constants: one copy of its loop
- * for each (no branch in it). */
-static double z_row(const float *restrict xr, int64_t n, float mean, float scale, int element_span, coder_t cz,
+ * for each (no branch in it). The scalings are one product (z_code's exponents = 2) when the gain g (field G)
+ * is a positive normal float, the factor 2^(-k - e) g is normal for every e in [-span, 0] (its field G - k - e
+ * in [1, 254]), and a subnormal c (F = 0) takes e = -span both ways: z = c 2^-k < 2^(-126 - k) has
+ * e <= -span when k >= span - 125 (here span <= 2T <= 32 and k >= -40: always). */
+static double z_row(const float *restrict xr, int64_t n, float mean, int32_t k, int element_span, coder_t cz,
                     int centered, float inv_n, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
+    const float scale = pow2((float)-k);
+    uint32_t gain_bits;
+    memcpy(&gain_bits, &cz.gain, sizeof gain_bits);
+    const int32_t gain_field = (int32_t)(gain_bits >> 23); /* a negative gain: above 255 */
+    const int merged = gain_field >= 1 && gain_field - k >= 1 && gain_field - k + element_span <= 254
+                       && k >= element_span - 125;
 #define Z(code, centre, exponents) \
-    z_codes(xr, n, mean, scale, element_span, cz, code, centre, exponents, inv_n, o, z_spikes, z_squares)
-#define BY_EXPONENTS(code, centre) (element_span >= 0 ? Z(code, centre, 1) : Z(code, centre, 0))
+    z_codes(xr, n, mean, scale, k, element_span, cz, code, centre, exponents, inv_n, o, z_spikes, z_squares)
+#define BY_EXPONENTS(code, centre) \
+    (element_span < 0 ? Z(code, centre, 0) : merged ? Z(code, centre, 2) : Z(code, centre, 1))
 #define BY_CENTRE(code) (centered ? BY_EXPONENTS(code, 1) : BY_EXPONENTS(code, 0))
     return BY_CODE(cz.code, BY_CENTRE);
 #undef BY_CENTRE
@@ -770,13 +810,14 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
         }
         for (int64_t r = 0; r < block; ++r) { /* z's codes and the variance */
             const float *restrict xr = x + (first + r) * n;
+            if (first + ROW_BLOCK + r < rows) /* the next block's row into L2 while this one computes */
+                for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(xr + ROW_BLOCK * n + i, 0, 2);
             int k;
             frexpf(extents[r], &k);
             k = k > (int)min_row_exponent ? k : (int)min_row_exponent;
-            const float scale = pow2((float)-k);
             float *restrict o = out + (first + r) * n;
             int32_t spikes = 0, squares = 0;
-            const float variance = (float)z_row(xr, n, means[r], scale, element_span, cz, centered, inv_n, o, &spikes,
+            const float variance = (float)z_row(xr, n, means[r], k, element_span, cz, centered, inv_n, o, &spikes,
                                                 &squares);
             int exponent;
             const float mantissa = frexpf(variance + eps_f * pow2(-2.0f * (float)k), &exponent);
