@@ -89,6 +89,23 @@ def test_a_converted_forward_on_the_torch_path_never_synchronises(family, conver
     assert sum(s.spikes for s in stats.values()) > 0
 
 
+@pytest.mark.parametrize("family", ["llama_lm", "bert"])
+def test_on_the_c_backend_a_converted_forward_never_synchronises(family, converted):
+    """The CPU's default backend too: the query, key and value (and a gate and its up projection) share one
+    input code, found by comparing their ranges and centres on the host, not with ``torch.equal``."""
+    _, snn = converted[family]
+    if kernels.library() is None:
+        pytest.skip("no C compiler: the kernels are not built")
+    x = make_batch(family, 2, seed=3)
+    counter = SyncCounter()
+    with backend.use("c"), torch.no_grad():
+        expected = main_output(forward(snn, x))
+        with counter:
+            out = main_output(forward(snn, x))
+    assert counter.syncs == {} and counter.computing > 0
+    assert torch.equal(out, expected)
+
+
 @TRITON
 @pytest.mark.parametrize("family", ["llama_lm", "bert"])
 def test_on_triton_a_converted_forward_never_synchronises_and_is_the_torch_path_in_few_operations(family, converted):

@@ -20,30 +20,32 @@ from .precision import (DEFAULT_BUDGET, Budget, ChannelCenters, along, budget_st
                         channel_shares, resolve_budget)
 
 
+def host_values(t: Optional[torch.Tensor]) -> Optional[Tuple[torch.dtype, Tuple[int, ...], bytes]]:
+    """A CPU tensor's dtype, shape and bytes, read on the host (no device operation, so no synchronisation
+    where ``torch.equal`` would be one); ``None`` for ``None``."""
+    return None if t is None else (t.dtype, tuple(t.shape), t.numpy().tobytes())
+
+
 class SharedCode(threading.local):
     """The last input code of a weight layer on the ``c`` backend (per thread), handed to the next weight
     layer that codes the very same tensor (unchanged since: its ``_version``) with equal channel layout,
     ranges, centres and coder: the query, key and value projections of an attention read one input, and
     their calibrations, seeing the same values, give them the same code (Eq. 9), which is coded once.
-    Each layer still counts the code's spikes as its own. Released when its input tensor is freed."""
+    Each layer still counts the code's spikes as its own. Released when its input tensor is freed. Ranges
+    and centres are compared by their bytes (:func:`host_values`): equal bytes, equal values."""
 
     entry: Optional[Tuple[Any, ...]] = None
 
     def code(self, x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, centres: Optional[torch.Tensor],
              coder: Tuple[float, ...]) -> Tuple[torch.Tensor, List[int]]:
         """:func:`~spikingjelly_mbe.kernels.channel_code` of ``x`` (no rectifier), or the last one's result."""
-        entry = self.entry
+        entry, settings = self.entry, ((channels, inner, coder), host_values(ranges), host_values(centres))
         if entry is not None:
-            source, version, layout, kept_ranges, kept_centres, value, value_version, stats = entry
-            if source() is x and version == x._version and layout == (channels, inner, coder) \
-                    and value._version == value_version and torch.equal(kept_ranges, ranges) \
-                    and (torch.equal(kept_centres, centres) if centres is not None and kept_centres is not None
-                         else centres is None and kept_centres is None):
+            source, version, kept, value, value_version, stats = entry
+            if source() is x and version == x._version and kept == settings and value._version == value_version:
                 return value, stats
         value, stats = kernels.channel_code(x, channels, inner, ranges, centres, False, coder)
-        source = weakref.ref(x, self.release)
-        self.entry = (source, x._version, (channels, inner, coder), ranges.clone(),
-                      None if centres is None else centres.clone(), value, value._version, stats)
+        self.entry = (weakref.ref(x, self.release), x._version, settings, value, value._version, stats)
         return value, stats
 
     def release(self, source: weakref.ref) -> None:
