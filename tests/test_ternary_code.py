@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from spikingjelly_mbe import convert
+from spikingjelly_mbe import convert, kernels
 from spikingjelly_mbe.conversion.api import set_mode
 from spikingjelly_mbe.conversion.zoo import build, make_batch
 from spikingjelly_mbe.energy import SynapseCounter
@@ -71,8 +71,12 @@ def test_the_ternary_coder_rounds_to_the_nearest_of_3_to_the_T_levels_fast_and_s
                                rtol=T * torch.finfo(dtype).eps, atol=0)  # sums of T float digit weights
     # half a step, and the float32 rounding of the gain and step (each 2^-24 relative, over the range A)
     assert clamped == 0 and float((fast.value - x).abs().max()) <= A / (2 * levels) * (1 + 1e-5) + 2 * A * 2.0 ** -24
-    with pytest.raises(ValueError, match="compiled kernels do not code it"):
-        coder.fused(x)
+    with kernels.disabled():
+        eager, _ = coder.encode(x, simulate=False)  # the torch path (above: the C kernel's, on float32)
+    assert torch.equal(eager.value, fast.value) and torch.equal(eager.counts, fast.counts.to(eager.counts.dtype))
+    if dtype == torch.float64:  # beyond the kernels' float32 codes
+        with pytest.raises(ValueError, match="beyond the compiled kernels"):
+            coder.fused(x)
 
 
 def test_ternary_is_an_operand_code_of_at_most_20_steps_named_when_refused():
@@ -144,3 +148,27 @@ def test_a_conversion_codes_only_the_operands_in_ternary_and_counts_their_spikes
     with torch.no_grad():  # the same model step by step (the ternary codes simulated digit by digit)
         fast = snn(**batch).logits
         torch.testing.assert_close(set_mode(snn, "simulate")(**batch).logits, fast, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(kernels.library() is None, reason="no C compiler: the kernels are not built")
+@pytest.mark.parametrize("T", [1, 4, 7, 10])
+def test_the_c_kernels_count_every_ternary_level_as_the_torch_path(T):
+    levels = (3 ** T - 1) // 2
+    coder = IdentityCoder(T, 1.0, "ternary")
+    x = torch.cat([torch.linspace(-1.0, 1.0, 4 * levels + 1), torch.tensor([1.5, -7.0])])  # every level, beyond A
+    value, counts, stats = kernels.encode(x, coder.kernel_params(torch.float32, True), coder.A)
+    with kernels.disabled():
+        eager, clamped = coder.code_within(x, simulate=False)
+    assert torch.equal(value, eager.value) and torch.equal(counts.to(eager.counts.dtype), eager.counts)
+    assert int(stats[0]) == int(eager.counts.sum()) and int(stats[1]) == int(clamped) == 2
+    assert set(coder.quantize(x).tolist()) == set(range(levels + 1))
+
+
+@pytest.mark.skipif(kernels.library() is None, reason="no C compiler: the kernels are not built")
+def test_operators_in_ternary_give_the_same_bits_and_counts_on_the_c_kernels_and_the_torch_path():
+    for (c_op, inputs), (torch_op, _) in zip(operand_ops("ternary", "fast"), operand_ops("ternary", "fast")):
+        with torch.no_grad():
+            out = c_op(*inputs)
+            with kernels.disabled():
+                reference = torch_op(*inputs)
+        assert torch.equal(out, reference) and c_op.op_stats() == torch_op.op_stats(), type(c_op).__name__

@@ -9,7 +9,8 @@
  *
  * A "coder" is the MBE_Id neuron of Eq. 9 as six numbers (ops.coding.IdentityCoder.kernel_params):
  * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T, the top digit pattern 2^T - 1 and the
- * digit code (ops.coding.CODES: 0 binary digits, 1 signed digits), which sets the spike count of q.
+ * digit code (ops.coding.CODES: 0 binary digits, 1 signed digits, 2 balanced-ternary digits, whose top
+ * pattern is (3^T - 1) / 2), which sets the spike count of q.
  * A "table" is a SplitFunction's interleaved (value, spikes) pair for each of the 2^T digit patterns;
  * a "packed table" holds both in one 32-bit word (SplitFunction.packed_table), so that the per-element
  * lookup of Softmax is a single gather: value bits = base + (word & 0xFFFFFF), spikes = word >> 24.
@@ -80,16 +81,30 @@ static inline int32_t bits_set(uint32_t v) {
     return (int32_t)((v * 0x01010101u) >> 24);
 }
 
+/* Nonzero balanced-ternary digits of q <= (3^10 - 1) / 2 (ops.coding.ternary_digit_count): ten steps of
+ * q = (q - r) / 3 + (r == 2), r = q mod 3 (a remainder 2 is the digit -1 and a carry); q / 3 as
+ * (q 43691) >> 17, exact below 2^16. A fixed trip count, so it vectorizes. */
+static inline int32_t ternary_count(uint32_t v) {
+    int32_t count = 0;
+    for (int k = 0; k < 10; ++k) {
+        const uint32_t third = (v * 43691u) >> 17, r = v - 3u * third;
+        count += r != 0u;
+        v = third + (r == 2u);
+    }
+    return count;
+}
+
 /* Spikes of the digit pattern q < 2^16 in the digit code (ops.coding.CODES): binary, popcount(q);
  * signed, the nonzero digits of neurons.SignedDigitNode (ops.coding.signed_digit_count). m = (3q) ^ q
  * marks the NAF digits of q, digit k at bit k + 1 (bit 0 is always clear), so popcount(m) is the NAF's
  * weight. When the NAF's top digit is 2^T (bit T + 1 of m) the neuron fires 2^(T-1) + ... + 2^j for its
  * 2^T - 2^j (2^j the highest lower digit, at bit j + 1 of m): the two digits become T - j, T - 2 - j
  * spikes more. j + 1 is the exponent of m's lower digits as a float (exact below 2^24; never 0 there),
- * a conversion that vectorizes. */
+ * a conversion that vectorizes. Ternary: ternary_count. */
 static inline int32_t spike_count(int32_t q, float top_pattern, int32_t code) {
     const uint32_t v = (uint32_t)q;
     if (code == 0) return bits_set(v);
+    if (code == 2) return ternary_count(v);
     const uint32_t top = (uint32_t)(int32_t)top_pattern, marks = ((v << 1) + v) ^ v, lower = marks & (top << 1);
 #ifdef __AVX512CD__
     /* T - 2 - j = T - 1 - (31 - leading zeros of lower): one instruction where the CPU counts them in vectors */
@@ -135,7 +150,7 @@ static inline void gather_i32(int32_t *restrict index, int64_t m, const int32_t 
 /* Loops whose body depends on the digit code take it as a constant argument of an always-inlined
  * helper, called once per code: each copy has no branch on the code, so it vectorizes. */
 #define INLINE static inline __attribute__((always_inline))
-#define BY_CODE(code, call) ((code) ? (call(1)) : (call(0)))
+#define BY_CODE(code, call) ((code) == 2 ? (call(2)) : (code) ? (call(1)) : (call(0)))
 
 /* The signed MBE_Id value of x (Eq. 9: sign(x) q w 2^-T) and its spike count, given u = |x g| (quantize's). */
 INLINE float code_value_of(float x, float u, coder_t c, int32_t code, int32_t *count) {
@@ -436,7 +451,8 @@ void sjmbe_product_f32(const float *restrict a, const float *restrict b, int64_t
         const int64_t m = n - start < CODE_BLOCK ? n - start : CODE_BLOCK;
 #define PRODUCT(code_a, code_b) \
     product_block(a + start, b + start, m, ca, A_a, code_a, cb, A_b, code_b, out + start, stats)
-        if (ca.code) cb.code ? PRODUCT(1, 1) : PRODUCT(1, 0);
+        if (ca.code == 2 && cb.code == 2) PRODUCT(2, 2); /* a product's operands share their code */
+        else if (ca.code) cb.code ? PRODUCT(1, 1) : PRODUCT(1, 0);
         else cb.code ? PRODUCT(0, 1) : PRODUCT(0, 0);
 #undef PRODUCT
     }

@@ -62,9 +62,16 @@ def _popcount(v):
 
 @triton.jit
 def _digit_count(digits, top_bits, CODE: tl.constexpr):
-    """Spikes of the digit patterns ``digits`` (int32) in the code ``CODE`` (0 binary, 1 signed)."""
+    """Spikes of the digit patterns ``digits`` (int32) in the code ``CODE`` (0 binary, 1 signed, 2 ternary)."""
     if CODE == 0:
         count = _popcount(digits)
+    elif CODE == 2:  # coding.ternary_digit_count: ten balanced-ternary digits (T <= 10), a remainder 2 is -1 and a carry
+        count = tl.zeros_like(digits)
+        for _ in tl.static_range(10):
+            third = digits // 3
+            remainder = digits - 3 * third
+            count += (remainder != 0).to(tl.int32)
+            digits = third + (remainder == 2).to(tl.int32)
     else:  # coding.signed_digit_count
         naf = ((3 * digits) ^ digits) >> 1
         low = naf & top_bits

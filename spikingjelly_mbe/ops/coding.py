@@ -116,9 +116,9 @@ def _table(table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class DigitCode:
     """A digit code: its closed-form spike ``count(q, bits)``, the ``neuron(T)`` that fires its
     digits step by step (``None``: MBE_Id itself, :func:`identity_node`), the digit ``base``, the
-    most steps ``max_T`` whose levels float32 holds exactly, and ``operands_only``: a code of the
-    weight layers' inputs and the products' operands, not of the split functions (whose tables
-    index a binary code's top digits) nor of the C and Triton kernels (it runs the ``torch`` path)."""
+    most steps ``max_T`` it codes exactly, and ``operands_only``: a code of the weight layers' inputs
+    and the products' operands, not of the split functions (whose tables index a binary code's top
+    digits)."""
 
     count: Callable[[torch.Tensor, int], torch.Tensor]
     neuron: Optional[Callable[[int], nn.Module]] = None
@@ -172,8 +172,10 @@ def equivalent_digits(code: str, T: int) -> float:
 
 
 def kernel_coded(code: str, T: int) -> bool:
-    """Whether the compiled kernels (``c``, ``triton``) code ``T`` digits of ``code``; else the ``torch`` path."""
-    return T <= FLOAT32_MAX_T and not CODES[code].operands_only
+    """Whether the compiled kernels (``c``, ``triton``) code ``T`` digits of ``code``: float32 codes of at
+    most :data:`FLOAT32_MAX_T` equivalent binary digits (binary and signed ``T <= 16``, ternary
+    ``T <= 10``); else the ``torch`` path."""
+    return equivalent_digits(code, T) <= FLOAT32_MAX_T
 
 
 def total(counts: torch.Tensor) -> torch.Tensor:
@@ -443,10 +445,10 @@ class IdentityCoder(nn.Module):
                                           shift and self.shift_overflow, counts, **options)
 
     def check_kernel_coded(self) -> None:
-        """The compiled kernels count binary and signed digits of at most 16 steps; refuse another code."""
+        """The compiled kernels code float32 digits of at most 16 equivalent binary digits (:func:`kernel_coded`)."""
         if not self.kernel_coded:
-            raise ValueError(f"IdentityCoder(T={self.T}, code={self.code!r}): the compiled kernels do not code it; "
-                             "call encode(), which takes the torch path")
+            raise ValueError(f"IdentityCoder(T={self.T}, code={self.code!r}): beyond the compiled kernels' float32 "
+                             "codes; call encode(), which takes the torch path")
 
     def extra_repr(self) -> str:
         return f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}"
