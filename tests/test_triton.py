@@ -55,8 +55,7 @@ def count_custom_ops(fn):
     return Count.calls
 
 
-@pytest.mark.parametrize("code", ["binary", "signed"])
-@pytest.mark.parametrize("T", [1, 5, 16])
+@pytest.mark.parametrize("code, T", [(c, T) for c in ("binary", "signed") for T in (1, 5, 16)] + [("ternary", 4), ("ternary", 10)])
 def test_code_kernel_is_the_eager_code_bit_for_bit(code, T):
     g = torch.Generator().manual_seed(T)
     coder = IdentityCoder(T, 0.7, code, shift_overflow=True)
@@ -315,3 +314,13 @@ def test_under_deferred_checks_the_kernels_never_read_the_device_and_nan_raises_
         with pytest.raises(ValueError, match="1 NaN/Inf"):
             op.flush()
     assert Syncs.count == 0
+
+
+def test_ternary_operands_are_the_eager_path_bit_for_bit():
+    """``operand_code='ternary'``: products, matmuls, einsums and weight inputs (fixed and calibrated
+    per-channel ranges, centres, overflow shifts) count balanced-ternary digits in the kernels."""
+    from test_ternary_code import operand_ops
+
+    ops = operand_ops("ternary", "fast")
+    for op, inputs in (ops[1], *ops[3:6]):  # the matmul's two kernels, the calibrated ones
+        assert_triton_equals_torch(op, *inputs)
