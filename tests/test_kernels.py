@@ -602,3 +602,18 @@ def test_without_a_compiler_fast_mode_falls_back_with_one_warning(monkeypatch, t
     assert kernels.library() is not None
     fused, fused_stats = run(softmax, x)
     assert torch.equal(y, fused) and stats == fused_stats
+
+
+@pytest.mark.parametrize("op_class", [SpikingProduct, SpikingMatmul])
+def test_an_operand_between_a_range_and_its_float32_rounding_is_coded_alike_on_every_path(op_class):
+    """``A = 2.7`` lies below ``float32(2.7)``: the coder keeps ``A`` as float32, so the kernels' float32
+    range check and the torch path's float64 overflow shift agree on an operand of ``float32(2.7)``
+    (before, the torch path shifted it by 2 and fired 8 spikes, the kernels coded it at ``A`` with 22)."""
+    a = torch.tensor([[2.7, 1.0]])
+    b = torch.tensor([[1.0, 2.7]]) if op_class is SpikingProduct else torch.tensor([[1.0], [2.7]])
+    fast, eager = op_class(8, "fast", (2.7, 2.7)), op_class(8, "fast", (2.7, 2.7))
+    out = fast(a, b)
+    with kernels.disabled():
+        reference = eager(a, b)
+    assert torch.equal(out, reference) and fast.op_stats() == eager.op_stats()
+    assert fast.coders[0].A == float(torch.tensor(2.7, dtype=torch.float32)) and fast.op_stats().clamped == 0

@@ -302,8 +302,11 @@ class IdentityCoder(nn.Module):
         self.set_range(A)
 
     def set_range(self, A: float) -> None:
-        """Code ``[-A, A]``: a new :func:`identity_node`, whose float32 parameters fast mode uses as
-        Python numbers (scalars, never read from the device)."""
+        """Code ``[-A, A]``, ``A`` rounded to float32 (the kernels compare operands with it in float32, the
+        overflow shift in float64: an ``A`` between two float32 numbers would shift an operand in one and
+        not the other): a new :func:`identity_node`, whose float32 parameters fast mode uses as Python
+        numbers (scalars, never read from the device)."""
+        A = float(torch.tensor(float(A), dtype=torch.float32)) if MIN_RANGE <= float(A) <= MAX_RANGE else A
         device = self.node.gain.device if "node" in self._modules else None
         self.node = identity_node(self.T, float(A)).to(device)
         self.A = float(A)
