@@ -17,3 +17,25 @@ def quiet_clamp_warnings():
     logger.setLevel(logging.ERROR)
     yield
     logger.setLevel(level)
+
+
+@pytest.fixture
+def script_main(monkeypatch):
+    """Run a script's ``main()`` in this process with ``argv`` (as ``python <script> <argv>`` runs it, without
+    a fresh interpreter's imports); its thread count is restored afterwards."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    threads = torch.get_num_threads()
+
+    def run(path, *argv: str) -> None:
+        spec = importlib.util.spec_from_file_location(f"{path.stem}_under_test", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setattr(sys, "argv", [str(path), *argv])
+        spec.loader.exec_module(module)
+        module.main()
+
+    yield run
+    torch.set_num_threads(threads)

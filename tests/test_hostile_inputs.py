@@ -699,10 +699,9 @@ class TestEnergyMeter:
         assert meter.total().neurons == 8 + 8  # the linear layer's inputs and the activation's
 
     @pytest.mark.slow
-    def test_ops_bench_out_creates_missing_folders(self, tmp_path):
+    def test_ops_bench_out_creates_missing_folders(self, tmp_path, script_main):
         out = tmp_path / "new" / "deeper"
-        subprocess.run([sys.executable, str(BENCHMARKS / "ops_bench.py"), "--part", "errors", "--T", "8",
-                        "--split-bits", "3", "--out", str(out)], check=True, capture_output=True)
+        script_main(BENCHMARKS / "ops_bench.py", "--part", "errors", "--T", "8", "--split-bits", "3", "--out", str(out))
         assert "softmax" in (out / "errors.md").read_text() and (out / "errors.png").stat().st_size > 0
 
 
