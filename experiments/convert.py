@@ -26,7 +26,7 @@ from spikingjelly_mbe.ops.digits import Steps, check_T, default_steps, overrides
 
 from . import plots
 from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
-from .evaluation import Result, convert_for, evaluate, init_shard, on_device, resolve_device
+from .evaluation import Result, close_shard, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv, write_text
 from .tracking import log_results, open_run
@@ -165,7 +165,10 @@ def run(cfg: DictConfig) -> Tuple[float, float]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="convert")
 def app(cfg: DictConfig) -> Tuple[float, float]:
-    return run(cfg)
+    try:
+        return run(cfg)
+    finally:
+        close_shard()
 
 
 def main() -> None:

@@ -49,6 +49,13 @@ class Shard:
         return range(self.rank, n, self.world)
 
 
+def close_shard() -> None:
+    """Leave the process group :func:`init_shard` joined (a rank that exits with it open can abort in
+    gloo's teardown: "terminate called without an active exception")."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_shard() -> Shard:
     """Join the process group that ``torchrun`` describes in the environment (gloo: the models run
     on CPU), or a one-process shard when not launched by it."""

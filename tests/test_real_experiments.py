@@ -88,6 +88,7 @@ def test_local_hf_checkpoint_job_scores_the_ann_like_plain_pytorch(tiny_lm, one_
 
 
 @pytest.mark.slow
+@pytest.mark.engines
 def test_torchrun_two_processes_give_the_numbers_of_one(tiny_lm, one_process, tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -104,6 +105,7 @@ def wandb_runs(folder: Path) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.engines
 def test_submitit_local_sweep_reports_one_row_per_job_and_wandb_reads_its_runs(tiny_lm, tmp_path):
     done = run_cli("experiments.convert", "-m", f"hydra.sweep.dir={tmp_path}", "hydra/launcher=submitit_local",
                    "conversion.T=8,16", *lm_args(tiny_lm), timeout=LONG)
@@ -145,6 +147,7 @@ def test_pareto_front_keeps_exactly_the_non_dominated_rows():
 
 
 @pytest.mark.slow
+@pytest.mark.engines
 def test_optuna_nsga2_preset_leaves_a_pareto_plot_and_table(tiny_lm, tmp_path):
     done = run_cli("experiments.convert", "experiment=pareto", f"hydra.sweep.dir={tmp_path}", "logger=disabled",
                    "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.population_size=2", *lm_args(tiny_lm),
