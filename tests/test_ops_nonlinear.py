@@ -76,6 +76,26 @@ def test_split_functions_are_accurate_and_modes_agree():
         assert float(((fast - fn(v)) / fn(v)).abs().max()) <= 5e-4, name
 
 
+@pytest.mark.parametrize("T", [3, 4, 6, 8])
+@pytest.mark.parametrize("name", ["exp2", "reciprocal", "rsqrt"])
+def test_split_functions_round_their_input_to_the_pathways_grid(name, T):
+    """The pathways and the remainder neuron read the ``T`` digits ``q`` as ``lo + q width 2^-T``: the
+    coder must round ``v`` to that grid (error at most half a step, none on average), not to a grid of
+    ``width / (2^T - 1)`` read as ``2^-T`` steps (an error of up to one step, all of one sign: exp2 at
+    ``T=4`` was 2 % low on average)."""
+    split = SplitFunction(name, T=T, N=4, split_bits=min(3, T - 1))
+    lo, width = split.target.lo, split.target.width
+    step = width * 2.0 ** -T
+    v = lo + torch.linspace(0, width - step, 20001, dtype=torch.float64)  # half a cell at each end: no bias
+    read = lo + split.coder.quantize(v - lo) * step
+    assert float((read - v).abs().max()) <= step / 2 * (1 + 1e-9)
+    assert abs(float((read - v).mean())) <= step / 200
+    y, _ = split.evaluate(v, simulate=False)
+    reference = split.target.reference(v)
+    bias = float(((y - reference) / reference).mean())  # what is left: the remainder neuron's own fit
+    assert abs(bias) <= 0.004 * 2.0 ** (4 - T), (name, T, bias)
+
+
 @pytest.mark.parametrize("make, reference", [
     (lambda: SpikingActivation.gelu(T=16), F.gelu),
     (lambda: SpikingActivation.gelu(T=8, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),

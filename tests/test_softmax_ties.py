@@ -2,6 +2,7 @@
 gives the digits of an exact tie in every mode (Eq. 13's fraction rounding up to 1 carries into the
 exponent), so simulate, the eager fast path and the C kernel agree on repeated tokens."""
 import importlib.util
+import math
 import os
 
 import pytest
@@ -20,10 +21,16 @@ FAST = ("torch", "c") + (("triton",) if os.environ.get("TRITON_INTERPRET") == "1
 
 def tied_rows(dtype: torch.dtype) -> torch.Tensor:
     """Per base row: the row with entries 2 and 5 exactly tied at the maximum, entry 5 one ulp below it,
-    one ulp above it; then a fully masked row and masked rows whose only finite entries (nearly) tie."""
+    one ulp above it; then a fully masked row and masked rows whose only finite entries (nearly) tie.
+    The other entries sit at ``(x - max) log2(e) = -(n + j 2^-16)``, ``j`` odd: mid-step of the
+    fraction's code at T=16 and far from every rounding boundary at T=4 and 8, so moving the maximum by
+    one ulp (a few hundredths of a T=16 step) cannot move their digits."""
     g = torch.Generator().manual_seed(5)
-    base = (torch.randn(3, 12, generator=g, dtype=torch.float64) * 3).to(dtype)
-    top = base.amax(-1) + 1
+    whole = torch.randint(0, 6, (3, 12), generator=g, dtype=torch.float64)
+    odd = 2 * torch.randint(0, 2 ** 15, (3, 12), generator=g, dtype=torch.float64) + 1
+    top = torch.tensor([4.3, -2.7, 7.9], dtype=torch.float64)
+    base = (top[:, None] - (whole + odd * 2.0 ** -16) * math.log(2.0)).to(dtype)
+    top = top.to(dtype)
     rows = []
     for row, m in zip(base, top):
         for nudge in (None, NEG_INF, float("inf")):

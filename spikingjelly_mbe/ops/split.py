@@ -66,7 +66,8 @@ class SplitFunction(nn.Module):
             raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
         self.target, self.T, self.split_bits = SPLIT_TARGETS[target], T, split_bits
         self.fitted = load_fitted(target, "mbe", N, T, split_bits=split_bits)  # shipped, cached or fitted now
-        self.coder = IdentityCoder(T, self.target.width, code)
+        # the digits' grid: q steps of width 2^-T (the pathways and remainders below), so q = round(v 2^T / width)
+        self.coder = IdentityCoder(T, self.target.width * (1.0 - 2.0 ** -T), code)
         self.node = self.fitted.node(clamp=False)
         self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
         self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
