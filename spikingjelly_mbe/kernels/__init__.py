@@ -52,7 +52,8 @@ SIGNATURES = {
     "sjmbe_operand_f32": [_pointer, ctypes.c_int32, _pointer, _pointer, _pointer, _i64, _i64, _i64, _i64, ctypes.c_int32,
                           _i64, _i64, _pointer, _f64, ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
-    "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 6,
+    "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 4
+                         + [ctypes.c_int32, _pointer, _pointer],
     "sjmbe_norm_f32": [_pointer, _i64, _i64, _int, _f64, _f64, _int] + [_pointer] * 8,
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],

@@ -131,6 +131,20 @@ static inline float pow2(float n) {
     return bits_to_float(k >= -126 ? (k + 127) << 23 : subnormal);
 }
 
+/* z / 2^e for finite z, e the exponent of |z| (|z| 2^-e in [1/2, 1); ops.norm.element_exponent) within
+ * [-span, 0], read from z's exponent field F (e = F - 126; a subnormal or zero z takes -span); sets
+ * *shift = 2^e. Exact: 2^-e >= 1 only raises the exponent. */
+static inline float element_reduced(float z, int32_t span, float *shift) {
+    uint32_t bits;
+    memcpy(&bits, &z, sizeof bits);
+    int32_t field = (int32_t)(bits & 0x7F800000u);
+    field = field < (126 << 23) ? field : (126 << 23);
+    const int32_t lowest = (126 - span) << 23;
+    field = field > lowest ? field : lowest;
+    *shift = bits_to_float(field + (1 << 23));
+    return z * bits_to_float((253 << 23) - field);
+}
+
 
 /* Table lookups run in blocks of this many elements (their indices and operands stay in L1). */
 #define LOOKUP_BLOCK 512
@@ -513,13 +527,16 @@ static inline double sum_f64(const float *restrict x, int64_t n) {
     return lanes_total(part);
 }
 
-/* The row's probabilities p = min(code(e) * scaled, 1) in place of e; returns the spikes of e's codes. */
-INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t code, float scaled) {
+/* The row's probabilities p = min(code(e) * scaled, 1) in place of e, each e coded at its own exponent
+ * (element_exponent); returns the spikes of e's codes. */
+INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t code, float scaled, int32_t span) {
     int32_t spikes = 0;
     for (int64_t i = 0; i < n; ++i) {
-        const int32_t q = quantize(o[i], ce);
+        float shift;
+        const float u = element_reduced(o[i], span, &shift);
+        const int32_t q = quantize(u, ce);
         spikes += spike_count(q, ce.top, code);
-        const float p = (digits_value(q) * ce.step) * scaled;
+        const float p = ((digits_value(q) * ce.step) * shift) * scaled;
         o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
     }
     return spikes;
@@ -533,7 +550,7 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                        double carry,
                        const double *exp2_coder, const int32_t *exp2_packed, int32_t exp2_base,
                        const double *recip_coder, const float *recip_table, const double *e_coder,
-                       const double *r_coder, float *restrict out, int64_t *stats) {
+                       const double *r_coder, int32_t element_span, float *restrict out, int64_t *stats) {
     const coder_t cx = coder_of(exp2_coder), ce = coder_of(e_coder), cr = coder_of(r_coder);
     const float l2e = (float)log2e, floor_exp = (float)min_exponent, up = (float)carry;
     for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
@@ -588,7 +605,7 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
             const int32_t rq = quantize(recip, cr);
             const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
             const float scaled = (digits_value(rq) * cr.step) * pow2(1.0f - (float)exponents[r]);
-#define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, scaled)
+#define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, scaled, element_span)
             const int32_t e_spikes = BY_CODE(ce.code, PROBABILITIES);
 #undef PROBABILITIES
             stats[0] += spikes[r] + e_spikes + r_spikes;
@@ -709,16 +726,7 @@ INLINE float z_code(float x, float mean, float scale, int32_t k, int element_spa
         u = c * bits_to_float((int32_t)(gain_bits + (126u << 23) - (uint32_t)field));
     } else {
         float z = c * scale;
-        if (exponents) {
-            uint32_t bits;
-            memcpy(&bits, &z, sizeof bits);
-            int32_t field = (int32_t)(bits & 0x7F800000u);
-            field = field < (126 << 23) ? field : (126 << 23);
-            const int32_t lowest = (126 - element_span) << 23;
-            field = field > lowest ? field : lowest;
-            shift = bits_to_float(field + (1 << 23));
-            z = z * bits_to_float((253 << 23) - field); /* z / 2^e exactly: 2^-e >= 1 only raises the exponent */
-        }
+        if (exponents) z = element_reduced(z, element_span, &shift);
         u = z * cz.gain;
     }
     /* |z| < 1 = A: a clamp at A would change no finite z, and NaN/Inf give top either way */

@@ -438,7 +438,7 @@ def _split_value(v, params_ptr, table_ptr):
 
 @triton.jit
 def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, recip_table_ptr, log2e, floor_exp,
-                    carry, top_bits, neurons_per_value, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
+                    carry, top_bits, neurons_per_value, element_span, CODE: tl.constexpr, BLOCK_N: tl.constexpr):
     """One row of :func:`softmax` (the C kernel ``sjmbe_softmax_f32``'s arithmetic)."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_N)
@@ -465,9 +465,10 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
     r_digits = _quantize(recip, params_ptr + 24)
     r_spikes = _digit_count(r_digits.to(tl.int32), top_bits, CODE)
     scaled = (r_digits * tl.load(params_ptr + 24 + 3)) * _pow2((1 - exponent).to(tl.float32))
-    e_digits = _quantize(e, params_ptr + 16)
+    e_shift = _pow2(tl.maximum(tl.minimum(_exponent(e), 0), -element_span).to(tl.float32))  # e's own exponent
+    e_digits = _quantize(tl.math.div_rn(e, e_shift), params_ptr + 16)
     e_spikes = tl.sum(tl.where(inside, _digit_count(e_digits.to(tl.int32), top_bits, CODE), 0), 0)
-    p = (e_digits * tl.load(params_ptr + 16 + 3)) * scaled
+    p = ((e_digits * tl.load(params_ptr + 16 + 3)) * e_shift) * scaled
     tl.store(out_ptr + row * n + cols, tl.minimum(p, 1.0), mask=inside)
     spikes = (spikes + e_spikes + r_spikes).to(tl.int64)
     tl.atomic_add(stats_ptr + 0, spikes)
@@ -479,27 +480,28 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
 @torch.library.custom_op("sjmbe::softmax", mutates_args=())
 def softmax(x: torch.Tensor, params: torch.Tensor, exp2_table: torch.Tensor, recip_table: torch.Tensor,
             log2e: float, floor_exponent: float, carry: float, top_bits: int, code: int,
-            neurons_per_value: int) -> Tuple[torch.Tensor, torch.Tensor]:
+            neurons_per_value: int, element_span: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """``SpikingSoftmax`` along the last dimension of ``x``, one row per program: ``(output in float32,
     [spikes, neurons, SOPs, NaN/+inf])``, a row's neurons ``neurons_per_value`` per unmasked element
     and for its sum, its SOPs its spikes, unmasked elements and product coincidences. ``params``:
     :func:`coder_rows` of the exp2 split function, the reciprocal's, the ``e`` and ``1/M`` coders; the
     split functions' tables as interleaved float32 ``(value, spikes)``; ``carry``: the exponent is
-    ``floor(y + carry)`` (``SpikingSoftmax.carry``)."""
+    ``floor(y + carry)`` (``SpikingSoftmax.carry``); ``element_span``: each ``e`` is coded at its own
+    exponent, at least ``-element_span``."""
     x = x.contiguous()
     n = x.shape[-1]
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     stats = torch.zeros(4, dtype=torch.int64, device=x.device)
     if x.numel():
         _softmax_kernel[(x.numel() // n,)](x, out, stats, n, params, exp2_table, recip_table, log2e,
-                                           floor_exponent, carry, top_bits, neurons_per_value, CODE=code,
+                                           floor_exponent, carry, top_bits, neurons_per_value, element_span, CODE=code,
                                            BLOCK_N=triton.next_power_of_2(n),
                                            enable_fp_fusion=False)
     return out, stats
 
 
 @softmax.register_fake
-def _(x, params, exp2_table, recip_table, log2e, floor_exponent, carry, top_bits, code, neurons_per_value):
+def _(x, params, exp2_table, recip_table, log2e, floor_exponent, carry, top_bits, code, neurons_per_value, element_span):
     return x.new_empty(x.shape, dtype=torch.float32), x.new_empty(4, dtype=torch.int64)
 
 
