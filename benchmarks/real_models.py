@@ -39,7 +39,7 @@ RATIO_COLUMN_NAMES = tuple(column for column, _, _ in RATIO_COLUMNS)
 from spikingjelly_mbe.models import load_model, review_probe  # noqa: E402
 from spikingjelly_mbe.models.evaluate import evaluate_classifier  # noqa: E402
 from spikingjelly_mbe.models.tasks import EvalTask  # noqa: E402
-from spikingjelly_mbe.ops.coding import DEFAULT_CODE, SPLIT_CODES  # noqa: E402
+from spikingjelly_mbe.ops.coding import CODES, DEFAULT_CODE  # noqa: E402
 from spikingjelly_mbe.ops.precision import AUTO, DEFAULT_BUDGET  # noqa: E402
 
 # model -> its conf/model entry; the held-out sets (full: the conf/data defaults, the README table) and
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--no-recipes", action="store_true", help="skip SpikingJelly's recipes")
     ap.add_argument("--exact-activations", action="store_true",
                     help="ablation: activations as their exact float targets (no energy report)")
-    ap.add_argument("--code", choices=SPLIT_CODES,
+    ap.add_argument("--code", choices=tuple(CODES),
                     help=f"the operands' digit code (default: the conversion default, {DEFAULT_CODE!r})")
     ap.add_argument("--budget", type=lambda v: {"none": "null", AUTO: AUTO}.get(v.lower()) or str(float(v)),
                     help="the calibrated codes' relative rounding noise (default: the conversion default, "

@@ -23,7 +23,7 @@ from spikingjelly_mbe.fitting import KINDS, TARGETS
 from spikingjelly_mbe.fitting.fitted import PROTOCOL_SAMPLES
 from spikingjelly_mbe.fitting.routine import RESTARTS
 from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
-from spikingjelly_mbe.ops.coding import SPLIT_CODES
+from spikingjelly_mbe.ops.coding import CODES
 
 CALIBRATION = Calibration()
 
@@ -59,7 +59,7 @@ class OpMode(Enum):
     simulate = "simulate"
 
 
-CodeChoice = Enum("CodeChoice", {name: name for name in SPLIT_CODES})  # the digit codes of every operator
+CodeChoice = Enum("CodeChoice", {name: name for name in CODES})  # the digit codes of every operator
 Rotation = Enum("Rotation", {name: name for name in ROTATIONS})  # convert's rotate= (conversion/rotation.py)
 
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spikingjelly_mbe.conversion import Calibration
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
-from spikingjelly_mbe.mbe.method import check_operand_code
+from spikingjelly_mbe.mbe.method import check_codes
 from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_source, make_task
 from spikingjelly_mbe.ops.digits import Steps, check_T, default_steps, overrides
 
@@ -124,10 +124,10 @@ def write_outputs(out_dir: Path, row: Row, result: Result, report: str) -> Dict[
 
 def check_conversion(cfg: DictConfig) -> None:
     """The options the schema types loosely, ``conversion.T`` (an int or a per-operator mapping) and
-    ``conversion.operand_code``, checked before anything loads."""
+    ``conversion.code`` and ``conversion.operand_code``, checked before anything loads."""
     T = cfg.conversion.T
     T = check_T(OmegaConf.to_container(T) if isinstance(T, DictConfig) else T)
-    check_operand_code(cfg.conversion.get("operand_code"), T)
+    check_codes(cfg.conversion.code, cfg.conversion.get("operand_code"), T)
 
 
 def run(cfg: DictConfig) -> Tuple[float, float]:

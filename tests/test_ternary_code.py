@@ -1,7 +1,7 @@
-"""The balanced-ternary operand code (``operand_code='ternary'``): the base-3 identity neuron against
-Python's integer arithmetic, the coder's closed form and step-by-step simulation, the operators in
-fast and simulate mode, and a conversion that codes only the weight layers' inputs, products and
-matmuls in it."""
+"""The balanced-ternary code (``code='ternary'``, ``operand_code='ternary'``): the base-3 identity neuron
+against Python's integer arithmetic, the coder's closed form and step-by-step simulation, every
+operator in fast and simulate mode and on the C kernels, and conversions that code only the weight
+layers' inputs, products and matmuls in it, or every operator."""
 import pytest
 import torch
 import torch.nn as nn
@@ -11,8 +11,9 @@ from spikingjelly_mbe.conversion.api import set_mode
 from spikingjelly_mbe.conversion.zoo import build, make_batch
 from spikingjelly_mbe.energy import SynapseCounter
 from spikingjelly_mbe.neurons import SignedDigitNode
-from spikingjelly_mbe.ops import (IdentityCoder, SpikingEinsum, SpikingMatmul, SpikingProduct, SpikingSoftmax,
-                                  SpikingWeightInput)
+from spikingjelly_mbe.ops import (IdentityCoder, SpikingEinsum, SpikingLayerNorm, SpikingMatmul, SpikingProduct,
+                                  SpikingReLU, SpikingRMSNorm, SpikingRoot, SpikingSoftmax, SpikingWeightInput,
+                                  SplitFunction)
 from spikingjelly_mbe.ops.coding import CODES
 
 torch.set_num_threads(1)
@@ -79,11 +80,13 @@ def test_the_ternary_coder_rounds_to_the_nearest_of_3_to_the_T_levels_fast_and_s
             coder.fused(x)
 
 
-def test_ternary_is_an_operand_code_of_at_most_20_steps_named_when_refused():
+def test_ternary_holds_at_most_20_steps_named_when_refused():
     with pytest.raises(ValueError, match="at most T=20"):
         IdentityCoder(21, 1.0, "ternary")
-    with pytest.raises(ValueError, match="operand_code='ternary'"):
-        SpikingSoftmax(T=6, code="ternary")
+    with pytest.raises(ValueError, match="code='ternary' holds at most T=20"):
+        SpikingSoftmax(T=21, code="ternary")
+    with pytest.raises(ValueError, match=r"code='ternary' holds at most T=20 steps exactly, got T=24"):
+        convert(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], T={"default": 8, "norm": 24}, code="ternary")
     with pytest.raises(ValueError, match=r"operand_code='ternary' holds at most T=20 steps exactly, got T=24"):
         convert(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], T=24, operand_code="ternary")
     with pytest.raises(ValueError, match="code must be one of"):
@@ -172,3 +175,90 @@ def test_operators_in_ternary_give_the_same_bits_and_counts_on_the_c_kernels_and
             with kernels.disabled():
                 reference = torch_op(*inputs)
         assert torch.equal(out, reference) and c_op.op_stats() == torch_op.op_stats(), type(c_op).__name__
+
+
+def split_ops(code: str, mode: str, T: int):
+    """The operators whose split functions (``2^f``, ``1/M``, ``1/sqrt(M)``) read the code's digits, and a
+    rectifier: masked and outlier rows, positive inputs over many binades."""
+    g = torch.Generator().manual_seed(2)
+    rows = torch.randn(4, 32, generator=g) * 3
+    rows[0, 5] = 60.0
+    masked = rows.clone()
+    masked[1] = float("-inf")
+    masked[2, :9] = float("-inf")
+    positive = torch.rand(4, 32, generator=g).pow(4) * 300 + 1e-3
+    weight, bias = torch.rand(32, generator=g) + 0.5, torch.randn(32, generator=g)
+    return [(SpikingSoftmax(T=T, mode=mode, code=code), masked),
+            (SpikingLayerNorm(32, weight, bias, T=T, mode=mode, code=code), rows),
+            (SpikingRMSNorm(32, weight, T=T, mode=mode, code=code), rows),
+            (SpikingRoot(-1.0, T, mode, code=code), positive), (SpikingRoot(0.5, T, mode, code=code), positive),
+            (SpikingReLU(T, mode, A=5.0, code=code), rows)]
+
+
+@pytest.mark.parametrize("T", [4, 7, 12])
+def test_softmax_norms_roots_in_ternary_are_the_same_fast_on_c_and_step_by_step_and_finer_than_signed(T):
+    """T=4 and 7 tabulate every ternary pattern (the C kernels); T=12 (19 binary digits) runs the torch
+    path in float64 and the remainder neuron's exact table."""
+    for (fast, x), (simulated, _), (eager, _), (signed, _) in zip(
+            split_ops("ternary", "fast", T), split_ops("ternary", "simulate", T), split_ops("ternary", "fast", T),
+            split_ops("signed", "fast", T)):
+        name = f"{type(fast).__name__}, T={T}"
+        with torch.no_grad():
+            out, reference, exact, signed_out = fast(x), simulated(x), fast.float_reference(x), signed(x)
+            with kernels.disabled():
+                torch_path = eager(x)
+        torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6, equal_nan=True)
+        assert fast.op_stats() == simulated.op_stats() == eager.op_stats() and fast.op_stats().spikes > 0, name
+        assert torch.equal(out, torch_path), name
+        finite = exact.isfinite()
+        error, signed_error = ((y - exact)[finite].norm() for y in (out, signed_out))
+        assert error < signed_error, (name, float(error), float(signed_error))
+
+
+@pytest.mark.parametrize("T", [3, 4, 6])
+@pytest.mark.parametrize("name", ["exp2", "reciprocal", "rsqrt"])
+def test_ternary_split_functions_round_to_their_grid_and_read_pathways_off_the_top_digits(name, T):
+    """``v = lo + q width / S`` with ``S = (3^T + 1) / 2`` steps: the coder rounds to it (half a step), the
+    pathway is ``floor(q / 3^(T-b))`` and the remainder neuron's input the rest, which the step-by-step
+    run reads off the spikes in base 3 (the top ``b`` digits, less one when the lower digits are
+    negative, as the module docstring says), and within the shipped fit's domain."""
+    split = SplitFunction(name, T=T, N=4, split_bits=min(3, T - 1), code="ternary")
+    levels = (3 ** T - 1) // 2
+    assert split.unit == split.target.width / (levels + 1) and split.low == 3 ** (T - split.split_bits)
+    v = split.target.lo + torch.linspace(0, levels * split.unit, 20001, dtype=torch.float64)
+    q = split.coder.quantize(v - split.target.lo)
+    assert float((split.target.lo + q * split.unit - v).abs().max()) <= split.unit / 2 * (1 + 1e-9)
+    digits = IdentityCoder(T, split.coder.A, "ternary").simulate(v - split.target.lo)[0]
+    top = digits[..., :split.split_bits] @ (3.0 ** torch.arange(T - 1, T - 1 - split.split_bits, -1, dtype=v.dtype))
+    lower = digits[..., split.split_bits:] @ (3.0 ** torch.arange(T - 1 - split.split_bits, -1, -1, dtype=v.dtype))
+    pathway = torch.div(top, split.low, rounding_mode="floor") - (lower < 0).to(v.dtype)
+    assert torch.equal(pathway, torch.div(q, split.low, rounding_mode="floor"))
+    x, _ = split._pathway(q)
+    lo, hi = split.fitted.domain
+    assert float(x.min()) >= lo and float(x.max()) <= hi * (1 + 1e-12)
+    fast, fast_spikes = split.evaluate(v, simulate=False)
+    sim, sim_spikes = split.evaluate(v, simulate=True)
+    torch.testing.assert_close(fast, sim, rtol=1e-12, atol=0)
+    assert torch.equal(fast_spikes, sim_spikes)
+    signed = SplitFunction(name, T=T, N=4, split_bits=min(3, T - 1))
+    reference = split.target.reference(v)
+    assert (fast - reference).norm() < (signed.evaluate(v, simulate=False)[0] - reference).norm()
+
+
+def test_a_conversion_in_ternary_codes_every_operator_in_it_and_runs_the_same_step_by_step():
+    ann = build("llama_lm", layers=1)
+    calib = [make_batch("llama_lm", 2, seed=s) for s in (1, 2)]
+    batch = make_batch("llama_lm", 2, seed=3)
+    with torch.no_grad():
+        reference = ann(**batch).logits
+    errors = {}
+    for code, operand_code in (("signed", "ternary"), ("ternary", None)):
+        snn = convert(ann, calib, T=4, code=code, operand_code=operand_code)
+        with torch.no_grad():
+            errors[code] = float((snn(**batch).logits - reference).norm() / reference.norm())
+    coders = {m.code for m in snn.modules() if isinstance(m, IdentityCoder)}
+    assert coders == {"ternary"} and SynapseCounter(snn, 4).code == "ternary"
+    assert errors["ternary"] < errors["signed"]  # Softmax and RMSNorm in ternary too
+    with torch.no_grad():
+        fast = snn(**batch).logits
+        torch.testing.assert_close(set_mode(snn, "simulate")(**batch).logits, fast, rtol=1e-4, atol=1e-4)

@@ -63,7 +63,7 @@ class SynapseCounter:
 
     def __init__(self, model: nn.Module, T: Steps, code: Optional[str] = None) -> None:
         self.T = check_T(T) if isinstance(T, Mapping) else check_steps(T)
-        self.code = model_code(model) if code is None else check_code(code, operands=True)
+        self.code = model_code(model) if code is None else check_code(code)
         self.layers = {path: m for path, m in model.named_modules() if is_weight_layer(m)}
         self.steps = {path: steps_at(self.T, "weight_input", path) for path in self.layers}
         for steps in set(self.steps.values()):

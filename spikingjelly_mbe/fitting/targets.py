@@ -114,14 +114,6 @@ class SplitTarget:
         span = self.width / 2 ** split_bits
         return (0.0, span) if self.power is None else (1.0, 1.0 + span / self.lo)
 
-    def segment_starts(self, split_bits: int) -> torch.Tensor:
-        """``v_j`` for ``j = 0 .. 2^b - 1`` (float64)."""
-        return self.lo + torch.arange(2 ** split_bits, dtype=torch.float64) * (self.width / 2 ** split_bits)
-
-    def pathway_weights(self, split_bits: int) -> torch.Tensor:
-        """The constant output weight ``2^(v_j)`` or ``v_j^p`` of every pathway (float64)."""
-        return self.reference(self.segment_starts(split_bits))
-
     def remainder_input(self, r: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """The remainder neuron's input for remainder ``r`` on the segment starting at ``start``."""
         return r if self.power is None else 1.0 + r / start

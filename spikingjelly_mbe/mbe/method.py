@@ -19,7 +19,7 @@ from ..ops import (FittedOnDemand, PiecewiseLinear, RectifiedActivation, Spiking
 from ..ops.activation import ACTIVATION_N
 from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code, code_levels
-from ..ops.digits import Steps, check_T, has_patterns, resolved_at, steps_at, values_for
+from ..ops.digits import OPERATOR_TYPES, Steps, check_T, has_patterns, resolved_at, steps_at, values_for
 from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
 from ..ops.roots import root_function
 from ..ops.routing import SpikingTopK
@@ -29,11 +29,16 @@ SPLIT_TYPES = ("softmax", "norm", "root")  # the operator types that move split_
 OPERAND_TYPES = ("weight_input", "product", "matmul")  # the operator types coded in operand_code
 
 
-def check_operand_code(operand_code: Optional[str], T: Steps) -> None:
-    """``operand_code`` must be ``None`` or an operand code (:data:`~spikingjelly_mbe.ops.coding.CODES`) that
-    holds the most digits ``T`` gives a weight input, product or matmul."""
+def check_codes(code: str, operand_code: Optional[str], T: Steps) -> None:
+    """``code`` and ``operand_code`` (``None``: ``code``) must name digit codes
+    (:data:`~spikingjelly_mbe.ops.coding.CODES`) that hold the most digits ``T`` gives the operators each
+    codes: ``operand_code`` the weight inputs, products and matmuls, ``code`` the others (all of them
+    without ``operand_code``)."""
+    check_code(code)
+    others = tuple(kind for kind in OPERATOR_TYPES if operand_code is None or kind not in OPERAND_TYPES)
+    code_levels(code, max(values_for(T, others)), "code")
     if operand_code is not None:
-        check_code(operand_code, operands=True)
+        check_code(operand_code, "operand_code")
         code_levels(operand_code, max(values_for(T, OPERAND_TYPES)), "operand_code")
 
 
@@ -155,8 +160,7 @@ class OpSettings:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        check_code(self.code)
-        check_operand_code(self.operand_code, self.T)
+        check_codes(self.code, self.operand_code, self.T)
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):

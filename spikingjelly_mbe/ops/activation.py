@@ -15,7 +15,7 @@ from ..neurons.lookup import fingerprint, neuron_table
 from ..neurons.multibasis import ACTIVATION_N
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, in_float_reference_mode, working_dtype
-from .coding import DEFAULT_CODE, FLOAT32_MAX_T, decode, total
+from .coding import DEFAULT_CODE, decode, total
 from .precision import channel_layout
 from .rectifier import SpikingReLU
 
@@ -227,7 +227,7 @@ class RectifiedActivation(nn.Module):
         return (x.numel() > 0 and not in_float_reference_mode() and not torch.jit.is_tracing()
                 and (type(rectifier).compute, type(residual).compute) == FUSED_COMPUTES
                 and not rectifier.simulating and not residual.simulating and not rectifier.calibrating
-                and rectifier.channel_ranges is not None and rectifier.T <= FLOAT32_MAX_T
+                and rectifier.channel_ranges is not None and rectifier.coder.kernel_coded
                 and not any(p._forward_hooks or p._forward_pre_hooks for p in (rectifier, residual))
                 and kernels.usable(x))
 

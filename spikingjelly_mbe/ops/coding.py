@@ -115,16 +115,13 @@ def _table(table: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class DigitCode:
     """A digit code: its closed-form spike ``count(q, bits)``, the ``neuron(T)`` that fires its
-    digits step by step (``None``: MBE_Id itself, :func:`identity_node`), the digit ``base``, the
-    most steps ``max_T`` it codes exactly, and ``operands_only``: a code of the weight layers' inputs
-    and the products' operands, not of the split functions (whose tables index a binary code's top
-    digits)."""
+    digits step by step (``None``: MBE_Id itself, :func:`identity_node`), the digit ``base`` and the
+    most steps ``max_T`` it codes exactly."""
 
     count: Callable[[torch.Tensor, int], torch.Tensor]
     neuron: Optional[Callable[[int], nn.Module]] = None
     base: int = 2
     max_T: int = 32
-    operands_only: bool = False
 
     def levels(self, T: int) -> int:
         """The largest ``q`` of ``T`` digits: ``2^T - 1`` (binary, signed) or ``(3^T - 1) / 2``."""
@@ -134,22 +131,16 @@ class DigitCode:
 CODES: Dict[str, DigitCode] = {
     "binary": DigitCode(popcount),
     "signed": DigitCode(signed_digit_count, SignedDigitNode),
-    "ternary": DigitCode(ternary_digit_count, lambda T: SignedDigitNode(T, base=3), base=3, max_T=20,
-                         operands_only=True),  # (3^20 - 1) / 2 < 2^31: the levels of binary T=32 at most
+    "ternary": DigitCode(ternary_digit_count, lambda T: SignedDigitNode(T, base=3), base=3,
+                         max_T=20),  # (3^20 - 1) / 2 < 2^31: the levels of binary T=32 at most
 }
 DEFAULT_CODE = "signed"  # the same values as binary with fewer spikes
-OPERAND_CODES = tuple(CODES)
-SPLIT_CODES = tuple(name for name, c in CODES.items() if not c.operands_only)  # every operator's code
 
 
-def check_code(code: str, operands: bool = False) -> str:
-    """``code`` must name an entry of :data:`CODES` (one of :data:`SPLIT_CODES` unless it codes
-    ``operands`` only); returns it."""
+def check_code(code: str, argument: str = "code") -> str:
+    """``code`` must name an entry of :data:`CODES`; returns it (the error names ``argument``)."""
     if not isinstance(code, str) or code not in CODES:
-        raise ValueError(f"code must be one of {SPLIT_CODES if not operands else OPERAND_CODES}, got {code!r}")
-    if CODES[code].operands_only and not operands:
-        raise ValueError(f"code={code!r} codes only operands (the weight layers' inputs, the products and matmuls): "
-                         f"pass operand_code={code!r} and a code of {SPLIT_CODES} for the other operators")
+        raise ValueError(f"{argument} must be one of {tuple(CODES)}, got {code!r}")
     return code
 
 
@@ -294,7 +285,7 @@ class IdentityCoder(nn.Module):
 
     def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
         super().__init__()
-        self.T, self.code, self.shift_overflow = T, check_code(code, operands=True), bool(shift_overflow)
+        self.T, self.code, self.shift_overflow = T, check_code(code), bool(shift_overflow)
         digit_code = CODES[self.code]
         self.count, self.base, self.levels = digit_code.count, digit_code.base, code_levels(self.code, T)
         self.kernel_coded = kernel_coded(self.code, T)

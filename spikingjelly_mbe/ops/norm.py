@@ -14,7 +14,7 @@ from .. import kernels
 from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, Count, SpikingOp, float_function, working_dtype
-from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, equivalent_digits, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
@@ -161,7 +161,7 @@ class _SpikingNorm(SpikingOp):
         self.check_floating(x, "input")
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
-        dtype = working_dtype(x, self.T)
+        dtype = working_dtype(x, equivalent_digits(self.code, self.T))
         affine = [p if p is None or p.dtype == dtype else p.detach().to(dtype) for p in (self.weight, self.bias)]
         out = self.normalize(x, dims, n, *affine)
         return out if out.dtype == x.dtype else out.to(x.dtype)
@@ -181,7 +181,7 @@ class _SpikingNorm(SpikingOp):
             self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
-            out, spikes, sops = self.stages(x.to(working_dtype(x, self.T)), dims, n)
+            out, spikes, sops = self.stages(x.to(working_dtype(x, equivalent_digits(self.code, self.T))), dims, n)
             if weight is not None:
                 out = out.mul_(weight.detach())
             if bias is not None:
@@ -356,7 +356,7 @@ class SpikingGroupNorm(_SpikingNorm):
         self.check_floating(x, "input")
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"SpikingGroupNorm expects input of shape [B, C={self.channels}, ...], got {tuple(x.shape)}")
-        dtype = working_dtype(x, self.T)
+        dtype = working_dtype(x, equivalent_digits(self.code, self.T))
         if self.groups is None:
             rows = x.movedim(1, 0).reshape(self.channels, -1).contiguous()
         else:

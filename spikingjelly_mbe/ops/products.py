@@ -119,7 +119,7 @@ class _TwoOperandOp(CalibratedOp):
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
                  budget: Budget) -> None:
         super().__init__(mode)
-        self.T, self.code = check_steps(T), check_code(code, operands=True)
+        self.T, self.code = check_steps(T), check_code(code)
         self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
         self.kernel_coded = kernel_coded(self.code, self.T)
         self.budget = resolve_budget(budget, self.precision_digits, "operand")

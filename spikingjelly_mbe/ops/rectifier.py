@@ -21,8 +21,8 @@ from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, float_function, working_dtype
 from .observer import Extreme, RangeObserver
 from .precision import ChannelPeaks, along, channel_layout, channel_ranges
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, FLOAT32_MAX_T, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code,
-                     check_steps, finite, total)
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, check_code, check_steps,
+                     equivalent_digits, finite, total)
 
 
 class SpikingReLU(CalibratedOp):
@@ -75,7 +75,7 @@ class SpikingReLU(CalibratedOp):
             raise ValueError(f"SpikingReLU: ranges must be one positive finite number (A,), got {ranges!r}")
         if not MIN_RANGE <= ranges[0] <= MAX_RANGE:
             raise ValueError(f"SpikingReLU: the range A={ranges[0]!r} must lie in [2^-126, 2^126]; rescale the input")
-        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, 2 ** self.T - 1)
+        self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, None, self.coder.levels)
         self.calibrating = False
 
     def calibrated_state(self) -> Dict[str, Any]:
@@ -119,12 +119,12 @@ class SpikingReLU(CalibratedOp):
             return F.relu(x)
         if self.channel_ranges is None:
             raise RuntimeError("SpikingReLU has no range: calibrate it or pass A= / call set_ranges((A,))")
-        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.triton_usable(x):
+        if not self.simulating and x.numel() and self.coder.kernel_coded and kernels.triton_usable(x):
             _, inner, scale = channel_layout(self.channel_ranges, x, -1)
             value, _, stats, _ = self.coder.triton_code(x, rectify=True, scale=scale, inner=inner)
             return self.finish(x, value, stats[0], stats[1], stats[2])
-        xs = x.to(working_dtype(x, self.T))
-        if not self.simulating and x.numel() and self.T <= FLOAT32_MAX_T and kernels.usable(xs):
+        xs = x.to(working_dtype(x, equivalent_digits(self.code, self.T)))
+        if not self.simulating and x.numel() and self.coder.kernel_coded and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)
             value, (spikes, clamped, nonfinite) = kernels.channel_code(
                 xs, channels, inner, ranges, None, True, self.coder.kernel_params(xs.dtype, True))

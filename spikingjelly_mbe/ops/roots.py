@@ -10,7 +10,7 @@ import torch
 from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
-from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .coding import DEFAULT_CODE, IdentityCoder, check_code, check_steps, equivalent_digits, total
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
@@ -66,7 +66,7 @@ class SpikingRoot(SpikingOp):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x, "input")
-        xs = x.to(working_dtype(x, self.T))
+        xs = x.to(working_dtype(x, equivalent_digits(self.code, self.T)))
         if self.power != -1.0:
             negative = xs < 0
             self.note_clamped(negative.sum(), "negative inputs of a square root to 0")

@@ -12,7 +12,7 @@ from .. import kernels
 from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
-from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, total
+from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, equivalent_digits, total
 from .norm import element_exponent
 from .products import product_sops, spike_product
 from .split import SplitFunction
@@ -67,7 +67,7 @@ class SpikingSoftmax(SpikingOp):
         split_bits = default_split_bits(T) if split_bits is None else split_bits
         self.exp2 = SplitFunction("exp2", T, N, split_bits, code)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits, code)
-        self.carry = self.exp2.coder.A / (2 * (2.0 ** T - 1))  # h: half a step of 2^T levels on [0, 1]
+        self.carry = self.exp2.unit / 2  # h: half a step of the fraction's code on [0, 1]
         self.element_span = 2 * T  # e's code: the exponent of e, at least -2T (stage 3)
         # e = 2^f_hat * 2^n: n = 0 only within h of the row maximum (f = 0), otherwise n <= -1
         self.e_coder = IdentityCoder(T, max(self.exp2.output_at_lo, self.exp2.max_output / 2), code)
@@ -109,7 +109,7 @@ class SpikingSoftmax(SpikingOp):
             self.counted_nonfinite(x, "input", nonfinite, allow_neg_inf=True)
         else:
             self.check_input(x, "input", allow_neg_inf=True)
-            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.T)))
+            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, equivalent_digits(self.code, self.T))))
         rows = x.numel() // x.shape[self.dim]
         self.record(spikes=spikes, neurons=NEURONS_PER_VALUE * (live_count + rows),
                     sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())

@@ -1,27 +1,34 @@
 """Range-reduced scalar functions of Softmax and the norms: ``2^f``, ``1/M`` and ``1/sqrt(M)``.
 
-The input ``v`` in ``[lo, lo + width]`` arrives as the ``T`` binary digits ``q`` of an MBE_Id
-neuron (Eq. 9). With ``split_bits = b`` the top ``b`` digits ``j`` select one of ``2^b`` pathways,
-each a copy of one MBE neuron with constant input and output synapses; the remaining digits ``r``
-drive that neuron, which only has to cover a remainder interval ``2^b`` times shorter, where the
-function is nearly linear:
+The input ``v`` in ``[lo, lo + width]`` arrives as the ``T`` digits ``q`` of an MBE_Id neuron (Eq. 9)
+in base ``B`` (2 for the binary and signed codes, 3 for the ternary one), read on a grid of ``S =
+levels + 1`` steps per ``width`` (``S = 2^T`` in base 2, ``(3^T + 1) / 2`` in base 3): ``v = lo + q width
+/ S``. With ``split_bits = b`` the top ``b`` digits select one of the pathways ``j = floor(q / B^(T-b))``
+(``2^b`` of them in base 2, ``(3^b + 1) / 2`` in base 3), each a copy of one MBE neuron with constant
+input and output synapses; the remaining digits ``r`` drive that neuron, which only has to cover a
+remainder interval of ``B^(T-b)`` steps, where the function is nearly linear:
 
-* ``2^v = 2^(v_j) * 2^r``, neuron ``2^x`` on ``[0, width / 2^b]``;
+* ``2^v = 2^(v_j) * 2^r``, neuron ``2^x`` on ``[0, span]``;
 * ``v^p = v_j^p * (1 + r / v_j)^p`` (``p = -1`` reciprocal, ``p = -1/2`` rsqrt), neuron ``x^p``
-  on ``[1, 1 + width / (2^b lo)]``;
+  on ``[1, 1 + span / lo]``;
 
-with ``v_j = lo + j width / 2^b``. ``b = 0`` is the paper's form (one neuron on the whole
-domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on ``[1, 4)``).
+with ``v_j = lo + j B^(T-b) width / S``; the neuron is the shipped fit on the binary remainder interval
+``span = width / 2^b'`` that holds ``B^(T-b)`` steps (``b' = b`` in base 2; in base 3 ``b'`` is the
+largest with ``2^b' <= S / 3^(T-b)``: ``b'=b`` for ``b >= 2``). ``b = 0`` is the paper's form (one
+neuron on the whole domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on
+``[1, 4)``).
 
-With the signed-digit code (:data:`~.coding.CODES`) the top ``b`` digits sum to ``j`` or ``j + 1``:
-the lower digits' sum has the sign of its first nonzero digit, and when that is negative the
+With signed digits (the signed and ternary :data:`~.coding.CODES`) the top ``b`` digits sum to ``j`` or
+``j + 1``: the lower digits' sum has the sign of its first nonzero digit, and when that is negative the
 pathway is the top digits' value less one and the remainder neuron's input gains the constant
-``2^(T-b)`` steps (a bias synapse). Both codes thus drive the same pathway with the same ``r``.
+``B^(T-b)`` steps (a bias synapse). Every code thus drives the pathway of ``floor(q / B^(T-b))`` with
+the same ``r``.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -31,10 +38,10 @@ from .. import kernels
 from ..fitting.library import load_fitted
 from ..fitting.targets import SPLIT_TARGETS
 from ..neurons.lookup import fingerprint, neuron_table
-from .coding import DEFAULT_CODE, IdentityCoder, check_steps, lookup
+from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_steps, code_levels, equivalent_digits, lookup
 
 HEADROOM = 1.0 + 2.0 ** -20  # output bounds from the float64 table, widened for float32 rounding
-TABLE_MAX_T = 16  # up to here fast mode tabulates all 2^T digit patterns; beyond, a NeuronTable of the neuron
+TABLE_MAX_T = 16  # up to this many equivalent binary digits fast mode tabulates every digit pattern; beyond, a NeuronTable
 
 
 
@@ -49,8 +56,8 @@ class SplitFunction(nn.Module):
     :meth:`evaluate` returns ``c_j * h_hat(x)`` (see the module docstring) and the spikes per
     element (MBE_Id digits plus the remainder neuron's spikes). ``simulate`` runs both neurons step
     by step and reads ``j`` and ``r`` off the spike train; fast mode looks both numbers up in a
-    table over the ``2^T`` digit patterns, built once per dtype by simulating the neuron on every
-    representable remainder, so it returns the same numbers. Beyond :data:`TABLE_MAX_T` steps fast
+    table over every digit pattern, built once per dtype by simulating the neuron on every
+    representable remainder, so it returns the same numbers. Beyond :data:`TABLE_MAX_T` digits fast
     mode computes the neuron's input from the digits as the simulation does and looks the neuron up
     in its exact :class:`~spikingjelly_mbe.neurons.NeuronTable` instead.
     """
@@ -65,14 +72,19 @@ class SplitFunction(nn.Module):
         if isinstance(split_bits, bool) or not isinstance(split_bits, int) or not 0 <= split_bits < T:
             raise ValueError(f"split_bits must be an integer in [0, T={T}), got {split_bits!r}")
         self.target, self.T, self.split_bits = SPLIT_TARGETS[target], T, split_bits
-        self.fitted = load_fitted(target, "mbe", N, T, split_bits=split_bits)  # shipped, cached or fitted now
-        # the digits' grid: q steps of width 2^-T (the pathways and remainders below), so q = round(v 2^T / width)
-        self.coder = IdentityCoder(T, self.target.width * (1.0 - 2.0 ** -T), code)
+        base, levels = CODES[check_code(code)].base, code_levels(code, T)
+        self.low = base ** (T - split_bits)  # the steps of one pathway's remainder interval
+        self.unit = self.target.width / (levels + 1)  # one step of v
+        fit_bits = max(0, math.floor(math.log2((levels + 1) / self.low)))  # the binary interval holding low steps
+        self.fitted = load_fitted(target, "mbe", N, T, split_bits=fit_bits)  # shipped, cached or fitted now
+        # the coder rounds v to the grid q width / S the pathways read: its range is the top pattern's value
+        self.coder = IdentityCoder(T, self.unit * levels, code)
         self.node = self.fitted.node(clamp=False)
-        self.register_buffer("starts", self.target.segment_starts(split_bits), persistent=False)
-        self.register_buffer("weights", self.target.pathway_weights(split_bits), persistent=False)
+        starts = self.target.lo + torch.arange(levels // self.low + 1, dtype=torch.float64) * (self.low * self.unit)
+        self.register_buffer("starts", starts, persistent=False)
+        self.register_buffer("weights", self.target.reference(starts), persistent=False)  # 2^(v_j) or v_j^p
         self._key = (self.target.name, T, split_bits, code, fingerprint(self.node))
-        self.tabulated = T <= TABLE_MAX_T
+        self.tabulated = equivalent_digits(code, T) <= TABLE_MAX_T
         if self.tabulated:
             values = self.table(torch.float64, torch.device("cpu")).real
             top, at_lo = float(values.max()), float(values[0])
@@ -84,20 +96,19 @@ class SplitFunction(nn.Module):
 
     def _pathway(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(neuron input x, pathway weight c_j)`` for digit patterns ``q``."""
-        low = 2 ** (self.T - self.split_bits)
-        j = torch.div(q, low, rounding_mode="floor")
-        r = (q - j * low) * (self.target.width * 2.0 ** -self.T)
+        j = torch.div(q, self.low, rounding_mode="floor")
+        r = (q - j * self.low) * self.unit
         index = j.long()
         x = self.target.remainder_input(r, self.starts.to(q.dtype)[index])
         return x, self.weights.to(q.dtype)[index]
 
     def table(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``value + 1j * spikes`` for every digit pattern ``q = 0 .. 2^T - 1`` (one complex entry per
+        """``value + 1j * spikes`` for every digit pattern ``q = 0 .. levels`` (one complex entry per
         pattern, so fast mode fetches both numbers with a single 1-D gather). Built once per process
         for every operator whose remainder neuron has the same parameters (its fingerprint)."""
         key = (*self._key, dtype, str(device))
         if key not in _TABLES:
-            q = torch.arange(2 ** self.T, dtype=dtype, device=device)
+            q = torch.arange(self.coder.levels + 1, dtype=dtype, device=device)
             x, weight = self._pathway(q)
             node = self.node.to(device)
             with torch.no_grad():
@@ -136,8 +147,8 @@ class SplitFunction(nn.Module):
             value, count = self.neuron_table(v.dtype, v.device)(x)
             return weight * value, self.coder.count(q, self.T) + count
         code, _ = self.coder.encode(magnitude, True, (0.0, self.target.width))
-        digits = 2.0 ** torch.arange(self.T - 1, -1, -1, dtype=v.dtype, device=v.device)
-        x, weight = self._pathway(code.spikes @ digits)
+        digits = float(self.coder.base) ** torch.arange(self.T - 1, -1, -1, dtype=v.dtype, device=v.device)
+        x, weight = self._pathway(code.spikes @ digits)  # q, the spikes read in the code's base
         _, value, count = self.node.run(x, keep_spikes=False)  # Eqs. 5-8 step by step, accumulated as it fires
         return weight * value, code.counts + count
 

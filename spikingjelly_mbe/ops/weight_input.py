@@ -115,7 +115,7 @@ class SpikingWeightInput(CalibratedOp):
                             f"{type(layer).__name__}")
         super().__init__(mode)
         self.layer = layer
-        self.T, self.code = check_steps(T), check_code(code, operands=True)
+        self.T, self.code = check_steps(T), check_code(code)
         self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
         self.kernel_coded = kernel_coded(self.code, self.T)
         self.budget = resolve_budget(budget, self.precision_digits, "weight_input")
