@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -127,7 +128,8 @@ def check_conversion(cfg: DictConfig) -> None:
     ``conversion.code`` and ``conversion.operand_code``, checked before anything loads."""
     T = cfg.conversion.T
     T = check_T(OmegaConf.to_container(T) if isinstance(T, DictConfig) else T)
-    check_codes(cfg.conversion.code, cfg.conversion.get("operand_code"), T)
+    code = cfg.conversion.code  # a CodeChoice in the schema
+    check_codes(code.value if isinstance(code, Enum) else code, cfg.conversion.get("operand_code"), T)
 
 
 def run(cfg: DictConfig) -> Tuple[float, float]:

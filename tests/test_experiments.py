@@ -166,11 +166,12 @@ def test_wrong_key_or_value_stops_the_entry_point_at_start_up(app, capsys, tmp_p
 @pytest.mark.parametrize("override, message", [
     ("conversion.T=sixteen", "T must be a positive integer"),
     ("conversion.T={default:4,sofmax:6}", "unknown key 'sofmax'"),
+    ("conversion.T=24 conversion.code=ternary", "code='ternary' holds at most T=20"),
 ])
 def test_a_bad_T_stops_the_job_before_anything_loads(app, capsys, tmp_path, override, message):
     """``conversion.T`` is an int or a mapping (the schema takes any value): the job checks it first."""
     with pytest.raises(SystemExit) as stop:
-        app("experiments.convert", override, f"hydra.run.dir={tmp_path}", "logger=disabled")
+        app("experiments.convert", *override.split(), f"hydra.run.dir={tmp_path}", "logger=disabled")
     assert stop.value.code != 0 and message in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "wandb").exists()
 
