@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from spikingjelly_mbe.ops import SpikingSoftmax
-from spikingjelly_mbe.ops.coding import SPLIT_CODES
+from spikingjelly_mbe.ops.coding import CODES
 
 
-@pytest.mark.parametrize("code", list(SPLIT_CODES))
+@pytest.mark.parametrize("code", list(CODES))
 @pytest.mark.parametrize("T", [3, 4, 6, 8])
 def test_softmax_rows_sum_to_one_when_most_entries_are_far_below_the_maximum(T, code):
     """Rows of 197 logits of SD 2 (a ViT's attention): most probabilities lie far below the row's
