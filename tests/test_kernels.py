@@ -447,6 +447,23 @@ def test_activation_kernel_reads_every_interval_in_full_lanes_and_tails(name):
         logging.disable(logging.NOTSET)
 
 
+@pytest.mark.parametrize("unsettled", [0, 1, 17, 127, 128, 129, 300, 512])
+def test_activation_kernel_searches_unsettled_buckets_whether_few_or_many(unsettled):
+    """A 512-input block with ``unsettled`` inputs at breakpoints (and the floats just below them) among
+    inputs of settled buckets: the kernel searches only those up to a quarter of the block, every lane
+    beyond; both equal the eager table, and so does a second block of one 16-lane vector and a tail."""
+    op = SpikingActivation(load_fitted("gelu_residual", "mbe", 8, 16))
+    table = neuron_table(op.node, op.fitted.domain, torch.float32, torch.device("cpu"))
+    g = torch.Generator().manual_seed(unsettled)
+    settled = torch.nonzero(table.settled).flatten()
+    buckets = settled[torch.randint(len(settled), (536,), generator=g)].double()
+    x = (table.lo + (buckets + 0.25 + 0.5 * torch.rand(536, generator=g, dtype=torch.float64)) / table.scale).float()
+    edges = table.edges[torch.randint(1, len(table.edges), (unsettled,), generator=g)]
+    x[torch.randperm(512, generator=g)[:unsettled]] = torch.where(torch.rand(unsettled, generator=g) < 0.5, edges,
+                                                                  torch.nextafter(edges, edges - 1))
+    assert_kernel_equals_eager(op, x)
+
+
 def rectified_gelu(T, code, g):
     """GELU as a per-channel rectifier plus its fitted residual, calibrated on 12 channels."""
     op = RectifiedActivation(SpikingReLU(T, code=code, per_channel=True),

@@ -121,7 +121,7 @@ class NeuronTable:
         self.lo, self.hi, self.dtype = lo, hi, dtype
         self.edges = edges
         self.entries = torch.complex(value, count.to(dtype))
-        self.scale, self.first, span = self._buckets(edges.double(), lo, hi, torch.finfo(dtype).eps)
+        self.scale, self.first, span, self.settled = self._buckets(edges.double(), lo, hi, torch.finfo(dtype).eps)
         self.jumps = [1 << j for j in reversed(range(span.bit_length()))]
         self.padded_edges = torch.cat([edges, edges.new_full((max(self.jumps, default=0),), math.inf)])
         self._kernel_tensors: Optional[Tuple[torch.Tensor, ...]] = None
@@ -134,8 +134,10 @@ class NeuronTable:
             raise RuntimeError("a basis' spike pattern is not monotone in its input; the table would be inexact")
 
     @staticmethod
-    def _buckets(edges: torch.Tensor, lo: float, hi: float, eps: float) -> Tuple[float, torch.Tensor, int]:
-        """``(buckets per unit input, first candidate interval per bucket, span)``.
+    def _buckets(edges: torch.Tensor, lo: float, hi: float, eps: float,
+                 ) -> Tuple[float, torch.Tensor, int, torch.Tensor]:
+        """``(buckets per unit input, first candidate interval per bucket, span, settled)``: ``settled``
+        marks the buckets whose inputs all lie in their first candidate (no breakpoint in reach).
 
         A bucket is at least 8 rounding units of ``x - lo`` wide, so the computed bucket index is
         off by less than one; candidates cover the neighbouring buckets."""
@@ -151,7 +153,7 @@ class NeuronTable:
             first, last = index[:-3], index[3:]  # a bucket's input lies in (bound[b-1], bound[b+2])
             span = int((last - first).max())
             if best is None or span.bit_length() < best[2].bit_length():
-                best = (scale, first.to(torch.int32), span)
+                best = (scale, first.to(torch.int32), span, last == first)
         return best
 
     def to(self, device: torch.device) -> "NeuronTable":
@@ -173,9 +175,11 @@ class NeuronTable:
     def kernel_args(self) -> Tuple[float, ...]:
         """The table for the fused lookup kernel (float32 on the CPU), as its arguments: ``lo, hi,
         scale``, the first candidates and their count, the padded edges, the jumps and their count,
-        the entries as interleaved ``(value, spikes)``; the table keeps the tensors alive."""
+        the entries as interleaved ``(value, spikes)``; the table keeps the tensors alive. A first
+        candidate has bit 31 set where its bucket is not ``settled`` (the kernel searches those only)."""
         if self._kernel_tensors is None:
-            self._kernel_tensors = (self.first.contiguous(), self.padded_edges.contiguous(),
+            unsettled = torch.where(self.settled, 0, torch.iinfo(torch.int32).min).to(torch.int32)
+            self._kernel_tensors = ((self.first | unsettled).contiguous(), self.padded_edges.contiguous(),
                                     torch.tensor(self.jumps, dtype=torch.int32), torch.view_as_real(self.entries).contiguous())
         first, edges, jumps, entries = self._kernel_tensors
         return (self.lo, self.hi, self.scale, first.data_ptr(), len(first), edges.data_ptr(), jumps.data_ptr(),
