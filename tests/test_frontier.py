@@ -65,7 +65,7 @@ def test_the_frontier_preset_on_a_tiny_synthetic_model(tmp_path):
     of its points: every job metered, the report's front the brute-force non-dominated set."""
     sweep = multirun("experiments.convert", tmp_path, "experiment=frontier", "data=tiny", "logger=disabled",
                      "model=gpt2", "model.hidden=16", "conversion.T=8,{default:8,softmax:16}",
-                     "conversion.operand_code=null")  # beat the preset's sweeps
+                     "conversion.code=signed")  # beat the preset's sweeps
     jobs = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
     assert len(jobs) == 2 and {(j["T"], j["T_ops"]) for j in jobs} == {(8, ""), (8, "softmax=16")}
     mixed = next(j for j in jobs if j["T_ops"])
