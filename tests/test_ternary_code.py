@@ -131,12 +131,18 @@ def test_operators_in_ternary_are_the_same_fast_and_step_by_step_and_finer_than_
             assert (out - exact).norm() < 0.5 * (signed_out - exact).norm(), name
 
 
-def test_a_conversion_codes_only_the_operands_in_ternary_and_counts_their_spikes():
+@pytest.fixture(scope="module")
+def llama():
+    """A 1-layer Llama, two calibration batches, a test batch and its float logits."""
     ann = build("llama_lm", layers=1)
-    calib = [make_batch("llama_lm", 2, seed=s) for s in (1, 2)]
     batch = make_batch("llama_lm", 2, seed=3)
     with torch.no_grad():
         reference = ann(**batch).logits
+    return ann, [make_batch("llama_lm", 2, seed=s) for s in (1, 2)], batch, reference
+
+
+def test_a_conversion_codes_only_the_operands_in_ternary_and_counts_their_spikes(llama):
+    ann, calib, batch, reference = llama
     errors = {}
     for operand_code in (None, "ternary"):
         snn = convert(ann, calib, T=4, operand_code=operand_code)
@@ -245,12 +251,8 @@ def test_ternary_split_functions_round_to_their_grid_and_read_pathways_off_the_t
     assert (fast - reference).norm() < (signed.evaluate(v, simulate=False)[0] - reference).norm()
 
 
-def test_a_conversion_in_ternary_codes_every_operator_in_it_and_runs_the_same_step_by_step():
-    ann = build("llama_lm", layers=1)
-    calib = [make_batch("llama_lm", 2, seed=s) for s in (1, 2)]
-    batch = make_batch("llama_lm", 2, seed=3)
-    with torch.no_grad():
-        reference = ann(**batch).logits
+def test_a_conversion_in_ternary_codes_every_operator_in_it_and_runs_the_same_step_by_step(llama):
+    ann, calib, batch, reference = llama
     errors = {}
     for code, operand_code in (("signed", "ternary"), ("ternary", None)):
         snn = convert(ann, calib, T=4, code=code, operand_code=operand_code)
