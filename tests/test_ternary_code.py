@@ -251,6 +251,22 @@ def test_ternary_split_functions_round_to_their_grid_and_read_pathways_off_the_t
     assert (fast - reference).norm() < (signed.evaluate(v, simulate=False)[0] - reference).norm()
 
 
+@pytest.mark.parametrize("T, split_bits", [(5, 4), (6, 4), (4, 1), (4, 0)])
+def test_ternary_split_functions_use_the_shipped_binary_fit_of_their_split_bits(T, split_bits):
+    """For ``b >= 2`` the binary interval of ``b`` split bits holds ``3^(T-b)`` ternary steps (``2^b <=
+    (3^b + 1) / 2``), so the fit is the one binary ``b`` uses; below, the whole domain's (``b' = 0``). A
+    finer fit than ``b``'s would be fitted on first use, or refused at ``b = T - 1``."""
+    split = SplitFunction("reciprocal", T=T, N=4, split_bits=split_bits, code="ternary")
+    binary = SplitFunction("reciprocal", T=T, N=4, split_bits=split_bits if split_bits >= 2 else 0)
+    assert split.fitted.domain == binary.fitted.domain
+    v = torch.linspace(1.0, 2.0, 1001, dtype=torch.float64)
+    x, _ = split._pathway(split.coder.quantize(v - 1.0))
+    assert float(x.max()) <= split.fitted.domain[1] * (1 + 1e-12)
+    (fast, fast_spikes), (sim, sim_spikes) = (split.evaluate(v, simulate=s) for s in (False, True))
+    torch.testing.assert_close(fast, sim, rtol=1e-12, atol=0)
+    assert torch.equal(fast_spikes, sim_spikes)
+
+
 def test_a_conversion_in_ternary_codes_every_operator_in_it_and_runs_the_same_step_by_step(llama):
     ann, calib, batch, reference = llama
     errors = {}

@@ -13,8 +13,8 @@ remainder interval of ``B^(T-b)`` steps, where the function is nearly linear:
   on ``[1, 1 + span / lo]``;
 
 with ``v_j = lo + j B^(T-b) width / S``; the neuron is the shipped fit on the binary remainder interval
-``span = width / 2^b'`` that holds ``B^(T-b)`` steps (``b' = b`` in base 2; in base 3 ``b'`` is the
-largest with ``2^b' <= S / 3^(T-b)``: ``b'=b`` for ``b >= 2``). ``b = 0`` is the paper's form (one
+``span = width / 2^b'`` that holds ``B^(T-b)`` steps: ``b' = b`` in base 2, and in base 3 for ``b >= 2``
+(``2^b <= S / 3^(T-b)`` there), ``b' = 0`` for ``b < 2``. ``b = 0`` is the paper's form (one
 neuron on the whole domain: ``2^f`` on ``[0, 1)``, Eq. 13; ``1/M`` on ``[1, 2)``; ``1/sqrt(M)`` on
 ``[1, 4)``).
 
@@ -75,7 +75,8 @@ class SplitFunction(nn.Module):
         base, levels = CODES[check_code(code)].base, code_levels(code, T)
         self.low = base ** (T - split_bits)  # the steps of one pathway's remainder interval
         self.unit = self.target.width / (levels + 1)  # one step of v
-        fit_bits = max(0, math.floor(math.log2((levels + 1) / self.low)))  # the binary interval holding low steps
+        # the shipped binary fit whose interval holds low steps: b' = b (base 2; base 3 with b >= 2), 0 for b < 2
+        fit_bits = min(split_bits, max(0, math.floor(math.log2((levels + 1) / self.low))))
         self.fitted = load_fitted(target, "mbe", N, T, split_bits=fit_bits)  # shipped, cached or fitted now
         # the coder rounds v to the grid q width / S the pathways read: its range is the top pattern's value
         self.coder = IdentityCoder(T, self.unit * levels, code)
