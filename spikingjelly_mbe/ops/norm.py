@@ -136,6 +136,7 @@ class _SpikingNorm(SpikingOp):
             if t is not None and tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
         self.normalized_shape, self.eps, self.T, self.code = shape, float(eps), check_steps(T), check_code(code)
+        self.precision_digits = equivalent_digits(self.code, self.T)  # sets the working dtype
         if not isinstance(element_exponents, bool):
             raise ValueError(f"element_exponents must be True or False, got {element_exponents!r}")
         self.element_exponents = element_exponents
@@ -161,7 +162,7 @@ class _SpikingNorm(SpikingOp):
         self.check_floating(x, "input")
         dims = self.check_shape(x)
         n = math.prod(self.normalized_shape)
-        dtype = working_dtype(x, equivalent_digits(self.code, self.T))
+        dtype = working_dtype(x, self.precision_digits)
         affine = [p if p is None or p.dtype == dtype else p.detach().to(dtype) for p in (self.weight, self.bias)]
         out = self.normalize(x, dims, n, *affine)
         return out if out.dtype == x.dtype else out.to(x.dtype)
@@ -181,7 +182,7 @@ class _SpikingNorm(SpikingOp):
             self.counted_nonfinite(x, "input", nonfinite)
         else:
             self.check_input(x, "input")
-            out, spikes, sops = self.stages(x.to(working_dtype(x, equivalent_digits(self.code, self.T))), dims, n)
+            out, spikes, sops = self.stages(x.to(working_dtype(x, self.precision_digits)), dims, n)
             if weight is not None:
                 out = out.mul_(weight.detach())
             if bias is not None:
@@ -356,7 +357,7 @@ class SpikingGroupNorm(_SpikingNorm):
         self.check_floating(x, "input")
         if x.dim() < 2 or x.shape[1] != self.channels:
             raise ValueError(f"SpikingGroupNorm expects input of shape [B, C={self.channels}, ...], got {tuple(x.shape)}")
-        dtype = working_dtype(x, equivalent_digits(self.code, self.T))
+        dtype = working_dtype(x, self.precision_digits)
         if self.groups is None:
             rows = x.movedim(1, 0).reshape(self.channels, -1).contiguous()
         else:

@@ -48,6 +48,7 @@ class SpikingReLU(CalibratedOp):
                  per_channel: bool = False) -> None:
         super().__init__(mode)
         self.T, self.code, self.per_channel = check_steps(T), check_code(code), bool(per_channel)
+        self.precision_digits = equivalent_digits(self.code, self.T)  # sets the working dtype
         self.coder = IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)  # on relu(x) / A_k
         self.shares: Optional[torch.Tensor] = None  # each channel's share of A (per_channel), set by calibration
         self.register_buffer("channel_ranges", None)
@@ -123,7 +124,7 @@ class SpikingReLU(CalibratedOp):
             _, inner, scale = channel_layout(self.channel_ranges, x, -1)
             value, _, stats, _ = self.coder.triton_code(x, rectify=True, scale=scale, inner=inner)
             return self.finish(x, value, stats[0], stats[1], stats[2])
-        xs = x.to(working_dtype(x, equivalent_digits(self.code, self.T)))
+        xs = x.to(working_dtype(x, self.precision_digits))
         if not self.simulating and x.numel() and self.coder.kernel_coded and kernels.usable(xs):
             channels, inner, ranges = channel_layout(self.channel_ranges, xs, -1)
             value, (spikes, clamped, nonfinite) = kernels.channel_code(

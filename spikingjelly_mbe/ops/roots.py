@@ -49,6 +49,7 @@ class SpikingRoot(SpikingOp):
         if power not in POWERS:
             raise ValueError(f"SpikingRoot: power must be one of {sorted(POWERS)}, got {power!r}")
         self.power, self.T, self.code = float(power), check_steps(T), check_code(code)
+        self.precision_digits = equivalent_digits(self.code, self.T)  # sets the working dtype
         split_bits = default_split_bits(T) if split_bits is None else split_bits
         self.split = SplitFunction(POWERS[self.power], T, N, split_bits, code)
         self.m_coder = IdentityCoder(T, 4.0, code)
@@ -66,7 +67,7 @@ class SpikingRoot(SpikingOp):
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x, "input")
-        xs = x.to(working_dtype(x, equivalent_digits(self.code, self.T)))
+        xs = x.to(working_dtype(x, self.precision_digits))
         if self.power != -1.0:
             negative = xs < 0
             self.note_clamped(negative.sum(), "negative inputs of a square root to 0")

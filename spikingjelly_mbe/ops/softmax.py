@@ -64,6 +64,7 @@ class SpikingSoftmax(SpikingOp):
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {dim!r}")
         self.dim, self.T, self.code = dim, check_steps(T), check_code(code)
+        self.precision_digits = equivalent_digits(self.code, self.T)  # sets the working dtype
         split_bits = default_split_bits(T) if split_bits is None else split_bits
         self.exp2 = SplitFunction("exp2", T, N, split_bits, code)
         self.reciprocal = SplitFunction("reciprocal", T, N, split_bits, code)
@@ -109,7 +110,7 @@ class SpikingSoftmax(SpikingOp):
             self.counted_nonfinite(x, "input", nonfinite, allow_neg_inf=True)
         else:
             self.check_input(x, "input", allow_neg_inf=True)
-            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, equivalent_digits(self.code, self.T))))
+            out, spikes, live_count, sops = self.stages(x.to(working_dtype(x, self.precision_digits)))
         rows = x.numel() // x.shape[self.dim]
         self.record(spikes=spikes, neurons=NEURONS_PER_VALUE * (live_count + rows),
                     sops=spikes + live_count + sops, ann_flops=flops.SOFTMAX * x.numel())
