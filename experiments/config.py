@@ -243,21 +243,22 @@ def _schema_field(f: dataclasses.Field) -> tuple:
 def _operator_options(self) -> Dict[str, Any]:
     """The operator options of :func:`spikingjelly_mbe.convert` this config sets, the one list
     every entry point passes on."""
-    return {name: _plain(getattr(self, name)) for name in OPERATOR_OPTIONS}
+    return {name: plain_value(getattr(self, name)) for name in OPERATOR_OPTIONS}
 
 
 def _method_options(self) -> Dict[str, Any]:
     """``n`` and ``percentile`` and every other option of a method other than MBE (ECMT's), as
     :func:`spikingjelly_mbe.convert` takes them."""
-    return {name: _plain(getattr(self, name)) for name in dict.fromkeys(METHOD_COLUMNS.values())}
+    return {name: plain_value(getattr(self, name)) for name in dict.fromkeys(METHOD_COLUMNS.values())}
 
 
 def _method_columns(self) -> Dict[str, Any]:
     """:data:`METHOD_COLUMNS` with this config's values (``{'ecmt_n': 2, 'ecmt_percentile': 90.0}``)."""
-    return {column: _plain(getattr(self, name)) for column, name in METHOD_COLUMNS.items()}
+    return {column: plain_value(getattr(self, name)) for column, name in METHOD_COLUMNS.items()}
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A choice's value (``CodeChoice.ternary`` -> ``'ternary'``); anything else as it is."""
     return value.value if isinstance(value, Enum) else value
 
 

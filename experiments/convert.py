@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -26,7 +25,7 @@ from spikingjelly_mbe.models.tasks import EvalBatch, EvalTask, load_data, load_s
 from spikingjelly_mbe.ops.digits import Steps, check_T, default_steps, overrides
 
 from . import plots
-from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource
+from .config import METHOD_COLUMNS, OPERATOR_OPTIONS, ConvertJob, DataSource, ModelSource, plain_value
 from .evaluation import Result, close_shard, convert_for, evaluate, init_shard, on_device, resolve_device
 from .job import CONF_DIR, start, write_metrics
 from .tables import Row, markdown, write_csv, write_text
@@ -128,8 +127,7 @@ def check_conversion(cfg: DictConfig) -> None:
     ``conversion.code`` and ``conversion.operand_code``, checked before anything loads."""
     T = cfg.conversion.T
     T = check_T(OmegaConf.to_container(T) if isinstance(T, DictConfig) else T)
-    code = cfg.conversion.code  # a CodeChoice in the schema
-    check_codes(code.value if isinstance(code, Enum) else code, cfg.conversion.get("operand_code"), T)
+    check_codes(plain_value(cfg.conversion.code), cfg.conversion.get("operand_code"), T)  # code: a CodeChoice
 
 
 def run(cfg: DictConfig) -> Tuple[float, float]:
