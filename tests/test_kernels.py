@@ -220,13 +220,14 @@ def test_kernel_spike_count_of_every_digit_pattern_is_the_codes_count(code, T):
     assert torch.equal(counts, CODES[code].count(q, T)) and stats[0] == int(counts.sum())
 
 
-ATTENTION_OPERANDS = {  # from q [2, 5, 3, 8] (batch, sequence, heads, width) and k alike, as attention forms them
+ATTENTION_OPERANDS = {  # from q [2, 37, 3, 8] (batch, sequence, heads, width) and k alike, as attention forms them
     "scores, heads of a permuted projection": lambda q, k: (q.transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)),
     "context, contiguous weights": lambda q, k: (torch.softmax(q.transpose(1, 2) @ q.transpose(1, 2).transpose(-1, -2), -1),
                                                  k.transpose(1, 2)),
     "unbatched": lambda q, k: (q[0, :, 0], k[0, :, 0].T),
     "one row, transposed": lambda q, k: (q[:, :1].transpose(1, 2), k.transpose(1, 2).transpose(-1, -2)),
     "strided": lambda q, k: (q[..., ::2].transpose(1, 2), k[..., ::2].transpose(1, 2).transpose(-1, -2)),
+    "k^T v (linear attention), transposed on the left": lambda q, k: (k.transpose(1, 2).transpose(-1, -2), q.transpose(1, 2)),
 }
 
 
@@ -237,9 +238,10 @@ def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A,
     """Attention's operands in the layouts attention makes (heads of a projection, transposed keys,
     contiguous weights, strided views), within the ranges and beyond them (overflow shifts up to the
     largest, values at and just above a shift's boundary), both digit codes: codes, spikes,
-    coincidences and product as the eager path's; the kernel runs."""
+    coincidences and product as the eager path's; the kernel runs. 37 positions: a transposed key's
+    runs are written 16 at a time (twice per matrix) and one by one (the last 5)."""
     g = torch.Generator().manual_seed(seed)
-    q, k = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(2))
+    q, k = (torch.randn(2, 37, 3, 8, generator=g) for _ in range(2))
     q[0, 0, 0, 0], k[0, 0, 0, 0] = -0.0, -0.0  # signed zeros
     edges = torch.tensor([A, 2 * A, 8 * A], dtype=torch.float32) / scale  # at shift boundaries once scaled
     k[0, 1, 0, :6] = torch.cat([edges, torch.nextafter(edges, edges + 1)])

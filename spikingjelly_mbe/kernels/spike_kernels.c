@@ -359,6 +359,30 @@ INLINE void operand_block(const float *restrict x, int64_t n, coder_t c, float A
 
 #define OPERAND_BLOCK 1024
 #define MAX_DIMS 8
+/* Runs of at most GROUP_RUN elements whose codes go across `out` (stride out_step) while consecutive runs
+ * lie next to each other there are coded GROUP at a time into a tile, then written a row of GROUP at a time. */
+#define GROUP 16
+#define GROUP_RUN 128
+
+/* The next run's position: the outer indices advanced by one, with the offsets of x and out. */
+static inline void next_run(int32_t dims, const int64_t *shape, const int64_t *in_strides, const int64_t *out_strides,
+                            int64_t *index, int64_t *in_at, int64_t *out_at) {
+    for (int32_t d = dims - 1; d >= 0; --d) {
+        *in_at += in_strides[d];
+        *out_at += out_strides[d];
+        if (++index[d] < shape[d]) return;
+        *in_at -= shape[d] * in_strides[d];
+        *out_at -= shape[d] * out_strides[d];
+        index[d] = 0;
+    }
+}
+
+/* A run's elements into `buf` where they are not contiguous in x (in_step != 1); the run itself otherwise. */
+static inline const float *run_source(const float *src, int64_t m, int64_t in_step, float *restrict buf) {
+    if (in_step == 1) return src;
+    for (int64_t j = 0; j < m; ++j) buf[j] = src[j * in_step];
+    return buf;
+}
 
 /* SpikingMatmul's operand in fast mode: every element's code (operand_block) written where torch.matmul
  * reads it, and its spikes summed over one of the two matrix dimensions (the coincidences of the
@@ -367,7 +391,10 @@ INLINE void operand_block(const float *restrict x, int64_t n, coder_t c, float A
  * in_step, out_step); runs [first, last) in that order. The last outer dimension is the matrix
  * dimension crossing the runs, `rows` runs per matrix. reduce_run: a run's spikes add to sums[r] (the
  * run lies along the summed dimension); otherwise they add element-wise to its matrix's
- * sums[(r / rows) run ...]. stats += (spikes, |x / s| > A, NaN/Inf). */
+ * sums[(r / rows) run ...]. stats += (spikes, |x / s| > A, NaN/Inf). The run two rows ahead in the
+ * matrix is prefetched (consecutive runs of a strided operand lie apart in x). Where out is transposed against
+ * x (out_step != 1, consecutive runs adjacent in out), GROUP runs of the same matrix are coded into a
+ * tile and written GROUP adjacent elements at a time; the codes and sums are the same. */
 void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const int64_t *in_strides,
                        const int64_t *out_strides, int64_t run, int64_t in_step, int64_t out_step, int64_t rows,
                        int32_t reduce_run, int64_t first, int64_t last, const double *coder, double limit,
@@ -381,23 +408,47 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
         in_at += index[d] * in_strides[d];
         out_at += index[d] * out_strides[d];
     }
-    float in_buf[OPERAND_BLOCK], out_buf[OPERAND_BLOCK];
-    int32_t counts[OPERAND_BLOCK];
-    for (int64_t r = first; r < last; ++r) {
+    const int grouped = out_step != 1 && out_strides[dims - 1] == 1 && run <= GROUP_RUN;
+    float in_buf[OPERAND_BLOCK], out_buf[OPERAND_BLOCK], tile[GROUP * GROUP_RUN];
+    int32_t counts[GROUP * GROUP_RUN];
+#define SHIFTED(code) operand_block(src, m, c, A, code, 1, limit, dst, counts_at, stats)
+#define PLAIN(code) operand_block(src, m, c, A, code, 0, limit, dst, counts_at, stats)
+#define CODE_RUN() do { if (shifting) BY_CODE(c.code, SHIFTED); else BY_CODE(c.code, PLAIN); } while (0)
+    for (int64_t r = first; r < last;) {
+        if (grouped && index[dims - 1] + GROUP <= shape[dims - 1] && r + GROUP <= last) {
+            const int64_t m = run, base = out_at;
+            for (int g = 0; g < GROUP; ++g) { /* GROUP runs of one matrix, adjacent in out */
+                const float *src = run_source(x + in_at, m, in_step, in_buf);
+                float *dst = tile + g * GROUP_RUN;
+                int32_t *counts_at = counts + g * GROUP_RUN;
+                CODE_RUN();
+                if (reduce_run) {
+                    int32_t total = 0;
+                    for (int64_t j = 0; j < m; ++j) total += counts_at[j];
+                    sums[r + g] += total;
+                }
+                next_run(dims, shape, in_strides, out_strides, index, &in_at, &out_at);
+            }
+            for (int64_t j = 0; j < m; ++j) {
+                float *restrict row_out = out + base + j * out_step;
+                for (int g = 0; g < GROUP; ++g) row_out[g] = tile[g * GROUP_RUN + j];
+            }
+            if (!reduce_run) {
+                int32_t *restrict row = sums + (r / rows) * run;
+                for (int g = 0; g < GROUP; ++g)
+                    for (int64_t j = 0; j < m; ++j) row[j] += counts[g * GROUP_RUN + j];
+            }
+            r += GROUP;
+            continue;
+        }
+        if (in_step == 1 && index[dims - 1] + 2 < shape[dims - 1]) /* the run after the next one, into the cache */
+            for (int64_t j = 0; j < run; j += 16) __builtin_prefetch(x + in_at + 2 * in_strides[dims - 1] + j, 0, 3);
         for (int64_t start = 0; start < run; start += OPERAND_BLOCK) {
             const int64_t m = run - start < OPERAND_BLOCK ? run - start : OPERAND_BLOCK;
-            const float *src = x + in_at + start * in_step;
-            if (in_step != 1) {
-                for (int64_t j = 0; j < m; ++j) in_buf[j] = src[j * in_step];
-                src = in_buf;
-            }
+            const float *src = run_source(x + in_at + start * in_step, m, in_step, in_buf);
             float *dst = out_step == 1 ? out + out_at + start : out_buf;
-#define SHIFTED(code) operand_block(src, m, c, A, code, 1, limit, dst, counts, stats)
-#define PLAIN(code) operand_block(src, m, c, A, code, 0, limit, dst, counts, stats)
-            if (shifting) BY_CODE(c.code, SHIFTED);
-            else BY_CODE(c.code, PLAIN);
-#undef SHIFTED
-#undef PLAIN
+            int32_t *counts_at = counts;
+            CODE_RUN();
             if (out_step != 1)
                 for (int64_t j = 0; j < m; ++j) out[out_at + (start + j) * out_step] = out_buf[j];
             if (reduce_run) {
@@ -409,15 +460,12 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
                 for (int64_t j = 0; j < m; ++j) row[j] += counts[j];
             }
         }
-        for (int32_t d = dims - 1; d >= 0; --d) { /* the next run's indices */
-            in_at += in_strides[d];
-            out_at += out_strides[d];
-            if (++index[d] < shape[d]) break;
-            in_at -= shape[d] * in_strides[d];
-            out_at -= shape[d] * out_strides[d];
-            index[d] = 0;
-        }
+        next_run(dims, shape, in_strides, out_strides, index, &in_at, &out_at);
+        ++r;
     }
+#undef CODE_RUN
+#undef SHIFTED
+#undef PLAIN
 }
 
 /* |x| > A or NaN, read from the bits (A positive): the magnitude's bits order as the magnitudes do, NaN's
