@@ -505,6 +505,41 @@ def test_rectified_activation_in_one_pass_is_its_parts_bit_for_bit(T, code, scal
         assert torch.equal(fused[0], other[0]) and fused[1:] == other[1:]
 
 
+@pytest.mark.parametrize("T,code", [(8, "binary"), (16, "signed")])
+def test_rectified_activation_codes_its_output_for_the_weight_layer_that_reads_it(T, code):
+    """GELU into a centred Linear: once the layer has coded the activation's output (the first forward),
+    the activation codes the next outputs for it in its own pass and the layer takes that code; every
+    output and each operator's statistics are the eager path's (inputs beyond the ranges too). An output
+    changed in place before the layer reads it, or another tensor, is coded by the layer itself."""
+    g = torch.Generator().manual_seed(T)
+    spread = torch.linspace(0.1, 3.0, 12)
+    act, layer = rectified_gelu(T, code, g), SpikingWeightInput(torch.nn.Linear(12, 5), T, code=code)
+    with torch.no_grad():
+        for _ in range(2):
+            layer(act(torch.randn(4, 9, 12, generator=g) * spread))
+    layer.finish_calibration()
+    x = torch.randn(3, 7, 12, generator=g) * spread * 3
+
+    def forward(between=lambda y: y):
+        functional.reset_net(act)
+        functional.reset_net(layer)
+        with torch.no_grad():
+            out = layer(between(act(x)))
+        return out, act.rectifier.op_stats(), act.residual.op_stats(), layer.op_stats()
+
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(kernels, "channel_code", lambda *a, real=kernels.channel_code: calls.append(1) or real(*a))
+        first, second = forward(), forward()
+        assert len(calls) == 1  # the second output was coded in the activation's pass
+        changed, copied = forward(lambda y: y.mul_(2)), forward(lambda y: y.clone())
+        assert len(calls) == 3
+    with kernels.disabled():
+        eager, eager_changed = forward(), forward(lambda y: y.mul_(2))
+    for result, reference in ((first, eager), (second, eager), (changed, eager_changed), (copied, eager)):
+        assert torch.equal(result[0], reference[0]) and result[1:] == reference[1:]
+
+
 @pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingLayerNorm(32),
                                   lambda: SpikingActivation.gelu(T=16, N=8),
                                   lambda: SpikingRMSNorm(32, torch.rand(32) + 0.5),

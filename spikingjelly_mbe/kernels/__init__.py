@@ -58,7 +58,8 @@ SIGNATURES = {
     "sjmbe_lookup_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, ctypes.c_int32, _pointer, _pointer,
                          ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_rectified_f32": [_pointer, _i64, _i64, _i64, _i64, _pointer, _pointer, _f64, _f64, _f64, _pointer,
-                            ctypes.c_int32, _pointer, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
+                            ctypes.c_int32, _pointer, _pointer, ctypes.c_int32, _pointer, _pointer, _i64, _i64, _pointer,
+                            _pointer, _pointer, _pointer, _pointer],
     "sjmbe_mt_step_f32": [_pointer, _pointer, _i64, _pointer, ctypes.c_int32, _pointer, _pointer, _pointer],
 }
 
@@ -238,20 +239,30 @@ def channel_code(x: torch.Tensor, channels: int, inner: int, ranges: torch.Tenso
     return out, _chunked(run, x.numel(), 1, 3)
 
 
+ChannelCode = Tuple[int, int, torch.Tensor, Optional[torch.Tensor], Sequence[float]]
+
+
 def rectified(x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, coder: Sequence[float],
-              table: Sequence[object]) -> Tuple[torch.Tensor, List[int]]:
-    """``(relu code + residual, [rectifier's spikes, clamped, NaN/Inf, residual's spikes, outside its domain,
-    NaN/Inf])``: a rectified activation on float32 ``x`` in one pass, :func:`channel_code` of ``relu(x)``
-    (``ranges`` per channel, no centres) plus the lookup of the residual's ``NeuronTable``
-    (``table``: its ``kernel_args()``), added in that order."""
+              table: Sequence[object], following: Optional[ChannelCode] = None,
+              ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[int]]:
+    """``(relu code + residual, its code or None, [rectifier's spikes, clamped, NaN/Inf, residual's spikes,
+    outside its domain, NaN/Inf, its code's spikes, clamped, NaN/Inf])``: a rectified activation on float32
+    ``x`` in one pass, :func:`channel_code` of ``relu(x)`` (``ranges`` per channel, no centres) plus the
+    lookup of the residual's ``NeuronTable`` (``table``: its ``kernel_args()``), added in that order. With
+    ``following`` (``channels, inner, ranges, centres, coder``: :func:`channel_code`'s arguments for the
+    weight layer the output feeds) the output's :func:`channel_code` in the same pass (else ``None`` and
+    three zeros)."""
     x = x.contiguous()
     out = torch.empty_like(x)
-    params, fn = doubles(coder), library().sjmbe_rectified_f32
+    coded = None if following is None else torch.empty_like(x)
+    next_channels, next_inner, next_ranges, next_centres, next_coder = following or (0, 0, None, None, ())
+    params, next_params, fn = doubles(coder), doubles(next_coder), library().sjmbe_rectified_f32
 
     def run(start: int, stop: int, stats: ctypes.Array) -> None:
-        fn(x.data_ptr(), start, stop, channels, inner, ranges.data_ptr(), params, *table, out.data_ptr(), stats)
+        fn(x.data_ptr(), start, stop, channels, inner, ranges.data_ptr(), params, *table, out.data_ptr(), next_channels,
+           next_inner, address(next_ranges), address(next_centres), next_params, address(coded), stats)
 
-    return out, _chunked(run, x.numel(), 1, 6)
+    return out, coded, _chunked(run, x.numel(), 1, 9)
 
 
 def flattens(x: torch.Tensor) -> bool:

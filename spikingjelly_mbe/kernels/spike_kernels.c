@@ -1046,11 +1046,16 @@ void sjmbe_lookup_f32(const float *restrict x, int64_t rows, int64_t n, double l
 /* A rectified activation (ops.activation.RectifiedActivation): relu(x) coded per channel
  * (sjmbe_channel_code_f32 with rectify, no centres) plus the residual's NeuronTable lookup, added as
  * rectifier(x) + residual(x), for elements [start, stop). stats += (the rectifier's spikes, clamped,
- * NaN/Inf; the residual's spikes, inputs outside its domain, NaN/Inf). */
+ * NaN/Inf; the residual's spikes, inputs outside its domain, NaN/Inf). With next_out, each block of the
+ * output is also coded, while it is in L1, as the input of the weight layer it feeds
+ * (sjmbe_channel_code_f32 of the output with next_channels, next_inner, next_ranges, next_centres and
+ * next_coder, no rectifier) into next_out, and stats[6..8] += that code's (spikes, clamped, NaN/Inf). */
 void sjmbe_rectified_f32(const float *restrict x, int64_t start, int64_t stop, int64_t channels, int64_t inner,
                          const float *ranges, const double *coder, double lo, double hi, double scale,
                          const int32_t *first, int32_t buckets, const float *padded_edges, const int32_t *jumps,
-                         int32_t levels, const float *entries, float *restrict out, int64_t *stats) {
+                         int32_t levels, const float *entries, float *restrict out, int64_t next_channels,
+                         int64_t next_inner, const float *next_ranges, const float *next_centres,
+                         const double *next_coder, float *restrict next_out, int64_t *stats) {
     const table_t t = table_of(lo, hi, scale, first, buckets, padded_edges, jumps, levels, entries);
     float residual[LOOKUP_BLOCK];
     for (int64_t i = start; i < stop; i += LOOKUP_BLOCK) {
@@ -1058,6 +1063,9 @@ void sjmbe_rectified_f32(const float *restrict x, int64_t start, int64_t stop, i
         sjmbe_channel_code_f32(x, i, i + m, channels, inner, 1, ranges, NULL, coder, out, stats);
         lookup_block(x + i, m, t, residual, stats + 3);
         for (int64_t j = 0; j < m; ++j) out[i + j] = out[i + j] + residual[j];
+        if (next_out)
+            sjmbe_channel_code_f32(out, i, i + m, next_channels, next_inner, 0, next_ranges, next_centres, next_coder,
+                                   next_out, stats + 6);
     }
 }
 

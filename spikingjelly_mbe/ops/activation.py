@@ -18,6 +18,7 @@ from .base import DEFAULT_MODE, DEFAULT_T, Count, SpikingOp, in_float_reference_
 from .coding import DEFAULT_CODE, decode, total
 from .precision import channel_layout
 from .rectifier import SpikingReLU
+from .weight_input import LAST_CODE
 
 # F.gelu's approximate= forms and the activations computing them (from the one activation table)
 GELU_TARGETS = {form: a.name for form in ("none", "tanh") for a in ACTIVATIONS.values()
@@ -233,14 +234,21 @@ class RectifiedActivation(nn.Module):
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """``rectifier(x) + residual(x)`` in one pass (:func:`~spikingjelly_mbe.kernels.rectified`), each
-        part counting its own spikes, clamps and NaN/Inf inputs as its forward does."""
+        part counting its own spikes, clamps and NaN/Inf inputs as its forward does; the output also coded
+        in that pass for the weight layer that coded the last one (its consumer), and kept for it
+        (:class:`~.weight_input.SharedCode`)."""
         rectifier, residual = self.rectifier, self.residual
         channels, inner, ranges = channel_layout(rectifier.channel_ranges, x, -1)
         table = neuron_table(residual.node, residual.fitted.domain, torch.float32, x.device, residual.node_key)
-        out, stats = kernels.rectified(x, channels, inner, ranges, rectifier.coder.kernel_params(x.dtype, True),
-                                       table.kernel_args())
+        consumer = LAST_CODE.consumer_of(self)
+        following = None if consumer is None else consumer.kernel_code_args(x)
+        out, coded, stats = kernels.rectified(x, channels, inner, ranges, rectifier.coder.kernel_params(x.dtype, True),
+                                              table.kernel_args(), following)
+        if coded is not None:
+            LAST_CODE.keep(out, following, coded, stats[6:])
+        LAST_CODE.produced(out, self)
         rectifier.finish(x, out, *stats[:3])
-        residual.finish(x, out, *stats[3:])
+        residual.finish(x, out, *stats[3:6])
         for part in (rectifier, residual):
             if not part.deferring:
                 part.flush("in this forward")

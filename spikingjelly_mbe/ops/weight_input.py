@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from .. import kernels
+from ..kernels import ChannelCode
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps,
@@ -32,21 +33,55 @@ class SharedCode(threading.local):
     ranges, centres and coder: the query, key and value projections of an attention read one input, and
     their calibrations, seeing the same values, give them the same code (Eq. 9), which is coded once.
     Each layer still counts the code's spikes as its own. Released when its input tensor is freed. Ranges
-    and centres are compared by their bytes (:func:`host_values`): equal bytes, equal values."""
+    and centres are compared by their bytes (:func:`host_values`): equal bytes, equal values.
+
+    A producer may code its output for the layer that reads it in its own pass (:meth:`keep`; a
+    :class:`~.activation.RectifiedActivation` does): it marks that output as its own (:meth:`produced`),
+    and a layer that then codes that output without a kept code becomes the producer's consumer
+    (:meth:`consumer_of`), whose code the producer keeps from the next forward on. A kept code serves only
+    a layer asking for those very settings on that very tensor."""
 
     entry: Optional[Tuple[Any, ...]] = None
+    producer: Optional[Tuple[weakref.ref, weakref.ref]] = None  # (an output, the module that made it)
 
-    def code(self, x: torch.Tensor, channels: int, inner: int, ranges: torch.Tensor, centres: Optional[torch.Tensor],
-             coder: Tuple[float, ...]) -> Tuple[torch.Tensor, List[int]]:
-        """:func:`~spikingjelly_mbe.kernels.channel_code` of ``x`` (no rectifier), or the last one's result."""
-        entry, settings = self.entry, ((channels, inner, coder), host_values(ranges), host_values(centres))
+    def __init__(self) -> None:
+        self.consumers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # producer -> its consumer (weak)
+
+    def code(self, x: torch.Tensor, args: ChannelCode, consumer: nn.Module) -> Tuple[torch.Tensor, List[int]]:
+        """:func:`~spikingjelly_mbe.kernels.channel_code` of ``x`` (no rectifier; ``args``: its channels,
+        inner size, ranges, centres and coder), or the code kept for it; ``consumer`` (the layer asking)
+        becomes the consumer of ``x``'s producer when no code was kept."""
+        entry, settings = self.entry, self.settings(args)
         if entry is not None:
             source, version, kept, value, value_version, stats = entry
             if source() is x and version == x._version and kept == settings and value._version == value_version:
                 return value, stats
+        producer = None if self.producer is None or self.producer[0]() is not x else self.producer[1]()
+        if producer is not None:
+            self.consumers[producer] = weakref.ref(consumer)
+        channels, inner, ranges, centres, coder = args
         value, stats = kernels.channel_code(x, channels, inner, ranges, centres, False, coder)
-        self.entry = (weakref.ref(x, self.release), x._version, settings, value, value._version, stats)
+        self.keep(x, args, value, stats)
         return value, stats
+
+    @staticmethod
+    def settings(args: ChannelCode) -> Tuple[Any, ...]:
+        """What two codes of one tensor must share to be equal: layout and coder, ranges' and centres' bytes."""
+        channels, inner, ranges, centres, coder = args
+        return (channels, inner, tuple(coder)), host_values(ranges), host_values(centres)
+
+    def keep(self, x: torch.Tensor, args: ChannelCode, value: torch.Tensor, stats: List[int]) -> None:
+        """Keep ``value``, the code of ``x`` with ``args`` and its ``stats``, for the next layer asking for it."""
+        self.entry = (weakref.ref(x, self.release), x._version, self.settings(args), value, value._version, stats)
+
+    def produced(self, x: torch.Tensor, producer: nn.Module) -> None:
+        """``x`` is ``producer``'s output."""
+        self.producer = (weakref.ref(x), weakref.ref(producer))
+
+    def consumer_of(self, producer: nn.Module) -> Optional[nn.Module]:
+        """The layer that coded ``producer``'s last output (in this thread), if it is still alive."""
+        consumer = self.consumers.get(producer)
+        return None if consumer is None else consumer()
 
     def release(self, source: weakref.ref) -> None:
         """The input of the kept code was freed: drop the code."""
@@ -257,15 +292,13 @@ class SpikingWeightInput(CalibratedOp):
         if not self.simulating and x.numel() and self.kernel_coded and kernels.triton_usable(x):
             return self.by_triton(x)
         xs = x.to(working_dtype(x, self.precision_digits))
-        centers = self.centers_for(xs)
-        if not self.simulating and x.numel() and self.kernel_coded and kernels.usable(xs):
-            channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
-            value, (spikes, clamped, nonfinite) = LAST_CODE.code(
-                xs, channels, inner, ranges, None if centers is None else self.channel_centers,
-                self.coder.kernel_params(xs.dtype, True))
+        args = self.kernel_code_args(xs)
+        if args is not None:
+            value, (spikes, clamped, nonfinite) = LAST_CODE.code(xs, args, self)
             self.counted_nonfinite(x, "input", nonfinite)
             out = self.layer.forward(value.to(x.dtype))
         else:
+            centers = self.centers_for(xs)
             self.check_input(x, "input")
             code, scales, clamped = self.unit_code(xs, centers, self.simulating)
             spikes = total(code.counts)
@@ -274,6 +307,17 @@ class SpikingWeightInput(CalibratedOp):
             else:
                 out = self.layer.forward(self.decoded(code, scales, centers).to(x.dtype))
         return self.finish(x, out, spikes, clamped)
+
+    def kernel_code_args(self, xs: torch.Tensor) -> Optional[ChannelCode]:
+        """The arguments of the ``c`` kernel that codes ``xs`` in fast mode (:func:`~spikingjelly_mbe.kernels.
+        channel_code`'s channels, inner size, ranges, centres and coder), or ``None`` where fast mode's ``c``
+        path does not take ``xs`` (simulating, calibrating, beyond the kernels' codes, another backend)."""
+        if self.simulating or self.calibrating or self.channel_ranges is None or not xs.numel() \
+                or not self.kernel_coded or not kernels.usable(xs):
+            return None
+        channels, inner, ranges = channel_layout(self.channel_ranges, xs, self.channel_dim)
+        centres = None if self.centers_for(xs) is None else self.channel_centers
+        return channels, inner, ranges, centres, self.coder.kernel_params(xs.dtype, True)
 
     def unit_code(self, xs: torch.Tensor, centers: Optional[torch.Tensor], simulating: bool,
                   ) -> Tuple[SpikeCode, torch.Tensor, Count]:
