@@ -275,7 +275,8 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
         assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
     default = job.operator_options()
     assert set(default) == {"rotate", "split_bits", "code", "operand_code", "budget", "center_inputs",
-                            "rectified_activations", "norm_exponents", "neuron", "bias_correction", "digit_budget",
+                            "rectified_activations", "norm_exponents", "centered_codes", "neuron", "bias_correction",
+                            "digit_budget",
                             "energy_budget"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}

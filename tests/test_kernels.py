@@ -91,17 +91,19 @@ norm_kinds = st.sampled_from(["layer", "rms"])
 @given(kind=norm_kinds, rows=st.lists(st.integers(1, 5), max_size=2), width=st.integers(1, 300),
        scale=st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30]), offset=st.floats(-50, 50),
        affine=st.booleans(), eps=st.sampled_from([1e-5, 1e-2]), seed=st.integers(0, 2 ** 16),
-       exponents=st.booleans(), T=st.sampled_from([6, 16]))
+       exponents=st.booleans(), centered=st.booleans(), T=st.sampled_from([6, 16]))
 def test_norm_kernels_are_the_eager_fast_path_bit_for_bit(kind, rows, width, scale, offset, affine, eps, seed,
-                                                          exponents, T):
+                                                          exponents, centered, T):
     g = torch.Generator().manual_seed(seed)
     weight, bias = (torch.randn(width, generator=g), torch.randn(width, generator=g)) if affine else (None, None)
-    op = SpikingLayerNorm(width, weight, bias, eps=eps, T=T, element_exponents=exponents) if kind == "layer" else \
-        SpikingRMSNorm(width, weight, eps=eps, T=T, element_exponents=exponents)
+    options = dict(eps=eps, T=T, element_exponents=exponents, centered_codes=centered)
+    op = SpikingLayerNorm(width, weight, bias, **options) if kind == "layer" else \
+        SpikingRMSNorm(width, weight, **options)
     x = torch.randn(*rows, width, generator=g) * scale + offset * min(scale, 1.0)
     x[..., 0] = x[..., 0] * 40  # an outlier channel
     x[..., 1::7] = x[..., 1::7] * 2.0 ** -12  # elements below the exponent span of T=6 (coded at 2^-T)
     x[..., 2::11] = 0.0  # exact zeros fire nothing
+    x[..., 3::13] = x[..., 3::13] * 2.0 ** -7  # near the bottom of a centred code's band at T=6
     assert_kernel_equals_eager(op, x)
 
 
@@ -164,6 +166,7 @@ def test_row_kernels_in_blocks_of_rows_are_the_eager_path_bit_for_bit(code, T, r
     masked[rows - 1, ::3] = float("-inf")
     weight, bias = torch.rand(48, generator=g) + 0.5, torch.randn(48, generator=g)
     for op, inputs in ((SpikingSoftmax(dim=-1, T=T, code=code), masked),
+                       (SpikingSoftmax(dim=-1, T=T, code=code, centered_codes=False), masked),
                        (SpikingLayerNorm(48, weight, bias, T=T, code=code), x),
                        (SpikingRMSNorm(48, weight, T=T, code=code), x),
                        (SpikingLayerNorm(48, T=T, code=code, element_exponents=False), x)):

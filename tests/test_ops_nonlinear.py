@@ -211,12 +211,13 @@ norm_cases = st.sampled_from(["layer", "rms"])
 @SETTINGS
 @given(kind=norm_cases, rows=st.lists(st.integers(1, 4), min_size=0, max_size=2), width=st.integers(1, 40),
        scale=st.floats(1e-3, 1e3), offset=st.floats(-50, 50), eps=st.sampled_from([1e-5, 1e-2]),
-       seed=st.integers(0, 2 ** 16), exponents=st.booleans())
-def test_norm_fast_equals_simulate(kind, rows, width, scale, offset, eps, seed, exponents):
+       seed=st.integers(0, 2 ** 16), exponents=st.booleans(), centered=st.booleans())
+def test_norm_fast_equals_simulate(kind, rows, width, scale, offset, eps, seed, exponents, centered):
     g = torch.Generator().manual_seed(seed)
     weight, bias = torch.randn(width, generator=g), torch.randn(width, generator=g)
-    op = (SpikingLayerNorm(width, weight, bias, eps=eps, element_exponents=exponents) if kind == "layer"
-          else SpikingRMSNorm(width, weight, eps=eps, element_exponents=exponents))
+    options = dict(eps=eps, element_exponents=exponents, centered_codes=centered)
+    op = SpikingLayerNorm(width, weight, bias, **options) if kind == "layer" else \
+        SpikingRMSNorm(width, weight, **options)
     x = torch.randn(*rows, width, generator=g, dtype=torch.float64) * scale + offset
     if width > 2:
         x[..., 1] = x[..., 1] * 1e-7  # far below the row's largest: beyond the exponent span
@@ -236,8 +237,9 @@ def test_element_exponents_keep_small_elements_significant_digits(kind):
     bulk[[3, 17]] = False
     noise, spikes = {}, {}
     for exponents in (True, False):
-        op = SpikingLayerNorm(256, T=8, element_exponents=exponents) if kind == "layer" else \
-            SpikingRMSNorm(256, T=8, element_exponents=exponents)
+        # the plain codes (the centred ones: tests/test_centred_codes.py)
+        options = dict(T=8, element_exponents=exponents, centered_codes=False)
+        op = SpikingLayerNorm(256, **options) if kind == "layer" else SpikingRMSNorm(256, **options)
         error = (op(h) - ref)[..., bulk]
         noise[exponents] = float(error.square().mean().sqrt() / ref[..., bulk].square().mean().sqrt())
         spikes[exponents] = op.op_stats().spikes / h.numel()

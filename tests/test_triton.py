@@ -251,7 +251,8 @@ def test_a_triton_node_runs_the_time_loop_in_one_kernel_as_the_simulation(kind):
 
 
 @pytest.mark.parametrize("make", [lambda: SpikingSoftmax(T=16), lambda: SpikingSoftmax(dim=1, T=8, code="binary"),
-                                  lambda: SpikingSoftmax(T=5, code="ternary")])
+                                  lambda: SpikingSoftmax(T=5, code="ternary"),
+                                  lambda: SpikingSoftmax(T=6, centered_codes=False)])
 def test_softmax_kernel_is_the_eager_path_bit_for_bit(make):
     """Masked positions, a fully masked row, subnormal and vanishing terms, a one-hot row."""
     g = torch.Generator().manual_seed(6)
@@ -268,7 +269,8 @@ def test_softmax_kernel_is_the_eager_path_bit_for_bit(make):
                                   lambda: SpikingRMSNorm(24, torch.rand(24) + 0.5),
                                   lambda: SpikingLayerNorm((4, 6), T=8, code="binary"),
                                   lambda: SpikingRMSNorm(24, element_exponents=False),
-                                  lambda: SpikingLayerNorm(24, torch.rand(24) + 0.5, T=4, code="ternary")])
+                                  lambda: SpikingLayerNorm(24, torch.rand(24) + 0.5, T=4, code="ternary"),
+                                  lambda: SpikingRMSNorm(24, T=6, centered_codes=False)])
 def test_norm_kernels_are_the_eager_path_bit_for_bit(make):
     """Outlier channels, a constant row, a zero row, a tiny row, half precision."""
     g = torch.Generator().manual_seed(7)

@@ -10,7 +10,8 @@
  * A "coder" is the MBE_Id neuron of Eq. 9 as six numbers (ops.coding.IdentityCoder.kernel_params):
  * gain 2^T, offset 2^T, clamp (or +inf), output step w 2^-T, the top digit pattern 2^T - 1 and the
  * digit code (ops.coding.CODES: 0 binary digits, 1 signed digits, 2 balanced-ternary digits, whose top
- * pattern is (3^T - 1) / 2), which sets the spike count of q.
+ * pattern is (3^T - 1) / 2), which sets the spike count of q. The row kernels (Softmax, the norms) take
+ * eight (IdentityCoder.row_params, band_t): the coder, then a centred code's centre and zero threshold.
  * A "table" is a SplitFunction's interleaved (value, spikes) pair for each of the 2^T digit patterns;
  * a "packed table" holds both in one 32-bit word (SplitFunction.packed_table), so that the per-element
  * lookup of Softmax is a single gather: value bits = base + (word & 0xFFFFFF), spikes = word >> 24.
@@ -176,6 +177,31 @@ INLINE float code_value_of(float x, float u, coder_t c, int32_t code, int32_t *c
 /* The signed MBE_Id value of x and its spike count. */
 INLINE float code_value(float x, coder_t c, int32_t code, int32_t *count) {
     return code_value_of(x, fabsf(x * c.gain), c, code, count);
+}
+
+/* A row kernel's coder (IdentityCoder.row_params): the MBE_Id coder, and a centred code's centre and zero
+ * threshold (both 0: the plain code). */
+typedef struct {
+    coder_t c;
+    float centre, zero;
+} band_t;
+
+static band_t band_of(const double *p) {
+    const band_t b = {coder_of(p), (float)p[6], (float)p[7]};
+    return b;
+}
+
+/* The value of x in a row coder and its spike count (IdentityCoder.code_within): with centred (b.centre > 0)
+ * the centred code |x| = centre + v (IdentityCoder.centred), v the signed digits of |x| - centre clamped to
+ * the digits' reach (the coder's clamp), the centre one spike more, and 0 without a spike for |x| < zero;
+ * otherwise code_value. */
+INLINE float band_value(float x, band_t b, int32_t code, int centred, int32_t *count) {
+    if (!centred) return code_value(x, b.c, code, count);
+    const float m = fabsf(x), offset = m - b.centre;
+    const int32_t live = m >= b.zero, q = quantize(offset, b.c);
+    *count = live ? spike_count(q, b.c.top, code) + 1 : 0;
+    const float v = copysignf(digits_value(q) * b.c.step, offset) + b.centre;
+    return copysignf(live ? v : 0.0f, x);
 }
 
 /* The overflow shift of a unit-range code (ops.coding.overflow_shift with A = 1): e >= 0 the smallest
@@ -576,15 +602,17 @@ static inline double sum_f64(const float *restrict x, int64_t n) {
 }
 
 /* The row's probabilities p = min(code(e) * scaled, 1) in place of e, each e coded at its own exponent
- * (element_exponent); returns the spikes of e's codes. */
-INLINE int32_t probabilities(float *restrict o, int64_t n, coder_t ce, int32_t code, float scaled, int32_t span) {
+ * (element_exponent), in a centred code when centred; returns the spikes of e's codes. */
+INLINE int32_t probabilities(float *restrict o, int64_t n, band_t ce, int32_t code, int centred, float scaled,
+                             int32_t span) {
     int32_t spikes = 0;
     for (int64_t i = 0; i < n; ++i) {
         float shift;
+        int32_t count;
         const float u = element_reduced(o[i], span, &shift);
-        const int32_t q = quantize(u, ce);
-        spikes += spike_count(q, ce.top, code);
-        const float p = ((digits_value(q) * ce.step) * shift) * scaled;
+        const float coded = band_value(u, ce, code, centred, &count);
+        spikes += count;
+        const float p = (coded * shift) * scaled;
         o[i] = p < 1.0f ? p : 1.0f; /* a probability: capped at its true maximum */
     }
     return spikes;
@@ -599,7 +627,8 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
                        const double *exp2_coder, const int32_t *exp2_packed, int32_t exp2_base,
                        const double *recip_coder, const float *recip_table, const double *e_coder,
                        const double *r_coder, int32_t element_span, float *restrict out, int64_t *stats) {
-    const coder_t cx = coder_of(exp2_coder), ce = coder_of(e_coder), cr = coder_of(r_coder);
+    const coder_t cx = coder_of(exp2_coder);
+    const band_t ce = band_of(e_coder), cr = band_of(r_coder);
     const float l2e = (float)log2e, floor_exp = (float)min_exponent, up = (float)carry;
     for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
         const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
@@ -650,11 +679,14 @@ void sjmbe_softmax_f32(const float *restrict x, int64_t rows, int64_t n, double 
             const int32_t q = patterns[r], fires = totals[r] > 0.0f;
             const float recip = fires ? recip_table[2 * q] : 0.0f;
             spikes[r] += fires ? (int32_t)recip_table[2 * q + 1] : 0;
-            const int32_t rq = quantize(recip, cr);
-            const int32_t r_spikes = spike_count(rq, cr.top, cr.code);
-            const float scaled = (digits_value(rq) * cr.step) * pow2(1.0f - (float)exponents[r]);
-#define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, scaled, element_span)
-            const int32_t e_spikes = BY_CODE(ce.code, PROBABILITIES);
+            int32_t r_spikes;
+            const float scaled = band_value(recip, cr, cr.c.code, cr.centre > 0.0f, &r_spikes)
+                                 * pow2(1.0f - (float)exponents[r]);
+#define PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, 0, scaled, element_span)
+#define CENTRED_PROBABILITIES(code) probabilities(out + (first + r) * n, n, ce, code, 1, scaled, element_span)
+            const int32_t e_spikes = ce.centre > 0.0f ? BY_CODE(ce.c.code, CENTRED_PROBABILITIES)
+                                                      : BY_CODE(ce.c.code, PROBABILITIES);
+#undef CENTRED_PROBABILITIES
 #undef PROBABILITIES
             stats[0] += spikes[r] + e_spikes + r_spikes;
             stats[1] += live[r];
@@ -752,15 +784,21 @@ static int32_t magnitude_bits(const float *restrict x, int64_t n) {
  * E + 1 and 2^-e's 253 - E. A subnormal or zero z (E = 0) takes e = -span, as frexp's e <= -126 would
  * (a zero codes to the same signed zero at any exponent); NaN/Inf (E = 255) e = 0.
  * exponents: 0 the row's exponent alone; 1 each element's, z 2^-e g as ((c 2^-k) 2^-e) g, two exact scalings
- * and one rounding; 2 the same as one product c (2^(-k - e) g), for a row whose factor 2^(-k - e) g is
+ * and one rounding; 3 each element's in the centred code (band_value of z 2^-e); 2 the same as 1 as one
+ * product c (2^(-k - e) g), for a row whose factor 2^(-k - e) g is
  * normal (z_row): z's field is c = x - mean's less k's (E = F - K) wherever z is normal, so F is clamped
  * to [126 - span, 126] + K instead, and the factor's bits are g's plus (126 - F) << 23 (the k's cancel),
  * exact. It rounds the same real number once, wherever z is normal; where it is not, z is below 2^-126,
  * e = -span and both round below 1/2: q = 0 either way, and the sign is c's. */
-INLINE float z_code(float x, float mean, float scale, int32_t k, int element_span, coder_t cz, int32_t code,
+INLINE float z_code(float x, float mean, float scale, int32_t k, int element_span, band_t bz, int32_t code,
                     int centered, int exponents, int32_t *count) {
+    const coder_t cz = bz.c;
     const float c = centered ? x - mean : x;
     float u, shift = 1.0f;
+    if (exponents == 3) {
+        const float z = element_reduced(c * scale, element_span, &shift);
+        return band_value(z, bz, code, 1, count) * shift;
+    }
     if (exponents == 2) {
         uint32_t bits, gain_bits;
         memcpy(&bits, &c, sizeof bits);
@@ -788,7 +826,7 @@ INLINE float z_code(float x, float mean, float scale, int32_t k, int element_spa
  * row is read once and the adds' latency hides behind the codes. Sixteen elements at a time (one vector
  * of codes), then one by one. */
 INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float scale, int32_t k, int element_span,
-                      coder_t cz, int32_t code, int centered, int exponents, float inv_n, float *restrict o,
+                      band_t cz, int32_t code, int centered, int exponents, float inv_n, float *restrict o,
                       int32_t *z_spikes, int32_t *z_squares) {
     int32_t spikes[16] = {0}, squares[16] = {0};
     double8 parts = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -827,21 +865,24 @@ INLINE double z_codes(const float *restrict xr, int64_t n, float mean, float sca
  * for each (no branch in it). The scalings are one product (z_code's exponents = 2) when the gain g (field G)
  * is a positive normal float, the factor 2^(-k - e) g is normal for every e in [-span, 0] (its field G - k - e
  * in [1, 254]), and a subnormal c (F = 0) takes e = -span both ways: z = c 2^-k < 2^(-126 - k) has
- * e <= -span when k >= span - 125 (here span <= 2T <= 32 and k >= -40: always). */
-static double z_row(const float *restrict xr, int64_t n, float mean, int32_t k, int element_span, coder_t cz,
+ * e <= -span when k >= span - 125 (here span <= 2T <= 32 and k >= -40: always). A centred code (z_code's
+ * exponents = 3) scales exactly first. */
+static double z_row(const float *restrict xr, int64_t n, float mean, int32_t k, int element_span, band_t cz,
                     int centered, float inv_n, float *restrict o, int32_t *z_spikes, int32_t *z_squares) {
     const float scale = pow2((float)-k);
     uint32_t gain_bits;
-    memcpy(&gain_bits, &cz.gain, sizeof gain_bits);
+    memcpy(&gain_bits, &cz.c.gain, sizeof gain_bits);
     const int32_t gain_field = (int32_t)(gain_bits >> 23); /* a negative gain: above 255 */
     const int merged = gain_field >= 1 && gain_field - k >= 1 && gain_field - k + element_span <= 254
                        && k >= element_span - 125;
-#define Z(code, centre, exponents) \
-    z_codes(xr, n, mean, scale, k, element_span, cz, code, centre, exponents, inv_n, o, z_spikes, z_squares)
-#define BY_EXPONENTS(code, centre) \
-    (element_span < 0 ? Z(code, centre, 0) : merged ? Z(code, centre, 2) : Z(code, centre, 1))
+    const int centred_code = cz.centre > 0.0f;
+#define Z(code, centring, exponents) \
+    z_codes(xr, n, mean, scale, k, element_span, cz, code, centring, exponents, inv_n, o, z_spikes, z_squares)
+#define BY_EXPONENTS(code, centring) \
+    (element_span < 0 ? Z(code, centring, 0) : centred_code ? Z(code, centring, 3) \
+                      : merged ? Z(code, centring, 2) : Z(code, centring, 1))
 #define BY_CENTRE(code) (centered ? BY_EXPONENTS(code, 1) : BY_EXPONENTS(code, 0))
-    return BY_CODE(cz.code, BY_CENTRE);
+    return BY_CODE(cz.c.code, BY_CENTRE);
 #undef BY_CENTRE
 #undef BY_EXPONENTS
 #undef Z
@@ -858,7 +899,7 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
                     double min_row_exponent, int element_span, const float *restrict weight, const float *restrict bias,
                     const double *z_coder, const double *rsqrt_coder, const float *rsqrt_table,
                     const double *rho_coder, float *restrict out, int64_t *stats) {
-    const coder_t cz = coder_of(z_coder), cr = coder_of(rho_coder);
+    const band_t cz = band_of(z_coder), cr = band_of(rho_coder);
     const float inv_n = (float)(1.0 / (double)n), eps_f = (float)eps;
     for (int64_t first = 0; first < rows; first += ROW_BLOCK) {
         const int64_t block = rows - first < ROW_BLOCK ? rows - first : ROW_BLOCK;
@@ -907,9 +948,9 @@ void sjmbe_norm_f32(const float *restrict x, int64_t rows, int64_t n, int center
             const int32_t q = patterns[r], fires = variances[r] > 0.0f;
             const float rho = fires ? rsqrt_table[2 * q] : 0.0f;
             const int32_t spikes = fires ? (int32_t)rsqrt_table[2 * q + 1] : 0;
-            const int32_t rq = quantize(rho, cr);
-            const int32_t rho_spikes = spike_count(rq, cr.top, cr.code);
-            const float scaled = (digits_value(rq) * cr.step) * pow2((float)-((exponents[r] - 1 - odds[r]) / 2));
+            int32_t rho_spikes;
+            const float scaled = band_value(rho, cr, cr.c.code, cr.centre > 0.0f, &rho_spikes)
+                                 * pow2((float)-((exponents[r] - 1 - odds[r]) / 2));
             float *restrict o = out + (first + r) * n;
             for (int64_t i = 0; i < n; ++i) {
                 float v = o[i] * scaled;

@@ -385,7 +385,8 @@ def _(x, gain, offset, vth, reset, decode_weights, bias):
     return x.new_empty((vth.shape[1], *x.shape), dtype=torch.float32), x.new_empty(1, dtype=torch.int64)
 
 
-PARAMS = 8  # a coder's row of :func:`coder_rows`: gain, offset, clamp, step, top, code, lo (split functions), 0
+PARAMS = 8  # a coder's row of :func:`coder_rows`: gain, offset, clamp, step, top, code, then lo (split functions), 0
+# or a row coder's centre and zero threshold (IdentityCoder.row_params)
 
 
 @functools.lru_cache(maxsize=None)
@@ -403,6 +404,25 @@ def _quantize(x, params_ptr):
     clamp = tl.load(params_ptr + 2)
     top = tl.load(params_ptr + 4)
     return tl.minimum(tl.floor(tl.minimum(tl.abs(x * gain), clamp) + offset), top)
+
+
+@triton.jit
+def _band_value(x, params_ptr, top_bits, CODE: tl.constexpr):
+    """``(value, spikes)`` of ``x`` in a row coder of :func:`coder_rows` (``IdentityCoder.row_params``; the C
+    kernels' ``band_value``): the centred code ``sign(x) (centre + v)`` when its centre is positive (0 and no
+    spike below the zero threshold), else ``sign(x) q w 2^-T``."""
+    centre = tl.load(params_ptr + 6)
+    centred = centre > 0.0
+    magnitude = tl.abs(x)
+    live = magnitude >= tl.load(params_ptr + 7)
+    offset = tl.where(centred, magnitude - centre, magnitude)
+    digits = _quantize(offset, params_ptr)
+    v = digits * tl.load(params_ptr + 3)
+    v = tl.where(offset < 0.0, -v, v)
+    v = tl.where(centred, tl.where(live, v + centre, 0.0), v)
+    counts = _digit_count(digits.to(tl.int32), top_bits, CODE)
+    counts = tl.where(centred, (counts + 1) * live.to(tl.int32), counts)  # the centre's spike
+    return tl.where(x.to(tl.int32, bitcast=True) < 0, -v, v), counts
 
 
 @triton.jit
@@ -462,13 +482,12 @@ def _softmax_kernel(x_ptr, out_ptr, stats_ptr, n, params_ptr, exp2_table_ptr, re
     recip, recip_spikes = _split_value(2.0 * mantissa, params_ptr + 8, recip_table_ptr)
     recip = tl.where(total > 0.0, recip, 0.0)
     spikes += tl.where(total > 0.0, recip_spikes, 0)
-    r_digits = _quantize(recip, params_ptr + 24)
-    r_spikes = _digit_count(r_digits.to(tl.int32), top_bits, CODE)
-    scaled = (r_digits * tl.load(params_ptr + 24 + 3)) * _pow2((1 - exponent).to(tl.float32))
+    r_value, r_spikes = _band_value(recip, params_ptr + 24, top_bits, CODE)
+    scaled = r_value * _pow2((1 - exponent).to(tl.float32))
     e_shift = _pow2(tl.maximum(tl.minimum(_exponent(e), 0), -element_span).to(tl.float32))  # e's own exponent
-    e_digits = _quantize(tl.math.div_rn(e, e_shift), params_ptr + 16)
-    e_spikes = tl.sum(tl.where(inside, _digit_count(e_digits.to(tl.int32), top_bits, CODE), 0), 0)
-    p = ((e_digits * tl.load(params_ptr + 16 + 3)) * e_shift) * scaled
+    e_value, e_counts = _band_value(tl.math.div_rn(e, e_shift), params_ptr + 16, top_bits, CODE)
+    e_spikes = tl.sum(tl.where(inside, e_counts, 0), 0)
+    p = (e_value * e_shift) * scaled
     tl.store(out_ptr + row * n + cols, tl.minimum(p, 1.0), mask=inside)
     spikes = (spikes + e_spikes + r_spikes).to(tl.int64)
     tl.atomic_add(stats_ptr + 0, spikes)
@@ -526,11 +545,9 @@ def _norm_kernel(x_ptr, weight_ptr, bias_ptr, out_ptr, stats_ptr, n, params_ptr,
     if ELEMENT:
         shift = _pow2(tl.maximum(tl.minimum(_exponent(z), 0), -element_span).to(tl.float32))
         z = tl.math.div_rn(z, shift)
-    digits = _quantize(z, params_ptr + 8)
-    value = digits * tl.load(params_ptr + 8 + 3)
-    value = tl.where(z.to(tl.int32, bitcast=True) < 0, -value, value) * shift
-    value = tl.where(inside, value, 0.0)
-    counts = tl.where(inside, _digit_count(digits.to(tl.int32), top_bits, CODE), 0)
+    value, counts = _band_value(z, params_ptr + 8, top_bits, CODE)
+    value = tl.where(inside, value * shift, 0.0)
+    counts = tl.where(inside, counts, 0)
     z_spikes = tl.sum(counts, 0)
     z_squares = tl.sum(counts * counts, 0)
     variance = tl.sum(((value * value) * inv_n).to(tl.float64), 0).to(tl.float32)
@@ -541,9 +558,8 @@ def _norm_kernel(x_ptr, weight_ptr, bias_ptr, out_ptr, stats_ptr, n, params_ptr,
     rho, rho_split_spikes = _split_value(2.0 * mantissa * tl.where(odd == 1, 2.0, 1.0), params_ptr, rsqrt_table_ptr)
     rho = tl.where(variance > 0.0, rho, 0.0)
     spikes = tl.where(variance > 0.0, rho_split_spikes, 0)
-    rho_digits = _quantize(rho, params_ptr + 16)
-    rho_spikes = _digit_count(rho_digits.to(tl.int32), top_bits, CODE)
-    scaled = (rho_digits * tl.load(params_ptr + 16 + 3)) * _pow2((-((exponent - 1 - odd) // 2)).to(tl.float32))
+    rho_value, rho_spikes = _band_value(rho, params_ptr + 16, top_bits, CODE)
+    scaled = rho_value * _pow2((-((exponent - 1 - odd) // 2)).to(tl.float32))
     out = value * scaled
     if HAS_WEIGHT:
         out = out * tl.load(weight_ptr + cols, mask=inside, other=0.0)

@@ -96,11 +96,13 @@ class OpSettings:
     SiLU as an exact rectifier plus a fitted residual (:class:`~spikingjelly_mbe.ops.RectifiedActivation`,
     a range reduction; ``False``: one fitted neuron of the whole function). ``norm_exponents`` gives
     every element a norm codes its own exponent (:class:`~spikingjelly_mbe.ops.SpikingLayerNorm`;
-    ``False``: the row's exponent alone). ``neuron`` is the neuron kind of the fitted activations
-    (:data:`~spikingjelly_mbe.fitting.kinds.KINDS`: ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which
-    ignores ``activation_N``); the range-reduced neurons of Softmax and the norms and the functions
-    fitted on demand stay MBE. ``bias_correction`` subtracts each weight layer's expected
-    rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
+    ``False``: the row's exponent alone). ``centered_codes`` codes Softmax's and the norms' values of known
+    magnitude band (each element's mantissa, ``1/M``, ``1/sqrt(M)``) as a centre spike plus signed digits
+    (:meth:`~spikingjelly_mbe.ops.coding.IdentityCoder.centred`; ``False``: ``T`` digits of ``[0, A]``).
+    ``neuron`` is the neuron kind of the fitted activations (:data:`~spikingjelly_mbe.fitting.kinds.KINDS`:
+    ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which ignores ``activation_N``); the range-reduced neurons of
+    Softmax and the norms and the functions fitted on demand stay MBE. ``bias_correction`` subtracts each
+    weight layer's expected rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``digit_budget``
     allocates the digits per site from calibration (:mod:`~spikingjelly_mbe.conversion.allocation`):
     sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared output
@@ -125,6 +127,7 @@ class OpSettings:
     center_inputs: bool = True
     rectified_activations: bool = True
     norm_exponents: bool = True
+    centered_codes: bool = True
     neuron: str = "mbe"
     bias_correction: bool = False
     digit_budget: Optional[float] = None
@@ -163,7 +166,7 @@ class OpSettings:
         check_codes(self.code, self.operand_code, self.T)
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
-        for name in ("center_inputs", "rectified_activations", "norm_exponents", "bias_correction"):
+        for name in ("center_inputs", "rectified_activations", "norm_exponents", "centered_codes", "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_digit_budget(self.digit_budget, self.T, self.energy_budget)
@@ -193,7 +196,8 @@ class OpSettings:
         return dict(self.coded_options(kind), N=self.N, split_bits=self.split_bits)
 
     def norm_options(self) -> Dict[str, Any]:
-        return dict(self.split_options("norm"), element_exponents=self.norm_exponents)
+        return dict(self.split_options("norm"), element_exponents=self.norm_exponents,
+                    centered_codes=self.centered_codes)
 
     def activation(self, entry: Activation, params: Params) -> nn.Module:
         """The spiking module of an activation entry: its exact rectifier form, its own fitted neuron,
@@ -306,7 +310,8 @@ class OpSettings:
 
     def softmax(self, dim: int = -1) -> SpikingSoftmax:
         """Softmax from exp2 of the fractional part, a reciprocal and products (Eq. 13)."""
-        return SpikingSoftmax.from_float(torch.softmax, dim, **self.split_options("softmax"))
+        return SpikingSoftmax.from_float(torch.softmax, dim, **self.split_options("softmax"),
+                                         centered_codes=self.centered_codes)
 
     def layer_norm(self, shape: Sequence[int], weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                    eps: float) -> SpikingLayerNorm:

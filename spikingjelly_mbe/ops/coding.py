@@ -144,6 +144,13 @@ def check_code(code: str, argument: str = "code") -> str:
     return code
 
 
+def check_flag(value: bool, argument: str) -> bool:
+    """``value`` must be ``True`` or ``False``; returns it (the error names ``argument``)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{argument} must be True or False, got {value!r}")
+    return value
+
+
 def code_levels(code: str, T: int, argument: str = "code") -> int:
     """The largest ``q`` of ``T`` digits of ``code`` (:meth:`DigitCode.levels`), with an error naming
     ``argument`` and ``T`` when the code cannot hold that many steps exactly."""
@@ -283,9 +290,15 @@ class IdentityCoder(nn.Module):
     otherwise the same numbers come from ``q = floor(2^T u[0])`` and the code's closed-form count.
     """
 
-    def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False) -> None:
+    def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False,
+                 floor: float = 0.0) -> None:
         super().__init__()
         self.T, self.code, self.shift_overflow = T, check_code(code), bool(shift_overflow)
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor < A \
+                or (floor and shift_overflow):
+            raise ValueError(f"floor must be a number in [0, A={A!r}) (the smallest nonzero magnitude; 0: none), and 0 "
+                             f"with shift_overflow, got {floor!r}")
+        self.floor = float(floor)
         digit_code = CODES[self.code]
         self.count, self.base, self.levels = digit_code.count, digit_code.base, code_levels(self.code, T)
         self.kernel_coded = kernel_coded(self.code, T)
@@ -293,30 +306,39 @@ class IdentityCoder(nn.Module):
         self.set_range(A)
 
     def set_range(self, A: float) -> None:
-        """Code ``[-A, A]``, ``A`` rounded to float32 (the kernels compare operands with it in float32, the
-        overflow shift in float64: an ``A`` between two float32 numbers would shift an operand in one and
-        not the other): a new :func:`identity_node`, whose float32 parameters fast mode uses as Python
-        numbers (scalars, never read from the device)."""
+        """Code ``[-A, A]`` (a centred code: ``0`` and ``[floor, A]`` in magnitude), ``A`` rounded to float32
+        (the kernels compare operands with it in float32, the overflow shift in float64: an ``A`` between two
+        float32 numbers would shift an operand in one and not the other): a new :func:`identity_node`, whose
+        float32 parameters fast mode uses as Python numbers (scalars, never read from the device)."""
         A = float(torch.tensor(float(A), dtype=torch.float32)) if MIN_RANGE <= float(A) <= MAX_RANGE else A
+        self.A, self.centre, self.zero, self.reach = float(A), 0.0, 0.0, float(A)
+        if self.floor:  # the band [floor, A] as centre +- reach, both float32 (reach rounded up: it holds the band)
+            self.centre = float(torch.tensor((self.floor + A) / 2, dtype=torch.float32))
+            self.reach = max(A - self.centre, self.centre - self.floor)
+            rounded = torch.tensor(self.reach, dtype=torch.float32)
+            self.reach = float(rounded if float(rounded) >= self.reach else torch.nextafter(rounded, rounded + 1))
+            self.zero = float(torch.tensor(self.floor / 2, dtype=torch.float32))
         device = self.node.gain.device if "node" in self._modules else None
-        self.node = identity_node(self.T, float(A)).to(device)
-        self.A = float(A)
+        self.node = identity_node(self.T, self.reach).to(device)
         self.gain, self.offset, self.weight = (float(p[0]) for p in (self.node.gain, self.node.offset, self.node.weight))
         if self.base != 2:  # the same scaling for (3^T - 1) / 2 levels: q = floor(|x| L / A + 1/2), value q A / L
             self.gain, self.weight = (float(torch.tensor(v, dtype=torch.float32)) for v in
-                                      (self.levels / (2.0 ** self.T * A), 2.0 ** self.T * A / self.levels))
+                                      (self.levels / (2.0 ** self.T * self.reach),
+                                       2.0 ** self.T * self.reach / self.levels))
         self._params: Dict[Tuple[torch.dtype, bool], Tuple[float, ...]] = {}
         for dtype in FLOAT_DTYPES:  # rounded here, not in a forward: torch.compile traces the lookup alone
             for clamp in (False, True):
                 self.kernel_params(dtype, clamp)
 
     def get_extra_state(self) -> Dict[str, object]:
-        """The range ``A`` and the settings a saved coder must share (``T``, ``code``, ``shift_overflow``)."""
-        return {"T": self.T, "code": self.code, "shift_overflow": self.shift_overflow, "A": self.A}
+        """The range ``A`` and the settings a saved coder must share (``T``, ``code``, ``shift_overflow``,
+        ``floor``)."""
+        return {"T": self.T, "code": self.code, "shift_overflow": self.shift_overflow, "floor": self.floor, "A": self.A}
 
     def set_extra_state(self, state: Dict[str, object]) -> None:
-        own = self.get_extra_state()
-        differ = [f"{k}={state[k]!r} (this coder: {own[k]!r})" for k in ("T", "code", "shift_overflow") if state[k] != own[k]]
+        own, state = self.get_extra_state(), {"floor": 0.0, **state}  # saved before centred codes: floor 0
+        differ = [f"{k}={state[k]!r} (this coder: {own[k]!r})" for k in ("T", "code", "shift_overflow", "floor")
+                  if state[k] != own[k]]
         if differ:
             raise ValueError(f"IdentityCoder: the state_dict was saved with {', '.join(differ)}; load it into a model "
                              "converted with the same settings")
@@ -325,16 +347,22 @@ class IdentityCoder(nn.Module):
 
     def kernel_params(self, dtype: torch.dtype, clamp: bool) -> Tuple[float, ...]:
         """The neuron as six numbers, each used as a ``dtype`` scalar: input gain ``2^T g``, offset
-        ``2^T c``, the clamp of ``|x| 2^T g`` (``A g 2^T`` rounded in ``dtype``, or ``inf``), the
+        ``2^T c``, the clamp of ``|x| 2^T g`` (``A g 2^T`` rounded in ``dtype``, or ``inf``; a centred
+        code's digits clamp at its ``reach``), the
         output step ``w 2^-T``, the top pattern (the code's levels: ``2^T - 1`` in base 2) and the code
         (its index in :data:`CODES`). Scaling by ``2^T`` is exact."""
         key = (dtype, clamp)
         if key not in self._params:
             scale = 2.0 ** self.T
-            limit = float(torch.tensor(self.A, dtype=dtype) * torch.tensor(self.gain, dtype=dtype)) * scale
+            limit = float(torch.tensor(self.reach, dtype=dtype) * torch.tensor(self.gain, dtype=dtype)) * scale
             self._params[key] = (self.gain * scale, self.offset * scale, limit if clamp else math.inf,
                                  self.weight * 2.0 ** -self.T, float(self.levels), float(list(CODES).index(self.code)))
         return self._params[key]
+
+    def row_params(self, dtype: torch.dtype) -> Tuple[float, ...]:
+        """What the row kernels (Softmax, the norms) take: :meth:`kernel_params` (a centred code's clamped at
+        its digits' ``reach``), the ``centre`` and the ``zero`` threshold (both 0 for a plain code)."""
+        return self.kernel_params(dtype, bool(self.floor)) + (self.centre, self.zero)
 
     def quantize(self, x: torch.Tensor, clamp: bool = False) -> torch.Tensor:
         """The digits ``q`` (the spikes read as a number in the code's base) the neuron fires for ``|x|``
@@ -374,13 +402,44 @@ class IdentityCoder(nn.Module):
     def code_within(self, x: torch.Tensor, simulate: bool,
                     bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
         """:meth:`encode` without the overflow shift: ``|x| > A`` is clamped and counted (unless the
-        ``bounds`` keep ``x`` within ``[-A, A]``)."""
-        signed = bounds is None or bounds[0] < 0
+        ``bounds`` keep ``x`` within ``[-A, A]``); with a ``floor``, :meth:`centred`."""
+        if self.floor:
+            return self.centred(x, simulate, bounds)
+        return self.digits_code(x, simulate, bounds)
+
+    def centred(self, x: torch.Tensor, simulate: bool,
+                bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
+        """A centred code of ``x`` whose nonzero magnitudes lie in ``[floor, A]``: ``|x| = c + v`` with the
+        centre ``c`` (``(floor + A) / 2``) a second basis of the neuron that fires once, with weight ``c``
+        (Eq. 8's ``sum_n w_n o_n``), and ``v`` in ``[-reach, reach]`` (``reach = (A - floor) / 2``) the
+        :meth:`digits_code` of ``T`` digits; every spike carries ``sign(x)``. The digits code half the
+        band's width on both signs: two more binary digits than ``T`` digits on ``[0, A]`` spend on a band
+        ``[A/2, A]``, for one spike more per nonzero element. ``|x| < floor / 2`` codes 0 and fires
+        nothing (a zero among them); ``floor / 2 <= |x| < floor`` codes ``floor`` (the nearer of the
+        two: error below ``floor / 2``); ``|x| > A`` is clamped to ``A`` and counted."""
+        magnitude = x.abs()
         within = bounds is not None and max(-bounds[0], bounds[1]) <= self.A
+        clamped = 0 if within else (magnitude > self.A).sum()
+        live = magnitude >= self.zero
+        offset = (magnitude - self.centre).clamp_(-self.reach, self.reach).mul_(live)
+        code, _ = self.digits_code(offset, simulate, (-self.reach, self.reach))
+        value = code.value.add_(self.centre).mul_(live).copysign_(x)
+        counts = code.counts + live
+        if not simulate:
+            return SpikeCode(value, counts), clamped
+        spikes = torch.cat([live.to(x.dtype)[..., None], code.spikes], -1).mul_(torch.sign(x)[..., None])
+        weights = torch.cat([code.weights.new_tensor([self.centre]), code.weights])
+        return SpikeCode(value, counts, spikes, weights), int(clamped)
+
+    def digits_code(self, x: torch.Tensor, simulate: bool,
+                    bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
+        """:meth:`code_within` by the ``T`` digits alone (sign-magnitude on ``[-reach, reach]``)."""
+        signed = bounds is None or bounds[0] < 0
+        within = bounds is not None and max(-bounds[0], bounds[1]) <= self.reach
         if simulate:
-            clamped = 0 if within else int((x.abs() > self.A).sum())
+            clamped = 0 if within else int((x.abs() > self.reach).sum())
             magnitude = x.abs() if signed else x
-            spikes, value, counts = self.simulate(magnitude.clamp(max=self.A) if clamped else magnitude)
+            spikes, value, counts = self.simulate(magnitude.clamp(max=self.reach) if clamped else magnitude)
             if signed:
                 sign = torch.sign(x)
                 value, spikes = value * sign, spikes * sign[..., None]
@@ -422,10 +481,10 @@ class IdentityCoder(nn.Module):
         if kernels.triton_usable(x):
             value, counts, stats, _ = self.triton_code(x, shift, counts=True)
             return SpikeCode(value, counts), [stats[0], stats[1], stats[2]]
-        value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.A)
+        value, counts, stats = kernels.encode(x, self.kernel_params(x.dtype, True), self.reach)
         if shift and self.shift_overflow and stats[1] and not stats[2]:
             shifts = overflow_shift(x, self.A)
-            value, counts, stats = kernels.encode(x / shifts, self.kernel_params(x.dtype, True), self.A)
+            value, counts, stats = kernels.encode(x / shifts, self.kernel_params(x.dtype, True), self.reach)
             return SpikeCode(value, counts).shifted(shifts), stats
         return SpikeCode(value, counts), stats
 
@@ -435,8 +494,8 @@ class IdentityCoder(nn.Module):
         outputs as they come (``scale``, ``inner``: per-channel ranges; ``options``: its rectifier, SOP
         and column-sum arguments); at the overflow shift when ``shift`` and ``shift_overflow``."""
         self.check_kernel_coded()
-        return kernels.load_triton().code(x, scale, None, inner, list(self.kernel_params(torch.float32, True)), self.A,
-                                          shift and self.shift_overflow, counts, **options)
+        return kernels.load_triton().code(x, scale, None, inner, list(self.kernel_params(torch.float32, True)),
+                                          self.reach, shift and self.shift_overflow, counts, **options)
 
     def check_kernel_coded(self) -> None:
         """The compiled kernels code float32 digits of at most 16 equivalent binary digits (:func:`kernel_coded`)."""
@@ -445,4 +504,5 @@ class IdentityCoder(nn.Module):
                              "codes; call encode(), which takes the torch path")
 
     def extra_repr(self) -> str:
-        return f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}"
+        return (f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}, "
+                f"floor={self.floor:g}")

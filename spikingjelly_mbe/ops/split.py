@@ -88,11 +88,14 @@ class SplitFunction(nn.Module):
         self.tabulated = equivalent_digits(code, T) <= TABLE_MAX_T
         if self.tabulated:
             values = self.table(torch.float64, torch.device("cpu")).real
-            top, at_lo = float(values.max()), float(values[0])
-        else:  # a bound: the largest pathway weight times the largest neuron output on its domain
-            top = float(self.weights.max()) * float(self.neuron_table(torch.float64, torch.device("cpu")).entries.real.max())
+            top, bottom, at_lo = float(values.max()), float(values.min()), float(values[0])
+        else:  # bounds: the extreme pathway weights times the extreme neuron outputs on its domain
+            entries = self.neuron_table(torch.float64, torch.device("cpu")).entries.real
+            top = float(self.weights.max()) * float(entries.max())
+            bottom = float(self.weights.min()) * float(entries.min())
             at_lo = float(self.evaluate(torch.tensor([self.target.lo], dtype=torch.float64), simulate=True)[0])
         self.max_output = top * HEADROOM  # the largest value it can emit (any dtype)
+        self.min_output = bottom / HEADROOM  # the smallest (a centred code's floor, IdentityCoder)
         self.output_at_lo = at_lo * HEADROOM  # what it emits for v = lo
 
     def _pathway(self, q: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
