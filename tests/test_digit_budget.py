@@ -227,21 +227,21 @@ def whole_energy(snn, batches):
 
 
 def test_an_energy_budget_is_met_with_less_error_than_uniform_digits_within_it(llama):
-    """The 2-layer Llama at T=8 spends 0.29 of its ANN's energy, at T=4 0.144; allocated from T=8 under
-    0.15 it meets the budget on the calibration batches and its held-out output is closer to the ANN's
-    than the uniform T=4 conversion's (the digits went where the output depends on them)."""
+    """The 2-layer Llama at T=8 spends 0.30 of its ANN's energy, at T=4 0.154, at T=5 0.19; allocated from
+    T=8 under 0.16 it meets the budget on the calibration batches and its held-out output is closer to the
+    ANN's than the uniform T=4 conversion's (the digits went where the output depends on them)."""
     ann, calib, held_out = llama
-    allocated = convert(ann, calib, T=8, energy_budget=0.15)
+    allocated = convert(ann, calib, T=8, energy_budget=0.16)
     uniform = convert(ann, calib, T=4)
-    assert whole_energy(uniform, calib) <= 0.15 < whole_energy(convert(ann, calib, T=5), calib)
-    assert whole_energy(allocated, calib) <= 0.15
+    assert whole_energy(uniform, calib) <= 0.16 < whole_energy(convert(ann, calib, T=5), calib)
+    assert whole_energy(allocated, calib) <= 0.16
     with torch.no_grad():
         reference = main_output(ann(**held_out))
         errors = [float((main_output(m(**held_out)) - reference).norm() / reference.norm()) for m in (allocated, uniform)]
     assert errors[0] < 0.8 * errors[1]
     mapping = allocated.spiking_report.digit_allocation
     assert mapping["default"] == 8 and min(mapping.values()) == 3  # down to the fewest shipped digits
-    assert "digits allocated from calibration (energy_budget=0.15)" in str(allocated.spiking_report)
+    assert "digits allocated from calibration (energy_budget=0.16)" in str(allocated.spiking_report)
 
 
 def test_an_energy_budget_below_the_fewest_digits_warns_and_keeps_them(llama, caplog):
