@@ -199,9 +199,9 @@ INLINE float band_value(float x, band_t b, int32_t code, int centred, int32_t *c
     if (!centred) return code_value(x, b.c, code, count);
     const float m = fabsf(x), offset = m - b.centre;
     const int32_t live = m >= b.zero, q = quantize(offset, b.c);
-    *count = live ? spike_count(q, b.c.top, code) + 1 : 0;
+    *count = (spike_count(q, b.c.top, code) + 1) * live; /* products, not branches: the loops vectorize */
     const float v = copysignf(digits_value(q) * b.c.step, offset) + b.centre;
-    return copysignf(live ? v : 0.0f, x);
+    return copysignf(v * (float)live, x);
 }
 
 /* The overflow shift of a unit-range code (ops.coding.overflow_shift with A = 1): e >= 0 the smallest
