@@ -26,7 +26,8 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "pareto": "convert", "methods": "convert", "ablation_code": "convert", "ablation_budget": "convert",
            "ablation_center": "convert",
            "ablation_rectified": "convert",
-           "ablation_norm_exponents": "convert", "ablation_bias_correction": "convert", "frontier": "convert",
+           "ablation_norm_exponents": "convert", "ablation_centered_codes": "convert", "ablation_bias_correction": "convert",
+           "frontier": "convert",
            "digit_budget": "convert", "energy_budget": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
