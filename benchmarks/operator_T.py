@@ -2,6 +2,7 @@
 operators of one type at a time taken from its ``--low`` T conversion (same calibration batches).
 
   python benchmarks/operator_T.py --model smollm2 --low 8 --high 16 --quick
+  python benchmarks/operator_T.py --model smollm2 --low 4 --high 8 --quick --conversion code=ternary
 
 Each row is the SNN metric with that operator type at the low T and everything else at the high T;
 the rows ``T=high`` and ``T=low`` are the two whole conversions. ``--reverse`` asks the opposite
@@ -43,9 +44,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--quick", action="store_true", help="the model's small held-out subset")
     ap.add_argument("--reverse", action="store_true", help="the low-T model with one type at a time at the high T")
     ap.add_argument("--out", type=Path, default=Path("results") / "operator_T")
+    ap.add_argument("--conversion", nargs="*", default=(), metavar="KEY=VALUE",
+                    help="overrides of the conversion group for both conversions, e.g. code=ternary")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    c = job_config(args.model, args.quick)
+    c = job_config(args.model, args.quick, args.conversion)
     task = build_task(c)
     k = c.conversion
     models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, **k.operator_options()).snn

@@ -276,18 +276,17 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
         assert getattr(value, "value", value) == getattr(DEFAULTS, f.name), f.name
     default = job.operator_options()
     assert set(default) == {"rotate", "split_bits", "code", "operand_code", "budget", "center_inputs",
-                            "rectified_activations", "norm_exponents", "centered_codes", "neuron", "bias_correction",
-                            "digit_budget",
-                            "energy_budget"}
+                            "rectified_activations", "norm_exponents", "centered_codes", "probability_exponents",
+                            "neuron", "bias_correction", "digit_budget", "energy_budget"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",
                                              "conversion.norm_exponents=false", "conversion.neuron=fs",
-                                             "conversion.rotate=hadamard", "conversion.digit_budget=0.25",
+                                             "conversion.probability_exponents=false", "conversion.rotate=hadamard", "conversion.digit_budget=0.25",
                                              "conversion.operand_code=ternary", config="convert").conversion)
     assert chosen.operator_options() == {**default, "code": "binary", "budget": 0.01, "split_bits": 2,
-                                         "norm_exponents": False, "neuron": "fs", "rotate": "hadamard",
-                                         "digit_budget": 0.25, "operand_code": "ternary"}
+                                         "norm_exponents": False, "probability_exponents": False, "neuron": "fs",
+                                         "rotate": "hadamard", "digit_budget": 0.25, "operand_code": "ternary"}
 
 
 def test_an_ecmt_jobs_n_and_percentile_are_result_columns_apart_from_the_calibration_percentile(compose_app):

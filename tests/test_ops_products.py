@@ -78,18 +78,38 @@ def test_matmul_matches_float_and_counts_coincidences_by_brute_force():
     assert float((out - a @ b).abs().max()) <= 5 * 9 * 2.0 ** -6
 
 
+@pytest.mark.parametrize("code", ["signed", "ternary"])
+@pytest.mark.parametrize("T", [3, 4, 6])
+def test_probabilities_at_element_exponents_keep_T_significant_digits(T, code):
+    """Attention probabilities (rows of 197, logits of SD 2) coded at their own exponents: each within
+    half a step of its exponent's grid, ``2^e / (2 L)`` (e the exponent of p, at least -2T), so every row
+    sums to 1 within the sum of those steps; on the grid of 1 the small ones round to 0 (``L = levels``)."""
+    g = torch.Generator().manual_seed(5)
+    p = torch.softmax(torch.randn(8, 197, generator=g) * 2, -1)
+    eye = torch.eye(197)  # 0 and 1 = A are exact in every code: the product returns the coded p
+    spanned = SpikingMatmul(T=T, ranges=(1.0, 1.0), code=code, element_exponents=(True, False))
+    coded = spanned(p, eye)
+    levels = spanned.coders[0].levels
+    exponent = torch.frexp(p)[1].clamp(min=-2 * T, max=0).double()
+    half_step = torch.exp2(exponent) / (2 * levels)
+    assert bool(((coded.double() - p.double()).abs() <= half_step * (1 + 1e-6)).all())
+    assert float((coded.double().sum(-1) - 1).abs().max()) <= float(half_step.sum(-1).max())
+    plain = SpikingMatmul(T=T, ranges=(1.0, 1.0), code=code)(p, eye)
+    assert float((plain.sum(-1) - 1).abs().mean()) > 10 * float((coded.sum(-1) - 1).abs().mean())
+
+
 shapes = st.lists(st.integers(1, 4), min_size=0, max_size=2)
 
 
 @SETTINGS
 @given(batch=shapes, m=st.integers(1, 5), k=st.integers(1, 6), n=st.integers(1, 5), T=st.sampled_from([4, 8, 16]),
        ranges=st.tuples(st.floats(0.01, 50), st.floats(0.01, 50)), seed=st.integers(0, 2 ** 16),
-       broadcast=st.booleans())
-def test_matmul_fast_equals_simulate(batch, m, k, n, T, ranges, seed, broadcast):
+       broadcast=st.booleans(), exponents=st.sampled_from([(False, False), (True, False), (True, True)]))
+def test_matmul_fast_equals_simulate(batch, m, k, n, T, ranges, seed, broadcast, exponents):
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(*batch, m, k, generator=g) * ranges[0]  # some entries beyond the range: clamped
     b = torch.randn(*([] if broadcast else batch), k, n, generator=g) * ranges[1]
-    fast, fast_stats, sim, sim_stats = both_modes(SpikingMatmul(T=T, ranges=ranges), a, b)
+    fast, fast_stats, sim, sim_stats = both_modes(SpikingMatmul(T=T, ranges=ranges, element_exponents=exponents), a, b)
     torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-5 * ranges[0] * ranges[1] * k)
     assert fast_stats == sim_stats
 
@@ -97,14 +117,15 @@ def test_matmul_fast_equals_simulate(batch, m, k, n, T, ranges, seed, broadcast)
 @SETTINGS
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), T=st.sampled_from([4, 8, 16]),
        ranges=st.tuples(st.floats(0.01, 50), st.floats(0.01, 50)), seed=st.integers(0, 2 ** 16),
-       keep=st.lists(st.booleans(), min_size=3, max_size=3), double=st.booleans())
-def test_product_fast_equals_simulate(shape, T, ranges, seed, keep, double):
+       keep=st.lists(st.booleans(), min_size=3, max_size=3), double=st.booleans(),
+       exponents=st.sampled_from([(False, False), (False, True), (True, True)]))
+def test_product_fast_equals_simulate(shape, T, ranges, seed, keep, double, exponents):
     g = torch.Generator().manual_seed(seed)
     dtype = torch.float64 if double else torch.float32
     a = torch.randn(*shape, generator=g, dtype=dtype) * ranges[0]
     b_shape = [s if kept else 1 for s, kept in zip(shape, keep)]
     b = torch.randn(*b_shape, generator=g, dtype=dtype) * ranges[1]
-    fast, fast_stats, sim, sim_stats = both_modes(SpikingProduct(T=T, ranges=ranges), a, b)
+    fast, fast_stats, sim, sim_stats = both_modes(SpikingProduct(T=T, ranges=ranges, element_exponents=exponents), a, b)
     assert fast.dtype == dtype and fast.shape == torch.broadcast_shapes(a.shape, b.shape)
     torch.testing.assert_close(fast, sim, rtol=1e-5, atol=1e-6 * ranges[0] * ranges[1])
     assert fast_stats == sim_stats

@@ -116,7 +116,8 @@ def test_weight_input_kernel_on_a_convolution():
     assert_triton_equals_torch(op, x * 3)
 
 
-@pytest.mark.parametrize("make", [lambda: SpikingProduct(8, ranges=(2.0, 0.5)), lambda: SpikingMatmul(6, ranges=(1.5, 3.0))])
+@pytest.mark.parametrize("make", [lambda: SpikingProduct(8, ranges=(2.0, 0.5)), lambda: SpikingMatmul(6, ranges=(1.5, 3.0)),
+                                  lambda: SpikingMatmul(4, ranges=(1.5, 3.0), element_exponents=(True, False))])
 def test_operand_codes_of_products_are_the_eager_path_bit_for_bit(make):
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(2, 5, 6, generator=g) * 2, torch.randn(2, 6, 5, generator=g)

@@ -69,7 +69,7 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
     * MBE's ``N``, ``activation_N``, ``split_bits``, ``code``, ``operand_code`` (the weight layers'
       inputs', products' and matmuls' code alone: ``'ternary'``, balanced-ternary digits, about
       ``1.58 T`` binary digits in ``T`` steps), ``budget``, ``center_inputs``,
-      ``rectified_activations``, ``norm_exponents``, ``centered_codes``, ``neuron`` (the neuron kind of the fitted
+      ``rectified_activations``, ``norm_exponents``, ``centered_codes``, ``probability_exponents``, ``neuron`` (the neuron kind of the fitted
       activations, ``'mbe'`` or ``'fs'``), ``bias_correction``, ``digit_budget`` (digits per site
       allocated from calibration: the fewest synaptic events within an error budget) and
       ``energy_budget`` (the least error within a whole-model strict energy; both

@@ -41,7 +41,8 @@ class SpikingAttention(nn.Module):
     ``softmax`` starts as ``nn.Softmax`` so the products calibrate on the ANN's values; the
     conversion's replace step turns it into a ``SpikingSoftmax``. The scale ``s`` is a constant
     (a synaptic weight on ``q``). Grouped-query heads (``enable_gqa``) share their key/value
-    heads; ``softcap`` (Gemma 2) caps the scores with a spiking tanh: ``c tanh(s / c)``.
+    heads; ``softcap`` (Gemma 2) caps the scores with a spiking tanh: ``c tanh(s / c)``. The
+    probabilities are coded at their own exponents (``probability_exponents``, the default).
     """
 
     mbe_opaque = True
@@ -51,7 +52,7 @@ class SpikingAttention(nn.Module):
         self.settings = settings
         self.scores = settings.matmul()
         self.softmax = nn.Softmax(dim=-1)
-        self.context = settings.matmul()
+        self.context = settings.matmul(probabilities=True)
         self.softcap: Optional[nn.Module] = None
 
     def after_calibration(self, observed: AbstractSet[int]) -> None:

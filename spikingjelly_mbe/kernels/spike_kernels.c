@@ -132,7 +132,7 @@ static inline float pow2(float n) {
     return bits_to_float(k >= -126 ? (k + 127) << 23 : subnormal);
 }
 
-/* z / 2^e for finite z, e the exponent of |z| (|z| 2^-e in [1/2, 1); ops.norm.element_exponent) within
+/* z / 2^e for finite z, e the exponent of |z| (|z| 2^-e in [1/2, 1); ops.coding.element_exponent) within
  * [-span, 0], read from z's exponent field F (e = F - 126; a subnormal or zero z takes -span); sets
  * *shift = 2^e. Exact: 2^-e >= 1 only raises the exponent. */
 static inline float element_reduced(float z, int32_t span, float *shift) {

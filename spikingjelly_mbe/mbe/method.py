@@ -99,6 +99,9 @@ class OpSettings:
     ``False``: the row's exponent alone). ``centered_codes`` codes Softmax's and the norms' values of known
     magnitude band (each element's mantissa, ``1/M``, ``1/sqrt(M)``) as a centre spike plus signed digits
     (:meth:`~spikingjelly_mbe.ops.coding.IdentityCoder.centred`; ``False``: ``T`` digits of ``[0, A]``).
+    ``probability_exponents`` codes the attention probabilities (the context product's left operand) with
+    an exponent per element as well, so the many small probabilities of a long row keep the code's digits
+    instead of rounding to 0 on the grid of 1 (``False``: that grid).
     ``neuron`` is the neuron kind of the fitted activations (:data:`~spikingjelly_mbe.fitting.kinds.KINDS`:
     ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which ignores ``activation_N``); the range-reduced neurons of
     Softmax and the norms and the functions fitted on demand stay MBE. ``bias_correction`` subtracts each
@@ -128,6 +131,7 @@ class OpSettings:
     rectified_activations: bool = True
     norm_exponents: bool = True
     centered_codes: bool = True
+    probability_exponents: bool = True
     neuron: str = "mbe"
     bias_correction: bool = False
     digit_budget: Optional[float] = None
@@ -166,7 +170,8 @@ class OpSettings:
         check_codes(self.code, self.operand_code, self.T)
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
-        for name in ("center_inputs", "rectified_activations", "norm_exponents", "centered_codes", "bias_correction"):
+        for name in ("center_inputs", "rectified_activations", "norm_exponents", "centered_codes", "probability_exponents",
+                     "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_digit_budget(self.digit_budget, self.T, self.energy_budget)
@@ -249,9 +254,11 @@ class OpSettings:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
         return SpikingProduct.from_float(torch.mul, **self.operand_options("product"))
 
-    def matmul(self) -> SpikingMatmul:
-        """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
-        return SpikingMatmul.from_float(torch.matmul, **self.operand_options("matmul"))
+    def matmul(self, probabilities: bool = False) -> SpikingMatmul:
+        """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index);
+        ``probabilities``: its left operand holds attention probabilities (``probability_exponents``)."""
+        return SpikingMatmul.from_float(torch.matmul, **self.operand_options("matmul"),
+                                        element_exponents=(probabilities and self.probability_exponents, False))
 
     def einsum(self, equation: str) -> SpikingEinsum:
         """``torch.einsum`` of two spike-coded operands, any subscripts (Eqs. 9-12 summed over the contraction)."""

@@ -251,6 +251,13 @@ def overflow_shift(x: torch.Tensor, A: float) -> torch.Tensor:
     return torch.exp2(exponent.clamp_(min=0, max=top).to(x.dtype))
 
 
+def element_exponent(z: torch.Tensor, span: int) -> torch.Tensor:
+    """``2^e`` per element of ``z`` (``|z| < 1``): ``e`` the exponent of ``|z|`` (``|z| 2^-e`` in
+    ``[1/2, 1)``; 0 for ``z = 0``), within ``[-span, 0]``."""
+    _, e = torch.frexp(z)
+    return torch.exp2(e.clamp_(min=-span, max=0).to(z.dtype))
+
+
 @dataclass
 class SpikeCode:
     """An operand coded by MBE_Id: ``value = sum_t weights[t] * spikes[..., t]`` (Eq. 9).
@@ -280,7 +287,11 @@ class IdentityCoder(nn.Module):
     fires). ``|x| > A`` is clamped to ``A`` and counted, or with ``shift_overflow`` coded at ``2^e A``,
     ``e >= 0`` the smallest exponent that holds it (:func:`overflow_shift`: one comparison, and an
     exponent shift of that neuron's spike weights; only what even the dtype's largest power of two
-    cannot hold is clamped and counted). ``code='binary'`` fires the binary digits
+    cannot hold is clamped and counted). With ``element_span`` every element of ``|x| <= A`` is coded
+    at its own exponent: ``x = 2^e u`` with ``e`` the exponent of ``|x| / A`` within ``[-element_span,
+    0]`` (:func:`element_exponent`: a comparison, and an exponent shift of that neuron's spike weights,
+    ``d[t] 2^e``), ``u`` takes the ``T`` digits, so a small element keeps ``T`` significant digits
+    instead of rounding to 0 on the grid of ``A``. ``code='binary'`` fires the binary digits
     of ``q``; ``code='signed'`` feeds ``q`` to a :class:`~spikingjelly_mbe.neurons.SignedDigitNode`,
     whose signed digits (a negative one flips the spike's sign) decode to the same ``q``;
     ``code='ternary'`` quantises to ``(3^T - 1) / 2`` levels (input gain ``L / A``, output step
@@ -291,14 +302,19 @@ class IdentityCoder(nn.Module):
     """
 
     def __init__(self, T: int, A: float, code: str = DEFAULT_CODE, shift_overflow: bool = False,
-                 floor: float = 0.0) -> None:
+                 floor: float = 0.0, element_span: Optional[int] = None) -> None:
         super().__init__()
+        if element_span is not None and (isinstance(element_span, bool) or not isinstance(element_span, int)
+                                         or element_span < 0):
+            raise ValueError(f"element_span must be None or a non-negative int (the lowest element exponent is "
+                             f"-element_span), got {element_span!r}")
         self.T, self.code, self.shift_overflow = T, check_code(code), bool(shift_overflow)
         if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0.0 <= floor < A \
                 or (floor and shift_overflow):
             raise ValueError(f"floor must be a number in [0, A={A!r}) (the smallest nonzero magnitude; 0: none), and 0 "
                              f"with shift_overflow, got {floor!r}")
         self.floor = float(floor)
+        self.element_span = element_span
         digit_code = CODES[self.code]
         self.count, self.base, self.levels = digit_code.count, digit_code.base, code_levels(self.code, T)
         self.kernel_coded = kernel_coded(self.code, T)
@@ -332,13 +348,15 @@ class IdentityCoder(nn.Module):
 
     def get_extra_state(self) -> Dict[str, object]:
         """The range ``A`` and the settings a saved coder must share (``T``, ``code``, ``shift_overflow``,
-        ``floor``)."""
-        return {"T": self.T, "code": self.code, "shift_overflow": self.shift_overflow, "floor": self.floor, "A": self.A}
+        ``floor``, ``element_span``)."""
+        return {"T": self.T, "code": self.code, "shift_overflow": self.shift_overflow, "floor": self.floor,
+                "element_span": self.element_span, "A": self.A}
 
     def set_extra_state(self, state: Dict[str, object]) -> None:
-        own, state = self.get_extra_state(), {"floor": 0.0, **state}  # saved before centred codes: floor 0
-        differ = [f"{k}={state[k]!r} (this coder: {own[k]!r})" for k in ("T", "code", "shift_overflow", "floor")
-                  if state[k] != own[k]]
+        # saved before centred codes or element spans: floor 0, no span
+        own, state = self.get_extra_state(), {"floor": 0.0, "element_span": None, **state}
+        differ = [f"{k}={state[k]!r} (this coder: {own[k]!r})"
+                  for k in ("T", "code", "shift_overflow", "floor", "element_span") if state[k] != own[k]]
         if differ:
             raise ValueError(f"IdentityCoder: the state_dict was saved with {', '.join(differ)}; load it into a model "
                              "converted with the same settings")
@@ -387,6 +405,21 @@ class IdentityCoder(nn.Module):
         sign. Fast mode never reads ``x`` on the host: without known bounds it shifts (with
         ``shift_overflow``; the shift is 1 within ``[-A, A]``) and counts clamps on the device.
         Simulate mode measures the bounds it does not know."""
+        if self.element_span is not None:
+            shift = self.element_shift(x)
+            low, high = (-math.inf, math.inf) if bounds is None else bounds
+            reduced = (low if low >= 0 else min(low, -self.A), max(high, self.A))  # |x / shift| >= |x|, or in [A/2, A]
+            code, clamped = self.encode_at(x / shift, simulate, reduced)
+            return code.shifted(shift), clamped
+        return self.encode_at(x, simulate, bounds)
+
+    def element_shift(self, x: torch.Tensor) -> torch.Tensor:
+        """``2^e`` per element: ``e`` the exponent of ``|x| / A`` within ``[-element_span, 0]``."""
+        return element_exponent(x / self.A, self.element_span)
+
+    def encode_at(self, x: torch.Tensor, simulate: bool,
+                  bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
+        """:meth:`encode` without the element exponents."""
         if simulate and not (bounds is not None and math.isfinite(bounds[0] - bounds[1])):
             low = -math.inf if bounds is None else bounds[0]
             bounds = (0.0, 0.0) if x.numel() == 0 else tuple(float(v) for v in torch.aminmax(x))
@@ -445,7 +478,7 @@ class IdentityCoder(nn.Module):
                 value, spikes = value * sign, spikes * sign[..., None]
             return SpikeCode(value, counts, spikes, self.decode_weights(x.dtype)), clamped
         if self.kernel_coded and (kernels.usable(x) or kernels.triton_usable(x)):
-            code, stats = self.fused(x, shift=False)
+            code, stats = self.fused_at(x, shift=False)
             return code, stats[1]
         q, clamped = self.digits_of(x, clamp=not within, count=not within)
         counts = self.count(q, self.T)
@@ -470,13 +503,21 @@ class IdentityCoder(nn.Module):
         s, q, counts = self.digits.run(self.quantize(magnitude), keep_spikes=True)
         return s.movedim(0, -1), q.mul_(self.kernel_params(magnitude.dtype, False)[3]), counts
 
-    def fused(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[Count]]:
+    def fused(self, x: torch.Tensor, overflow: bool = True) -> Tuple[SpikeCode, List[Count]]:
         """Fast mode in one compiled pass (the ``c`` or ``triton`` backend, :mod:`spikingjelly_mbe.kernels`): the
         code and ``[spikes, inputs with |x| > A, NaN/Inf]``. It always clamps, which changes nothing
         for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
-        zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (and ``shift``) inputs beyond
+        zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (unless ``overflow=False``) inputs beyond
         ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
-        clamped and counted."""
+        clamped and counted. With ``element_span`` it codes ``x`` at the element exponents first."""
+        if self.element_span is not None:
+            shift = self.element_shift(x)
+            code, stats = self.fused_at(x / shift, overflow)
+            return code.shifted(shift), stats
+        return self.fused_at(x, overflow)
+
+    def fused_at(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[Count]]:
+        """:meth:`fused` without the element exponents."""
         self.check_kernel_coded()
         if kernels.triton_usable(x):
             value, counts, stats, _ = self.triton_code(x, shift, counts=True)
@@ -504,5 +545,6 @@ class IdentityCoder(nn.Module):
                              "codes; call encode(), which takes the torch path")
 
     def extra_repr(self) -> str:
+        span = "" if self.element_span is None else f", element_span={self.element_span}"
         return (f"T={self.T}, A={self.A:g}, code={self.code!r}, shift_overflow={self.shift_overflow}, "
-                f"floor={self.floor:g}")
+                f"floor={self.floor:g}{span}")

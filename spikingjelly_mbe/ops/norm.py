@@ -14,7 +14,8 @@ from .. import kernels
 from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, Count, SpikingOp, float_function, working_dtype
-from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_flag, check_steps, equivalent_digits, total
+from .coding import (CODES, DEFAULT_CODE, IdentityCoder, check_code, check_flag, check_steps, element_exponent,
+                     equivalent_digits, total)
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
@@ -72,13 +73,6 @@ def check_twin(op: SpikingOp, module: nn.Module, shape: Sequence[int]) -> Spikin
         raise ValueError(f"{type(op).__name__}.from_float: {type(module).__name__} does not compute a "
                          f"{type(op).__name__.removeprefix('Spiking')} with its own weight, bias and eps")
     return op
-
-
-def element_exponent(z: torch.Tensor, span: int) -> torch.Tensor:
-    """``2^e`` per element of ``z`` (``|z| < 1``): ``e`` the exponent of ``|z|`` (``|z| 2^-e`` in
-    ``[1/2, 1)``; 0 for ``z = 0``), within ``[-span, 0]``."""
-    _, e = torch.frexp(z)
-    return torch.exp2(e.clamp_(min=-span, max=0).to(z.dtype))
 
 
 # per norm operator, what its C kernel reads besides the rows (_SpikingNorm.c_tables) and the table that address

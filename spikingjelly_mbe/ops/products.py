@@ -108,7 +108,10 @@ class _TwoOperandOp(CalibratedOp):
     the ranges explicitly (widened only by steps that calibration set). An operator with
     ``per_channel`` codes each operand with one range per channel of its last dimension
     (:class:`~.precision.ChannelPeaks`): the product of the unit-range codes of ``a / A_k`` and
-    ``b / B_k``, times ``A_k B_k`` (``D`` scaled per element).
+    ``b / B_k``, times ``A_k B_k`` (``D`` scaled per element). ``element_exponents=(a, b)`` codes that
+    operand at its element exponents (:class:`~.coding.IdentityCoder`'s ``element_span``, ``2T``): each
+    element keeps ``T`` significant digits, for operands whose small elements add up (attention
+    probabilities); its range is then not widened by the budget's step.
     """
 
     float_op: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,9 +120,13 @@ class _TwoOperandOp(CalibratedOp):
     calibrated_buffers = ("channel_ranges_a", "channel_ranges_b")
 
     def __init__(self, T: int, mode: str, ranges: Optional[Sequence[float]], code: str,
-                 budget: Budget) -> None:
+                 budget: Budget, element_exponents: Tuple[bool, bool] = (False, False)) -> None:
         super().__init__(mode)
         self.T, self.code = check_steps(T), check_code(code)
+        if not (isinstance(element_exponents, tuple) and len(element_exponents) == 2
+                and all(isinstance(e, bool) for e in element_exponents)):
+            raise ValueError(f"element_exponents must be two bools (operand a, operand b), got {element_exponents!r}")
+        self.element_spans = tuple(2 * self.T if e else None for e in element_exponents)
         self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
         self.kernel_coded = kernel_coded(self.code, self.T)
         self.budget = resolve_budget(budget, self.precision_digits, "operand")
@@ -152,12 +159,13 @@ class _TwoOperandOp(CalibratedOp):
                                                             in zip((A1, A2), self.shares, steps))
             A1 = A2 = 1.0  # the coders see x / A_k
         else:
-            A1, A2 = (min(covering_range(A, step, self.levels), MAX_RANGE) for A, step in zip((A1, A2), steps))
-        self.coders = torch.nn.ModuleList([IdentityCoder(self.T, A, self.code, shift_overflow=True) for A in (A1, A2)])
+            A1, A2 = (A if span is not None else min(covering_range(A, step, self.levels), MAX_RANGE)
+                      for A, step, span in zip((A1, A2), steps, self.element_spans))
+        self.coders = self.operand_coders((A1, A2))
         self.calibrating = False
 
     def settings_state(self) -> Dict[str, Any]:
-        return {**super().settings_state(), "budget": self.budget}
+        return {**super().settings_state(), "budget": self.budget, "element_spans": self.element_spans}
 
     def calibrated_state(self) -> Dict[str, Any]:
         return {"steps": self.steps, "shares": self.shares, "calibrating": self.calibrating,
@@ -166,8 +174,12 @@ class _TwoOperandOp(CalibratedOp):
     def restore_calibrated(self, state: Dict[str, Any]) -> None:
         self.steps, self.shares, self.calibrating = state["steps"], state["shares"], state["calibrating"]
         if state["coded"] and self.coders is None:  # the coders load their ranges next
-            self.coders = torch.nn.ModuleList([IdentityCoder(self.T, 1.0, self.code, shift_overflow=True)
-                                               for _ in range(2)]).to(self.state_device())
+            self.coders = self.operand_coders((1.0, 1.0)).to(self.state_device())
+
+    def operand_coders(self, ranges: Tuple[float, float]) -> torch.nn.ModuleList:
+        """The operands' MBE_Id coders of ``ranges``, each at its overflow shift and element span."""
+        return torch.nn.ModuleList([IdentityCoder(self.T, A, self.code, shift_overflow=True, element_span=span)
+                                    for A, span in zip(ranges, self.element_spans)])
 
     def finish_calibration(self, percentile: Optional[float] = None) -> Tuple[float, float]:
         """Ranges from the observed ``max |operand|`` (or its ``percentile``), and the budget's steps
@@ -220,7 +232,8 @@ class _TwoOperandOp(CalibratedOp):
         # the backend, chosen once per call (the c kernels take the operands once they are scaled)
         chosen = kernels.backend.select(a, b) if not self.simulating and a.numel() and b.numel() \
             and self.kernel_coded else "torch"
-        if chosen == "triton" and self.triton_fusable(a, b) and kernels.triton_usable(a, b):
+        if chosen == "triton" and self.element_spans == (None, None) and self.triton_fusable(a, b) \
+                and kernels.triton_usable(a, b):
             out = self.by_triton(a, b)
             self.record(ann_flops=ann_flops)
             return out.to(dtype_out)
@@ -303,13 +316,15 @@ class SpikingProduct(_TwoOperandOp):
     per_channel = True
 
     def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
-        super().__init__(T, mode, ranges, code, budget)
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET,
+                 element_exponents: Tuple[bool, bool] = (False, False)) -> None:
+        super().__init__(T, mode, ranges, code, budget, element_exponents)
 
     @classmethod
     def from_float(cls, float_op: object, **options: object) -> "SpikingProduct":
         """The spiking twin of ``torch.mul`` / ``torch.multiply`` / ``operator.mul`` (a product of two
-        activations). ``options``: ``T``, ``mode``, ``ranges`` (else calibrated), ``code``, ``budget``."""
+        activations). ``options``: ``T``, ``mode``, ``ranges`` (else calibrated), ``code``, ``budget``,
+        ``element_exponents``."""
         float_function(cls, float_op, (torch.mul, torch.multiply, operator.mul), takes="torch.mul or operator.mul")
         return cls(**options)
 
@@ -322,7 +337,7 @@ class SpikingProduct(_TwoOperandOp):
 
     def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool, ann_flops: int) -> torch.Tensor:
         """Same-shape operands on the ``c`` backend: codes, product and coincidences in one compiled pass."""
-        if a.shape != b.shape or not c_backend:
+        if a.shape != b.shape or not c_backend or self.element_spans != (None, None):
             return super().fused(a, b, c_backend, ann_flops)
         coder_a, coder_b = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
@@ -371,8 +386,9 @@ class SpikingMatmul(_TwoOperandOp):
     float_op = staticmethod(torch.matmul)
 
     def __init__(self, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
-        super().__init__(T, mode, ranges, code, budget)
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET,
+                 element_exponents: Tuple[bool, bool] = (False, False)) -> None:
+        super().__init__(T, mode, ranges, code, budget, element_exponents)
 
     @classmethod
     def from_float(cls, float_op: object, **options: object) -> "SpikingMatmul":
@@ -405,7 +421,7 @@ class SpikingMatmul(_TwoOperandOp):
         layout the product reads, its spikes summed per inner index ``k`` on the way (the coincidences are
         ``sum_k colsum(c1)[k] rowsum(c2)[k]``, :func:`matmul_sops`)."""
         if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not c_backend \
-                or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
+                or self.element_spans != (None, None) or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
             return super().fused(a, b, c_backend, ann_flops)
         values, sums = [], []
         for name, coder, x, reduced in zip("ab", self.coders, (a, b), (-2, -1)):
@@ -457,11 +473,12 @@ class SpikingEinsum(_TwoOperandOp):
     """
 
     def __init__(self, equation: str, T: int = DEFAULT_T, mode: str = DEFAULT_MODE, ranges: Optional[Sequence[float]] = None,
-                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET) -> None:
+                 code: str = DEFAULT_CODE, budget: Budget = DEFAULT_BUDGET,
+                 element_exponents: Tuple[bool, bool] = (False, False)) -> None:
         if not isinstance(equation, str) or equation.partition("->")[0].count(",") != 1:
             raise ValueError(f"SpikingEinsum needs a two-operand equation such as 'bij,bjk->bik', got {equation!r}")
         self.equation = equation.replace(" ", "")
-        super().__init__(T, mode, ranges, code, budget)
+        super().__init__(T, mode, ranges, code, budget, element_exponents)
 
     @classmethod
     def from_float(cls, float_op: object, equation: str, **options: object) -> "SpikingEinsum":

@@ -12,8 +12,8 @@ from .. import kernels
 from ..fitting.targets import default_split_bits
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, SpikingOp, float_function, working_dtype
-from .coding import CODES, DEFAULT_CODE, IdentityCoder, check_code, check_flag, check_steps, equivalent_digits, total
-from .norm import element_exponent
+from .coding import (CODES, DEFAULT_CODE, IdentityCoder, check_code, check_flag, check_steps, element_exponent,
+                     equivalent_digits, total)
 from .products import product_sops, spike_product
 from .split import SplitFunction
 
