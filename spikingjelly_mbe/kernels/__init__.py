@@ -50,7 +50,7 @@ SIGNATURES = {
     "sjmbe_channel_code_f32": [_pointer, _i64, _i64, _i64, _i64, ctypes.c_int32, _pointer, _pointer, _pointer, _pointer,
                                _pointer],
     "sjmbe_operand_f32": [_pointer, ctypes.c_int32, _pointer, _pointer, _pointer, _i64, _i64, _i64, _i64, ctypes.c_int32,
-                          _i64, _i64, _pointer, _f64, ctypes.c_int32, _pointer, _pointer, _pointer],
+                          _i64, _i64, _pointer, _f64, ctypes.c_int32, ctypes.c_int32, _pointer, _pointer, _pointer],
     "sjmbe_product_f32": [_pointer, _pointer, _i64, _pointer, _f64, _pointer, _f64, _pointer, _pointer],
     "sjmbe_softmax_f32": [_pointer, _i64, _i64, _f64, _f64, _f64, _pointer, _pointer, ctypes.c_int32] + [_pointer] * 4
                          + [ctypes.c_int32, _pointer, _pointer],
@@ -273,10 +273,11 @@ def flattens(x: torch.Tensor) -> bool:
 
 
 def matmul_operand(x: torch.Tensor, reduced: int, coder: Sequence[float], limit: float,
-                   shifting: bool) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+                   shifting: bool, span: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
     """``(value, sums, [spikes, |x / s| > limit, NaN/Inf])`` for float32 ``x`` ``[..., R, C]``, an operand of
     ``SpikingMatmul``: the sign-magnitude MBE_Id code of every element (``IdentityCoder.fused``'s, each at its
-    overflow shift ``s`` when ``shifting``), and ``sums`` (int32 ``[..., K]``) its spikes summed over dimension
+    element exponent within ``[-span, 0]`` when ``span`` is given, and its overflow shift ``s`` when
+    ``shifting``), and ``sums`` (int32 ``[..., K]``) its spikes summed over dimension
     ``reduced`` (-2 or -1; ``K`` the other one). ``value`` is laid out as ``torch.matmul`` hands the eager
     code of ``x`` to its BLAS call (that code has ``x``'s layout when dense: kept where the batch dimensions
     flatten, else copied contiguous), so the product reads it without a copy and returns the same bits."""
@@ -294,8 +295,8 @@ def matmul_operand(x: torch.Tensor, reduced: int, coder: Sequence[float], limit:
 
     def work(start: int, stop: int, stats: ctypes.Array) -> None:
         fn(x.data_ptr(), len(outer), shape, in_strides, out_strides, run, x.stride(run_dim), value.stride(run_dim),
-           rows, reduce_run, start * rows, stop * rows, params, limit, int(shifting), value.data_ptr(),
-           sums.data_ptr(), stats)
+           rows, reduce_run, start * rows, stop * rows, params, limit, int(shifting), -1 if span is None else span,
+           value.data_ptr(), sums.data_ptr(), stats)
 
     return value, sums, _chunked(work, math.prod(x.shape[:-2]), rows * run, 3)
 

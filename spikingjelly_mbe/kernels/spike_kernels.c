@@ -358,22 +358,29 @@ static inline float operand_shift(float x, double A) {
     return bits_to_float(((e < 127 ? e : 127) + 127) << 23);
 }
 
-/* A run of an operand's codes (IdentityCoder.fused: clamped to A, the sign carried; with shifting,
- * each element x coded as x / s at its overflow shift s and its value times s, as code.shifted does).
- * Spikes per element to counts; stats3 += (spikes, |x / s| > A, NaN/Inf). */
+/* A run of an operand's codes (IdentityCoder.fused: clamped to A, the sign carried; with span >= 0,
+ * each element x first reduced to x / 2^e at its element exponent e, the exponent of x / A within
+ * [-span, 0] (element_reduced; value times 2^e); with shifting, coded as x / s at its overflow shift s
+ * and its value times s, as code.shifted does). Spikes per element to counts; stats3 += (spikes,
+ * |x / s| > A, NaN/Inf). */
 INLINE void operand_block(const float *restrict x, int64_t n, coder_t c, float A, int32_t code, int shifting,
-                          double A_d, float *restrict value, int32_t *restrict counts, int64_t *stats3) {
+                          int32_t span, double A_d, float *restrict value, int32_t *restrict counts, int64_t *stats3) {
     int32_t spikes = 0, clamped = 0, bad = 0;
     for (int64_t i = 0; i < n; ++i) {
-        float v = x[i], s = 1.0f;
+        float v = x[i], s = 1.0f, e = 1.0f;
         bad += !(fabsf(v) <= FLT_MAX);
+        if (span >= 0) {
+            element_reduced(v / A, span, &e);
+            v = v / e;
+        }
         if (shifting) {
             s = operand_shift(v, A_d);
             v = v / s;
         }
         int32_t count;
-        const float coded = code_value(v, c, code, &count);
-        value[i] = shifting ? coded * s : coded;
+        float coded = code_value(v, c, code, &count);
+        coded = shifting ? coded * s : coded;
+        value[i] = span >= 0 ? coded * e : coded;
         counts[i] = count;
         spikes += count;
         clamped += fabsf(v) > A;
@@ -417,14 +424,15 @@ static inline const float *run_source(const float *src, int64_t m, int64_t in_st
  * in_step, out_step); runs [first, last) in that order. The last outer dimension is the matrix
  * dimension crossing the runs, `rows` runs per matrix. reduce_run: a run's spikes add to sums[r] (the
  * run lies along the summed dimension); otherwise they add element-wise to its matrix's
- * sums[(r / rows) run ...]. stats += (spikes, |x / s| > A, NaN/Inf). The run two rows ahead in the
+ * sums[(r / rows) run ...]; span >= 0: each element at its element exponent (operand_block).
+ * stats += (spikes, |x / s| > A, NaN/Inf). The run two rows ahead in the
  * matrix is prefetched (consecutive runs of a strided operand lie apart in x). Where out is transposed against
  * x (out_step != 1, consecutive runs adjacent in out), GROUP runs of the same matrix are coded into a
  * tile and written GROUP adjacent elements at a time; the codes and sums are the same. */
 void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const int64_t *in_strides,
                        const int64_t *out_strides, int64_t run, int64_t in_step, int64_t out_step, int64_t rows,
                        int32_t reduce_run, int64_t first, int64_t last, const double *coder, double limit,
-                       int32_t shifting, float *out, int32_t *sums, int64_t *stats) {
+                       int32_t shifting, int32_t span, float *out, int32_t *sums, int64_t *stats) {
     const coder_t c = coder_of(coder);
     const float A = (float)limit;
     int64_t index[MAX_DIMS], in_at = 0, out_at = 0, rest = first;
@@ -437,9 +445,11 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
     const int grouped = out_step != 1 && out_strides[dims - 1] == 1 && run <= GROUP_RUN;
     float in_buf[OPERAND_BLOCK], out_buf[OPERAND_BLOCK], tile[GROUP * GROUP_RUN];
     int32_t counts[GROUP * GROUP_RUN];
-#define SHIFTED(code) operand_block(src, m, c, A, code, 1, limit, dst, counts_at, stats)
-#define PLAIN(code) operand_block(src, m, c, A, code, 0, limit, dst, counts_at, stats)
-#define CODE_RUN() do { if (shifting) BY_CODE(c.code, SHIFTED); else BY_CODE(c.code, PLAIN); } while (0)
+#define SHIFTED(code) operand_block(src, m, c, A, code, 1, -1, limit, dst, counts_at, stats)
+#define PLAIN(code) operand_block(src, m, c, A, code, 0, -1, limit, dst, counts_at, stats)
+#define SPANNED(code) operand_block(src, m, c, A, code, shifting, span, limit, dst, counts_at, stats)
+#define CODE_RUN() do { if (span >= 0) BY_CODE(c.code, SPANNED); else if (shifting) BY_CODE(c.code, SHIFTED); \
+                        else BY_CODE(c.code, PLAIN); } while (0)
     for (int64_t r = first; r < last;) {
         if (grouped && index[dims - 1] + GROUP <= shape[dims - 1] && r + GROUP <= last) {
             const int64_t m = run, base = out_at;
@@ -492,6 +502,7 @@ void sjmbe_operand_f32(const float *x, int32_t dims, const int64_t *shape, const
 #undef CODE_RUN
 #undef SHIFTED
 #undef PLAIN
+#undef SPANNED
 }
 
 /* |x| > A or NaN, read from the bits (A positive): the magnitude's bits order as the magnitudes do, NaN's

@@ -421,14 +421,16 @@ class SpikingMatmul(_TwoOperandOp):
         layout the product reads, its spikes summed per inner index ``k`` on the way (the coincidences are
         ``sum_k colsum(c1)[k] rowsum(c2)[k]``, :func:`matmul_sops`)."""
         if a.shape[:-2] != b.shape[:-2] or a.dim() > kernels.MAX_DIMS or not c_backend \
-                or self.element_spans != (None, None) or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
+                or max(a.shape[-2], b.shape[-1]) * self.T >= 2 ** 31:
             return super().fused(a, b, c_backend, ann_flops)
         values, sums = [], []
         for name, coder, x, reduced in zip("ab", self.coders, (a, b), (-2, -1)):
             params = coder.kernel_params(x.dtype, True)
-            value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, False)
+            value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, False,
+                                                                                     coder.element_span)
             if clamped and not nonfinite and coder.shift_overflow:
-                value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, True)
+                value, spike_sums, (spikes, clamped, nonfinite) = kernels.matmul_operand(x, reduced, params, coder.A, True,
+                                                                                         coder.element_span)
             self.counted_nonfinite(x, f"operand {name}", nonfinite)
             self.count_operand(name, x, spikes, clamped)
             values.append(value)
