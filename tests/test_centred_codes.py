@@ -86,3 +86,12 @@ def test_centred_codes_cut_the_error_of_softmax_and_the_norms_at_T4(code):
             spikes.append(op.op_stats().spikes / inputs.numel())
         assert errors[0] <= 0.75 * errors[1], (errors, type(op).__name__)
         assert spikes[0] <= spikes[1] + 1.3
+
+
+def test_a_centred_code_is_not_coded_by_the_digits_kernel_alone():
+    """``fused`` codes the ``T`` digits of ``[-A, A]`` in one compiled pass; a centred coder's code is its
+    centre plus the digits of the offset (:meth:`IdentityCoder.encode`), so ``fused`` refuses it by name
+    rather than return the digits of ``x`` itself (0.25 for 0.6 at ``floor=0.5``)."""
+    coder = IdentityCoder(4, 1.0, "signed", floor=0.5)
+    with pytest.raises(ValueError, match=r"floor=0.5.*call encode\(\)"):
+        coder.fused(torch.tensor([0.6, -0.9]))

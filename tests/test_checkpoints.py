@@ -123,6 +123,20 @@ def test_a_state_saved_before_the_neuron_setting_existed_is_refused_by_another_n
         converted("gelu_mlp", (2,), T=8, neuron="fs").load_state_dict(old)
 
 
+def test_a_state_saved_before_centred_codes_and_probability_exponents_loads_as_they_were_then():
+    """A state without ``centered_codes`` and ``probability_exponents`` (saved before they existed) was
+    converted with neither: it loads into such a conversion bit for bit, and a default conversion (both
+    on) refuses it naming them."""
+    plain = dict(T=6, centered_codes=False, probability_exponents=False)
+    saved, fresh = converted("llama_lm", (1,), **plain), converted("llama_lm", (2,), **plain)
+    old = without_settings(saved.state_dict(), "centered_codes", "probability_exponents")
+    x = make_batch("llama_lm", 2, seed=5)
+    fresh.load_state_dict(through_file(old))
+    assert torch.equal(run(fresh, x), run(saved, x))
+    with pytest.raises(ValueError, match=r"centered_codes=False \(this model: True\), probability_exponents=False"):
+        converted("llama_lm", (2,), T=6).load_state_dict(old)
+
+
 def test_an_operator_refuses_a_state_of_another_T():
     with pytest.raises(ValueError, match=r"T=16 \(this operator: 8\)"):
         SpikingProduct(T=8, ranges=(1.0, 1.0)).load_state_dict(SpikingProduct(T=16, ranges=(1.0, 1.0)).state_dict())

@@ -18,7 +18,8 @@ EVALUATION = ("mode",)  # settings an evaluation may switch (set_mode): not part
 # settings added after converted states were first saved, each with the value every conversion had before it
 # existed: a saved state without one was converted with that value
 ADDED_SETTINGS: Dict[str, Any] = {"neuron": "mbe", "bias_correction": False, "digit_budget": None,
-                                  "energy_budget": None, "operand_code": None}
+                                  "energy_budget": None, "operand_code": None, "centered_codes": False,
+                                  "probability_exponents": False}
 
 
 def settings_of(method: str, settings: Any) -> Dict[str, Any]:

@@ -509,7 +509,11 @@ class IdentityCoder(nn.Module):
         for ``|x| <= A`` (rounding is monotone), and always carries the sign, which only turns the
         zero of a ``-0.0`` input into ``-0.0``. With ``shift_overflow`` (unless ``overflow=False``) inputs beyond
         ``A`` are coded again at their :func:`overflow_shift`; only what even that cannot hold is
-        clamped and counted. With ``element_span`` it codes ``x`` at the element exponents first."""
+        clamped and counted. With ``element_span`` it codes ``x`` at the element exponents first. A centred
+        coder (``floor``) is refused: its code is the centre plus the digits of the offset (:meth:`encode`)."""
+        if self.floor:
+            raise ValueError(f"IdentityCoder(floor={self.floor:g}): fused() codes the T digits of [-A, A] alone, not "
+                             "a centred code (its centre plus the digits of |x| - centre); call encode()")
         if self.element_span is not None:
             shift = self.element_shift(x)
             code, stats = self.fused_at(x / shift, overflow)
@@ -517,7 +521,7 @@ class IdentityCoder(nn.Module):
         return self.fused_at(x, overflow)
 
     def fused_at(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[Count]]:
-        """:meth:`fused` without the element exponents."""
+        """:meth:`fused` without the element exponents: the ``T`` digits alone (a centred code's offset too)."""
         self.check_kernel_coded()
         if kernels.triton_usable(x):
             value, counts, stats, _ = self.triton_code(x, shift, counts=True)
