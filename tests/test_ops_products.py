@@ -133,6 +133,17 @@ def test_product_fast_equals_simulate(shape, T, ranges, seed, keep, double, expo
     assert fast_stats == sim_stats
 
 
+@pytest.mark.parametrize("a_shape, b_shape", [((2, 0), (0, 4)), ((2, 2, 0), (0, 0)), ((0, 3), (3, 4)), ((2, 3), (3, 0))])
+@pytest.mark.parametrize("exponents", [(False, False), (True, True)])
+def test_matmul_of_empty_operands_is_torch_matmul_in_both_modes(a_shape, b_shape, exponents):
+    """An empty inner dimension gives zeros (torch.matmul's), an empty outer one an empty product, and no
+    coincidence, in both modes (simulate mode's spike product took no K = 0)."""
+    a, b = torch.rand(a_shape), torch.rand(b_shape)
+    fast, fast_stats, sim, sim_stats = both_modes(SpikingMatmul(T=6, ranges=(1.0, 1.0), element_exponents=exponents), a, b)
+    assert torch.equal(fast, a @ b) and torch.equal(sim, a @ b)
+    assert fast_stats == sim_stats and fast_stats.sops == 0
+
+
 def test_calibration_records_max_or_percentile_then_spikes():
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g) * 3) for _ in range(3)]

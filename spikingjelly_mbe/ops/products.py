@@ -80,11 +80,11 @@ def spike_matmul(a: SpikeCode, b: SpikeCode, simulate: bool) -> torch.Tensor:
         return a.value @ b.value
     D = intensity_matrix(a, b)
     steps = D.shape[1]
-    s2 = b.spikes.movedim(-1, -2)  # [..., K, T, N]
-    s2 = s2.reshape(*s2.shape[:-2], -1)  # [..., K, T*N]
+    N = b.spikes.shape[-2]
+    s2 = b.spikes.movedim(-1, -2).flatten(-2)  # [..., K, T*N] (K = 0 too)
     out = None
     for i in range(D.shape[0]):
-        coincidences = (a.spikes[..., i] @ s2).unflatten(-1, (steps, -1))  # [..., M, T, N]
+        coincidences = (a.spikes[..., i] @ s2).unflatten(-1, (steps, N))  # [..., M, T, N]
         term = (coincidences * D[i][:, None]).sum(-2)
         out = term if out is None else out + term
     return out
