@@ -236,13 +236,15 @@ ATTENTION_OPERANDS = {  # from q [2, 37, 3, 8] (batch, sequence, heads, width) a
 
 @settings(max_examples=30, deadline=None)
 @given(kind=st.sampled_from(sorted(ATTENTION_OPERANDS)), code=st.sampled_from(["signed", "binary"]),
-       A=st.sampled_from([1.0, 0.3, 2.5, 2.0 ** -100]), scale=st.sampled_from([0.5, 2.0, 1e3, 1e30]), seed=st.integers(0, 2 ** 16))
-def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A, scale, seed):
+       A=st.sampled_from([1.0, 0.3, 2.5, 2.0 ** -100]), scale=st.sampled_from([0.5, 2.0, 1e3, 1e30]),
+       seed=st.integers(0, 2 ** 16), exponents=st.sampled_from([(False, False), (True, True)]))
+def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A, scale, seed, exponents):
     """Attention's operands in the layouts attention makes (heads of a projection, transposed keys,
     contiguous weights, strided views), within the ranges and beyond them (overflow shifts up to the
     largest, values at and just above a shift's boundary), both digit codes: codes, spikes,
     coincidences and product as the eager path's; the kernel runs. 37 positions: a transposed key's
-    runs are written 16 at a time (twice per matrix) and one by one (the last 5)."""
+    runs are written 16 at a time (twice per matrix) and one by one (the last 5). With element exponents
+    (the attention probabilities' code, span 10 - T) each element is first coded at its own exponent."""
     g = torch.Generator().manual_seed(seed)
     q, k = (torch.randn(2, 37, 3, 8, generator=g) for _ in range(2))
     q[0, 0, 0, 0], k[0, 0, 0, 0] = -0.0, -0.0  # signed zeros
@@ -250,7 +252,8 @@ def test_matmul_operand_kernel_is_the_eager_fast_path_bit_for_bit(kind, code, A,
     k[0, 1, 0, :6] = torch.cat([edges, torch.nextafter(edges, edges + 1)])
     a, b = ATTENTION_OPERANDS[kind](q, k)
     b = b * scale
-    op = SpikingMatmul(16, ranges=(A, A), code=code)
+    op = SpikingMatmul(16 if exponents == (False, False) else 6, ranges=(A, A), code=code,
+                       element_exponents=exponents)  # T=6: span 4
     calls = []
     logging.disable(logging.WARNING)
     try:
