@@ -89,7 +89,8 @@ class _SpikingNorm(SpikingOp):
        no calibration. With ``element_exponents`` (the default) each element's code carries its own
        exponent too: ``z_i = 2^(e_i) u_i`` with ``e_i`` the exponent of ``|z_i|`` (``|u_i|`` in
        ``[1/2, 1)``; ``e_i >= -2T``, below which an element's error is at most ``2^-3T`` of the row's
-       largest, ``-3T`` in centred codes, below; again a comparison and an exponent shift, as Softmax's ``2^floor``),
+       largest; ``e_i >= -3T`` in centred codes, see below; again a comparison and an exponent shift, as
+       Softmax's ``2^floor``),
        ``u_i`` takes the ``T`` digits and every spike of element ``i`` weighs ``d[t] 2^(e_i)``. A
        row's small elements then keep ``T`` significant digits instead of the few below the row's
        largest: rows whose maximum is 13 times their RMS (outlier channels, as in SmolLM2's hidden
