@@ -63,6 +63,10 @@ def test_a_centred_code_simulated_fires_its_centre_as_a_spike_slot_of_the_produc
         IdentityCoder(4, 1.0, code, floor=1.0)
     with pytest.raises(ValueError, match="0 with shift_overflow"):
         IdentityCoder(4, 1.0, code, shift_overflow=True, floor=0.5)
+    with pytest.raises(ValueError, match=r"range A=0.5 \(rounded to float32\) must lie above its floor=0.5"):
+        IdentityCoder(4, 0.500000001, code, floor=0.5)  # above the floor, not once rounded
+    with pytest.raises(ValueError, match=r"range A=0.4.* must lie above its floor=0.5"):
+        IdentityCoder(4, 1.0, code, floor=0.5).set_range(0.4)
 
 
 @pytest.mark.parametrize("code", ["signed", "ternary"])

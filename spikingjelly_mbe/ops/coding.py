@@ -327,6 +327,9 @@ class IdentityCoder(nn.Module):
         float32 numbers would shift an operand in one and not the other): a new :func:`identity_node`, whose
         float32 parameters fast mode uses as Python numbers (scalars, never read from the device)."""
         A = float(torch.tensor(float(A), dtype=torch.float32)) if MIN_RANGE <= float(A) <= MAX_RANGE else A
+        if self.floor and not self.floor < A:
+            raise ValueError(f"a centred code's range A={A!r} (rounded to float32) must lie above its floor="
+                             f"{self.floor!r}; widen A or lower the floor")
         self.A, self.centre, self.zero, self.reach = float(A), 0.0, 0.0, float(A)
         if self.floor:  # the band [floor, A] as centre +- reach, both float32 (reach rounded up: it holds the band)
             self.centre = float(torch.tensor((self.floor + A) / 2, dtype=torch.float32))
