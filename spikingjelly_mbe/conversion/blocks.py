@@ -52,7 +52,7 @@ class SpikingAttention(nn.Module):
         self.settings = settings
         self.scores = settings.matmul()
         self.softmax = nn.Softmax(dim=-1)
-        self.context = settings.matmul(probabilities=True)
+        self.context = getattr(settings, "probabilities_matmul", settings.matmul)()  # a method's own, else its matmul
         self.softcap: Optional[nn.Module] = None
 
     def after_calibration(self, observed: AbstractSet[int]) -> None:

@@ -56,8 +56,9 @@ class SpikingMethod(Protocol):
     def product(self) -> nn.Module:
         """Element-wise product of two activations."""
 
-    def matmul(self, probabilities: bool = False) -> nn.Module:
-        """Matrix product of two activations (``probabilities``: the left one holds attention probabilities)."""
+    def matmul(self) -> nn.Module:
+        """Matrix product of two activations (a method may also offer ``probabilities_matmul()``, the
+        attention's probabilities times values; without one the attention takes this)."""
 
     def linear_input(self, layer: nn.Module) -> nn.Module:
         """``layer`` (a weight layer, weights untouched) driven by spikes of its input."""

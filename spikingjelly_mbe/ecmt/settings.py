@@ -127,8 +127,8 @@ class ECMTSettings:
         """Element-wise product of two activations, MT-coded operands (Theorem 2)."""
         return ProductCompensation.from_float(torch.mul, n=self.n, percentile=self.percentile, mode=self.mode)
 
-    def matmul(self, probabilities: bool = False) -> nn.Module:
-        """Matrix product of two activations, MT-coded operands (Theorem 2), probabilities or not."""
+    def matmul(self) -> nn.Module:
+        """Matrix product of two activations, MT-coded operands (Theorem 2)."""
         return ProductCompensation.from_float(torch.matmul, n=self.n, percentile=self.percentile, mode=self.mode)
 
     def linear_input(self, layer: nn.Module) -> nn.Module:

@@ -254,11 +254,15 @@ class OpSettings:
         """Element-wise product of two spike-coded operands (Eqs. 9-12)."""
         return SpikingProduct.from_float(torch.mul, **self.operand_options("product"))
 
-    def matmul(self, probabilities: bool = False) -> SpikingMatmul:
-        """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index);
-        ``probabilities``: its left operand holds attention probabilities (``probability_exponents``)."""
+    def matmul(self) -> SpikingMatmul:
+        """Matrix product of two spike-coded operands (Eqs. 9-12 summed over the inner index)."""
+        return SpikingMatmul.from_float(torch.matmul, **self.operand_options("matmul"))
+
+    def probabilities_matmul(self) -> SpikingMatmul:
+        """The attention's probabilities times values: :meth:`matmul` with the probabilities (its left
+        operand) at their element exponents when ``probability_exponents``."""
         return SpikingMatmul.from_float(torch.matmul, **self.operand_options("matmul"),
-                                        element_exponents=(probabilities and self.probability_exponents, False))
+                                        element_exponents=(self.probability_exponents, False))
 
     def einsum(self, equation: str) -> SpikingEinsum:
         """``torch.einsum`` of two spike-coded operands, any subscripts (Eqs. 9-12 summed over the contraction)."""
