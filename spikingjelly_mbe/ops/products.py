@@ -14,7 +14,7 @@ from .observer import Extreme, RangeObserver
 from .precision import (DEFAULT_BUDGET, Budget, ChannelPeaks, along, budget_step, channel_layout, channel_ranges,
                         covering_range, resolve_budget)
 from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code,
-                     check_steps, code_levels, equivalent_digits, kernel_coded, total)
+                     check_flag, check_steps, code_levels, equivalent_digits, kernel_coded, total)
 
 # an operand coded at element exponents resolves 2^-ELEMENT_RESOLUTION of its range: its finest step is about
 # 2^-(span + digits). The attention probabilities on 512 items (metric / strict energy at span None; 2, 4, 6, 8):
@@ -138,10 +138,10 @@ class _TwoOperandOp(CalibratedOp):
                  budget: Budget, element_exponents: Tuple[bool, bool] = (False, False)) -> None:
         super().__init__(mode)
         self.T, self.code = check_steps(T), check_code(code)
-        if not (isinstance(element_exponents, tuple) and len(element_exponents) == 2
-                and all(isinstance(e, bool) for e in element_exponents)):
+        if not (isinstance(element_exponents, tuple) and len(element_exponents) == 2):
             raise ValueError(f"element_exponents must be two bools (operand a, operand b), got {element_exponents!r}")
-        self.element_spans = tuple(element_span(self.code, self.T) if e else None for e in element_exponents)
+        self.element_spans = tuple(element_span(self.code, self.T) if check_flag(e, "element_exponents") else None
+                                   for e in element_exponents)
         self.levels, self.precision_digits = code_levels(self.code, self.T), equivalent_digits(self.code, self.T)
         self.kernel_coded = kernel_coded(self.code, self.T)
         self.budget = resolve_budget(budget, self.precision_digits, "operand")
