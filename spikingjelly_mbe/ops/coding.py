@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 import torch
 import torch.nn as nn
@@ -32,6 +32,7 @@ FLOAT32_MAX_T = 16
 MIN_RANGE, MAX_RANGE = 2.0 ** -126, 2.0 ** 126  # A, gain 1/A and weight A stay normal float32 numbers
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)  # what operators take
 Count = Union[int, torch.Tensor]  # a count known on the host, or one still on the device
+Stats = TypeVar("Stats")  # what a coding pass returns beside its code (a clamp count, or the kernel's statistics)
 _POPCOUNT16 = torch.tensor([bin(i).count("1") for i in range(1 << 16)], dtype=torch.float32)
 
 
@@ -409,16 +410,18 @@ class IdentityCoder(nn.Module):
         ``shift_overflow``; the shift is 1 within ``[-A, A]``) and counts clamps on the device.
         Simulate mode measures the bounds it does not know."""
         if self.element_span is not None:
-            shift = self.element_shift(x)
             low, high = (-math.inf, math.inf) if bounds is None else bounds
             reduced = (low if low >= 0 else min(low, -self.A), max(high, self.A))  # |x / shift| >= |x|, or in [A/2, A]
-            code, clamped = self.encode_at(x / shift, simulate, reduced)
-            return code.shifted(shift), clamped
+            return self.at_element_exponents(x, lambda u: self.encode_at(u, simulate, reduced))
         return self.encode_at(x, simulate, bounds)
 
-    def element_shift(self, x: torch.Tensor) -> torch.Tensor:
-        """``2^e`` per element: ``e`` the exponent of ``|x| / A`` within ``[-element_span, 0]``."""
-        return element_exponent(x / self.A, self.element_span)
+    def at_element_exponents(self, x: torch.Tensor, code_at: Callable[[torch.Tensor], Tuple[SpikeCode, Stats]]
+                             ) -> Tuple[SpikeCode, Stats]:
+        """``x = 2^e u`` coded by ``code_at(u)`` with its spikes carrying ``2^e``: ``e`` the exponent of
+        ``|x| / A`` within ``[-element_span, 0]`` (:func:`element_exponent`)."""
+        shift = element_exponent(x / self.A, self.element_span)
+        code, extra = code_at(x / shift)
+        return code.shifted(shift), extra
 
     def encode_at(self, x: torch.Tensor, simulate: bool,
                   bounds: Optional[Tuple[float, float]] = None) -> Tuple[SpikeCode, Count]:
@@ -518,9 +521,7 @@ class IdentityCoder(nn.Module):
             raise ValueError(f"IdentityCoder(floor={self.floor:g}): fused() codes the T digits of [-A, A] alone, not "
                              "a centred code (its centre plus the digits of |x| - centre); call encode()")
         if self.element_span is not None:
-            shift = self.element_shift(x)
-            code, stats = self.fused_at(x / shift, overflow)
-            return code.shifted(shift), stats
+            return self.at_element_exponents(x, lambda u: self.fused_at(u, overflow))
         return self.fused_at(x, overflow)
 
     def fused_at(self, x: torch.Tensor, shift: bool = True) -> Tuple[SpikeCode, List[Count]]:

@@ -179,6 +179,12 @@ class _TwoOperandOp(CalibratedOp):
         self.coders = self.operand_coders((A1, A2))
         self.calibrating = False
 
+    @property
+    def on_one_grid(self) -> bool:
+        """Both operands coded on their range's grid, none at element exponents: what the fused product
+        kernels code."""
+        return self.element_spans == (None, None)
+
     def settings_state(self) -> Dict[str, Any]:
         return {**super().settings_state(), "budget": self.budget, "element_spans": self.element_spans}
 
@@ -247,7 +253,7 @@ class _TwoOperandOp(CalibratedOp):
         # the backend, chosen once per call (the c kernels take the operands once they are scaled)
         chosen = kernels.backend.select(a, b) if not self.simulating and a.numel() and b.numel() \
             and self.kernel_coded else "torch"
-        if chosen == "triton" and self.element_spans == (None, None) and self.triton_fusable(a, b) \
+        if chosen == "triton" and self.on_one_grid and self.triton_fusable(a, b) \
                 and kernels.triton_usable(a, b):
             out = self.by_triton(a, b)
             self.record(ann_flops=ann_flops)
@@ -352,7 +358,7 @@ class SpikingProduct(_TwoOperandOp):
 
     def fused(self, a: torch.Tensor, b: torch.Tensor, c_backend: bool, ann_flops: int) -> torch.Tensor:
         """Same-shape operands on the ``c`` backend: codes, product and coincidences in one compiled pass."""
-        if a.shape != b.shape or not c_backend or self.element_spans != (None, None):
+        if a.shape != b.shape or not c_backend or not self.on_one_grid:
             return super().fused(a, b, c_backend, ann_flops)
         coder_a, coder_b = self.coders
         out, (spikes_a, spikes_b, sops, clamped_a, clamped_b, nonfinite) = kernels.product(
