@@ -70,8 +70,9 @@ def spike_raster(fitted: FittedNeuron, count: int, path: Path) -> Path:
 
 
 def lines(rows: Sequence[Row], x: str, panels: Sequence[Panel], series: Callable[[Row], str],
-          path: Path, title: str) -> Path:
-    """One panel per ``(column, label, log)``: each series' values against ``x``."""
+          path: Path, title: str, discrete_x: bool = True) -> Path:
+    """One panel per ``(column, label, log)``: each series' values against ``x`` (a tick at every ``x``
+    value when ``discrete_x``)."""
     groups: Dict[str, List[Row]] = defaultdict(list)
     for row in rows:
         groups[series(row)].append(row)
@@ -81,7 +82,8 @@ def lines(rows: Sequence[Row], x: str, panels: Sequence[Panel], series: Callable
             members = sorted(members, key=lambda r: r[x])
             ax.plot([r[x] for r in members], [r[col] for r in members], "o-", label=name)
         ax.set_yscale("log" if log else "linear")
-        ax.set_xticks(sorted({r[x] for r in rows}))
+        if discrete_x:
+            ax.set_xticks(sorted({r[x] for r in rows}))
         ax.set_xlabel(x)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
