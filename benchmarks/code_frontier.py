@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,9 +29,15 @@ from experiments import plots  # noqa: E402
 from experiments.tables import Row, markdown, write_csv, write_text  # noqa: E402
 from spikingjelly_mbe.ops.coding import CODES, IdentityCoder  # noqa: E402
 
-DISTRIBUTIONS: Dict[str, torch.distributions.Distribution] = {  # unit standard deviation each
-    "gaussian": torch.distributions.Normal(0.0, 1.0),
-    "laplace": torch.distributions.Laplace(0.0, 2.0 ** -0.5),
+def laplace(samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Laplace values of scale ``1 / sqrt(2)`` (unit standard deviation), by the inverse CDF."""
+    u = torch.rand(samples, generator=generator, dtype=torch.float64) - 0.5
+    return -(2.0 ** -0.5) * torch.sign(u) * torch.log1p(-2.0 * u.abs())
+
+
+DISTRIBUTIONS: Dict[str, Callable[[int, torch.Generator], torch.Tensor]] = {  # unit standard deviation each
+    "gaussian": lambda samples, generator: torch.randn(samples, generator=generator, dtype=torch.float64),
+    "laplace": laplace,
 }
 
 
@@ -53,9 +59,8 @@ def frontier(samples: int, Ts: Sequence[int], codes: Sequence[str], ranges: Sequ
     """One row per distribution, code and ``T`` (:func:`best_range`)."""
     generator = torch.Generator().manual_seed(seed)
     rows: List[Row] = []
-    for name, distribution in DISTRIBUTIONS.items():
-        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=generator)))
-        x = distribution.sample((samples,))
+    for name, sample in DISTRIBUTIONS.items():
+        x = sample(samples, generator)
         for code in tqdm(codes, desc=f"{name}: codes"):
             for T in Ts:
                 row = best_range(x, T, code, ranges)
