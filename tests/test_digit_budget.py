@@ -12,7 +12,8 @@ from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import set_mode
 from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, predicted, room,
                                                     rungs, sensitivities, shrink, site_of, site_paths,
-                                                    energy_floor, measured_at, squared_error, within_energy)
+                                                    energy_floor, measured_at, next_aim, squared_error,
+                                                    within_energy)
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops.digits import OPERATOR_TYPES, check_T, operator_types, steps_at, steps_of
@@ -205,6 +206,18 @@ def test_an_energy_recheck_moves_one_more_site_when_its_re_aim_repeats_a_choice_
     snn, mapping = within_energy(8, 0.0335, {"default": 8}, nominal, candidates, same, convert_at, metered)
     assert mapping == snn == as_mapping(8, candidates[6].digits)
     assert metered(mapping) == pytest.approx(1.01 * 130 * 0.9 / 4600)
+
+
+def test_the_next_aim_meets_the_budget_on_the_line_through_the_closest_allocations_on_each_side():
+    """SmolLM2 at T=8 under 0.15 (docs/low-T.md): aimed at 0.15 it metered 0.1239, then aimed at 0.15 *
+    0.15 / 0.1239 = 0.1816 it metered 0.1735; the line through (0.15, 0.1239) and (0.1816, 0.1735) meets 0.15
+    at 0.15 + 0.0261 / 0.0496 * 0.0316 = 0.16663 (scaling the last miss alone aimed at 0.1570, which
+    metered 0.144)."""
+    assert next_aim(0.15, 0.1239, 0.15, None, None) == pytest.approx(0.15 * 0.15 / 0.1239)
+    assert next_aim(0.1816, 0.1735, 0.15, (0.15, 0.1239), None) == pytest.approx(0.1816 * 0.15 / 0.1735)
+    assert next_aim(0.1816, 0.1735, 0.15, (0.15, 0.1239), (0.1816, 0.1735)) == pytest.approx(
+        0.15 + (0.15 - 0.1239) * (0.1816 - 0.15) / (0.1735 - 0.1239))
+    assert next_aim(0.1816, 0.1735, 0.15, (0.15, 0.1239), (0.1816, 0.1735)) == pytest.approx(0.16663, abs=1e-5)
 
 
 def test_an_energy_budget_below_every_sites_fewest_digits_warns_and_keeps_them(caplog):

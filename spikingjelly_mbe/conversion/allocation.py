@@ -32,7 +32,8 @@ energy proportional to the digits), never below the fewest the library ships fit
 (:func:`energy_floor`); step 4 moves sites in
 the same order until the whole model's strict ``E_SNN / E_ANN`` (Eq. 14) predicted from the measured
 SOPs is at most ``energy_budget``, and step 5 measures the converted allocation's energy on the
-calibration batches and aims again, scaled by the factor it missed by, keeping the allocation with
+calibration batches and aims again (scaled by the factor it missed by, then, once allocations on
+both sides of the budget were metered, where the line through the two closest meets it), keeping the allocation with
 the most energy within the budget (:func:`within_energy`; a budget even the fewest digits miss is
 warned about, and the closest allocation kept).
 
@@ -340,18 +341,35 @@ def predicted_sops(nominal: Measured, candidates: Mapping[int, Measured], chosen
     return sum(measured_at(nominal, candidates, site, digits).sops[site] for site, digits in chosen.items())
 
 
+Reached = Tuple[float, float]  # (aimed energy, metered energy) of one converted allocation
+
+
+def next_aim(aim: float, reached: float, energy_budget: float, under: Optional[Reached],
+             over: Optional[Reached]) -> float:
+    """The energy the next allocation aims at, after one aimed at ``aim`` metered ``reached``: once an
+    allocation below the budget and one above it were metered (``under``, ``over``: the closest on each
+    side), the aim at which the line through them meets the budget (the metered energy rises with the aim,
+    about linearly between two near aims); before that the aim scaled by the factor it missed by."""
+    if under is None or over is None:
+        return aim * energy_budget / reached
+    (aim_under, low), (aim_over, high) = under, over
+    return aim_under + (energy_budget - low) * (aim_over - aim_under) / (high - low)
+
+
 def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: Measured,
                   candidates: Mapping[int, Measured], weights: Mapping[str, float],
                   convert_at: Callable[[Steps], nn.Module], metered: Callable[[nn.Module], float]) -> Allocation:
     """``energy_budget``: the least estimated output error at a whole-model strict energy of at most
     ``energy_budget`` (:meth:`Measured.energy`), rechecked on the converted allocation (``metered``:
     its strict energy on the calibration batches): its sites' inputs move with the sites before them,
-    so the measured energy differs from the prediction; each next allocation aims at the budget
-    scaled by the factor the last one missed it by (and moves at least one more site when that
-    gives the same choice as one over the budget), at most :data:`CHECK_ROUNDS` conversions; the
+    so the measured energy differs from the prediction; each next allocation aims where the
+    allocations metered so far put the budget (:func:`next_aim`; it moves at least one more site when
+    that gives the same choice as one over the budget), at most :data:`CHECK_ROUNDS` conversions; the
     one with the most energy within the budget is kept (one within :data:`ENERGY_CLOSE` of it ends
     the search). Warns, keeping the last allocation, when none meets the budget."""
     aim, tried, best, last, exhausted = energy_budget, set(), None, None, False
+    under: Optional[Reached] = None
+    over: Optional[Reached] = None
     for _ in range(CHECK_ROUNDS):
         chosen = choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim))
         mapping = as_mapping(T, chosen)
@@ -372,7 +390,11 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
             best = last
         if energy_budget * (1.0 - ENERGY_CLOSE) <= last[0] <= energy_budget:
             break
-        aim *= energy_budget / last[0]
+        if last[0] <= energy_budget and (under is None or last[0] > under[1]):
+            under = (aim, last[0])
+        elif last[0] > energy_budget and (over is None or last[0] < over[1]):
+            over = (aim, last[0])
+        aim = next_aim(aim, last[0], energy_budget, under, over)
     if best is not None:
         return best[1], best[2]
     log.warning("energy_budget=%g: the closest allocation tried reaches a strict E_SNN/E_ANN of %.4g on the "
