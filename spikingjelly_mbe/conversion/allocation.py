@@ -64,7 +64,10 @@ log = logging.getLogger("spikingjelly_mbe.conversion")
 # operator types that load no fitted neuron (their digits are a code's alone): any digit count is cheap to build
 FIT_FREE_TYPES = ("weight_input", "product", "matmul", "max_pool", "topk")
 LOWEST_RUNG = 0.5  # the fewest digits a site may get, as a share of the nominal T
-CHECK_ROUNDS = 3  # conversions with an allocation, each re-aimed when the last missed its budget (error or energy)
+CHECK_ROUNDS = 3  # conversions with a digit_budget allocation, each re-aimed when the last missed its budget
+# conversions with an energy_budget allocation: each one conversion and one metered pass on the calibration batches
+# (a fraction of the rungs' conversions), and the aims close in on the budget between the allocations either side of it
+ENERGY_ROUNDS = 6
 ENERGY_CLOSE = 0.02  # an energy_budget allocation this close below the budget (relative) is kept at once
 
 
@@ -364,13 +367,13 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
     its strict energy on the calibration batches): its sites' inputs move with the sites before them,
     so the measured energy differs from the prediction; each next allocation aims where the
     allocations metered so far put the budget (:func:`next_aim`; it moves at least one more site when
-    that gives the same choice as one over the budget), at most :data:`CHECK_ROUNDS` conversions; the
+    that gives the same choice as one over the budget), at most :data:`ENERGY_ROUNDS` conversions; the
     one with the most energy within the budget is kept (one within :data:`ENERGY_CLOSE` of it ends
     the search). Warns, keeping the last allocation, when none meets the budget."""
     aim, tried, best, last, exhausted = energy_budget, set(), None, None, False
     under: Optional[Reached] = None
     over: Optional[Reached] = None
-    for _ in range(CHECK_ROUNDS):
+    for _ in range(ENERGY_ROUNDS):
         chosen = choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim))
         mapping = as_mapping(T, chosen)
         if last is not None and mapping == last[2]:  # the re-aim fell inside the same greedy move
@@ -399,7 +402,7 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
         return best[1], best[2]
     log.warning("energy_budget=%g: the closest allocation tried reaches a strict E_SNN/E_ANN of %.4g on the "
                 "calibration batches (%s); pass a larger energy_budget", energy_budget, last[0],
-                "no site can lose another digit" if exhausted else f"after {CHECK_ROUNDS} conversions")
+                "no site can lose another digit" if exhausted else f"after {ENERGY_ROUNDS} conversions")
     return last[1], last[2]
 
 
