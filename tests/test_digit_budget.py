@@ -12,7 +12,7 @@ from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion import set_mode
 from spikingjelly_mbe.conversion.allocation import (FIT_FREE_TYPES, Measured, as_mapping, choose, predicted, room,
                                                     rungs, sensitivities, shrink, site_of, site_paths,
-                                                    energy_floor, measured_at, next_aim, squared_error,
+                                                    energy_floor, measured_at, narrowed, next_aim, squared_error,
                                                     within_energy)
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
@@ -218,6 +218,25 @@ def test_the_next_aim_meets_the_budget_on_the_line_through_the_closest_allocatio
     assert next_aim(0.1816, 0.1735, 0.15, (0.15, 0.1239), (0.1816, 0.1735)) == pytest.approx(
         0.15 + (0.15 - 0.1239) * (0.1816 - 0.15) / (0.1735 - 0.1239))
     assert next_aim(0.1816, 0.1735, 0.15, (0.15, 0.1239), (0.1816, 0.1735)) == pytest.approx(0.16663, abs=1e-5)
+
+
+def test_aims_on_one_side_twice_move_the_other_sides_end_halfway_to_the_budget():
+    """The same SmolLM2 rounds, the third aimed on the line (0.16663) metered 0.1556, over the budget
+    again: the under end's 0.1239 moves halfway to 0.15 (0.13695), and the next line aims at 0.15 + 0.01305 *
+    0.01663 / 0.01865 = 0.16164 (the plain line: 0.1637, metered 0.152, then 0.1627 -> 0.1507, 0.1624 ->
+    0.1506, every later round over the budget)."""
+    under, over = narrowed(None, None, 0.15, 0.1239, 0.15, False)
+    assert (under, over) == ((0.15, 0.1239), None)
+    under, over = narrowed(under, over, 0.1816, 0.1735, 0.15, False)
+    assert (under, over) == ((0.15, 0.1239), (0.1816, 0.1735))
+    aim = next_aim(0.1816, 0.1735, 0.15, under, over)
+    under, over = narrowed(under, over, aim, 0.1556, 0.15, True)
+    assert over == (aim, 0.1556) and under == (0.15, pytest.approx(0.13695))
+    assert next_aim(aim, 0.1556, 0.15, under, over) == pytest.approx(
+        0.15 + (0.15 - 0.13695) * (aim - 0.15) / (0.1556 - 0.13695))
+    # a farther point on its side changes no end; within the budget again, the over end moves halfway
+    assert narrowed(under, over, 0.17, 0.16, 0.15, False) == (under, over)
+    assert narrowed(under, over, 0.16, 0.149, 0.15, True) == ((0.16, 0.149), (aim, pytest.approx(0.1528)))
 
 
 def test_an_energy_budget_below_every_sites_fewest_digits_warns_and_keeps_them(caplog):

@@ -359,6 +359,23 @@ def next_aim(aim: float, reached: float, energy_budget: float, under: Optional[R
     return aim_under + (energy_budget - low) * (aim_over - aim_under) / (high - low)
 
 
+def narrowed(under: Optional[Reached], over: Optional[Reached], aim: float, reached: float, energy_budget: float,
+             repeated: bool) -> Tuple[Optional[Reached], Optional[Reached]]:
+    """The closest allocations metered below and above the budget (:func:`next_aim`'s ``under``, ``over``)
+    after one aimed at ``aim`` metered ``reached``. When it fell on the same side as the one before it
+    (``repeated``), the other side's metered energy is moved halfway to the budget (regula falsi's Illinois
+    rule), so that the next line does not creep up on the budget from one side."""
+    if reached <= energy_budget:
+        under = (aim, reached) if under is None or reached > under[1] else under
+        if repeated and over is not None:
+            over = (over[0], (over[1] + energy_budget) / 2)
+    else:
+        over = (aim, reached) if over is None or reached < over[1] else over
+        if repeated and under is not None:
+            under = (under[0], (under[1] + energy_budget) / 2)
+    return under, over
+
+
 def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: Measured,
                   candidates: Mapping[int, Measured], weights: Mapping[str, float],
                   convert_at: Callable[[Steps], nn.Module], metered: Callable[[nn.Module], float]) -> Allocation:
@@ -366,13 +383,14 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
     ``energy_budget`` (:meth:`Measured.energy`), rechecked on the converted allocation (``metered``:
     its strict energy on the calibration batches): its sites' inputs move with the sites before them,
     so the measured energy differs from the prediction; each next allocation aims where the
-    allocations metered so far put the budget (:func:`next_aim`; it moves at least one more site when
+    allocations metered so far put the budget (:func:`next_aim`, :func:`narrowed`; it moves at least one more site when
     that gives the same choice as one over the budget), at most :data:`ENERGY_ROUNDS` conversions; the
     one with the most energy within the budget is kept (one within :data:`ENERGY_CLOSE` of it ends
     the search). Warns, keeping the last allocation, when none meets the budget."""
     aim, tried, best, last, exhausted = energy_budget, set(), None, None, False
     under: Optional[Reached] = None
     over: Optional[Reached] = None
+    previous: Optional[bool] = None  # whether the last allocation metered within the budget
     for _ in range(ENERGY_ROUNDS):
         chosen = choose(nominal, candidates, math.inf, weights, nominal.sops_for(aim))
         mapping = as_mapping(T, chosen)
@@ -393,10 +411,9 @@ def within_energy(T: int, energy_budget: float, reference: nn.Module, nominal: M
             best = last
         if energy_budget * (1.0 - ENERGY_CLOSE) <= last[0] <= energy_budget:
             break
-        if last[0] <= energy_budget and (under is None or last[0] > under[1]):
-            under = (aim, last[0])
-        elif last[0] > energy_budget and (over is None or last[0] < over[1]):
-            over = (aim, last[0])
+        within = last[0] <= energy_budget
+        under, over = narrowed(under, over, aim, last[0], energy_budget, within == previous)
+        previous = within
         aim = next_aim(aim, last[0], energy_budget, under, over)
     if best is not None:
         return best[1], best[2]
