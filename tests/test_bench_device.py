@@ -1,8 +1,6 @@
-"""The benchmarks take ``--device auto|cpu|cuda`` (``auto``: CUDA when present), run as users run them:
-a tiny conversion benchmark on the CPU, and a clear error naming the fix when CUDA is asked for and absent."""
-import os
-import subprocess
-import sys
+"""The benchmarks take ``--device auto|cpu|cuda`` (``auto``: CUDA when present), their ``main()`` run as
+``python <script> <args>`` runs it: a tiny conversion benchmark on the CPU, and a clear error naming the fix
+when CUDA is asked for and absent."""
 from pathlib import Path
 
 import pytest
@@ -10,18 +8,15 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+def test_conversion_bench_runs_where_auto_points_without_cuda(script_main, monkeypatch, capsys):
+    import torch
 
-
-@pytest.mark.slow
-def test_conversion_bench_runs_where_auto_points_without_cuda():
-    done = run("conversion_bench.py", "--part", "speed", "--layers", "1", "--hidden", "32", "--heads", "2",
-               "--sequences", "4", "--length", "8", "--batch-size", "2", "--device", "auto")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "fast mode, on cpu, 1 thread(s)" in done.stdout and "process CPU time ratio" in done.stdout
-    cosine = float(done.stdout.split("min cosine ")[1].split(",")[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    script_main(BENCHMARKS / "conversion_bench.py", "--part", "speed", "--layers", "1", "--hidden", "32", "--heads",
+                "2", "--sequences", "4", "--length", "8", "--batch-size", "2", "--device", "auto")
+    out = capsys.readouterr().out
+    assert "fast mode, on cpu, 1 thread(s)" in out and "process CPU time ratio" in out
+    cosine = float(out.split("min cosine ")[1].split(",")[0])
     assert cosine > 0.99
 
 
