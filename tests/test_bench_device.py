@@ -8,6 +8,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow  # a conversion and its timing passes
 def test_conversion_bench_runs_where_auto_points_without_cuda(script_main, monkeypatch, capsys):
     import torch
 

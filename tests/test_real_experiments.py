@@ -62,6 +62,7 @@ def one_process(tiny_lm, tmp_path_factory) -> dict:
     return metrics_of(out)
 
 
+@pytest.mark.slow  # a conversion job
 def test_local_hf_checkpoint_job_scores_the_ann_like_plain_pytorch(tiny_lm, one_process):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained(tiny_lm / "lm").eval()
