@@ -234,8 +234,8 @@ def test_aims_on_one_side_twice_move_the_other_sides_end_halfway_to_the_budget()
     assert over == (aim, 0.1556) and under == (0.15, pytest.approx(0.13695))
     assert next_aim(aim, 0.1556, 0.15, under, over) == pytest.approx(
         0.15 + (0.15 - 0.13695) * (aim - 0.15) / (0.1556 - 0.13695))
-    # a farther point on its side changes no end; within the budget again, the over end moves halfway
-    assert narrowed(under, over, 0.17, 0.16, 0.15, False) == (under, over)
+    # a point on one side replaces that end; within the budget twice, the over end moves halfway to it
+    assert narrowed(under, over, 0.16, 0.158, 0.15, False) == (under, (0.16, 0.158))
     assert narrowed(under, over, 0.16, 0.149, 0.15, True) == ((0.16, 0.149), (aim, pytest.approx(0.1528)))
 
 

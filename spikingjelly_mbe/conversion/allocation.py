@@ -361,16 +361,17 @@ def next_aim(aim: float, reached: float, energy_budget: float, under: Optional[R
 
 def narrowed(under: Optional[Reached], over: Optional[Reached], aim: float, reached: float, energy_budget: float,
              repeated: bool) -> Tuple[Optional[Reached], Optional[Reached]]:
-    """The closest allocations metered below and above the budget (:func:`next_aim`'s ``under``, ``over``)
-    after one aimed at ``aim`` metered ``reached``. When it fell on the same side as the one before it
-    (``repeated``), the other side's metered energy is moved halfway to the budget (regula falsi's Illinois
-    rule), so that the next line does not creep up on the budget from one side."""
+    """The ends of :func:`next_aim`'s line after an allocation aimed at ``aim`` metered ``reached``: it
+    replaces the end on its side of the budget (``under`` or ``over``; once both exist its aim lies between
+    theirs). When it fell on the same side as the one before it (``repeated``), the other end's metered
+    energy moves halfway to the budget (regula falsi's Illinois rule), so that the next line does not creep
+    up on the budget from one side."""
     if reached <= energy_budget:
-        under = (aim, reached) if under is None or reached > under[1] else under
+        under = (aim, reached)
         if repeated and over is not None:
             over = (over[0], (over[1] + energy_budget) / 2)
     else:
-        over = (aim, reached) if over is None or reached < over[1] else over
+        over = (aim, reached)
         if repeated and under is not None:
             under = (under[0], (under[1] + energy_budget) / 2)
     return under, over
