@@ -33,7 +33,7 @@ energy proportional to the digits), never below the fewest the library ships fit
 the same order until the whole model's strict ``E_SNN / E_ANN`` (Eq. 14) predicted from the measured
 SOPs is at most ``energy_budget``, and step 5 measures the converted allocation's energy on the
 calibration batches and aims again (scaled by the factor it missed by, then, once allocations on
-both sides of the budget were metered, where the line through the two closest meets it), keeping the allocation with
+both sides of the budget were metered, where the line through the latest on each side meets it), keeping the allocation with
 the most energy within the budget (:func:`within_energy`; a budget even the fewest digits miss is
 warned about, and the closest allocation kept).
 
@@ -350,8 +350,8 @@ Reached = Tuple[float, float]  # (aimed energy, metered energy) of one converted
 def next_aim(aim: float, reached: float, energy_budget: float, under: Optional[Reached],
              over: Optional[Reached]) -> float:
     """The energy the next allocation aims at, after one aimed at ``aim`` metered ``reached``: once an
-    allocation below the budget and one above it were metered (``under``, ``over``: the closest on each
-    side), the aim at which the line through them meets the budget (the metered energy rises with the aim,
+    allocation below the budget and one above it were metered (``under``, ``over``: the latest on each
+    side, :func:`narrowed`), the aim at which the line through them meets the budget (the metered energy rises with the aim,
     about linearly between two near aims); before that the aim scaled by the factor it missed by."""
     if under is None or over is None:
         return aim * energy_budget / reached
