@@ -54,10 +54,10 @@ import torch.nn as nn
 from ..energy import EnergyMeter
 from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..fitting.build_library import SHIPPED_T
-from ..ops.base import float_reference_mode
 from ..ops.digits import DEFAULT_KEY, OPERATOR_TYPES, Steps, operator_types, steps_of
 from .calibration import Batch, positions_of, run_batch
 from .fidelity import FIDELITY_POSITIONS
+from .gradients import float_gradients
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
 
@@ -167,70 +167,16 @@ def sensitivities(snn: nn.Module, sites: List[str], batches: List[Batch], seed: 
     output error: ``w_s r_s^2`` is the expected squared first-order change of the output when the
     site's output ``y_s`` carries an error of relative RMS ``r_s`` spread over its elements,
     ``w_s = sum(g_s^2) * sum(y_s^2) / numel(y_s)`` over ``batches``, where ``g_s`` is the gradient at
-    ``y_s`` of ``<output, u>`` for a random output direction ``u`` (the float function:
-    ``snn`` under :func:`~spikingjelly_mbe.ops.base.float_reference_mode`; one backward per batch).
-
-    For a model returning ``logits``, ``u = onehot(y) - softmax(logits)`` with ``y`` drawn from the
-    softmax, so that ``E[g g^T]`` is the Fisher information (the curvature of the KL divergence of
-    the output distribution, the perplexity's and accuracy's first loss); for any other output
-    (hidden states), ``u`` is standard normal (``E[g g^T] = J^T J``, the output's squared error).
-    A site its output does not depend on weighs 0."""
-    generator = torch.Generator().manual_seed(seed)
+    ``y_s`` of ``<output, u>`` for a random output direction ``u`` (:func:`~.gradients.float_gradients`:
+    the Fisher direction for logits, standard normal for hidden states). A site its output does not
+    depend on weighs 0."""
     grads, squares, elements = dict.fromkeys(sites, 0.0), dict.fromkeys(sites, 0.0), dict.fromkeys(sites, 0)
-    outputs: Dict[str, torch.Tensor] = {}
-
-    def keep(path: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            out = output if isinstance(output, torch.Tensor) else next(
-                (t for t in output if isinstance(t, torch.Tensor)), None) if isinstance(output, (tuple, list)) else None
-            if out is not None and out.is_floating_point() and out.requires_grad:
-                outputs[path] = out
-        return hook
-    device = next((p.device for p in snn.parameters()), None)
-    handles = [snn.get_submodule(path).register_forward_hook(keep(path)) for path in sites]
-    trainable = {name: p.requires_grad for name, p in snn.named_parameters()}
-    snn.requires_grad_(True)
-    try:
-        for batch in batches:
-            outputs.clear()
-            with torch.enable_grad(), float_reference_mode():
-                result = run_batch(snn, batch, device)
-                logits = getattr(result, "logits", None)
-                out = logits if logits is not None else main_tensor(result)
-                if logits is not None:
-                    probs = torch.softmax(logits.detach().double(), -1)
-                    drawn = torch.multinomial(probs.reshape(-1, probs.shape[-1]).cpu(), 1, generator=generator)
-                    direction = -probs.reshape(-1, probs.shape[-1])
-                    direction.scatter_add_(1, drawn.to(direction.device), torch.ones_like(drawn, dtype=direction.dtype,
-                                                                                         device=direction.device))
-                    direction = direction.reshape(probs.shape)
-                else:
-                    direction = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.device)
-                paths = list(outputs)
-                found = torch.autograd.grad((out.double() * direction).sum(), [outputs[p] for p in paths],
-                                            allow_unused=True)
-            for path, grad in zip(paths, found):
-                if grad is not None:
-                    y = outputs[path].detach()
-                    grads[path] += float(grad.double().square().sum())
-                    squares[path] += float(y.double().square().sum())
-                    elements[path] += y.numel()
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name, p in snn.named_parameters():
-            p.requires_grad_(trainable[name])
+    for found in float_gradients(snn, {p: snn.get_submodule(p) for p in sites}, batches, False, seed):
+        for path, (y, grad_squares) in found.items():
+            grads[path] += float(grad_squares.sum())
+            squares[path] += float(y.double().square().sum())
+            elements[path] += y.numel()
     return {s: grads[s] * squares[s] / elements[s] if elements[s] else 0.0 for s in sites}
-
-
-def main_tensor(result: object) -> torch.Tensor:
-    """A model's output tensor: itself, its ``last_hidden_state``, or its first tensor."""
-    if isinstance(result, torch.Tensor):
-        return result
-    hidden = getattr(result, "last_hidden_state", None)
-    if hidden is not None:
-        return hidden
-    return next(t for t in (result.values() if isinstance(result, Mapping) else result) if isinstance(t, torch.Tensor))
 
 
 Option = Tuple[float, int, Dict[str, int]]  # (own error, SOPs, {operator type: T}) of one site

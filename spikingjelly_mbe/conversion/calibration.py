@@ -191,11 +191,18 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
     for module in model.modules():
         if hasattr(module, "after_calibration"):
             module.after_calibration(observed)
+    measure_shifts(model, data, calibration.num_batches, device)
+    return used
+
+
+def measure_shifts(model: nn.Module, data: Iterable[Batch], limit: Optional[int],
+                   device: Optional[torch.device] = None) -> None:
+    """The pass in float over the batches that measures what the fixed ranges shift, for every operator
+    that asks for it (:meth:`~spikingjelly_mbe.ops.base.Calibrated.start_shift_pass`); none: no pass."""
     measuring = [m for m in model.modules() if isinstance(m, Calibrated) and m.start_shift_pass()]
     if measuring:
         with float_reference_mode():
-            for _ in calibration_pass(model, data, calibration.num_batches, device):
+            for _ in calibration_pass(model, data, limit, device):
                 pass
         for op in measuring:
             op.finish_shift_pass()
-    return used

@@ -16,7 +16,8 @@ from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, Module
 
 from .allocation import allocate, fidelity_batches
 from .blocks import SpikingAttention
-from .calibration import NEED_DATA, Batch, calibrate, run_batch
+from .calibration import NEED_DATA, Batch, calibrate, measure_shifts, run_batch
+from .channel_ranges import allocate_channel_ranges
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
@@ -242,6 +243,16 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__, note_of(
                     m.softmax, "attention softmax from exp2-frac, reciprocal, products (Eq. 13)")))
 
+    def choose_channel_ranges(self, model: nn.Module, converter: ModuleConverter) -> None:
+        """``fisher_ranges``: the weight inputs' channel ranges chosen for the model's output at the calibrated
+        ranges' synaptic events (:mod:`.channel_ranges`), their rounding shifts measured again."""
+        if not getattr(self.settings, "fisher_ranges", False):
+            return
+        done = allocate_channel_ranges(model, fidelity_batches(self.batches, self.calibration.num_batches))
+        if done is not None:
+            self.report.channel_ranges = str(done)
+            measure_shifts(model, self.batches, self.calibration.num_batches, converter.device)
+
     def measure_sites(self, model: nn.Module, converter: ModuleConverter, paths: Optional[Set[str]] = None) -> list:
         """Every replaced site's own error on the first calibration batches, until
         :data:`~.fidelity.FIDELITY_POSITIONS` positions (``paths``: those sites alone), worst first
@@ -291,6 +302,7 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 handle.remove()  # nothing is decided per call: plain forwards, no interception cost
         self.report.float_operations = list(self.settings.float_ops)
         if self.settings.fully_spiking:
+            self.choose_channel_ranges(model, converter)
             self.report.site_errors = self.measure_sites(model, converter)
             refitted = self.refit_coarse_activations(model)
             if refitted:  # a site's own error depends on its operator alone: measure the new ones only

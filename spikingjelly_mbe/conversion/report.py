@@ -44,7 +44,8 @@ class ConversionReport:
     operator; ``kept``: modules a rule keeps as they are (linear); ``fallback``: what runs in float;
     ``site_errors``: every site's own output error against its float reference on the calibration
     batches (relative RMS, :mod:`~spikingjelly_mbe.conversion.fidelity`), worst first; ``rotation``:
-    whether and how the weights were rotated before calibration (:mod:`~.rotation`); ``digits``: per
+    whether and how the weights were rotated before calibration (:mod:`~.rotation`); ``channel_ranges``:
+    how the weight inputs' channel ranges were chosen (:mod:`~.channel_ranges`); ``digits``: per
     operator type (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`) how many operators run at each
     ``T``; ``digit_allocation``: the per-site ``T`` mapping ``digit_budget`` or ``energy_budget`` allocated from calibration
     (:mod:`~.allocation`; empty without it)."""
@@ -55,6 +56,7 @@ class ConversionReport:
     float_operations: List[str] = field(default_factory=list)  # what the method itself keeps float (ECMT)
     site_errors: List[SiteError] = field(default_factory=list)
     rotation: str = "not rotated"
+    channel_ranges: str = "calibrated"  # the weight inputs' channel ranges (.channel_ranges: fisher_ranges)
     digits: Dict[str, Dict[int, int]] = field(default_factory=dict)  # operator type -> {T: operators}
     digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget / energy_budget chose
     digit_budget: Optional[float] = None
@@ -89,7 +91,7 @@ class ConversionReport:
             rows += [f"  {e.path or '<root>'}: {e.source} -> {e.target}" + (f"  [{e.note}]" if e.note else "")
                      for e in entries]
             return rows
-        return "\n".join([f"rotation: {self.rotation}"]
+        return "\n".join([f"rotation: {self.rotation}", f"weight-input channel ranges: {self.channel_ranges}"]
                          + block("replaced by spiking operators", self.replaced)
                          + block("kept (linear)", self.kept)
                          + block("left in float (fallback allowed)", self.fallback)

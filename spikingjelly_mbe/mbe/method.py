@@ -106,7 +106,9 @@ class OpSettings:
     ``'mbe'``, Eq. 8, or ``'fs'``, one basis, which ignores ``activation_N``); the range-reduced neurons of
     Softmax and the norms and the functions fitted on demand stay MBE. ``bias_correction`` subtracts each
     weight layer's expected rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
-    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``digit_budget``
+    (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``fisher_ranges`` moves each
+    weight input's channel ranges to where the model's output needs the spikes, at the calibrated ranges'
+    synaptic events (:mod:`~spikingjelly_mbe.conversion.channel_ranges`; ``False``: the calibrated ranges). ``digit_budget``
     allocates the digits per site from calibration (:mod:`~spikingjelly_mbe.conversion.allocation`):
     sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared output
     error added (each site's own error weighted by the output's sensitivity to it), while the
@@ -134,6 +136,7 @@ class OpSettings:
     probability_exponents: bool = True
     neuron: str = "mbe"
     bias_correction: bool = False
+    fisher_ranges: bool = True
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
 
@@ -171,7 +174,7 @@ class OpSettings:
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "centered_codes", "probability_exponents",
-                     "bias_correction"):
+                     "bias_correction", "fisher_ranges"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_digit_budget(self.digit_budget, self.T, self.energy_budget)

@@ -13,7 +13,7 @@ from .. import kernels
 from ..kernels import ChannelCode
 from . import flops
 from .base import DEFAULT_MODE, DEFAULT_T, CalibratedOp, Count, working_dtype
-from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps,
+from .coding import (BEYOND_SHIFT, DEFAULT_CODE, MAX_RANGE, MIN_RANGE, IdentityCoder, SpikeCode, check_code, check_steps,
                      code_levels, equivalent_digits, finite, kernel_coded, total)
 from .layers import check_weight_layer
 from .observer import ChannelMean, Extreme, RangeObserver
@@ -213,6 +213,26 @@ class SpikingWeightInput(CalibratedOp):
             raise ValueError(f"SpikingWeightInput: ranges must be one positive finite number (A,), got {ranges!r}")
         self.channel_ranges = channel_ranges(float(ranges[0]), self.shares, self.step, self.levels)
         self.calibrating = False
+
+    def scale_channel_ranges(self, factors: torch.Tensor) -> None:
+        """Multiply each channel's range by its factor (within the code's representable ranges)."""
+        scaled = self.channel_ranges.double() * factors.to(self.channel_ranges.device, torch.float64)
+        self.channel_ranges = scaled.clamp(min=MIN_RANGE, max=MAX_RANGE).float()
+
+    def channel_rates(self, rows: torch.Tensor, factors: Sequence[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per channel, coded at its range times each of ``factors``: the mean squared error of the code of
+        ``rows`` (``[positions, channels]``, the layer's input along its channel dimension; Eq. 9, centres
+        and overflow shifts included) and its mean spikes per position, float64 ``[channels, factors]``."""
+        x = rows.to(working_dtype(rows, self.precision_digits))
+        if self.channel_centers is not None:
+            x = x - self.channel_centers.to(x)
+        errors, spikes = [], []
+        for factor in factors:
+            scales = (self.channel_ranges.double() * factor).clamp(min=MIN_RANGE, max=MAX_RANGE).to(x)
+            code, _ = self.coder.encode(finite(x / scales), False)
+            errors.append((code.value * scales - x).double().square().mean(0))
+            spikes.append(code.counts.double().mean(0))
+        return torch.stack(errors, 1), torch.stack(spikes, 1)
 
     def settings_state(self) -> Dict[str, Any]:
         return {**super().settings_state(), "budget": self.budget, "centered": self.centered,

@@ -1,0 +1,130 @@
+"""Weight-input channel ranges chosen for the model's output (``fisher_ranges``): each channel's rate table
+against the step-by-step simulation, the Lagrangian choice against brute force, and a converted model
+that spends the calibrated ranges' synaptic events with less output error."""
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import functional
+
+from spikingjelly_mbe import convert
+from spikingjelly_mbe.conversion.channel_ranges import (MULTIPLIERS, ChannelTable, allocate_channel_ranges,
+                                                        equal_events, totals)
+from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
+from spikingjelly_mbe.energy import EnergyMeter
+from spikingjelly_mbe.ops import SpikingWeightInput
+
+
+def identity_input(C: int, T: int, x: torch.Tensor) -> SpikingWeightInput:
+    """A weight input on the identity layer (its output is the decoded input), calibrated on ``x``."""
+    layer = nn.Linear(C, C, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(C))
+    op = SpikingWeightInput(layer, T=T)
+    op(x)
+    op.finish_calibration()
+    return op
+
+
+def simulated(op: SpikingWeightInput, x: torch.Tensor):
+    """The step-by-step simulation's output and spike count."""
+    op.mode = "simulate"
+    functional.reset_net(op)
+    with torch.no_grad():
+        out = op(x)
+    return out, op.op_stats().spikes
+
+
+@pytest.mark.parametrize("T", [4, 8])
+def test_each_channels_rate_is_what_the_simulation_codes(T):
+    """Per channel and multiplier, the rate table's mean squared error and spikes are the step-by-step
+    simulation's on the same rows with the ranges scaled (an identity layer outputs the decoded input;
+    its spikes are the meter's)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 6, generator=g) * torch.tensor([0.1, 1.0, 3.0, 0.5, 10.0, 1.0]) + 0.3
+    op = identity_input(6, T, x)
+    factors = (0.25, 1.0, 4.0)
+    error, spikes = op.channel_rates(x, factors)
+    assert error.shape == spikes.shape == (6, 3)
+    calibrated = op.channel_ranges.clone()
+    for j, f in enumerate(factors):
+        op.channel_ranges = calibrated
+        op.scale_channel_ranges(torch.full((6,), f, dtype=torch.float64))
+        out, count = simulated(op, x)
+        assert torch.allclose(error[:, j], (out.double() - x.double()).square().mean(0), rtol=1e-4, atol=1e-12)
+        assert float(spikes[:, j].sum()) * x.shape[0] == pytest.approx(count, rel=1e-9)
+    assert bool((error[:, 0] <= error[:, 2]).all()) and bool((spikes[:, 0] >= spikes[:, 2]).all())
+
+
+def test_the_lagrangian_choice_is_the_brute_force_optimum_at_its_events():
+    """Over every assignment of three channels' five options, none spends at most the chosen events with
+    less weighted error (the Lagrangian's choices lie on the lower convex hull), and the choice for a
+    target never spends more than it."""
+    g = torch.Generator().manual_seed(1)
+    tables = []
+    for _ in range(3):
+        events = torch.sort(torch.rand(1, 5, generator=g, dtype=torch.float64), descending=True).values * 100
+        error = torch.sort(torch.rand(1, 5, generator=g, dtype=torch.float64)).values
+        tables.append(ChannelTable(None, torch.ones(1, dtype=torch.float64), error, events))
+    options = list(itertools.product(range(5), repeat=3))
+
+    def spent(choice):
+        return [sum(float(t.error[0, c]) for t, c in zip(tables, choice)),
+                sum(float(t.events[0, c]) for t, c in zip(tables, choice))]
+    fewest, most = min(spent(c)[1] for c in options), max(spent(c)[1] for c in options)
+    for share in (0.2, 0.5, 0.8):
+        target = fewest + share * (most - fewest)
+        choices = equal_events(tables, target)
+        error, events = totals(tables, choices)
+        assert events <= target
+        assert all(e >= error - 1e-12 for e, s in map(spent, options) if s <= events)
+    assert totals(tables, equal_events(tables, 0.5 * fewest))[1] == pytest.approx(fewest)  # none reaches it
+
+
+def test_a_model_at_the_calibrated_events_errs_less():
+    """A small Llama at T=4: the weight inputs' synaptic events on the calibration batches stay within
+    2 % of the calibrated ranges' (the energy meter), the output's squared error against the ANN on
+    them is smaller, and the report says what moved."""
+    ann = build("llama", layers=2, hidden=32, heads=2, seed=0)
+    calib = [make_batch("llama", 4, 32, seed=s, hidden=32) for s in (1, 2)]
+    snns = {on: convert(ann, calib, T=4, fisher_ranges=on) for on in (False, True)}
+
+    def measured(snn):
+        error, events = 0.0, 0
+        with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
+            for batch in calib:
+                error += float((main_output(snn(**batch)).double() - main_output(ann(**batch)).double()).square().sum())
+        events = sum(int(s.sops) for path, s in meter.counts.items()
+                     if isinstance(snn.get_submodule(path), SpikingWeightInput))
+        return error, events
+    (error_off, events_off), (error_on, events_on) = measured(snns[False]), measured(snns[True])
+    assert events_on == pytest.approx(events_off, rel=0.02)
+    assert error_on < error_off
+    assert snns[False].spiking_report.channel_ranges == "calibrated"
+    assert "predicted output error x0." in snns[True].spiking_report.channel_ranges
+    assert "weight-input channel ranges: chosen for the output" in str(snns[True].spiking_report)
+
+
+def test_a_layer_the_output_does_not_depend_on_keeps_its_ranges():
+    """The first layer of a plain MLP reads the raw input (no gradient there): its ranges stay; the
+    second's move."""
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
+    calib = [torch.randn(64, 8) * torch.linspace(0.1, 3.0, 8) for _ in range(2)]
+    off = convert(ann, calib, T=4, fisher_ranges=False)
+    on = convert(ann, calib, T=4)
+    assert torch.equal(on[0].channel_ranges, off[0].channel_ranges)
+    assert not torch.equal(on[2].channel_ranges, off[2].channel_ranges)
+    ratios = (on[2].channel_ranges.double() / off[2].channel_ranges.double()).tolist()
+    assert all(min(abs(r / m - 1) for m in MULTIPLIERS) < 1e-6 for r in ratios)
+
+
+def test_bad_fisher_ranges_names_the_option():
+    ann = build("llama", layers=1, hidden=16, heads=2, seed=0)
+    with pytest.raises(ValueError, match="fisher_ranges must be True or False"):
+        convert(ann, [make_batch("llama", 2, 8, seed=1, hidden=16)], T=4, fisher_ranges="yes")
+
+
+def test_no_weight_input_leaves_nothing_to_choose():
+    assert allocate_channel_ranges(nn.Sequential(nn.GELU()), [torch.randn(4, 3)]) is None
