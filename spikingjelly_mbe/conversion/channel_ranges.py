@@ -137,8 +137,8 @@ def totals(tables: Sequence[ChannelTable], choices: Sequence[torch.Tensor]) -> T
 
 def equal_events(tables: Sequence[ChannelTable], events: float) -> List[torch.Tensor]:
     """The choices of the ``lambda`` whose synaptic events come closest to ``events`` from below (the fewest
-    events when none reaches it; bisection
-    of ``log lambda`` around its natural scale, the tables' mean error per mean event)."""
+    events when none reaches it): bisection of ``log lambda`` around its natural scale, the tables' mean
+    error per mean event."""
     error, spent = sum(float(t.error.mean(1).sum()) for t in tables), sum(float(t.events.mean(1).sum()) for t in tables)
     scale = error / spent if spent > 0 and error > 0 else 1.0
     low, high = -64.0, 64.0  # log2 of lambda / scale: low spends more than events, high fewer
