@@ -128,3 +128,25 @@ def test_bad_fisher_ranges_names_the_option():
 
 def test_no_weight_input_leaves_nothing_to_choose():
     assert allocate_channel_ranges(nn.Sequential(nn.GELU()), [torch.randn(4, 3)]) is None
+
+
+def test_float_gradients_at_an_input_are_the_anns_over_each_drawn_direction():
+    """At a weight layer's input, the squared gradients summed over two draws of ``u`` are plain PyTorch's
+    on the ANN for the same draws (standard normal for a hidden-state output, in the generator's order)."""
+    from spikingjelly_mbe.conversion.gradients import float_gradients
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)).eval()
+    calib = [torch.randn(16, 5)]
+    snn = convert(ann, calib, T=8, fisher_ranges=False)
+    snn[0].requires_grad_(False)
+    before = [p.requires_grad for p in snn.parameters()]
+    (found,) = list(float_gradients(snn, {"2": snn[2]}, calib, True, seed=4, directions=2))
+    value, squares = found["2"]
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.nn.functional.gelu(ann[0](calib[0])).detach().requires_grad_(True)
+    out = ann[2](hidden)
+    expected = sum(torch.autograd.grad((out.double() * torch.randn(out.shape, generator=g, dtype=torch.float64)).sum(),
+                                       hidden, retain_graph=True)[0].double().square() for _ in range(2))
+    assert torch.allclose(value, hidden.detach())
+    assert torch.allclose(squares, expected, rtol=1e-6)
+    assert [p.requires_grad for p in snn.parameters()] == before and False in before  # restored
