@@ -231,12 +231,12 @@ METHOD_COLUMNS: Dict[str, str] = {f"{method}_{f.name}": f.name for method, setti
 
 
 def _schema_field(f: dataclasses.Field) -> tuple:
-    """``convert``'s option ``f`` as a Hydra schema field: an Enum for a closed set, ``Any`` for the budget
-    and for ``T`` (an int or a mapping per operator type / module path, ``conversion.T='{default:4,softmax:6}'``,
+    """``convert``'s option ``f`` as a Hydra schema field: an Enum for a closed set, ``Any`` for the budget,
+    ``fisher_ranges`` (a bool or ``'auto'``) and for ``T`` (an int or a mapping per operator type / module path, ``conversion.T='{default:4,softmax:6}'``,
     checked when a job starts, before anything loads: :func:`experiments.convert.check_conversion`)."""
     if f.name in CHOICES:
         return f.name, CHOICES[f.name], field(default=CHOICES[f.name](f.default))
-    kind = {"budget": Any, "T": Any}.get(f.name, f.type)
+    kind = {"budget": Any, "T": Any, "fisher_ranges": Any}.get(f.name, f.type)
     return f.name, kind, field(default=f.default)
 
 

@@ -113,17 +113,29 @@ def test_a_layer_the_output_does_not_depend_on_keeps_its_ranges():
     ann = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4)).eval()
     calib = [torch.randn(64, 8) * torch.linspace(0.1, 3.0, 8) for _ in range(2)]
     off = convert(ann, calib, T=4, fisher_ranges=False)
-    on = convert(ann, calib, T=4)
+    on = convert(ann, calib, T=4, fisher_ranges=True)
     assert torch.equal(on[0].channel_ranges, off[0].channel_ranges)
     assert not torch.equal(on[2].channel_ranges, off[2].channel_ranges)
     ratios = (on[2].channel_ranges.double() / off[2].channel_ranges.double()).tolist()
     assert all(min(abs(r / m - 1) for m in MULTIPLIERS) < 1e-6 for r in ratios)
 
 
-def test_bad_fisher_ranges_names_the_option():
+def test_auto_chooses_them_for_a_model_returning_logits_only():
+    """``'auto'`` (the default): a classifier's logits weigh its channels (ranges moved); a hidden-state
+    output keeps the calibrated ranges, and the report says why."""
+    calib = [make_batch("bert", 4, 12, seed=s) for s in (1, 2)]
+    classifier = convert(build("bert", layers=1, hidden=32, heads=4, seed=0), calib, T=4)
+    assert "chosen for the output" in classifier.spiking_report.channel_ranges
+    llama = build("llama", layers=1, hidden=16, heads=2, seed=0)
+    hidden = convert(llama, [make_batch("llama", 2, 8, seed=1, hidden=16)], T=4)
+    assert hidden.spiking_report.channel_ranges.startswith("calibrated (fisher_ranges='auto'")
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_fisher_ranges_names_the_option(value):
     ann = build("llama", layers=1, hidden=16, heads=2, seed=0)
-    with pytest.raises(ValueError, match="fisher_ranges must be True or False"):
-        convert(ann, [make_batch("llama", 2, 8, seed=1, hidden=16)], T=4, fisher_ranges="yes")
+    with pytest.raises(ValueError, match="fisher_ranges must be True, False or 'auto'"):
+        convert(ann, [make_batch("llama", 2, 8, seed=1, hidden=16)], T=4, fisher_ranges=value)
 
 
 def test_no_weight_input_leaves_nothing_to_choose():

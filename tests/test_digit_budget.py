@@ -261,8 +261,7 @@ def whole_energy(snn, batches):
 def test_an_energy_budget_is_met_with_less_error_than_uniform_digits_within_it(llama):
     """The 2-layer Llama at T=8 spends 0.30 of its ANN's energy, at T=4 0.154, at T=5 0.19; allocated from
     T=8 under 0.16 it meets the budget on the calibration batches and its held-out output is closer to the
-    ANN's than the uniform T=4 conversion's (the digits went where the output depends on them; relative
-    error 0.176 against 0.210, both with ``fisher_ranges``, the default; 0.8 times without it)."""
+    ANN's than the uniform T=4 conversion's (the digits went where the output depends on them)."""
     ann, calib, held_out = llama
     allocated = convert(ann, calib, T=8, energy_budget=0.16)
     uniform = convert(ann, calib, T=4)
@@ -271,7 +270,7 @@ def test_an_energy_budget_is_met_with_less_error_than_uniform_digits_within_it(l
     with torch.no_grad():
         reference = main_output(ann(**held_out))
         errors = [float((main_output(m(**held_out)) - reference).norm() / reference.norm()) for m in (allocated, uniform)]
-    assert errors[0] < 0.9 * errors[1]
+    assert errors[0] < 0.8 * errors[1]
     mapping = allocated.spiking_report.digit_allocation
     assert mapping["default"] == 8 and min(mapping.values()) == 3  # down to the fewest shipped digits
     assert "digits allocated from calibration (energy_budget=0.16)" in str(allocated.spiking_report)

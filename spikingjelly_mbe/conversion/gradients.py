@@ -10,7 +10,7 @@ weight layers' inputs are chosen so (:mod:`.channel_ranges`).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,12 @@ def main_tensor(result: object) -> torch.Tensor:
     if hidden is not None:
         return hidden
     return next(t for t in (result.values() if isinstance(result, Mapping) else result) if isinstance(t, torch.Tensor))
+
+
+def returns_logits(snn: nn.Module, batch: Batch, device: Optional[torch.device] = None) -> bool:
+    """Whether ``snn``'s output on ``batch`` (one forward through the float function) has ``logits``."""
+    with torch.no_grad(), float_reference_mode():
+        return getattr(run_batch(snn, batch, device), "logits", None) is not None
 
 
 def output_direction(result: object, generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:

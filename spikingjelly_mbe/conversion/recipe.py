@@ -18,6 +18,7 @@ from .allocation import allocate, fidelity_batches
 from .blocks import SpikingAttention
 from .calibration import NEED_DATA, Batch, calibrate, measure_shifts, run_batch
 from .channel_ranges import allocate_channel_ranges
+from .gradients import returns_logits
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
 from .interception import Session, is_opaque
@@ -30,6 +31,7 @@ from .rotation import rotate
 from .sites import SiteTable, needs_calibration
 from ..ops.base import Calibrated
 from ..ops.digits import Steps, digits_by_type, unmatched_patterns
+from ..ops.precision import AUTO
 from ..ops.layers import is_weight_layer
 from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
 
@@ -245,10 +247,17 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
 
     def choose_channel_ranges(self, model: nn.Module, converter: ModuleConverter) -> None:
         """``fisher_ranges``: the weight inputs' channel ranges chosen for the model's output at the calibrated
-        ranges' synaptic events (:mod:`.channel_ranges`), their rounding shifts measured again."""
-        if not getattr(self.settings, "fisher_ranges", False):
+        ranges' synaptic events (:mod:`.channel_ranges`; ``'auto'``: when the model returns logits), their
+        rounding shifts measured again."""
+        wanted = getattr(self.settings, "fisher_ranges", False)
+        if wanted is False:
             return
-        done = allocate_channel_ranges(model, fidelity_batches(self.batches, self.calibration.num_batches))
+        batches = fidelity_batches(self.batches, self.calibration.num_batches)
+        if wanted == AUTO and not returns_logits(model, batches[0], converter.device):
+            self.report.channel_ranges = ("calibrated (fisher_ranges='auto' chooses them for a model returning "
+                                          "logits; fisher_ranges=True weighs any output)")
+            return
+        done = allocate_channel_ranges(model, batches)
         if done is not None:
             self.report.channel_ranges = str(done)
             measure_shifts(model, self.batches, self.calibration.num_batches, converter.device)

@@ -20,7 +20,7 @@ from ..ops.activation import ACTIVATION_N
 from ..ops.base import DEFAULT_MODE, DEFAULT_N, DEFAULT_T, MODES
 from ..ops.coding import DEFAULT_CODE, check_code, code_levels
 from ..ops.digits import OPERATOR_TYPES, Steps, check_T, has_patterns, resolved_at, steps_at, values_for
-from ..ops.precision import DEFAULT_BUDGET, Budget, check_budget
+from ..ops.precision import AUTO, DEFAULT_BUDGET, Budget, check_budget
 from ..ops.roots import root_function
 from ..ops.routing import SpikingTopK
 from .blocks import ChannelsLast, Clamp, Extremum, Greater, Power, Quotient, Rescaled, VectorNorm
@@ -108,7 +108,9 @@ class OpSettings:
     weight layer's expected rounding shift ``W E[x_hat - x]``, measured on the calibration batches, from its bias
     (:class:`~spikingjelly_mbe.ops.SpikingWeightInput`; docs/bias-correction.md). ``fisher_ranges`` moves each
     weight input's channel ranges to where the model's output needs the spikes, at the calibrated ranges'
-    synaptic events (:mod:`~spikingjelly_mbe.conversion.channel_ranges`; ``False``: the calibrated ranges). ``digit_budget``
+    synaptic events (:mod:`~spikingjelly_mbe.conversion.channel_ranges`; ``'auto'``, the default: when the
+    model returns logits, whose Fisher information it weighs; ``True``: for any output; ``False``: the
+    calibrated ranges). ``digit_budget``
     allocates the digits per site from calibration (:mod:`~spikingjelly_mbe.conversion.allocation`):
     sites lose digits (down to ``T / 2``) where that saves the most synaptic events per squared output
     error added (each site's own error weighted by the output's sensitivity to it), while the
@@ -136,7 +138,7 @@ class OpSettings:
     probability_exponents: bool = True
     neuron: str = "mbe"
     bias_correction: bool = False
-    fisher_ranges: bool = True
+    fisher_ranges: Union[bool, str] = AUTO
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
 
@@ -174,10 +176,13 @@ class OpSettings:
         get_kind(self.neuron, "neuron")
         check_budget(self.budget)
         for name in ("center_inputs", "rectified_activations", "norm_exponents", "centered_codes", "probability_exponents",
-                     "bias_correction", "fisher_ranges"):
+                     "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_digit_budget(self.digit_budget, self.T, self.energy_budget)
+        if self.fisher_ranges not in (True, False, AUTO) or not isinstance(self.fisher_ranges, (bool, str)):
+            raise ValueError(f"fisher_ranges must be True, False or 'auto' (the weight inputs' channel ranges chosen "
+                             f"for the output when the model returns logits), got {self.fisher_ranges!r}")
         if self.split_bits is not None:
             lowest = min(values_for(self.T, SPLIT_TYPES))
             if isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int) \
