@@ -88,7 +88,7 @@ def channel_rows(module: SpikingWeightInput, x: torch.Tensor) -> torch.Tensor:
 
 def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> List[ChannelTable]:
     """:class:`ChannelTable` of every calibrated per-channel weight input that the output depends on, from
-    one backward pass per batch (:func:`~.gradients.float_gradients`) and the codes of up to
+    :data:`DIRECTIONS` backward passes per batch (:func:`~.gradients.float_gradients`) and the codes of up to
     :data:`SAMPLED_ROWS` of its input positions per batch at every multiplier."""
     modules = {p: m for p, m in snn.named_modules() if isinstance(m, SpikingWeightInput)
                and not m.calibrating and m.channel_ranges is not None and m.channel_ranges.numel() > 1}

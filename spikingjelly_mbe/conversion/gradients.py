@@ -29,6 +29,13 @@ def main_tensor(result: object) -> torch.Tensor:
     return next(t for t in (result.values() if isinstance(result, Mapping) else result) if isinstance(t, torch.Tensor))
 
 
+def first_tensor(value: object) -> Optional[torch.Tensor]:
+    """``value`` itself when a tensor, else the first tensor of a tuple or list (``None`` when none)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return next((t for t in value if isinstance(t, torch.Tensor)), None) if isinstance(value, (tuple, list)) else None
+
+
 def returns_logits(snn: nn.Module, batch: Batch, device: Optional[torch.device] = None) -> bool:
     """Whether ``snn``'s output on ``batch`` (one forward through the float function) has ``logits``."""
     with torch.no_grad(), float_reference_mode():
@@ -62,10 +69,8 @@ def float_gradients(snn: nn.Module, modules: Mapping[str, nn.Module], batches: I
 
     def keep(path: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, output: object = None) -> None:
-            value = (args[0] if args else None) if at_input else output if isinstance(output, torch.Tensor) else \
-                next((t for t in output if isinstance(t, torch.Tensor)), None) if isinstance(output, (tuple, list)) \
-                else None
-            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.requires_grad:
+            value = first_tensor(args if at_input else output)
+            if value is not None and value.is_floating_point() and value.requires_grad:
                 captured[path] = value
         return hook
     device = next((p.device for p in snn.parameters()), None)
