@@ -66,7 +66,7 @@ def test_the_lagrangian_choice_is_the_brute_force_optimum_at_its_events():
     for _ in range(3):
         events = torch.sort(torch.rand(1, 5, generator=g, dtype=torch.float64), descending=True).values * 100
         error = torch.sort(torch.rand(1, 5, generator=g, dtype=torch.float64)).values
-        tables.append(ChannelTable(None, torch.ones(1, dtype=torch.float64), error, events))
+        tables.append(ChannelTable([], torch.ones(1, dtype=torch.float64), error, events))
     options = list(itertools.product(range(5), repeat=3))
 
     def spent(choice):
@@ -101,6 +101,13 @@ def test_a_model_at_the_calibrated_events_errs_less():
     (error_off, events_off), (error_on, events_on) = measured(snns[False]), measured(snns[True])
     assert events_on == pytest.approx(events_off, rel=0.02)
     assert error_on < error_off
+    attentions = [m for path, m in snns[True].named_modules() if path.endswith("self_attn")]
+    assert len(attentions) == 2
+    for attention in attentions:  # the query, key and value projections code one input: one set of ranges
+        q, k, v = (getattr(attention, f"{n}_proj").channel_ranges for n in "qkv")
+        assert torch.equal(q, k) and torch.equal(q, v)
+        assert not torch.equal(q, snns[False].get_submodule(next(
+            p for p, m in snns[True].named_modules() if m is attention)).q_proj.channel_ranges)
     assert snns[False].spiking_report.channel_ranges == "calibrated"
     assert "predicted output error x0." in snns[True].spiking_report.channel_ranges
     assert "weight-input channel ranges: chosen for the output" in str(snns[True].spiking_report)

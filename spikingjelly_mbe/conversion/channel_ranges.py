@@ -44,11 +44,12 @@ BISECTIONS = 100  # halvings of log(lambda) between 2^-64 and 2^64 times its nat
 
 @dataclass
 class ChannelTable:
-    """One weight input's channels: ``fisher`` ``G_k`` (``[C]``), and at each of :data:`MULTIPLIERS`
-    their Fisher-weighted squared error ``G_k e_k`` and their synaptic events ``P_k F s_k``
-    (``[C, len(MULTIPLIERS)]``, float64 on the CPU)."""
+    """One coded input's channels, read by ``modules`` (one weight layer, or the layers that code one tensor
+    alike, which share its neurons and so its ranges): ``fisher`` ``G_k`` (``[C]``, the input's), and at each
+    of :data:`MULTIPLIERS` their Fisher-weighted squared error ``G_k e_k`` and their synaptic events
+    ``P_k F s_k`` (``F`` the readers' fan-outs summed; ``[C, len(MULTIPLIERS)]``, float64 on the CPU)."""
 
-    module: SpikingWeightInput
+    modules: List[SpikingWeightInput]
     fisher: torch.Tensor
     error: torch.Tensor
     events: torch.Tensor
@@ -103,17 +104,24 @@ def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> L
         return hook
     handles = [m.register_forward_hook(count(p)) for p, m in modules.items()]
     generator = torch.Generator().manual_seed(seed)
-    sums: Dict[str, List] = {}  # path -> [G, sum of e at each multiplier, sum of s, sampled rows, positions]
+    sums: Dict[str, List] = {}  # leader path -> [G, sum of e at each multiplier, sum of s, sampled rows, positions]
+    readers: Dict[str, List[str]] = {}  # leader path -> the layers coding its very input with its code
     try:
         for found in float_gradients(snn, modules, batches, True, seed, DIRECTIONS):
+            leaders: Dict[Tuple, str] = {}
             for path, (x, squares) in found.items():
                 module = modules[path]
                 rows = channel_rows(module, x)
-                if rows.shape[1] != module.channel_ranges.numel():
+                if rows.shape[1] != module.channel_ranges.numel() or any(path in r[1:] for r in readers.values()):
+                    continue
+                leader = leaders.setdefault(same_code(module, x), path)
+                if leader != path:  # another layer reads this input with this code: one population of neurons
+                    if path not in readers.setdefault(leader, [leader]):
+                        readers[leader].append(path)
                     continue
                 picked = torch.randperm(rows.shape[0], generator=generator)[:SAMPLED_ROWS].to(rows.device)
                 error, spikes = module.channel_rates(rows[picked], MULTIPLIERS)
-                fisher = channel_rows(module, squares).sum(0) / DIRECTIONS
+                fisher = channel_rows(module, squares).sum(0) / DIRECTIONS  # the input's: every reader's share
                 entry = sums.setdefault(path, [0.0, 0.0, 0.0, 0, 0])
                 for i, value in enumerate((fisher, error * len(picked), spikes * len(picked), len(picked),
                                            rows.shape[0])):
@@ -123,10 +131,20 @@ def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> L
             handle.remove()
     tables = []
     for path, (fisher, error, spikes, sampled, positions) in sums.items():
-        fisher = fisher.cpu()
-        tables.append(ChannelTable(modules[path], fisher, fisher[:, None] * error.cpu() / sampled,
-                                   spikes.cpu() / sampled * positions * fan_out.get(path, 0.0)))
+        fisher, group = fisher.cpu(), readers.get(path, [path])
+        fan = sum(fan_out.get(p, 0.0) for p in group)
+        tables.append(ChannelTable([modules[p] for p in group], fisher, fisher[:, None] * error.cpu() / sampled,
+                                   spikes.cpu() / sampled * positions * fan))
     return tables
+
+
+def same_code(module: SpikingWeightInput, x: torch.Tensor) -> Tuple:
+    """What two weight inputs share when they code one tensor alike (the query, key and value projections
+    of an attention: one calibration, one code, :class:`~spikingjelly_mbe.ops.weight_input.SharedCode`): the
+    tensor's storage and shape, the code and its ranges' and centres' bytes."""
+    centres = module.channel_centers
+    return (x.data_ptr(), tuple(x.shape), module.code, module.T, module.channel_ranges.cpu().numpy().tobytes(),
+            None if centres is None else centres.cpu().numpy().tobytes())
 
 
 def totals(tables: Sequence[ChannelTable], choices: Sequence[torch.Tensor]) -> Tuple[float, float]:
@@ -167,10 +185,11 @@ def allocate_channel_ranges(snn: nn.Module, batches: Sequence[Batch], seed: int 
         choices, error, events = base, base_error, base_events
     factors = torch.tensor(MULTIPLIERS, dtype=torch.float64)
     for table, choice in zip(tables, choices):
-        table.module.scale_channel_ranges(factors[choice])
+        for module in table.modules:
+            module.scale_channel_ranges(factors[choice])
     channels = sum(len(t.fisher) for t in tables)
     moved = sum(int((c != unit).sum()) for c in choices)
-    done = ChannelAllocation(len(tables), channels, moved, error / base_error if base_error > 0 else 1.0,
+    done = ChannelAllocation(sum(len(t.modules) for t in tables), channels, moved, error / base_error if base_error > 0 else 1.0,
                              events / base_events if base_events > 0 else 1.0)
     log.info("weight-input channel ranges %s", done)
     return done
