@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..ops import flops
-from ..ops.weight_input import SpikingWeightInput
+from ..ops.weight_input import SpikingWeightInput, host_values
 from .calibration import Batch
 from .gradients import float_gradients
 
@@ -141,10 +141,10 @@ def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> L
 def same_code(module: SpikingWeightInput, x: torch.Tensor) -> Tuple:
     """What two weight inputs share when they code one tensor alike (the query, key and value projections
     of an attention: one calibration, one code, :class:`~spikingjelly_mbe.ops.weight_input.SharedCode`): the
-    tensor's storage and shape, the code and its ranges' and centres' bytes."""
+    tensor's storage and shape, the code and its ranges' and centres' bytes (:func:`host_values`)."""
     centres = module.channel_centers
-    return (x.data_ptr(), tuple(x.shape), module.code, module.T, module.channel_ranges.cpu().numpy().tobytes(),
-            None if centres is None else centres.cpu().numpy().tobytes())
+    return (x.data_ptr(), tuple(x.shape), module.code, module.T, host_values(module.channel_ranges.cpu()),
+            host_values(None if centres is None else centres.cpu()))
 
 
 def totals(tables: Sequence[ChannelTable], choices: Sequence[torch.Tensor]) -> Tuple[float, float]:
