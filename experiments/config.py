@@ -22,6 +22,7 @@ from spikingjelly_mbe.conversion.zoo import FAMILIES
 from spikingjelly_mbe.fitting import KINDS, TARGETS
 from spikingjelly_mbe.fitting.fitted import PROTOCOL_SAMPLES
 from spikingjelly_mbe.fitting.routine import RESTARTS
+from spikingjelly_mbe.mbe.method import ENERGY_BY
 from spikingjelly_mbe.neurons import DEFAULT_N, DEFAULT_T
 from spikingjelly_mbe.ops.coding import CODES
 
@@ -61,6 +62,7 @@ class OpMode(Enum):
 
 CodeChoice = Enum("CodeChoice", {name: name for name in CODES})  # the digit codes of every operator
 Rotation = Enum("Rotation", {name: name for name in ROTATIONS})  # convert's rotate= (conversion/rotation.py)
+EnergyBy = Enum("EnergyBy", {name: name for name in ENERGY_BY})  # what meets energy_budget (mbe/method.py)
 
 
 class ModelSource(Enum):
@@ -218,7 +220,7 @@ class CalibrationConfig:
 
 # the options of ``convert`` whose values Hydra checks against a closed set
 CHOICES: Dict[str, type] = {"method": Method, "code": CodeChoice, "mode": OpMode, "neuron": NeuronKind,
-                            "rotate": Rotation}
+                            "rotate": Rotation, "energy_by": EnergyBy}
 # the options every entry point passes beside T, N and activation_N (the result tables' columns): the
 # engine's own beyond the method and the fallback (``rotate``), then MBE's operator options
 OPERATOR_OPTIONS = tuple(name for name, _, _ in ENGINE_FIELDS if name not in ("method", "allow_float_fallback")) + \

@@ -2,6 +2,7 @@
 against the step-by-step simulation, the Lagrangian choice against brute force, and a converted model
 that spends the calibrated ranges' synaptic events with less output error."""
 import itertools
+import logging
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 
 from spikingjelly_mbe import convert
-from spikingjelly_mbe.conversion.channel_ranges import (MULTIPLIERS, ChannelTable, allocate_channel_ranges,
-                                                        equal_events, totals)
+from spikingjelly_mbe.conversion.channel_ranges import (MULTIPLIERS, ChannelTable, aimed_multipliers,
+                                                        allocate_channel_ranges, equal_events, totals)
 from spikingjelly_mbe.conversion.zoo import build, main_output, make_batch
 from spikingjelly_mbe.energy import EnergyMeter
 from spikingjelly_mbe.ops import SpikingWeightInput
@@ -169,3 +170,82 @@ def test_float_gradients_at_an_input_are_the_anns_over_each_drawn_direction():
     assert torch.allclose(value, hidden.detach())
     assert torch.allclose(squares, expected, rtol=1e-6)
     assert [p.requires_grad for p in snn.parameters()] == before and False in before  # restored
+
+
+def mlp_and_batches():
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 8)).eval()
+    return ann, [torch.randn(128, 16) for _ in range(2)]
+
+
+def metered_on(snn, ann, calib):
+    """The whole model's strict E_SNN/E_ANN on ``calib`` (the meter) and the output's squared error."""
+    with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
+        error = sum(float((snn(x).double() - ann(x).double()).square().sum()) for x in calib)
+    return meter.ratio(), error
+
+
+def test_aimed_multipliers_leave_half_the_digits_over_the_calibrated_range():
+    assert aimed_multipliers(4) == MULTIPLIERS
+    assert aimed_multipliers(8)[0] == 0.25 and aimed_multipliers(8)[-1] == 16.0 and 1.0 in aimed_multipliers(8)
+    assert len(aimed_multipliers(16)) == 21 and aimed_multipliers(16)[-1] == 256.0
+
+
+def test_an_energy_budget_is_met_by_the_channel_ranges_alone():
+    """With ``energy_by='ranges'``, ``energy_budget`` is one conversion at the nominal T whose channel ranges (no
+    digit moved) spend the whole model's strict energy up to the budget on the calibration batches (the
+    meter: within 5 % below it), each range its calibrated one times one of ``aimed_multipliers(T)``; a
+    budget above the nominal energy buys less output error than the nominal ranges."""
+    ann, calib = mlp_and_batches()
+    nominal = convert(ann, calib, T=8, fisher_ranges=True)
+    calibrated = convert(ann, calib, T=8, fisher_ranges=False)
+    nominal_energy, nominal_error = metered_on(nominal, ann, calib)
+    assert 0.17 < nominal_energy < 0.21
+    for budget in (0.15, 0.2):
+        snn = convert(ann, calib, T=8, energy_budget=budget, energy_by="ranges")
+        energy, error = metered_on(snn, ann, calib)
+        assert 0.95 * budget <= energy <= budget
+        report = snn.spiking_report
+        assert report.digit_allocation == {} and report.energy_budget == budget and report.energy_reached
+        assert f"aimed at energy_budget={budget:g}" in report.channel_ranges
+        assert set(report.digits["weight_input"]) == {8}
+        for i in (2, 4):
+            ratios = (snn[i].channel_ranges.double() / calibrated[i].channel_ranges.double()).tolist()
+            assert all(min(abs(r / m - 1) for m in aimed_multipliers(8)) < 1e-6 for r in ratios)
+        if budget > nominal_energy:
+            assert error < nominal_error
+        else:
+            assert error > nominal_error
+
+
+def test_a_budget_the_ranges_cannot_reach_allocates_the_digits(caplog):
+    """Below what the widest multipliers reach (the first layer reads the raw input: its ranges stay), the
+    digits are allocated instead (:mod:`~spikingjelly_mbe.conversion.allocation`), within the budget."""
+    ann, calib = mlp_and_batches()
+    with caplog.at_level(logging.INFO, logger="spikingjelly_mbe.conversion"):
+        snn = convert(ann, calib, T=8, energy_budget=0.08, energy_by="ranges")
+    assert "energy_budget=0.08: the channel ranges alone do not reach it" in caplog.text
+    assert metered_on(snn, ann, calib)[0] <= 0.08
+    assert snn.spiking_report.digit_allocation and min(snn.spiking_report.digit_allocation.values()) < 8
+
+
+def test_the_digits_meet_an_energy_budget_unless_energy_by_ranges():
+    """The default ``energy_by='digits'`` allocates the digits (the channel ranges at the calibrated events);
+    ``'ranges'`` aims the ranges for any output under ``fisher_ranges='auto'`` (a hidden-state Llama here)."""
+    ann = build("llama", layers=1, hidden=16, heads=2, seed=0)
+    calib = [make_batch("llama", 2, 8, seed=1, hidden=16)]
+    digits = convert(ann, calib, T=8, energy_budget=0.3)
+    assert digits.spiking_report.digit_allocation and "aimed at" not in digits.spiking_report.channel_ranges
+    ranges = convert(ann, calib, T=8, energy_budget=0.3, energy_by="ranges")
+    assert "aimed at energy_budget=0.3" in ranges.spiking_report.channel_ranges
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(energy_by="range", energy_budget=0.2), "energy_by must be one of \\('digits', 'ranges'\\)"),
+    (dict(energy_by="ranges"), "energy_by='ranges' says what meets energy_budget: give energy_budget too"),
+    (dict(energy_by="ranges", energy_budget=0.2, fisher_ranges=False), "it needs fisher_ranges True or 'auto'"),
+])
+def test_bad_energy_by_names_the_option(options, message):
+    ann, calib = mlp_and_batches()
+    with pytest.raises(ValueError, match=message):
+        convert(ann, calib, T=8, **options)

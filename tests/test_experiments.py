@@ -28,7 +28,7 @@ PRESETS = {"quick": "fit", "fig6bc": "fit", "fig6a": "fit", "table4": "convert",
            "ablation_rectified": "convert",
            "ablation_norm_exponents": "convert", "ablation_centered_codes": "convert", "ablation_bias_correction": "convert",
            "ablation_fisher_ranges": "convert", "frontier": "convert",
-           "digit_budget": "convert", "energy_budget": "convert"}
+           "digit_budget": "convert", "energy_budget": "convert", "energy_by": "convert"}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -299,7 +299,7 @@ def test_a_jobs_conversion_options_are_converts_at_its_defaults_and_overrides_re
     default = job.operator_options()
     assert set(default) == {"rotate", "split_bits", "code", "operand_code", "budget", "center_inputs",
                             "rectified_activations", "norm_exponents", "centered_codes", "probability_exponents",
-                            "neuron", "bias_correction", "fisher_ranges", "digit_budget", "energy_budget"}
+                            "neuron", "bias_correction", "fisher_ranges", "digit_budget", "energy_budget", "energy_by"}
     assert job.method_options() == {"n": DEFAULTS.n, "percentile": DEFAULTS.percentile}
     assert job.method_columns() == {"ecmt_n": DEFAULTS.n, "ecmt_percentile": DEFAULTS.percentile}
     chosen = OmegaConf.to_object(compose_app("conversion.code=binary", "conversion.budget=0.01", "conversion.split_bits=2",

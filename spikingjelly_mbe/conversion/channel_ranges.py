@@ -14,6 +14,12 @@ model, found by bisection so that the model's weight inputs spend the synaptic e
 ranges (:func:`equal_events`): the same energy, the least predicted output error, spikes moved across
 channels and layers to where the output needs them.
 
+With an ``energy_budget`` (:func:`aim_channel_ranges`), ``lambda`` is instead aimed so that the whole model's
+strict ``E_SNN / E_ANN`` (Eq. 14, metered on the calibration batches) is at most the budget: the channel ranges
+are then the energy knob, continuous and per channel, each channel's multiplier from :func:`aimed_multipliers`
+(the widest leaves ``T / 2`` of the nominal digits over the calibrated range), one conversion instead of the
+digit rungs' several (:mod:`.allocation`).
+
 A weight layer whose input the output does not depend on through the float function (a model's first
 layer, on its raw input) keeps its calibrated ranges, as does one with one range for all channels
 (its channel count changed between batches).
@@ -27,9 +33,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..energy import EnergyMeter
+from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..ops import flops
+from ..ops.digits import Steps
 from ..ops.weight_input import SpikingWeightInput, host_values
-from .calibration import Batch
+from .calibration import Batch, run_batch
 from .gradients import float_gradients
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
@@ -40,6 +49,15 @@ MULTIPLIERS: Tuple[float, ...] = tuple(2.0 ** (j / 2) for j in range(-4, 5))
 SAMPLED_ROWS = 1024  # input positions per layer and calibration batch whose codes measure e_k and s_k
 DIRECTIONS = 4  # draws of the output direction u per batch (each one backward pass): G_k's noise
 BISECTIONS = 100  # halvings of log(lambda) between 2^-64 and 2^64 times its natural scale
+AIM_ROUNDS = 4  # metered choices of lambda aiming at an energy_budget (each one pass over the calibration batches)
+AIM_CLOSE = 0.01  # a choice this close below the energy_budget (relative) is kept at once
+
+
+def aimed_multipliers(T: int) -> Tuple[float, ...]:
+    """The multipliers a channel may take when the ranges aim at an energy: :data:`MULTIPLIERS` widened in
+    half octaves up to ``2^(T/2)`` (a code of ``T`` digits keeps at least ``T / 2`` of them over the
+    calibrated range, as the digit allocation's lowest rung, :data:`~.allocation.LOWEST_RUNG`)."""
+    return tuple(2.0 ** (j / 2) for j in range(-4, max(4, T) + 1))
 
 
 @dataclass
@@ -75,11 +93,21 @@ class ChannelAllocation:
     moved: int
     error_ratio: float
     events_ratio: float
+    energy_budget: Optional[float] = None  # what the ranges aimed at (aim_channel_ranges)
+    energy: Optional[float] = None  # the whole model's strict E_SNN / E_ANN they reach on the calibration batches
+
+    @property
+    def reached(self) -> bool:
+        """Whether the ranges meet their ``energy_budget`` (always, without one)."""
+        return self.energy_budget is None or self.energy <= self.energy_budget
 
     def __str__(self) -> str:
+        aimed = "" if self.energy_budget is None else (
+            f"; aimed at energy_budget={self.energy_budget:g}: strict E_SNN/E_ANN {self.energy:.4f} on the "
+            f"calibration batches")
         return (f"chosen for the output (fisher_ranges) on {self.layers} weight input(s): {self.moved} of "
                 f"{self.channels} channel(s) moved, predicted output error x{self.error_ratio:.3f} at "
-                f"x{self.events_ratio:.3f} the synaptic events of the calibrated ranges")
+                f"x{self.events_ratio:.3f} the synaptic events of the calibrated ranges{aimed}")
 
 
 def channel_rows(module: SpikingWeightInput, x: torch.Tensor) -> torch.Tensor:
@@ -87,10 +115,11 @@ def channel_rows(module: SpikingWeightInput, x: torch.Tensor) -> torch.Tensor:
     return x.movedim(module.channel_dim % x.dim(), -1).reshape(-1, x.shape[module.channel_dim])
 
 
-def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> List[ChannelTable]:
+def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0,
+                   multipliers: Sequence[float] = MULTIPLIERS) -> List[ChannelTable]:
     """:class:`ChannelTable` of every calibrated per-channel weight input that the output depends on, from
     :data:`DIRECTIONS` backward passes per batch (:func:`~.gradients.float_gradients`) and the codes of up to
-    :data:`SAMPLED_ROWS` of its input positions per batch at every multiplier."""
+    :data:`SAMPLED_ROWS` of its input positions per batch at each of ``multipliers``."""
     modules = {p: m for p, m in snn.named_modules() if isinstance(m, SpikingWeightInput)
                and not m.calibrating and m.channel_ranges is not None and m.channel_ranges.numel() > 1}
     if not modules:
@@ -120,7 +149,7 @@ def channel_tables(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> L
                         readers[leader].append(path)
                     continue
                 picked = torch.randperm(rows.shape[0], generator=generator)[:SAMPLED_ROWS].to(rows.device)
-                error, spikes = module.channel_rates(rows[picked], MULTIPLIERS)
+                error, spikes = module.channel_rates(rows[picked], multipliers)
                 fisher = channel_rows(module, squares).sum(0) / DIRECTIONS  # the input's: every reader's share
                 entry = sums.setdefault(path, [0.0, 0.0, 0.0, 0, 0])
                 for i, value in enumerate((fisher, error * len(picked), spikes * len(picked), len(picked),
@@ -169,6 +198,27 @@ def equal_events(tables: Sequence[ChannelTable], events: float) -> List[torch.Te
     return [t.choice(scale * 2.0 ** high) for t in tables]
 
 
+def apply_choices(tables: Sequence[ChannelTable], calibrated: Sequence[List[torch.Tensor]],
+                  choices: Sequence[torch.Tensor], multipliers: Sequence[float]) -> None:
+    """Every table's layers at their ``calibrated`` ranges times the multipliers ``choices`` index."""
+    factors = torch.tensor(multipliers, dtype=torch.float64)
+    for table, ranges, choice in zip(tables, calibrated, choices):
+        for module, calibrated_ranges in zip(table.modules, ranges):
+            module.channel_ranges = calibrated_ranges
+            module.scale_channel_ranges(factors[choice])
+
+
+def summary(tables: Sequence[ChannelTable], choices: Sequence[torch.Tensor], unit: int,
+            **aimed: Optional[float]) -> ChannelAllocation:
+    """:class:`ChannelAllocation` of ``choices`` against the calibrated ranges (index ``unit``)."""
+    base_error, base_events = totals(tables, [torch.full((len(t.fisher),), unit) for t in tables])
+    error, events = totals(tables, choices)
+    return ChannelAllocation(sum(len(t.modules) for t in tables), sum(len(t.fisher) for t in tables),
+                             sum(int((c != unit).sum()) for c in choices),
+                             error / base_error if base_error > 0 else 1.0,
+                             events / base_events if base_events > 0 else 1.0, **aimed)
+
+
 def allocate_channel_ranges(snn: nn.Module, batches: Sequence[Batch], seed: int = 0) -> Optional[ChannelAllocation]:
     """Move every weight input's channel ranges to the multipliers :func:`equal_events` chooses, when
     that predicts less output error than the calibrated ranges (else they stay, and the returned
@@ -180,16 +230,64 @@ def allocate_channel_ranges(snn: nn.Module, batches: Sequence[Batch], seed: int 
     base = [torch.full((len(t.fisher),), unit) for t in tables]
     base_error, base_events = totals(tables, base)
     choices = equal_events(tables, base_events)
-    error, events = totals(tables, choices)
-    if not error < base_error:
-        choices, error, events = base, base_error, base_events
-    factors = torch.tensor(MULTIPLIERS, dtype=torch.float64)
-    for table, choice in zip(tables, choices):
-        for module in table.modules:
-            module.scale_channel_ranges(factors[choice])
-    channels = sum(len(t.fisher) for t in tables)
-    moved = sum(int((c != unit).sum()) for c in choices)
-    done = ChannelAllocation(sum(len(t.modules) for t in tables), channels, moved, error / base_error if base_error > 0 else 1.0,
-                             events / base_events if base_events > 0 else 1.0)
+    if not totals(tables, choices)[0] < base_error:
+        choices = base
+    apply_choices(tables, [[m.channel_ranges for m in t.modules] for t in tables], choices, MULTIPLIERS)
+    done = summary(tables, choices, unit)
+    log.info("weight-input channel ranges %s", done)
+    return done
+
+
+def metered(snn: nn.Module, batches: Sequence[Batch], T: Steps) -> Tuple[float, int, float]:
+    """``snn`` on ``batches`` under the energy meter: the whole model's strict ``E_SNN / E_ANN`` (Eq. 14),
+    its weight inputs' synaptic events and the ratio one more synaptic event adds."""
+    device = next((p.device for p in snn.parameters()), None)
+    with torch.no_grad(), EnergyMeter(snn, T) as meter:
+        for batch in batches:
+            run_batch(snn, batch, device)
+    events, ops, floats = meter.charged(list(meter.counts))
+    inputs = sum(int(s.sops) for p, s in meter.counts.items() if isinstance(snn.get_submodule(p), SpikingWeightInput))
+    return cost_ratio(events, ops, "fp32", floats), inputs, E_AC / (E_MAC * ops) if ops else 0.0
+
+
+def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: float, T: Steps,
+                       seed: int = 0) -> Optional[ChannelAllocation]:
+    """The weight inputs' channel ranges chosen (:func:`equal_events`, over :func:`aimed_multipliers` of the
+    nominal ``T``'s default digits) for the least predicted output error at which ``snn``'s whole-model strict
+    energy on ``batches`` is at most ``energy_budget``: the synaptic events to spend are aimed from the metered
+    energy and re-aimed by the secant after each metered choice, at most :data:`AIM_ROUNDS` times (until a
+    choice repeats); the choice metered closest below the budget is kept (none below it: the cheapest, and the
+    result's ``reached`` is ``False``). ``None`` when no weight input qualifies."""
+    multipliers = aimed_multipliers(T if isinstance(T, int) else T["default"])
+    tables = channel_tables(snn, batches, seed, multipliers)
+    if not tables:
+        return None
+    unit = multipliers.index(1.0)
+    calibrated = [[m.channel_ranges.clone() for m in t.modules] for t in tables]
+    energy, inputs, per_event = metered(snn, batches, T)
+    _, table_events = totals(tables, [torch.full((len(t.fisher),), unit) for t in tables])
+    scale = table_events / inputs if inputs else 1.0  # the tables' predicted events per metered one
+    target = energy_budget * (1.0 - AIM_CLOSE / 2)  # the middle of the band a choice is kept in at once
+    slope = scale / per_event if per_event else 0.0  # the tables' events per unit of energy; then the secant's
+    aim, tried = table_events, []
+    for _ in range(AIM_ROUNDS):
+        last = (aim, energy)
+        aim = max(aim + (target - energy) * slope, 0.0)
+        choices = equal_events(tables, aim)
+        if tried and all(torch.equal(a, b) for a, b in zip(choices, tried[-1][1])):
+            break  # the same choice again: every channel at its widest multiplier, or the aim moved too little
+        apply_choices(tables, calibrated, choices, multipliers)
+        energy, _, _ = metered(snn, batches, T)
+        tried.append((energy, choices))
+        log.info("energy_budget=%g: the channel ranges aimed at %.4g synaptic events reach %.4g", energy_budget, aim,
+                 energy)
+        if energy_budget * (1.0 - AIM_CLOSE) <= energy <= energy_budget:
+            break
+        if (aim - last[0]) * (energy - last[1]) > 0:
+            slope = (aim - last[0]) / (energy - last[1])
+    within = [t for t in tried if t[0] <= energy_budget]
+    energy, choices = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
+    apply_choices(tables, calibrated, choices, multipliers)
+    done = summary(tables, choices, unit, energy_budget=energy_budget, energy=energy)
     log.info("weight-input channel ranges %s", done)
     return done

@@ -19,7 +19,7 @@ EVALUATION = ("mode",)  # settings an evaluation may switch (set_mode): not part
 # existed: a saved state without one was converted with that value
 ADDED_SETTINGS: Dict[str, Any] = {"neuron": "mbe", "bias_correction": False, "digit_budget": None,
                                   "energy_budget": None, "operand_code": None, "centered_codes": False,
-                                  "probability_exponents": False}
+                                  "probability_exponents": False, "energy_by": "digits"}
 
 
 def settings_of(method: str, settings: Any) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import inspect
 import itertools
+import logging
 import types
 from typing import Any, Iterable, Optional, Set
 
@@ -17,7 +18,7 @@ from spikingjelly.activation_based.ann2snn import ModuleConversionRecipe, Module
 from .allocation import allocate, fidelity_batches
 from .blocks import SpikingAttention
 from .calibration import NEED_DATA, Batch, calibrate, measure_shifts, run_batch
-from .channel_ranges import allocate_channel_ranges
+from .channel_ranges import aim_channel_ranges, allocate_channel_ranges
 from .gradients import returns_logits
 from .hf_attention import BUILDING, use_spiking_attention
 from .hf_experts import use_spiking_experts
@@ -34,6 +35,8 @@ from ..ops.digits import Steps, digits_by_type, unmatched_patterns
 from ..ops.precision import AUTO
 from ..ops.layers import is_weight_layer
 from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
+
+log = logging.getLogger("spikingjelly_mbe.conversion")
 
 
 class Intercepted:
@@ -131,13 +134,27 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
     """
 
     def convert_module(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
-        if self.config.digit_budget is not None or self.config.energy_budget is not None:
+        if self.ranges_take_budget() and self.calibration.data is not None:  # read more than once
+            self.calibration = dataclasses.replace(
+                self.calibration, data=replayable(self.calibration.data, self.calibration.num_batches))
+        if self.config.digit_budget is not None or (self.config.energy_budget is not None
+                                                    and not self.ranges_take_budget()):
             return self.allocate_digits(converter, ann)
         model = self.prepare(converter, ann)
         self.insert_observers(converter, model)
         self.calibrate(converter, model)
         self.replace(converter, model)
-        return self.finalize(converter, model)
+        snn = self.finalize(converter, model)
+        if self.ranges_take_budget() and not snn.spiking_report.energy_reached:
+            log.info("energy_budget=%g: the channel ranges alone do not reach it (%s); the digits are allocated "
+                     "instead", self.config.energy_budget, snn.spiking_report.channel_ranges)
+            return self.allocate_digits(converter, ann)
+        return snn
+
+    def ranges_take_budget(self) -> bool:
+        """Whether the channel ranges meet ``energy_budget`` (``energy_by='ranges'``,
+        :func:`.channel_ranges.aim_channel_ranges`); else the digits are allocated (:mod:`.allocation`)."""
+        return getattr(self.settings, "energy_by", "digits") == "ranges"
 
     def allocate_digits(self, converter: ModuleConverter, ann: nn.Module) -> nn.Module:
         """``digit_budget`` or ``energy_budget``: conversions of ``ann`` at its nominal ``T`` and lower
@@ -149,7 +166,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         calibration = dataclasses.replace(self.calibration, data=batches)
 
         def convert_at(T: Steps) -> nn.Module:
-            recipe = type(self)(calibration, self.config.replace(T=T, digit_budget=None, energy_budget=None))
+            recipe = type(self)(calibration, self.config.replace(T=T, digit_budget=None, energy_budget=None,
+                                                                    energy_by="digits"))
             return ModuleConverter(recipe, device=converter.device).convert(ann)
         return allocate(self.config.T, self.config.digit_budget, self.config.split_bits, convert_at,
                         fidelity_batches(batches, self.calibration.num_batches), self.config.energy_budget)
@@ -247,17 +265,21 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
 
     def choose_channel_ranges(self, model: nn.Module, converter: ModuleConverter) -> None:
         """``fisher_ranges``: the weight inputs' channel ranges chosen for the model's output at the calibrated
-        ranges' synaptic events (:mod:`.channel_ranges`; ``'auto'``: when the model returns logits), their
-        rounding shifts measured again."""
+        ranges' synaptic events (:mod:`.channel_ranges`; ``'auto'``: when the model returns logits), or within
+        ``energy_budget`` with ``energy_by='ranges'`` (for any output), their rounding shifts measured again."""
         wanted = getattr(self.settings, "fisher_ranges", False)
         if wanted is False:
             return
         batches = fidelity_batches(self.batches, self.calibration.num_batches)
-        if wanted == AUTO and not returns_logits(model, batches[0], converter.device):
+        budget = self.config.energy_budget if self.ranges_take_budget() else None
+        if wanted == AUTO and budget is None and not returns_logits(model, batches[0], converter.device):
             self.report.channel_ranges = ("calibrated (fisher_ranges='auto' chooses them for a model returning "
                                           "logits; fisher_ranges=True weighs any output)")
             return
-        done = allocate_channel_ranges(model, batches)
+        done = (allocate_channel_ranges(model, batches) if budget is None
+                else aim_channel_ranges(model, batches, budget, self.settings.T))
+        if budget is not None:
+            self.report.energy_budget, self.report.energy_reached = budget, done is not None and done.reached
         if done is not None:
             self.report.channel_ranges = str(done)
             measure_shifts(model, self.batches, self.calibration.num_batches, converter.device)

@@ -61,6 +61,7 @@ class ConversionReport:
     digit_allocation: Dict[str, int] = field(default_factory=dict)  # the T mapping digit_budget / energy_budget chose
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
+    energy_reached: bool = True  # whether the channel ranges met energy_budget (.channel_ranges.aim_channel_ranges)
 
     def mean_digits(self) -> Dict[str, float]:
         """The mean ``T`` of each operator type's operators (where a per-operator ``T`` puts the digits)."""

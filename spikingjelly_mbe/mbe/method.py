@@ -42,6 +42,23 @@ def check_codes(code: str, operand_code: Optional[str], T: Steps) -> None:
         code_levels(operand_code, max(values_for(T, OPERAND_TYPES)), "operand_code")
 
 
+ENERGY_BY = ("digits", "ranges")  # what meets an energy_budget: the per-site digits, or the channel ranges
+
+
+def check_energy_by(energy_by: str, energy_budget: Optional[float], fisher_ranges: Union[bool, str]) -> None:
+    """``energy_by`` must be one of :data:`ENERGY_BY`; ``'ranges'`` needs an ``energy_budget`` and channel
+    ranges chosen for the output (``fisher_ranges`` not ``False``)."""
+    if energy_by not in ENERGY_BY:
+        raise ValueError(f"energy_by must be one of {ENERGY_BY} (what meets energy_budget: the per-site digits or "
+                         f"the weight inputs' channel ranges), got {energy_by!r}")
+    if energy_by == "ranges" and energy_budget is None:
+        raise ValueError("energy_by='ranges' says what meets energy_budget: give energy_budget too, e.g. "
+                         "energy_budget=0.15 (or leave energy_by at 'digits')")
+    if energy_by == "ranges" and fisher_ranges is False:
+        raise ValueError("energy_by='ranges' moves the channel ranges chosen for the output: it needs "
+                         "fisher_ranges True or 'auto', got fisher_ranges=False (or pass energy_by='digits')")
+
+
 def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None) -> None:
     """``digit_budget`` must be ``None`` or a finite number >= 0, ``energy_budget`` ``None`` or a
     finite number > 0, at most one of them given, and then ``T`` one integer (the nominal digits every
@@ -120,7 +137,12 @@ class OpSettings:
     nominal energy, at least to 3) in the same order until the whole-model strict ``E_SNN / E_ANN``
     (Eq. 14) on the calibration batches is at most ``energy_budget`` (the least estimated output
     error at that energy; a budget below what every site at its fewest digits reaches is warned
-    about, that allocation kept).
+    about, that allocation kept). ``energy_by`` says what meets ``energy_budget``: ``'digits'`` (the default,
+    the per-site digits above) or ``'ranges'``: one conversion at ``T`` whose weight inputs' channel ranges are
+    chosen for the output (as ``fisher_ranges``, for any output) within the energy, each channel's range its
+    calibrated one times a half-octave multiplier leaving at least ``T / 2`` digits
+    (:func:`~spikingjelly_mbe.conversion.channel_ranges.aim_channel_ranges`); the digits are allocated when
+    the ranges alone cannot reach the budget.
     """
 
     T: Steps = DEFAULT_T
@@ -141,6 +163,7 @@ class OpSettings:
     fisher_ranges: Union[bool, str] = AUTO
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
+    energy_by: str = "digits"
 
     def __post_init__(self) -> None:
         if isinstance(self.T, Mapping):
@@ -183,6 +206,7 @@ class OpSettings:
         if self.fisher_ranges not in (True, False, AUTO) or not isinstance(self.fisher_ranges, (bool, str)):
             raise ValueError(f"fisher_ranges must be True, False or 'auto' (the weight inputs' channel ranges chosen "
                              f"for the output when the model returns logits), got {self.fisher_ranges!r}")
+        check_energy_by(self.energy_by, self.energy_budget, self.fisher_ranges)
         if self.split_bits is not None:
             lowest = min(values_for(self.T, SPLIT_TYPES))
             if isinstance(self.split_bits, bool) or not isinstance(self.split_bits, int) \
