@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..energy import EnergyMeter
 from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..ops import flops
-from ..ops.digits import Steps
+from ..ops.digits import Steps, default_steps
 from ..ops.weight_input import SpikingWeightInput, host_values
 from .calibration import Batch, run_batch
 from .gradients import float_gradients
@@ -258,7 +258,7 @@ def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: 
     energy and re-aimed by the secant after each metered choice, at most :data:`AIM_ROUNDS` times (until a
     choice repeats); the choice metered closest below the budget is kept (none below it: the cheapest, and the
     result's ``reached`` is ``False``). ``None`` when no weight input qualifies."""
-    multipliers = aimed_multipliers(T if isinstance(T, int) else T["default"])
+    multipliers = aimed_multipliers(default_steps(T))
     tables = channel_tables(snn, batches, seed, multipliers)
     if not tables:
         return None
