@@ -229,6 +229,23 @@ def test_a_budget_the_ranges_cannot_reach_allocates_the_digits(caplog):
     assert snn.spiking_report.digit_allocation and min(snn.spiking_report.digit_allocation.values()) < 8
 
 
+def test_a_T_mapping_with_energy_by_ranges_keeps_each_types_digits(caplog):
+    """With the ranges meeting the budget, ``T`` may be a mapping: the weight inputs at 8 digits (their ranges
+    aimed), the activations at their 6; a budget they cannot reach is warned about and the closest kept (the
+    digit allocation starts from one integer T)."""
+    ann, calib = mlp_and_batches()
+    T = {"default": 6, "weight_input": 8}
+    snn = convert(ann, calib, T=T, energy_budget=0.15, energy_by="ranges")
+    assert 0.95 * 0.15 <= metered_on(snn, ann, calib)[0] <= 0.15
+    assert snn.spiking_report.digits == {"weight_input": {8: 3}, "activation": {6: 2}}
+    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.conversion"):
+        floor = convert(ann, calib, T=T, energy_budget=0.02, energy_by="ranges")
+    assert "energy_budget=0.02: the channel ranges reach no closer than" in caplog.text
+    assert not floor.spiking_report.energy_reached and metered_on(floor, ann, calib)[0] > 0.02
+    with pytest.raises(ValueError, match="give T as an integer.*or with energy_by='ranges'"):
+        convert(ann, calib, T=T, energy_budget=0.15)
+
+
 def test_the_digits_meet_an_energy_budget_unless_energy_by_ranges():
     """The default ``energy_by='digits'`` allocates the digits (the channel ranges at the calibrated events);
     ``'ranges'`` aims the ranges for any output under ``fisher_ranges='auto'`` (a hidden-state Llama here)."""

@@ -87,14 +87,18 @@ def test_the_spike_aware_objective_fires_no_more_spikes_within_its_tolerance():
 
 def test_the_fs_library_comes_from_the_signed_search(monkeypatch):
     """Every shipped FS file is of the FS search's current revision, and one of them is what a fit with
-    the defaults (Fig. 6(a)'s: seed 0, the default budget and restarts, one thread) gives now."""
+    the defaults (Fig. 6(a)'s: seed 0, the default budget and restarts, one thread) gives now, to the last
+    digits another CPU's vector units round differently (1e-12 relative)."""
     files = sorted(library.LIBRARY_DIR.glob("*-fs-*.json"))
     assert files and all(FittedNeuron.load(p).fit.get("revision", 1) == KINDS["fs"].search_revision for p in files)
     shipped = FittedNeuron.load(library.LIBRARY_DIR / "identity-fs-T8.json")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the library's and the experiments' setting: the same reductions, the same fit
     try:
-        assert fit_neuron("identity", kind="fs", T=8).params == shipped.params
+        params = fit_neuron("identity", kind="fs", T=8).params
+        assert params.keys() == shipped.params.keys()
+        for key, value in shipped.params.items():
+            assert params[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
     finally:
         torch.set_num_threads(threads)
     assert math.isfinite(shipped.errors["spikes_per_input"])

@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..energy import EnergyMeter
 from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..ops import flops
-from ..ops.digits import Steps, default_steps
+from ..ops.digits import Steps
 from ..ops.weight_input import SpikingWeightInput, host_values
 from .calibration import Batch, run_batch
 from .gradients import float_gradients
@@ -253,12 +253,12 @@ def metered(snn: nn.Module, batches: Sequence[Batch], T: Steps) -> Tuple[float, 
 def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: float, T: Steps,
                        seed: int = 0) -> Optional[ChannelAllocation]:
     """The weight inputs' channel ranges chosen (:func:`equal_events`, over :func:`aimed_multipliers` of the
-    nominal ``T``'s default digits) for the least predicted output error at which ``snn``'s whole-model strict
+    weight inputs' most digits; ``T``: the model's, for the meter) for the least predicted output error at which ``snn``'s whole-model strict
     energy on ``batches`` is at most ``energy_budget``: the synaptic events to spend are aimed from the metered
     energy and re-aimed by the secant after each metered choice, at most :data:`AIM_ROUNDS` times (until a
     choice repeats); the choice metered closest below the budget is kept (none below it: the cheapest, and the
     result's ``reached`` is ``False``). ``None`` when no weight input qualifies."""
-    multipliers = aimed_multipliers(default_steps(T))
+    multipliers = aimed_multipliers(max((m.T for m in snn.modules() if isinstance(m, SpikingWeightInput)), default=0))
     tables = channel_tables(snn, batches, seed, multipliers)
     if not tables:
         return None

@@ -146,6 +146,11 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         self.replace(converter, model)
         snn = self.finalize(converter, model)
         if self.ranges_take_budget() and not snn.spiking_report.energy_reached:
+            if not isinstance(self.config.T, int):  # the digit allocation starts from one integer T
+                log.warning("energy_budget=%g: the channel ranges reach no closer than %s; pass a larger "
+                            "energy_budget or fewer digits in T", self.config.energy_budget,
+                            snn.spiking_report.channel_ranges)
+                return snn
             log.info("energy_budget=%g: the channel ranges alone do not reach it (%s); the digits are allocated "
                      "instead", self.config.energy_budget, snn.spiking_report.channel_ranges)
             return self.allocate_digits(converter, ann)

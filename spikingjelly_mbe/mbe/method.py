@@ -59,10 +59,12 @@ def check_energy_by(energy_by: str, energy_budget: Optional[float], fisher_range
                          "fisher_ranges True or 'auto', got fisher_ranges=False (or pass energy_by='digits')")
 
 
-def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None) -> None:
+def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: Optional[float] = None,
+                       energy_by: str = "digits") -> None:
     """``digit_budget`` must be ``None`` or a finite number >= 0, ``energy_budget`` ``None`` or a
     finite number > 0, at most one of them given, and then ``T`` one integer (the nominal digits every
-    site's error is measured against)."""
+    site's error is measured against; a mapping too when the channel ranges meet the energy budget,
+    ``energy_by='ranges'``)."""
     if digit_budget is None and energy_budget is None:
         return
     if digit_budget is not None and (isinstance(digit_budget, bool) or not isinstance(digit_budget, (int, float))
@@ -80,9 +82,10 @@ def check_digit_budget(digit_budget: Optional[float], T: Steps, energy_budget: O
                          f"(an energy budget: least error within it), not both (got {digit_budget!r} and "
                          f"{energy_budget!r})")
     name = "digit_budget" if digit_budget is not None else "energy_budget"
-    if isinstance(T, Mapping):
+    if isinstance(T, Mapping) and not (name == "energy_budget" and energy_by == "ranges"):
         raise ValueError(f"{name} allocates every site's digits from one nominal T: give T as an integer, "
-                         f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without {name})")
+                         f"e.g. T=8 (got the mapping {dict(T)!r}; pass a mapping without {name}"
+                         + (", or with energy_by='ranges'" if name == "energy_budget" else "") + ")")
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ class OpSettings:
                      "bias_correction"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_digit_budget(self.digit_budget, self.T, self.energy_budget)
+        check_digit_budget(self.digit_budget, self.T, self.energy_budget, self.energy_by)
         if self.fisher_ranges not in (True, False, AUTO) or not isinstance(self.fisher_ranges, (bool, str)):
             raise ValueError(f"fisher_ranges must be True, False or 'auto' (the weight inputs' channel ranges chosen "
                              f"for the output when the model returns logits), got {self.fisher_ranges!r}")

@@ -40,15 +40,18 @@ def intensity_matrix(a: SpikeCode, b: SpikeCode, scale: float = 1.0) -> torch.Te
 def spike_product(a: SpikeCode, b: SpikeCode, simulate: bool, scale: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
     """``scale * x1 * x2 ~ sum_ij D_ij S_ij`` with ``S_ij = s[i] s'[j]`` (Eqs. 10-12), broadcasting.
 
-    ``simulate`` sums over the spike coincidences; fast mode multiplies the decoded operands,
-    the same sum regrouped as ``(sum_i d[i] s[i]) (sum_j d'[j] s'[j])``. A float ``scale``
-    pre-scales ``D``; a tensor ``scale`` (a power of two per row, an exponent shift) scales the
-    result and is folded into ``b`` in fast mode, which is exact.
+    ``simulate`` sums over the spike coincidences, ``sum_j (sum_i s[i] D_ij) s'[j]``, each element's sum
+    taken on its own, digit by digit (a matrix product would round identical elements differently by where
+    its blocking puts them); fast mode multiplies the decoded operands, the same sum regrouped as
+    ``(sum_i d[i] s[i]) (sum_j d'[j] s'[j])``. A float ``scale`` pre-scales ``D``; a tensor ``scale`` (a
+    power of two per row, an exponent shift) scales the result and is folded into ``b`` in fast mode,
+    which is exact.
     """
     if simulate:
-        if isinstance(scale, torch.Tensor):
-            return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b), b.spikes) * scale
-        return torch.einsum("...i,ij,...j->...", a.spikes, intensity_matrix(a, b, scale), b.spikes)
+        D = intensity_matrix(a, b, 1.0 if isinstance(scale, torch.Tensor) else scale)
+        coupled = sum(a.spikes[..., i, None] * D[i] for i in range(D.shape[0]))  # sum_i s[i] D_ij, [..., j]
+        out = (coupled * b.spikes).sum(-1)
+        return out * scale if isinstance(scale, torch.Tensor) else out
     if isinstance(scale, torch.Tensor):
         return a.value * (b.value * scale)
     out = a.value * b.value
