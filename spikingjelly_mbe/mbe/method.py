@@ -145,7 +145,8 @@ class OpSettings:
     chosen for the output (as ``fisher_ranges``, for any output) within the energy, each channel's range its
     calibrated one times a half-octave multiplier leaving at least ``T / 2`` digits
     (:func:`~spikingjelly_mbe.conversion.channel_ranges.aim_channel_ranges`); the digits are allocated when
-    the ranges alone cannot reach the budget.
+    the ranges alone cannot reach the budget. With ``'ranges'``, ``T`` may be a mapping (e.g. ``{"default":
+    6, "weight_input": 8}``: the other operators at fewer digits, the weight inputs' ranges aimed).
     """
 
     T: Steps = DEFAULT_T
