@@ -73,7 +73,9 @@ def convert(model: nn.Module, calib_data: Optional[Iterable[Batch]] = None, conf
       activations, ``'mbe'`` or ``'fs'``), ``bias_correction``, ``digit_budget`` (digits per site
       allocated from calibration: the fewest synaptic events within an error budget) and
       ``energy_budget`` (the least error within a whole-model strict energy; both
-      :mod:`~spikingjelly_mbe.conversion.allocation`; see :class:`~spikingjelly_mbe.mbe.OpSettings`);
+      :mod:`~spikingjelly_mbe.conversion.allocation`), ``energy_by`` (``'digits'`` or ``'ranges'``: the
+      weight inputs' channel ranges meet ``energy_budget``, :mod:`~spikingjelly_mbe.conversion.channel_ranges`;
+      see :class:`~spikingjelly_mbe.mbe.OpSettings`);
       ECMT's ``n`` and ``percentile``. An option the chosen method does not use raises.
 
     The report is ``converted.spiking_report`` (also ``converted.mbe_report``).
