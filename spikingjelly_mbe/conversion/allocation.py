@@ -51,11 +51,10 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..energy import EnergyMeter
 from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..fitting.build_library import SHIPPED_T
 from ..ops.digits import DEFAULT_KEY, OPERATOR_TYPES, Steps, operator_types, steps_of
-from .calibration import Batch, positions_of, run_batch
+from .calibration import Batch, metered_pass, positions_of
 from .fidelity import FIDELITY_POSITIONS
 from .gradients import float_gradients
 
@@ -144,10 +143,7 @@ def fidelity_batches(batches: Iterable[Batch], limit: Optional[int]) -> List[Bat
 
 def measure(snn: nn.Module, sites: List[str], batches: List[Batch]) -> Measured:
     """Own errors from ``snn``'s report, and SOPs per site over ``batches`` under the energy meter."""
-    device = next((p.device for p in snn.parameters()), None)
-    with torch.no_grad(), EnergyMeter(snn, snn.time_steps) as meter:
-        for batch in batches:
-            run_batch(snn, batch, device)
+    meter = metered_pass(snn, batches, snn.time_steps)
     sops: Dict[str, int] = dict.fromkeys(sites, 0)
     for path, stats in meter.counts.items():
         site = site_of(path, sites)

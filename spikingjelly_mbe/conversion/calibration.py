@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..energy import EnergyMeter
+from ..ops.digits import Steps
 from ..ops.observer import CALIBRATION_BATCH, ISOLATED, Extreme
 from ..ops.base import Calibrated, float_reference_mode
 
@@ -92,6 +94,16 @@ def run_batch(model: nn.Module, batch: Batch, device: Optional[torch.device] = N
     if isinstance(batch, Mapping):
         return model(**{k: move(v) for k, v in batch.items() if k not in LOSS_KEYS})
     raise TypeError(f"a calibration batch must be a tensor or a dict of forward kwargs, got {type(batch).__name__}")
+
+
+def metered_pass(model: nn.Module, batches: Iterable[Batch], T: Steps) -> EnergyMeter:
+    """``model`` (a conversion at ``T``) run on ``batches`` without gradients under an energy meter
+    (Eq. 14), on its parameters' device; the meter, holding the passes' counts."""
+    device = next((p.device for p in model.parameters()), None)
+    with torch.no_grad(), EnergyMeter(model, T) as meter:
+        for batch in batches:
+            run_batch(model, batch, device)
+    return meter
 
 
 def calibration_pass(model: nn.Module, data: Iterable[Batch], limit: Optional[int],

@@ -33,12 +33,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..energy import EnergyMeter
 from ..energy.report import E_AC, E_MAC, cost_ratio
 from ..ops import flops
 from ..ops.digits import Steps
 from ..ops.weight_input import SpikingWeightInput, host_values
-from .calibration import Batch, run_batch
+from .calibration import Batch, metered_pass
 from .gradients import float_gradients
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
@@ -241,10 +240,7 @@ def allocate_channel_ranges(snn: nn.Module, batches: Sequence[Batch], seed: int 
 def metered(snn: nn.Module, batches: Sequence[Batch], T: Steps) -> Tuple[float, int, float]:
     """``snn`` on ``batches`` under the energy meter: the whole model's strict ``E_SNN / E_ANN`` (Eq. 14),
     its weight inputs' synaptic events and the ratio one more synaptic event adds."""
-    device = next((p.device for p in snn.parameters()), None)
-    with torch.no_grad(), EnergyMeter(snn, T) as meter:
-        for batch in batches:
-            run_batch(snn, batch, device)
+    meter = metered_pass(snn, batches, T)
     events, ops, floats = meter.charged(list(meter.counts))
     inputs = sum(int(s.sops) for p, s in meter.counts.items() if isinstance(snn.get_submodule(p), SpikingWeightInput))
     return cost_ratio(events, ops, "fp32", floats), inputs, E_AC / (E_MAC * ops) if ops else 0.0
