@@ -249,8 +249,9 @@ def metered(snn: nn.Module, batches: Sequence[Batch], T: Steps) -> Tuple[float, 
 def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: float, T: Steps,
                        seed: int = 0) -> Optional[ChannelAllocation]:
     """The weight inputs' channel ranges chosen (:func:`equal_events`, over :func:`aimed_multipliers` of the
-    weight inputs' most digits; ``T``: the model's, for the meter) for the least predicted output error at which ``snn``'s whole-model strict
-    energy on ``batches`` is at most ``energy_budget``: the synaptic events to spend are aimed from the metered
+    weight inputs' most digits; ``T``: the model's, for the meter) for the least predicted output error at
+    which ``snn``'s whole-model strict energy on ``batches`` is at most ``energy_budget``: the synaptic events
+    to spend are aimed from the metered
     energy and re-aimed by the secant after each metered choice, at most :data:`AIM_ROUNDS` times (until a
     choice repeats); the choice metered closest below the budget is kept (none below it: the cheapest, and the
     result's ``reached`` is ``False``). ``None`` when no weight input qualifies."""
