@@ -251,10 +251,10 @@ def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: 
     """The weight inputs' channel ranges chosen (:func:`equal_events`, over :func:`aimed_multipliers` of the
     weight inputs' most digits; ``T``: the model's, for the meter) for the least predicted output error at
     which ``snn``'s whole-model strict energy on ``batches`` is at most ``energy_budget``: the synaptic events
-    to spend are aimed from the metered
-    energy and re-aimed by the secant after each metered choice, at most :data:`AIM_ROUNDS` times (until a
-    choice repeats); the choice metered closest below the budget is kept (none below it: the cheapest, and the
-    result's ``reached`` is ``False``). ``None`` when no weight input qualifies."""
+    to spend are aimed from the metered energy and re-aimed by the secant after each metered choice, at most
+    :data:`AIM_ROUNDS` times (until a choice repeats); the choice metered closest below the budget is kept
+    (none below it: the cheapest, and the result's ``reached`` is ``False``). ``None`` when no weight input
+    qualifies."""
     multipliers = aimed_multipliers(max((m.T for m in snn.modules() if isinstance(m, SpikingWeightInput)), default=0))
     tables = channel_tables(snn, batches, seed, multipliers)
     if not tables:
