@@ -207,10 +207,15 @@ def apply_choices(tables: Sequence[ChannelTable], calibrated: Sequence[List[torc
             module.scale_channel_ranges(factors[choice])
 
 
+def unchanged(tables: Sequence[ChannelTable], unit: int) -> List[torch.Tensor]:
+    """The choice that keeps every channel at its calibrated range (multiplier index ``unit``)."""
+    return [torch.full((len(t.fisher),), unit) for t in tables]
+
+
 def summary(tables: Sequence[ChannelTable], choices: Sequence[torch.Tensor], unit: int,
             **aimed: Optional[float]) -> ChannelAllocation:
     """:class:`ChannelAllocation` of ``choices`` against the calibrated ranges (index ``unit``)."""
-    base_error, base_events = totals(tables, [torch.full((len(t.fisher),), unit) for t in tables])
+    base_error, base_events = totals(tables, unchanged(tables, unit))
     error, events = totals(tables, choices)
     return ChannelAllocation(sum(len(t.modules) for t in tables), sum(len(t.fisher) for t in tables),
                              sum(int((c != unit).sum()) for c in choices),
@@ -226,7 +231,7 @@ def allocate_channel_ranges(snn: nn.Module, batches: Sequence[Batch], seed: int 
     if not tables:
         return None
     unit = MULTIPLIERS.index(1.0)
-    base = [torch.full((len(t.fisher),), unit) for t in tables]
+    base = unchanged(tables, unit)
     base_error, base_events = totals(tables, base)
     choices = equal_events(tables, base_events)
     if not totals(tables, choices)[0] < base_error:
@@ -262,7 +267,7 @@ def aim_channel_ranges(snn: nn.Module, batches: Sequence[Batch], energy_budget: 
     unit = multipliers.index(1.0)
     calibrated = [[m.channel_ranges.clone() for m in t.modules] for t in tables]
     energy, inputs, per_event = metered(snn, batches, T)
-    _, table_events = totals(tables, [torch.full((len(t.fisher),), unit) for t in tables])
+    _, table_events = totals(tables, unchanged(tables, unit))
     scale = table_events / inputs if inputs else 1.0  # the tables' predicted events per metered one
     target = energy_budget * (1.0 - AIM_CLOSE / 2)  # the middle of the band a choice is kept in at once
     slope = scale / per_event if per_event else 0.0  # the tables' events per unit of energy; then the secant's
