@@ -123,6 +123,19 @@ def test_family_converts_strictly_and_matches_the_ann(family, converted):
     assert agreement(reference, out)["cosine"] >= 0.999
 
 
+@pytest.mark.slow
+def test_a_family_with_a_function_fitted_on_demand_converts_strictly_at_T4():
+    """LeViT's hardswish is fitted on demand; at 4 digits its residual's fit errs by a quarter of the residual's
+    range, which is the digits' error (at T=16 it fits), so it is kept (it was refused below T=8)."""
+    ann = build("levit")
+    snn = convert(ann, T=4, calib_data=[make_batch("levit", 4, seed=s) for s in (1, 2)])
+    batch = make_batch("levit", 4, seed=9)
+    reference, _ = audited(ann, batch)
+    out, snn_found = audited(snn, batch)
+    assert snn_found == [] and snn.spiking_report.fully_spiking
+    assert agreement(reference, out)["cosine"] >= 0.98
+
+
 CAUSAL = sorted(f for f, spec in ZOO.items() if spec.causal)
 
 

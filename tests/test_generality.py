@@ -15,7 +15,7 @@ from spikingjelly_mbe.fitting import library
 from spikingjelly_mbe.fitting.routine import fit_neuron
 from spikingjelly_mbe.ops import (FittedOnDemand, SpikingActivation, SpikingEinsum, SpikingGroupNorm, SpikingMatmul,
                                   SpikingRoot, collect_stats)
-from spikingjelly_mbe.ops.on_demand import TailedActivation, linear_tails
+from spikingjelly_mbe.ops.on_demand import MAX_FIT_ERROR, SMOOTHNESS_T, TailedActivation, linear_tails
 
 torch.set_num_threads(1)
 
@@ -216,6 +216,31 @@ def test_a_function_with_linear_tails_is_a_rectifier_plus_a_fitted_residual():
     assert (fast - F.hardswish(x)).abs().max() <= residual.fitted.errors["max_abs"] + coding
     wide = torch.tensor([-40.0, 40.0])  # beyond the domain: the tails continue linearly (40 takes the overflow shift)
     assert (op(wide) - F.hardswish(wide)).abs().max() <= residual.fitted.errors["max_abs"] + 40 * 2.0 ** -15
+
+
+@pytest.mark.slow
+def test_a_smooth_function_at_few_digits_keeps_its_coarse_fit_and_a_step_is_refused(tmp_path, monkeypatch, caplog):
+    """LeViT's hardswish at T=4: its residual's fit errs beyond MAX_FIT_ERROR of the residual's range, as every
+    4-digit fit of it does, but at SMOOTHNESS_T it fits: kept, with a warning. A step errs at any T: refused."""
+    monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
+    caplog.set_level(logging.WARNING, logger="spikingjelly_mbe.ops")
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(64, 8, generator=g) * 6 - 3
+    op = FittedOnDemand(F.hardswish, "hardswish", T=4, N=8)
+    op(x)
+    op.set_ranges(op.finish_calibration())
+    residual = op.spiking.residual.fitted
+    assert residual.T == 4 and residual.errors["max_abs"] > MAX_FIT_ERROR * 0.375  # hardswish - relu: [-0.375, 0]
+    assert "the error of 4 digits" in caplog.text and f"at T={SMOOTHNESS_T}" in caplog.text
+    fast, slow = both_modes(op.spiking, x)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    coding = 3.0 / (2 * 15)  # the rectifier's range (3 here) over 2 (2^T - 1)
+    assert (fast - F.hardswish(x)).abs().max() <= residual.errors["max_abs"] + coding + 1e-6
+
+    step = FittedOnDemand(lambda v: (v > 0.5).to(v.dtype), "step", T=4, N=8)
+    step(x)
+    with pytest.raises(ValueError, match=rf"step: an MBE neuron \(N=8, T={SMOOTHNESS_T}\) .* not smooth enough"):
+        step.set_ranges(step.finish_calibration())
 
 
 def test_linear_tails_are_found_where_the_function_has_them():
