@@ -227,6 +227,9 @@ def test_a_budget_the_ranges_cannot_reach_allocates_the_digits(caplog):
     assert "energy_budget=0.08: the channel ranges alone do not reach it" in caplog.text
     assert metered_on(snn, ann, calib)[0] <= 0.08
     assert snn.spiking_report.digit_allocation and min(snn.spiking_report.digit_allocation.values()) < 8
+    line = snn.spiking_report.allocation_line()
+    assert "(energy_budget=0.08; energy_by='ranges' fell short of it first (the ranges chosen for the output" in line
+    assert "aimed at energy_budget=0.08: strict E_SNN/E_ANN" in str(snn.spiking_report)
 
 
 def test_a_T_mapping_with_energy_by_ranges_keeps_each_types_digits(caplog):

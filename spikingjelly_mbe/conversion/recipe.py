@@ -153,7 +153,9 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 return snn
             log.info("energy_budget=%g: the channel ranges alone do not reach it (%s); the digits are allocated "
                      "instead", self.config.energy_budget, snn.spiking_report.channel_ranges)
-            return self.allocate_digits(converter, ann)
+            allocated = self.allocate_digits(converter, ann)
+            allocated.spiking_report.ranges_fell_short = snn.spiking_report.channel_ranges
+            return allocated
         return snn
 
     def ranges_take_budget(self) -> bool:

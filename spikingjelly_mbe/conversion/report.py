@@ -62,6 +62,7 @@ class ConversionReport:
     digit_budget: Optional[float] = None
     energy_budget: Optional[float] = None
     energy_reached: bool = True  # whether the channel ranges met energy_budget (.channel_ranges.aim_channel_ranges)
+    ranges_fell_short: str = ""  # energy_by='ranges' that could not meet energy_budget, before the digits were allocated
 
     def mean_digits(self) -> Dict[str, float]:
         """The mean ``T`` of each operator type's operators (where a per-operator ``T`` puts the digits)."""
@@ -73,7 +74,9 @@ class ConversionReport:
         digits per type."""
         moved = len({key.rpartition(":")[0] for key in self.digit_allocation if key != "default"})
         means = ", ".join(f"{kind} {mean:.2f}" for kind, mean in self.mean_digits().items())
-        return (f"digits allocated from calibration ({self.budget_setting()}): {moved} site(s) below "
+        fell_short = (f"; energy_by='ranges' fell short of it first (the ranges {self.ranges_fell_short})"
+                      if self.ranges_fell_short else "")
+        return (f"digits allocated from calibration ({self.budget_setting()}{fell_short}): {moved} site(s) below "
                 f"T={self.digit_allocation.get('default')}; mean digits per type: {means}")
 
     def budget_setting(self) -> str:
