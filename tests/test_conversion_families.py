@@ -1,6 +1,8 @@
 """Conversion by structure over the zoo (Hugging Face, timm and torch families, tiny random configs):
 strict conversion, no float nonlinearity left (checked by an independent run-time audit, not by
 reading the report), agreement with the ANN, causality, and generate() with and without KV cache."""
+import logging
+
 import pytest
 import torch
 import torch.nn as nn
@@ -9,6 +11,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from spikingjelly_mbe import convert
 from spikingjelly_mbe.conversion.zoo import VOCAB, ZOO, agreement, build, main_output, make_batch
+from spikingjelly_mbe.ops import FittedOnDemand
 
 torch.set_num_threads(1)
 
@@ -124,11 +127,17 @@ def test_family_converts_strictly_and_matches_the_ann(family, converted):
 
 
 @pytest.mark.slow
-def test_a_family_with_a_function_fitted_on_demand_converts_strictly_at_T4():
+def test_a_family_with_a_function_fitted_on_demand_converts_strictly_at_T4(caplog):
     """LeViT's hardswish is fitted on demand; at 4 digits its residual's fit errs by a quarter of the residual's
-    range, which is the digits' error (at T=16 it fits), so it is kept (it was refused below T=8)."""
+    range, which is the digits' error (at T=16 it fits), so it is kept (it was refused below T=8), and the report
+    and one warning name its sites."""
     ann = build("levit")
-    snn = convert(ann, T=4, calib_data=[make_batch("levit", 4, seed=s) for s in (1, 2)])
+    with caplog.at_level(logging.WARNING, logger="spikingjelly_mbe.conversion"):
+        snn = convert(ann, T=4, calib_data=[make_batch("levit", 4, seed=s) for s in (1, 2)])
+    coarse = [e.path for e in snn.spiking_report.replaced if "the error of T=4, not of the function" in e.note]
+    assert len(coarse) == 2 and all(isinstance(snn.get_submodule(p), FittedOnDemand) for p in coarse)
+    warned = [r.getMessage() for r in caplog.records if "fitted on demand err beyond 15%" in r.getMessage()]
+    assert len(warned) == 1 and all(p in warned[0] for p in coarse)
     batch = make_batch("levit", 4, seed=9)
     reference, _ = audited(ann, batch)
     out, snn_found = audited(snn, batch)

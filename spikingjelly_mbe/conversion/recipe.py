@@ -9,7 +9,7 @@ import inspect
 import itertools
 import logging
 import types
-from typing import Any, Iterable, Optional, Set
+from typing import Any, Dict, Iterable, Optional, Set
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ from ..ops.base import Calibrated
 from ..ops.digits import Steps, digits_by_type, unmatched_patterns
 from ..ops.precision import AUTO
 from ..ops.layers import is_weight_layer
+from ..ops.on_demand import MAX_FIT_ERROR, SMOOTHNESS_T, FittedOnDemand
 from .structure import Replacement, apply, fingerprint_candidates, move_hooks, plan, record_inputs
 
 log = logging.getLogger("spikingjelly_mbe.conversion")
@@ -257,11 +258,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         self.table.calibrating = False
         self.intercepted.opaque_ids = self.kept_ids  # the replacements are spiking modules, opaque by class
         self.record(apply(model, self.plan, self.settings))
-        for path in self.table.narrow_fitted_activations():
-            entry = next(e for e in self.report.replaced if e.path == path)
-            index = self.report.replaced.index(entry)
-            self.report.replaced[index] = Entry(entry.path, entry.source, entry.target,
-                                                entry.note + "; fitted on the calibrated input range")
+        self.amend_notes(dict.fromkeys(self.table.narrow_fitted_activations(), "fitted on the calibrated input range"))
+        self.note_coarse_fits(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else converter.device
         for path, m in model.named_modules():
@@ -269,6 +267,24 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
                 m.softmax = m.settings.softmax(-1).to(device)
                 self.report.replaced.append(Entry(f"{path}.softmax", "Softmax", type(m.softmax).__name__, note_of(
                     m.softmax, "attention softmax from exp2-frac, reciprocal, products (Eq. 13)")))
+
+    def amend_notes(self, notes: Dict[str, str]) -> None:
+        """Appends ``notes[path]`` to the report's entry of each of their paths."""
+        self.report.replaced = [dataclasses.replace(e, note=f"{e.note}; {notes[e.path]}") if e.path in notes else e
+                                for e in self.report.replaced]
+
+    def note_coarse_fits(self, model: nn.Module) -> None:
+        """Functions fitted on demand kept although their fit errs beyond ``MAX_FIT_ERROR`` of their range at
+        these digits (at ``SMOOTHNESS_T`` they fit: the digits' error, :meth:`.FittedOnDemand.fit`): their
+        report entries say so, and one warning names their paths and the ``T`` key that gives them more digits."""
+        coarse = {p: m.coarse for p, m in model.named_modules() if isinstance(m, FittedOnDemand) and m.coarse}
+        if not coarse:
+            return
+        self.amend_notes(coarse)
+        log.warning("%d function(s) fitted on demand err beyond %.0f%% of their range at these digits, the digits' "
+                    "error (at T=%d they fit; spiking_report has each): %s. More digits for them lower it, e.g. "
+                    "T={..., '%s:activation': 8} (docs/digits.md)", len(coarse), 100 * MAX_FIT_ERROR, SMOOTHNESS_T,
+                    ", ".join(coarse), next(iter(coarse)))
 
     def choose_channel_ranges(self, model: nn.Module, converter: ModuleConverter) -> None:
         """``fisher_ranges``: the weight inputs' channel ranges chosen for the model's output at the calibrated

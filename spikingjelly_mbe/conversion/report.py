@@ -48,7 +48,8 @@ class ConversionReport:
     how the weight inputs' channel ranges were chosen (:mod:`~.channel_ranges`); ``digits``: per
     operator type (:data:`~spikingjelly_mbe.ops.digits.OPERATOR_TYPES`) how many operators run at each
     ``T``; ``digit_allocation``: the per-site ``T`` mapping ``digit_budget`` or ``energy_budget`` allocated from calibration
-    (:mod:`~.allocation`; empty without it)."""
+    (:mod:`~.allocation`; empty without it); ``ranges_fell_short``: what ``energy_by='ranges'`` reached before the
+    digits were allocated instead (empty otherwise)."""
 
     replaced: List[Entry] = field(default_factory=list)
     kept: List[Entry] = field(default_factory=list)

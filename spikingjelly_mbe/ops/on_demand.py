@@ -18,10 +18,11 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..fitting.fitted import FittedNeuron
 from ..fitting.library import load_fitted_function
 from ..fitting.targets import Target
 from .activation import SpikingActivation
-from .base import DEFAULT_MODE, Calibrated, log
+from .base import DEFAULT_MODE, Calibrated
 from .coding import DEFAULT_CODE
 from .rectifier import PiecewiseLinear
 
@@ -225,6 +226,7 @@ class FittedOnDemand(nn.Module, Calibrated):
         self.seen: Optional[Tuple[float, float]] = None
         self.outside_domain = 0
         self.spiking: Optional[nn.Module] = None
+        self.coarse = ""  # set by a fit kept although it errs beyond MAX_FIT_ERROR at this T (the report says so)
 
     @classmethod
     def from_float(cls, float_op: Callable[[torch.Tensor], torch.Tensor], name: Optional[str] = None,
@@ -278,9 +280,10 @@ class FittedOnDemand(nn.Module, Calibrated):
                                              reference=self.fn)
             return
         knots = PiecewiseLinear([(tails.t, tails.w)], self.T, self.mode, tails.c0, tails.c1, self.code)
-        # the rectifier's range: its largest calibrated input (wider ones take the overflow shift), the domain's
-        # when none reached it (a domain twice as wide costs a digit: at T=4 a step of 8/15 for hardswish on [-3, 3])
-        reach = hi - tails.t if hi > tails.t else max(domain[1] - tails.t, tails.t - hi)
+        # the rectifier's range: its largest calibrated input, the domain's when none reached it (a domain twice as
+        # wide costs a digit: at T=4 a step of 8/15 for hardswish on [-3, 3]); a tiny one, from inputs barely past
+        # the knot, is safe: wider inputs take the overflow shift, which keeps T digits of each
+        reach = hi - tails.t if hi > tails.t else domain[1] - tails.t
         knots.rectifiers[0].set_ranges((max(reach, 1e-6),))
         residual_fn = Residual(self.fn, tails)
         x = torch.linspace(*domain, GRID, dtype=torch.float64)
@@ -291,29 +294,28 @@ class FittedOnDemand(nn.Module, Calibrated):
                               self.mode, reference=residual_fn)
         self.spiking = TailedActivation(knots, residual)
 
-    def fit(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], domain: Tuple[float, float]):
-        """The neuron fitted to ``fn`` on ``domain`` at this ``T``; refused when it errs beyond
-        :data:`MAX_FIT_ERROR` of ``fn``'s range there and a fit at :data:`SMOOTHNESS_T` does too (a step or
-        rounding function); kept, with a warning, when only the fewer digits err so."""
+    def fit(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor], domain: Tuple[float, float]) -> FittedNeuron:
+        """The neuron fitted to ``fn`` on ``domain`` at this ``T``. One that errs beyond :data:`MAX_FIT_ERROR` of
+        ``fn``'s range there is fitted again at :data:`SMOOTHNESS_T`: refused when that one errs so too (a step or
+        rounding function; at ``T >= SMOOTHNESS_T`` at once), else kept and described in :attr:`coarse`."""
         target = Target(name, fn, domain, "fitted on demand")
         fitted = load_fitted_function(target, self.N, self.T)
         x = torch.linspace(*domain, GRID, dtype=torch.float64)
         with torch.no_grad():
             y = fn(x)
         spread = max(float(y.max() - y.min()), 1e-12)
-        bound = MAX_FIT_ERROR * spread
-        if fitted.errors["max_abs"] <= bound:
+        error = fitted.errors["max_abs"]
+        if error <= MAX_FIT_ERROR * spread:
             return fitted
-        finer = load_fitted_function(target, self.N, SMOOTHNESS_T) if self.T < SMOOTHNESS_T else fitted
-        if finer.errors["max_abs"] > bound:
-            raise ValueError(f"{self.name}: an MBE neuron (N={self.N}, T={finer.T}) fitted on {domain} errs by up to "
-                             f"{finer.errors['max_abs']:.3g}, over {MAX_FIT_ERROR:.0%} of the function's range "
-                             f"{spread:.3g}: it is not smooth enough to fit (a step or rounding function?); keep it "
-                             "in float with allow_float_fallback=True")
-        log.warning("%s: the MBE neuron fitted at T=%d on %s errs by up to %.3g, %.0f%% of the function's range %.3g "
-                    "(at T=%d: %.3g): the error of %d digits, not of the function; give this site more digits (a T "
-                    "mapping, docs/digits.md) to lower it", self.name, self.T, domain, fitted.errors["max_abs"],
-                    100 * fitted.errors["max_abs"] / spread, spread, SMOOTHNESS_T, finer.errors["max_abs"], self.T)
+        finer = load_fitted_function(target, self.N, SMOOTHNESS_T).errors["max_abs"] if self.T < SMOOTHNESS_T else error
+        at = f"fitted on {domain} at T={self.T} errs by up to {error:.3g}" + (
+            f" and at T={SMOOTHNESS_T} by {finer:.3g}" if self.T < SMOOTHNESS_T else "")
+        if finer > MAX_FIT_ERROR * spread:
+            raise ValueError(f"{self.name}: an MBE neuron (N={self.N}) {at}, over {MAX_FIT_ERROR:.0%} of the "
+                             f"function's range {spread:.3g}: it is not smooth enough to fit (a step or rounding "
+                             "function?); keep it in float with allow_float_fallback=True")
+        self.coarse = (f"{name} {at}, {error / spread:.0%} of its range {spread:.3g}: the error of T={self.T}, not "
+                       "of the function")
         return fitted
 
     def extra_repr(self) -> str:
