@@ -147,14 +147,18 @@ def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str
 
 
 def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[Any], path: Path, title: str,
-            label: str = "relative RMS error (log10)") -> Path:
+            label: str = "relative RMS error (log10)", xlabel: str = "layer") -> Path:
     """``matrix`` (rows x cols) as a log10 colour map, blank where ``nan``."""
     values = np.log10(np.asarray(matrix, dtype=float).clip(min=1e-12))
-    fig, ax = plt.subplots(figsize=(0.35 * len(cols) + 3, 0.35 * len(rows) + 1.8))
+    longest = max((len(str(c)) for c in cols), default=0)
+    long = longest > 4  # settings, not layer numbers: slanted, and room for them
+    fig, ax = plt.subplots(figsize=(0.35 * len(cols) + 3 + 0.06 * longest * long,
+                                    0.35 * len(rows) + 1.8 + 0.05 * longest * long))
     image = ax.imshow(np.ma.masked_invalid(values), aspect="auto", cmap="viridis")
-    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], fontsize=7)
+    ax.set_xticks(np.arange(len(cols)), [str(c) for c in cols], fontsize=7, rotation=30 if long else 0,
+                  ha="right" if long else "center")
     ax.set_yticks(np.arange(len(rows)), list(rows), fontsize=7)
-    ax.set_xlabel("layer")
+    ax.set_xlabel(xlabel)
     fig.colorbar(image, ax=ax, label=label)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
