@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import plots  # noqa: E402
 from experiments.tables import Row, markdown, write_csv, write_text  # noqa: E402
 from spikingjelly_mbe import convert  # noqa: E402
+from spikingjelly_mbe.conversion.calibration import run_batch  # noqa: E402
 from spikingjelly_mbe.conversion.zoo import ZOO, agreement, build, main_output, make_batch  # noqa: E402
 
 COLUMNS = ("family", "setting", "converted", "fully_spiking", "cosine", "argmax", "convert_s", "error")
@@ -51,9 +52,10 @@ def parse_setting(text: str) -> Dict[str, Any]:
 
 
 def run(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """The model's main output tensor on ``batch`` (keyword inputs for a dict), without gradients."""
+    """The model's main output tensor on ``batch`` (:func:`~spikingjelly_mbe.conversion.calibration.run_batch`),
+    without gradients."""
     with torch.no_grad():
-        return main_output(model(**batch) if isinstance(batch, dict) else model(batch))
+        return main_output(run_batch(model, batch))
 
 
 def converted_row(family: str, setting: str) -> Row:
