@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from zoo_sweep import converted_row, main, parse_setting, sweep  # noqa: E402
+from zoo_sweep import converted_rows, main, parse_setting, sweep  # noqa: E402
 
 from spikingjelly_mbe import convert  # noqa: E402
 from spikingjelly_mbe.conversion.zoo import build, make_batch  # noqa: E402
@@ -27,7 +27,7 @@ def test_a_setting_is_convert_keyword_arguments_and_a_bad_one_names_its_item():
 
 
 def test_a_row_is_the_conversion_compared_with_its_ann_and_a_refusal_is_recorded():
-    row = converted_row("gelu_mlp", "T=4")
+    row, refused = converted_rows("gelu_mlp", ["T=4", "T=0"])
     ann = build("gelu_mlp")
     snn = convert(ann, [make_batch("gelu_mlp", 4, seed=s) for s in (1, 2)], T=4)
     x = make_batch("gelu_mlp", 4, seed=9)
@@ -37,7 +37,6 @@ def test_a_row_is_the_conversion_compared_with_its_ann_and_a_refusal_is_recorded
     assert row["converted"] and row["fully_spiking"] and row["error"] == ""
     assert row["cosine"] == pytest.approx(cosine, abs=1e-5) and 0.9 < cosine < 1.0
     assert row["argmax"] == pytest.approx((a.argmax(-1) == s.argmax(-1)).double().mean().item(), abs=1e-4)
-    refused = converted_row("gelu_mlp", "T=0")
     assert not refused["converted"] and refused["error"].startswith("ValueError: T must be a positive integer")
 
 
