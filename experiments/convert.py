@@ -33,12 +33,12 @@ from .tracking import log_results, open_run
 
 TABLE_COLUMNS = ("model", "data", "method", "T", "T_ops", "N", "activation_N", *OPERATOR_OPTIONS, *METHOD_COLUMNS,
                  "metric",
-                 "ann", "snn", "loss",
+                 "ann", "snn", "loss", "loss_lo", "loss_hi",
                  "agreement", "cosine", "cosine_mean", "fully_spiking", "T_mean", "firing_rate", "energy_strict",
                  "energy_strict_ops", "energy_paper", "energy_paper_ops",
                  "energy_int8", "samples", "convert_seconds",
                  "eval_seconds")
-METRICS = ("ann", "snn", "loss", "agreement", "cosine", "T_mean", "firing_rate", "energy_strict", "energy_strict_ops",
+METRICS = ("ann", "snn", "loss", "loss_lo", "loss_hi", "agreement", "cosine", "T_mean", "firing_rate", "energy_strict", "energy_strict_ops",
            "energy_paper", "energy_paper_ops", "energy_int8", "sops",
            "ann_ops", "eval_seconds")
 

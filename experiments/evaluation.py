@@ -26,7 +26,8 @@ from spikingjelly_mbe.conversion import DEFAULTS, METHODS, Calibration
 from spikingjelly_mbe.conversion.config import method_fields
 from spikingjelly_mbe.energy import EnergyMeter, OpStats, energy_ratio
 from spikingjelly_mbe.fitting import get_target
-from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, tally
+from spikingjelly_mbe.models.paired import loss_interval
+from spikingjelly_mbe.models.tasks import EvalTask, Sums, agreement, metric_loss, metric_value, paired, tally
 from spikingjelly_mbe.fitting.targets import RECTIFIED
 from spikingjelly_mbe.ops import RectifiedActivation, SpikingActivation
 from spikingjelly_mbe.ops.digits import Steps
@@ -197,10 +198,13 @@ class Result:
     world: int
 
     def row(self) -> Dict[str, Any]:
-        """Metric, loss, agreement, cosine and energy columns (energy empty when not metered)."""
+        """Metric, loss (with its paired 95 % interval, ``loss_lo``/``loss_hi``), agreement, cosine and
+        energy columns (energy empty when not metered)."""
         c = self.comparison
+        interval = loss_interval(self.metric, c) or (None, None)
         row: Dict[str, Any] = {"metric": self.metric, "ann": self.ann, "snn": self.snn,
                                "loss": None if self.snn is None else metric_loss(self.metric, self.ann, self.snn),
+                               "loss_lo": interval[0], "loss_hi": interval[1],
                                "agreement": c["same"] / c["top1"] if c.get("top1") else None,
                                "cosine": c.get("cosine_min"),
                                "cosine_mean": c["cosine_sum"] / c["samples"] if c.get("samples") else None}
@@ -230,7 +234,8 @@ def evaluate(task: EvalTask, conversion: Conversion, shard: Shard = Shard()) -> 
                 records.append((i, tally(task, batch, ann), {}, {}))
                 continue
             out = task.features(snn, batch)
-            records.append((i, tally(task, batch, ann), tally(task, batch, out), agreement(task, ann, out)))
+            records.append((i, tally(task, batch, ann), tally(task, batch, out),
+                            {**agreement(task, ann, out), **paired(task, batch, ann, out)}))
     local = (records, {} if meter is None else {p: (vars(s), meter.kinds[p]) for p, s in meter.counts.items()})
     gathered = _gather(local, shard)
     ordered = sorted((r for recs, _ in gathered for r in recs), key=lambda r: r[0])

@@ -68,6 +68,13 @@ def next_token_nll(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]
     return total, targets.numel()
 
 
+def row_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Each row's summed cross-entropy of its tokens 2..L given the ones before (float64, ``[rows]``)."""
+    logits, targets = logits[:, :-1].float(), ids[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.double().view(targets.shape).sum(1)
+
+
 def perplexity(model: nn.Module, token_ids: torch.Tensor, ctx: int, batch_size: int = 8) -> float:
     """Perplexity over ``token_ids`` scored in the windows of :func:`lm_windows`: each window predicts
     its tokens 2..ctx from the ones before it inside the window."""

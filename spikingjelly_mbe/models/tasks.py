@@ -21,9 +21,10 @@ from ..data import LabeledSplit, TextSplit, load_lee_text, load_mnist, load_revi
 from ..data.local import load_image_folder, load_text_file
 from . import heads, local
 from .dinov2 import load_dinov2
-from .evaluate import lm_windows, next_token_nll, output_tensor, token_stream
+from .evaluate import lm_windows, next_token_nll, output_tensor, row_nll, token_stream
 from .gpt2_small import load_gpt2_small
 from .minilm import MAX_LENGTH, load_minilm, mean_pool
+from .paired import unit_sums
 from .smollm2 import load_smollm2
 
 Batch = Union[torch.Tensor, Dict[str, torch.Tensor]]
@@ -212,6 +213,20 @@ def agreement(task: EvalTask, ann: torch.Tensor, snn: torch.Tensor) -> Sums:
     return sums
 
 
+def paired(task: EvalTask, batch: EvalBatch, ann: torch.Tensor, snn: torch.Tensor) -> Sums:
+    """Per batch: the :func:`.paired.unit_sums` of what the SNN lost against the ANN on each unit
+    (an item's correctness for accuracy, a window's next-token NLL for perplexity); nothing for the
+    ANN-relative metrics."""
+    if task.metric == "accuracy":
+        right = [(task.logits(f).argmax(-1) == batch.labels).double() for f in (ann, snn)]
+        return unit_sums(right[0] - right[1], torch.ones_like(right[0]))
+    if task.metric == "perplexity":
+        ids = batch.inputs["input_ids"]
+        lost = row_nll(snn, ids) - row_nll(ann, ids)
+        return unit_sums(lost, torch.full_like(lost, ids.shape[1] - 1))
+    return {}
+
+
 def metric_value(metric: str, sums: Sums, comparison: Sums) -> float:
     """The metric from summed tallies (``comparison``: summed :func:`agreement` of SNN vs ANN; ``None``
     for the ANN side of the ANN-relative metrics gives their reference value 1)."""
@@ -233,4 +248,4 @@ def metric_loss(metric: str, ann: float, snn: float) -> float:
 
 
 __all__ = ["DATA", "EvalBatch", "EvalTask", "PRETRAINED", "PROBE_HEADS", "Source", "agreement", "cls_readout",
-           "load_data", "load_source", "make_task", "metric_loss", "metric_value", "tally"]
+           "load_data", "load_source", "make_task", "metric_loss", "metric_value", "paired", "tally"]
