@@ -15,7 +15,7 @@ from spikingjelly_mbe.fitting import library
 from spikingjelly_mbe.fitting.routine import fit_neuron
 from spikingjelly_mbe.ops import (FittedOnDemand, SpikingActivation, SpikingEinsum, SpikingGroupNorm, SpikingMatmul,
                                   SpikingRoot, collect_stats)
-from spikingjelly_mbe.ops.on_demand import MAX_FIT_ERROR, SMOOTHNESS_T, TailedActivation, linear_tails
+from spikingjelly_mbe.ops.on_demand import MAX_FIT_ERROR, SMOOTHNESS_T, NotSmooth, TailedActivation, linear_tails
 
 torch.set_num_threads(1)
 
@@ -242,8 +242,41 @@ def test_a_smooth_function_at_few_digits_keeps_its_coarse_fit_and_a_step_is_refu
                          (SMOOTHNESS_T, rf"at T={SMOOTHNESS_T} errs by up to \S+, over")):
         step = FittedOnDemand(lambda v: (v > 0.5).to(v.dtype), "step", T=T, N=8)
         step(x)
-        with pytest.raises(ValueError, match=rf"step: an MBE neuron \(N=8\) fitted on .* {fitted_at}.* not smooth"):
+        with pytest.raises(NotSmooth, match=rf"step: not smooth enough to fit: an MBE neuron \(N=8\) fitted on .* "
+                                            rf"{fitted_at}.* a step or rounding function"):
             step.set_ranges(step.finish_calibration())
+        assert step.refused.startswith("not smooth enough") and step.spiking is None
+        assert torch.equal(step(x), (x > 0.5).to(x.dtype))  # the float function, which conversion reports
+
+
+def test_a_step_function_in_a_model_is_refused_by_strict_conversion_and_kept_in_float_under_fallback(tmp_path,
+                                                                                                    monkeypatch):
+    """``torch.sign`` inside a model: strict conversion raises naming the call and why no neuron fits it;
+    ``allow_float_fallback=True`` converts, lists it in ``fallback`` (not in ``replaced``), is not fully
+    spike-driven, and computes the sign in float, of the spiking weight layer's output."""
+    monkeypatch.setenv("SPIKINGJELLY_MBE_CACHE", str(tmp_path))
+
+    class Signed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.b(torch.sign(self.a(x)))
+
+    torch.manual_seed(0)
+    ann = Signed().eval()
+    batches = [torch.randn(16, 8) for _ in range(2)]
+    with pytest.raises(UnsupportedNonlinearityError, match=r"<root>: sign \(not smooth enough to fit: .* at T=8 errs"):
+        convert(ann, batches, T=8)
+    snn = convert(ann, batches, T=8, allow_float_fallback=True)
+    report = snn.spiking_report
+    assert [e.source.split(" (")[0] for e in report.fallback] == ["sign"] and not report.fully_spiking
+    assert [e.path for e in report.replaced] == ["a", "b"]
+    with torch.no_grad():
+        x = torch.randn(32, 8)
+        codes = snn.a(x)  # the spiking weight layer's output, signed in float as the ANN does
+        torch.testing.assert_close(snn(x), snn.b(torch.sign(codes)), rtol=0, atol=0)
 
 
 def test_linear_tails_are_found_where_the_function_has_them():

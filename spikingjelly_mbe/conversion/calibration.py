@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..energy import EnergyMeter
 from ..ops.digits import Steps
 from ..ops.observer import CALIBRATION_BATCH, ISOLATED, Extreme
+from ..ops.on_demand import NotSmooth
 from ..ops.base import Calibrated, float_reference_mode
 
 Batch = Union[torch.Tensor, Mapping[str, Any]]
@@ -198,7 +199,10 @@ def calibrate(model: nn.Module, calibration: Calibration, device: Optional[torch
             raise RuntimeError(f"{path} ({type(op).__name__}) did not run on the calibration batches, so its identity "
                                "ranges are unknown: pass batches that reach it, or Calibration(ranges={pattern: "
                                "(A1, A2)})") from None
-        op.set_ranges(tuple(a * calibration.headroom for a in ranges))
+        try:
+            op.set_ranges(tuple(a * calibration.headroom for a in ranges))
+        except NotSmooth:
+            pass  # the op keeps its reason (refused): conversion reports the call as unsupported
         observed.add(id(op))
     for module in model.modules():
         if hasattr(module, "after_calibration"):

@@ -241,6 +241,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
             raise UnsupportedNonlinearityError(unsupported)
         self.report.fallback.extend(Entry(path, op, op, "no spiking operator for this call: runs in float")
                                     for path, op in unsupported)
+        floating = {p for p, m in model.named_modules() if isinstance(m, FittedOnDemand) and (m.refused or m.outside_domain)}
+        self.report.replaced = [e for e in self.report.replaced if e.path not in floating]  # listed in fallback
 
     def restore_idle(self, model: nn.Module) -> None:
         """Weight layers wrapped before calibration that no batch called (their parent reads the
@@ -283,8 +285,8 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         self.amend_notes(coarse)
         log.warning("%d function(s) fitted on demand err beyond %.0f%% of their range at these digits, the digits' "
                     "error (at T=%d they fit; spiking_report has each): %s. More digits for them lower it, e.g. "
-                    "T={..., '%s:activation': 8} (docs/digits.md)", len(coarse), 100 * MAX_FIT_ERROR, SMOOTHNESS_T,
-                    ", ".join(coarse), next(iter(coarse)))
+                    "T={..., '%s:activation': %d} (docs/digits.md)", len(coarse), 100 * MAX_FIT_ERROR, SMOOTHNESS_T,
+                    ", ".join(coarse), next(iter(coarse)), SMOOTHNESS_T)
 
     def choose_channel_ranges(self, model: nn.Module, converter: ModuleConverter) -> None:
         """``fisher_ranges``: the weight inputs' channel ranges chosen for the model's output at the calibrated

@@ -429,7 +429,10 @@ class SiteTable:
                 self.sites[key] = new
 
     def unsupported_calls(self) -> List[Tuple[str, str]]:
-        return sorted(self.unsupported)
+        """The calls left without a spiking operator: (path, call), those no neuron fits with their reason."""
+        refused = {(path, f"{op.name} ({op.refused})") for (path, _, _), op in self.sites.items()
+                   if getattr(op, "refused", "")}
+        return sorted(set(self.unsupported) | refused)
 
 
 def _call_module(module: nn.Module, call: Call) -> Any:

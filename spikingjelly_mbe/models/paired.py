@@ -4,28 +4,33 @@ confidence interval from the paired differences.
 Each held-out unit ``i`` (an image or review for accuracy, a window of tokens for perplexity) gives
 what the SNN lost on it, ``D_i``, over ``N_i`` scored items: ``D_i = correct_ann - correct_snn``
 with ``N_i = 1`` for accuracy, ``D_i = sum of (nll_snn - nll_ann)`` over the window's ``N_i`` scored
-tokens for perplexity. The loss is a function of the ratio ``r = sum D / sum N``: ``100 r``
-accuracy points, or ``100 (exp(r) - 1)`` percent of perplexity (:func:`.tasks.metric_loss`). The
-ratio's standard error is the ratio estimator's,
-``se^2 = sum_i (D_i - r N_i)^2 / (n (n - 1) Nbar^2)`` (for ``N_i = 1`` the paired t-test's
-``s^2 / n``), and the interval is the loss at ``r -+ t se``, ``t`` Student's 0.975 quantile with
-``n - 1`` degrees of freedom. A window is the unit of a language model because the tokens of one
-window share their context, so they are not independent; the windows of one stream are taken as
-independent. The sums fold by addition, batch by batch and across ranks.
+tokens for perplexity (:func:`.tasks.metric_loss`'s loss is ``100 sum D / sum N`` accuracy points,
+``100 (exp(sum D / sum N) - 1)`` percent of perplexity). The sums fold by addition, batch by batch and
+across ranks.
+
+* **Accuracy** (:func:`matched_interval`): the items only one model gets right decide it, ``b`` lost
+  and ``c`` won back (``b - c = sum D``, ``b + c = sum D^2``). Bonett and Price's adjusted Wald
+  interval for a difference of paired proportions adds one to each (``p12 = (b + 1) / (n + 2)``,
+  ``p21 = (c + 1) / (n + 2)``, ``var = (p12 + p21 - (p12 - p21)^2) / (n + 2)``): it keeps 95 %
+  coverage where a conversion changes only a few items, where the plain paired t-interval shrinks to
+  nothing.
+* **Perplexity** (:func:`ratio_interval`): the ratio ``r = sum D / sum N`` with the ratio estimator's
+  standard error ``se^2 = sum_i (D_i - r N_i)^2 / (n (n - 1) Nbar^2)`` and Student's 0.975 quantile of
+  ``n - 1`` degrees of freedom; the loss at ``r -+ t se``. A window is the unit because its tokens share
+  their context; consecutive windows of one document are taken as independent, so the interval is
+  somewhat narrower than one that grouped them by document.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
 Sums = Dict[str, float]
+Interval = Tuple[float, float]
 Z_975 = 1.959963984540054  # the standard normal's 0.975 quantile
-# the loss as a function of the mean difference per scored item, per metric with a paired interval
-LOSS_OF_RATIO: Dict[str, Callable[[float], float]] = {
-    "accuracy": lambda r: 100.0 * r,
-    "perplexity": lambda r: 100.0 * math.expm1(r)}
 
 
 def unit_sums(lost: torch.Tensor, scored: torch.Tensor) -> Sums:
@@ -51,6 +56,7 @@ def t_within(t: float, dof: int) -> float:
     return math.sin(theta) * total
 
 
+@functools.lru_cache(maxsize=None)
 def t_quantile_975(dof: int) -> float:
     """Student's t 0.975 quantile, ``P(|T| <= t) = 0.95`` solved by bisection on :func:`t_within`."""
     if dof < 1:
@@ -62,18 +68,35 @@ def t_quantile_975(dof: int) -> float:
     return (lo + hi) / 2
 
 
-def loss_interval(metric: str, sums: Sums) -> Optional[Tuple[float, float]]:
-    """The loss's 95 % confidence interval from :func:`unit_sums` folded over the held-out set;
-    ``None`` for a metric without units (agreement, cosine) or fewer than two units."""
-    if metric not in LOSS_OF_RATIO or sums.get("pair_units", 0.0) < 2 or not sums.get("pair_n"):
-        return None
+def matched_interval(sums: Sums) -> Interval:
+    """Accuracy points lost, Bonett-Price adjusted Wald interval from the discordant items (module docstring)."""
+    n, lost, changed = sums["pair_units"], sums["pair_d"], sums["pair_dd"]
+    b, c = (changed + lost) / 2, (changed - lost) / 2
+    p12, p21 = (b + 1) / (n + 2), (c + 1) / (n + 2)
+    half = Z_975 * math.sqrt(max(p12 + p21 - (p12 - p21) ** 2, 0.0) / (n + 2))
+    return max(-100.0, 100 * (p12 - p21 - half)), min(100.0, 100 * (p12 - p21 + half))
+
+
+def ratio_interval(sums: Sums) -> Interval:
+    """Perplexity increase in percent at the ratio estimator's t-interval (module docstring)."""
     n = sums["pair_units"]
     r = sums["pair_d"] / sums["pair_n"]
     residual = max(sums["pair_dd"] - 2 * r * sums["pair_dn"] + r * r * sums["pair_nn"], 0.0)  # sum (D - r N)^2
-    se = math.sqrt(residual / (n * (n - 1))) / (sums["pair_n"] / n)
-    half = t_quantile_975(int(n) - 1) * se
-    loss = LOSS_OF_RATIO[metric]
-    return loss(r - half), loss(r + half)
+    half = t_quantile_975(int(n) - 1) * math.sqrt(residual / (n * (n - 1))) / (sums["pair_n"] / n)
+    return 100 * math.expm1(r - half), 100 * math.expm1(r + half)
 
 
-__all__ = ["LOSS_OF_RATIO", "loss_interval", "t_quantile_975", "t_within", "unit_sums"]
+INTERVALS: Dict[str, Callable[[Sums], Interval]] = {"accuracy": matched_interval, "perplexity": ratio_interval}
+
+
+def loss_interval(metric: str, sums: Sums) -> Optional[Interval]:
+    """The loss's 95 % confidence interval from :func:`unit_sums` folded over the held-out set; ``None``
+    for a metric without units (agreement, cosine), fewer than two units, or non-finite sums."""
+    keys = ("pair_units", "pair_d", "pair_n", "pair_dd", "pair_nn", "pair_dn")
+    if metric not in INTERVALS or not all(math.isfinite(sums.get(k, math.nan)) for k in keys) \
+            or sums["pair_units"] < 2 or sums["pair_n"] <= 0:
+        return None
+    return INTERVALS[metric](sums)
+
+
+__all__ = ["INTERVALS", "loss_interval", "matched_interval", "ratio_interval", "t_quantile_975", "t_within", "unit_sums"]

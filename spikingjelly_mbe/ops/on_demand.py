@@ -205,6 +205,10 @@ class TailedActivation(nn.Module):
         return self.tails(x) + self.residual(x.clamp(lo, hi))
 
 
+class NotSmooth(ValueError):
+    """A function no MBE neuron fits within :data:`MAX_FIT_ERROR` of its range even at :data:`SMOOTHNESS_T`."""
+
+
 class FittedOnDemand(nn.Module, Calibrated):
     """An element-wise function ``fn`` (``name`` keys its fits) on a neuron fitted after calibration.
 
@@ -212,7 +216,9 @@ class FittedOnDemand(nn.Module, Calibrated):
     whether ``fn`` left its domain (a non-finite output for a finite input: :attr:`outside_domain`,
     which conversion reports as an unsupported call). :meth:`finish_calibration` returns that
     interval and :meth:`set_ranges` fits on a domain around it (:func:`fit_domain`), rectified
-    (:func:`linear_tails`) when ``rectify``. The spiking module is :attr:`spiking`.
+    (:func:`linear_tails`) when ``rectify``. The spiking module is :attr:`spiking`. A function no neuron
+    fits (:meth:`fit`) raises :class:`NotSmooth` and keeps the reason in :attr:`refused`; conversion then
+    reports the call as unsupported, like one outside its domain, and the op computes ``fn`` in float.
     """
 
     mbe_opaque = True
@@ -227,6 +233,7 @@ class FittedOnDemand(nn.Module, Calibrated):
         self.outside_domain = 0
         self.spiking: Optional[nn.Module] = None
         self.coarse = ""  # set by a fit kept although it errs beyond MAX_FIT_ERROR at this T (the report says so)
+        self.refused = ""  # why no neuron fits (a step): the op computes fn in float, conversion reports the call
 
     @classmethod
     def from_float(cls, float_op: Callable[[torch.Tensor], torch.Tensor], name: Optional[str] = None,
@@ -262,7 +269,7 @@ class FittedOnDemand(nn.Module, Calibrated):
     def set_ranges(self, ranges: Sequence[float]) -> None:
         """Fit the neuron on a domain around the input interval ``ranges = (lo, hi)`` and stop calibrating
         (nothing is fitted for a function that left its domain: conversion refuses it)."""
-        self.calibrating = False
+        self.calibrating, self.coarse, self.refused = False, "", ""
         if self.outside_domain:
             return
         lo, hi = (float(v) for v in ranges)
@@ -311,9 +318,9 @@ class FittedOnDemand(nn.Module, Calibrated):
         at = f"fitted on {domain} at T={self.T} errs by up to {error:.3g}" + (
             f" and at T={SMOOTHNESS_T} by {finer:.3g}" if self.T < SMOOTHNESS_T else "")
         if finer > MAX_FIT_ERROR * spread:
-            raise ValueError(f"{self.name}: an MBE neuron (N={self.N}) {at}, over {MAX_FIT_ERROR:.0%} of the "
-                             f"function's range {spread:.3g}: it is not smooth enough to fit (a step or rounding "
-                             "function?); keep it in float with allow_float_fallback=True")
+            self.refused = (f"not smooth enough to fit: an MBE neuron (N={self.N}) {at}, over {MAX_FIT_ERROR:.0%} of "
+                            f"the function's range {spread:.3g}; a step or rounding function?")
+            raise NotSmooth(f"{self.name}: {self.refused}")
         self.coarse = (f"{name} {at}, {error / spread:.0%} of its range {spread:.3g}: the error of T={self.T}, not "
                        "of the function")
         return fitted
