@@ -131,10 +131,16 @@ def layer_bars(rows: Sequence[Row], key: str, path: Path, title: str) -> Path:
 def pareto(rows: Sequence[Row], front: Sequence[Row], label: Callable[[Row], str], objectives: Tuple[str, str],
            path: Path, title: str = "Loss vs energy: the non-dominated conversions") -> Path:
     """Every job as a point of the two minimised ``objectives`` (x, y), the non-dominated ``front``
-    joined by a line, each point labelled."""
+    joined by a line, each point labelled; a loss with its 95 % interval (``loss_lo``, ``loss_hi``) gets
+    it as an error bar."""
     x, y = objectives
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.scatter([r[x] for r in rows], [r[y] for r in rows], color="0.6", label="jobs")
+    bounded = [r for r in rows if r.get(f"{y}_lo") is not None and r.get(f"{y}_hi") is not None]
+    if bounded:
+        ax.errorbar([r[x] for r in bounded], [r[y] for r in bounded], fmt="none", ecolor="0.6", elinewidth=0.8,
+                    capsize=2, yerr=[[r[y] - r[f"{y}_lo"] for r in bounded], [r[f"{y}_hi"] - r[y] for r in bounded]],
+                    label="95 % interval")
     ax.plot([r[x] for r in front], [r[y] for r in front], "o-", color="C3", label="Pareto front")
     for r in rows:
         ax.annotate(label(r), (r[x], r[y]), fontsize=6, xytext=(3, 3), textcoords="offset points")

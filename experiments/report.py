@@ -136,7 +136,8 @@ def convert_figures(rows: Sequence[Row], out: Path) -> Dict[str, Path]:
     return figures
 
 
-FRONTIER_COLUMNS = ("model", "point", "T", "T_ops", "T_mean", "loss", "energy_strict", "on_front", "job")
+FRONTIER_COLUMNS = ("model", "point", "T", "T_ops", "T_mean", "loss", "loss_lo", "loss_hi", "energy_strict", "on_front",
+                    "job")
 
 
 def points_of(rows: Sequence[Row], model: str) -> List[Row]:
@@ -152,7 +153,8 @@ def frontier_table(rows: Sequence[Row]) -> List[Row]:
         mine = points_of(rows, name)
         front, label = {id(r) for r in pareto_front(mine)}, series_by(mine, ("T", *SETTINGS))
         table += [{"model": name, "point": label(r), "T": r["T"], "T_ops": r.get("T_ops") or "",
-                   "T_mean": r.get("T_mean"), "loss": r["loss"], "energy_strict": r["energy_strict"],
+                   "T_mean": r.get("T_mean"), "loss": r["loss"], "loss_lo": r.get("loss_lo"), "loss_hi": r.get("loss_hi"),
+                   "energy_strict": r["energy_strict"],
                    "on_front": id(r) in front, "job": r.get("job")}
                   for r in sorted(mine, key=lambda r: [r[k] for k in OBJECTIVES])]
     return table

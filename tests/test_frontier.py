@@ -32,6 +32,7 @@ def write_sweep(root: Path) -> Path:
         job.mkdir(parents=True)
         row = {"entry": "convert", "model": model, "data": "synthetic", "method": "mbe", "T": T, "T_ops": ops,
                "metric": "perplexity", "ann": 100.0, "snn": 100.0 + loss, "loss": loss, "energy_strict": energy,
+               **({"loss_lo": loss - 1.0, "loss_hi": loss + 2.0} if model.startswith("vit") else {}),
                "energy_paper": energy / 2, "firing_rate": 0.1, "group": "frontier-test"}
         (job / "metrics.json").write_text(json.dumps(row))
     return root
@@ -49,6 +50,10 @@ def test_the_report_finds_each_models_front_of_hand_made_points(tmp_path, monkey
     report = build_report(write_sweep(tmp_path / "sweep"), LoggerConfig(mode=WandbMode.disabled))
     found = {(r["model"], int(r["T"]), r["T_ops"]): r["on_front"] == "True" for r in read_frontier(report)}
     assert found == {(m, T, ops): front for m, T, ops, _, _, front in POINTS}
+    bounds = {(r["model"], r["loss_lo"], r["loss_hi"]) for r in read_frontier(report)}  # carried where measured
+    assert {b for b in bounds if b[0].startswith("vit")} == {("vit-L2-D16", f"{l - 1.0}", f"{l + 2.0}")
+                                                               for m, _, _, _, l, _ in POINTS if m.startswith("vit")}
+    assert {b[1:] for b in bounds if b[0].startswith("gpt2")} == {("", "")}
     for model in ("gpt2-L2-D16", "vit-L2-D16"):
         assert (report / f"frontier_{model}.png").read_bytes()[:8] == PNG
     assert "on_front" in (report / "frontier.md").read_text()
