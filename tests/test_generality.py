@@ -271,7 +271,8 @@ def test_a_step_function_in_a_model_is_refused_by_strict_conversion_and_kept_in_
         convert(ann, batches, T=8)
     snn = convert(ann, batches, T=8, allow_float_fallback=True)
     report = snn.spiking_report
-    assert [e.source.split(" (")[0] for e in report.fallback] == ["sign"] and not report.fully_spiking
+    assert [(e.source, e.target) for e in report.fallback] == [("sign", "float")] and not report.fully_spiking
+    assert report.fallback[0].note.startswith("not smooth enough to fit: an MBE neuron (N=8) fitted on")
     assert [e.path for e in report.replaced] == ["a", "b"]
     with torch.no_grad():
         x = torch.randn(32, 8)

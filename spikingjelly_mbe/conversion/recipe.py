@@ -239,8 +239,9 @@ class SpikingRecipe(RecipeOptions, ModuleConversionRecipe):
         unsupported = self.table.unsupported_calls()
         if unsupported and not self.allow_float_fallback:
             raise UnsupportedNonlinearityError(unsupported)
-        self.report.fallback.extend(Entry(path, op, op, "no spiking operator for this call: runs in float")
-                                    for path, op in unsupported)
+        for path, call in unsupported:  # 'sign (not smooth enough to fit: ...)': the call, and why it has no operator
+            name, _, why = call.partition(" (")
+            self.report.fallback.append(Entry(path, name, "float", why[:-1] if why else "no spiking operator for this call"))
         floating = {p for p, m in model.named_modules() if isinstance(m, FittedOnDemand) and (m.refused or m.outside_domain)}
         self.report.replaced = [e for e in self.report.replaced if e.path not in floating]  # listed in fallback
 

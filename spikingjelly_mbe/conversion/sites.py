@@ -348,7 +348,7 @@ class SiteTable:
         if not self.calibrating and not self.allow_float_fallback:
             raise UnsupportedNonlinearityError([key])
         if key not in self.unsupported and not self.calibrating:
-            self.report.fallback.append(Entry(path, name, name, "no spiking operator for this call: runs in float"))
+            self.report.fallback.append(Entry(path, name, "float", "no spiking operator for this call"))
         self.unsupported[key] = self.unsupported.get(key, 0) + 1
         return func(*call[0], **call[1])
 
