@@ -269,7 +269,7 @@ class FittedOnDemand(nn.Module, Calibrated):
     def set_ranges(self, ranges: Sequence[float]) -> None:
         """Fit the neuron on a domain around the input interval ``ranges = (lo, hi)`` and stop calibrating
         (nothing is fitted for a function that left its domain: conversion refuses it)."""
-        self.calibrating, self.coarse, self.refused = False, "", ""
+        self.calibrating, self.spiking, self.coarse, self.refused = False, None, "", ""
         if self.outside_domain:
             return
         lo, hi = (float(v) for v in ranges)
