@@ -9,8 +9,10 @@ the rows ``T=high`` and ``T=low`` are the two whole conversions. ``--reverse`` a
 question, which type restores the metric: the low-T model with one type at a time at the high T.
 An operator is swapped in place (its state replaced by the other conversion's), so call-level sites
 that hold the module see the change too.
-Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``, and
-the low-T conversion's own per-site errors on its calibration batches (``spiking_report.site_errors``)
+Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``.
+``--low-conversion`` adds overrides for the low conversion alone, so the donor can be a conversion at an
+energy (``--low 8 --low-conversion energy_budget=0.15 energy_by=ranges``: which operator type loses the
+metric at T=4's energy). Also writes the low-T conversion's own per-site errors on its calibration batches (``spiking_report.site_errors``)
 by operator type (``operator_T_<model>_sites.md``) and by type and layer (``..._layers.png``).
 """
 from __future__ import annotations
@@ -46,22 +48,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=Path("results") / "operator_T")
     ap.add_argument("--conversion", nargs="*", default=(), metavar="KEY=VALUE",
                     help="overrides of the conversion group for both conversions, e.g. code=ternary")
+    ap.add_argument("--low-conversion", nargs="*", default=(), metavar="KEY=VALUE",
+                    help="overrides for the low conversion alone, e.g. energy_budget=0.15 energy_by=ranges")
     args = ap.parse_args(argv)
+    if args.low == args.high:
+        ap.error(f"--low and --high must differ (both {args.low}): each names one of the two conversions")
     args.out.mkdir(parents=True, exist_ok=True)
     c = job_config(args.model, args.quick, args.conversion)
     task = build_task(c)
-    k = c.conversion
+    settings = {args.high: c.conversion, args.low: job_config(args.model, args.quick,
+                                                              [*args.conversion, *args.low_conversion]).conversion}
     models = {T: convert_for(task, "mbe", T, k.N, k.activation_N, **k.operator_options()).snn
-              for T in (args.high, args.low)}
+              for T, k in settings.items()}
     kinds = sorted({type(m).__name__ for m in models[args.low].modules() if isinstance(m, SpikingOp)})
     base, donor = (args.low, args.high) if args.reverse else (args.high, args.low)
     candidates = [(f"T={T}", models[T]) for T in (args.high, args.low)]
     candidates += [(kind, with_low_T(models[base], models[donor], kind)) for kind in kinds]
     rows: List[Row] = []
     for name, model in tqdm(candidates, desc=f"{args.model}: operator types"):
-        result = evaluate(task, Conversion(model, base, name, 0.0, metered=False))
-        rows.append({"model": args.model, ("at_high_T" if args.reverse else "at_low_T"): name, "metric": task.metric, "ann": round(result.ann, 4),
-                     "snn": round(result.snn, 4), "loss": round(result.row()["loss"], 4)})
+        row = evaluate(task, Conversion(model, base, name, 0.0, metered=False)).row()
+        rows.append({"model": args.model, ("at_high_T" if args.reverse else "at_low_T"): name, "metric": task.metric,
+                     **{key: None if row[key] is None else round(row[key], 4)
+                        for key in ("ann", "snn", "loss", "loss_lo", "loss_hi")}})
         tqdm.write(markdown(rows[-1:], tuple(rows[-1])).splitlines()[-1])
     sites = models[args.low].spiking_report.site_errors
     site_stem = args.out / f"operator_T_{args.model}_T{args.low}"
