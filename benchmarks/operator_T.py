@@ -12,8 +12,8 @@ that hold the module see the change too.
 Writes ``operator_T_<model>.md/.csv`` and a bar plot ``operator_T_<model>.png`` to ``--out``.
 ``--low-conversion`` adds overrides for the low conversion alone, so the donor can be a conversion at an
 energy (``--low 8 --low-conversion energy_budget=0.15 energy_by=ranges``: which operator type loses the
-metric at T=4's energy). Also writes the low-T conversion's own per-site errors on its calibration batches (``spiking_report.site_errors``)
-by operator type (``operator_T_<model>_sites.md``) and by type and layer (``..._layers.png``).
+metric at T=4's energy). Also writes the low-T conversion's own per-site errors on its calibration
+batches (``spiking_report.site_errors``) by operator type (``operator_T_<model>_sites.md``) and by type and layer (``..._layers.png``).
 """
 from __future__ import annotations
 
